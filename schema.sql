@@ -1,0 +1,83 @@
+-- pgchat schema: the single truth of what pgchat stores.
+-- Applied at every start, idempotently, under an advisory lock; the version applied is
+-- recorded in pgchat_schema, and pgchat refuses to run against a newer one.
+-- SCHEMA_VERSION: 1
+
+CREATE TABLE IF NOT EXISTS pgchat_schema (
+    version    integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per user id seen in a token or named as a recipient.
+-- head: the last seq allocated in this user's event stream. It is the per-user counter
+--   that makes seq gap-free and commit-ordered: a writer locks the row (FOR UPDATE, in
+--   user-id order), bumps it and inserts the events in the same transaction.
+-- pruned_through: events with seq <= this may have been deleted by retention; a resume
+--   from before it gets resync_required.
+CREATE TABLE IF NOT EXISTS users (
+    id             text PRIMARY KEY,
+    name           text,
+    head           bigint NOT NULL DEFAULT 0,
+    pruned_through bigint NOT NULL DEFAULT 0,
+    last_seen      timestamptz,
+    created_at     timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE SEQUENCE IF NOT EXISTS conversation_ids;
+
+-- kind 'direct': exactly the two users of direct_key ('a' || E'\n' || 'b', sorted), or one
+-- user writing to themself. kind 'group': named, members managed by its members.
+-- last_cseq: the conversation's message counter, locked and bumped like users.head; since
+-- messages are never deleted it is also the conversation's message count.
+CREATE TABLE IF NOT EXISTS conversations (
+    id         text PRIMARY KEY,
+    kind       text NOT NULL CHECK (kind IN ('direct', 'group')),
+    name       text,
+    direct_key text UNIQUE,
+    last_cseq  bigint NOT NULL DEFAULT 0,
+    created_by text REFERENCES users (id),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    CHECK ((kind = 'direct') = (direct_key IS NOT NULL))
+);
+
+-- Membership, and each member's read marker (read_cseq never moves backwards).
+CREATE TABLE IF NOT EXISTS members (
+    conversation_id text NOT NULL REFERENCES conversations (id),
+    user_id         text NOT NULL REFERENCES users (id),
+    read_cseq       bigint NOT NULL DEFAULT 0,
+    joined_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (conversation_id, user_id)
+);
+CREATE INDEX IF NOT EXISTS members_by_user ON members (user_id, conversation_id);
+
+-- Messages, numbered per conversation by cseq (1, 2, 3, … without gaps). id is a plain
+-- bigserial: it identifies a message but orders nothing clients resume from.
+CREATE TABLE IF NOT EXISTS messages (
+    id              bigserial PRIMARY KEY,
+    conversation_id text NOT NULL REFERENCES conversations (id),
+    cseq            bigint NOT NULL,
+    sender_id       text NOT NULL REFERENCES users (id),
+    body            text NOT NULL,
+    client_msg_id   text NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (conversation_id, cseq),
+    UNIQUE (sender_id, client_msg_id)
+);
+
+-- The durable per-user event stream (the seed's event_queue). A message event points at
+-- its message instead of copying it, so a group message is stored once however many
+-- members it reaches; other kinds carry their JSON in payload. message_id has no foreign
+-- key on purpose: the writer inserts both in one transaction, messages are never deleted,
+-- and a key would cost an index lookup per fanned-out row.
+CREATE TABLE IF NOT EXISTS event_queue (
+    user_id    text NOT NULL,
+    seq        bigint NOT NULL,
+    kind       text NOT NULL CHECK (kind IN ('message', 'conversation', 'removed', 'read')),
+    message_id bigint,
+    payload    jsonb,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (user_id, seq)
+);
+CREATE INDEX IF NOT EXISTS event_queue_by_age ON event_queue (created_at);
+
+INSERT INTO pgchat_schema (version) VALUES (1) ON CONFLICT DO NOTHING;

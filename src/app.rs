@@ -1,0 +1,240 @@
+//! The application: one handle to everything a worker shares, and its lifecycle
+//! (`Application::build` → `port()` → `run_until_stopped(shutdown)`).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::db::{Database, StartupError};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::protocol::Limits;
+use crate::writer::Writer;
+
+/// The shared state of one worker. Cheap to clone (one `Arc`).
+#[derive(Clone)]
+pub struct App(Arc<AppInner>);
+
+pub struct AppInner {
+    pub config: Config,
+    pub db: Database,
+    pub hub: Arc<Hub>,
+    pub writer: Writer,
+    pub auth: Authenticator,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the worker starts shutting down; every session watches it.
+    pub shutdown: CancellationToken,
+    /// Every WebSocket session, so shutdown can wait for them (axum does not).
+    pub sessions: TaskTracker,
+    pub worker_id: String,
+    pub started: Instant,
+    /// Sockets held now, checked against `max_connections` before each upgrade.
+    open_sockets: AtomicUsize,
+}
+
+impl std::ops::Deref for App {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+impl App {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_message_chars: self.config.max_message_chars,
+        }
+    }
+
+    /// Takes a socket slot if this worker holds fewer than `max_connections`.
+    pub fn try_take_slot(&self) -> Option<SocketSlot> {
+        self.open_sockets
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.config.max_connections).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| SocketSlot(self.clone()))
+    }
+
+    pub fn open_sockets(&self) -> usize {
+        self.open_sockets.load(Ordering::Acquire)
+    }
+}
+
+/// One of `max_connections` socket slots; released on drop.
+pub struct SocketSlot(App);
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        self.0.open_sockets.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A built worker, bound to its port but not yet serving.
+pub struct Application {
+    app: App,
+    listener: TcpListener,
+    writers: TaskTracker,
+    writers_stop: CancellationToken,
+}
+
+impl Application {
+    /// Opens the database (creating it and applying the schema if needed), starts the
+    /// write batchers and binds `host:port` (port 0 picks a free one).
+    pub async fn build(config: Config) -> Result<Application, StartupError> {
+        let db = Database::open(&config, config.db_max_connections).await?;
+        let listener = TcpListener::bind((config.host.as_str(), config.port))
+            .await
+            .map_err(|e| {
+                StartupError::Embedded(format!(
+                    "cannot listen on {}:{}: {e}",
+                    config.host, config.port
+                ))
+            })?;
+        Ok(Self::with_parts(config, db, listener))
+    }
+
+    fn with_parts(config: Config, db: Database, listener: TcpListener) -> Application {
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::new(config.recent_events_per_user);
+        let writers = TaskTracker::new();
+        let writers_stop = CancellationToken::new();
+        let writer = Writer::spawn(
+            db.pool.clone(),
+            hub.clone(),
+            metrics.clone(),
+            &config,
+            writers_stop.clone(),
+            &writers,
+        );
+        let shutdown = CancellationToken::new();
+        db.maintain(
+            config.db_min_connections,
+            Duration::from_millis(config.db_idle_timeout_ms),
+            shutdown.clone(),
+        );
+        spawn_pruner(db.clone(), &config, shutdown.clone());
+        let worker_id = format!("{}-{}", hostname(), std::process::id());
+        let app = App(Arc::new(AppInner {
+            auth: Authenticator::new(config.jwt_secret()),
+            config,
+            db,
+            hub,
+            writer,
+            metrics,
+            shutdown,
+            sessions: TaskTracker::new(),
+            worker_id,
+            started: Instant::now(),
+            open_sockets: AtomicUsize::new(0),
+        }));
+        Application {
+            app,
+            listener,
+            writers,
+            writers_stop,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener")
+    }
+
+    /// The worker's shared state (tests inspect it; the server itself does not need it).
+    pub fn app(&self) -> App {
+        self.app.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains: stops accepting, closes sockets with
+    /// 1001 after their in-flight requests finish, lets the writers commit what is queued,
+    /// and closes the pool, all within `shutdown_timeout_ms`.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let Application {
+            app,
+            listener,
+            writers,
+            writers_stop,
+        } = self;
+        let router = crate::http::router(app.clone());
+        let token = app.shutdown.clone();
+        let deadline = Duration::from_millis(app.config.shutdown_timeout_ms);
+        tracing::info!(addr = %listener.local_addr().expect("bound"), worker = %app.worker_id, "pgchat listening");
+        let serve = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown({
+            let token = token.clone();
+            async move {
+                tokio::select! {
+                    _ = shutdown => {}
+                    _ = token.cancelled() => {}
+                }
+                tracing::info!("shutting down: no new connections; draining sessions");
+                token.cancel();
+            }
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "server error");
+            token.cancel();
+        }
+        let started = Instant::now();
+        app.sessions.close();
+        if tokio::time::timeout(deadline.mul_f32(0.8), app.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = app.sessions.len(),
+                "sessions did not drain in time; closing the rest"
+            );
+        }
+        writers_stop.cancel();
+        writers.close();
+        let left = deadline.saturating_sub(started.elapsed());
+        if tokio::time::timeout(left, writers.wait()).await.is_err() {
+            tracing::warn!("writers did not finish in time");
+        }
+        app.db.pool.close();
+        tracing::info!("pgchat stopped");
+    }
+}
+
+/// Deletes events older than `event_retention`, hourly (or more often for short ones).
+fn spawn_pruner(db: Database, config: &Config, shutdown: CancellationToken) {
+    let retention = config.retention().expect("validated");
+    let every = (retention / 24).clamp(Duration::from_secs(10), Duration::from_secs(3600));
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            match crate::store::prune_events(&db.pool, retention).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "pruned events past retention"),
+                Err(e) => tracing::warn!(error = %e, "pruning events failed"),
+            }
+        }
+    });
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "pgchat".into())
+}

@@ -1,0 +1,358 @@
+//! Configuration: built-in defaults < `config.toml` < environment, validated once at start.
+//!
+//! The Node server's variables keep their names and meaning (`PORT`, `DATABASE_URL`,
+//! `MAX_CONNECTIONS`, `DB_MAX_CONNECTIONS`, `DB_MIN_CONNECTIONS`, `NODE_ENV`, `JWT_SECRET`);
+//! every key can also be set as `PGCHAT_<KEY>`, which wins over the bare name.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The secret used in development when `JWT_SECRET` is not set. Never accepted in production.
+pub const DEV_JWT_SECRET: &str = "pgchat-development-secret-do-not-use-in-production";
+
+/// The database pgchat uses when `DATABASE_URL` is not set.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/pgchat";
+
+/// Names read from the environment without the `PGCHAT_` prefix, for compatibility with
+/// the Node server's deployment files.
+const BARE_ENV: &[&str] = &[
+    "PORT",
+    "DATABASE_URL",
+    "MAX_CONNECTIONS",
+    "DB_MAX_CONNECTIONS",
+    "DB_MIN_CONNECTIONS",
+    "NODE_ENV",
+    "JWT_SECRET",
+    "REDIS_URL",
+    "MAX_FRAME_BYTES",
+    "MAX_MESSAGE_CHARS",
+    "MAX_GROUP_MEMBERS",
+    "EVENT_RETENTION",
+];
+
+/// Every setting, with the meaning documented beside its default in `config.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub host: String,
+    pub port: u16,
+    pub node_env: String,
+    pub database_url: Option<String>,
+    pub jwt_secret: Option<String>,
+    pub redis_url: Option<String>,
+
+    pub db_max_connections: usize,
+    pub db_min_connections: usize,
+    pub db_acquire_timeout_ms: u64,
+    pub db_idle_timeout_ms: u64,
+    pub db_statement_timeout_ms: u64,
+    pub embedded_postgres: bool,
+    pub data_dir: PathBuf,
+
+    pub max_connections: usize,
+    pub max_frame_bytes: usize,
+    pub max_message_chars: usize,
+    pub max_group_members: usize,
+    pub max_inflight_requests: usize,
+    pub outbound_max_frames: usize,
+    pub outbound_max_bytes: usize,
+    pub ws_read_buffer_bytes: usize,
+    pub ping_interval_ms: u64,
+    pub event_retention: String,
+    pub recent_events_per_user: usize,
+
+    pub write_batch_max: usize,
+    pub writers: usize,
+    pub write_queue: usize,
+
+    pub shutdown_timeout_ms: u64,
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            host: "0.0.0.0".into(),
+            port: 3000,
+            node_env: "development".into(),
+            database_url: None,
+            jwt_secret: None,
+            redis_url: None,
+            db_max_connections: 10,
+            db_min_connections: 2,
+            db_acquire_timeout_ms: 2_000,
+            db_idle_timeout_ms: 30_000,
+            db_statement_timeout_ms: 30_000,
+            embedded_postgres: true,
+            data_dir: PathBuf::from("data"),
+            max_connections: 10_000,
+            max_frame_bytes: 65_536,
+            max_message_chars: 4_000,
+            max_group_members: 1_000,
+            max_inflight_requests: 32,
+            outbound_max_frames: 1_024,
+            outbound_max_bytes: 1 << 20,
+            ws_read_buffer_bytes: 4_096,
+            ping_interval_ms: 25_000,
+            event_retention: "7d".into(),
+            recent_events_per_user: 64,
+            write_batch_max: 256,
+            writers: 2,
+            write_queue: 4_096,
+            shutdown_timeout_ms: 10_000,
+            log_format: "text".into(),
+        }
+    }
+}
+
+/// A configuration that cannot be used: names the key and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {key}: {problem}")]
+pub struct ConfigError {
+    pub key: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(key: &str, problem: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.to_string(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `path` (if it exists), then the environment, and validates.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let path = path
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("PGCHAT_CONFIG").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("config.toml"));
+        let figment = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file(&path))
+            .merge(Env::raw().only(BARE_ENV))
+            .merge(Env::prefixed("PGCHAT_").ignore(&["CONFIG"]));
+        let config: Config = figment.extract().map_err(|e| {
+            let key = e.path.join(".");
+            let key = if key.is_empty() {
+                "config".to_string()
+            } else {
+                key
+            };
+            ConfigError::new(&key, e.kind.to_string())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and relations that the types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn at_least(key: &str, value: u64, min: u64) -> Result<(), ConfigError> {
+            if value < min {
+                return Err(ConfigError::new(
+                    key,
+                    format!("must be at least {min}, got {value}"),
+                ));
+            }
+            Ok(())
+        }
+        at_least("db_max_connections", self.db_max_connections as u64, 2)?;
+        if self.db_min_connections > self.db_max_connections {
+            return Err(ConfigError::new(
+                "db_min_connections",
+                format!(
+                    "must not exceed db_max_connections ({}), got {}",
+                    self.db_max_connections, self.db_min_connections
+                ),
+            ));
+        }
+        at_least("db_acquire_timeout_ms", self.db_acquire_timeout_ms, 1)?;
+        at_least("max_connections", self.max_connections as u64, 1)?;
+        at_least("max_frame_bytes", self.max_frame_bytes as u64, 1024)?;
+        at_least("max_message_chars", self.max_message_chars as u64, 1)?;
+        at_least("max_group_members", self.max_group_members as u64, 2)?;
+        at_least("max_inflight_requests", self.max_inflight_requests as u64, 1)?;
+        at_least("outbound_max_frames", self.outbound_max_frames as u64, 16)?;
+        at_least("outbound_max_bytes", self.outbound_max_bytes as u64, 4096)?;
+        at_least("ws_read_buffer_bytes", self.ws_read_buffer_bytes as u64, 512)?;
+        at_least("ping_interval_ms", self.ping_interval_ms, 100)?;
+        at_least("recent_events_per_user", self.recent_events_per_user as u64, 1)?;
+        at_least("write_batch_max", self.write_batch_max as u64, 1)?;
+        at_least("writers", self.writers as u64, 1)?;
+        if self.writers >= self.db_max_connections {
+            return Err(ConfigError::new(
+                "writers",
+                format!(
+                    "must be below db_max_connections ({}) so reads still get a connection, got {}",
+                    self.db_max_connections, self.writers
+                ),
+            ));
+        }
+        at_least("write_queue", self.write_queue as u64, 1)?;
+        self.retention()?;
+        match self.node_env.as_str() {
+            "production" | "development" | "test" => {}
+            other => {
+                return Err(ConfigError::new(
+                    "node_env",
+                    format!("must be production, development or test, got {other:?}"),
+                ))
+            }
+        }
+        match self.log_format.as_str() {
+            "text" | "json" => {}
+            other => {
+                return Err(ConfigError::new(
+                    "log_format",
+                    format!("must be text or json, got {other:?}"),
+                ))
+            }
+        }
+        if let Some(url) = &self.database_url {
+            url.parse::<tokio_postgres::Config>()
+                .map_err(|e| ConfigError::new("database_url", e.to_string()))?;
+        }
+        if self.is_production() && self.jwt_secret.is_none() {
+            return Err(ConfigError::new(
+                "jwt_secret",
+                "must be set when NODE_ENV=production (the shared HS256 secret of the main backend)",
+            ));
+        }
+        if let Some(secret) = &self.jwt_secret {
+            if secret.is_empty() {
+                return Err(ConfigError::new("jwt_secret", "must not be empty"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn is_production(&self) -> bool {
+        self.node_env == "production"
+    }
+
+    /// How long events stay in the durable stream before they may be pruned.
+    pub fn retention(&self) -> Result<Duration, ConfigError> {
+        let d = humantime::parse_duration(&self.event_retention).map_err(|e| {
+            ConfigError::new(
+                "event_retention",
+                format!("{e} (use a duration like \"7d\" or \"12h\")"),
+            )
+        })?;
+        if d < Duration::from_secs(60) {
+            return Err(ConfigError::new("event_retention", "must be at least 1m"));
+        }
+        Ok(d)
+    }
+
+    /// The HS256 secret in force: the configured one, or the development secret.
+    pub fn jwt_secret(&self) -> &str {
+        self.jwt_secret.as_deref().unwrap_or(DEV_JWT_SECRET)
+    }
+
+    pub fn database_url(&self) -> &str {
+        self.database_url.as_deref().unwrap_or(DEFAULT_DATABASE_URL)
+    }
+
+    /// The effective configuration as TOML, with secrets and passwords replaced.
+    pub fn redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        if shown.jwt_secret.is_some() {
+            shown.jwt_secret = Some("<redacted>".into());
+        }
+        for url in [&mut shown.database_url, &mut shown.redis_url]
+            .into_iter()
+            .flatten()
+        {
+            *url = redact_url_password(url);
+        }
+        toml_string(&shown)
+    }
+}
+
+fn toml_string(config: &Config) -> String {
+    // figment's Value serialises to TOML through serde_json's shape; keep it simple and
+    // stable by printing `key = value` lines in declaration order.
+    let value = serde_json::to_value(config).expect("config serialises");
+    let mut out = String::new();
+    if let serde_json::Value::Object(map) = value {
+        for (k, v) in map {
+            match v {
+                serde_json::Value::Null => out.push_str(&format!("# {k} = (unset)\n")),
+                other => out.push_str(&format!("{k} = {other}\n")),
+            }
+        }
+    }
+    out
+}
+
+/// The URL or connection string with its password replaced, for logs and messages.
+pub fn redact_url_password(url: &str) -> String {
+    // postgres://user:password@host/db -> postgres://user:<redacted>@host/db
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((userinfo, host)) = rest.rsplit_once('@') {
+            if let Some((user, _)) = userinfo.split_once(':') {
+                return format!("{scheme}://{user}:<redacted>@{host}");
+            }
+        }
+    }
+    if url.contains("password=") {
+        return url
+            .split_whitespace()
+            .map(|kv| {
+                if kv.starts_with("password=") {
+                    "password=<redacted>"
+                } else {
+                    kv
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
+    url.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn production_without_secret_is_refused() {
+        let c = Config {
+            node_env: "production".into(),
+            ..Config::default()
+        };
+        assert_eq!(c.validate().unwrap_err().key, "jwt_secret");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url_password("postgres://u:secret@h:5432/db"),
+            "postgres://u:<redacted>@h:5432/db"
+        );
+        assert_eq!(
+            redact_url_password("host=h password=secret user=u"),
+            "host=h password=<redacted> user=u"
+        );
+        assert_eq!(redact_url_password("postgres://u@h/db"), "postgres://u@h/db");
+    }
+
+    #[test]
+    fn bad_retention_names_its_key() {
+        let c = Config {
+            event_retention: "soon".into(),
+            ..Config::default()
+        };
+        assert_eq!(c.validate().unwrap_err().key, "event_retention");
+    }
+}

@@ -1,0 +1,177 @@
+//! Errors at the edges: the protocol's error codes, and how they become HTTP responses.
+//!
+//! Internal faults are logged with their detail and reach the client only as `internal`
+//! or `unavailable`, never with driver text that could leak schema or data.
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// The codes of PROTOCOL.md, plus the three that only appear before an upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    BadRequest,
+    UnknownType,
+    NotFound,
+    Forbidden,
+    TooLarge,
+    RateLimited,
+    Unavailable,
+    ResyncRequired,
+    Internal,
+    Unauthorized,
+    AtCapacity,
+    NotReady,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::BadRequest => "bad_request",
+            Code::UnknownType => "unknown_type",
+            Code::NotFound => "not_found",
+            Code::Forbidden => "forbidden",
+            Code::TooLarge => "too_large",
+            Code::RateLimited => "rate_limited",
+            Code::Unavailable => "unavailable",
+            Code::ResyncRequired => "resync_required",
+            Code::Internal => "internal",
+            Code::Unauthorized => "unauthorized",
+            Code::AtCapacity => "at_capacity",
+            Code::NotReady => "not_ready",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Code::BadRequest | Code::UnknownType => StatusCode::BAD_REQUEST,
+            Code::Unauthorized => StatusCode::UNAUTHORIZED,
+            Code::Forbidden => StatusCode::FORBIDDEN,
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::ResyncRequired => StatusCode::CONFLICT,
+            Code::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Code::Unavailable | Code::AtCapacity | Code::NotReady => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// An error a client sees: a code from the protocol and a message saying what to do.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
+pub struct ApiError {
+    pub code: Code,
+    pub message: String,
+    pub retry_after_ms: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+            retry_after_ms: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(Code::BadRequest, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(Code::NotFound, message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(Code::Forbidden, message)
+    }
+
+    pub fn unavailable() -> Self {
+        Self::new(
+            Code::Unavailable,
+            "the database is unreachable; nothing was stored: retry with the same client_msg_id",
+        )
+    }
+
+    pub fn internal() -> Self {
+        Self::new(
+            Code::Internal,
+            "internal error; it was logged on the server: retry, and report it if it persists",
+        )
+    }
+
+    /// The `{"error":{…}}` body used by HTTP responses.
+    pub fn body(&self) -> serde_json::Value {
+        let mut error = json!({"code": self.code.as_str(), "message": self.message});
+        if let Some(ms) = self.retry_after_ms {
+            error["retry_after_ms"] = ms.into();
+        }
+        json!({ "error": error })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.code.status(), axum::Json(self.body())).into_response();
+        if let Some(ms) = self.retry_after_ms {
+            let secs = ms.div_ceil(1000).max(1);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, secs.to_string().parse().unwrap());
+        }
+        response
+    }
+}
+
+/// A database failure, classified into what the client is told.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("no database connection within the acquire timeout: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database error: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+}
+
+impl DbError {
+    /// True when the database could not be reached or the connection broke, so that the
+    /// outcome is "nothing stored, retry" rather than a bug.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            DbError::Pool(_) => true,
+            DbError::Postgres(e) => {
+                if e.is_closed() {
+                    return true;
+                }
+                match e.code() {
+                    // connection exceptions, operator intervention (shutdown, terminated backend),
+                    // insufficient resources, and statement timeouts: all transient.
+                    Some(code) => {
+                        let c = code.code();
+                        c.starts_with("08")
+                            || c.starts_with("57")
+                            || c.starts_with("53")
+                            || c == "40001"
+                            || c == "40P01"
+                    }
+                    // no SQLSTATE: an I/O error on the socket
+                    None => true,
+                }
+            }
+        }
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "database unavailable");
+            ApiError::unavailable()
+        } else {
+            tracing::error!(error = %e, "database error");
+            ApiError::internal()
+        }
+    }
+}

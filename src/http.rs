@@ -1,0 +1,267 @@
+//! The HTTP surface: the WebSocket upgrade, the REST API beside it, and the operational
+//! endpoints (`/health`, `/ready`, `/live`, `/metrics`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::app::App;
+use crate::auth::Identity;
+use crate::error::{ApiError, Code};
+use crate::protocol::{ConversationId, Request};
+use crate::{requests, session, store};
+
+pub fn router(app: App) -> Router {
+    Router::new()
+        .route("/ws", get(upgrade))
+        .route("/api/conversations", get(api_conversations))
+        .route(
+            "/api/conversations/{id}/messages",
+            get(api_history).post(api_send),
+        )
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/live", get(live))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            ApiError::not_found("no such endpoint: see PROTOCOL.md for /ws, /api, /health, /ready, /live, /metrics")
+        })
+        .with_state(app)
+}
+
+/// The token from `Authorization: Bearer …`, or from `?token=` for browsers.
+fn token<'a>(headers: &'a HeaderMap, query: &'a HashMap<String, String>) -> Option<&'a str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .or_else(|| query.get("token").map(String::as_str))
+}
+
+fn authenticate(app: &App, headers: &HeaderMap, query: &HashMap<String, String>) -> Result<Identity, ApiError> {
+    let token = token(headers, query).ok_or_else(|| {
+        ApiError::new(
+            Code::Unauthorized,
+            "no token: send Authorization: Bearer <jwt> or ?token=<jwt>",
+        )
+    })?;
+    app.auth.verify(token)
+}
+
+async fn upgrade(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let refuse = |app: &App, e: ApiError| {
+        app.metrics.refused_connections.inc();
+        e.into_response()
+    };
+    let identity = match authenticate(&app, &headers, &query) {
+        Ok(id) => id,
+        Err(e) => return refuse(&app, e),
+    };
+    if app.shutdown.is_cancelled() {
+        return refuse(&app, ApiError::new(Code::NotReady, "this worker is shutting down: connect to another"));
+    }
+    let Some(slot) = app.try_take_slot() else {
+        let mut e = ApiError::new(
+            Code::AtCapacity,
+            format!(
+                "this worker holds its limit of {} sockets: retry later or elsewhere",
+                app.config.max_connections
+            ),
+        );
+        e.retry_after_ms = Some(5_000);
+        return refuse(&app, e);
+    };
+    // Subscribe before reading the head, so no event falls between the two.
+    let sub = app.hub.subscribe(identity.user.as_str());
+    let head = match store::touch_user(&app.db.pool, &identity.user, identity.name.as_deref()).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "database unreachable at connect");
+            return refuse(
+                &app,
+                ApiError::new(Code::NotReady, "the database is unreachable: retry shortly"),
+            );
+        }
+    };
+    let config = &app.config;
+    let tracker = app.sessions.clone();
+    ws.read_buffer_size(config.ws_read_buffer_bytes)
+        .write_buffer_size(0)
+        .max_write_buffer_size(config.outbound_max_bytes.max(config.max_frame_bytes) * 2)
+        .max_message_size(config.max_frame_bytes)
+        .max_frame_size(config.max_frame_bytes)
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                session::run(socket, app, identity, sub, head).await;
+                drop(slot);
+            })
+        })
+}
+
+/// The HTTP API's identity: the same token as the socket, in `Authorization`.
+async fn api_identity(app: &App, headers: &HeaderMap) -> Result<Identity, ApiError> {
+    let identity = authenticate(app, headers, &HashMap::new())?;
+    store::touch_user(&app.db.pool, &identity.user, identity.name.as_deref()).await?;
+    Ok(identity)
+}
+
+async fn api_conversations(State(app): State<App>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = api_identity(&app, &headers).await?;
+    Ok(Json(requests::handle(&app, &id.user, Request::Conversations).await?))
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    before_cseq: Option<String>,
+    limit: Option<String>,
+}
+
+fn parse_int(name: &str, v: Option<&String>) -> Result<Option<i64>, ApiError> {
+    match v.map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(s) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError::bad_request(format!("{name}: must be an integer, got {s:?}"))),
+    }
+}
+
+async fn api_history(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let ident = api_identity(&app, &headers).await?;
+    // Build the same JSON a socket would send, so both go through one parser.
+    let mut frame = json!({"type": "history", "conversation": id});
+    if let Some(b) = parse_int("before_cseq", q.before_cseq.as_ref())? {
+        frame["before_cseq"] = b.into();
+    }
+    if let Some(l) = parse_int("limit", q.limit.as_ref())? {
+        frame["limit"] = l.into();
+    }
+    let (_, request) = Request::parse(&frame.to_string(), app.limits());
+    Ok(Json(requests::handle(&app, &ident.user, request?).await?))
+}
+
+#[derive(Deserialize)]
+struct SendBody {
+    body: serde_json::Value,
+    client_msg_id: serde_json::Value,
+}
+
+async fn api_send(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<SendBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let ident = api_identity(&app, &headers).await?;
+    let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let frame = json!({
+        "type": "send",
+        "conversation": ConversationId::parse(&id).map_err(ApiError::bad_request)?,
+        "body": body.body,
+        "client_msg_id": body.client_msg_id,
+    });
+    let (_, request) = Request::parse(&frame.to_string(), app.limits());
+    let request = request?;
+    let result = requests::handle(&app, &ident.user, request).await?;
+    Ok((StatusCode::OK, Json(result)))
+}
+
+async fn live() -> impl IntoResponse {
+    Json(json!({"status": "live"}))
+}
+
+async fn ready(State(app): State<App>) -> Response {
+    if app.shutdown.is_cancelled() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "shutting_down", "database": "unknown"})),
+        )
+            .into_response();
+    }
+    let db = tokio::time::timeout(Duration::from_secs(2), app.db.ping())
+        .await
+        .unwrap_or(false);
+    let status = if db {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({
+            "status": if db { "ready" } else { "not_ready" },
+            "database": if db { "up" } else { "down" },
+        })),
+    )
+        .into_response()
+}
+
+async fn health(State(app): State<App>) -> Response {
+    let pool = app.db.pool.status();
+    let db = tokio::time::timeout(Duration::from_secs(2), app.db.ping())
+        .await
+        .unwrap_or(false);
+    Json(json!({
+        "status": if db { "ok" } else { "degraded" },
+        "worker": app.worker_id,
+        "pid": std::process::id(),
+        "uptime_seconds": app.started.elapsed().as_secs(),
+        "connections": app.open_sockets(),
+        "max_connections": app.config.max_connections,
+        "users_online_here": app.hub.users_online(),
+        "memory": memory(),
+        "database": {
+            "up": db,
+            "pool": {
+                "max_size": pool.max_size,
+                "size": pool.size,
+                "available": pool.available,
+                "waiting": pool.waiting,
+            },
+        },
+        "counters": app.metrics.summary(),
+    }))
+    .into_response()
+}
+
+async fn metrics(State(app): State<App>) -> Response {
+    let text = app.metrics.render(&app.db.pool.status());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// Resident and virtual memory of this process, from /proc (Linux).
+fn memory() -> serde_json::Value {
+    let page = 4096u64;
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let mut fields = statm.split_whitespace().map(|f| f.parse::<u64>().unwrap_or(0));
+    let virt = fields.next().unwrap_or(0) * page;
+    let rss = fields.next().unwrap_or(0) * page;
+    json!({"rss_bytes": rss, "virtual_bytes": virt})
+}

@@ -1,0 +1,181 @@
+//! The per-worker hub: which users have live sessions here, and each such user's feed.
+//!
+//! A feed holds the user's newest committed `seq` (a watch channel that wakes the user's
+//! sessions) and the last few event frames, encoded once and shared by every session.
+//! Sessions *pull* from the feed at their own pace, each with its own cursor, so:
+//! - events reach a session in `seq` order with no gap: a frame missing from the feed
+//!   (evicted, or published out of order by concurrent writers) is read from the table;
+//! - a slow session costs nothing here: its events wait in the durable stream;
+//! - a user with no session on this worker costs nothing: publish finds no feed.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::watch;
+
+/// Users with live sessions on this worker. Shared by the writer (publish) and sessions.
+pub struct Hub {
+    /// A std mutex: held only for a map lookup or insert, never across an await.
+    feeds: Mutex<HashMap<String, Arc<Feed>>>,
+    recent_per_user: usize,
+}
+
+/// One user's live feed on this worker.
+pub struct Feed {
+    head: watch::Sender<i64>,
+    /// The newest frames, ascending by seq, at most `recent_per_user`. std mutex: the
+    /// critical sections are a push or a copy of a few `Utf8Bytes` handles.
+    recent: Mutex<VecDeque<(i64, Utf8Bytes)>>,
+    /// Sessions subscribed; the feed leaves the map when the last one drops.
+    sessions: Mutex<usize>,
+}
+
+impl Feed {
+    /// The newest seq known to be committed for this user (0 before any publish).
+    pub fn head(&self) -> i64 {
+        *self.head.borrow()
+    }
+
+    /// Frames with seq `after+1, after+2, …` as far as the feed holds them contiguously.
+    pub fn frames_after(&self, after: i64, max: usize) -> Vec<(i64, Utf8Bytes)> {
+        let recent = self.recent.lock().expect("feed lock");
+        let start = recent.partition_point(|(s, _)| *s <= after);
+        recent
+            .iter()
+            .skip(start)
+            .take(max)
+            .zip(after + 1..)
+            .take_while(|((s, _), want)| s == want)
+            .map(|((s, f), _)| (*s, f.clone()))
+            .collect()
+    }
+}
+
+/// A session's subscription to its user's feed; unsubscribes on drop.
+pub struct Subscription {
+    hub: Arc<Hub>,
+    user: String,
+    pub feed: Arc<Feed>,
+    pub wake: watch::Receiver<i64>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.unsubscribe(&self.user, &self.feed);
+    }
+}
+
+impl Hub {
+    pub fn new(recent_per_user: usize) -> Arc<Hub> {
+        Arc::new(Hub {
+            feeds: Mutex::new(HashMap::new()),
+            recent_per_user,
+        })
+    }
+
+    /// Subscribes a new session of `user`. Subscribe *before* reading the user's head from
+    /// the database: then every event committed after that read is published to a feed
+    /// that already exists, and none falls between the two.
+    pub fn subscribe(self: &Arc<Hub>, user: &str) -> Subscription {
+        let mut feeds = self.feeds.lock().expect("hub lock");
+        let feed = feeds
+            .entry(user.to_string())
+            .or_insert_with(|| {
+                Arc::new(Feed {
+                    head: watch::Sender::new(0),
+                    recent: Mutex::new(VecDeque::new()),
+                    sessions: Mutex::new(0),
+                })
+            })
+            .clone();
+        *feed.sessions.lock().expect("feed lock") += 1;
+        drop(feeds);
+        let wake = feed.head.subscribe();
+        Subscription {
+            hub: self.clone(),
+            user: user.to_string(),
+            feed,
+            wake,
+        }
+    }
+
+    fn unsubscribe(&self, user: &str, feed: &Arc<Feed>) {
+        let mut feeds = self.feeds.lock().expect("hub lock");
+        let mut sessions = feed.sessions.lock().expect("feed lock");
+        *sessions -= 1;
+        if *sessions == 0 {
+            if let Some(current) = feeds.get(user) {
+                if Arc::ptr_eq(current, feed) {
+                    feeds.remove(user);
+                }
+            }
+        }
+    }
+
+    /// Hands a committed event to `user`'s sessions on this worker, if any. `frame` is
+    /// called only when someone here listens, so other users' events cost one lookup.
+    pub fn publish(&self, user: &str, seq: i64, frame: impl FnOnce() -> String) {
+        let feed = match self.feeds.lock().expect("hub lock").get(user) {
+            Some(f) => f.clone(),
+            None => return,
+        };
+        {
+            let mut recent = feed.recent.lock().expect("feed lock");
+            // Usually the newest; concurrent batches can publish out of order.
+            let at = recent.partition_point(|(s, _)| *s < seq);
+            if recent.get(at).map(|(s, _)| *s) != Some(seq) {
+                recent.insert(at, (seq, Utf8Bytes::from(frame())));
+                while recent.len() > self.recent_per_user {
+                    recent.pop_front();
+                }
+            }
+        }
+        feed.head.send_if_modified(|h| {
+            if seq > *h {
+                *h = seq;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Users with a live session on this worker.
+    pub fn users_online(&self) -> usize {
+        self.feeds.lock().expect("hub lock").len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_come_out_contiguous_and_in_order() {
+        let hub = Hub::new(8);
+        let sub = hub.subscribe("a");
+        hub.publish("a", 2, || "two".into());
+        hub.publish("a", 1, || "one".into());
+        hub.publish("a", 4, || "four".into());
+        let got: Vec<i64> = sub.feed.frames_after(0, 10).iter().map(|f| f.0).collect();
+        assert_eq!(got, vec![1, 2]); // 3 is missing: stop before the gap
+        assert_eq!(sub.feed.head(), 4);
+        assert!(sub.feed.frames_after(2, 10).is_empty());
+    }
+
+    #[test]
+    fn a_user_without_sessions_is_not_kept() {
+        let hub = Hub::new(8);
+        let sub = hub.subscribe("a");
+        assert_eq!(hub.users_online(), 1);
+        drop(sub);
+        assert_eq!(hub.users_online(), 0);
+        let mut called = false;
+        hub.publish("a", 1, || {
+            called = true;
+            String::new()
+        });
+        assert!(!called);
+    }
+}

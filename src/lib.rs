@@ -1,0 +1,35 @@
+//! pgchat: a chat server that needs nothing but PostgreSQL.
+//!
+//! # Layout
+//! Read the modules in the order a message travels:
+//!
+//! - [`config`]: defaults < `config.toml` < environment, validated once.
+//! - [`db`]: finds (or starts) PostgreSQL, applies `schema.sql`, opens the pool.
+//! - [`http`]: the routes; `/ws` authenticates ([`auth`]) and upgrades the socket.
+//! - [`session`]: one socket. Parses frames into [`protocol::Request`]s and runs them
+//!   through [`requests`], answering in order.
+//! - [`writer`]: a `send` is queued here, committed with the others beside it in one
+//!   transaction (allocating gap-free `seq`/`cseq`), and acknowledged after commit.
+//! - [`hub`]: after commit the writer publishes each event to the recipient's feed on
+//!   this worker; the recipient's sessions wake and pull it onto their sockets. Events a
+//!   feed no longer holds are read back from the durable stream ([`store`]).
+//! - [`app`]: the shared handle and the lifecycle (build, serve, drain on shutdown).
+//! - [`metrics`]: counters for `/metrics` and `/health`.
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod protocol;
+pub mod requests;
+pub mod session;
+pub mod store;
+pub mod writer;
+
+pub use app::{App, Application};
+pub use config::Config;

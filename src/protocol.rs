@@ -1,0 +1,406 @@
+//! The wire contract: incoming frames parsed once into typed requests, and the replies.
+//!
+//! Parsing happens in two steps so that every error can echo the request's `ref`: first
+//! the envelope (`type`, `ref`), then the body for that type. Ids, bodies and names are
+//! newtypes that can only hold valid values, so nothing past this module re-checks them.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{ApiError, Code};
+
+/// The longest user id, client message id or conversation id accepted.
+pub const MAX_ID_CHARS: usize = 64;
+/// The most events in one `history` page.
+pub const MAX_HISTORY_LIMIT: i64 = 100;
+pub const DEFAULT_HISTORY_LIMIT: i64 = 50;
+
+/// A user id: 1..64 chars of `A-Z a-z 0-9 _ . @ : -`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct UserId(String);
+
+impl UserId {
+    pub fn parse(s: &str) -> Result<UserId, String> {
+        if s.is_empty() || s.chars().count() > MAX_ID_CHARS {
+            return Err(format!(
+                "a user id has 1..{MAX_ID_CHARS} characters, got {}",
+                s.chars().count()
+            ));
+        }
+        if let Some(bad) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || "_.@:-".contains(*c)))
+        {
+            return Err(format!(
+                "a user id may hold only A-Z a-z 0-9 _ . @ : -, found {bad:?}"
+            ));
+        }
+        Ok(UserId(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for UserId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for UserId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        UserId::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Declares a newtype over `String` that is checked on construction and on deserialising.
+macro_rules! checked_string {
+    ($(#[$doc:meta])* $name:ident, $check:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(s: &str) -> Result<$name, String> {
+                let check: fn(&str) -> Result<(), String> = $check;
+                check(s)?;
+                Ok($name(s.to_string()))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            pub fn into_string(self) -> String {
+                self.0
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                $name::parse(&s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+fn bounded_text(what: &str, s: &str, max: usize) -> Result<(), String> {
+    let n = s.chars().count();
+    if n == 0 || n > max {
+        return Err(format!("{what} has 1..{max} characters, got {n}"));
+    }
+    // PostgreSQL text cannot hold NUL; refuse it here instead of failing a whole batch.
+    if s.contains('\0') {
+        return Err(format!("{what} must not contain the NUL character"));
+    }
+    Ok(())
+}
+
+checked_string!(
+    /// A server-chosen conversation id, opaque to clients.
+    ConversationId,
+    |s| bounded_text("a conversation id", s, MAX_ID_CHARS)
+);
+checked_string!(
+    /// The client's idempotency key for a send: 1..64 characters.
+    ClientMsgId,
+    |s| bounded_text("client_msg_id", s, MAX_ID_CHARS)
+);
+
+/// A message body. Its length limit is configurable, so it is checked where the
+/// configuration is known ([`Request::parse`]), not on deserialising.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Body(String);
+
+impl Body {
+    pub fn parse(s: String, max_chars: usize) -> Result<Body, ApiError> {
+        let n = s.chars().count();
+        if n == 0 {
+            return Err(ApiError::bad_request("body: must not be empty"));
+        }
+        if n > max_chars {
+            return Err(ApiError::new(
+                Code::TooLarge,
+                format!("body: has {n} characters, the limit is {max_chars}"),
+            ));
+        }
+        if s.contains('\0') {
+            return Err(ApiError::bad_request(
+                "body: must not contain the NUL character",
+            ));
+        }
+        Ok(Body(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Where a message goes: an existing conversation, or the direct conversation with a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Conversation(ConversationId),
+    User(UserId),
+}
+
+/// One client request, fully validated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    Resume {
+        after: i64,
+    },
+    Send {
+        target: Target,
+        body: Body,
+        client_msg_id: ClientMsgId,
+    },
+    History {
+        conversation: ConversationId,
+        before_cseq: Option<i64>,
+        limit: i64,
+    },
+    Conversations,
+    Ping,
+}
+
+/// The request envelope: what is needed to answer even a request that fails to parse.
+#[derive(Debug, Clone, Default)]
+pub struct Envelope {
+    /// Echoed back as given: a string or an integer.
+    pub r#ref: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct ResumeFields {
+    after: i64,
+}
+
+#[derive(Deserialize)]
+struct SendFields {
+    conversation: Option<ConversationId>,
+    to: Option<UserId>,
+    body: String,
+    client_msg_id: ClientMsgId,
+}
+
+#[derive(Deserialize)]
+struct HistoryFields {
+    conversation: ConversationId,
+    before_cseq: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// Limits that parsing needs from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_message_chars: usize,
+}
+
+impl Request {
+    /// Parses one text frame. The envelope is returned even when the request is invalid,
+    /// so the error reply carries the `ref`.
+    pub fn parse(text: &str, limits: Limits) -> (Envelope, Result<Request, ApiError>) {
+        let mut map: Map<String, Value> = match serde_json::from_str(text) {
+            Ok(Value::Object(map)) => map,
+            Ok(_) => {
+                return (
+                    Envelope::default(),
+                    Err(ApiError::bad_request("a request must be a JSON object")),
+                )
+            }
+            Err(e) => {
+                return (
+                    Envelope::default(),
+                    Err(ApiError::bad_request(format!("not valid JSON: {e}"))),
+                )
+            }
+        };
+        let mut envelope = Envelope::default();
+        match map.remove("ref") {
+            None | Some(Value::Null) => {}
+            Some(r @ Value::String(_)) => envelope.r#ref = Some(r),
+            Some(Value::Number(n)) if n.is_i64() || n.is_u64() => {
+                envelope.r#ref = Some(Value::Number(n))
+            }
+            Some(_) => {
+                return (
+                    envelope,
+                    Err(ApiError::bad_request("ref: must be a string or an integer")),
+                )
+            }
+        }
+        let kind = match map.remove("type") {
+            Some(Value::String(s)) => s,
+            Some(_) => {
+                return (
+                    envelope,
+                    Err(ApiError::bad_request("type: must be a string")),
+                )
+            }
+            None => return (envelope, Err(ApiError::bad_request("type: missing"))),
+        };
+        let request = Self::parse_body(&kind, map, limits);
+        (envelope, request)
+    }
+
+    fn parse_body(kind: &str, map: Map<String, Value>, limits: Limits) -> Result<Request, ApiError> {
+        fn fields<T: DeserializeOwned>(kind: &str, map: Map<String, Value>) -> Result<T, ApiError> {
+            serde_json::from_value(Value::Object(map))
+                .map_err(|e| ApiError::bad_request(format!("{kind}: {e}")))
+        }
+        match kind {
+            "resume" => {
+                let f: ResumeFields = fields(kind, map)?;
+                if f.after < 0 {
+                    return Err(ApiError::bad_request("resume: after must be >= 0"));
+                }
+                Ok(Request::Resume { after: f.after })
+            }
+            "send" => {
+                let f: SendFields = fields(kind, map)?;
+                let target = match (f.conversation, f.to) {
+                    (Some(c), None) => Target::Conversation(c),
+                    (None, Some(u)) => Target::User(u),
+                    _ => {
+                        return Err(ApiError::bad_request(
+                            "send: give exactly one of conversation or to",
+                        ))
+                    }
+                };
+                Ok(Request::Send {
+                    target,
+                    body: Body::parse(f.body, limits.max_message_chars)?,
+                    client_msg_id: f.client_msg_id,
+                })
+            }
+            "history" => {
+                let f: HistoryFields = fields(kind, map)?;
+                let limit = f.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
+                if !(1..=MAX_HISTORY_LIMIT).contains(&limit) {
+                    return Err(ApiError::bad_request(format!(
+                        "history: limit must be 1..{MAX_HISTORY_LIMIT}, got {limit}"
+                    )));
+                }
+                if let Some(b) = f.before_cseq {
+                    if b < 1 {
+                        return Err(ApiError::bad_request(
+                            "history: before_cseq must be >= 1",
+                        ));
+                    }
+                }
+                Ok(Request::History {
+                    conversation: f.conversation,
+                    before_cseq: f.before_cseq,
+                    limit,
+                })
+            }
+            "conversations" => Ok(Request::Conversations),
+            "ping" => Ok(Request::Ping),
+            other => Err(ApiError::new(
+                Code::UnknownType,
+                format!("unknown request type {other:?}"),
+            )),
+        }
+    }
+}
+
+/// `{"type":"ok","ref":…, …result}`. `result` must be a JSON object.
+pub fn ok_frame(envelope: &Envelope, result: Value) -> String {
+    let mut out = Map::new();
+    out.insert("type".into(), "ok".into());
+    if let Some(r) = &envelope.r#ref {
+        out.insert("ref".into(), r.clone());
+    }
+    if let Value::Object(fields) = result {
+        out.extend(fields);
+    }
+    Value::Object(out).to_string()
+}
+
+/// `{"type":"error","ref":…,"code":…,"message":…}`.
+pub fn error_frame(envelope: &Envelope, error: &ApiError) -> String {
+    let mut out = Map::new();
+    out.insert("type".into(), "error".into());
+    if let Some(r) = &envelope.r#ref {
+        out.insert("ref".into(), r.clone());
+    }
+    out.insert("code".into(), error.code.as_str().into());
+    out.insert("message".into(), error.message.clone().into());
+    if let Some(ms) = error.retry_after_ms {
+        out.insert("retry_after_ms".into(), ms.into());
+    }
+    Value::Object(out).to_string()
+}
+
+/// RFC 3339 in UTC with millisecond precision, the one time format on the wire.
+pub fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_message_chars: 10,
+    };
+
+    #[test]
+    fn user_ids_accept_the_documented_alphabet_only() {
+        assert!(UserId::parse("alice.b@x:y-z_1").is_ok());
+        assert!(UserId::parse("").is_err());
+        assert!(UserId::parse("a b").is_err());
+        assert!(UserId::parse("é").is_err());
+        assert!(UserId::parse(&"a".repeat(64)).is_ok());
+        assert!(UserId::parse(&"a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn errors_keep_the_ref() {
+        let (env, r) = Request::parse(r#"{"type":"nope","ref":7}"#, LIMITS);
+        assert_eq!(env.r#ref, Some(Value::from(7)));
+        assert_eq!(r.unwrap_err().code, Code::UnknownType);
+        let (env, r) = Request::parse(r#"{"type":"send","ref":"x","to":"bob"}"#, LIMITS);
+        assert_eq!(env.r#ref, Some(Value::from("x")));
+        let e = r.unwrap_err();
+        assert_eq!(e.code, Code::BadRequest);
+        assert!(e.message.contains("body"), "{}", e.message);
+    }
+
+    #[test]
+    fn over_long_bodies_are_too_large() {
+        let (_, r) = Request::parse(
+            r#"{"type":"send","to":"bob","body":"12345678901","client_msg_id":"m"}"#,
+            LIMITS,
+        );
+        assert_eq!(r.unwrap_err().code, Code::TooLarge);
+    }
+
+    #[test]
+    fn send_needs_exactly_one_target() {
+        let (_, r) = Request::parse(
+            r#"{"type":"send","to":"bob","conversation":"c1","body":"x","client_msg_id":"m"}"#,
+            LIMITS,
+        );
+        assert_eq!(r.unwrap_err().code, Code::BadRequest);
+    }
+
+    #[test]
+    fn ok_frames_merge_the_result() {
+        let env = Envelope {
+            r#ref: Some("r".into()),
+        };
+        assert_eq!(
+            ok_frame(&env, serde_json::json!({"head": 3})),
+            r#"{"type":"ok","ref":"r","head":3}"#
+        );
+    }
+}

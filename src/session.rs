@@ -1,0 +1,426 @@
+//! One WebSocket session: reads requests, answers them in order, and streams the user's
+//! durable events from its own cursor.
+//!
+//! Two tasks per socket, as in axum's chat example: this one owns the read half and all
+//! state; a small writer task owns the write half and drains the bounded outbound queue.
+//! Requests run concurrently (up to `max_inflight_requests`, so a client may pipeline
+//! sends) but their replies leave in request order (`FuturesOrdered`).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::future::BoxFuture;
+use futures_util::sink::SinkExt;
+use futures_util::stream::{FuturesOrdered, SplitSink, StreamExt};
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::app::App;
+use crate::auth::Identity;
+use crate::error::{ApiError, Code};
+use crate::hub::Subscription;
+use crate::protocol::{error_frame, ok_frame, rfc3339, Envelope, Request};
+use crate::requests;
+use crate::store;
+
+/// Close codes of PROTOCOL.md.
+pub mod close {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const INTERNAL: u16 = 1011;
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// Events read from the database per round trip when the feed cannot serve them.
+const REPLAY_PAGE: i64 = 500;
+
+/// Why a session ends, and so which close frame (if any) it sends.
+#[derive(Debug)]
+enum End {
+    ClientGone,
+    Shutdown,
+    Expired,
+    TooBig,
+    Overflow,
+    Dead,
+    Internal,
+}
+
+/// What a finished request hands back to the loop, in request order.
+enum Reply {
+    Frame(String),
+    /// Resume needs the session's cursor, so the loop itself runs it when its turn comes.
+    Resume { envelope: Envelope, after: i64 },
+}
+
+/// The bounded queue to the writer task: at most `outbound_max_frames` frames and
+/// `outbound_max_bytes` bytes. Overflow means a slow consumer: close 1013; its durable
+/// events stay in the stream for `resume`.
+struct Outbox {
+    tx: mpsc::Sender<Message>,
+    bytes: Arc<AtomicUsize>,
+    max_bytes: usize,
+    /// Skips the queue: 1008/1009/1011/1013 must go out even when the queue is full.
+    close_now: Option<oneshot::Sender<CloseFrame>>,
+}
+
+impl Outbox {
+    fn push(&self, text: Utf8Bytes) -> Result<(), End> {
+        let len = text.len();
+        if self.bytes.load(Ordering::Relaxed) + len > self.max_bytes {
+            return Err(End::Overflow);
+        }
+        self.bytes.fetch_add(len, Ordering::Relaxed);
+        self.tx.try_send(Message::Text(text)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => End::Overflow,
+            mpsc::error::TrySendError::Closed(_) => End::ClientGone,
+        })
+    }
+
+    /// Waits for room: for replays, which may be far longer than the queue.
+    async fn push_wait(&self, text: Utf8Bytes) -> Result<(), End> {
+        let len = text.len();
+        self.bytes.fetch_add(len, Ordering::Relaxed);
+        self.tx
+            .send(Message::Text(text))
+            .await
+            .map_err(|_| End::ClientGone)
+    }
+}
+
+/// Runs a session until the client leaves, the token expires or the server shuts down.
+pub async fn run(socket: WebSocket, app: App, identity: Identity, sub: Subscription, head: i64) {
+    let config = &app.config;
+    let (sink, mut stream) = socket.split();
+    let (tx, rx) = mpsc::channel(config.outbound_max_frames);
+    let (close_tx, close_rx) = oneshot::channel();
+    let bytes = Arc::new(AtomicUsize::new(0));
+    let writer = tokio::spawn(write_loop(sink, rx, close_rx, bytes.clone()));
+    let mut session = Session {
+        outbox: Outbox {
+            tx,
+            bytes,
+            max_bytes: config.outbound_max_bytes,
+            close_now: Some(close_tx),
+        },
+        app: app.clone(),
+        identity,
+        sub,
+        cursor: head,
+        pending: FuturesOrdered::new(),
+    };
+    app.metrics.connections.inc();
+    app.metrics.connections_total.inc();
+    let end = session.serve(&mut stream, head).await;
+    tracing::debug!(user = %session.identity.user, ?end, "session ends");
+    session.close(end).await;
+    drop(session);
+    // The writer ends once it has sent what is queued (or the close frame).
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    app.metrics.connections.dec();
+}
+
+struct Session {
+    app: App,
+    identity: Identity,
+    sub: Subscription,
+    /// The last seq this session has queued for its client.
+    cursor: i64,
+    pending: FuturesOrdered<BoxFuture<'static, Reply>>,
+    outbox: Outbox,
+}
+
+impl Session {
+    async fn serve(
+        &mut self,
+        stream: &mut futures_util::stream::SplitStream<WebSocket>,
+        head: i64,
+    ) -> End {
+        let hello = json!({
+            "type": "hello",
+            "user": self.identity.user,
+            "session": random_id(),
+            "worker": self.app.worker_id,
+            "head": head,
+            "server_time": rfc3339(chrono::Utc::now()),
+        });
+        if let Err(end) = self.outbox.push(hello.to_string().into()) {
+            return end;
+        }
+        let shutdown = self.app.shutdown.clone();
+        let expiry = tokio::time::sleep(self.identity.remaining());
+        tokio::pin!(expiry);
+        let period = Duration::from_millis(self.app.config.ping_interval_ms);
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let mut unanswered_pings = 0u32;
+        let max_inflight = self.app.config.max_inflight_requests;
+        loop {
+            let result = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Err(End::Shutdown),
+                _ = &mut expiry => Err(End::Expired),
+                Some(reply) = self.pending.next(), if !self.pending.is_empty() => {
+                    self.on_reply(reply).await
+                }
+                changed = self.sub.wake.changed() => match changed {
+                    Ok(()) => self.advance(self.sub.feed.head(), false).await,
+                    Err(_) => Err(End::Internal),
+                },
+                frame = stream.next(), if self.pending.len() < max_inflight => {
+                    unanswered_pings = 0;
+                    self.on_frame(frame)
+                }
+                _ = ping.tick() => {
+                    if unanswered_pings >= 2 {
+                        Err(End::Dead)
+                    } else {
+                        unanswered_pings += 1;
+                        self.outbox.tx.try_send(Message::Ping(Default::default())).map_err(|_| End::Overflow)
+                    }
+                }
+            };
+            if let Err(end) = result {
+                return end;
+            }
+        }
+    }
+
+    fn on_frame(&mut self, frame: Option<Result<Message, axum::Error>>) -> Result<(), End> {
+        let text = match frame {
+            None | Some(Ok(Message::Close(_))) => return Err(End::ClientGone),
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Binary(_))) => {
+                let e = ApiError::bad_request("binary frames are not supported: send JSON text");
+                self.answer(Envelope::default(), Err(e));
+                return Ok(());
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Ok(()),
+            Some(Err(e)) => {
+                let text = e.to_string();
+                // tungstenite: "Space limit exceeded: Message too long: N > M"
+                if text.contains("too long") || text.contains("Space limit") {
+                    return Err(End::TooBig);
+                }
+                tracing::debug!(error = %text, "socket read failed");
+                return Err(End::ClientGone);
+            }
+        };
+        let app = &self.app;
+        app.metrics.requests.inc();
+        let (envelope, request) = Request::parse(text.as_str(), app.limits());
+        match request {
+            Err(e) => self.answer(envelope, Err(e)),
+            Ok(Request::Resume { after }) => self
+                .pending
+                .push_back(Box::pin(async move { Reply::Resume { envelope, after } })),
+            Ok(Request::Ping) => self.answer(envelope, Ok(json!({}))),
+            Ok(request) => {
+                let app = app.clone();
+                let user = self.identity.user.clone();
+                self.pending.push_back(Box::pin(async move {
+                    let result = requests::handle(&app, &user, request).await;
+                    Reply::Frame(reply_frame(&app, &envelope, result))
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues an immediate answer behind any earlier pending ones.
+    fn answer(&mut self, envelope: Envelope, result: Result<serde_json::Value, ApiError>) {
+        let frame = reply_frame(&self.app, &envelope, result);
+        self.pending
+            .push_back(Box::pin(async move { Reply::Frame(frame) }));
+    }
+
+    async fn on_reply(&mut self, reply: Reply) -> Result<(), End> {
+        match reply {
+            Reply::Frame(f) => self.outbox.push(f.into()),
+            Reply::Resume { envelope, after } => {
+                let result = self.resume(after).await?;
+                let frame = reply_frame(&self.app, &envelope, result);
+                self.outbox.push_wait(frame.into()).await
+            }
+        }
+    }
+
+    /// Replays every event after `after`, then reports the head reached.
+    async fn resume(&mut self, after: i64) -> Result<Result<serde_json::Value, ApiError>, End> {
+        let (head, pruned) =
+            match store::stream_bounds(&self.app.db.pool, &self.identity.user).await {
+                Ok(b) => b,
+                Err(e) => return Ok(Err(e.into())),
+            };
+        if after < pruned {
+            return Ok(Err(ApiError::new(
+                Code::ResyncRequired,
+                format!(
+                    "events up to seq {pruned} were pruned: fetch conversations and history afresh, then resume from head"
+                ),
+            )));
+        }
+        if after > head {
+            return Ok(Err(ApiError::bad_request(format!(
+                "resume: after ({after}) is beyond your stream's head ({head})"
+            ))));
+        }
+        self.cursor = after;
+        match self.advance(head, true).await {
+            Ok(()) => Ok(Ok(json!({ "head": self.cursor }))),
+            Err(End::Internal) => Ok(Err(ApiError::unavailable())),
+            Err(end) => Err(end),
+        }
+    }
+
+    /// Queues this user's events from the cursor up to at least `target`, from the feed
+    /// where it has them and from the table where it does not. `wait`: wait for room in
+    /// the outbound queue (replay) instead of treating a full queue as overflow (live).
+    async fn advance(&mut self, target: i64, wait: bool) -> Result<(), End> {
+        while self.cursor < target {
+            let mut frames = self.sub.feed.frames_after(self.cursor, 256);
+            if frames.is_empty() {
+                let rows = store::events_after(
+                    &self.app.db.pool,
+                    &self.identity.user,
+                    self.cursor,
+                    REPLAY_PAGE,
+                )
+                .await
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "reading events for a session failed");
+                    End::Internal
+                })?;
+                if rows.is_empty() {
+                    // Committed events always exist up to head; none means they were pruned
+                    // under us. Skip to the target rather than spin.
+                    tracing::warn!(user = %self.identity.user, cursor = self.cursor, target, "events missing from the stream");
+                    self.cursor = target;
+                    break;
+                }
+                self.app.metrics.replayed_events.inc_by(rows.len() as u64);
+                frames = rows
+                    .into_iter()
+                    .map(|(s, f)| (s, Utf8Bytes::from(f)))
+                    .collect();
+            }
+            for (seq, frame) in frames {
+                if wait {
+                    self.outbox.push_wait(frame).await?;
+                } else {
+                    self.outbox.push(frame)?;
+                }
+                self.cursor = seq;
+                self.app.metrics.events_delivered.inc();
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the close frame that `end` calls for. On shutdown, replies still in flight
+    /// are finished first (their commits complete and their acks go out).
+    async fn close(&mut self, end: End) {
+        let (code, reason) = match end {
+            End::ClientGone | End::Dead => return,
+            End::Shutdown => {
+                while let Some(reply) = self.pending.next().await {
+                    if self.on_reply(reply).await.is_err() {
+                        break;
+                    }
+                }
+                let frame = CloseFrame {
+                    code: close::GOING_AWAY,
+                    reason: "server shutting down: reconnect and resume".into(),
+                };
+                let _ = self.outbox.tx.send(Message::Close(Some(frame))).await;
+                return;
+            }
+            End::Expired => (close::POLICY, "token expired: reconnect with a new token"),
+            End::TooBig => (close::TOO_BIG, "frame larger than max_frame_bytes"),
+            End::Overflow => {
+                self.app.metrics.outbound_overflows.inc();
+                (
+                    close::TRY_AGAIN_LATER,
+                    "outbound queue overflow: reconnect and resume; nothing is lost",
+                )
+            }
+            End::Internal => (close::INTERNAL, "internal error: reconnect and resume"),
+        };
+        if let Some(tx) = self.outbox.close_now.take() {
+            let _ = tx.send(CloseFrame {
+                code,
+                reason: reason.into(),
+            });
+        }
+    }
+}
+
+fn reply_frame(app: &App, envelope: &Envelope, result: Result<serde_json::Value, ApiError>) -> String {
+    match result {
+        Ok(v) => ok_frame(envelope, v),
+        Err(e) => {
+            app.metrics.request_errors.inc();
+            error_frame(envelope, &e)
+        }
+    }
+}
+
+/// Owns the write half: sends queued frames, flushing when the queue runs dry, and sends
+/// a priority close frame as soon as one is requested.
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Message>,
+    mut close_now: oneshot::Receiver<CloseFrame>,
+    bytes: Arc<AtomicUsize>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            frame = &mut close_now => {
+                if let Ok(frame) = frame {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        sink.send(Message::Close(Some(frame))),
+                    )
+                    .await;
+                }
+                return;
+            }
+            msg = rx.recv() => {
+                let Some(msg) = msg else {
+                    let _ = sink.close().await;
+                    return;
+                };
+                let closing = matches!(msg, Message::Close(_));
+                if let Message::Text(t) = &msg {
+                    bytes.fetch_sub(t.len(), Ordering::Relaxed);
+                }
+                let write = async {
+                    if rx.is_empty() || closing {
+                        sink.send(msg).await
+                    } else {
+                        sink.feed(msg).await
+                    }
+                };
+                // A client that stops reading blocks the write; a priority close must still
+                // end the session, so race the two.
+                let sent = tokio::select! {
+                    biased;
+                    _ = &mut close_now => return,
+                    sent = write => sent,
+                };
+                if sent.is_err() || closing {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn random_id() -> String {
+    use rand::Rng;
+    let n: u128 = rand::rng().random();
+    format!("{n:032x}")
+}

@@ -1,0 +1,344 @@
+//! The read side of the database, and the JSON shapes rows become on the wire.
+//!
+//! Writes that allocate `seq`/`cseq` live in [`crate::writer`]; everything here only reads
+//! (or upserts a user's name), with parameterised statements cached per connection.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use serde_json::{json, Value};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
+use crate::error::{ApiError, DbError};
+use crate::protocol::{rfc3339, ConversationId, UserId};
+
+/// A stored message, as sent on the wire inside `message` events and replies.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub id: i64,
+    pub conversation: String,
+    pub cseq: i64,
+    pub sender: String,
+    pub sender_name: Option<String>,
+    pub body: String,
+    pub client_msg_id: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Message {
+    /// Reads the columns `id, conversation_id, cseq, sender_id, sender_name, body,
+    /// client_msg_id, created_at` starting at `at`.
+    pub fn from_row(row: &Row, at: usize) -> Message {
+        Message {
+            id: row.get(at),
+            conversation: row.get(at + 1),
+            cseq: row.get(at + 2),
+            sender: row.get(at + 3),
+            sender_name: row.get(at + 4),
+            body: row.get(at + 5),
+            client_msg_id: row.get(at + 6),
+            created_at: row.get(at + 7),
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "conversation": self.conversation,
+            "cseq": self.cseq,
+            "sender": {"id": self.sender, "name": self.sender_name},
+            "body": self.body,
+            "client_msg_id": self.client_msg_id,
+            "created_at": rfc3339(self.created_at),
+        })
+    }
+}
+
+/// The kinds of durable events, as stored in `event_queue.kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Message,
+    Conversation,
+    Removed,
+    Read,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Message => "message",
+            EventKind::Conversation => "conversation",
+            EventKind::Removed => "removed",
+            EventKind::Read => "read",
+        }
+    }
+}
+
+/// Builds one event frame: `{"type":kind,"seq":seq,<fields>}`, where `fields` is the text
+/// of a JSON object's members without its braces. The fields are encoded once per event
+/// and shared by every recipient; only the `seq` differs.
+pub fn event_frame(kind: EventKind, seq: i64, fields: &str) -> String {
+    let mut s = String::with_capacity(fields.len() + 40);
+    s.push_str("{\"type\":\"");
+    s.push_str(kind.as_str());
+    s.push_str("\",\"seq\":");
+    s.push_str(&seq.to_string());
+    if !fields.is_empty() {
+        s.push(',');
+        s.push_str(fields);
+    }
+    s.push('}');
+    s
+}
+
+/// The members of a JSON object, without the surrounding braces.
+pub fn object_fields(v: &Value) -> String {
+    let s = v.to_string();
+    debug_assert!(s.starts_with('{') && s.ends_with('}'));
+    s[1..s.len() - 1].to_string()
+}
+
+/// Records the user (and their current display name); returns their stream head.
+/// Reads first so that an unchanged user costs no write.
+pub async fn touch_user(pool: &Pool, user: &UserId, name: Option<&str>) -> Result<i64, DbError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached("SELECT head, name FROM users WHERE id = $1")
+        .await?;
+    if let Some(row) = client.query_opt(&stmt, &[&user.as_str()]).await? {
+        let stored: Option<String> = row.get(1);
+        if name.is_none() || stored.as_deref() == name {
+            return Ok(row.get(0));
+        }
+    }
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO users (id, name) VALUES ($1, $2)
+             ON CONFLICT (id) DO UPDATE SET name = COALESCE(EXCLUDED.name, users.name)
+             RETURNING head",
+        )
+        .await?;
+    Ok(client
+        .query_one(&stmt, &[&user.as_str(), &name])
+        .await?
+        .get(0))
+}
+
+/// The durable events of `user` with `seq > after`, oldest first, at most `limit`, as
+/// ready-to-send frames.
+pub async fn events_after(
+    pool: &Pool,
+    user: &UserId,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<(i64, String)>, DbError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT e.seq, e.kind, e.payload,
+                    m.id, m.conversation_id, m.cseq, m.sender_id, u.name, m.body,
+                    m.client_msg_id, m.created_at
+             FROM event_queue e
+             LEFT JOIN messages m ON m.id = e.message_id
+             LEFT JOIN users u ON u.id = m.sender_id
+             WHERE e.user_id = $1 AND e.seq > $2
+             ORDER BY e.seq
+             LIMIT $3",
+        )
+        .await?;
+    let rows = client
+        .query(&stmt, &[&user.as_str(), &after, &limit])
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let seq: i64 = row.get(0);
+            let kind: &str = row.get(1);
+            let frame = match kind {
+                "message" => {
+                    let m = Message::from_row(row, 3);
+                    event_frame(
+                        EventKind::Message,
+                        seq,
+                        &object_fields(&json!({"message": m.to_json()})),
+                    )
+                }
+                other => {
+                    let kind = match other {
+                        "conversation" => EventKind::Conversation,
+                        "removed" => EventKind::Removed,
+                        _ => EventKind::Read,
+                    };
+                    let payload: Option<Value> = row.get(2);
+                    event_frame(kind, seq, &object_fields(&payload.unwrap_or(json!({}))))
+                }
+            };
+            (seq, frame)
+        })
+        .collect())
+}
+
+/// Where a resume may start: the user's head and the last pruned seq.
+pub async fn stream_bounds(pool: &Pool, user: &UserId) -> Result<(i64, i64), DbError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached("SELECT head, pruned_through FROM users WHERE id = $1")
+        .await?;
+    Ok(client
+        .query_opt(&stmt, &[&user.as_str()])
+        .await?
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap_or((0, 0)))
+}
+
+/// One page of a conversation's history.
+pub struct HistoryPage {
+    pub messages: Vec<Message>,
+    pub has_more: bool,
+    pub total: i64,
+}
+
+/// A page of messages older than `before_cseq`, oldest first, for a member.
+///
+/// The access check (with the total) and the page run concurrently, pipelined on one
+/// connection: one round trip. The total is the conversation's `last_cseq`, which equals
+/// its message count because cseq is gap-free and messages are never deleted, so no
+/// COUNT(*) scan is needed; usernames are resolved once per page in a CTE.
+pub async fn history(
+    pool: &Pool,
+    user: &UserId,
+    conversation: &ConversationId,
+    before_cseq: Option<i64>,
+    limit: i64,
+) -> Result<HistoryPage, ApiError> {
+    let client = pool.get().await.map_err(DbError::from)?;
+    let access = client
+        .prepare_cached(
+            "SELECT c.last_cseq,
+                    EXISTS (SELECT 1 FROM members m WHERE m.conversation_id = c.id AND m.user_id = $2)
+             FROM conversations c WHERE c.id = $1",
+        )
+        .await
+        .map_err(DbError::from)?;
+    let page = client
+        .prepare_cached(
+            "WITH page AS (
+                 SELECT id, conversation_id, cseq, sender_id, body, client_msg_id, created_at
+                 FROM messages
+                 WHERE conversation_id = $1 AND cseq < $2
+                 ORDER BY cseq DESC
+                 LIMIT $3
+             ), names AS (
+                 SELECT u.id, u.name FROM users u
+                 WHERE u.id IN (SELECT DISTINCT sender_id FROM page)
+             )
+             SELECT p.id, p.conversation_id, p.cseq, p.sender_id, n.name, p.body,
+                    p.client_msg_id, p.created_at
+             FROM page p LEFT JOIN names n ON n.id = p.sender_id
+             ORDER BY p.cseq",
+        )
+        .await
+        .map_err(DbError::from)?;
+    let before = before_cseq.unwrap_or(i64::MAX);
+    let fetch = limit + 1;
+    let (cid, uid) = (conversation.as_str(), user.as_str());
+    let access_params: [&(dyn ToSql + Sync); 2] = [&cid, &uid];
+    let page_params: [&(dyn ToSql + Sync); 3] = [&cid, &before, &fetch];
+    let (access, rows) = tokio::try_join!(
+        client.query_opt(&access, &access_params),
+        client.query(&page, &page_params),
+    )
+    .map_err(DbError::from)?;
+    let access = access.ok_or_else(|| no_such_conversation(conversation))?;
+    if !access.get::<_, bool>(1) {
+        return Err(not_a_member(conversation));
+    }
+    let mut messages: Vec<Message> = rows.iter().map(|r| Message::from_row(r, 0)).collect();
+    let has_more = messages.len() as i64 > limit;
+    if has_more {
+        messages.remove(0);
+    }
+    Ok(HistoryPage {
+        messages,
+        has_more,
+        total: access.get(0),
+    })
+}
+
+pub fn no_such_conversation(c: &ConversationId) -> ApiError {
+    ApiError::not_found(format!("conversation {:?} does not exist", c.as_str()))
+}
+
+pub fn not_a_member(c: &ConversationId) -> ApiError {
+    ApiError::forbidden(format!(
+        "you are not a member of conversation {:?}",
+        c.as_str()
+    ))
+}
+
+/// The user's conversations, most recently active first, each with its members, last
+/// message and unread count, in one query (no query per conversation).
+pub async fn conversations(pool: &Pool, user: &UserId) -> Result<Vec<Value>, DbError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT c.id, c.kind, c.name,
+                    (SELECT array_agg(x.user_id ORDER BY x.user_id) FROM members x
+                      WHERE x.conversation_id = c.id) AS members,
+                    (SELECT count(*) FROM messages u
+                      WHERE u.conversation_id = c.id AND u.cseq > me.read_cseq
+                        AND u.sender_id <> me.user_id) AS unread,
+                    lm.id, lm.conversation_id, lm.cseq, lm.sender_id, sn.name, lm.body,
+                    lm.client_msg_id, lm.created_at
+             FROM members me
+             JOIN conversations c ON c.id = me.conversation_id
+             LEFT JOIN messages lm ON lm.conversation_id = c.id AND lm.cseq = c.last_cseq
+             LEFT JOIN users sn ON sn.id = lm.sender_id
+             WHERE me.user_id = $1
+             ORDER BY COALESCE(lm.created_at, c.created_at) DESC, c.id",
+        )
+        .await?;
+    let rows = client.query(&stmt, &[&user.as_str()]).await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let last_message = row
+                .get::<_, Option<i64>>(5)
+                .map(|_| Message::from_row(row, 5).to_json());
+            let members: Vec<String> = row.get::<_, Option<Vec<String>>>(3).unwrap_or_default();
+            json!({
+                "id": row.get::<_, String>(0),
+                "kind": row.get::<_, String>(1),
+                "name": row.get::<_, Option<String>>(2),
+                "members": members,
+                "last_message": last_message,
+                "unread": row.get::<_, i64>(4),
+            })
+        })
+        .collect())
+}
+
+/// Deletes events older than `retention` and records how far each stream was pruned, so
+/// that a resume from before it gets `resync_required`. Returns the number deleted.
+pub async fn prune_events(pool: &Pool, retention: std::time::Duration) -> Result<u64, DbError> {
+    let client = pool.get().await?;
+    let secs = retention.as_secs_f64();
+    let row = client
+        .query_one(
+            "WITH gone AS (
+                 DELETE FROM event_queue
+                 WHERE created_at < now() - make_interval(secs => $1)
+                 RETURNING user_id, seq
+             ), upto AS (
+                 SELECT user_id, max(seq) AS seq FROM gone GROUP BY user_id
+             ), marked AS (
+                 UPDATE users u SET pruned_through = GREATEST(u.pruned_through, upto.seq)
+                 FROM upto WHERE u.id = upto.user_id
+                 RETURNING 1
+             )
+             SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM marked)",
+            &[&secs],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
