@@ -122,6 +122,9 @@ mod tests {
         assert_eq!(id.name.as_deref(), Some("Alice"));
         let other = Authenticator::new("s2");
         assert_eq!(other.verify(&t).unwrap_err().code, Code::Unauthorized);
-        assert_eq!(auth.verify("nonsense").unwrap_err().code, Code::Unauthorized);
+        assert_eq!(
+            auth.verify("nonsense").unwrap_err().code,
+            Code::Unauthorized
+        );
     }
 }

@@ -14,7 +14,11 @@ use crate::config::Config;
 use crate::protocol::UserId;
 
 #[derive(Parser)]
-#[command(name = "pgchat", version, about = "A chat server that needs nothing but PostgreSQL")]
+#[command(
+    name = "pgchat",
+    version,
+    about = "A chat server that needs nothing but PostgreSQL"
+)]
 struct Cli {
     /// The configuration file (default: $PGCHAT_CONFIG, else ./config.toml if present).
     #[arg(long, global = true)]

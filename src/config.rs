@@ -176,12 +176,24 @@ impl Config {
         at_least("max_frame_bytes", self.max_frame_bytes as u64, 1024)?;
         at_least("max_message_chars", self.max_message_chars as u64, 1)?;
         at_least("max_group_members", self.max_group_members as u64, 2)?;
-        at_least("max_inflight_requests", self.max_inflight_requests as u64, 1)?;
+        at_least(
+            "max_inflight_requests",
+            self.max_inflight_requests as u64,
+            1,
+        )?;
         at_least("outbound_max_frames", self.outbound_max_frames as u64, 16)?;
         at_least("outbound_max_bytes", self.outbound_max_bytes as u64, 4096)?;
-        at_least("ws_read_buffer_bytes", self.ws_read_buffer_bytes as u64, 512)?;
+        at_least(
+            "ws_read_buffer_bytes",
+            self.ws_read_buffer_bytes as u64,
+            512,
+        )?;
         at_least("ping_interval_ms", self.ping_interval_ms, 100)?;
-        at_least("recent_events_per_user", self.recent_events_per_user as u64, 1)?;
+        at_least(
+            "recent_events_per_user",
+            self.recent_events_per_user as u64,
+            1,
+        )?;
         at_least("write_batch_max", self.write_batch_max as u64, 1)?;
         at_least("writers", self.writers as u64, 1)?;
         if self.writers >= self.db_max_connections {
@@ -344,7 +356,10 @@ mod tests {
             redact_url_password("host=h password=secret user=u"),
             "host=h password=<redacted> user=u"
         );
-        assert_eq!(redact_url_password("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            redact_url_password("postgres://u@h/db"),
+            "postgres://u@h/db"
+        );
     }
 
     #[test]

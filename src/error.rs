@@ -150,16 +150,24 @@ impl DbError {
                     // insufficient resources, and statement timeouts: all transient.
                     Some(code) => {
                         let c = code.code();
-                        c.starts_with("08")
-                            || c.starts_with("57")
-                            || c.starts_with("53")
-                            || c == "40001"
-                            || c == "40P01"
+                        c.starts_with("08") || c.starts_with("57") || c.starts_with("53")
                     }
                     // no SQLSTATE: an I/O error on the socket
                     None => true,
                 }
             }
+        }
+    }
+}
+
+impl DbError {
+    /// A deadlock or serialization failure: the transaction may simply be run again.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            DbError::Postgres(e) => {
+                matches!(e.code().map(|c| c.code()), Some("40001") | Some("40P01"))
+            }
+            DbError::Pool(_) => false,
         }
     }
 }

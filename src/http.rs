@@ -33,7 +33,9 @@ pub fn router(app: App) -> Router {
         .route("/live", get(live))
         .route("/metrics", get(metrics))
         .fallback(|| async {
-            ApiError::not_found("no such endpoint: see PROTOCOL.md for /ws, /api, /health, /ready, /live, /metrics")
+            ApiError::not_found(
+                "no such endpoint: see PROTOCOL.md for /ws, /api, /health, /ready, /live, /metrics",
+            )
         })
         .with_state(app)
 }
@@ -43,12 +45,19 @@ fn token<'a>(headers: &'a HeaderMap, query: &'a HashMap<String, String>) -> Opti
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .or_else(|| query.get("token").map(String::as_str))
 }
 
-fn authenticate(app: &App, headers: &HeaderMap, query: &HashMap<String, String>) -> Result<Identity, ApiError> {
+fn authenticate(
+    app: &App,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<Identity, ApiError> {
     let token = token(headers, query).ok_or_else(|| {
         ApiError::new(
             Code::Unauthorized,
@@ -73,7 +82,13 @@ async fn upgrade(
         Err(e) => return refuse(&app, e),
     };
     if app.shutdown.is_cancelled() {
-        return refuse(&app, ApiError::new(Code::NotReady, "this worker is shutting down: connect to another"));
+        return refuse(
+            &app,
+            ApiError::new(
+                Code::NotReady,
+                "this worker is shutting down: connect to another",
+            ),
+        );
     }
     let Some(slot) = app.try_take_slot() else {
         let mut e = ApiError::new(
@@ -88,7 +103,8 @@ async fn upgrade(
     };
     // Subscribe before reading the head, so no event falls between the two.
     let sub = app.hub.subscribe(identity.user.as_str());
-    let head = match store::touch_user(&app.db.pool, &identity.user, identity.name.as_deref()).await {
+    let head = match store::touch_user(&app.db.pool, &identity.user, identity.name.as_deref()).await
+    {
         Ok(h) => h,
         Err(e) => {
             tracing::warn!(error = %e, "database unreachable at connect");
@@ -120,9 +136,14 @@ async fn api_identity(app: &App, headers: &HeaderMap) -> Result<Identity, ApiErr
     Ok(identity)
 }
 
-async fn api_conversations(State(app): State<App>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
+async fn api_conversations(
+    State(app): State<App>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let id = api_identity(&app, &headers).await?;
-    Ok(Json(requests::handle(&app, &id.user, Request::Conversations).await?))
+    Ok(Json(
+        requests::handle(&app, &id.user, Request::Conversations).await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -260,7 +281,9 @@ async fn metrics(State(app): State<App>) -> Response {
 fn memory() -> serde_json::Value {
     let page = 4096u64;
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let mut fields = statm.split_whitespace().map(|f| f.parse::<u64>().unwrap_or(0));
+    let mut fields = statm
+        .split_whitespace()
+        .map(|f| f.parse::<u64>().unwrap_or(0));
     let virt = fields.next().unwrap_or(0) * page;
     let rss = fields.next().unwrap_or(0) * page;
     json!({"rss_bytes": rss, "virtual_bytes": virt})

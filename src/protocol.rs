@@ -251,7 +251,11 @@ impl Request {
         (envelope, request)
     }
 
-    fn parse_body(kind: &str, map: Map<String, Value>, limits: Limits) -> Result<Request, ApiError> {
+    fn parse_body(
+        kind: &str,
+        map: Map<String, Value>,
+        limits: Limits,
+    ) -> Result<Request, ApiError> {
         fn fields<T: DeserializeOwned>(kind: &str, map: Map<String, Value>) -> Result<T, ApiError> {
             serde_json::from_value(Value::Object(map))
                 .map_err(|e| ApiError::bad_request(format!("{kind}: {e}")))
@@ -291,9 +295,7 @@ impl Request {
                 }
                 if let Some(b) = f.before_cseq {
                     if b < 1 {
-                        return Err(ApiError::bad_request(
-                            "history: before_cseq must be >= 1",
-                        ));
+                        return Err(ApiError::bad_request("history: before_cseq must be >= 1"));
                     }
                 }
                 Ok(Request::History {

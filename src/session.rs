@@ -53,7 +53,10 @@ enum End {
 enum Reply {
     Frame(String),
     /// Resume needs the session's cursor, so the loop itself runs it when its turn comes.
-    Resume { envelope: Envelope, after: i64 },
+    Resume {
+        envelope: Envelope,
+        after: i64,
+    },
 }
 
 /// The bounded queue to the writer task: at most `outbound_max_frames` frames and
@@ -357,7 +360,11 @@ impl Session {
     }
 }
 
-fn reply_frame(app: &App, envelope: &Envelope, result: Result<serde_json::Value, ApiError>) -> String {
+fn reply_frame(
+    app: &App,
+    envelope: &Envelope,
+    result: Result<serde_json::Value, ApiError>,
+) -> String {
     match result {
         Ok(v) => ok_frame(envelope, v),
         Err(e) => {

@@ -12,6 +12,9 @@
 //! the counters in memory, inserts, and writes the counters back. Locks are always taken
 //! in that global order, so concurrent batches (other writers, other workers) never
 //! deadlock, and a later seq for a user can only commit after the earlier one did.
+//! The locks are `FOR NO KEY UPDATE`, not `FOR UPDATE`: inserting a message or a member
+//! takes `FOR KEY SHARE` on the referenced rows, which `FOR UPDATE` would conflict with
+//! (and deadlock against a concurrent batch); the counters are not keys.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -143,11 +146,26 @@ impl Batcher {
     async fn commit_jobs(&self, jobs: Vec<Job>) {
         let requests: Vec<&SendRequest> = jobs.iter().map(|j| &j.request).collect();
         self.metrics.batch_size.observe(jobs.len() as f64);
-        let (outcomes, published) = match self.commit(&requests).await {
+        let mut attempt = self.commit(&requests).await;
+        // A deadlock or serialization failure should not happen with ordered locks; if one
+        // does (a future statement gets the order wrong), retrying is correct and cheap.
+        for _ in 0..3 {
+            match &attempt {
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(error = %e, "batch hit a lock conflict; retrying");
+                    attempt = self.commit(&requests).await;
+                }
+                _ => break,
+            }
+        }
+        let (outcomes, published) = match attempt {
             Ok(done) => done,
             Err(e) if e.is_unavailable() || jobs.len() == 1 => {
                 let error = ApiError::from(e);
-                (jobs.iter().map(|_| Err(error.clone())).collect(), Vec::new())
+                (
+                    jobs.iter().map(|_| Err(error.clone())).collect(),
+                    Vec::new(),
+                )
             }
             Err(e) => {
                 // One request may have tripped something unexpected: retry each alone so
@@ -190,7 +208,10 @@ impl Batcher {
 
     /// Commits `requests` in one transaction. Per-request refusals (not a member, no such
     /// conversation) are outcomes, not errors: they do not abort the others.
-    async fn commit(&self, requests: &[&SendRequest]) -> Result<(Outcomes, Vec<Published>), DbError> {
+    async fn commit(
+        &self,
+        requests: &[&SendRequest],
+    ) -> Result<(Outcomes, Vec<Published>), DbError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         // PostgreSQL keeps microseconds; truncate so a live frame equals its replay.
@@ -264,7 +285,9 @@ impl Batcher {
                 tx.execute(&stmt, &[&cs, &us]).await?;
             }
             let stmt = tx
-                .prepare_cached("SELECT id, direct_key FROM conversations WHERE direct_key = ANY($1)")
+                .prepare_cached(
+                    "SELECT id, direct_key FROM conversations WHERE direct_key = ANY($1)",
+                )
                 .await?;
             for row in tx.query(&stmt, &[&keys]).await? {
                 id_of_key.insert(row.get(1), row.get(0));
@@ -287,7 +310,7 @@ impl Batcher {
             .collect();
         let stmt = tx
             .prepare_cached(
-                "SELECT id, last_cseq FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                "SELECT id, last_cseq FROM conversations WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
             )
             .await?;
         let mut last_cseq: HashMap<String, i64> = tx
@@ -316,7 +339,9 @@ impl Batcher {
             .into_iter()
             .collect();
         let stmt = tx
-            .prepare_cached("SELECT id, head, name FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+            .prepare_cached(
+                "SELECT id, head, name FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+            )
             .await?;
         let mut heads: HashMap<String, i64> = HashMap::new();
         let mut names: HashMap<String, Option<String>> = HashMap::new();
@@ -361,7 +386,13 @@ impl Batcher {
             let fields: Arc<str> = object_fields(&conversation).into();
             for m in ms {
                 let seq = alloc_seq(m);
-                event_rows.push(m, seq, EventKind::Conversation, None, Some(conversation.clone()));
+                event_rows.push(
+                    m,
+                    seq,
+                    EventKind::Conversation,
+                    None,
+                    Some(conversation.clone()),
+                );
                 published.push(Published {
                     user: m.clone(),
                     seq,
@@ -373,7 +404,10 @@ impl Batcher {
         let mut outcomes: Vec<Result<Message, ApiError>> = Vec::with_capacity(requests.len());
         let mut fresh: Vec<(usize, Vec<usize>)> = Vec::new(); // outcome index, event row indexes
         for (r, conv) in requests.iter().zip(&targets) {
-            let key = (r.sender.as_str().to_string(), r.client_msg_id.as_str().to_string());
+            let key = (
+                r.sender.as_str().to_string(),
+                r.client_msg_id.as_str().to_string(),
+            );
             if let Some(m) = stored.get(&key) {
                 outcomes.push(Ok(m.clone()));
                 continue;
@@ -384,7 +418,10 @@ impl Batcher {
                 continue;
             };
             let ms = members.get(conv).map(Vec::as_slice).unwrap_or_default();
-            if ms.binary_search_by(|m| m.as_str().cmp(r.sender.as_str())).is_err() {
+            if ms
+                .binary_search_by(|m| m.as_str().cmp(r.sender.as_str()))
+                .is_err()
+            {
                 outcomes.push(Err(store::not_a_member(&cid)));
                 continue;
             }
@@ -427,11 +464,17 @@ impl Batcher {
                 .query(
                     &stmt,
                     &[
-                        &msgs.iter().map(|m| m.conversation.as_str()).collect::<Vec<_>>(),
+                        &msgs
+                            .iter()
+                            .map(|m| m.conversation.as_str())
+                            .collect::<Vec<_>>(),
                         &msgs.iter().map(|m| m.cseq).collect::<Vec<_>>(),
                         &msgs.iter().map(|m| m.sender.as_str()).collect::<Vec<_>>(),
                         &msgs.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(),
-                        &msgs.iter().map(|m| m.client_msg_id.as_str()).collect::<Vec<_>>(),
+                        &msgs
+                            .iter()
+                            .map(|m| m.client_msg_id.as_str())
+                            .collect::<Vec<_>>(),
                         &msgs.iter().map(|m| m.created_at).collect::<Vec<_>>(),
                     ],
                 )
@@ -508,7 +551,14 @@ struct EventRows {
 }
 
 impl EventRows {
-    fn push(&mut self, user: &str, seq: i64, kind: EventKind, message: Option<i64>, payload: Option<Value>) {
+    fn push(
+        &mut self,
+        user: &str,
+        seq: i64,
+        kind: EventKind,
+        message: Option<i64>,
+        payload: Option<Value>,
+    ) {
         self.users.push(user.to_string());
         self.seqs.push(seq);
         self.kinds.push(kind);

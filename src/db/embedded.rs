@@ -171,7 +171,14 @@ impl Cluster {
     pub fn stop(&self) -> Result<(), String> {
         self.run(
             "pg_ctl",
-            &["-D", &self.dir.to_string_lossy(), "-m", "fast", "-w", "stop"],
+            &[
+                "-D",
+                &self.dir.to_string_lossy(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
         )
     }
 }
@@ -179,7 +186,9 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         match self.stop() {
-            Ok(()) => tracing::info!(dir = %self.dir.display(), "private PostgreSQL cluster stopped"),
+            Ok(()) => {
+                tracing::info!(dir = %self.dir.display(), "private PostgreSQL cluster stopped")
+            }
             Err(e) => tracing::warn!(error = %e, "stopping the private PostgreSQL cluster"),
         }
     }

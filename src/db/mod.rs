@@ -61,7 +61,9 @@ impl Database {
             "-c statement_timeout={}",
             config.db_statement_timeout_ms
         ));
-        pg_config.connect_timeout(Duration::from_millis(config.db_acquire_timeout_ms.max(1000)));
+        pg_config.connect_timeout(Duration::from_millis(
+            config.db_acquire_timeout_ms.max(1000),
+        ));
         if pg_config.get_application_name().is_none() {
             pg_config.application_name("pgchat");
         }
@@ -180,20 +182,24 @@ async fn locate(config: &Config) -> Result<(String, Option<embedded::Cluster>), 
 }
 
 /// Creates the database named in `pg_config` if the server does not have it yet.
-async fn ensure_database(pg_config: &tokio_postgres::Config, url: &str) -> Result<(), StartupError> {
+async fn ensure_database(
+    pg_config: &tokio_postgres::Config,
+    url: &str,
+) -> Result<(), StartupError> {
     match pg_config.connect(NoTls).await {
         Ok(_) => Ok(()),
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) => {
             let name = pg_config.get_dbname().unwrap_or("postgres").to_string();
             let mut admin = pg_config.clone();
             admin.dbname("postgres");
-            let (client, conn) = admin
-                .connect(NoTls)
-                .await
-                .map_err(|source| StartupError::Unreachable {
-                    url: redact(url),
-                    source,
-                })?;
+            let (client, conn) =
+                admin
+                    .connect(NoTls)
+                    .await
+                    .map_err(|source| StartupError::Unreachable {
+                        url: redact(url),
+                        source,
+                    })?;
             tokio::spawn(conn);
             let sql = format!("CREATE DATABASE {}", quote_ident(&name));
             match client.batch_execute(&sql).await {
@@ -202,7 +208,9 @@ async fn ensure_database(pg_config: &tokio_postgres::Config, url: &str) -> Resul
                     Ok(())
                 }
                 // Another worker created it first.
-                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {
+                Err(e)
+                    if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) =>
+                {
                     Ok(())
                 }
                 Err(source) => Err(StartupError::CreateDatabase { name, source }),
@@ -216,14 +224,18 @@ async fn ensure_database(pg_config: &tokio_postgres::Config, url: &str) -> Resul
 }
 
 /// Applies schema.sql under an advisory lock, after checking the recorded version.
-pub async fn apply_schema(pg_config: &tokio_postgres::Config, url: &str) -> Result<(), StartupError> {
-    let (client, conn) = pg_config
-        .connect(NoTls)
-        .await
-        .map_err(|source| StartupError::Unreachable {
-            url: redact(url),
-            source,
-        })?;
+pub async fn apply_schema(
+    pg_config: &tokio_postgres::Config,
+    url: &str,
+) -> Result<(), StartupError> {
+    let (client, conn) =
+        pg_config
+            .connect(NoTls)
+            .await
+            .map_err(|source| StartupError::Unreachable {
+                url: redact(url),
+                source,
+            })?;
     tokio::spawn(conn);
     client
         .batch_execute("SELECT pg_advisory_lock(hashtext('pgchat_schema'))")

@@ -1,0 +1,500 @@
+//! The test harness: a real PostgreSQL, a fresh database per test cloned from a template
+//! built once from schema.sql, a pgchat server on port 0, and WebSocket clients.
+//!
+//! PostgreSQL is `TEST_DATABASE_URL`, else the local server on 127.0.0.1:5432, else a
+//! private cluster under `target/pgchat-test-cluster` (started once, reused by later runs).
+//! Set `TEST_LOG=1` to see the servers' logs.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use pgchat::auth::Authenticator;
+use pgchat::protocol::UserId;
+use pgchat::{Application, Config};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_postgres::NoTls;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "test-secret";
+/// How long a test waits for something that should happen; generous for busy CI machines.
+pub const PATIENCE: Duration = Duration::from_secs(15);
+
+/// The server URL (without database) every test database lives on.
+fn server_url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("TEST_DATABASE_URL") {
+            return url;
+        }
+        let local = std::net::TcpStream::connect_timeout(
+            &"127.0.0.1:5432".parse().unwrap(),
+            Duration::from_secs(1),
+        )
+        .is_ok();
+        if local {
+            return "postgres://postgres@127.0.0.1:5432/postgres".to_string();
+        }
+        start_private_cluster()
+    })
+}
+
+fn start_private_cluster() -> String {
+    let bindir = pgchat::db::embedded::find_bindir().expect(
+        "no PostgreSQL: set TEST_DATABASE_URL, run one on 127.0.0.1:5432, or install postgresql",
+    );
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pgchat-test-cluster");
+    let port = 55432;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        if !pgchat::db::embedded::server_answers("127.0.0.1", port).await {
+            let cluster = pgchat::db::embedded::Cluster::start(&bindir, &dir, port)
+                .await
+                .expect("private test cluster");
+            // Left running on purpose: later test binaries and runs reuse it.
+            std::mem::forget(cluster);
+        }
+    });
+    format!("postgres://postgres@127.0.0.1:{port}/postgres")
+}
+
+fn with_db(url: &str, db: &str) -> String {
+    let mut config: tokio_postgres::Config = url.parse().unwrap();
+    config.dbname(db);
+    // Rebuild as a URL: host, port, user are all we use.
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        #[cfg(unix)]
+        tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("postgres");
+    match config.get_password() {
+        Some(pw) => format!(
+            "postgres://{user}:{}@{host}:{port}/{db}",
+            String::from_utf8_lossy(pw)
+        ),
+        None => format!("postgres://{user}@{host}:{port}/{db}"),
+    }
+}
+
+async fn admin() -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(server_url(), NoTls)
+        .await
+        .expect("connect to the test PostgreSQL server");
+    tokio::spawn(conn);
+    client
+}
+
+/// The template database, built once per schema version and shared by every test.
+async fn template() -> String {
+    let hash = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        pgchat::db::SCHEMA_SQL.hash(&mut h);
+        h.finish()
+    };
+    let name = format!("pgchat_tmpl_{:x}", hash & 0xffff_ffff);
+    let admin = admin().await;
+    // Test binaries run in parallel: one builds the template, the others wait for it.
+    admin
+        .batch_execute("SELECT pg_advisory_lock(727272)")
+        .await
+        .unwrap();
+    let exists = admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .unwrap()
+        .is_some();
+    if !exists {
+        let building = format!("{name}_building");
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {building}"))
+            .await
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {building}"))
+            .await
+            .unwrap();
+        let url = with_db(server_url(), &building);
+        let config: tokio_postgres::Config = url.parse().unwrap();
+        pgchat::db::apply_schema(&config, &url)
+            .await
+            .expect("schema.sql applies to an empty database");
+        // Renaming only after the schema is in makes a half-built template impossible.
+        admin
+            .batch_execute(&format!("ALTER DATABASE {building} RENAME TO {name}"))
+            .await
+            .unwrap();
+    }
+    admin
+        .batch_execute("SELECT pg_advisory_unlock(727272)")
+        .await
+        .unwrap();
+    name
+}
+
+/// A fresh database for one test, dropped when the test ends.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let template = template().await;
+        let name = format!("pgchat_test_{:016x}", rand::random::<u64>());
+        let admin = admin().await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
+            .await
+            .expect("clone the template database");
+        TestDb {
+            url: with_db(server_url(), &name),
+            name,
+        }
+    }
+
+    /// A direct connection, for arranging and asserting on stored state.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.url, NoTls).await.unwrap();
+        tokio::spawn(conn);
+        client
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime: use a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                if let Ok((client, conn)) = tokio_postgres::connect(server_url(), NoTls).await {
+                    tokio::spawn(conn);
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub fn init_logging() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(
+                    std::env::var("RUST_LOG").unwrap_or_else(|_| "info,pgchat=debug".into()),
+                )
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+/// The configuration tests start from: port 0, the test database, the test secret.
+pub fn test_config(db: &TestDb) -> Config {
+    Config {
+        host: "127.0.0.1".into(),
+        port: 0,
+        node_env: "test".into(),
+        database_url: Some(db.url.clone()),
+        jwt_secret: Some(SECRET.into()),
+        embedded_postgres: false,
+        db_max_connections: 6,
+        db_min_connections: 1,
+        shutdown_timeout_ms: 5_000,
+        ..Config::default()
+    }
+}
+
+/// A running pgchat server on its own fresh database.
+pub struct TestApp {
+    pub db: TestDb,
+    pub addr: std::net::SocketAddr,
+    pub app: pgchat::App,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub stopped: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Starts a server whose configuration `adjust` may change first.
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+        init_logging();
+        let db = TestDb::new().await;
+        let mut config = test_config(&db);
+        adjust(&mut config);
+        config.validate().expect("test configuration is valid");
+        let application = Application::build(config).await.expect("server starts");
+        let addr = application.local_addr();
+        let app = application.app();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(application.run_until_stopped(async move {
+            let _ = stopped.await;
+        }));
+        TestApp {
+            db,
+            addr,
+            app,
+            stop: Some(stop),
+            stopped: Some(handle),
+        }
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        self.token_for(
+            user,
+            Some(&format!("{user} name")),
+            Duration::from_secs(3600),
+        )
+    }
+
+    pub fn token_for(&self, user: &str, name: Option<&str>, ttl: Duration) -> String {
+        Authenticator::new(SECRET).mint(&UserId::parse(user).unwrap(), name, ttl)
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Connects as `user` and reads the hello.
+    pub async fn connect(&self, user: &str) -> Client {
+        Client::connect(self, &self.token(user)).await
+    }
+
+    /// Tries to connect with `token`; the HTTP status and body on refusal.
+    pub async fn try_connect(&self, token: Option<&str>) -> Result<Client, (u16, Value)> {
+        let url = format!("ws://{}/ws", self.addr);
+        let mut request = url.into_client_request().unwrap();
+        if let Some(t) = token {
+            request
+                .headers_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((ws, _)) => Ok(Client::from_stream(ws).await),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                let status = resp.status().as_u16();
+                let body = resp
+                    .body()
+                    .as_ref()
+                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .unwrap_or(Value::Null);
+                Err((status, body))
+            }
+            Err(e) => panic!("connect failed unexpectedly: {e}"),
+        }
+    }
+
+    /// Stops the server as SIGTERM would, and waits for it to finish draining.
+    pub async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(h) = self.stopped.take() {
+            tokio::time::timeout(PATIENCE, h)
+                .await
+                .expect("server drains within the patience window")
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A WebSocket client that keeps events that arrive while it waits for a reply.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub hello: Value,
+    events: VecDeque<Value>,
+    next_ref: u64,
+}
+
+impl Client {
+    pub async fn connect(app: &TestApp, token: &str) -> Client {
+        match app.try_connect(Some(token)).await {
+            Ok(c) => c,
+            Err((status, body)) => panic!("connect refused: {status} {body}"),
+        }
+    }
+
+    async fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
+        let mut c = Client {
+            ws,
+            hello: Value::Null,
+            events: VecDeque::new(),
+            next_ref: 0,
+        };
+        let hello = c.recv().await.expect("hello frame");
+        assert_eq!(hello["type"], "hello", "first frame is hello: {hello}");
+        c.hello = hello;
+        c
+    }
+
+    pub fn head(&self) -> i64 {
+        self.hello["head"].as_i64().unwrap()
+    }
+
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        self.ws.send(Message::text(text.into())).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, msg: Message) {
+        self.ws.send(msg).await.unwrap();
+    }
+
+    /// The next JSON frame, or None once the socket closed. Panics after PATIENCE.
+    pub async fn recv(&mut self) -> Option<Value> {
+        self.recv_within(PATIENCE)
+            .await
+            .expect("a frame within the patience window")
+    }
+
+    /// The next JSON frame within `d`: Err(()) on timeout, Ok(None) on close.
+    pub async fn recv_within(&mut self, d: Duration) -> Result<Option<Value>, ()> {
+        loop {
+            let msg = match tokio::time::timeout(d, self.ws.next()).await {
+                Err(_) => return Err(()),
+                Ok(None) | Ok(Some(Err(_))) => return Ok(None),
+                Ok(Some(Ok(m))) => m,
+            };
+            match msg {
+                Message::Text(t) => return Ok(Some(serde_json::from_str(t.as_str()).unwrap())),
+                Message::Close(_) => return Ok(None),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Reads until the socket closes; returns the close code.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match tokio::time::timeout(PATIENCE, self.ws.next()).await {
+                Err(_) => panic!("socket did not close within the patience window"),
+                Ok(None) | Ok(Some(Err(_))) => return None,
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    return frame.map(|f| u16::from(f.code));
+                }
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    /// Sends `request` with a fresh `ref` and returns its reply; events that arrive first
+    /// are kept for [`Client::event`].
+    pub async fn request(&mut self, mut request: Value) -> Value {
+        self.next_ref += 1;
+        let r = format!("r{}", self.next_ref);
+        request["ref"] = json!(r);
+        self.send_text(request.to_string()).await;
+        self.reply_to(&r).await
+    }
+
+    /// Waits for the reply whose ref is `r`, keeping events.
+    pub async fn reply_to(&mut self, r: &str) -> Value {
+        loop {
+            let frame = self
+                .recv()
+                .await
+                .expect("socket open while awaiting a reply");
+            match frame["type"].as_str() {
+                Some("ok") | Some("error") => {
+                    assert_eq!(frame["ref"], json!(r), "replies come in request order");
+                    return frame;
+                }
+                _ => self.events.push_back(frame),
+            }
+        }
+    }
+
+    /// `request`, asserting it succeeded.
+    pub async fn ok(&mut self, request: Value) -> Value {
+        let reply = self.request(request.clone()).await;
+        assert_eq!(reply["type"], "ok", "{request} failed: {reply}");
+        reply
+    }
+
+    /// `request`, asserting it failed with `code`.
+    pub async fn err(&mut self, request: Value, code: &str) -> Value {
+        let reply = self.request(request.clone()).await;
+        assert_eq!(reply["type"], "error", "{request} should fail: {reply}");
+        assert_eq!(reply["code"], code, "{request}: {reply}");
+        reply
+    }
+
+    /// The next event (a frame that is not a reply).
+    pub async fn event(&mut self) -> Value {
+        if let Some(e) = self.events.pop_front() {
+            return e;
+        }
+        loop {
+            let frame = self
+                .recv()
+                .await
+                .expect("socket open while awaiting an event");
+            if frame["type"] != "ok" && frame["type"] != "error" {
+                return frame;
+            }
+            panic!("unexpected reply while waiting for an event: {frame}");
+        }
+    }
+
+    /// The next event of type `kind`, skipping others.
+    pub async fn event_of(&mut self, kind: &str) -> Value {
+        loop {
+            let e = self.event().await;
+            if e["type"] == kind {
+                return e;
+            }
+        }
+    }
+
+    /// Events already received and kept.
+    pub fn buffered(&mut self) -> Vec<Value> {
+        self.events.drain(..).collect()
+    }
+
+    pub async fn send_dm(&mut self, to: &str, body: &str, client_msg_id: &str) -> Value {
+        let reply = self
+            .ok(json!({"type": "send", "to": to, "body": body, "client_msg_id": client_msg_id}))
+            .await;
+        reply["message"].clone()
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// Reads a `CloseCode` as its number.
+pub fn code(c: CloseCode) -> u16 {
+    u16::from(c)
+}
