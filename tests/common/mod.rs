@@ -455,16 +455,15 @@ impl Client {
         if let Some(e) = self.events.pop_front() {
             return e;
         }
-        loop {
-            let frame = self
-                .recv()
-                .await
-                .expect("socket open while awaiting an event");
-            if frame["type"] != "ok" && frame["type"] != "error" {
-                return frame;
-            }
-            panic!("unexpected reply while waiting for an event: {frame}");
-        }
+        let frame = self
+            .recv()
+            .await
+            .expect("socket open while awaiting an event");
+        assert!(
+            frame["type"] != "ok" && frame["type"] != "error",
+            "unexpected reply while waiting for an event: {frame}"
+        );
+        frame
     }
 
     /// The next event of type `kind`, skipping others.
