@@ -257,8 +257,16 @@ impl Request {
         limits: Limits,
     ) -> Result<Request, ApiError> {
         fn fields<T: DeserializeOwned>(kind: &str, map: Map<String, Value>) -> Result<T, ApiError> {
-            serde_json::from_value(Value::Object(map))
-                .map_err(|e| ApiError::bad_request(format!("{kind}: {e}")))
+            // serde_path_to_error names the field in type errors ("after: invalid type …").
+            serde_path_to_error::deserialize(Value::Object(map)).map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                if path == "." || inner.to_string().contains(&path) {
+                    ApiError::bad_request(format!("{kind}: {inner}"))
+                } else {
+                    ApiError::bad_request(format!("{kind}: {path}: {inner}"))
+                }
+            })
         }
         match kind {
             "resume" => {

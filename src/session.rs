@@ -120,9 +120,13 @@ pub async fn run(socket: WebSocket, app: App, identity: Identity, sub: Subscript
     let end = session.serve(&mut stream, head).await;
     tracing::debug!(user = %session.identity.user, ?end, "session ends");
     session.close(end).await;
+    // Keep the priority-close sender alive until the writer is done: a dropped sender
+    // would wake the writer as if a close were requested, and cut off queued frames.
+    let close_now = session.outbox.close_now.take();
     drop(session);
     // The writer ends once it has sent what is queued (or the close frame).
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    drop(close_now);
     app.metrics.connections.dec();
 }
 

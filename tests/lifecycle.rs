@@ -1,0 +1,241 @@
+//! The process: the command line, configuration errors, and graceful shutdown, both in
+//! process and of the real binary under SIGTERM.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::TestApp;
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_pgchat");
+
+/// The binary with a clean environment (no inherited PGCHAT_* or PORT) and no config file.
+fn pgchat() -> Command {
+    let mut c = Command::new(BIN);
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PGCHAT_CONFIG", "/nonexistent/pgchat.toml")
+        .stdin(Stdio::null());
+    c
+}
+
+#[test]
+fn an_invalid_value_stops_start_up_with_one_line_and_exit_code_2() {
+    for (var, value, key) in [
+        ("PORT", "not-a-port", "port"),
+        ("DB_MAX_CONNECTIONS", "1", "db_max_connections"),
+        ("PGCHAT_MAX_FRAME_BYTES", "-5", "max_frame_bytes"),
+        ("PGCHAT_EVENT_RETENTION", "forever", "event_retention"),
+        ("DATABASE_URL", "postgres://h:notaport/db", "database_url"),
+    ] {
+        let out = pgchat().env(var, value).arg("serve").output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}={value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(key), "{var}={value}: {stderr}");
+    }
+}
+
+#[test]
+fn production_refuses_to_start_without_a_jwt_secret() {
+    let out = pgchat().env("NODE_ENV", "production").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("jwt_secret"));
+}
+
+#[test]
+fn config_prints_the_effective_configuration_with_secrets_redacted() {
+    let out = pgchat()
+        .env("JWT_SECRET", "s3cret-value")
+        .env("DATABASE_URL", "postgres://u:hunter2@localhost:5432/chat")
+        .env("PORT", "4000")
+        .env("PGCHAT_WRITERS", "3")
+        .arg("config")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("port = 4000"), "{text}");
+    assert!(text.contains("writers = 3"), "{text}");
+    assert!(
+        !text.contains("s3cret-value") && !text.contains("hunter2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("postgres://u:<redacted>@localhost:5432/chat"),
+        "{text}"
+    );
+}
+
+#[test]
+fn redis_url_is_accepted_and_every_key_has_a_pgchat_name() {
+    let out = pgchat()
+        .env("REDIS_URL", "redis://localhost:6379")
+        .env("PGCHAT_MAX_MESSAGE_CHARS", "123")
+        .arg("config")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("max_message_chars = 123"));
+}
+
+#[test]
+fn the_shipped_config_toml_is_valid_and_holds_the_defaults() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml");
+    let from_file = pgchat::Config::load(Some(std::path::Path::new(path))).unwrap();
+    let mut defaults = pgchat::Config::default();
+    // The environment of the test run may set bare names; compare only if it does not.
+    if std::env::var_os("PORT").is_none() && std::env::var_os("DATABASE_URL").is_none() {
+        defaults.validate().unwrap();
+        assert_eq!(
+            from_file, defaults,
+            "config.toml documents the built-in defaults"
+        );
+    }
+}
+
+#[test]
+fn token_prints_a_token_the_server_accepts() {
+    let out = pgchat()
+        .env("JWT_SECRET", "cli-secret")
+        .args(["token", "alice", "--name", "Alice", "--ttl", "5m"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let id = pgchat::auth::Authenticator::new("cli-secret")
+        .verify(&token)
+        .unwrap();
+    assert_eq!(id.user.as_str(), "alice");
+    assert_eq!(id.name.as_deref(), Some("Alice"));
+    let bad = pgchat().args(["token", "no spaces"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn shutdown_finishes_in_flight_sends_then_closes_sockets_with_1001() {
+    let mut app = TestApp::spawn().await;
+    let mut alice = app.connect("alice").await;
+    for i in 0..20 {
+        alice
+            .send_text(
+                json!({"type": "send", "to": "bob", "body": "x", "client_msg_id": i.to_string(), "ref": i})
+                    .to_string(),
+            )
+            .await;
+    }
+    // Wait until the first is acknowledged so the rest are in flight, then shut down.
+    let mut acked = Vec::new();
+    loop {
+        let f = alice.recv().await.unwrap();
+        if f["type"] == "ok" {
+            acked.push(f["ref"].as_i64().unwrap());
+            break;
+        }
+    }
+    app.shutdown().await;
+    // Every frame sent before the close: acks (or unavailable errors, never silence).
+    loop {
+        match alice.recv_within(common::PATIENCE).await {
+            Ok(Some(f)) if f["type"] == "ok" => acked.push(f["ref"].as_i64().unwrap()),
+            Ok(Some(f)) if f["type"] == "error" => panic!("a send failed on shutdown: {f}"),
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(()) => panic!("no close after shutdown"),
+        }
+    }
+    // Requests read before shutdown were all answered; every ack is stored.
+    let db = app.db.client().await;
+    let stored: i64 = db
+        .query_one("SELECT count(*) FROM messages", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored as usize, acked.len());
+    assert!(!acked.is_empty());
+}
+
+#[tokio::test]
+async fn the_socket_close_code_on_shutdown_is_1001() {
+    let mut app = TestApp::spawn().await;
+    let mut alice = app.connect("alice").await;
+    let stop = app.shutdown();
+    let (_, code) = tokio::join!(stop, alice.close_code());
+    assert_eq!(code, Some(1001));
+    // New connections are refused once draining has begun (the listener is gone).
+    assert!(
+        tokio_tungstenite::connect_async(format!("ws://{}/ws", app.addr))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn the_binary_serves_and_drains_on_sigterm() {
+    let db = common::TestDb::new().await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = tokio::process::Command::new(BIN)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PGCHAT_CONFIG", "/nonexistent/pgchat.toml")
+        .env("PORT", port.to_string())
+        .env("PGCHAT_HOST", "127.0.0.1")
+        .env("DATABASE_URL", &db.url)
+        .env("JWT_SECRET", common::SECRET)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = format!("http://127.0.0.1:{port}/ready");
+    let mut up = false;
+    for _ in 0..200 {
+        if let Ok(r) = reqwest::get(&ready).await {
+            if r.status() == 200 {
+                up = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "/ready answers 200");
+
+    let token = pgchat::auth::Authenticator::new(common::SECRET).mint(
+        &pgchat::protocol::UserId::parse("alice").unwrap(),
+        None,
+        Duration::from_secs(60),
+    );
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        format!("ws://127.0.0.1:{port}/ws"),
+    )
+    .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    use futures_util::StreamExt;
+    let _hello = ws.next().await.unwrap().unwrap();
+
+    let pid = child.id().unwrap();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let mut close = None;
+    while let Some(Ok(m)) = ws.next().await {
+        if let tokio_tungstenite::tungstenite::Message::Close(f) = m {
+            close = f.map(|f| u16::from(f.code));
+            break;
+        }
+    }
+    assert_eq!(close, Some(1001));
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("exits within the shutdown timeout")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
