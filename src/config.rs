@@ -14,8 +14,6 @@ use serde::{Deserialize, Serialize};
 /// The secret used in development when `JWT_SECRET` is not set. Never accepted in production.
 pub const DEV_JWT_SECRET: &str = "pgchat-development-secret-do-not-use-in-production";
 
-/// The database pgchat uses when `DATABASE_URL` is not set.
-pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/pgchat";
 
 /// Names read from the environment without the `PGCHAT_` prefix, for compatibility with
 /// the Node server's deployment files.
@@ -51,6 +49,7 @@ pub struct Config {
     pub db_idle_timeout_ms: u64,
     pub db_statement_timeout_ms: u64,
     pub embedded_postgres: bool,
+    pub embedded_port: u16,
     pub data_dir: PathBuf,
 
     pub max_connections: usize,
@@ -88,6 +87,7 @@ impl Default for Config {
             db_idle_timeout_ms: 30_000,
             db_statement_timeout_ms: 30_000,
             embedded_postgres: true,
+            embedded_port: 5432,
             data_dir: PathBuf::from("data"),
             max_connections: 10_000,
             max_frame_bytes: 65_536,
@@ -266,8 +266,12 @@ impl Config {
         self.jwt_secret.as_deref().unwrap_or(DEV_JWT_SECRET)
     }
 
-    pub fn database_url(&self) -> &str {
-        self.database_url.as_deref().unwrap_or(DEFAULT_DATABASE_URL)
+    /// The database in force: `DATABASE_URL`, else the local default
+    /// `postgres://postgres@127.0.0.1:<embedded_port>/pgchat`.
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!("postgres://postgres@127.0.0.1:{}/pgchat", self.embedded_port)
+        })
     }
 
     /// The effective configuration as TOML, with secrets and passwords replaced.

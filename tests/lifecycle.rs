@@ -83,15 +83,22 @@ fn redis_url_is_accepted_and_every_key_has_a_pgchat_name() {
 
 #[test]
 fn the_shipped_config_toml_is_valid_and_holds_the_defaults() {
+    use figment::providers::{Format, Toml};
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml");
-    let from_file = pgchat::Config::load(Some(std::path::Path::new(path))).unwrap();
-    let mut defaults = pgchat::Config::default();
-    // The environment of the test run may set bare names; compare only if it does not.
-    if std::env::var_os("PORT").is_none() && std::env::var_os("DATABASE_URL").is_none() {
-        defaults.validate().unwrap();
-        assert_eq!(
-            from_file, defaults,
-            "config.toml documents the built-in defaults"
+    // The file alone (no environment): every key must parse and equal its default.
+    let from_file: pgchat::Config = figment::Figment::new()
+        .merge(Toml::file(path))
+        .extract()
+        .expect("config.toml parses");
+    from_file.validate().unwrap();
+    assert_eq!(from_file, pgchat::Config::default());
+    let text = std::fs::read_to_string(path).unwrap();
+    let shown = pgchat::Config::default().redacted_toml();
+    for line in shown.lines() {
+        let key = line.trim_start_matches("# ").split(' ').next().unwrap();
+        assert!(
+            text.contains(&format!("{key} =")),
+            "config.toml documents {key}"
         );
     }
 }
@@ -238,4 +245,65 @@ async fn the_binary_serves_and_drains_on_sigterm() {
         .expect("exits within the shutdown timeout")
         .unwrap();
     assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn without_database_url_or_a_server_a_private_cluster_is_started_and_stopped() {
+    common::init_logging();
+    assert!(
+        pgchat::db::embedded::find_bindir().is_some(),
+        "PostgreSQL's server binaries must be installed (.ci/run installs them)"
+    );
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let data_dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("embedded-{:08x}", rand::random::<u32>()));
+    let config = pgchat::Config {
+        host: "127.0.0.1".into(),
+        port: 0,
+        database_url: None,
+        embedded_port: port,
+        data_dir: data_dir.clone(),
+        jwt_secret: Some(common::SECRET.into()),
+        ..pgchat::Config::default()
+    };
+    let application = pgchat::Application::build(config)
+        .await
+        .expect("starts its own cluster");
+    assert!(data_dir.join("postgres/PG_VERSION").exists());
+    let addr = application.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(application.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+
+    let ready = reqwest::get(format!("http://{addr}/ready")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let token = pgchat::auth::Authenticator::new(common::SECRET).mint(
+        &pgchat::protocol::UserId::parse("alice").unwrap(),
+        None,
+        Duration::from_secs(60),
+    );
+    let resp = reqwest::Client::new()
+        .get(format!("http://{addr}/api/conversations"))
+        .header("authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "the schema was applied to the new cluster");
+
+    let _ = stop.send(());
+    server.await.unwrap();
+    let mut stopped = false;
+    for _ in 0..150 {
+        if !pgchat::db::embedded::server_answers("127.0.0.1", port).await {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(stopped, "the private cluster stops with the server");
+    let _ = std::fs::remove_dir_all(&data_dir);
 }

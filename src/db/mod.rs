@@ -162,8 +162,9 @@ async fn locate(config: &Config) -> Result<(String, Option<embedded::Cluster>), 
     if let Some(url) = &config.database_url {
         return Ok((url.clone(), None));
     }
-    let url = crate::config::DEFAULT_DATABASE_URL.to_string();
-    if !config.embedded_postgres || embedded::server_answers("127.0.0.1", 5432).await {
+    let url = config.database_url();
+    let port = config.embedded_port;
+    if !config.embedded_postgres || embedded::server_answers("127.0.0.1", port).await {
         return Ok((url, None));
     }
     let bindir = match embedded::find_bindir() {
@@ -173,9 +174,10 @@ async fn locate(config: &Config) -> Result<(String, Option<embedded::Cluster>), 
     let dir = config.data_dir.join("postgres");
     tracing::warn!(
         dir = %dir.display(),
-        "no PostgreSQL answers on 127.0.0.1:5432 and DATABASE_URL is unset: starting a private cluster"
+        port,
+        "no PostgreSQL answers on 127.0.0.1 and DATABASE_URL is unset: starting a private cluster"
     );
-    let cluster = embedded::Cluster::start(&bindir, &dir, 5432)
+    let cluster = embedded::Cluster::start(&bindir, &dir, port)
         .await
         .map_err(StartupError::Embedded)?;
     Ok((cluster.url("pgchat"), Some(cluster)))
