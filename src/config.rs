@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 /// The secret used in development when `JWT_SECRET` is not set. Never accepted in production.
 pub const DEV_JWT_SECRET: &str = "pgchat-development-secret-do-not-use-in-production";
 
-
 /// Names read from the environment without the `PGCHAT_` prefix, for compatibility with
 /// the Node server's deployment files.
 const BARE_ENV: &[&str] = &[
@@ -270,7 +269,10 @@ impl Config {
     /// `postgres://postgres@127.0.0.1:<embedded_port>/pgchat`.
     pub fn database_url(&self) -> String {
         self.database_url.clone().unwrap_or_else(|| {
-            format!("postgres://postgres@127.0.0.1:{}/pgchat", self.embedded_port)
+            format!(
+                "postgres://postgres@127.0.0.1:{}/pgchat",
+                self.embedded_port
+            )
         })
     }
 

@@ -292,7 +292,11 @@ async fn without_database_url_or_a_server_a_private_cluster_is_started_and_stopp
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200, "the schema was applied to the new cluster");
+    assert_eq!(
+        resp.status(),
+        200,
+        "the schema was applied to the new cluster"
+    );
 
     let _ = stop.send(());
     server.await.unwrap();
@@ -306,4 +310,20 @@ async fn without_database_url_or_a_server_a_private_cluster_is_started_and_stopp
     }
     assert!(stopped, "the private cluster stops with the server");
     let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+#[tokio::test]
+async fn a_database_with_a_newer_schema_is_refused() {
+    let db = common::TestDb::new().await;
+    db.client()
+        .await
+        .execute("INSERT INTO pgchat_schema (version) VALUES (999)", &[])
+        .await
+        .unwrap();
+    let err = pgchat::Application::build(common::test_config(&db))
+        .await
+        .err()
+        .expect("a newer schema stops start-up");
+    let text = err.to_string();
+    assert!(text.contains("999") && text.contains("newer"), "{text}");
 }

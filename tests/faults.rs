@@ -1,0 +1,95 @@
+//! The database going away and coming back, on a private cluster of the test's own (the
+//! machine's server is never stopped): sends get `unavailable` and store nothing, /ready
+//! says 503, and a retry with the same client_msg_id succeeds exactly once.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Client, TestApp};
+use pgchat::db::embedded::{find_bindir, Cluster};
+use serde_json::json;
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn sends_during_an_outage_are_unavailable_and_succeed_once_on_retry() {
+    common::init_logging();
+    let bindir = find_bindir().expect("PostgreSQL server binaries (.ci/run installs them)");
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("faults-{:08x}", rand::random::<u32>()));
+    let port = free_port();
+    let cluster = Cluster::start(&bindir, &dir, port).await.unwrap();
+    let url = cluster.url("pgchat");
+
+    let app = TestApp::spawn_with(|c| {
+        c.database_url = Some(url.clone());
+        c.db_acquire_timeout_ms = 500;
+    })
+    .await;
+    let mut alice = app.connect("alice").await;
+    let first = alice.send_dm("bob", "before", "m1").await;
+    assert_eq!(first["cseq"], 1);
+
+    // The database stops (fast shutdown: connections are terminated).
+    tokio::task::spawn_blocking(move || {
+        cluster.stop().unwrap();
+        std::mem::forget(cluster); // already stopped: skip the stop in Drop
+    })
+    .await
+    .unwrap();
+
+    let e = alice
+        .err(
+            json!({"type": "send", "to": "bob", "body": "during", "client_msg_id": "m2"}),
+            "unavailable",
+        )
+        .await;
+    assert!(e["message"].as_str().unwrap().contains("retry"), "{e}");
+    let ready = reqwest::get(app.http("/ready")).await.unwrap();
+    assert_eq!(ready.status(), 503, "/ready tells the truth");
+    // The session survived the outage: it still answers.
+    alice.ok(json!({"type": "ping"})).await;
+
+    // The database comes back; the client retries with the same client_msg_id.
+    let cluster = Cluster::start(&bindir, &dir, port).await.unwrap();
+    let mut stored = None;
+    for _ in 0..50 {
+        let r = alice
+            .request(json!({"type": "send", "to": "bob", "body": "during", "client_msg_id": "m2"}))
+            .await;
+        if r["type"] == "ok" {
+            stored = Some(r["message"].clone());
+            break;
+        }
+        assert_eq!(r["code"], "unavailable", "{r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stored = stored.expect("the send succeeds once the database is back");
+    assert_eq!(
+        stored["cseq"], 2,
+        "nothing from the failed attempt took a number"
+    );
+    // A second retry returns the same message.
+    assert_eq!(alice.send_dm("bob", "during", "m2").await, stored);
+
+    // And bob's stream has exactly: conversation, message 1, message 2.
+    let mut bob: Client = app.connect("bob").await;
+    bob.ok(json!({"type": "resume", "after": 0})).await;
+    let seqs: Vec<i64> = bob
+        .buffered()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3]);
+    let ready = reqwest::get(app.http("/ready")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    drop(alice);
+    drop(bob);
+    drop(app);
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
+}
