@@ -29,12 +29,15 @@ CREATE SEQUENCE IF NOT EXISTS conversation_ids;
 -- user writing to themself. kind 'group': named, members managed by its members.
 -- last_cseq: the conversation's message counter, locked and bumped like users.head; since
 -- messages are never deleted it is also the conversation's message count.
+-- version: bumped by every commit that changes the conversation (a message, members, its
+-- name), so in-memory copies can tell they are stale.
 CREATE TABLE IF NOT EXISTS conversations (
     id         text PRIMARY KEY,
     kind       text NOT NULL CHECK (kind IN ('direct', 'group')),
     name       text,
     direct_key text UNIQUE,
     last_cseq  bigint NOT NULL DEFAULT 0,
+    version    bigint NOT NULL DEFAULT 0,
     created_by text REFERENCES users (id),
     created_at timestamptz NOT NULL DEFAULT now(),
     CHECK ((kind = 'direct') = (direct_key IS NOT NULL))
@@ -66,7 +69,10 @@ CREATE TABLE IF NOT EXISTS messages (
 
 -- The durable per-user event stream (the seed's event_queue). A message event points at
 -- its message instead of copying it, so a group message is stored once however many
--- members it reaches; other kinds carry their JSON in payload. message_id has no foreign
+-- members it reaches. A conversation event points at its conversation and is rendered
+-- with the conversation's current name and members when replayed (a group of 1000 would
+-- otherwise store 1000 copies of a 1000-member list); removed and read events carry their
+-- few fields in payload. message_id has no foreign
 -- key on purpose: the writer inserts both in one transaction, messages are never deleted,
 -- and a key would cost an index lookup per fanned-out row.
 CREATE TABLE IF NOT EXISTS event_queue (
@@ -74,6 +80,7 @@ CREATE TABLE IF NOT EXISTS event_queue (
     seq        bigint NOT NULL,
     kind       text NOT NULL CHECK (kind IN ('message', 'conversation', 'removed', 'read')),
     message_id bigint,
+    conversation_id text,
     payload    jsonb,
     created_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (user_id, seq)

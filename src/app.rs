@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,10 +12,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
+use crate::cache::ConversationCache;
 use crate::config::Config;
 use crate::db::{Database, StartupError};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::presence::Presence;
 use crate::protocol::Limits;
 use crate::writer::Writer;
 
@@ -27,6 +29,8 @@ pub struct AppInner {
     pub config: Config,
     pub db: Database,
     pub hub: Arc<Hub>,
+    pub cache: Arc<ConversationCache>,
+    pub presence: Arc<Presence>,
     pub writer: Writer,
     pub auth: Authenticator,
     pub metrics: Arc<Metrics>,
@@ -38,6 +42,7 @@ pub struct AppInner {
     pub started: Instant,
     /// Sockets held now, checked against `max_connections` before each upgrade.
     open_sockets: AtomicUsize,
+    next_session: AtomicU64,
 }
 
 impl std::ops::Deref for App {
@@ -51,6 +56,8 @@ impl App {
     pub fn limits(&self) -> Limits {
         Limits {
             max_message_chars: self.config.max_message_chars,
+            max_group_members: self.config.max_group_members,
+            max_presence_users: self.config.max_presence_users,
         }
     }
 
@@ -62,6 +69,11 @@ impl App {
             })
             .ok()
             .map(|_| SocketSlot(self.clone()))
+    }
+
+    /// A session id unique within this worker.
+    pub fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
     }
 
     pub fn open_sockets(&self) -> usize {
@@ -104,12 +116,18 @@ impl Application {
 
     fn with_parts(config: Config, db: Database, listener: TcpListener) -> Application {
         let metrics = Arc::new(Metrics::new());
-        let hub = Hub::new(config.recent_events_per_user);
+        let hub = Hub::new(config.recent_events_per_user, config.ephemeral_queue);
+        let cache = ConversationCache::new(config.conversation_cache, config.cached_messages);
+        let presence = Presence::new(
+            db.pool.clone(),
+            Duration::from_millis(config.presence_grace_ms),
+        );
         let writers = TaskTracker::new();
         let writers_stop = CancellationToken::new();
         let writer = Writer::spawn(
             db.pool.clone(),
             hub.clone(),
+            cache.clone(),
             metrics.clone(),
             &config,
             writers_stop.clone(),
@@ -128,6 +146,8 @@ impl Application {
             config,
             db,
             hub,
+            cache,
+            presence,
             writer,
             metrics,
             shutdown,
@@ -135,6 +155,7 @@ impl Application {
             worker_id,
             started: Instant::now(),
             open_sockets: AtomicUsize::new(0),
+            next_session: AtomicU64::new(1),
         }));
         Application {
             app,

@@ -8,8 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ApiError, Code};
 use crate::protocol::UserId;
 
-/// The longest display name a token may carry.
-pub const MAX_NAME_CHARS: usize = 100;
+use crate::protocol::MAX_NAME_CHARS;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {

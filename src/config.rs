@@ -62,6 +62,14 @@ pub struct Config {
     pub ping_interval_ms: u64,
     pub event_retention: String,
     pub recent_events_per_user: usize,
+    pub max_presence_users: usize,
+    pub rate_limit_per_sec: u32,
+    pub rate_limit_burst: u32,
+    pub presence_grace_ms: u64,
+    pub typing_timeout_ms: u64,
+    pub ephemeral_queue: usize,
+    pub conversation_cache: usize,
+    pub cached_messages: usize,
 
     pub write_batch_max: usize,
     pub writers: usize,
@@ -99,6 +107,14 @@ impl Default for Config {
             ping_interval_ms: 25_000,
             event_retention: "7d".into(),
             recent_events_per_user: 64,
+            max_presence_users: 1_000,
+            rate_limit_per_sec: 20,
+            rate_limit_burst: 40,
+            presence_grace_ms: 5_000,
+            typing_timeout_ms: 6_000,
+            ephemeral_queue: 64,
+            conversation_cache: 1_000,
+            cached_messages: 100,
             write_batch_max: 256,
             writers: 2,
             write_queue: 4_096,
@@ -193,6 +209,12 @@ impl Config {
             self.recent_events_per_user as u64,
             1,
         )?;
+        at_least("max_presence_users", self.max_presence_users as u64, 1)?;
+        at_least("rate_limit_per_sec", self.rate_limit_per_sec as u64, 1)?;
+        at_least("rate_limit_burst", self.rate_limit_burst as u64, 1)?;
+        at_least("typing_timeout_ms", self.typing_timeout_ms, 100)?;
+        at_least("ephemeral_queue", self.ephemeral_queue as u64, 1)?;
+        at_least("cached_messages", self.cached_messages as u64, 1)?;
         at_least("write_batch_max", self.write_batch_max as u64, 1)?;
         at_least("writers", self.writers as u64, 1)?;
         if self.writers >= self.db_max_connections {

@@ -102,7 +102,9 @@ async fn upgrade(
         return refuse(&app, e);
     };
     // Subscribe before reading the head, so no event falls between the two.
-    let sub = app.hub.subscribe(identity.user.as_str());
+    let sub = app
+        .hub
+        .subscribe(identity.user.as_str(), app.next_session_id());
     let head = match store::touch_user(&app.db.pool, &identity.user, identity.name.as_deref()).await
     {
         Ok(h) => h,

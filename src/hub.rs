@@ -7,19 +7,27 @@
 //!   (evicted, or published out of order by concurrent writers) is read from the table;
 //! - a slow session costs nothing here: its events wait in the durable stream;
 //! - a user with no session on this worker costs nothing: publish finds no feed.
+//!
+//! Ephemeral frames (typing, presence) are pushed instead, into each session's small
+//! bounded channel; when one is full the frame is dropped for that session: ephemeral
+//! events are never stored and may be lost by definition.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 /// Users with live sessions on this worker. Shared by the writer (publish) and sessions.
 pub struct Hub {
     /// A std mutex: held only for a map lookup or insert, never across an await.
     feeds: Mutex<HashMap<String, Arc<Feed>>>,
     recent_per_user: usize,
+    ephemeral_queue: usize,
 }
+
+/// A session's id on this worker.
+pub type SessionId = u64;
 
 /// One user's live feed on this worker.
 pub struct Feed {
@@ -27,8 +35,9 @@ pub struct Feed {
     /// The newest frames, ascending by seq, at most `recent_per_user`. std mutex: the
     /// critical sections are a push or a copy of a few `Utf8Bytes` handles.
     recent: Mutex<VecDeque<(i64, Utf8Bytes)>>,
-    /// Sessions subscribed; the feed leaves the map when the last one drops.
-    sessions: Mutex<usize>,
+    /// The user's sessions here and their ephemeral channels; the feed leaves the map when
+    /// the last one drops.
+    sessions: Mutex<Vec<(SessionId, mpsc::Sender<Utf8Bytes>)>>,
 }
 
 impl Feed {
@@ -56,28 +65,35 @@ impl Feed {
 pub struct Subscription {
     hub: Arc<Hub>,
     user: String,
+    pub session: SessionId,
     pub feed: Arc<Feed>,
     pub wake: watch::Receiver<i64>,
+    /// Ephemeral frames for this session.
+    pub ephemeral: mpsc::Receiver<Utf8Bytes>,
+    /// The sending side of `ephemeral`, for registries that target this session alone.
+    pub ephemeral_tx: mpsc::Sender<Utf8Bytes>,
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.hub.unsubscribe(&self.user, &self.feed);
+        self.hub.unsubscribe(&self.user, self.session, &self.feed);
     }
 }
 
 impl Hub {
-    pub fn new(recent_per_user: usize) -> Arc<Hub> {
+    pub fn new(recent_per_user: usize, ephemeral_queue: usize) -> Arc<Hub> {
         Arc::new(Hub {
             feeds: Mutex::new(HashMap::new()),
             recent_per_user,
+            ephemeral_queue,
         })
     }
 
     /// Subscribes a new session of `user`. Subscribe *before* reading the user's head from
     /// the database: then every event committed after that read is published to a feed
     /// that already exists, and none falls between the two.
-    pub fn subscribe(self: &Arc<Hub>, user: &str) -> Subscription {
+    pub fn subscribe(self: &Arc<Hub>, user: &str, session: SessionId) -> Subscription {
+        let (ephemeral_tx, ephemeral) = mpsc::channel(self.ephemeral_queue);
         let mut feeds = self.feeds.lock().expect("hub lock");
         let feed = feeds
             .entry(user.to_string())
@@ -85,32 +101,53 @@ impl Hub {
                 Arc::new(Feed {
                     head: watch::Sender::new(0),
                     recent: Mutex::new(VecDeque::new()),
-                    sessions: Mutex::new(0),
+                    sessions: Mutex::new(Vec::new()),
                 })
             })
             .clone();
-        *feed.sessions.lock().expect("feed lock") += 1;
+        feed.sessions
+            .lock()
+            .expect("feed lock")
+            .push((session, ephemeral_tx.clone()));
         drop(feeds);
         let wake = feed.head.subscribe();
         Subscription {
             hub: self.clone(),
             user: user.to_string(),
+            session,
             feed,
             wake,
+            ephemeral,
+            ephemeral_tx,
         }
     }
 
-    fn unsubscribe(&self, user: &str, feed: &Arc<Feed>) {
+    fn unsubscribe(&self, user: &str, session: SessionId, feed: &Arc<Feed>) {
         let mut feeds = self.feeds.lock().expect("hub lock");
         let mut sessions = feed.sessions.lock().expect("feed lock");
-        *sessions -= 1;
-        if *sessions == 0 {
+        sessions.retain(|(id, _)| *id != session);
+        if sessions.is_empty() {
             if let Some(current) = feeds.get(user) {
                 if Arc::ptr_eq(current, feed) {
                     feeds.remove(user);
                 }
             }
         }
+    }
+
+    /// Pushes an ephemeral frame to `user`'s sessions here, except `except`. Returns how
+    /// many sessions had no room (the frame is dropped for them).
+    pub fn push(&self, user: &str, frame: &Utf8Bytes, except: Option<SessionId>) -> usize {
+        let feed = match self.feeds.lock().expect("hub lock").get(user) {
+            Some(f) => f.clone(),
+            None => return 0,
+        };
+        let sessions = feed.sessions.lock().expect("feed lock");
+        sessions
+            .iter()
+            .filter(|(id, _)| Some(*id) != except)
+            .filter(|(_, tx)| tx.try_send(frame.clone()).is_err())
+            .count()
     }
 
     /// Hands a committed event to `user`'s sessions on this worker, if any. `frame` is
@@ -153,8 +190,8 @@ mod tests {
 
     #[test]
     fn frames_come_out_contiguous_and_in_order() {
-        let hub = Hub::new(8);
-        let sub = hub.subscribe("a");
+        let hub = Hub::new(8, 4);
+        let sub = hub.subscribe("a", 1);
         hub.publish("a", 2, || "two".into());
         hub.publish("a", 1, || "one".into());
         hub.publish("a", 4, || "four".into());
@@ -166,8 +203,8 @@ mod tests {
 
     #[test]
     fn a_user_without_sessions_is_not_kept() {
-        let hub = Hub::new(8);
-        let sub = hub.subscribe("a");
+        let hub = Hub::new(8, 4);
+        let sub = hub.subscribe("a", 1);
         assert_eq!(hub.users_online(), 1);
         drop(sub);
         assert_eq!(hub.users_online(), 0);

@@ -13,11 +13,15 @@
 //! - [`hub`]: after commit the writer publishes each event to the recipient's feed on
 //!   this worker; the recipient's sessions wake and pull it onto their sockets. Events a
 //!   feed no longer holds are read back from the durable stream ([`store`]).
+//! - [`cache`]: members and recent messages of the conversations in use, filled by the
+//!   writer; serves typing fan-out and the first page of history.
+//! - [`presence`]: who is online (with a grace period) and who watches them.
 //! - [`app`]: the shared handle and the lifecycle (build, serve, drain on shutdown).
 //! - [`metrics`]: counters for `/metrics` and `/health`.
 
 pub mod app;
 pub mod auth;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -25,6 +29,7 @@ pub mod error;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod presence;
 pub mod protocol;
 pub mod requests;
 pub mod session;

@@ -21,6 +21,7 @@ pub struct Metrics {
     pub replayed_events: Counter,
     pub outbound_overflows: Counter,
     pub rate_limited: Counter,
+    pub ephemeral_dropped: Counter,
     pub requests: Counter,
     pub request_errors: Counter,
     pub refused_connections: Counter,
@@ -84,6 +85,11 @@ impl Metrics {
                 "Requests refused with rate_limited",
                 Counter::default()
             ),
+            ephemeral_dropped: reg!(
+                "ephemeral_dropped",
+                "Typing or presence frames dropped for a session whose queue was full",
+                Counter::default()
+            ),
             requests: reg!("requests", "Client requests handled", Counter::default()),
             request_errors: reg!(
                 "request_errors",
@@ -141,6 +147,7 @@ impl Metrics {
             "events_replayed": self.replayed_events.get(),
             "outbound_overflows": self.outbound_overflows.get(),
             "rate_limited": self.rate_limited.get(),
+            "ephemeral_dropped": self.ephemeral_dropped.get(),
             "requests": self.requests.get(),
             "request_errors": self.request_errors.get(),
             "refused_connections": self.refused_connections.get(),

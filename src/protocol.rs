@@ -15,6 +15,8 @@ pub const MAX_ID_CHARS: usize = 64;
 /// The most events in one `history` page.
 pub const MAX_HISTORY_LIMIT: i64 = 100;
 pub const DEFAULT_HISTORY_LIMIT: i64 = 50;
+/// The longest group name.
+pub const MAX_NAME_CHARS: usize = 100;
 
 /// A user id: 1..64 chars of `A-Z a-z 0-9 _ . @ : -`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -109,6 +111,17 @@ checked_string!(
     |s| bounded_text("a conversation id", s, MAX_ID_CHARS)
 );
 checked_string!(
+    /// A group's name: 1..100 characters, not only whitespace.
+    GroupName,
+    |s| {
+        bounded_text("name", s, MAX_NAME_CHARS)?;
+        if s.trim().is_empty() {
+            return Err("name must not be blank".into());
+        }
+        Ok(())
+    }
+);
+checked_string!(
     /// The client's idempotency key for a send: 1..64 characters.
     ClientMsgId,
     |s| bounded_text("client_msg_id", s, MAX_ID_CHARS)
@@ -168,7 +181,50 @@ pub enum Request {
         limit: i64,
     },
     Conversations,
+    GroupCreate {
+        name: GroupName,
+        members: Vec<UserId>,
+    },
+    GroupAdd {
+        conversation: ConversationId,
+        users: Vec<UserId>,
+    },
+    GroupRemove {
+        conversation: ConversationId,
+        users: Vec<UserId>,
+    },
+    GroupLeave {
+        conversation: ConversationId,
+    },
+    Read {
+        conversation: ConversationId,
+        cseq: i64,
+    },
+    Typing {
+        conversation: ConversationId,
+        state: TypingState,
+    },
+    PresenceSubscribe {
+        users: Vec<UserId>,
+    },
     Ping,
+}
+
+/// `typing`'s `state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TypingState {
+    Start,
+    Stop,
+}
+
+impl TypingState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TypingState::Start => "start",
+            TypingState::Stop => "stop",
+        }
+    }
 }
 
 /// The request envelope: what is needed to answer even a request that fails to parse.
@@ -198,10 +254,75 @@ struct HistoryFields {
     limit: Option<i64>,
 }
 
+#[derive(Deserialize)]
+struct GroupCreateFields {
+    name: GroupName,
+    members: Vec<Value>,
+}
+
+#[derive(Deserialize)]
+struct GroupUsersFields {
+    conversation: ConversationId,
+    users: Vec<Value>,
+}
+
+#[derive(Deserialize)]
+struct ConversationFields {
+    conversation: ConversationId,
+}
+
+#[derive(Deserialize)]
+struct ReadFields {
+    conversation: ConversationId,
+    cseq: i64,
+}
+
+#[derive(Deserialize)]
+struct TypingFields {
+    conversation: ConversationId,
+    state: TypingState,
+}
+
+#[derive(Deserialize)]
+struct PresenceFields {
+    users: Vec<Value>,
+}
+
 /// Limits that parsing needs from the configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_message_chars: usize,
+    pub max_group_members: usize,
+    pub max_presence_users: usize,
+}
+
+/// Parses a list of user ids: at most `max` (checked before parsing any, so a huge list
+/// costs nothing), each valid, duplicates removed, order kept.
+fn user_list(
+    kind: &str,
+    field: &str,
+    values: Vec<Value>,
+    max: usize,
+) -> Result<Vec<UserId>, ApiError> {
+    if values.len() > max {
+        return Err(ApiError::new(
+            Code::TooLarge,
+            format!("{kind}: {field}: at most {max} users, got {}", values.len()),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(values.len());
+    for (i, v) in values.into_iter().enumerate() {
+        let s = v.as_str().ok_or_else(|| {
+            ApiError::bad_request(format!("{kind}: {field}[{i}]: must be a user id string"))
+        })?;
+        let u = UserId::parse(s)
+            .map_err(|e| ApiError::bad_request(format!("{kind}: {field}[{i}]: {e}")))?;
+        if seen.insert(u.clone()) {
+            out.push(u);
+        }
+    }
+    Ok(out)
 }
 
 impl Request {
@@ -313,6 +434,63 @@ impl Request {
                 })
             }
             "conversations" => Ok(Request::Conversations),
+            "group_create" => {
+                let f: GroupCreateFields = fields(kind, map)?;
+                // The creator is a member too, so at most max - 1 others.
+                let members = user_list(kind, "members", f.members, limits.max_group_members - 1)?;
+                Ok(Request::GroupCreate {
+                    name: f.name,
+                    members,
+                })
+            }
+            "group_add" | "group_remove" => {
+                let f: GroupUsersFields = fields(kind, map)?;
+                let users = user_list(kind, "users", f.users, limits.max_group_members)?;
+                if users.is_empty() {
+                    return Err(ApiError::bad_request(format!(
+                        "{kind}: users: must not be empty"
+                    )));
+                }
+                Ok(if kind == "group_add" {
+                    Request::GroupAdd {
+                        conversation: f.conversation,
+                        users,
+                    }
+                } else {
+                    Request::GroupRemove {
+                        conversation: f.conversation,
+                        users,
+                    }
+                })
+            }
+            "group_leave" => {
+                let f: ConversationFields = fields(kind, map)?;
+                Ok(Request::GroupLeave {
+                    conversation: f.conversation,
+                })
+            }
+            "read" => {
+                let f: ReadFields = fields(kind, map)?;
+                if f.cseq < 1 {
+                    return Err(ApiError::bad_request("read: cseq must be >= 1"));
+                }
+                Ok(Request::Read {
+                    conversation: f.conversation,
+                    cseq: f.cseq,
+                })
+            }
+            "typing" => {
+                let f: TypingFields = fields(kind, map)?;
+                Ok(Request::Typing {
+                    conversation: f.conversation,
+                    state: f.state,
+                })
+            }
+            "presence_subscribe" => {
+                let f: PresenceFields = fields(kind, map)?;
+                let users = user_list(kind, "users", f.users, limits.max_presence_users)?;
+                Ok(Request::PresenceSubscribe { users })
+            }
             "ping" => Ok(Request::Ping),
             other => Err(ApiError::new(
                 Code::UnknownType,
@@ -361,6 +539,8 @@ mod tests {
 
     const LIMITS: Limits = Limits {
         max_message_chars: 10,
+        max_group_members: 3,
+        max_presence_users: 2,
     };
 
     #[test]
@@ -398,6 +578,34 @@ mod tests {
     fn send_needs_exactly_one_target() {
         let (_, r) = Request::parse(
             r#"{"type":"send","to":"bob","conversation":"c1","body":"x","client_msg_id":"m"}"#,
+            LIMITS,
+        );
+        assert_eq!(r.unwrap_err().code, Code::BadRequest);
+    }
+
+    #[test]
+    fn user_lists_are_bounded_checked_and_deduplicated() {
+        let (_, r) = Request::parse(
+            r#"{"type":"group_create","name":"g","members":["a","b","c"]}"#,
+            LIMITS,
+        );
+        assert_eq!(r.unwrap_err().code, Code::TooLarge);
+        let (_, r) = Request::parse(
+            r#"{"type":"group_create","name":"g","members":["a","a"]}"#,
+            LIMITS,
+        );
+        match r.unwrap() {
+            Request::GroupCreate { members, .. } => assert_eq!(members.len(), 1),
+            other => panic!("{other:?}"),
+        }
+        let (_, r) = Request::parse(
+            r#"{"type":"presence_subscribe","users":["a","b c"]}"#,
+            LIMITS,
+        );
+        let e = r.unwrap_err();
+        assert!(e.message.contains("users[1]"), "{}", e.message);
+        let (_, r) = Request::parse(
+            r#"{"type":"group_create","name":"  ","members":[]}"#,
             LIMITS,
         );
         assert_eq!(r.unwrap_err().code, Code::BadRequest);

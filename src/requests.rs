@@ -3,56 +3,173 @@
 //! `resume` and `ping` are not here: they concern the socket itself and live in
 //! [`crate::session`].
 
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
 use serde_json::{json, Value};
 
 use crate::app::App;
+use crate::cache::Page;
 use crate::error::ApiError;
-use crate::protocol::{Request, UserId};
+use crate::protocol::{ConversationId, Request, TypingState, UserId};
 use crate::store;
-use crate::writer::SendRequest;
+use crate::writer::Command;
 
 /// Runs one request for `user`; the result becomes the fields of the `ok` reply.
 pub async fn handle(app: &App, user: &UserId, request: Request) -> Result<Value, ApiError> {
-    match request {
+    let command = match request {
         Request::Send {
             target,
             body,
             client_msg_id,
         } => {
             app.metrics.messages_received.inc();
-            let message = app
-                .writer
-                .send(SendRequest {
-                    sender: user.clone(),
-                    target,
-                    body,
-                    client_msg_id,
-                })
-                .await?;
-            Ok(json!({ "message": message.to_json() }))
+            Command::Send {
+                sender: user.clone(),
+                target,
+                body,
+                client_msg_id,
+            }
         }
+        Request::GroupCreate { name, members } => Command::GroupCreate {
+            creator: user.clone(),
+            name,
+            members,
+        },
+        Request::GroupAdd {
+            conversation,
+            users,
+        } => Command::GroupAdd {
+            actor: user.clone(),
+            conversation,
+            users,
+        },
+        Request::GroupRemove {
+            conversation,
+            users,
+        } => Command::GroupRemove {
+            actor: user.clone(),
+            conversation,
+            users,
+        },
+        Request::GroupLeave { conversation } => Command::GroupLeave {
+            actor: user.clone(),
+            conversation,
+        },
+        Request::Read { conversation, cseq } => Command::Read {
+            user: user.clone(),
+            conversation,
+            cseq,
+        },
         Request::History {
             conversation,
             before_cseq,
             limit,
-        } => {
-            let page =
-                store::history(&app.db.pool, user, &conversation, before_cseq, limit).await?;
-            Ok(json!({
-                "messages": page.messages.iter().map(store::Message::to_json).collect::<Vec<_>>(),
-                "has_more": page.has_more,
-                "total": page.total,
-            }))
-        }
+        } => return history(app, user, &conversation, before_cseq, limit).await,
         Request::Conversations => {
             let list = store::conversations(&app.db.pool, user)
                 .await
                 .map_err(ApiError::from)?;
-            Ok(json!({ "conversations": list }))
+            return Ok(json!({ "conversations": list }));
         }
-        Request::Ping => Ok(json!({})),
-        Request::Resume { .. } => Err(ApiError::bad_request(
-            "resume is only meaningful on a WebSocket",
-        )),
+        Request::Ping => return Ok(json!({})),
+        Request::Resume { .. } | Request::Typing { .. } | Request::PresenceSubscribe { .. } => {
+            return Err(ApiError::bad_request(
+                "resume, typing and presence_subscribe need a WebSocket",
+            ))
+        }
+    };
+    Ok(app.writer.run(command).await?.into_reply())
+}
+
+/// A page of history: the first page from the conversation cache when it holds enough,
+/// else from the database.
+async fn history(
+    app: &App,
+    user: &UserId,
+    conversation: &ConversationId,
+    before_cseq: Option<i64>,
+    limit: i64,
+) -> Result<Value, ApiError> {
+    let page = match before_cseq
+        .is_none()
+        .then(|| {
+            app.cache
+                .first_page(conversation.as_str(), user.as_str(), limit as usize)
+        })
+        .flatten()
+    {
+        Some(Page::NotAMember) => return Err(store::not_a_member(conversation)),
+        Some(Page::Messages {
+            messages,
+            has_more,
+            total,
+        }) => store::HistoryPage {
+            messages,
+            has_more,
+            total,
+        },
+        None => store::history(&app.db.pool, user, conversation, before_cseq, limit).await?,
+    };
+    Ok(json!({
+        "messages": page.messages.iter().map(store::Message::to_json).collect::<Vec<_>>(),
+        "has_more": page.has_more,
+        "total": page.total,
+    }))
+}
+
+/// The members of a conversation that `user` belongs to, from the cache or the database.
+async fn members_for(
+    app: &App,
+    user: &UserId,
+    conversation: &ConversationId,
+) -> Result<Arc<Vec<String>>, ApiError> {
+    let members = match app.cache.members(conversation.as_str()) {
+        Some(m) => m,
+        None => Arc::new(
+            store::members(&app.db.pool, conversation)
+                .await?
+                .ok_or_else(|| store::no_such_conversation(conversation))?,
+        ),
+    };
+    if members
+        .binary_search_by(|m| m.as_str().cmp(user.as_str()))
+        .is_err()
+    {
+        return Err(store::not_a_member(conversation));
     }
+    Ok(members)
+}
+
+/// Checks that `user` may send typing notices to `conversation`.
+pub async fn typing_allowed(
+    app: &App,
+    user: &UserId,
+    conversation: &ConversationId,
+) -> Result<(), ApiError> {
+    members_for(app, user, conversation).await.map(|_| ())
+}
+
+/// Tells the other members' live sessions on this worker that `user` is typing (or
+/// stopped). Nothing is stored.
+pub async fn typing(
+    app: &App,
+    user: &UserId,
+    conversation: &ConversationId,
+    state: TypingState,
+) -> Result<(), ApiError> {
+    let members = members_for(app, user, conversation).await?;
+    let frame: Utf8Bytes = json!({
+        "type": "typing",
+        "conversation": conversation,
+        "user": user,
+        "state": state.as_str(),
+    })
+    .to_string()
+    .into();
+    for m in members.iter().filter(|m| m.as_str() != user.as_str()) {
+        let dropped = app.hub.push(m, &frame, None);
+        app.metrics.ephemeral_dropped.inc_by(dropped as u64);
+    }
+    Ok(())
 }

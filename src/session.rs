@@ -6,6 +6,7 @@
 //! Requests run concurrently (up to `max_inflight_requests`, so a client may pipeline
 //! sends) but their replies leave in request order (`FuturesOrdered`).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,12 +17,15 @@ use futures_util::sink::SinkExt;
 use futures_util::stream::{FuturesOrdered, SplitSink, StreamExt};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::app::App;
 use crate::auth::Identity;
 use crate::error::{ApiError, Code};
 use crate::hub::Subscription;
-use crate::protocol::{error_frame, ok_frame, rfc3339, Envelope, Request};
+use crate::protocol::{
+    error_frame, ok_frame, rfc3339, ConversationId, Envelope, Request, TypingState, UserId,
+};
 use crate::requests;
 use crate::store;
 
@@ -36,6 +40,8 @@ pub mod close {
 
 /// Events read from the database per round trip when the feed cannot serve them.
 const REPLAY_PAGE: i64 = 500;
+/// Conversations one session may be typing in at once.
+const MAX_TYPING: usize = 32;
 
 /// Why a session ends, and so which close frame (if any) it sends.
 #[derive(Debug)]
@@ -52,11 +58,54 @@ enum End {
 /// What a finished request hands back to the loop, in request order.
 enum Reply {
     Frame(String),
-    /// Resume needs the session's cursor, so the loop itself runs it when its turn comes.
+    /// These need the session's own state (cursor, typing timers, watch list), so the loop
+    /// itself runs them when their turn comes.
     Resume {
         envelope: Envelope,
         after: i64,
     },
+    Typing {
+        envelope: Envelope,
+        conversation: ConversationId,
+        state: TypingState,
+    },
+    Presence {
+        envelope: Envelope,
+        users: Vec<UserId>,
+    },
+}
+
+/// A token bucket: `rate` requests per second, saving up to `burst`.
+struct TokenBucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, burst: u32) -> Self {
+        TokenBucket {
+            tokens: burst as f64,
+            rate: rate as f64,
+            burst: burst as f64,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes a token, or says in how many milliseconds one will be there.
+    fn take(&mut self) -> Result<(), u64> {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err((((1.0 - self.tokens) / self.rate) * 1000.0).ceil() as u64)
+        }
+    }
 }
 
 /// The bounded queue to the writer task: at most `outbound_max_frames` frames and
@@ -110,16 +159,25 @@ pub async fn run(socket: WebSocket, app: App, identity: Identity, sub: Subscript
             close_now: Some(close_tx),
         },
         app: app.clone(),
+        limiter: TokenBucket::new(config.rate_limit_per_sec, config.rate_limit_burst),
         identity,
         sub,
         cursor: head,
         pending: FuturesOrdered::new(),
+        typing: HashMap::new(),
+        watching: HashSet::new(),
     };
     app.metrics.connections.inc();
     app.metrics.connections_total.inc();
+    let user = session.identity.user.clone();
+    app.presence.opened(user.as_str());
     let end = session.serve(&mut stream, head).await;
-    tracing::debug!(user = %session.identity.user, ?end, "session ends");
+    tracing::debug!(user = %user, ?end, "session ends");
     session.close(end).await;
+    session.stop_typing_everywhere().await;
+    app.presence
+        .unsubscribe(session.sub.session, session.watching.drain());
+    app.presence.closed(user.as_str());
     // Keep the priority-close sender alive until the writer is done: a dropped sender
     // would wake the writer as if a close were requested, and cut off queued frames.
     let close_now = session.outbox.close_now.take();
@@ -138,6 +196,11 @@ struct Session {
     cursor: i64,
     pending: FuturesOrdered<BoxFuture<'static, Reply>>,
     outbox: Outbox,
+    limiter: TokenBucket,
+    /// Conversations this session is typing in, with when that ends by itself.
+    typing: HashMap<ConversationId, Instant>,
+    /// Users this session watches the presence of.
+    watching: HashSet<String>,
 }
 
 impl Session {
@@ -176,6 +239,11 @@ impl Session {
                     Ok(()) => self.advance(self.sub.feed.head(), false).await,
                     Err(_) => Err(End::Internal),
                 },
+                Some(frame) = self.sub.ephemeral.recv() => self.outbox.push(frame),
+                _ = sleep_until_first(&self.typing), if !self.typing.is_empty() => {
+                    self.expire_typing().await;
+                    Ok(())
+                }
                 frame = stream.next(), if self.pending.len() < max_inflight => {
                     unanswered_pings = 0;
                     self.on_frame(frame)
@@ -218,11 +286,37 @@ impl Session {
         let app = &self.app;
         app.metrics.requests.inc();
         let (envelope, request) = Request::parse(text.as_str(), app.limits());
+        if let Err(retry_after_ms) = self.limiter.take() {
+            self.app.metrics.rate_limited.inc();
+            let mut e = ApiError::new(
+                Code::RateLimited,
+                format!(
+                    "more than {} requests per second: wait {retry_after_ms} ms",
+                    self.app.config.rate_limit_per_sec
+                ),
+            );
+            e.retry_after_ms = Some(retry_after_ms);
+            self.answer(envelope, Err(e));
+            return Ok(());
+        }
         match request {
             Err(e) => self.answer(envelope, Err(e)),
             Ok(Request::Resume { after }) => self
                 .pending
                 .push_back(Box::pin(async move { Reply::Resume { envelope, after } })),
+            Ok(Request::Typing {
+                conversation,
+                state,
+            }) => self.pending.push_back(Box::pin(async move {
+                Reply::Typing {
+                    envelope,
+                    conversation,
+                    state,
+                }
+            })),
+            Ok(Request::PresenceSubscribe { users }) => self
+                .pending
+                .push_back(Box::pin(async move { Reply::Presence { envelope, users } })),
             Ok(Request::Ping) => self.answer(envelope, Ok(json!({}))),
             Ok(request) => {
                 let app = app.clone();
@@ -251,7 +345,107 @@ impl Session {
                 let frame = reply_frame(&self.app, &envelope, result);
                 self.outbox.push_wait(frame.into()).await
             }
+            Reply::Typing {
+                envelope,
+                conversation,
+                state,
+            } => {
+                let result = self.typing(conversation, state).await;
+                let frame = reply_frame(&self.app, &envelope, result.map(|()| json!({})));
+                self.outbox.push(frame.into())
+            }
+            Reply::Presence { envelope, users } => {
+                let result = self.watch(users).await;
+                let frame = reply_frame(&self.app, &envelope, result);
+                self.outbox.push(frame.into())
+            }
         }
+    }
+
+    /// `typing`: tells the other members on a change of state only (a repeated `start`
+    /// just extends the timer), so a client refreshing every second costs nothing.
+    async fn typing(
+        &mut self,
+        conversation: ConversationId,
+        state: TypingState,
+    ) -> Result<(), ApiError> {
+        let timeout = Duration::from_millis(self.app.config.typing_timeout_ms);
+        let was_typing = self.typing.contains_key(&conversation);
+        match state {
+            TypingState::Start if was_typing => {
+                self.typing.insert(conversation, Instant::now() + timeout);
+                Ok(())
+            }
+            TypingState::Start => {
+                if self.typing.len() >= MAX_TYPING {
+                    let mut e = ApiError::new(
+                        Code::RateLimited,
+                        format!("typing in more than {MAX_TYPING} conversations at once"),
+                    );
+                    e.retry_after_ms = Some(self.app.config.typing_timeout_ms);
+                    return Err(e);
+                }
+                requests::typing(&self.app, &self.identity.user, &conversation, state).await?;
+                self.typing.insert(conversation, Instant::now() + timeout);
+                Ok(())
+            }
+            TypingState::Stop if was_typing => {
+                self.typing.remove(&conversation);
+                requests::typing(&self.app, &self.identity.user, &conversation, state).await
+            }
+            // Not typing there: only check that the request was allowed.
+            TypingState::Stop => {
+                requests::typing_allowed(&self.app, &self.identity.user, &conversation).await
+            }
+        }
+    }
+
+    /// Ends the typing whose time is up, telling the other members.
+    async fn expire_typing(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<ConversationId> = self
+            .typing
+            .iter()
+            .filter(|(_, deadline)| **deadline <= now)
+            .map(|(c, _)| c.clone())
+            .collect();
+        for c in expired {
+            self.typing.remove(&c);
+            let _ = requests::typing(&self.app, &self.identity.user, &c, TypingState::Stop).await;
+        }
+    }
+
+    /// On close: whoever saw this session typing sees it stop.
+    async fn stop_typing_everywhere(&mut self) {
+        for (c, _) in std::mem::take(&mut self.typing) {
+            let _ = requests::typing(&self.app, &self.identity.user, &c, TypingState::Stop).await;
+        }
+    }
+
+    /// `presence_subscribe`: watch `users` (adding to what this session already watches).
+    async fn watch(&mut self, users: Vec<UserId>) -> Result<serde_json::Value, ApiError> {
+        let max = self.app.config.max_presence_users;
+        let new = users
+            .iter()
+            .filter(|u| !self.watching.contains(u.as_str()))
+            .count();
+        if self.watching.len() + new > max {
+            return Err(ApiError::new(
+                Code::TooLarge,
+                format!(
+                    "presence_subscribe: a session may watch at most {max} users; it watches {} and asked for {new} more",
+                    self.watching.len()
+                ),
+            ));
+        }
+        self.watching
+            .extend(users.iter().map(|u| u.as_str().to_string()));
+        let snapshot = self
+            .app
+            .presence
+            .subscribe(self.sub.session, &self.sub.ephemeral_tx, &users)
+            .await?;
+        Ok(json!({ "presence": snapshot }))
     }
 
     /// Replays every event after `after`, then reports the head reached.
@@ -427,6 +621,14 @@ async fn write_loop(
                 }
             }
         }
+    }
+}
+
+/// Resolves when the earliest typing timer is due.
+async fn sleep_until_first(typing: &HashMap<ConversationId, Instant>) {
+    match typing.values().min() {
+        Some(deadline) => tokio::time::sleep_until(*deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -137,10 +137,15 @@ pub async fn events_after(
         .prepare_cached(
             "SELECT e.seq, e.kind, e.payload,
                     m.id, m.conversation_id, m.cseq, m.sender_id, u.name, m.body,
-                    m.client_msg_id, m.created_at
+                    m.client_msg_id, m.created_at,
+                    c.id, c.kind, c.name,
+                    CASE WHEN c.id IS NOT NULL THEN
+                        ARRAY(SELECT x.user_id FROM members x WHERE x.conversation_id = c.id ORDER BY x.user_id)
+                    END
              FROM event_queue e
              LEFT JOIN messages m ON m.id = e.message_id
              LEFT JOIN users u ON u.id = m.sender_id
+             LEFT JOIN conversations c ON e.kind = 'conversation' AND c.id = e.conversation_id
              WHERE e.user_id = $1 AND e.seq > $2
              ORDER BY e.seq
              LIMIT $3",
@@ -163,11 +168,23 @@ pub async fn events_after(
                         &object_fields(&json!({"message": m.to_json()})),
                     )
                 }
+                "conversation" => {
+                    // Rendered as the conversation is now (see schema.sql).
+                    let members: Vec<String> =
+                        row.get::<_, Option<Vec<String>>>(14).unwrap_or_default();
+                    let conversation = json!({"conversation": {
+                        "id": row.get::<_, Option<String>>(11),
+                        "kind": row.get::<_, Option<String>>(12),
+                        "name": row.get::<_, Option<String>>(13),
+                        "members": members,
+                    }});
+                    event_frame(EventKind::Conversation, seq, &object_fields(&conversation))
+                }
                 other => {
-                    let kind = match other {
-                        "conversation" => EventKind::Conversation,
-                        "removed" => EventKind::Removed,
-                        _ => EventKind::Read,
+                    let kind = if other == "removed" {
+                        EventKind::Removed
+                    } else {
+                        EventKind::Read
                     };
                     let payload: Option<Value> = row.get(2);
                     event_frame(kind, seq, &object_fields(&payload.unwrap_or(json!({}))))
@@ -263,6 +280,24 @@ pub async fn history(
         has_more,
         total: access.get(0),
     })
+}
+
+/// The members of a conversation (sorted), or `None` if it does not exist.
+pub async fn members(
+    pool: &Pool,
+    conversation: &ConversationId,
+) -> Result<Option<Vec<String>>, DbError> {
+    let client = pool.get().await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT ARRAY(SELECT user_id FROM members WHERE conversation_id = c.id ORDER BY user_id)
+             FROM conversations c WHERE c.id = $1",
+        )
+        .await?;
+    Ok(client
+        .query_opt(&stmt, &[&conversation.as_str()])
+        .await?
+        .map(|r| r.get(0)))
 }
 
 pub fn no_such_conversation(c: &ConversationId) -> ApiError {

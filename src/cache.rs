@@ -1,0 +1,243 @@
+//! The conversation cache of one worker: members and the most recent messages of the
+//! conversations in use, least recently used evicted.
+//!
+//! Only the writer fills it, from the state it held locked at commit, so an entry is never
+//! older than a commit it has seen. Each conversation carries a `version` that every
+//! committing change bumps; an update that is not the next version (batches can finish
+//! out of order) replaces the entry's state instead of appending to it, and an older one
+//! is ignored. So the cache is never wrong about what it says, only sometimes behind.
+//! Readers that miss go to the database and leave the cache alone.
+
+use std::collections::VecDeque;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
+
+use crate::store::Message;
+
+/// A conversation's state right after a commit, as the writer saw it.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub id: String,
+    pub kind: String,
+    pub name: Option<String>,
+    /// Sorted.
+    pub members: Vec<String>,
+    pub last_cseq: i64,
+    pub version: i64,
+    /// The messages this commit added, in cseq order, ending at `last_cseq`.
+    pub new_messages: Vec<Message>,
+}
+
+/// One cached conversation.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub kind: String,
+    pub name: Option<String>,
+    /// Sorted, shared with readers without copying.
+    pub members: Arc<Vec<String>>,
+    pub last_cseq: i64,
+    pub version: i64,
+    /// The newest messages, contiguous in cseq and ending at `last_cseq` when non-empty.
+    messages: VecDeque<Message>,
+}
+
+impl Entry {
+    pub fn is_member(&self, user: &str) -> bool {
+        self.members
+            .binary_search_by(|m| m.as_str().cmp(user))
+            .is_ok()
+    }
+}
+
+pub struct ConversationCache {
+    /// A std mutex: every critical section is a map operation, never an await.
+    entries: Mutex<LruCache<String, Entry>>,
+    max_messages: usize,
+}
+
+impl ConversationCache {
+    pub fn new(capacity: usize, max_messages: usize) -> Arc<ConversationCache> {
+        Arc::new(ConversationCache {
+            entries: Mutex::new(LruCache::new(
+                NonZeroUsize::new(capacity.max(1)).expect("at least 1"),
+            )),
+            max_messages,
+        })
+    }
+
+    /// Takes in a commit's view of one conversation.
+    pub fn apply(&self, s: Snapshot) {
+        let mut entries = self.entries.lock().expect("cache lock");
+        let contiguous_tail = |msgs: &[Message]| match (msgs.first(), msgs.last()) {
+            (Some(_), Some(last)) => last.cseq == s.last_cseq,
+            _ => true,
+        };
+        match entries.get_mut(&s.id) {
+            Some(e) if s.version <= e.version => {}
+            Some(e) => {
+                let follows = s.version == e.version + 1
+                    && s.new_messages
+                        .first()
+                        .is_none_or(|m| m.cseq == e.last_cseq + 1);
+                if !follows {
+                    e.messages.clear();
+                }
+                if contiguous_tail(&s.new_messages) {
+                    e.messages.extend(s.new_messages);
+                } else {
+                    e.messages.clear();
+                }
+                while e.messages.len() > self.max_messages {
+                    e.messages.pop_front();
+                }
+                e.kind = s.kind;
+                e.name = s.name;
+                e.members = Arc::new(s.members);
+                e.last_cseq = s.last_cseq;
+                e.version = s.version;
+            }
+            None => {
+                let mut messages: VecDeque<Message> = if contiguous_tail(&s.new_messages) {
+                    s.new_messages.into()
+                } else {
+                    VecDeque::new()
+                };
+                while messages.len() > self.max_messages {
+                    messages.pop_front();
+                }
+                entries.put(
+                    s.id,
+                    Entry {
+                        kind: s.kind,
+                        name: s.name,
+                        members: Arc::new(s.members),
+                        last_cseq: s.last_cseq,
+                        version: s.version,
+                        messages,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The members of a cached conversation.
+    pub fn members(&self, id: &str) -> Option<Arc<Vec<String>>> {
+        let mut entries = self.entries.lock().expect("cache lock");
+        entries.get(id).map(|e| e.members.clone())
+    }
+
+    /// The newest `limit` messages (oldest first), with `has_more` and the total, if the
+    /// cache holds enough of them; `None` when it cannot answer (go to the database).
+    pub fn first_page(&self, id: &str, user: &str, limit: usize) -> Option<Page> {
+        let mut entries = self.entries.lock().expect("cache lock");
+        let e = entries.get(id)?;
+        if !e.is_member(user) {
+            return Some(Page::NotAMember);
+        }
+        let held = e.messages.len();
+        let from_start = e.last_cseq == 0 || e.messages.front().is_some_and(|m| m.cseq == 1);
+        if held < limit && !from_start {
+            return None;
+        }
+        let take = held.min(limit);
+        Some(Page::Messages {
+            messages: e.messages.iter().skip(held - take).cloned().collect(),
+            has_more: e.last_cseq > take as i64,
+            total: e.last_cseq,
+        })
+    }
+
+    /// Forgets a conversation (for changes made elsewhere).
+    pub fn invalidate(&self, id: &str) {
+        self.entries.lock().expect("cache lock").pop(id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.lock().expect("cache lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What [`ConversationCache::first_page`] found.
+pub enum Page {
+    NotAMember,
+    Messages {
+        messages: Vec<Message>,
+        has_more: bool,
+        total: i64,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(cseq: i64) -> Message {
+        Message {
+            id: cseq,
+            conversation: "c".into(),
+            cseq,
+            sender: "a".into(),
+            sender_name: None,
+            body: format!("m{cseq}"),
+            client_msg_id: cseq.to_string(),
+            created_at: chrono::Utc::now(),
+        }
+    }
+
+    fn snap(version: i64, msgs: std::ops::RangeInclusive<i64>, members: &[&str]) -> Snapshot {
+        Snapshot {
+            id: "c".into(),
+            kind: "group".into(),
+            name: None,
+            members: members.iter().map(|s| s.to_string()).collect(),
+            last_cseq: *msgs.end(),
+            version,
+            new_messages: msgs.filter(|c| *c > 0).map(msg).collect(),
+        }
+    }
+
+    fn cseqs(p: Option<Page>) -> Vec<i64> {
+        match p {
+            Some(Page::Messages { messages, .. }) => messages.iter().map(|m| m.cseq).collect(),
+            Some(Page::NotAMember) => panic!("not a member"),
+            None => panic!("miss"),
+        }
+    }
+
+    #[test]
+    fn consecutive_commits_append_and_the_window_is_bounded() {
+        let cache = ConversationCache::new(10, 3);
+        cache.apply(snap(1, 1..=1, &["a"]));
+        cache.apply(snap(2, 2..=3, &["a"]));
+        cache.apply(snap(3, 4..=4, &["a"]));
+        assert_eq!(cseqs(cache.first_page("c", "a", 2)), vec![3, 4]);
+        assert!(
+            cache.first_page("c", "a", 4).is_none(),
+            "only 3 held, 4 exist"
+        );
+    }
+
+    #[test]
+    fn an_out_of_order_commit_never_leaves_a_gap_or_a_stale_member() {
+        let cache = ConversationCache::new(10, 10);
+        cache.apply(snap(1, 1..=1, &["a", "b"]));
+        // Version 3 arrives before 2: the state is replaced, not appended to.
+        cache.apply(snap(3, 3..=3, &["a"]));
+        cache.apply(snap(2, 2..=2, &["a", "b"]));
+        assert_eq!(cseqs(cache.first_page("c", "a", 1)), vec![3]);
+        assert!(
+            cache.first_page("c", "a", 2).is_none(),
+            "2 is unknown: miss"
+        );
+        assert!(matches!(
+            cache.first_page("c", "b", 1),
+            Some(Page::NotAMember)
+        ));
+    }
+}
