@@ -252,6 +252,7 @@ async fn health(State(app): State<App>) -> Response {
         "connections": app.open_sockets(),
         "max_connections": app.config.max_connections,
         "users_online_here": app.hub.users_online(),
+        "cached_conversations": app.cache.len(),
         "memory": memory(),
         "database": {
             "up": db,

@@ -22,6 +22,7 @@ pub struct Metrics {
     pub outbound_overflows: Counter,
     pub rate_limited: Counter,
     pub ephemeral_dropped: Counter,
+    pub history_from_cache: Counter,
     pub requests: Counter,
     pub request_errors: Counter,
     pub refused_connections: Counter,
@@ -90,6 +91,11 @@ impl Metrics {
                 "Typing or presence frames dropped for a session whose queue was full",
                 Counter::default()
             ),
+            history_from_cache: reg!(
+                "history_from_cache",
+                "History pages served from the conversation cache",
+                Counter::default()
+            ),
             requests: reg!("requests", "Client requests handled", Counter::default()),
             request_errors: reg!(
                 "request_errors",
@@ -148,6 +154,7 @@ impl Metrics {
             "outbound_overflows": self.outbound_overflows.get(),
             "rate_limited": self.rate_limited.get(),
             "ephemeral_dropped": self.ephemeral_dropped.get(),
+            "history_from_cache": self.history_from_cache.get(),
             "requests": self.requests.get(),
             "request_errors": self.request_errors.get(),
             "refused_connections": self.refused_connections.get(),

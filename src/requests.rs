@@ -104,11 +104,14 @@ async fn history(
             messages,
             has_more,
             total,
-        }) => store::HistoryPage {
-            messages,
-            has_more,
-            total,
-        },
+        }) => {
+            app.metrics.history_from_cache.inc();
+            store::HistoryPage {
+                messages,
+                has_more,
+                total,
+            }
+        }
         None => store::history(&app.db.pool, user, conversation, before_cseq, limit).await?,
     };
     Ok(json!({

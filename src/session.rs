@@ -580,19 +580,10 @@ async fn write_loop(
     mut close_now: oneshot::Receiver<CloseFrame>,
     bytes: Arc<AtomicUsize>,
 ) {
-    loop {
+    let close = loop {
         tokio::select! {
             biased;
-            frame = &mut close_now => {
-                if let Ok(frame) = frame {
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(2),
-                        sink.send(Message::Close(Some(frame))),
-                    )
-                    .await;
-                }
-                return;
-            }
+            frame = &mut close_now => break frame.ok(),
             msg = rx.recv() => {
                 let Some(msg) = msg else {
                     let _ = sink.close().await;
@@ -602,25 +593,30 @@ async fn write_loop(
                 if let Message::Text(t) = &msg {
                     bytes.fetch_sub(t.len(), Ordering::Relaxed);
                 }
-                let write = async {
-                    if rx.is_empty() || closing {
-                        sink.send(msg).await
-                    } else {
-                        sink.feed(msg).await
-                    }
-                };
+                let flush = rx.is_empty() || closing;
                 // A client that stops reading blocks the write; a priority close must still
-                // end the session, so race the two.
+                // get its turn, so race the two.
                 let sent = tokio::select! {
                     biased;
-                    _ = &mut close_now => return,
-                    sent = write => sent,
+                    frame = &mut close_now => break frame.ok(),
+                    sent = async {
+                        if flush { sink.send(msg).await } else { sink.feed(msg).await }
+                    } => sent,
                 };
                 if sent.is_err() || closing {
                     return;
                 }
             }
         }
+    };
+    // What is already buffered goes out first, then the close frame; a client that does
+    // not read within the time gets its connection dropped instead.
+    if let Some(frame) = close {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            sink.send(Message::Close(Some(frame))),
+        )
+        .await;
     }
 }
 

@@ -380,8 +380,9 @@ impl Client {
 
     /// The next JSON frame within `d`: Err(()) on timeout, Ok(None) on close.
     pub async fn recv_within(&mut self, d: Duration) -> Result<Option<Value>, ()> {
+        let deadline = tokio::time::Instant::now() + d;
         loop {
-            let msg = match tokio::time::timeout(d, self.ws.next()).await {
+            let msg = match tokio::time::timeout_at(deadline, self.ws.next()).await {
                 Err(_) => return Err(()),
                 Ok(None) | Ok(Some(Err(_))) => return Ok(None),
                 Ok(Some(Ok(m))) => m,
@@ -418,8 +419,17 @@ impl Client {
         self.reply_to(&r).await
     }
 
+    /// Waits for the reply whose ref is the integer `r`, keeping events.
+    pub async fn reply_to_int(&mut self, r: i64) -> Value {
+        self.reply_to_value(json!(r)).await
+    }
+
     /// Waits for the reply whose ref is `r`, keeping events.
     pub async fn reply_to(&mut self, r: &str) -> Value {
+        self.reply_to_value(json!(r)).await
+    }
+
+    async fn reply_to_value(&mut self, r: Value) -> Value {
         loop {
             let frame = self
                 .recv()
@@ -427,7 +437,7 @@ impl Client {
                 .expect("socket open while awaiting a reply");
             match frame["type"].as_str() {
                 Some("ok") | Some("error") => {
-                    assert_eq!(frame["ref"], json!(r), "replies come in request order");
+                    assert_eq!(frame["ref"], r, "replies come in request order");
                     return frame;
                 }
                 _ => self.events.push_back(frame),
