@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Authenticator;
 use crate::cache::ConversationCache;
 use crate::config::Config;
-use crate::db::{Database, StartupError};
+use crate::db::{Database, Plan, StartupError};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
@@ -102,7 +102,14 @@ impl Application {
     /// Opens the database (creating it and applying the schema if needed), starts the
     /// write batchers and binds `host:port` (port 0 picks a free one).
     pub async fn build(config: Config) -> Result<Application, StartupError> {
-        let db = Database::open(&config, config.db_max_connections).await?;
+        let db = Database::open(
+            &config,
+            Plan {
+                share: config.db_max_connections,
+                setup: true,
+            },
+        )
+        .await?;
         let listener = TcpListener::bind((config.host.as_str(), config.port))
             .await
             .map_err(|e| {
@@ -118,14 +125,11 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         let hub = Hub::new(config.recent_events_per_user, config.ephemeral_queue);
         let cache = ConversationCache::new(config.conversation_cache, config.cached_messages);
-        let presence = Presence::new(
-            db.pool.clone(),
-            Duration::from_millis(config.presence_grace_ms),
-        );
+        let presence = Presence::new(db.clone(), Duration::from_millis(config.presence_grace_ms));
         let writers = TaskTracker::new();
         let writers_stop = CancellationToken::new();
         let writer = Writer::spawn(
-            db.pool.clone(),
+            db.clone(),
             hub.clone(),
             cache.clone(),
             metrics.clone(),
@@ -228,7 +232,7 @@ impl Application {
         if tokio::time::timeout(left, writers.wait()).await.is_err() {
             tracing::warn!("writers did not finish in time");
         }
-        app.db.pool.close();
+        app.db.close();
         tracing::info!("pgchat stopped");
     }
 }
@@ -243,7 +247,7 @@ fn spawn_pruner(db: Database, config: &Config, shutdown: CancellationToken) {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
-            match crate::store::prune_events(&db.pool, retention).await {
+            match crate::store::prune_events(&db, retention).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(deleted = n, "pruned events past retention"),
                 Err(e) => tracing::warn!(error = %e, "pruning events failed"),

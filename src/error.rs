@@ -133,6 +133,8 @@ pub enum DbError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("database error: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+    #[error("{0}")]
+    Down(&'static str),
 }
 
 impl DbError {
@@ -140,7 +142,7 @@ impl DbError {
     /// outcome is "nothing stored, retry" rather than a bug.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            DbError::Pool(_) => true,
+            DbError::Pool(_) | DbError::Down(_) => true,
             DbError::Postgres(e) => {
                 if e.is_closed() {
                     return true;
@@ -167,7 +169,7 @@ impl DbError {
             DbError::Postgres(e) => {
                 matches!(e.code().map(|c| c.code()), Some("40001") | Some("40P01"))
             }
-            DbError::Pool(_) => false,
+            DbError::Pool(_) | DbError::Down(_) => false,
         }
     }
 }

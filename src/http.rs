@@ -105,8 +105,7 @@ async fn upgrade(
     let sub = app
         .hub
         .subscribe(identity.user.as_str(), app.next_session_id());
-    let head = match store::touch_user(&app.db.pool, &identity.user, identity.name.as_deref()).await
-    {
+    let head = match store::touch_user(&app.db, &identity.user, identity.name.as_deref()).await {
         Ok(h) => h,
         Err(e) => {
             tracing::warn!(error = %e, "database unreachable at connect");
@@ -134,7 +133,7 @@ async fn upgrade(
 /// The HTTP API's identity: the same token as the socket, in `Authorization`.
 async fn api_identity(app: &App, headers: &HeaderMap) -> Result<Identity, ApiError> {
     let identity = authenticate(app, headers, &HashMap::new())?;
-    store::touch_user(&app.db.pool, &identity.user, identity.name.as_deref()).await?;
+    store::touch_user(&app.db, &identity.user, identity.name.as_deref()).await?;
     Ok(identity)
 }
 
@@ -240,7 +239,7 @@ async fn ready(State(app): State<App>) -> Response {
 }
 
 async fn health(State(app): State<App>) -> Response {
-    let pool = app.db.pool.status();
+    let pool = app.db.pool_status();
     let db = tokio::time::timeout(Duration::from_secs(2), app.db.ping())
         .await
         .unwrap_or(false);
@@ -256,6 +255,7 @@ async fn health(State(app): State<App>) -> Response {
         "memory": memory(),
         "database": {
             "up": db,
+            "share": app.db.share,
             "pool": {
                 "max_size": pool.max_size,
                 "size": pool.size,
@@ -269,7 +269,7 @@ async fn health(State(app): State<App>) -> Response {
 }
 
 async fn metrics(State(app): State<App>) -> Response {
-    let text = app.metrics.render(&app.db.pool.status());
+    let text = app.metrics.render(&app.db.pool_status());
     (
         [(
             header::CONTENT_TYPE,

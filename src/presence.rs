@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use chrono::{DateTime, SubsecRound, Utc};
-use deadpool_postgres::Pool;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use crate::db::Database;
 use crate::error::DbError;
 use crate::hub::SessionId;
 use crate::protocol::{rfc3339, UserId};
@@ -22,7 +22,7 @@ pub struct Presence {
     /// A std mutex: every critical section is a few map operations, never an await.
     state: Mutex<State>,
     grace: Duration,
-    pool: Pool,
+    db: Database,
 }
 
 #[derive(Default)]
@@ -40,11 +40,11 @@ struct Online {
 }
 
 impl Presence {
-    pub fn new(pool: Pool, grace: Duration) -> Arc<Presence> {
+    pub fn new(db: Database, grace: Duration) -> Arc<Presence> {
         Arc::new(Presence {
             state: Mutex::new(State::default()),
             grace,
-            pool,
+            db,
         })
     }
 
@@ -111,7 +111,7 @@ impl Presence {
     }
 
     async fn store_last_seen(&self, user: &str, at: DateTime<Utc>) -> Result<(), DbError> {
-        let client = self.pool.get().await?;
+        let client = self.db.client().await?;
         let stmt = client
             .prepare_cached("UPDATE users SET last_seen = $2 WHERE id = $1")
             .await?;
@@ -164,7 +164,7 @@ impl Presence {
             }
         }
         let ids: Vec<&str> = users.iter().map(UserId::as_str).collect();
-        let client = self.pool.get().await?;
+        let client = self.db.client().await?;
         let stmt = client
             .prepare_cached("SELECT id, last_seen FROM users WHERE id = ANY($1)")
             .await?;

@@ -67,7 +67,7 @@ pub async fn handle(app: &App, user: &UserId, request: Request) -> Result<Value,
             limit,
         } => return history(app, user, &conversation, before_cseq, limit).await,
         Request::Conversations => {
-            let list = store::conversations(&app.db.pool, user)
+            let list = store::conversations(&app.db, user)
                 .await
                 .map_err(ApiError::from)?;
             return Ok(json!({ "conversations": list }));
@@ -112,7 +112,7 @@ async fn history(
                 total,
             }
         }
-        None => store::history(&app.db.pool, user, conversation, before_cseq, limit).await?,
+        None => store::history(&app.db, user, conversation, before_cseq, limit).await?,
     };
     Ok(json!({
         "messages": page.messages.iter().map(store::Message::to_json).collect::<Vec<_>>(),
@@ -130,7 +130,7 @@ async fn members_for(
     let members = match app.cache.members(conversation.as_str()) {
         Some(m) => m,
         None => Arc::new(
-            store::members(&app.db.pool, conversation)
+            store::members(&app.db, conversation)
                 .await?
                 .ok_or_else(|| store::no_such_conversation(conversation))?,
         ),

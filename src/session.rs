@@ -450,11 +450,10 @@ impl Session {
 
     /// Replays every event after `after`, then reports the head reached.
     async fn resume(&mut self, after: i64) -> Result<Result<serde_json::Value, ApiError>, End> {
-        let (head, pruned) =
-            match store::stream_bounds(&self.app.db.pool, &self.identity.user).await {
-                Ok(b) => b,
-                Err(e) => return Ok(Err(e.into())),
-            };
+        let (head, pruned) = match store::stream_bounds(&self.app.db, &self.identity.user).await {
+            Ok(b) => b,
+            Err(e) => return Ok(Err(e.into())),
+        };
         if after < pruned {
             return Ok(Err(ApiError::new(
                 Code::ResyncRequired,
@@ -484,7 +483,7 @@ impl Session {
             let mut frames = self.sub.feed.frames_after(self.cursor, 256);
             if frames.is_empty() {
                 let rows = store::events_after(
-                    &self.app.db.pool,
+                    &self.app.db,
                     &self.identity.user,
                     self.cursor,
                     REPLAY_PAGE,

@@ -4,11 +4,11 @@
 //! (or upserts a user's name), with parameterised statements cached per connection.
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Pool;
 use serde_json::{json, Value};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
+use crate::db::Database;
 use crate::error::{ApiError, DbError};
 use crate::protocol::{rfc3339, ConversationId, UserId};
 
@@ -100,8 +100,8 @@ pub fn object_fields(v: &Value) -> String {
 
 /// Records the user (and their current display name); returns their stream head.
 /// Reads first so that an unchanged user costs no write.
-pub async fn touch_user(pool: &Pool, user: &UserId, name: Option<&str>) -> Result<i64, DbError> {
-    let client = pool.get().await?;
+pub async fn touch_user(db: &Database, user: &UserId, name: Option<&str>) -> Result<i64, DbError> {
+    let client = db.client().await?;
     let stmt = client
         .prepare_cached("SELECT head, name FROM users WHERE id = $1")
         .await?;
@@ -127,12 +127,12 @@ pub async fn touch_user(pool: &Pool, user: &UserId, name: Option<&str>) -> Resul
 /// The durable events of `user` with `seq > after`, oldest first, at most `limit`, as
 /// ready-to-send frames.
 pub async fn events_after(
-    pool: &Pool,
+    db: &Database,
     user: &UserId,
     after: i64,
     limit: i64,
 ) -> Result<Vec<(i64, String)>, DbError> {
-    let client = pool.get().await?;
+    let client = db.client().await?;
     let stmt = client
         .prepare_cached(
             "SELECT e.seq, e.kind, e.payload,
@@ -196,8 +196,8 @@ pub async fn events_after(
 }
 
 /// Where a resume may start: the user's head and the last pruned seq.
-pub async fn stream_bounds(pool: &Pool, user: &UserId) -> Result<(i64, i64), DbError> {
-    let client = pool.get().await?;
+pub async fn stream_bounds(db: &Database, user: &UserId) -> Result<(i64, i64), DbError> {
+    let client = db.client().await?;
     let stmt = client
         .prepare_cached("SELECT head, pruned_through FROM users WHERE id = $1")
         .await?;
@@ -222,13 +222,13 @@ pub struct HistoryPage {
 /// its message count because cseq is gap-free and messages are never deleted, so no
 /// COUNT(*) scan is needed; usernames are resolved once per page in a CTE.
 pub async fn history(
-    pool: &Pool,
+    db: &Database,
     user: &UserId,
     conversation: &ConversationId,
     before_cseq: Option<i64>,
     limit: i64,
 ) -> Result<HistoryPage, ApiError> {
-    let client = pool.get().await.map_err(DbError::from)?;
+    let client = db.client().await?;
     let access = client
         .prepare_cached(
             "SELECT c.last_cseq,
@@ -284,10 +284,10 @@ pub async fn history(
 
 /// The members of a conversation (sorted), or `None` if it does not exist.
 pub async fn members(
-    pool: &Pool,
+    db: &Database,
     conversation: &ConversationId,
 ) -> Result<Option<Vec<String>>, DbError> {
-    let client = pool.get().await?;
+    let client = db.client().await?;
     let stmt = client
         .prepare_cached(
             "SELECT ARRAY(SELECT user_id FROM members WHERE conversation_id = c.id ORDER BY user_id)
@@ -313,8 +313,8 @@ pub fn not_a_member(c: &ConversationId) -> ApiError {
 
 /// The user's conversations, most recently active first, each with its members, last
 /// message and unread count, in one query (no query per conversation).
-pub async fn conversations(pool: &Pool, user: &UserId) -> Result<Vec<Value>, DbError> {
-    let client = pool.get().await?;
+pub async fn conversations(db: &Database, user: &UserId) -> Result<Vec<Value>, DbError> {
+    let client = db.client().await?;
     let stmt = client
         .prepare_cached(
             "SELECT c.id, c.kind, c.name,
@@ -355,8 +355,8 @@ pub async fn conversations(pool: &Pool, user: &UserId) -> Result<Vec<Value>, DbE
 
 /// Deletes events older than `retention` and records how far each stream was pruned, so
 /// that a resume from before it gets `resync_required`. Returns the number deleted.
-pub async fn prune_events(pool: &Pool, retention: std::time::Duration) -> Result<u64, DbError> {
-    let client = pool.get().await?;
+pub async fn prune_events(db: &Database, retention: std::time::Duration) -> Result<u64, DbError> {
+    let client = db.client().await?;
     let secs = retention.as_secs_f64();
     let row = client
         .query_one(

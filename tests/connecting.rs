@@ -159,7 +159,9 @@ async fn health_ready_live_and_metrics_answer() {
     assert_eq!(health["connections"], 1);
     assert_eq!(health["pid"], std::process::id());
     assert!(health["memory"]["rss_bytes"].as_u64().unwrap() > 0);
-    assert_eq!(health["database"]["pool"]["max_size"], 6);
+    // The worker's share is the whole budget: the listener plus a pool of the rest.
+    assert_eq!(health["database"]["share"], 6);
+    assert_eq!(health["database"]["pool"]["max_size"], 5);
     assert_eq!(health["counters"]["messages_sent"], 1);
 
     let metrics = http.get(app.http("/metrics")).send().await.unwrap();

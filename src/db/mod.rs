@@ -5,11 +5,13 @@
 //! `db_idle_timeout_ms`, a 2 s acquire timeout and a 30 s statement_timeout.
 
 pub mod embedded;
+pub mod lease;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+pub use lease::{Lease, SharedConn, Source, Tx};
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
@@ -41,40 +43,82 @@ pub enum StartupError {
     Embedded(String),
 }
 
-/// The database handle every component shares: a pool, and the settings to open the
-/// dedicated connections (the notification listener) that a pool cannot provide.
+/// The database handle every component shares: where queries run (a pool, or the
+/// listener's connection when the worker's share of the budget is one connection), and
+/// the settings to open the dedicated listener connection.
 #[derive(Clone)]
 pub struct Database {
-    pub pool: Pool,
+    pub source: Source,
     pub pg_config: tokio_postgres::Config,
+    /// The connections this worker may hold, its listener included.
+    pub share: usize,
+    acquire_timeout: Duration,
     /// Keeps a private cluster alive as long as any handle exists; stopped on drop.
     _cluster: Option<Arc<embedded::Cluster>>,
 }
 
+/// How a worker opens its database.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// Connections this worker may hold in all, its listener included (at least 1).
+    pub share: usize,
+    /// Create the database and apply the schema (false when a supervisor already did).
+    pub setup: bool,
+}
+
 impl Database {
-    /// Finds or starts the server, creates the database if missing, applies the schema and
-    /// opens a pool of `pool_size` connections.
-    pub async fn open(config: &Config, pool_size: usize) -> Result<Database, StartupError> {
+    /// Finds or starts the server, creates the database and applies the schema (unless a
+    /// supervisor did), and prepares the pool: `share - 1` connections beside the
+    /// listener, or none, the listener's connection serving queries too.
+    pub async fn open(config: &Config, plan: Plan) -> Result<Database, StartupError> {
         let (url, cluster) = locate(config).await?;
-        let mut pg_config: tokio_postgres::Config = url.parse().expect("validated in Config");
-        pg_config.options(format!(
-            "-c statement_timeout={}",
-            config.db_statement_timeout_ms
-        ));
-        pg_config.connect_timeout(Duration::from_millis(
-            config.db_acquire_timeout_ms.max(1000),
-        ));
-        if pg_config.get_application_name().is_none() {
-            pg_config.application_name("pgchat");
+        let pg_config = pg_config(config, &url);
+        if plan.setup {
+            ensure_database(&pg_config, &url).await?;
+            apply_schema(&pg_config, &url).await?;
         }
-        ensure_database(&pg_config, &url).await?;
-        apply_schema(&pg_config, &url).await?;
-        let pool = build_pool(config, pg_config.clone(), pool_size);
+        let source = if plan.share >= 2 {
+            Source::Pool(build_pool(config, pg_config.clone(), plan.share - 1))
+        } else {
+            Source::shared()
+        };
         Ok(Database {
-            pool,
+            source,
             pg_config,
+            share: plan.share,
+            acquire_timeout: Duration::from_millis(config.db_acquire_timeout_ms),
             _cluster: cluster.map(Arc::new),
         })
+    }
+
+    /// A connection for queries, within the acquire timeout.
+    pub async fn client(&self) -> Result<Lease, crate::error::DbError> {
+        self.source.lease(self.acquire_timeout).await
+    }
+
+    /// A transaction on a connection of its own, within the acquire timeout.
+    pub async fn begin(&self) -> Result<Tx, crate::error::DbError> {
+        self.source.begin(self.acquire_timeout).await
+    }
+
+    /// The pool's figures (all zero when queries share the listener's connection).
+    pub fn pool_status(&self) -> deadpool_postgres::Status {
+        match &self.source {
+            Source::Pool(p) => p.status(),
+            Source::Shared(_) => deadpool_postgres::Status {
+                max_size: 0,
+                size: 0,
+                available: 0,
+                waiting: 0,
+            },
+        }
+    }
+
+    /// Closes the pool (the listener closes with its task).
+    pub fn close(&self) {
+        if let Source::Pool(p) = &self.source {
+            p.close();
+        }
     }
 
     /// Opens one connection outside the pool, driven by the caller (for LISTEN).
@@ -90,18 +134,21 @@ impl Database {
         self.pg_config.connect(NoTls).await
     }
 
-    /// True when a pooled connection answers `SELECT 1` within the acquire timeout.
+    /// True when a connection answers `SELECT 1` within the acquire timeout.
     pub async fn ping(&self) -> bool {
-        match self.pool.get().await {
+        match self.client().await {
             Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
             Err(_) => false,
         }
     }
 
-    /// Keeps `min` connections open and closes those idle longer than `idle`, until
-    /// `shutdown`. deadpool has neither setting built in.
+    /// Keeps `min` pooled connections open and closes those idle longer than `idle`,
+    /// until `shutdown`. deadpool has neither setting built in.
     pub fn maintain(&self, min: usize, idle: Duration, shutdown: CancellationToken) {
-        let pool = self.pool.clone();
+        let Source::Pool(pool) = &self.source else {
+            return; // the shared connection is the listener's: always open
+        };
+        let pool = pool.clone();
         tokio::spawn(async move {
             let tick = (idle / 3).clamp(Duration::from_millis(100), Duration::from_secs(10));
             loop {
@@ -133,6 +180,32 @@ impl Database {
             }
         });
     }
+}
+
+/// The connection settings: the URL plus pgchat's session settings.
+fn pg_config(config: &Config, url: &str) -> tokio_postgres::Config {
+    let mut pg_config: tokio_postgres::Config = url.parse().expect("validated in Config");
+    pg_config.options(format!(
+        "-c statement_timeout={}",
+        config.db_statement_timeout_ms
+    ));
+    pg_config.connect_timeout(Duration::from_millis(
+        config.db_acquire_timeout_ms.max(1000),
+    ));
+    if pg_config.get_application_name().is_none() {
+        pg_config.application_name("pgchat");
+    }
+    pg_config
+}
+
+/// Creates the database if missing and applies the schema, once, before workers start;
+/// returns the URL the workers should use (a private cluster's, if one was started).
+pub async fn setup(config: &Config) -> Result<(String, Option<embedded::Cluster>), StartupError> {
+    let (url, cluster) = locate(config).await?;
+    let pg_config = pg_config(config, &url);
+    ensure_database(&pg_config, &url).await?;
+    apply_schema(&pg_config, &url).await?;
+    Ok((url, cluster))
 }
 
 fn build_pool(config: &Config, pg_config: tokio_postgres::Config, size: usize) -> Pool {
@@ -238,7 +311,7 @@ pub async fn apply_schema(
                 url: redact(url),
                 source,
             })?;
-    tokio::spawn(conn);
+    let driver = tokio::spawn(conn);
     client
         .batch_execute("SELECT pg_advisory_lock(hashtext('pgchat_schema'))")
         .await
@@ -270,6 +343,9 @@ pub async fn apply_schema(
         .batch_execute("SELECT pg_advisory_unlock(hashtext('pgchat_schema'))")
         .await
         .map_err(StartupError::Schema)?;
+    // Closed before returning, so that set-up never overlaps the workers' connections.
+    drop(client);
+    let _ = driver.await;
     Ok(())
 }
 

@@ -14,14 +14,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, Utc};
-use deadpool_postgres::Pool;
-use deadpool_postgres::Transaction;
 use futures_util::future::{try_join_all, BoxFuture};
 use serde_json::{json, Value};
 use tokio_postgres::types::ToSql;
 
 use super::{Command, Outcome};
 use crate::cache::Snapshot;
+use crate::db::{Database, Tx};
 use crate::error::{ApiError, Code, DbError};
 use crate::protocol::{ConversationId, Target};
 use crate::store::{self, object_fields, EventKind, Message};
@@ -359,12 +358,11 @@ fn direct_key(command: &Command) -> Option<String> {
 /// Commits `commands` in one transaction. Refusals (not a member, no such conversation,
 /// a full group) are outcomes, not errors: they do not abort the others.
 pub async fn commit(
-    pool: &Pool,
+    db: &Database,
     commands: &[&Command],
     max_group_members: usize,
 ) -> Result<Committed, DbError> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
+    let tx = db.begin().await?;
 
     // 1. Everyone named may be new to pgchat: give them a stream.
     let named: BTreeSet<&str> = commands.iter().flat_map(|c| c.users_named()).collect();
@@ -660,7 +658,7 @@ fn kind_of(s: &str) -> EventKind {
 type Params<'a> = Vec<&'a (dyn ToSql + Sync)>;
 
 /// Writes what `apply` changed: members, read markers, messages, events, counters.
-async fn write(tx: &Transaction<'_>, apply: &mut Apply) -> Result<(), DbError> {
+async fn write(tx: &Tx, apply: &mut Apply) -> Result<(), DbError> {
     // Messages first: their ids go into the events.
     if !apply.messages.is_empty() {
         let m = &apply.messages;

@@ -18,7 +18,6 @@ pub mod batch;
 use std::sync::Arc;
 use std::time::Instant;
 
-use deadpool_postgres::Pool;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_util::sync::CancellationToken;
@@ -26,6 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cache::ConversationCache;
 use crate::config::Config;
+use crate::db::Database;
 use crate::error::{ApiError, Code};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -128,7 +128,7 @@ impl Writer {
     /// Starts `config.writers` batching tasks on `tracker`. When `stop` is cancelled they
     /// refuse new commands, commit what is queued, and end.
     pub fn spawn(
-        pool: Pool,
+        db: Database,
         hub: Arc<Hub>,
         cache: Arc<ConversationCache>,
         metrics: Arc<Metrics>,
@@ -140,7 +140,7 @@ impl Writer {
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..config.writers {
             let batcher = Batcher {
-                pool: pool.clone(),
+                db: db.clone(),
                 hub: hub.clone(),
                 cache: cache.clone(),
                 metrics: metrics.clone(),
@@ -174,7 +174,7 @@ impl Writer {
 }
 
 struct Batcher {
-    pool: Pool,
+    db: Database,
     hub: Arc<Hub>,
     cache: Arc<ConversationCache>,
     metrics: Arc<Metrics>,
@@ -208,14 +208,14 @@ impl Batcher {
     async fn commit_jobs(&self, jobs: Vec<Job>) {
         let commands: Vec<&Command> = jobs.iter().map(|j| &j.command).collect();
         self.metrics.batch_size.observe(jobs.len() as f64);
-        let mut attempt = batch::commit(&self.pool, &commands, self.max_group_members).await;
+        let mut attempt = batch::commit(&self.db, &commands, self.max_group_members).await;
         // A deadlock or serialization failure should not happen with ordered locks; if one
         // does (a future statement gets the order wrong), retrying is correct and cheap.
         for _ in 0..3 {
             match &attempt {
                 Err(e) if e.is_retryable() => {
                     tracing::warn!(error = %e, "batch hit a lock conflict; retrying");
-                    attempt = batch::commit(&self.pool, &commands, self.max_group_members).await;
+                    attempt = batch::commit(&self.db, &commands, self.max_group_members).await;
                 }
                 _ => break,
             }
@@ -237,7 +237,7 @@ impl Batcher {
                 let mut each = Vec::with_capacity(jobs.len());
                 for c in &commands {
                     each.push(
-                        match batch::commit(&self.pool, &[*c], self.max_group_members).await {
+                        match batch::commit(&self.db, &[*c], self.max_group_members).await {
                             Ok(done) => done,
                             Err(e) => batch::Committed {
                                 outcomes: vec![Err(ApiError::from(e))],
