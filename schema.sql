@@ -87,4 +87,25 @@ CREATE TABLE IF NOT EXISTS event_queue (
 );
 CREATE INDEX IF NOT EXISTS event_queue_by_age ON event_queue (created_at);
 
+-- The workers of the cluster (every process serving clients, on any host), each
+-- heartbeating; a worker silent for 8 s is taken for dead by the others, which then
+-- delete its presence rows.
+CREATE TABLE IF NOT EXISTS workers (
+    id           text PRIMARY KEY,
+    host         text NOT NULL,
+    pid          integer NOT NULL,
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Which worker holds sessions of which user: a user is online while any row exists. A
+-- starting worker reads it to know the presence of users on the others.
+CREATE TABLE IF NOT EXISTS presence (
+    user_id   text NOT NULL,
+    worker_id text NOT NULL,
+    since     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (user_id, worker_id)
+);
+CREATE INDEX IF NOT EXISTS presence_by_worker ON presence (worker_id);
+
 INSERT INTO pgchat_schema (version) VALUES (1) ON CONFLICT DO NOTHING;

@@ -16,10 +16,11 @@ use crate::cache::ConversationCache;
 use crate::config::Config;
 use crate::db::{Database, Plan, StartupError};
 use crate::hub::Hub;
+use crate::listener::ListenerState;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::protocol::Limits;
-use crate::writer::Writer;
+use crate::writer::{Outputs, Writer};
 
 /// The shared state of one worker. Cheap to clone (one `Arc`).
 #[derive(Clone)]
@@ -43,6 +44,7 @@ pub struct AppInner {
     /// Sockets held now, checked against `max_connections` before each upgrade.
     open_sockets: AtomicUsize,
     next_session: AtomicU64,
+    pub listener: ListenerState,
 }
 
 impl std::ops::Deref for App {
@@ -96,44 +98,74 @@ pub struct Application {
     listener: TcpListener,
     writers: TaskTracker,
     writers_stop: CancellationToken,
+    /// The notification listener and the presence recorder: stopped last, since in
+    /// shared mode the writers' final commits run on the listener's connection.
+    background: TaskTracker,
+    background_stop: CancellationToken,
+}
+
+/// How this process takes part in a deployment.
+#[derive(Debug, Clone, Copy)]
+pub struct Role {
+    pub plan: Plan,
+    /// Bind with SO_REUSEPORT, so that several workers share one port.
+    pub reuse_port: bool,
+}
+
+impl Role {
+    /// A single process: the whole connection budget, its own schema set-up.
+    pub fn single(config: &Config) -> Role {
+        Role {
+            plan: Plan {
+                share: config.db_max_connections,
+                setup: true,
+            },
+            reuse_port: false,
+        }
+    }
 }
 
 impl Application {
     /// Opens the database (creating it and applying the schema if needed), starts the
     /// write batchers and binds `host:port` (port 0 picks a free one).
     pub async fn build(config: Config) -> Result<Application, StartupError> {
-        let db = Database::open(
-            &config,
-            Plan {
-                share: config.db_max_connections,
-                setup: true,
-            },
-        )
-        .await?;
-        let listener = TcpListener::bind((config.host.as_str(), config.port))
-            .await
-            .map_err(|e| {
-                StartupError::Embedded(format!(
-                    "cannot listen on {}:{}: {e}",
-                    config.host, config.port
-                ))
-            })?;
+        let role = Role::single(&config);
+        Self::build_as(config, role).await
+    }
+
+    /// Like [`Application::build`], for a worker of a supervised deployment.
+    pub async fn build_as(config: Config, role: Role) -> Result<Application, StartupError> {
+        let db = Database::open(&config, role.plan).await?;
+        let listener = bind(&config.host, config.port, role.reuse_port).map_err(|e| {
+            StartupError::Bind(format!(
+                "cannot listen on {}:{}: {e}",
+                config.host, config.port
+            ))
+        })?;
         Ok(Self::with_parts(config, db, listener))
     }
 
     fn with_parts(config: Config, db: Database, listener: TcpListener) -> Application {
+        let worker_id = format!("{}-{}", hostname(), std::process::id());
         let metrics = Arc::new(Metrics::new());
         let hub = Hub::new(config.recent_events_per_user, config.ephemeral_queue);
         let cache = ConversationCache::new(config.conversation_cache, config.cached_messages);
-        let presence = Presence::new(db.clone(), Duration::from_millis(config.presence_grace_ms));
+        let presence = Presence::new(
+            db.clone(),
+            Duration::from_millis(config.presence_grace_ms),
+            &worker_id,
+        );
         let writers = TaskTracker::new();
         let writers_stop = CancellationToken::new();
         let writer = Writer::spawn(
             db.clone(),
-            hub.clone(),
-            cache.clone(),
-            metrics.clone(),
+            Outputs {
+                hub: hub.clone(),
+                cache: cache.clone(),
+                metrics: metrics.clone(),
+            },
             &config,
+            &worker_id,
             writers_stop.clone(),
             &writers,
         );
@@ -144,7 +176,6 @@ impl Application {
             shutdown.clone(),
         );
         spawn_pruner(db.clone(), &config, shutdown.clone());
-        let worker_id = format!("{}-{}", hostname(), std::process::id());
         let app = App(Arc::new(AppInner {
             auth: Authenticator::new(config.jwt_secret()),
             config,
@@ -160,12 +191,19 @@ impl Application {
             started: Instant::now(),
             open_sockets: AtomicUsize::new(0),
             next_session: AtomicU64::new(1),
+            listener: ListenerState::default(),
         }));
+        let background = TaskTracker::new();
+        let background_stop = CancellationToken::new();
+        background.spawn(crate::listener::run(app.clone(), background_stop.clone()));
+        background.spawn(app.presence.clone().run(background_stop.clone()));
         Application {
             app,
             listener,
             writers,
             writers_stop,
+            background,
+            background_stop,
         }
     }
 
@@ -191,6 +229,8 @@ impl Application {
             listener,
             writers,
             writers_stop,
+            background,
+            background_stop,
         } = self;
         let router = crate::http::router(app.clone());
         let token = app.shutdown.clone();
@@ -232,6 +272,12 @@ impl Application {
         if tokio::time::timeout(left, writers.wait()).await.is_err() {
             tracing::warn!("writers did not finish in time");
         }
+        background_stop.cancel();
+        background.close();
+        let left = deadline.saturating_sub(started.elapsed());
+        if tokio::time::timeout(left, background.wait()).await.is_err() {
+            tracing::warn!("listener or presence did not finish in time");
+        }
         app.db.close();
         tracing::info!("pgchat stopped");
     }
@@ -256,7 +302,26 @@ fn spawn_pruner(db: Database, config: &Config, shutdown: CancellationToken) {
     });
 }
 
-fn hostname() -> String {
+/// Binds `host:port`, with SO_REUSEPORT when several workers share the port (the kernel
+/// then spreads connections over them).
+fn bind(host: &str, port: u16, reuse_port: bool) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let addr: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))?
+        .next()
+        .ok_or_else(|| std::io::Error::other("the host resolves to no address"))?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// This machine's name, for worker ids and the `workers` table.
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .ok()

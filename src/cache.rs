@@ -149,9 +149,17 @@ impl ConversationCache {
         })
     }
 
-    /// Forgets a conversation (for changes made elsewhere).
-    pub fn invalidate(&self, id: &str) {
-        self.entries.lock().expect("cache lock").pop(id);
+    /// Another worker committed `version` of a conversation: forget an older copy.
+    pub fn invalidate_older(&self, id: &str, version: i64) {
+        let mut entries = self.entries.lock().expect("cache lock");
+        if entries.peek(id).is_some_and(|e| e.version < version) {
+            entries.pop(id);
+        }
+    }
+
+    /// Forgets everything (after missing notifications, nothing cached can be trusted).
+    pub fn clear(&self) {
+        self.entries.lock().expect("cache lock").clear();
     }
 
     pub fn len(&self) -> usize {

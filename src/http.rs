@@ -115,6 +115,9 @@ async fn upgrade(
             );
         }
     };
+    // The feed starts at what the session starts from, so that another worker's
+    // notification fetches only what is new.
+    app.hub.advance(identity.user.as_str(), head);
     let config = &app.config;
     let tracker = app.sessions.clone();
     ws.read_buffer_size(config.ws_read_buffer_bytes)
@@ -216,23 +219,25 @@ async fn ready(State(app): State<App>) -> Response {
     if app.shutdown.is_cancelled() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "shutting_down", "database": "unknown"})),
+            Json(json!({"status": "shutting_down"})),
         )
             .into_response();
     }
     let db = tokio::time::timeout(Duration::from_secs(2), app.db.ping())
         .await
         .unwrap_or(false);
-    let status = if db {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let listening = app.listener.is_up();
+    let ready = db && listening;
     (
-        status,
+        if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
         Json(json!({
-            "status": if db { "ready" } else { "not_ready" },
+            "status": if ready { "ready" } else { "not_ready" },
             "database": if db { "up" } else { "down" },
+            "listener": if listening { "up" } else { "down" },
         })),
     )
         .into_response()
@@ -262,6 +267,12 @@ async fn health(State(app): State<App>) -> Response {
                 "available": pool.available,
                 "waiting": pool.waiting,
             },
+        },
+        "listener": {
+            "up": app.listener.is_up(),
+            "connects": app.listener.connects.load(std::sync::atomic::Ordering::Relaxed),
+            "notifications": app.listener.notifications.load(std::sync::atomic::Ordering::Relaxed),
+            "last_error": app.listener.last_error(),
         },
         "counters": app.metrics.summary(),
     }))

@@ -178,6 +178,42 @@ impl Hub {
         });
     }
 
+    /// The newest seq this worker knows for `user`, if the user has a session here.
+    pub fn head_of(&self, user: &str) -> Option<i64> {
+        self.feeds
+            .lock()
+            .expect("hub lock")
+            .get(user)
+            .map(|f| f.head())
+    }
+
+    /// Tells `user`'s sessions here that their stream reached `seq`, without the frames:
+    /// they read what the feed lacks from the table.
+    pub fn advance(&self, user: &str, seq: i64) {
+        let feed = match self.feeds.lock().expect("hub lock").get(user) {
+            Some(f) => f.clone(),
+            None => return,
+        };
+        feed.head.send_if_modified(|h| {
+            if seq > *h {
+                *h = seq;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Every user with a live session on this worker.
+    pub fn local_users(&self) -> Vec<String> {
+        self.feeds
+            .lock()
+            .expect("hub lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// Users with a live session on this worker.
     pub fn users_online(&self) -> usize {
         self.feeds.lock().expect("hub lock").len()

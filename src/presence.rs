@@ -1,126 +1,72 @@
-//! Presence: who is online, and which sessions want to hear when that changes.
+//! Presence: who is online, across every worker, and which sessions want to hear when
+//! that changes.
 //!
-//! A user is online while any session of theirs is open. When the last one closes the
-//! user stays online for a grace period (`presence_grace_ms`), so a reconnect does not
-//! flap; only then are watchers told `offline` and `users.last_seen` stored.
+//! A user is online while any session of theirs is open on any worker. When the last
+//! session on a worker closes, that worker keeps the user online for a grace period
+//! (`presence_grace_ms`), so a reconnect, to this worker or another, does not flap.
+//!
+//! Across workers: each worker records the users it holds in the `presence` table and
+//! announces changes with a notification; the others keep a map of who is online where.
+//! Each worker heartbeats in `workers`; one silent for 8 s is taken for dead, its rows
+//! are deleted, and its users go offline everywhere (within about 10 s).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
 
 use crate::db::Database;
 use crate::error::DbError;
 use crate::hub::SessionId;
+use crate::notify::{Notice, CHANNEL};
 use crate::protocol::{rfc3339, UserId};
+
+/// How often a worker heartbeats and looks for dead workers.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+/// A worker whose heartbeat is older than this is dead.
+const DEAD_AFTER_SECS: f64 = 8.0;
 
 pub struct Presence {
     /// A std mutex: every critical section is a few map operations, never an await.
     state: Mutex<State>,
     grace: Duration,
     db: Database,
+    worker: String,
+    /// Wakes the flusher when `state.pending` has changes to record.
+    flush: Notify,
 }
 
 #[derive(Default)]
 struct State {
-    /// Users considered online here: with sessions, or within their grace period.
-    online: HashMap<String, Online>,
+    /// Users with sessions here, or within their grace period here.
+    local: HashMap<String, Local>,
+    /// user -> the other workers holding sessions of theirs.
+    remote: HashMap<String, HashSet<String>>,
     /// watched user -> the sessions watching, with their ephemeral channels.
     watchers: HashMap<String, HashMap<SessionId, mpsc::Sender<Utf8Bytes>>>,
+    /// Changes of this worker's own rows not yet written: user -> online here, or the
+    /// time they went offline here.
+    pending: HashMap<String, Option<DateTime<Utc>>>,
 }
 
-struct Online {
+struct Local {
     sessions: usize,
     /// Bumped by every close and open, so a stale grace timer knows it is stale.
     generation: u64,
 }
 
-impl Presence {
-    pub fn new(db: Database, grace: Duration) -> Arc<Presence> {
-        Arc::new(Presence {
-            state: Mutex::new(State::default()),
-            grace,
-            db,
-        })
+impl State {
+    fn online(&self, user: &str) -> bool {
+        self.local.contains_key(user) || self.remote.get(user).is_some_and(|w| !w.is_empty())
     }
 
-    /// A session of `user` opened.
-    pub fn opened(&self, user: &str) {
-        let mut state = self.state.lock().expect("presence lock");
-        match state.online.get_mut(user) {
-            Some(o) => {
-                // Already online, or back within the grace period: no change to announce.
-                o.sessions += 1;
-                o.generation += 1;
-            }
-            None => {
-                state.online.insert(
-                    user.to_string(),
-                    Online {
-                        sessions: 1,
-                        generation: 0,
-                    },
-                );
-                let now = Utc::now();
-                Self::announce(&state, user, "online", Some(now));
-            }
-        }
-    }
-
-    /// A session of `user` closed. Spawns the grace timer when it was the last.
-    pub fn closed(self: &Arc<Self>, user: &str) {
-        let generation = {
-            let mut state = self.state.lock().expect("presence lock");
-            let Some(o) = state.online.get_mut(user) else {
-                return;
-            };
-            o.sessions = o.sessions.saturating_sub(1);
-            o.generation += 1;
-            if o.sessions > 0 {
-                return;
-            }
-            o.generation
-        };
-        let this = self.clone();
-        let user = user.to_string();
-        tokio::spawn(async move {
-            tokio::time::sleep(this.grace).await;
-            this.expire(&user, generation).await;
-        });
-    }
-
-    async fn expire(&self, user: &str, generation: u64) {
-        let now = Utc::now().trunc_subsecs(6);
-        {
-            let mut state = self.state.lock().expect("presence lock");
-            match state.online.get(user) {
-                Some(o) if o.sessions == 0 && o.generation == generation => {
-                    state.online.remove(user);
-                    Self::announce(&state, user, "offline", Some(now));
-                }
-                _ => return, // came back, or a newer timer owns it
-            }
-        }
-        if let Err(e) = self.store_last_seen(user, now).await {
-            tracing::warn!(error = %e, user, "storing last_seen failed");
-        }
-    }
-
-    async fn store_last_seen(&self, user: &str, at: DateTime<Utc>) -> Result<(), DbError> {
-        let client = self.db.client().await?;
-        let stmt = client
-            .prepare_cached("UPDATE users SET last_seen = $2 WHERE id = $1")
-            .await?;
-        client.execute(&stmt, &[&user, &at]).await?;
-        Ok(())
-    }
-
-    fn announce(state: &State, user: &str, status: &str, last_seen: Option<DateTime<Utc>>) {
-        let Some(watchers) = state.watchers.get(user) else {
+    fn announce(&self, user: &str, status: &str, last_seen: Option<DateTime<Utc>>) {
+        let Some(watchers) = self.watchers.get(user) else {
             return;
         };
         let frame: Utf8Bytes = json!({
@@ -136,13 +82,190 @@ impl Presence {
             let _ = tx.try_send(frame.clone());
         }
     }
+}
 
+impl Presence {
+    pub fn new(db: Database, grace: Duration, worker: &str) -> Arc<Presence> {
+        Arc::new(Presence {
+            state: Mutex::new(State::default()),
+            grace,
+            db,
+            worker: worker.to_string(),
+            flush: Notify::new(),
+        })
+    }
+
+    /// A session of `user` opened here.
+    pub fn opened(&self, user: &str) {
+        let mut state = self.state.lock().expect("presence lock");
+        if let Some(l) = state.local.get_mut(user) {
+            // Already here, or back within the grace period: nothing changes.
+            l.sessions += 1;
+            l.generation += 1;
+            return;
+        }
+        let was_online = state.online(user);
+        state.local.insert(
+            user.to_string(),
+            Local {
+                sessions: 1,
+                generation: 0,
+            },
+        );
+        state.pending.insert(user.to_string(), None);
+        if !was_online {
+            state.announce(user, "online", Some(Utc::now()));
+        }
+        drop(state);
+        self.flush.notify_one();
+    }
+
+    /// A session of `user` closed here. Starts the grace timer when it was the last.
+    pub fn closed(self: &Arc<Self>, user: &str) {
+        let generation = {
+            let mut state = self.state.lock().expect("presence lock");
+            let Some(l) = state.local.get_mut(user) else {
+                return;
+            };
+            l.sessions = l.sessions.saturating_sub(1);
+            l.generation += 1;
+            if l.sessions > 0 {
+                return;
+            }
+            l.generation
+        };
+        let this = self.clone();
+        let user = user.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(this.grace).await;
+            this.expire(&user, generation).await;
+        });
+    }
+
+    /// The grace period of `user` here ended.
+    async fn expire(&self, user: &str, generation: u64) {
+        let now = Utc::now().trunc_subsecs(6);
+        let offline_everywhere = {
+            let mut state = self.state.lock().expect("presence lock");
+            match state.local.get(user) {
+                Some(l) if l.sessions == 0 && l.generation == generation => {}
+                _ => return, // came back, or a newer timer owns it
+            }
+            state.local.remove(user);
+            state.pending.insert(user.to_string(), Some(now));
+            let gone = !state.online(user);
+            if gone {
+                state.announce(user, "offline", Some(now));
+            }
+            gone
+        };
+        self.flush.notify_one();
+        if offline_everywhere {
+            if let Err(e) = self.store_last_seen(&[user.to_string()], now).await {
+                tracing::warn!(error = %e, user, "storing last_seen failed");
+            }
+        }
+    }
+
+    async fn store_last_seen(&self, users: &[String], at: DateTime<Utc>) -> Result<(), DbError> {
+        let client = self.db.client().await?;
+        let stmt = client
+            .prepare_cached("UPDATE users SET last_seen = $2 WHERE id = ANY($1)")
+            .await?;
+        client.execute(&stmt, &[&users, &at]).await?;
+        Ok(())
+    }
+
+    /// Online here or on any other worker (or within a grace period).
     pub fn is_online(&self, user: &str) -> bool {
-        self.state
-            .lock()
-            .expect("presence lock")
-            .online
-            .contains_key(user)
+        self.state.lock().expect("presence lock").online(user)
+    }
+
+    /// Applies another worker's presence notice.
+    pub fn on_notice(&self, notice: Notice) {
+        let mut state = self.state.lock().expect("presence lock");
+        match notice {
+            Notice::Presence { w, on, off } => {
+                for user in on {
+                    let was = state.online(&user);
+                    state
+                        .remote
+                        .entry(user.clone())
+                        .or_default()
+                        .insert(w.clone());
+                    if !was {
+                        state.announce(&user, "online", Some(Utc::now()));
+                    }
+                }
+                for (user, at) in off {
+                    Self::remove_remote(&mut state, &user, &w);
+                    if !state.online(&user) {
+                        let at = DateTime::parse_from_rfc3339(&at)
+                            .map(|t| t.with_timezone(&Utc))
+                            .unwrap_or_else(|_| Utc::now());
+                        state.announce(&user, "offline", Some(at));
+                    }
+                }
+            }
+            Notice::Gone { dead, .. } => {
+                let dead: HashSet<String> = dead.into_iter().collect();
+                Self::drop_workers(&mut state, &dead);
+            }
+            Notice::Events { .. } => {}
+        }
+    }
+
+    fn remove_remote(state: &mut State, user: &str, worker: &str) {
+        if let Some(ws) = state.remote.get_mut(user) {
+            ws.remove(worker);
+            if ws.is_empty() {
+                state.remote.remove(user);
+            }
+        }
+    }
+
+    /// Forgets dead workers; their users who are online nowhere else go offline.
+    fn drop_workers(state: &mut State, dead: &HashSet<String>) {
+        let affected: Vec<String> = state
+            .remote
+            .iter()
+            .filter(|(_, ws)| ws.iter().any(|w| dead.contains(w)))
+            .map(|(u, _)| u.clone())
+            .collect();
+        let now = Utc::now();
+        for user in affected {
+            for w in dead {
+                Self::remove_remote(state, &user, w);
+            }
+            if !state.online(&user) {
+                state.announce(&user, "offline", Some(now));
+            }
+        }
+    }
+
+    /// Rebuilds the view of the other workers from the `presence` table (at start, and
+    /// after the listener reconnects: notices may have been missed), announcing changes.
+    pub async fn reload(&self) -> Result<(), DbError> {
+        let client = self.db.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT user_id, worker_id FROM presence WHERE worker_id <> $1")
+            .await?;
+        let mut remote: HashMap<String, HashSet<String>> = HashMap::new();
+        for row in client.query(&stmt, &[&self.worker]).await? {
+            remote.entry(row.get(0)).or_default().insert(row.get(1));
+        }
+        let mut state = self.state.lock().expect("presence lock");
+        let before: HashSet<String> = state.remote.keys().cloned().collect();
+        let old = std::mem::replace(&mut state.remote, remote);
+        let now = Utc::now();
+        for user in before.union(&state.remote.keys().cloned().collect()) {
+            let was = state.local.contains_key(user) || old.contains_key(user);
+            let is = state.online(user);
+            if was != is {
+                state.announce(user, if is { "online" } else { "offline" }, Some(now));
+            }
+        }
+        Ok(())
     }
 
     /// Registers `session` as a watcher of `users` and returns their current presence.
@@ -198,5 +321,164 @@ impl Presence {
                 }
             }
         }
+    }
+
+    /// Writes this worker's presence changes and announces them, coalescing whatever
+    /// piled up meanwhile into one transaction; heartbeats and reaps dead workers every
+    /// 2 s. Runs until `stop`, then removes this worker's rows.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = self.flush.notified() => {
+                    if let Err(e) = self.write_pending().await {
+                        tracing::warn!(error = %e, "recording presence failed; will retry");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        self.flush.notify_one();
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if let Err(e) = self.heartbeat().await {
+                        tracing::warn!(error = %e, "presence heartbeat failed");
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.leave().await {
+            tracing::warn!(error = %e, "removing this worker's presence failed");
+        }
+    }
+
+    async fn write_pending(&self) -> Result<(), DbError> {
+        let pending = std::mem::take(&mut self.state.lock().expect("presence lock").pending);
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut on = Vec::new();
+        let mut off = Vec::new();
+        for (user, gone) in &pending {
+            match gone {
+                None => on.push(user.clone()),
+                Some(at) => off.push((user.clone(), rfc3339(*at))),
+            }
+        }
+        let result = async {
+            let tx = self.db.begin().await?;
+            if !on.is_empty() {
+                let stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO presence (user_id, worker_id)
+                         SELECT u, $2 FROM unnest($1::text[]) AS u ORDER BY u
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .await?;
+                tx.execute(&stmt, &[&on, &self.worker]).await?;
+            }
+            if !off.is_empty() {
+                let users: Vec<&str> = off.iter().map(|(u, _)| u.as_str()).collect();
+                let stmt = tx
+                    .prepare_cached(
+                        "DELETE FROM presence WHERE worker_id = $2 AND user_id = ANY($1)",
+                    )
+                    .await?;
+                tx.execute(&stmt, &[&users, &self.worker]).await?;
+            }
+            for payload in Notice::presence_payloads(&self.worker, on.clone(), off.clone()) {
+                tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+                    .await?;
+            }
+            tx.commit().await
+        }
+        .await;
+        if result.is_err() {
+            // Put back what was not written, unless newer changes replaced it.
+            let mut state = self.state.lock().expect("presence lock");
+            for (user, change) in pending {
+                state.pending.entry(user).or_insert(change);
+            }
+        }
+        result
+    }
+
+    /// Records that this worker lives; takes dead workers' users offline.
+    async fn heartbeat(&self) -> Result<(), DbError> {
+        let client = self.db.client().await?;
+        let beat = client
+            .prepare_cached(
+                "INSERT INTO workers (id, host, pid) VALUES ($1, $2, $3)
+                 ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
+            )
+            .await?;
+        let host = crate::app::hostname();
+        client
+            .execute(&beat, &[&self.worker, &host, &(std::process::id() as i32)])
+            .await?;
+        drop(client);
+        let tx = self.db.begin().await?;
+        let reap = tx
+            .prepare_cached(
+                "DELETE FROM workers WHERE heartbeat_at < now() - make_interval(secs => $1)
+                 RETURNING id",
+            )
+            .await?;
+        let dead: Vec<String> = tx
+            .query(&reap, &[&DEAD_AFTER_SECS])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if dead.is_empty() {
+            return tx.commit().await;
+        }
+        self.forget_workers(&tx, &dead).await?;
+        tx.commit().await?;
+        tracing::warn!(
+            ?dead,
+            "workers stopped heartbeating: their users are offline"
+        );
+        self.on_notice(Notice::Gone {
+            w: self.worker.clone(),
+            dead,
+        });
+        Ok(())
+    }
+
+    /// Deletes `workers`' presence rows, stores last_seen for users now online nowhere,
+    /// and tells the other workers.
+    async fn forget_workers(&self, tx: &crate::db::Tx, workers: &[String]) -> Result<(), DbError> {
+        let stmt = tx
+            .prepare_cached(
+                "WITH gone AS (
+                     DELETE FROM presence WHERE worker_id = ANY($1) RETURNING user_id
+                 )
+                 UPDATE users SET last_seen = now()
+                 WHERE id IN (SELECT user_id FROM gone)
+                   AND NOT EXISTS (SELECT 1 FROM presence p
+                                   WHERE p.user_id = users.id AND NOT p.worker_id = ANY($1))",
+            )
+            .await?;
+        tx.execute(&stmt, &[&workers]).await?;
+        let payload = serde_json::to_string(&Notice::Gone {
+            w: self.worker.clone(),
+            dead: workers.to_vec(),
+        })
+        .expect("notices serialise");
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+            .await?;
+        Ok(())
+    }
+
+    /// On shutdown: this worker's users leave with it (those online elsewhere stay).
+    async fn leave(&self) -> Result<(), DbError> {
+        let tx = self.db.begin().await?;
+        let me = vec![self.worker.clone()];
+        self.forget_workers(&tx, &me).await?;
+        let stmt = tx
+            .prepare_cached("DELETE FROM workers WHERE id = $1")
+            .await?;
+        tx.execute(&stmt, &[&self.worker]).await?;
+        tx.commit().await
     }
 }

@@ -124,6 +124,56 @@ pub async fn touch_user(db: &Database, user: &UserId, name: Option<&str>) -> Res
         .get(0))
 }
 
+/// The columns that render an event as a frame; `e` is `event_queue`, and the joins
+/// below must follow. Shared by [`events_after`] and [`events_in`].
+const EVENT_COLUMNS: &str = "e.user_id, e.seq, e.kind, e.payload,
+        m.id, m.conversation_id, m.cseq, m.sender_id, u.name, m.body,
+        m.client_msg_id, m.created_at,
+        c.id, c.kind, c.name,
+        CASE WHEN c.id IS NOT NULL THEN
+            ARRAY(SELECT x.user_id FROM members x WHERE x.conversation_id = c.id ORDER BY x.user_id)
+        END";
+const EVENT_JOINS: &str = "LEFT JOIN messages m ON m.id = e.message_id
+     LEFT JOIN users u ON u.id = m.sender_id
+     LEFT JOIN conversations c ON e.kind = 'conversation' AND c.id = e.conversation_id";
+
+/// One event row (selected with [`EVENT_COLUMNS`]) as `(user, seq, frame)`.
+fn event_from_row(row: &Row) -> (String, i64, String) {
+    let seq: i64 = row.get(1);
+    let kind: &str = row.get(2);
+    let frame = match kind {
+        "message" => {
+            let m = Message::from_row(row, 4);
+            event_frame(
+                EventKind::Message,
+                seq,
+                &object_fields(&json!({"message": m.to_json()})),
+            )
+        }
+        "conversation" => {
+            // Rendered as the conversation is now (see schema.sql).
+            let members: Vec<String> = row.get::<_, Option<Vec<String>>>(15).unwrap_or_default();
+            let conversation = json!({"conversation": {
+                "id": row.get::<_, Option<String>>(12),
+                "kind": row.get::<_, Option<String>>(13),
+                "name": row.get::<_, Option<String>>(14),
+                "members": members,
+            }});
+            event_frame(EventKind::Conversation, seq, &object_fields(&conversation))
+        }
+        other => {
+            let kind = if other == "removed" {
+                EventKind::Removed
+            } else {
+                EventKind::Read
+            };
+            let payload: Option<Value> = row.get(3);
+            event_frame(kind, seq, &object_fields(&payload.unwrap_or(json!({}))))
+        }
+    };
+    (row.get(0), seq, frame)
+}
+
 /// The durable events of `user` with `seq > after`, oldest first, at most `limit`, as
 /// ready-to-send frames.
 pub async fn events_after(
@@ -133,65 +183,56 @@ pub async fn events_after(
     limit: i64,
 ) -> Result<Vec<(i64, String)>, DbError> {
     let client = db.client().await?;
-    let stmt = client
-        .prepare_cached(
-            "SELECT e.seq, e.kind, e.payload,
-                    m.id, m.conversation_id, m.cseq, m.sender_id, u.name, m.body,
-                    m.client_msg_id, m.created_at,
-                    c.id, c.kind, c.name,
-                    CASE WHEN c.id IS NOT NULL THEN
-                        ARRAY(SELECT x.user_id FROM members x WHERE x.conversation_id = c.id ORDER BY x.user_id)
-                    END
-             FROM event_queue e
-             LEFT JOIN messages m ON m.id = e.message_id
-             LEFT JOIN users u ON u.id = m.sender_id
-             LEFT JOIN conversations c ON e.kind = 'conversation' AND c.id = e.conversation_id
-             WHERE e.user_id = $1 AND e.seq > $2
-             ORDER BY e.seq
-             LIMIT $3",
-        )
-        .await?;
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM event_queue e {EVENT_JOINS}
+         WHERE e.user_id = $1 AND e.seq > $2 ORDER BY e.seq LIMIT $3"
+    );
+    let stmt = client.prepare_cached(&sql).await?;
     let rows = client
         .query(&stmt, &[&user.as_str(), &after, &limit])
         .await?;
     Ok(rows
         .iter()
         .map(|row| {
-            let seq: i64 = row.get(0);
-            let kind: &str = row.get(1);
-            let frame = match kind {
-                "message" => {
-                    let m = Message::from_row(row, 3);
-                    event_frame(
-                        EventKind::Message,
-                        seq,
-                        &object_fields(&json!({"message": m.to_json()})),
-                    )
-                }
-                "conversation" => {
-                    // Rendered as the conversation is now (see schema.sql).
-                    let members: Vec<String> =
-                        row.get::<_, Option<Vec<String>>>(14).unwrap_or_default();
-                    let conversation = json!({"conversation": {
-                        "id": row.get::<_, Option<String>>(11),
-                        "kind": row.get::<_, Option<String>>(12),
-                        "name": row.get::<_, Option<String>>(13),
-                        "members": members,
-                    }});
-                    event_frame(EventKind::Conversation, seq, &object_fields(&conversation))
-                }
-                other => {
-                    let kind = if other == "removed" {
-                        EventKind::Removed
-                    } else {
-                        EventKind::Read
-                    };
-                    let payload: Option<Value> = row.get(2);
-                    event_frame(kind, seq, &object_fields(&payload.unwrap_or(json!({}))))
-                }
-            };
+            let (_, seq, frame) = event_from_row(row);
             (seq, frame)
         })
+        .collect())
+}
+
+/// The events in several users' ranges `(after, upto]` at once, in one query: how a
+/// worker fetches what another worker's notification announced.
+pub async fn events_in(
+    db: &Database,
+    ranges: &[(String, i64, i64)],
+) -> Result<Vec<(String, i64, String)>, DbError> {
+    let client = db.client().await?;
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS}
+         FROM unnest($1::text[], $2::int8[], $3::int8[]) AS k(u, a, b)
+         JOIN event_queue e ON e.user_id = k.u AND e.seq > k.a AND e.seq <= k.b
+         {EVENT_JOINS}
+         ORDER BY e.user_id, e.seq"
+    );
+    let stmt = client.prepare_cached(&sql).await?;
+    let users: Vec<&str> = ranges.iter().map(|r| r.0.as_str()).collect();
+    let after: Vec<i64> = ranges.iter().map(|r| r.1).collect();
+    let upto: Vec<i64> = ranges.iter().map(|r| r.2).collect();
+    let rows = client.query(&stmt, &[&users, &after, &upto]).await?;
+    Ok(rows.iter().map(event_from_row).collect())
+}
+
+/// The stream heads of `users`.
+pub async fn heads(db: &Database, users: &[String]) -> Result<Vec<(String, i64)>, DbError> {
+    let client = db.client().await?;
+    let stmt = client
+        .prepare_cached("SELECT id, head FROM users WHERE id = ANY($1)")
+        .await?;
+    Ok(client
+        .query(&stmt, &[&users])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
         .collect())
 }
 

@@ -279,8 +279,7 @@ async fn without_database_url_or_a_server_a_private_cluster_is_started_and_stopp
         let _ = stopped.await;
     }));
 
-    let ready = reqwest::get(format!("http://{addr}/ready")).await.unwrap();
-    assert_eq!(ready.status(), 200);
+    common::wait_ready(&format!("http://{addr}/ready")).await;
     let token = pgchat::auth::Authenticator::new(common::SECRET).mint(
         &pgchat::protocol::UserId::parse("alice").unwrap(),
         None,

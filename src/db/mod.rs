@@ -41,6 +41,8 @@ pub enum StartupError {
     },
     #[error("private PostgreSQL cluster: {0}")]
     Embedded(String),
+    #[error("{0}")]
+    Bind(String),
 }
 
 /// The database handle every component shares: where queries run (a pool, or the

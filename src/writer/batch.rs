@@ -22,6 +22,7 @@ use super::{Command, Outcome};
 use crate::cache::Snapshot;
 use crate::db::{Database, Tx};
 use crate::error::{ApiError, Code, DbError};
+use crate::notify::{Notice, CHANNEL};
 use crate::protocol::{ConversationId, Target};
 use crate::store::{self, object_fields, EventKind, Message};
 
@@ -361,6 +362,7 @@ pub async fn commit(
     db: &Database,
     commands: &[&Command],
     max_group_members: usize,
+    worker: &str,
 ) -> Result<Committed, DbError> {
     let tx = db.begin().await?;
 
@@ -583,7 +585,7 @@ pub async fn commit(
         .collect();
 
     // 7. Write the differences.
-    write(&tx, &mut apply).await?;
+    write(&tx, &mut apply, worker).await?;
     tx.commit().await?;
 
     // The message ids are known now: fill them into the outcomes and the live frames.
@@ -658,7 +660,7 @@ fn kind_of(s: &str) -> EventKind {
 type Params<'a> = Vec<&'a (dyn ToSql + Sync)>;
 
 /// Writes what `apply` changed: members, read markers, messages, events, counters.
-async fn write(tx: &Tx, apply: &mut Apply) -> Result<(), DbError> {
+async fn write(tx: &Tx, apply: &mut Apply, worker: &str) -> Result<(), DbError> {
     // Messages first: their ids go into the events.
     if !apply.messages.is_empty() {
         let m = &apply.messages;
@@ -796,6 +798,25 @@ async fn write(tx: &Tx, apply: &mut Apply) -> Result<(), DbError> {
                 &e.payloads,
             ],
         ));
+    }
+    // One notification per batch, delivered at commit: it tells the other workers which
+    // streams grew and which conversations changed (see notify.rs).
+    let payload;
+    if !user_ids.is_empty() || !conv_ids.is_empty() {
+        payload = Notice::events_payload(
+            worker,
+            user_ids
+                .iter()
+                .zip(&heads)
+                .map(|(u, h)| (u.to_string(), *h))
+                .collect(),
+            conv_ids
+                .iter()
+                .zip(&versions)
+                .map(|(c, v)| (c.to_string(), *v))
+                .collect(),
+        );
+        statements.push(("SELECT pg_notify($1, $2)", vec![&CHANNEL, &payload]));
     }
     // Pipelined on the one connection: one round trip for all of them.
     let mut prepared = Vec::with_capacity(statements.len());

@@ -112,6 +112,13 @@ impl Outcome {
     }
 }
 
+/// Where committed work goes: the hub (delivery), the cache, the metrics.
+pub struct Outputs {
+    pub hub: Arc<Hub>,
+    pub cache: Arc<ConversationCache>,
+    pub metrics: Arc<Metrics>,
+}
+
 struct Job {
     command: Command,
     reply: oneshot::Sender<Result<Outcome, ApiError>>,
@@ -129,13 +136,17 @@ impl Writer {
     /// refuse new commands, commit what is queued, and end.
     pub fn spawn(
         db: Database,
-        hub: Arc<Hub>,
-        cache: Arc<ConversationCache>,
-        metrics: Arc<Metrics>,
+        outputs: Outputs,
         config: &Config,
+        worker: &str,
         stop: CancellationToken,
         tracker: &TaskTracker,
     ) -> Writer {
+        let Outputs {
+            hub,
+            cache,
+            metrics,
+        } = outputs;
         let (tx, rx) = mpsc::channel(config.write_queue);
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..config.writers {
@@ -146,6 +157,7 @@ impl Writer {
                 metrics: metrics.clone(),
                 batch_max: config.write_batch_max,
                 max_group_members: config.max_group_members,
+                worker: worker.to_string(),
             };
             let rx = rx.clone();
             let stop = stop.clone();
@@ -180,6 +192,8 @@ struct Batcher {
     metrics: Arc<Metrics>,
     batch_max: usize,
     max_group_members: usize,
+    /// Named in notifications, so this worker can skip its own.
+    worker: String,
 }
 
 impl Batcher {
@@ -208,14 +222,17 @@ impl Batcher {
     async fn commit_jobs(&self, jobs: Vec<Job>) {
         let commands: Vec<&Command> = jobs.iter().map(|j| &j.command).collect();
         self.metrics.batch_size.observe(jobs.len() as f64);
-        let mut attempt = batch::commit(&self.db, &commands, self.max_group_members).await;
+        let mut attempt =
+            batch::commit(&self.db, &commands, self.max_group_members, &self.worker).await;
         // A deadlock or serialization failure should not happen with ordered locks; if one
         // does (a future statement gets the order wrong), retrying is correct and cheap.
         for _ in 0..3 {
             match &attempt {
                 Err(e) if e.is_retryable() => {
                     tracing::warn!(error = %e, "batch hit a lock conflict; retrying");
-                    attempt = batch::commit(&self.db, &commands, self.max_group_members).await;
+                    attempt =
+                        batch::commit(&self.db, &commands, self.max_group_members, &self.worker)
+                            .await;
                 }
                 _ => break,
             }
@@ -237,7 +254,9 @@ impl Batcher {
                 let mut each = Vec::with_capacity(jobs.len());
                 for c in &commands {
                     each.push(
-                        match batch::commit(&self.db, &[*c], self.max_group_members).await {
+                        match batch::commit(&self.db, &[*c], self.max_group_members, &self.worker)
+                            .await
+                        {
                             Ok(done) => done,
                             Err(e) => batch::Committed {
                                 outcomes: vec![Err(ApiError::from(e))],

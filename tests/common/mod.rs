@@ -254,6 +254,16 @@ impl TestApp {
         let handle = tokio::spawn(application.run_until_stopped(async move {
             let _ = stopped.await;
         }));
+        // Ready means listening for notifications and caught up: wait for it, as a load
+        // balancer would.
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while !app.listener.is_up() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the listener did not come up"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         TestApp {
             db,
             addr,
@@ -500,6 +510,23 @@ impl Client {
 
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
+    }
+}
+
+/// Polls a `/ready` URL until it answers 200; panics after PATIENCE.
+pub async fn wait_ready(url: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Ok(r) = reqwest::get(url).await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{url} did not answer 200 in time"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -1,0 +1,160 @@
+//! What workers tell each other over PostgreSQL `NOTIFY`, on one channel.
+//!
+//! A notification carries only what lets a worker find the truth in the tables: which
+//! streams grew (user and newest seq) and which conversations changed (id and version),
+//! never the events themselves. PostgreSQL refuses payloads of 8000 bytes or more; a
+//! batch whose list would not fit sends a pointer instead (`"all":true`: "streams grew;
+//! check every user you hold"), which costs the receivers one query, never a failure.
+
+use serde::{Deserialize, Serialize};
+
+/// The channel every worker LISTENs on.
+pub const CHANNEL: &str = "pgchat";
+
+/// The largest payload PostgreSQL accepts (8000 bytes fails).
+pub const MAX_PAYLOAD: usize = 7999;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "k")]
+pub enum Notice {
+    /// A batch committed: these streams and conversations changed.
+    #[serde(rename = "e")]
+    Events {
+        w: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        u: Vec<(String, i64)>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        c: Vec<(String, i64)>,
+        /// Set instead of `u`/`c` when they would not fit.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        all: bool,
+    },
+    /// Users came online on worker `w`, or went offline there (with the time).
+    #[serde(rename = "p")]
+    Presence {
+        w: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        on: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        off: Vec<(String, String)>,
+    },
+    /// Workers found dead (no heartbeat); their users' sessions are gone.
+    #[serde(rename = "g")]
+    Gone { w: String, dead: Vec<String> },
+}
+
+impl Notice {
+    /// The worker that sent it.
+    pub fn from_worker(&self) -> &str {
+        match self {
+            Notice::Events { w, .. } | Notice::Presence { w, .. } | Notice::Gone { w, .. } => w,
+        }
+    }
+
+    /// The payload for a batch's changes: the full list, or the pointer if it is too long.
+    pub fn events_payload(
+        worker: &str,
+        users: Vec<(String, i64)>,
+        conversations: Vec<(String, i64)>,
+    ) -> String {
+        let full = Notice::Events {
+            w: worker.to_string(),
+            u: users,
+            c: conversations,
+            all: false,
+        };
+        let text = serde_json::to_string(&full).expect("notices serialise");
+        if text.len() <= MAX_PAYLOAD {
+            return text;
+        }
+        serde_json::to_string(&Notice::Events {
+            w: worker.to_string(),
+            u: Vec::new(),
+            c: Vec::new(),
+            all: true,
+        })
+        .expect("notices serialise")
+    }
+
+    /// Presence changes, split over as many payloads as needed to stay under the limit.
+    pub fn presence_payloads(
+        worker: &str,
+        on: Vec<String>,
+        off: Vec<(String, String)>,
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut current = (Vec::new(), Vec::new());
+        // A user id is at most 64 bytes and a time about 30: 120 bytes per entry is safe.
+        let per_payload = (MAX_PAYLOAD - 200) / 120;
+        let flush = |current: &mut (Vec<String>, Vec<(String, String)>), out: &mut Vec<String>| {
+            if current.0.is_empty() && current.1.is_empty() {
+                return;
+            }
+            let (on, off) = std::mem::take(current);
+            out.push(
+                serde_json::to_string(&Notice::Presence {
+                    w: worker.to_string(),
+                    on,
+                    off,
+                })
+                .expect("notices serialise"),
+            );
+        };
+        for u in on {
+            current.0.push(u);
+            if current.0.len() + current.1.len() >= per_payload {
+                flush(&mut current, &mut out);
+            }
+        }
+        for u in off {
+            current.1.push(u);
+            if current.0.len() + current.1.len() >= per_payload {
+                flush(&mut current, &mut out);
+            }
+        }
+        flush(&mut current, &mut out);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_that_would_not_fit_becomes_a_pointer() {
+        let small = Notice::events_payload("w1", vec![("alice".into(), 3)], vec![("d1".into(), 2)]);
+        assert_eq!(
+            small,
+            r#"{"k":"e","w":"w1","u":[["alice",3]],"c":[["d1",2]]}"#
+        );
+        let many: Vec<(String, i64)> = (0..1000).map(|i| (format!("user-{i:04}"), i)).collect();
+        let big = Notice::events_payload("w1", many, vec![]);
+        assert!(big.len() <= MAX_PAYLOAD);
+        assert_eq!(
+            serde_json::from_str::<Notice>(&big).unwrap(),
+            Notice::Events {
+                w: "w1".into(),
+                u: vec![],
+                c: vec![],
+                all: true
+            }
+        );
+    }
+
+    #[test]
+    fn presence_is_split_to_fit() {
+        let on: Vec<String> = (0..2000).map(|i| "x".repeat(60) + &i.to_string()).collect();
+        let payloads = Notice::presence_payloads("w", on, vec![]);
+        assert!(payloads.len() > 1);
+        let mut n = 0;
+        for p in &payloads {
+            assert!(p.len() <= MAX_PAYLOAD, "{}", p.len());
+            match serde_json::from_str::<Notice>(p).unwrap() {
+                Notice::Presence { on, .. } => n += on.len(),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(n, 2000);
+    }
+}
