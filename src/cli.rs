@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::app::Role;
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::db::Plan;
 use crate::protocol::UserId;
 
 #[derive(Parser)]
@@ -30,7 +32,26 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve WebSocket and HTTP clients (the default).
-    Serve,
+    Serve {
+        /// Worker processes (overrides `workers`); more than 1 starts a supervisor.
+        #[arg(long)]
+        workers: Option<usize>,
+        /// How several workers listen: shared (one port, SO_REUSEPORT) or per-worker
+        /// (PORT, PORT+1, …). Overrides `listen`.
+        #[arg(long, value_parser = ["shared", "per-worker", "per_worker"])]
+        listen: Option<String>,
+    },
+    /// One worker of a supervised deployment (started by `serve --workers N`).
+    #[command(hide = true)]
+    Worker {
+        #[arg(long)]
+        index: usize,
+        /// Connections this worker may hold, its listener included.
+        #[arg(long)]
+        share: usize,
+        #[arg(long)]
+        reuse_port: bool,
+    },
     /// Print the effective configuration, secrets redacted.
     Config,
     /// Print a token for USER signed with the configured JWT secret.
@@ -47,14 +68,30 @@ enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(cli.config.as_deref()) {
+    let mut config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("pgchat: {e}");
             return ExitCode::from(2);
         }
     };
-    match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve {
+        workers: None,
+        listen: None,
+    });
+    if let Command::Serve { workers, listen } = &command {
+        if let Some(n) = workers {
+            config.workers = *n;
+        }
+        if let Some(l) = listen {
+            config.listen = l.replace('-', "_");
+        }
+        if let Err(e) = config.validate() {
+            eprintln!("pgchat: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    match command {
         Command::Config => {
             print!("{}", config.redacted_toml());
             ExitCode::SUCCESS
@@ -78,12 +115,40 @@ pub fn main() -> ExitCode {
             println!("{}", auth.mint(&user, name.as_deref(), ttl));
             ExitCode::SUCCESS
         }
-        Command::Serve => serve(config),
+        Command::Serve { .. } => {
+            init_logging(&config);
+            warn_about(&config);
+            let n = config.worker_count();
+            if n > 1 {
+                let listen = if config.listen == "per_worker" {
+                    crate::supervisor::Listen::PerWorker
+                } else {
+                    crate::supervisor::Listen::Shared
+                };
+                return crate::supervisor::run(config, n, listen, cli.config);
+            }
+            serve(config, Role::single, shutdown_signal())
+        }
+        Command::Worker {
+            index,
+            share,
+            reuse_port,
+        } => {
+            init_logging(&config);
+            tracing::info!(worker = index, share, "worker starting");
+            let role = Role {
+                plan: Plan {
+                    share,
+                    setup: false,
+                },
+                reuse_port,
+            };
+            serve(config, move |_| role, stop_on_signal_or_orphaned())
+        }
     }
 }
 
-fn serve(config: Config) -> ExitCode {
-    init_logging(&config);
+fn warn_about(config: &Config) {
     if config.redis_url.is_some() {
         tracing::warn!("REDIS_URL is set but ignored: pgchat shares state through PostgreSQL only");
     }
@@ -93,12 +158,21 @@ fn serve(config: Config) -> ExitCode {
              Set JWT_SECRET (production refuses to start without it)."
         );
     }
+}
+
+/// Runs one worker until `stop` resolves.
+fn serve(
+    config: Config,
+    role: impl FnOnce(&Config) -> Role,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(async move {
-        let app = match crate::Application::build(config).await {
+    let code = runtime.block_on(async move {
+        let role = role(&config);
+        let app = match crate::Application::build_as(config, role).await {
             Ok(app) => app,
             Err(e) => {
                 tracing::error!("{e}");
@@ -106,9 +180,33 @@ fn serve(config: Config) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        app.run_until_stopped(shutdown_signal()).await;
+        app.run_until_stopped(stop).await;
         ExitCode::SUCCESS
-    })
+    });
+    // Everything has drained; do not wait for a blocking read of stdin that never ends.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    code
+}
+
+/// A worker stops on SIGTERM, or when its supervisor is gone (its stdin closes).
+fn stop_on_signal_or_orphaned() -> impl std::future::Future<Output = ()> + Send + 'static {
+    async {
+        let orphaned = async {
+            use tokio::io::AsyncReadExt;
+            let mut stdin = tokio::io::stdin();
+            let mut buf = [0u8; 64];
+            while let Ok(n) = stdin.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+            tracing::warn!("the supervisor is gone: shutting down");
+        };
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = orphaned => {}
+        }
+    }
 }
 
 fn init_logging(config: &Config) {

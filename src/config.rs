@@ -29,6 +29,7 @@ const BARE_ENV: &[&str] = &[
     "MAX_MESSAGE_CHARS",
     "MAX_GROUP_MEMBERS",
     "EVENT_RETENTION",
+    "WORKERS",
 ];
 
 /// Every setting, with the meaning documented beside its default in `config.toml`.
@@ -75,6 +76,9 @@ pub struct Config {
     pub writers: usize,
     pub write_queue: usize,
 
+    pub workers: usize,
+    pub listen: String,
+
     pub shutdown_timeout_ms: u64,
     pub log_format: String,
 }
@@ -118,6 +122,8 @@ impl Default for Config {
             write_batch_max: 256,
             writers: 2,
             write_queue: 4_096,
+            workers: 0,
+            listen: "shared".into(),
             shutdown_timeout_ms: 10_000,
             log_format: "text".into(),
         }
@@ -237,6 +243,27 @@ impl Config {
                 ))
             }
         }
+        match self.listen.as_str() {
+            "shared" | "per_worker" => {}
+            other => {
+                return Err(ConfigError::new(
+                    "listen",
+                    format!("must be shared or per_worker, got {other:?}"),
+                ))
+            }
+        }
+        if self.workers > 8 || self.workers > self.db_max_connections {
+            return Err(ConfigError::new(
+                "workers",
+                format!(
+                    "at most 8, and at most db_max_connections ({}) since each worker needs a connection; got {}",
+                    self.db_max_connections, self.workers
+                ),
+            ));
+        }
+        if self.listen == "per_worker" && (self.port as usize) + self.worker_count() > 65536 {
+            return Err(ConfigError::new("port", "port + workers exceeds 65535"));
+        }
         match self.log_format.as_str() {
             "text" | "json" => {}
             other => {
@@ -262,6 +289,20 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The number of worker processes: `workers`, or when it is 0 (auto), 1 in
+    /// development and min(CPUs, 8) in production, as the Node server did.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            return self.workers;
+        }
+        if self.is_production() {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            cpus.min(8).min(self.db_max_connections)
+        } else {
+            1
+        }
     }
 
     pub fn is_production(&self) -> bool {

@@ -17,6 +17,10 @@
 //!   writer; serves typing fan-out and the first page of history.
 //! - [`presence`]: who is online (with a grace period) and who watches them.
 //! - [`app`]: the shared handle and the lifecycle (build, serve, drain on shutdown).
+//! - [`notify`] and [`listener`]: between workers. After commit, one NOTIFY per batch
+//!   names the streams that grew; every other worker's listener fetches those events
+//!   for its own users and publishes them to its hub, as above.
+//! - [`supervisor`]: `serve --workers N` runs N such workers, sharing only PostgreSQL.
 //! - [`metrics`]: counters for `/metrics` and `/health`.
 
 pub mod app;
@@ -36,6 +40,7 @@ pub mod protocol;
 pub mod requests;
 pub mod session;
 pub mod store;
+pub mod supervisor;
 pub mod writer;
 
 pub use app::{App, Application};

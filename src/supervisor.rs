@@ -1,0 +1,248 @@
+//! The supervisor of `pgchat serve --workers N`: sets the database up once, starts N
+//! worker processes with their share of the connection budget, restarts one that dies
+//! (with backoff, giving up if they keep dying), and on SIGTERM forwards it and waits for
+//! the workers to drain.
+//!
+//! The budget: `db_max_connections` split as evenly as it goes (with 10 and 3 workers:
+//! 4, 3, 3). Each worker spends one on its notification listener and the rest on its
+//! pool; a worker whose share is 1 runs its queries on the listener's connection too.
+//! The supervisor itself holds no connection while the workers run.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+use crate::config::Config;
+
+/// How the workers listen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    /// All on `PORT` with SO_REUSEPORT: the kernel spreads connections (one Heroku dyno).
+    Shared,
+    /// Worker i on `PORT + i`, for a load balancer such as nginx with `ip_hash`.
+    PerWorker,
+}
+
+/// A worker that died this many times within [`DEATH_WINDOW`] is not restarted again.
+const MAX_DEATHS: usize = 5;
+const DEATH_WINDOW: Duration = Duration::from_secs(60);
+
+/// The connections each of `workers` may hold, summing to at most `budget`.
+pub fn shares(budget: usize, workers: usize) -> Vec<usize> {
+    let base = budget / workers;
+    let extra = budget % workers;
+    (0..workers)
+        .map(|i| base + usize::from(i < extra))
+        .collect()
+}
+
+struct Worker {
+    index: usize,
+    share: usize,
+    port: u16,
+    child: Option<Child>,
+    /// The write end of the worker's stdin, held so that the worker sees EOF only when
+    /// the supervisor is gone (tokio's `Child::wait` would close it if it were left in).
+    _stdin: Option<tokio::process::ChildStdin>,
+    deaths: VecDeque<Instant>,
+    restart_at: Option<tokio::time::Instant>,
+}
+
+pub fn run(
+    config: Config,
+    workers: usize,
+    listen: Listen,
+    config_path: Option<PathBuf>,
+) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(supervise(config, workers, listen, config_path))
+}
+
+async fn supervise(
+    config: Config,
+    n: usize,
+    listen: Listen,
+    config_path: Option<PathBuf>,
+) -> ExitCode {
+    // Set up once, so that workers do not race to, and no set-up connection overlaps
+    // theirs. A private cluster, if one is started, lives as long as the supervisor.
+    let (url, _cluster) = match crate::db::setup(&config).await {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("pgchat: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("pgchat: cannot find its own executable: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut workers: Vec<Worker> = shares(config.db_max_connections, n)
+        .into_iter()
+        .enumerate()
+        .map(|(index, share)| Worker {
+            index,
+            share,
+            port: match listen {
+                Listen::Shared => config.port,
+                Listen::PerWorker => config.port + index as u16,
+            },
+            child: None,
+            _stdin: None,
+            deaths: VecDeque::new(),
+            restart_at: None,
+        })
+        .collect();
+    tracing::info!(
+        workers = n,
+        ?listen,
+        shares = ?workers.iter().map(|w| w.share).collect::<Vec<_>>(),
+        "starting workers"
+    );
+    let spawn = |w: &mut Worker| -> std::io::Result<()> {
+        let mut cmd = Command::new(&exe);
+        if let Some(p) = &config_path {
+            cmd.arg("--config").arg(p);
+        }
+        cmd.arg("worker")
+            .arg("--index")
+            .arg(w.index.to_string())
+            .arg("--share")
+            .arg(w.share.to_string())
+            .args((listen == Listen::Shared).then_some("--reuse-port"))
+            .env("PORT", w.port.to_string())
+            .env("DATABASE_URL", &url)
+            // The worker exits when this pipe closes: it never outlives the supervisor.
+            .stdin(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn()?;
+        w._stdin = child.stdin.take();
+        w.child = Some(child);
+        w.restart_at = None;
+        Ok(())
+    };
+    for w in workers.iter_mut() {
+        if let Err(e) = spawn(w) {
+            eprintln!("pgchat: cannot start worker {}: {e}", w.index);
+            return ExitCode::from(1);
+        }
+    }
+
+    let shutdown = crate::cli::shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        // Wait for a signal, a worker's exit, or a restart that is due.
+        let next_restart = workers.iter().filter_map(|w| w.restart_at).min();
+        let exited = {
+            let mut waits: FuturesUnordered<_> = workers
+                .iter_mut()
+                .filter_map(|w| {
+                    let index = w.index;
+                    w.child
+                        .as_mut()
+                        .map(|c| async move { (index, c.wait().await) })
+                })
+                .collect();
+            tokio::select! {
+                _ = &mut shutdown => None,
+                Some(exit) = waits.next() => Some(Some(exit)),
+                _ = sleep_until(next_restart) => Some(None),
+            }
+        };
+        match exited {
+            None => break,
+            Some(Some((index, status))) => {
+                let w = &mut workers[index];
+                w.child = None;
+                let now = Instant::now();
+                w.deaths.push_back(now);
+                while w.deaths.front().is_some_and(|t| now - *t > DEATH_WINDOW) {
+                    w.deaths.pop_front();
+                }
+                if w.deaths.len() >= MAX_DEATHS {
+                    tracing::error!(worker = index, ?status, "worker keeps dying; giving up");
+                    eprintln!(
+                        "pgchat: worker {index} died {MAX_DEATHS} times within {}s; stopping",
+                        DEATH_WINDOW.as_secs()
+                    );
+                    stop_all(&mut workers, &config).await;
+                    return ExitCode::from(1);
+                }
+                let backoff = Duration::from_millis(250) * 2u32.pow(w.deaths.len() as u32 - 1);
+                tracing::warn!(worker = index, ?status, restart_in = ?backoff, "worker died; restarting");
+                w.restart_at = Some(tokio::time::Instant::now() + backoff);
+            }
+            Some(None) => {
+                let now = tokio::time::Instant::now();
+                for w in workers
+                    .iter_mut()
+                    .filter(|w| w.restart_at.is_some_and(|t| t <= now))
+                {
+                    if let Err(e) = spawn(w) {
+                        tracing::error!(worker = w.index, error = %e, "restarting worker failed");
+                        w.restart_at = Some(now + Duration::from_secs(1));
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!("forwarding shutdown to the workers");
+    stop_all(&mut workers, &config).await;
+    ExitCode::SUCCESS
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// SIGTERM to every worker, then wait for them to drain; SIGKILL what is left after the
+/// shutdown timeout and a margin.
+async fn stop_all(workers: &mut [Worker], config: &Config) {
+    for w in workers.iter() {
+        if let Some(pid) = w.child.as_ref().and_then(Child::id) {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+    }
+    let deadline = Duration::from_millis(config.shutdown_timeout_ms) + Duration::from_secs(2);
+    for w in workers.iter_mut() {
+        if let Some(child) = w.child.as_mut() {
+            if tokio::time::timeout(deadline, child.wait()).await.is_err() {
+                tracing::warn!(worker = w.index, "worker did not drain in time; killing it");
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_is_split_evenly_and_never_exceeded() {
+        assert_eq!(shares(10, 1), vec![10]);
+        assert_eq!(shares(10, 3), vec![4, 3, 3]);
+        assert_eq!(shares(10, 8), vec![2, 2, 1, 1, 1, 1, 1, 1]);
+        for n in 1..=10 {
+            let s = shares(10, n);
+            assert_eq!(s.iter().sum::<usize>(), 10);
+            assert!(s.iter().all(|x| *x >= 1));
+        }
+    }
+}
