@@ -189,23 +189,21 @@ fn serve(
 }
 
 /// A worker stops on SIGTERM, or when its supervisor is gone (its stdin closes).
-fn stop_on_signal_or_orphaned() -> impl std::future::Future<Output = ()> + Send + 'static {
-    async {
-        let orphaned = async {
-            use tokio::io::AsyncReadExt;
-            let mut stdin = tokio::io::stdin();
-            let mut buf = [0u8; 64];
-            while let Ok(n) = stdin.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
+async fn stop_on_signal_or_orphaned() {
+    let orphaned = async {
+        use tokio::io::AsyncReadExt;
+        let mut stdin = tokio::io::stdin();
+        let mut buf = [0u8; 64];
+        while let Ok(n) = stdin.read(&mut buf).await {
+            if n == 0 {
+                break;
             }
-            tracing::warn!("the supervisor is gone: shutting down");
-        };
-        tokio::select! {
-            _ = shutdown_signal() => {}
-            _ = orphaned => {}
         }
+        tracing::warn!("the supervisor is gone: shutting down");
+    };
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = orphaned => {}
     }
 }
 
