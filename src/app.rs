@@ -195,8 +195,20 @@ impl Application {
         }));
         let background = TaskTracker::new();
         let background_stop = CancellationToken::new();
-        background.spawn(crate::listener::run(app.clone(), background_stop.clone()));
-        background.spawn(app.presence.clone().run(background_stop.clone()));
+        // Presence stops first (its last act writes to the database), then the listener,
+        // whose connection carries this worker's queries when its share is one.
+        let presence_stop = background_stop.child_token();
+        let listener_stop = CancellationToken::new();
+        let presence_done = background.spawn(app.presence.clone().run(presence_stop));
+        background.spawn({
+            let app = app.clone();
+            let stop = listener_stop.clone();
+            async move { crate::listener::run(app, stop).await }
+        });
+        background.spawn(async move {
+            let _ = presence_done.await;
+            listener_stop.cancel();
+        });
         Application {
             app,
             listener,

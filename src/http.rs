@@ -268,6 +268,9 @@ async fn health(State(app): State<App>) -> Response {
                 "waiting": pool.waiting,
             },
         },
+        "cluster": {
+            "peers": app.presence.peers(),
+        },
         "listener": {
             "up": app.listener.is_up(),
             "connects": app.listener.connects.load(std::sync::atomic::Ordering::Relaxed),

@@ -174,6 +174,9 @@ async fn handle(app: &App, payloads: Vec<String>) {
                     app.cache.invalidate_older(&conversation, version);
                 }
             }
+            Notice::Typing { c, u, s, m, .. } => {
+                crate::requests::remote_typing(app, c, u, s, m).await
+            }
             other => app.presence.on_notice(other),
         }
     }

@@ -41,13 +41,27 @@ pub enum Notice {
     /// Workers found dead (no heartbeat); their users' sessions are gone.
     #[serde(rename = "g")]
     Gone { w: String, dead: Vec<String> },
+    /// `u` started or stopped typing in conversation `c`, whose members are `m` (left out
+    /// when the list would not fit: receivers look the members up).
+    #[serde(rename = "t")]
+    Typing {
+        w: String,
+        c: String,
+        u: String,
+        s: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        m: Option<Vec<String>>,
+    },
 }
 
 impl Notice {
     /// The worker that sent it.
     pub fn from_worker(&self) -> &str {
         match self {
-            Notice::Events { w, .. } | Notice::Presence { w, .. } | Notice::Gone { w, .. } => w,
+            Notice::Events { w, .. }
+            | Notice::Presence { w, .. }
+            | Notice::Gone { w, .. }
+            | Notice::Typing { w, .. } => w,
         }
     }
 
@@ -74,6 +88,31 @@ impl Notice {
             all: true,
         })
         .expect("notices serialise")
+    }
+
+    /// A typing notice, with the members when they fit.
+    pub fn typing_payload(
+        worker: &str,
+        conversation: &str,
+        user: &str,
+        state: &str,
+        members: &[String],
+    ) -> String {
+        let mut notice = Notice::Typing {
+            w: worker.to_string(),
+            c: conversation.to_string(),
+            u: user.to_string(),
+            s: state.to_string(),
+            m: Some(members.to_vec()),
+        };
+        let text = serde_json::to_string(&notice).expect("notices serialise");
+        if text.len() <= MAX_PAYLOAD {
+            return text;
+        }
+        if let Notice::Typing { m, .. } = &mut notice {
+            *m = None;
+        }
+        serde_json::to_string(&notice).expect("notices serialise")
     }
 
     /// Presence changes, split over as many payloads as needed to stay under the limit.

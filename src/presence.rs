@@ -39,6 +39,9 @@ pub struct Presence {
     worker: String,
     /// Wakes the flusher when `state.pending` has changes to record.
     flush: Notify,
+    /// Other live workers, as of the last heartbeat: ephemeral events are announced to
+    /// them only when there are any.
+    peers: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Default)]
@@ -92,6 +95,7 @@ impl Presence {
             db,
             worker: worker.to_string(),
             flush: Notify::new(),
+            peers: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -176,6 +180,11 @@ impl Presence {
         Ok(())
     }
 
+    /// Other live workers at the last heartbeat (at most 2 s old).
+    pub fn peers(&self) -> usize {
+        self.peers.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Online here or on any other worker (or within a grace period).
     pub fn is_online(&self, user: &str) -> bool {
         self.state.lock().expect("presence lock").online(user)
@@ -211,7 +220,7 @@ impl Presence {
                 let dead: HashSet<String> = dead.into_iter().collect();
                 Self::drop_workers(&mut state, &dead);
             }
-            Notice::Events { .. } => {}
+            Notice::Events { .. } | Notice::Typing { .. } => {}
         }
     }
 
@@ -339,11 +348,13 @@ impl Presence {
                         self.flush.notify_one();
                     }
                 }
-                _ = heartbeat.tick() => {
-                    if let Err(e) = self.heartbeat().await {
-                        tracing::warn!(error = %e, "presence heartbeat failed");
-                    }
-                }
+                _ = heartbeat.tick() => match self.heartbeat().await {
+                    Ok(()) => {}
+                    // The listener's connection is not up yet (or is reconnecting): the
+                    // listener reports that itself.
+                    Err(DbError::Down(_)) => {}
+                    Err(e) => tracing::warn!(error = %e, "presence heartbeat failed"),
+                },
             }
         }
         if let Err(e) = self.leave().await {
@@ -415,6 +426,18 @@ impl Presence {
         client
             .execute(&beat, &[&self.worker, &host, &(std::process::id() as i32)])
             .await?;
+        let count = client
+            .prepare_cached(
+                "SELECT count(*) FROM workers
+                 WHERE id <> $1 AND heartbeat_at >= now() - make_interval(secs => $2)",
+            )
+            .await?;
+        let peers: i64 = client
+            .query_one(&count, &[&self.worker, &DEAD_AFTER_SECS])
+            .await?
+            .get(0);
+        self.peers
+            .store(peers as usize, std::sync::atomic::Ordering::Relaxed);
         drop(client);
         let tx = self.db.begin().await?;
         let reap = tx

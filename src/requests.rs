@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 
 use crate::app::App;
 use crate::cache::Page;
-use crate::error::ApiError;
+use crate::error::{ApiError, DbError};
+use crate::notify::{Notice, CHANNEL};
 use crate::protocol::{ConversationId, Request, TypingState, UserId};
 use crate::store;
 use crate::writer::Command;
@@ -162,17 +163,67 @@ pub async fn typing(
     state: TypingState,
 ) -> Result<(), ApiError> {
     let members = members_for(app, user, conversation).await?;
+    deliver_typing(
+        app,
+        conversation.as_str(),
+        user.as_str(),
+        state.as_str(),
+        &members,
+    );
+    if app.presence.peers() > 0 {
+        // Other workers hold sessions too. Typing is ephemeral: if this fails, it is lost.
+        let payload = Notice::typing_payload(
+            &app.worker_id,
+            conversation.as_str(),
+            user.as_str(),
+            state.as_str(),
+            &members,
+        );
+        let client = app.db.client().await?;
+        client
+            .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+            .await
+            .map_err(DbError::from)?;
+    }
+    Ok(())
+}
+
+/// Pushes a typing frame to the live sessions here of every member but the typist.
+pub fn deliver_typing(app: &App, conversation: &str, user: &str, state: &str, members: &[String]) {
     let frame: Utf8Bytes = json!({
         "type": "typing",
         "conversation": conversation,
         "user": user,
-        "state": state.as_str(),
+        "state": state,
     })
     .to_string()
     .into();
-    for m in members.iter().filter(|m| m.as_str() != user.as_str()) {
+    for m in members.iter().filter(|m| m.as_str() != user) {
         let dropped = app.hub.push(m, &frame, None);
         app.metrics.ephemeral_dropped.inc_by(dropped as u64);
     }
-    Ok(())
+}
+
+/// Another worker's typing notice: deliver it to the members' sessions here.
+pub async fn remote_typing(
+    app: &App,
+    conversation: String,
+    user: String,
+    state: String,
+    members: Option<Vec<String>>,
+) {
+    let members = match members {
+        Some(m) => m,
+        None => match ConversationId::parse(&conversation) {
+            Ok(id) => match app.cache.members(&conversation) {
+                Some(m) => m.to_vec(),
+                None => match store::members(&app.db, &id).await {
+                    Ok(Some(m)) => m,
+                    _ => return,
+                },
+            },
+            Err(_) => return,
+        },
+    };
+    deliver_typing(app, &conversation, &user, &state, &members);
 }

@@ -151,6 +151,8 @@ impl Database {
             return; // the shared connection is the listener's: always open
         };
         let pool = pool.clone();
+        // Never more than the pool holds: topping up beyond it would wait on itself.
+        let min = min.min(pool.status().max_size);
         tokio::spawn(async move {
             let tick = (idle / 3).clamp(Duration::from_millis(100), Duration::from_secs(10));
             loop {

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -296,26 +298,7 @@ impl TestApp {
 
     /// Tries to connect with `token`; the HTTP status and body on refusal.
     pub async fn try_connect(&self, token: Option<&str>) -> Result<Client, (u16, Value)> {
-        let url = format!("ws://{}/ws", self.addr);
-        let mut request = url.into_client_request().unwrap();
-        if let Some(t) = token {
-            request
-                .headers_mut()
-                .insert("authorization", format!("Bearer {t}").parse().unwrap());
-        }
-        match tokio_tungstenite::connect_async(request).await {
-            Ok((ws, _)) => Ok(Client::from_stream(ws).await),
-            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-                let status = resp.status().as_u16();
-                let body = resp
-                    .body()
-                    .as_ref()
-                    .and_then(|b| serde_json::from_slice(b).ok())
-                    .unwrap_or(Value::Null);
-                Err((status, body))
-            }
-            Err(e) => panic!("connect failed unexpectedly: {e}"),
-        }
+        try_connect_url(&format!("ws://{}/ws", self.addr), token).await
     }
 
     /// Stops the server as SIGTERM would, and waits for it to finish draining.
@@ -340,6 +323,29 @@ impl Drop for TestApp {
     }
 }
 
+/// Tries to connect to `url` with `token`; the HTTP status and body on refusal.
+pub async fn try_connect_url(url: &str, token: Option<&str>) -> Result<Client, (u16, Value)> {
+    let mut request = url.into_client_request().unwrap();
+    if let Some(t) = token {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, _)) => Ok(Client::from_stream(ws).await),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let status = resp.status().as_u16();
+            let body = resp
+                .body()
+                .as_ref()
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or(Value::Null);
+            Err((status, body))
+        }
+        Err(e) => panic!("connect failed unexpectedly: {e}"),
+    }
+}
+
 /// A WebSocket client that keeps events that arrive while it waits for a reply.
 pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -350,7 +356,11 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(app: &TestApp, token: &str) -> Client {
-        match app.try_connect(Some(token)).await {
+        Self::connect_url(&format!("ws://{}/ws", app.addr), token).await
+    }
+
+    pub async fn connect_url(url: &str, token: &str) -> Client {
+        match try_connect_url(url, Some(token)).await {
             Ok(c) => c,
             Err((status, body)) => panic!("connect refused: {status} {body}"),
         }

@@ -1,0 +1,192 @@
+//! A real cluster for tests: `pgchat serve --workers N` as a child process, on its own
+//! fresh database, with workers on ports `base..base+N` (per-worker) or all on `base`.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use pgchat::auth::Authenticator;
+use pgchat::protocol::UserId;
+use serde_json::Value;
+
+use super::{Client, TestDb, PATIENCE, SECRET};
+
+pub struct Cluster {
+    pub db: TestDb,
+    pub base_port: u16,
+    pub workers: usize,
+    pub per_worker: bool,
+    supervisor: Option<tokio::process::Child>,
+}
+
+/// A base port with `n` free ports above it.
+fn free_ports(n: usize) -> u16 {
+    for _ in 0..200 {
+        let base: u16 = 20_000 + rand::random::<u16>() % 30_000;
+        let free =
+            (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i as u16)).is_ok());
+        if free {
+            return base;
+        }
+    }
+    panic!("no run of {n} free ports");
+}
+
+impl Cluster {
+    /// Starts `n` workers, port per worker, and waits until each is ready.
+    pub async fn start(n: usize, env: &[(&str, &str)]) -> Cluster {
+        Self::start_with(n, true, env).await
+    }
+
+    pub async fn start_with(n: usize, per_worker: bool, env: &[(&str, &str)]) -> Cluster {
+        super::init_logging();
+        let db = TestDb::new().await;
+        let base_port = free_ports(n);
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgchat"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("PGCHAT_CONFIG", "/nonexistent/pgchat.toml")
+            .env("PORT", base_port.to_string())
+            .env("PGCHAT_HOST", "127.0.0.1")
+            .env("DATABASE_URL", &db.url)
+            .env("JWT_SECRET", SECRET)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .args(["serve", "--workers", &n.to_string()])
+            .args(["--listen", if per_worker { "per-worker" } else { "shared" }])
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        if std::env::var_os("TEST_LOG").is_none() {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        let supervisor = cmd.spawn().expect("start pgchat serve");
+        let cluster = Cluster {
+            db,
+            base_port,
+            workers: n,
+            per_worker,
+            supervisor: Some(supervisor),
+        };
+        for i in 0..cluster.ports() {
+            cluster.wait_ready(i).await;
+        }
+        // Formed: every worker has heard the others' heartbeats (every 2 s).
+        if per_worker {
+            let deadline = tokio::time::Instant::now() + PATIENCE;
+            for i in 0..n {
+                while cluster.health(i).await["cluster"]["peers"] != n - 1 {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "worker {i} did not see its peers"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        cluster
+    }
+
+    fn ports(&self) -> usize {
+        if self.per_worker {
+            self.workers
+        } else {
+            1
+        }
+    }
+
+    pub fn port(&self, worker: usize) -> u16 {
+        if self.per_worker {
+            self.base_port + worker as u16
+        } else {
+            self.base_port
+        }
+    }
+
+    pub fn http(&self, worker: usize, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port(worker))
+    }
+
+    pub async fn wait_ready(&self, worker: usize) {
+        super::wait_ready(&self.http(worker, "/ready")).await;
+    }
+
+    pub async fn health(&self, worker: usize) -> Value {
+        reqwest::get(self.http(worker, "/health"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        Authenticator::new(SECRET).mint(
+            &UserId::parse(user).unwrap(),
+            Some(&format!("{user} name")),
+            Duration::from_secs(3600),
+        )
+    }
+
+    /// Connects `user` to worker `worker`.
+    pub async fn connect(&self, worker: usize, user: &str) -> Client {
+        Client::connect_url(
+            &format!("ws://127.0.0.1:{}/ws", self.port(worker)),
+            &self.token(user),
+        )
+        .await
+    }
+
+    /// kill -9 of worker `worker`; returns its pid.
+    pub async fn kill_worker(&self, worker: usize) -> u32 {
+        let pid = self.health(worker).await["pid"].as_u64().unwrap() as u32;
+        let status = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        pid
+    }
+
+    /// The connections the cluster holds to its database now.
+    pub async fn connections(&self, admin: &tokio_postgres::Client) -> i64 {
+        admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
+                &[&self.db.name],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// SIGTERM to the supervisor; waits for it to exit.
+    pub async fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.supervisor.take().expect("running");
+        let pid = child.id().unwrap();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        tokio::time::timeout(PATIENCE * 2, child.wait())
+            .await
+            .expect("the cluster stops within the shutdown timeout")
+            .unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(child) = self.supervisor.as_ref() {
+            if let Some(pid) = child.id() {
+                // The workers see their stdin close and drain; the supervisor is killed.
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status();
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+    }
+}
