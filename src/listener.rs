@@ -149,7 +149,8 @@ impl Drop for AbortOnDrop {
 /// Applies notifications from other workers.
 async fn handle(app: &App, payloads: Vec<String>) {
     let mut grew: HashMap<String, i64> = HashMap::new();
-    let mut everything = false;
+    let mut all_streams = false;
+    let mut all_conversations = false;
     for payload in payloads {
         let notice: Notice = match serde_json::from_str(&payload) {
             Ok(n) => n,
@@ -162,8 +163,11 @@ async fn handle(app: &App, payloads: Vec<String>) {
             continue; // published locally at commit already
         }
         match notice {
-            Notice::Events { all: true, .. } => everything = true,
-            Notice::Events { u, c, .. } => {
+            Notice::Events {
+                u, c, all, all_c, ..
+            } => {
+                all_streams |= all;
+                all_conversations |= all_c;
                 for (user, seq) in u {
                     if app.hub.head_of(&user).is_some_and(|h| seq > h) {
                         let e = grew.entry(user).or_insert(seq);
@@ -180,10 +184,12 @@ async fn handle(app: &App, payloads: Vec<String>) {
             other => app.presence.on_notice(other),
         }
     }
-    if everything {
-        // A batch too large to list: check every user held here.
+    if all_conversations {
         app.cache.clear();
-        if let Err(e) = catch_up(app).await {
+    }
+    if all_streams {
+        // A batch too large to list: check every user held here.
+        if let Err(e) = catch_up_streams(app, grew).await {
             tracing::warn!(error = %e, "catching up after a pointer notification failed");
         }
     } else if !grew.is_empty() {
@@ -191,20 +197,26 @@ async fn handle(app: &App, payloads: Vec<String>) {
     }
 }
 
-/// Reads the heads of every user with a session here and fetches what grew; forgets the
-/// cache (conversation changes may have been missed).
+/// After a (re)connection: forgets the cache and reloads presence (changes may have been
+/// missed), then catches the streams up.
 async fn catch_up(app: &App) -> Result<(), DbError> {
     app.cache.clear();
     app.presence.reload().await?;
+    catch_up_streams(app, HashMap::new()).await
+}
+
+/// Reads the heads of every user with a session here and fetches what grew (with
+/// `grew`, what notifications already announced).
+async fn catch_up_streams(app: &App, mut grew: HashMap<String, i64>) -> Result<(), DbError> {
     let users = app.hub.local_users();
-    if users.is_empty() {
-        return Ok(());
+    if !users.is_empty() {
+        for (user, head) in store::heads(&app.db, &users).await? {
+            if app.hub.head_of(&user).is_some_and(|h| head > h) {
+                let e = grew.entry(user).or_insert(head);
+                *e = (*e).max(head);
+            }
+        }
     }
-    let grew: HashMap<String, i64> = store::heads(&app.db, &users)
-        .await?
-        .into_iter()
-        .filter(|(u, head)| app.hub.head_of(u).is_some_and(|h| *head > h))
-        .collect();
     if !grew.is_empty() {
         fetch(app, grew).await;
     }

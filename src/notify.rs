@@ -25,9 +25,14 @@ pub enum Notice {
         u: Vec<(String, i64)>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         c: Vec<(String, i64)>,
-        /// Set instead of `u`/`c` when they would not fit.
+        /// Set instead of `u` when the list would not fit: any user's stream may have
+        /// grown.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         all: bool,
+        /// Set instead of `c` when that list would not fit either: any conversation may
+        /// have changed.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        all_c: bool,
     },
     /// Users came online on worker `w`, or went offline there (with the time).
     #[serde(rename = "p")]
@@ -65,29 +70,38 @@ impl Notice {
         }
     }
 
-    /// The payload for a batch's changes: the full list, or the pointer if it is too long.
+    /// The payload for a batch's changes: the full lists, or pointers for what does not
+    /// fit (the users first: conversations are fewer and spare the caches).
     pub fn events_payload(
         worker: &str,
         users: Vec<(String, i64)>,
         conversations: Vec<(String, i64)>,
     ) -> String {
-        let full = Notice::Events {
+        let encode = |n: &Notice| serde_json::to_string(n).expect("notices serialise");
+        let mut notice = Notice::Events {
             w: worker.to_string(),
             u: users,
             c: conversations,
             all: false,
+            all_c: false,
         };
-        let text = serde_json::to_string(&full).expect("notices serialise");
+        let text = encode(&notice);
         if text.len() <= MAX_PAYLOAD {
             return text;
         }
-        serde_json::to_string(&Notice::Events {
-            w: worker.to_string(),
-            u: Vec::new(),
-            c: Vec::new(),
-            all: true,
-        })
-        .expect("notices serialise")
+        if let Notice::Events { u, all, .. } = &mut notice {
+            u.clear();
+            *all = true;
+        }
+        let text = encode(&notice);
+        if text.len() <= MAX_PAYLOAD {
+            return text;
+        }
+        if let Notice::Events { c, all_c, .. } = &mut notice {
+            c.clear();
+            *all_c = true;
+        }
+        encode(&notice)
     }
 
     /// A typing notice, with the members when they fit.
@@ -168,17 +182,28 @@ mod tests {
             r#"{"k":"e","w":"w1","u":[["alice",3]],"c":[["d1",2]]}"#
         );
         let many: Vec<(String, i64)> = (0..1000).map(|i| (format!("user-{i:04}"), i)).collect();
-        let big = Notice::events_payload("w1", many, vec![]);
+        let big = Notice::events_payload("w1", many.clone(), vec![("d1".into(), 2)]);
         assert!(big.len() <= MAX_PAYLOAD);
         assert_eq!(
             serde_json::from_str::<Notice>(&big).unwrap(),
             Notice::Events {
                 w: "w1".into(),
                 u: vec![],
-                c: vec![],
-                all: true
+                c: vec![("d1".into(), 2)],
+                all: true,
+                all_c: false,
             }
         );
+        let huge = Notice::events_payload("w1", many.clone(), many);
+        assert!(huge.len() <= MAX_PAYLOAD);
+        assert!(matches!(
+            serde_json::from_str::<Notice>(&huge).unwrap(),
+            Notice::Events {
+                all: true,
+                all_c: true,
+                ..
+            }
+        ));
     }
 
     #[test]
