@@ -370,3 +370,39 @@ async fn the_cluster_drains_on_sigterm() {
         .get(0);
     assert_eq!(rows, 0);
 }
+
+#[tokio::test]
+async fn a_worker_that_keeps_dying_makes_the_supervisor_give_up_with_an_error() {
+    // Worker 1's port is taken, so it dies at every start.
+    let db = common::TestDb::new().await;
+    let (base, _taken) = loop {
+        let base: u16 = 20_000 + rand::random::<u16>() % 30_000;
+        if std::net::TcpListener::bind(("127.0.0.1", base)).is_ok() {
+            if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", base + 1)) {
+                break (base, l);
+            }
+        }
+    };
+    let started = std::time::Instant::now();
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgchat"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PGCHAT_CONFIG", "/nonexistent/pgchat.toml")
+        .env("PORT", base.to_string())
+        .env("PGCHAT_HOST", "127.0.0.1")
+        .env("DATABASE_URL", &db.url)
+        .env("JWT_SECRET", common::SECRET)
+        .args(["serve", "--workers", "2", "--listen", "per-worker"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .status();
+    let status = tokio::time::timeout(Duration::from_secs(60), status)
+        .await
+        .expect("the supervisor gives up")
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+    // It restarted the worker with backoff before giving up (250 ms doubling, 5 deaths).
+    assert!(started.elapsed() >= Duration::from_secs(3), "{:?}", started.elapsed());
+}
