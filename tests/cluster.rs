@@ -6,21 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::Cluster;
-use common::{Client, PATIENCE};
+use common::PATIENCE;
 use serde_json::{json, Value};
-
-/// The next frame of `kind` within `d`, skipping others.
-async fn next_of(c: &mut Client, kind: &str, d: Duration) -> Option<Value> {
-    let deadline = tokio::time::Instant::now() + d;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match c.recv_within(left).await {
-            Ok(Some(f)) if f["type"] == kind => return Some(f),
-            Ok(Some(_)) => continue,
-            Ok(None) | Err(()) => return None,
-        }
-    }
-}
 
 #[tokio::test]
 async fn direct_and_group_messages_cross_workers_in_order() {
@@ -115,7 +102,7 @@ async fn presence_is_shared_across_workers_without_flapping() {
         .ok(json!({"type": "presence_subscribe", "users": ["bob"]}))
         .await;
     let bob = cluster.connect(1, "bob").await;
-    let on = next_of(&mut watcher, "presence", PATIENCE).await.unwrap();
+    let on = watcher.next_of("presence", PATIENCE).await.unwrap();
     assert_eq!(on["status"], "online");
     // A second watcher on a third worker sees bob online in its snapshot.
     let mut other = cluster.connect(2, "other").await;
@@ -127,14 +114,16 @@ async fn presence_is_shared_across_workers_without_flapping() {
     // Bob moves from worker 1 to worker 2 within the grace period: no flap.
     bob.close().await;
     let _bob = cluster.connect(2, "bob").await;
-    let flap = next_of(&mut watcher, "presence", Duration::from_millis(2_500)).await;
+    let flap = watcher
+        .next_of("presence", Duration::from_millis(2_500))
+        .await;
     assert!(flap.is_none(), "no presence change: {flap:?}");
 
     // Bob leaves for good: offline after the grace period, everywhere.
     drop(_bob);
-    let off = next_of(&mut watcher, "presence", PATIENCE).await.unwrap();
+    let off = watcher.next_of("presence", PATIENCE).await.unwrap();
     assert_eq!(off["status"], "offline");
-    let off = next_of(&mut other, "presence", PATIENCE).await.unwrap();
+    let off = other.next_of("presence", PATIENCE).await.unwrap();
     assert_eq!(off["status"], "offline");
 }
 
@@ -168,7 +157,8 @@ async fn a_killed_worker_s_users_go_offline_and_resume_elsewhere_with_nothing_lo
     }
     // (An `online` for bob may still be on its way from before the subscription.)
     let off = loop {
-        let p = next_of(&mut watcher, "presence", Duration::from_secs(20))
+        let p = watcher
+            .next_of("presence", Duration::from_secs(20))
             .await
             .expect("bob goes offline");
         if p["status"] == "offline" {
@@ -404,5 +394,9 @@ async fn a_worker_that_keeps_dying_makes_the_supervisor_give_up_with_an_error() 
         .unwrap();
     assert_eq!(status.code(), Some(1));
     // It restarted the worker with backoff before giving up (250 ms doubling, 5 deaths).
-    assert!(started.elapsed() >= Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -58,18 +58,12 @@ async fn a_retried_send_returns_the_first_message_and_stores_nothing_new() {
     let third = alice.send_dm("bob", "changed", "same-id").await;
     assert_eq!(first, third);
 
-    let db = app.db.client().await;
-    let n: i64 = db
-        .query_one("SELECT count(*) FROM messages", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = app.db.count("SELECT count(*) FROM messages").await;
     assert_eq!(n, 1);
-    let head: i64 = db
-        .query_one("SELECT head FROM users WHERE id = 'bob'", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let head = app
+        .db
+        .count("SELECT head FROM users WHERE id = 'bob'")
+        .await;
     assert_eq!(head, 2, "one conversation event and one message event");
 }
 
@@ -300,21 +294,12 @@ async fn a_non_member_can_neither_send_to_nor_read_a_conversation() {
     .await;
 
     // The refused sends stored nothing, and eve's stream is empty.
-    let db = app.db.client().await;
-    let n: i64 = db
-        .query_one("SELECT count(*) FROM messages", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = app.db.count("SELECT count(*) FROM messages").await;
     assert_eq!(n, 1);
-    let eve_events: i64 = db
-        .query_one(
-            "SELECT count(*) FROM event_queue WHERE user_id = 'eve'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let eve_events = app
+        .db
+        .count("SELECT count(*) FROM event_queue WHERE user_id = 'eve'")
+        .await;
     assert_eq!(eve_events, 0);
 }
 

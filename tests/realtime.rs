@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Client, TestApp};
-use serde_json::{json, Value};
+use serde_json::json;
 
 async fn group(c: &mut Client, members: &[&str]) -> String {
     let r = c
@@ -14,33 +14,13 @@ async fn group(c: &mut Client, members: &[&str]) -> String {
     r["conversation"]["id"].as_str().unwrap().to_string()
 }
 
-/// The next frame of `kind`, skipping durable events; None if none comes within `d`.
-async fn next_of(c: &mut Client, kind: &str, d: Duration) -> Option<Value> {
-    let deadline = tokio::time::Instant::now() + d;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match c.recv_within(left).await {
-            Ok(Some(f)) if f["type"] == kind => return Some(f),
-            Ok(Some(_)) => continue,
-            Ok(None) | Err(()) => return None,
-        }
-    }
-}
-
 #[tokio::test]
 async fn typing_reaches_the_other_members_and_is_never_stored() {
     let app = TestApp::spawn().await;
     let mut alice = app.connect("alice").await;
     let mut bob = app.connect("bob").await;
     let id = group(&mut alice, &["bob"]).await;
-    let events_before: i64 = app
-        .db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM event_queue", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let events_before = app.db.count("SELECT count(*) FROM event_queue").await;
 
     alice
         .ok(json!({"type": "typing", "conversation": id, "state": "start"}))
@@ -56,14 +36,7 @@ async fn typing_reaches_the_other_members_and_is_never_stored() {
         .await;
     assert_eq!(bob.event_of("typing").await["state"], "stop");
 
-    let events_after: i64 = app
-        .db
-        .client()
-        .await
-        .query_one("SELECT count(*) FROM event_queue", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let events_after = app.db.count("SELECT count(*) FROM event_queue").await;
     assert_eq!(events_before, events_after, "typing is not stored");
     // The typist's own sessions are not told.
     alice.ok(json!({"type": "ping"})).await;
@@ -158,14 +131,16 @@ async fn presence_gives_a_snapshot_then_changes_with_a_grace_period() {
     );
 
     let bob = app.connect("bob").await;
-    let online = next_of(&mut watcher, "presence", common::PATIENCE)
+    let online = watcher
+        .next_of("presence", common::PATIENCE)
         .await
         .expect("bob comes online");
     assert_eq!(online["user"], "bob");
     assert_eq!(online["status"], "online");
 
     bob.close().await;
-    let offline = next_of(&mut watcher, "presence", common::PATIENCE)
+    let offline = watcher
+        .next_of("presence", common::PATIENCE)
         .await
         .expect("bob goes offline after the grace period");
     assert_eq!(offline["status"], "offline");
@@ -210,7 +185,9 @@ async fn a_quick_reconnect_does_not_flap() {
     bob.close().await;
     let _bob_again = app.connect("bob").await;
     // Well past the grace period: no offline (and no second online) was sent.
-    let got = next_of(&mut watcher, "presence", Duration::from_millis(2_500)).await;
+    let got = watcher
+        .next_of("presence", Duration::from_millis(2_500))
+        .await;
     assert!(got.is_none(), "no presence change: {got:?}");
 }
 

@@ -271,29 +271,18 @@ async fn ensure_database(
             let name = pg_config.get_dbname().unwrap_or("postgres").to_string();
             let mut admin = pg_config.clone();
             admin.dbname("postgres");
-            let (client, conn) =
-                admin
-                    .connect(NoTls)
-                    .await
-                    .map_err(|source| StartupError::Unreachable {
-                        url: redact(url),
-                        source,
-                    })?;
-            tokio::spawn(conn);
+            let (client, driver) = connect_once(&admin, url).await?;
             let sql = format!("CREATE DATABASE {}", quote_ident(&name));
             match client.batch_execute(&sql).await {
-                Ok(()) => {
-                    tracing::info!(database = %name, "created database");
-                    Ok(())
-                }
-                // Another worker created it first.
+                Ok(()) => tracing::info!(database = %name, "created database"),
+                // Another process created it first.
                 Err(e)
-                    if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) =>
-                {
-                    Ok(())
-                }
-                Err(source) => Err(StartupError::CreateDatabase { name, source }),
+                    if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}
+                Err(source) => return Err(StartupError::CreateDatabase { name, source }),
             }
+            drop(client);
+            let _ = driver.await;
+            Ok(())
         }
         Err(source) => Err(StartupError::Unreachable {
             url: redact(url),
@@ -302,11 +291,12 @@ async fn ensure_database(
     }
 }
 
-/// Applies schema.sql under an advisory lock, after checking the recorded version.
-pub async fn apply_schema(
+/// A short-lived connection for set-up; await the handle after dropping the client to
+/// know the connection is closed.
+async fn connect_once(
     pg_config: &tokio_postgres::Config,
     url: &str,
-) -> Result<(), StartupError> {
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), StartupError> {
     let (client, conn) =
         pg_config
             .connect(NoTls)
@@ -315,7 +305,18 @@ pub async fn apply_schema(
                 url: redact(url),
                 source,
             })?;
-    let driver = tokio::spawn(conn);
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok((client, driver))
+}
+
+/// Applies schema.sql under an advisory lock, after checking the recorded version.
+pub async fn apply_schema(
+    pg_config: &tokio_postgres::Config,
+    url: &str,
+) -> Result<(), StartupError> {
+    let (client, driver) = connect_once(pg_config, url).await?;
     client
         .batch_execute("SELECT pg_advisory_lock(hashtext('pgchat_schema'))")
         .await

@@ -168,6 +168,16 @@ impl TestDb {
         }
     }
 
+    /// One number from the database (`SELECT count(*) …` and the like).
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.client()
+            .await
+            .query_one(sql, &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     /// A direct connection, for arranging and asserting on stored state.
     pub async fn client(&self) -> tokio_postgres::Client {
         let (client, conn) = tokio_postgres::connect(&self.url, NoTls).await.unwrap();
@@ -502,6 +512,19 @@ impl Client {
             let e = self.event().await;
             if e["type"] == kind {
                 return e;
+            }
+        }
+    }
+
+    /// The next frame of type `kind` within `d`, skipping others; None on timeout or close.
+    pub async fn next_of(&mut self, kind: &str, d: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.recv_within(left).await {
+                Ok(Some(f)) if f["type"] == kind => return Some(f),
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(()) => return None,
             }
         }
     }
