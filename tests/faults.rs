@@ -53,6 +53,14 @@ async fn sends_during_an_outage_are_unavailable_and_succeed_once_on_retry() {
     assert_eq!(ready.status(), 503, "/ready tells the truth");
     // The session survived the outage: it still answers.
     alice.ok(json!({"type": "ping"})).await;
+    // A new connection is refused before the upgrade, saying why.
+    let (status, body) = app
+        .try_connect(Some(&app.token("carol")))
+        .await
+        .err()
+        .expect("refused while the database is down");
+    assert_eq!(status, 503);
+    assert_eq!(body["error"]["code"], "not_ready");
 
     // The database comes back; the client retries with the same client_msg_id.
     let cluster = Cluster::start(&bindir, &dir, port).await.unwrap();
@@ -100,4 +108,51 @@ async fn sends_during_an_outage_are_unavailable_and_succeed_once_on_retry() {
     drop(app);
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn an_unexpected_database_error_is_internal_and_harms_nothing_else() {
+    let app = TestApp::spawn().await;
+    let mut alice = app.connect("alice").await;
+    let first = alice.send_dm("bob", "before", "m1").await;
+    // Break the schema behind pgchat's back: inserting messages now fails with an error
+    // that is not about reaching the database.
+    let db = app.db.client().await;
+    db.batch_execute("ALTER TABLE messages RENAME TO messages_elsewhere")
+        .await
+        .unwrap();
+    let e = alice
+        .err(
+            json!({"type": "send", "to": "bob", "body": "lost?", "client_msg_id": "m2"}),
+            "internal",
+        )
+        .await;
+    assert!(
+        !e["message"]
+            .as_str()
+            .unwrap()
+            .contains("messages_elsewhere"),
+        "no internals leak: {e}"
+    );
+    // Requests that do not touch the broken table still work on the same socket.
+    alice
+        .ok(json!({"type": "group_create", "name": "g", "members": []}))
+        .await;
+    db.batch_execute("ALTER TABLE messages_elsewhere RENAME TO messages")
+        .await
+        .unwrap();
+    // Nothing of the failed send was stored: the retry takes the next numbers.
+    let retry = alice.send_dm("bob", "lost?", "m2").await;
+    assert_eq!(retry["cseq"], first["cseq"].as_i64().unwrap() + 1);
+    let head = app
+        .db
+        .count("SELECT head FROM users WHERE id = 'bob'")
+        .await;
+    assert_eq!(head, 3, "conversation, m1, m2: no gap left by the failure");
+    assert_eq!(
+        app.db
+            .count("SELECT head FROM users WHERE id = 'alice'")
+            .await,
+        4
+    );
 }
