@@ -400,3 +400,21 @@ async fn a_worker_that_keeps_dying_makes_the_supervisor_give_up_with_an_error() 
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_deployment_started_elsewhere_on_the_same_database_joins_the_cluster() {
+    let first = Cluster::start(2, &[]).await;
+    let second = first.join(1).await;
+    let mut alice = first.connect(0, "alice").await;
+    let mut bob = second.connect(0, "bob").await;
+    let mut watcher = second.connect(0, "watcher").await;
+    let snap = watcher
+        .ok(json!({"type": "presence_subscribe", "users": ["alice"]}))
+        .await;
+    assert_eq!(snap["presence"][0]["status"], "online");
+    let m = alice.send_dm("bob", "from the other deployment", "1").await;
+    assert_eq!(bob.event_of("message").await["message"], m);
+    let back = bob.send_dm("alice", "and back", "2").await;
+    assert_eq!(alice.event_of("message").await["message"], m, "her own copy first");
+    assert_eq!(alice.event_of("message").await["message"], back);
+}

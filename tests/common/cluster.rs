@@ -11,7 +11,8 @@ use serde_json::Value;
 use super::{Client, TestDb, PATIENCE, SECRET};
 
 pub struct Cluster {
-    pub db: TestDb,
+    /// Shared when a second deployment joins the same database ([`Cluster::join`]).
+    pub db: std::sync::Arc<TestDb>,
     pub base_port: u16,
     pub workers: usize,
     pub per_worker: bool,
@@ -39,7 +40,21 @@ impl Cluster {
 
     pub async fn start_with(n: usize, per_worker: bool, env: &[(&str, &str)]) -> Cluster {
         super::init_logging();
-        let db = TestDb::new().await;
+        let db = std::sync::Arc::new(TestDb::new().await);
+        Self::launch(db, n, per_worker, env).await
+    }
+
+    /// Another deployment (another `serve`, as if on another host) on this one's database.
+    pub async fn join(&self, n: usize) -> Cluster {
+        Self::launch(self.db.clone(), n, true, &[]).await
+    }
+
+    async fn launch(
+        db: std::sync::Arc<TestDb>,
+        n: usize,
+        per_worker: bool,
+        env: &[(&str, &str)],
+    ) -> Cluster {
         let base_port = free_ports(n);
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgchat"));
         cmd.env_clear()
@@ -78,7 +93,10 @@ impl Cluster {
         if per_worker {
             let deadline = tokio::time::Instant::now() + PATIENCE;
             for i in 0..n {
-                while cluster.health(i).await["cluster"]["peers"] != n - 1 {
+                while cluster.health(i).await["cluster"]["peers"]
+                    .as_u64()
+                    .is_none_or(|p| (p as usize) < n - 1)
+                {
                     assert!(
                         tokio::time::Instant::now() < deadline,
                         "worker {i} did not see its peers"
