@@ -273,8 +273,8 @@ async fn health(State(app): State<App>) -> Response {
         },
         "listener": {
             "up": app.listener.is_up(),
-            "connects": app.listener.connects.load(std::sync::atomic::Ordering::Relaxed),
-            "notifications": app.listener.notifications.load(std::sync::atomic::Ordering::Relaxed),
+            "connects": app.metrics.listener_connects.get(),
+            "notifications": app.metrics.notifications.get(),
             "last_error": app.listener.last_error(),
         },
         "counters": app.metrics.summary(),
@@ -283,6 +283,8 @@ async fn health(State(app): State<App>) -> Response {
 }
 
 async fn metrics(State(app): State<App>) -> Response {
+    app.metrics.listener_up.set(i64::from(app.listener.is_up()));
+    app.metrics.db_share.set(app.db.share as i64);
     let text = app.metrics.render(&app.db.pool_status());
     (
         [(

@@ -13,7 +13,7 @@
 //! ([`crate::db::lease`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -32,12 +32,10 @@ use crate::store;
 /// the new head, and their sessions page through the table themselves.
 const FETCH_WINDOW: i64 = 256;
 
-/// What `/ready` and `/health` report about the listener.
+/// What `/ready` and `/health` report about the listener (its counts are in metrics).
 #[derive(Default)]
 pub struct ListenerState {
     up: AtomicBool,
-    pub connects: AtomicU64,
-    pub notifications: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -108,7 +106,7 @@ async fn listen(app: &App, stop: &CancellationToken) -> Result<(), DbError> {
         .batch_execute(&format!("LISTEN {CHANNEL}"))
         .await?;
     app.db.source.set_shared(Some(shared.clone()));
-    app.listener.connects.fetch_add(1, Ordering::Relaxed);
+    app.metrics.listener_connects.inc();
     // Listening already, so nothing committed from here on is missed; now read what may
     // have been missed before.
     catch_up(app).await?;
@@ -129,9 +127,7 @@ async fn listen(app: &App, stop: &CancellationToken) -> Result<(), DbError> {
                         Err(_) => break,
                     }
                 }
-                app.listener
-                    .notifications
-                    .fetch_add(payloads.len() as u64, Ordering::Relaxed);
+                app.metrics.notifications.inc_by(payloads.len() as u64);
                 handle(app, payloads).await;
             }
         }

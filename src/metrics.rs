@@ -26,6 +26,10 @@ pub struct Metrics {
     pub requests: Counter,
     pub request_errors: Counter,
     pub refused_connections: Counter,
+    pub listener_up: Gauge,
+    pub listener_connects: Counter,
+    pub notifications: Counter,
+    pub db_share: Gauge,
     pub pool_size: Gauge,
     pub pool_available: Gauge,
     pub pool_waiting: Gauge,
@@ -106,6 +110,26 @@ impl Metrics {
                 "refused_connections",
                 "Upgrades refused (unauthorized, at_capacity, not_ready)",
                 Counter::default()
+            ),
+            listener_up: reg!(
+                "listener_up",
+                "1 while this worker listens for notifications and has caught up",
+                Gauge::default()
+            ),
+            listener_connects: reg!(
+                "listener_connects",
+                "Times the notification listener (re)connected",
+                Counter::default()
+            ),
+            notifications: reg!(
+                "notifications_received",
+                "Notifications received from the cluster (this worker's own included)",
+                Counter::default()
+            ),
+            db_share: reg!(
+                "db_connections_share",
+                "Database connections this worker may hold, its listener included",
+                Gauge::default()
             ),
             pool_size: reg!("db_pool_size", "Open pooled connections", Gauge::default()),
             pool_available: reg!(

@@ -415,6 +415,10 @@ async fn a_deployment_started_elsewhere_on_the_same_database_joins_the_cluster()
     let m = alice.send_dm("bob", "from the other deployment", "1").await;
     assert_eq!(bob.event_of("message").await["message"], m);
     let back = bob.send_dm("alice", "and back", "2").await;
-    assert_eq!(alice.event_of("message").await["message"], m, "her own copy first");
+    assert_eq!(
+        alice.event_of("message").await["message"],
+        m,
+        "her own copy first"
+    );
     assert_eq!(alice.event_of("message").await["message"], back);
 }

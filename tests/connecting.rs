@@ -177,6 +177,9 @@ async fn health_ready_live_and_metrics_answer() {
     assert_eq!(samples["pgchat_messages_sent_total"], 1.0);
     assert_eq!(samples["pgchat_send_commit_seconds_count"], 1.0);
     assert!(samples.contains_key("pgchat_db_pool_size"));
+    assert_eq!(samples["pgchat_listener_up"], 1.0);
+    assert_eq!(samples["pgchat_db_connections_share"], 6.0);
+    assert!(samples["pgchat_listener_connects_total"] >= 1.0);
 }
 
 /// A strict reading of the text exposition format: every line is a comment (`# HELP`,
