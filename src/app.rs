@@ -20,6 +20,7 @@ use crate::listener::ListenerState;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::protocol::Limits;
+use crate::ratelimit::UserLimits;
 use crate::writer::{Outputs, Writer};
 
 /// The shared state of one worker. Cheap to clone (one `Arc`).
@@ -45,6 +46,8 @@ pub struct AppInner {
     open_sockets: AtomicUsize,
     next_session: AtomicU64,
     pub listener: ListenerState,
+    /// The HTTP API's rate limits, per user.
+    pub http_limits: UserLimits,
 }
 
 impl std::ops::Deref for App {
@@ -176,6 +179,12 @@ impl Application {
             shutdown.clone(),
         );
         spawn_pruner(db.clone(), &config, shutdown.clone());
+        // One bucket per recently active user; as many as sockets allowed is plenty.
+        let http_limits = UserLimits::new(
+            config.max_connections,
+            config.rate_limit_per_sec,
+            config.rate_limit_burst,
+        );
         let app = App(Arc::new(AppInner {
             auth: Authenticator::new(config.jwt_secret()),
             config,
@@ -192,6 +201,7 @@ impl Application {
             open_sockets: AtomicUsize::new(0),
             next_session: AtomicU64::new(1),
             listener: ListenerState::default(),
+            http_limits,
         }));
         let background = TaskTracker::new();
         let background_stop = CancellationToken::new();

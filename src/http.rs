@@ -133,9 +133,13 @@ async fn upgrade(
         })
 }
 
-/// The HTTP API's identity: the same token as the socket, in `Authorization`.
+/// The HTTP API's identity: the same token as the socket, in `Authorization`; each user
+/// has the same rate limit as a socket.
 async fn api_identity(app: &App, headers: &HeaderMap) -> Result<Identity, ApiError> {
     let identity = authenticate(app, headers, &HashMap::new())?;
+    app.http_limits
+        .take(identity.user.as_str())
+        .map_err(|ms| crate::ratelimit::rate_limited(app, ms))?;
     store::touch_user(&app.db, &identity.user, identity.name.as_deref()).await?;
     Ok(identity)
 }

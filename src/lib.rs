@@ -37,6 +37,7 @@ pub mod metrics;
 pub mod notify;
 pub mod presence;
 pub mod protocol;
+pub mod ratelimit;
 pub mod requests;
 pub mod session;
 pub mod store;

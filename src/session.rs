@@ -26,6 +26,7 @@ use crate::hub::Subscription;
 use crate::protocol::{
     error_frame, ok_frame, rfc3339, ConversationId, Envelope, Request, TypingState, UserId,
 };
+use crate::ratelimit::{rate_limited, TokenBucket};
 use crate::requests;
 use crate::store;
 
@@ -73,39 +74,6 @@ enum Reply {
         envelope: Envelope,
         users: Vec<UserId>,
     },
-}
-
-/// A token bucket: `rate` requests per second, saving up to `burst`.
-struct TokenBucket {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    fn new(rate: u32, burst: u32) -> Self {
-        TokenBucket {
-            tokens: burst as f64,
-            rate: rate as f64,
-            burst: burst as f64,
-            last: Instant::now(),
-        }
-    }
-
-    /// Takes a token, or says in how many milliseconds one will be there.
-    fn take(&mut self) -> Result<(), u64> {
-        let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err((((1.0 - self.tokens) / self.rate) * 1000.0).ceil() as u64)
-        }
-    }
 }
 
 /// The bounded queue to the writer task: at most `outbound_max_frames` frames and
@@ -287,15 +255,7 @@ impl Session {
         app.metrics.requests.inc();
         let (envelope, request) = Request::parse(text.as_str(), app.limits());
         if let Err(retry_after_ms) = self.limiter.take() {
-            self.app.metrics.rate_limited.inc();
-            let mut e = ApiError::new(
-                Code::RateLimited,
-                format!(
-                    "more than {} requests per second: wait {retry_after_ms} ms",
-                    self.app.config.rate_limit_per_sec
-                ),
-            );
-            e.retry_after_ms = Some(retry_after_ms);
+            let e = rate_limited(&self.app, retry_after_ms);
             self.answer(envelope, Err(e));
             return Ok(());
         }

@@ -57,8 +57,41 @@ async fn requests_over_the_rate_limit_get_rate_limited_with_retry_after() {
 }
 
 #[tokio::test]
+async fn the_http_api_is_rate_limited_per_user_with_429_and_retry_after() {
+    let app = TestApp::spawn_with(|c| {
+        c.rate_limit_per_sec = 1;
+        c.rate_limit_burst = 3;
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let get = |user: &str| {
+        http.get(app.http("/api/conversations"))
+            .header("authorization", format!("Bearer {}", app.token(user)))
+            .send()
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(get("alice").await.unwrap().status().as_u16());
+    }
+    assert_eq!(&statuses[..3], &[200, 200, 200], "{statuses:?}");
+    let limited = get("alice").await.unwrap();
+    assert_eq!(limited.status(), 429);
+    assert!(limited.headers().get("retry-after").is_some());
+    let body: Value = limited.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    assert!(body["error"]["retry_after_ms"].as_u64().unwrap() > 0);
+    // Another user has a bucket of their own.
+    assert_eq!(get("bob").await.unwrap().status(), 200);
+}
+
+#[tokio::test]
 async fn a_slow_consumer_is_closed_with_1013_and_loses_nothing() {
-    let app = TestApp::spawn_with(|c| c.outbound_max_frames = 16).await;
+    let app = TestApp::spawn_with(|c| {
+        c.outbound_max_frames = 16;
+        c.rate_limit_per_sec = 100_000;
+        c.rate_limit_burst = 100_000;
+    })
+    .await;
     let mut slow = app.connect("slow").await;
     // The flood comes over HTTP, so that only the slow reader holds a socket.
     let mut sender = app.connect("sender").await;

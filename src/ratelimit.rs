@@ -1,0 +1,91 @@
+//! Rate limits: a token bucket per WebSocket session, and one per user for the HTTP API
+//! (kept for the most recently active users only, so the map stays bounded).
+
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
+
+use lru::LruCache;
+use tokio::time::Instant;
+
+use crate::app::App;
+use crate::error::{ApiError, Code};
+
+/// A token bucket: `rate` requests per second, saving up to `burst`.
+pub struct TokenBucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(rate: u32, burst: u32) -> Self {
+        TokenBucket {
+            tokens: burst as f64,
+            rate: rate as f64,
+            burst: burst as f64,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes a token, or says in how many milliseconds one will be there.
+    pub fn take(&mut self) -> Result<(), u64> {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err((((1.0 - self.tokens) / self.rate) * 1000.0).ceil() as u64)
+        }
+    }
+}
+
+/// The HTTP API's buckets, one per user, for at most `capacity` users at a time. A user
+/// evicted from the map starts again with a full bucket: the bound costs at most one
+/// burst per eviction, never memory.
+pub struct UserLimits {
+    /// A std mutex: each critical section is one map lookup and a little arithmetic.
+    buckets: Mutex<LruCache<String, TokenBucket>>,
+    rate: u32,
+    burst: u32,
+}
+
+impl UserLimits {
+    pub fn new(capacity: usize, rate: u32, burst: u32) -> UserLimits {
+        UserLimits {
+            buckets: Mutex::new(LruCache::new(
+                NonZeroUsize::new(capacity.max(1)).expect("at least 1"),
+            )),
+            rate,
+            burst,
+        }
+    }
+
+    pub fn take(&self, user: &str) -> Result<(), u64> {
+        let mut buckets = self.buckets.lock().expect("rate limit lock");
+        if let Some(b) = buckets.get_mut(user) {
+            return b.take();
+        }
+        let mut b = TokenBucket::new(self.rate, self.burst);
+        let result = b.take();
+        buckets.put(user.to_string(), b);
+        result
+    }
+}
+
+/// The `rate_limited` error, counted.
+pub fn rate_limited(app: &App, retry_after_ms: u64) -> ApiError {
+    app.metrics.rate_limited.inc();
+    let mut e = ApiError::new(
+        Code::RateLimited,
+        format!(
+            "more than {} requests per second: wait {retry_after_ms} ms",
+            app.config.rate_limit_per_sec
+        ),
+    );
+    e.retry_after_ms = Some(retry_after_ms);
+    e
+}
