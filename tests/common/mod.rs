@@ -120,6 +120,36 @@ async fn template() -> String {
         .unwrap()
         .is_some();
     if !exists {
+        // Templates of older schemas, and test databases left by killed runs (their names
+        // carry their creation time), are removed here, once per schema change.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let stale: Vec<String> = admin
+            .query(
+                "SELECT datname FROM pg_database
+                 WHERE datname LIKE 'pgchat\\_tmpl\\_%' OR datname LIKE 'pgchat\\_test\\_%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .filter(|d| match d.strip_prefix("pgchat_test_") {
+                Some(rest) => rest
+                    .split('_')
+                    .next()
+                    .and_then(|t| t.parse::<u64>().ok())
+                    .is_none_or(|t| t + 3600 < now),
+                None => !d.ends_with("_building"),
+            })
+            .collect();
+        for d in stale {
+            let _ = admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {d} WITH (FORCE)"))
+                .await;
+        }
         let building = format!("{name}_building");
         admin
             .batch_execute(&format!("DROP DATABASE IF EXISTS {building}"))
@@ -156,7 +186,11 @@ pub struct TestDb {
 impl TestDb {
     pub async fn new() -> TestDb {
         let template = template().await;
-        let name = format!("pgchat_test_{:016x}", rand::random::<u64>());
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let name = format!("pgchat_test_{created}_{:08x}", rand::random::<u32>());
         let admin = admin().await;
         admin
             .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
