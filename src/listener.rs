@@ -198,6 +198,7 @@ async fn handle(app: &App, payloads: Vec<String>) {
 async fn catch_up(app: &App) -> Result<(), DbError> {
     app.cache.clear();
     app.presence.reload().await?;
+    app.presence.reassert();
     catch_up_streams(app, HashMap::new()).await
 }
 

@@ -277,6 +277,23 @@ impl Presence {
         Ok(())
     }
 
+    /// Records again every user this worker holds (after the listener reconnects: if the
+    /// outage outlasted the heartbeat, the other workers reaped this one's rows).
+    pub fn reassert(&self) {
+        let mut state = self.state.lock().expect("presence lock");
+        let users: Vec<String> = state
+            .local
+            .iter()
+            .filter(|(_, l)| l.sessions > 0)
+            .map(|(u, _)| u.clone())
+            .collect();
+        for u in users {
+            state.pending.entry(u).or_insert(None);
+        }
+        drop(state);
+        self.flush.notify_one();
+    }
+
     /// Registers `session` as a watcher of `users` and returns their current presence.
     pub async fn subscribe(
         &self,
