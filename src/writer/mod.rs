@@ -15,8 +15,11 @@
 
 pub mod batch;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
+
+use futures_util::FutureExt;
 
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, Mutex};
@@ -215,7 +218,16 @@ impl Batcher {
             if taken == 0 {
                 return;
             }
-            self.commit_jobs(std::mem::take(&mut batch)).await;
+            // A bug that panics in one batch must not take the batcher with it: the batch's
+            // callers see their reply channel closed (`internal`), the next batch goes on.
+            let jobs = std::mem::take(&mut batch);
+            if AssertUnwindSafe(self.commit_jobs(jobs))
+                .catch_unwind()
+                .await
+                .is_err()
+            {
+                tracing::error!("a write batch panicked; its requests were answered internal");
+            }
         }
     }
 
