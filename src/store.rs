@@ -4,8 +4,8 @@
 //! (or upserts a user's name), with parameterised statements cached per connection.
 
 use chrono::{DateTime, Utc};
+use postgres_types::ToSql;
 use serde_json::{json, Value};
-use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use crate::db::Database;

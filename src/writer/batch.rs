@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use futures_util::future::{try_join_all, BoxFuture};
+use postgres_types::ToSql;
 use serde_json::{json, Value};
-use tokio_postgres::types::ToSql;
 
 use super::{Command, Outcome};
 use crate::cache::Snapshot;
