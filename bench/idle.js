@@ -1,21 +1,15 @@
 // Opens N idle authenticated WebSockets to a pgchat server and holds them for a while,
 // so that the server's memory per idle socket can be read off /health before and after.
 // Usage: node bench/idle.js [N] [url] [secret]   (needs the `ws` package: npm install ws)
-const crypto = require('crypto');
 const WebSocket = require('ws');
+const jwt = require('./jwt');
 
 const N = parseInt(process.argv[2] || '2000', 10);
 const URL = process.argv[3] || 'ws://127.0.0.1:3000/ws';
-const SECRET = process.argv[4] || 'pgchat-development-secret-do-not-use-in-production';
+const SECRET = process.argv[4] || jwt.DEV_SECRET;
 const HOLD_MS = parseInt(process.env.HOLD_MS || '3000', 10);
 
-const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
-function token(sub) {
-  const head = b64({ alg: 'HS256', typ: 'JWT' });
-  const body = b64({ sub, exp: Math.floor(Date.now() / 1000) + 3600 });
-  const sig = crypto.createHmac('sha256', SECRET).update(`${head}.${body}`).digest('base64url');
-  return `${head}.${body}.${sig}`;
-}
+const token = (sub) => jwt.token(sub, SECRET);
 
 async function health() {
   const http = URL.replace(/^ws/, 'http').replace(/\/ws$/, '/health');

@@ -3,22 +3,16 @@
 // measured from that due time (so a stalled server cannot hide its queueing).
 // Usage: node bench/latency.js [rate/s] [count] [sender-url] [receiver-url] [secret]
 // Needs the `ws` package (npm install ws).
-const crypto = require('crypto');
 const WebSocket = require('ws');
+const jwt = require('./jwt');
 
 const RATE = parseFloat(process.argv[2] || '200');
 const COUNT = parseInt(process.argv[3] || '2000', 10);
 const SEND_URL = process.argv[4] || 'ws://127.0.0.1:3000/ws';
 const RECV_URL = process.argv[5] || 'ws://127.0.0.1:3001/ws';
-const SECRET = process.argv[6] || 'pgchat-development-secret-do-not-use-in-production';
+const SECRET = process.argv[6] || jwt.DEV_SECRET;
 
-const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
-function token(sub) {
-  const head = b64({ alg: 'HS256', typ: 'JWT' });
-  const body = b64({ sub, exp: Math.floor(Date.now() / 1000) + 3600 });
-  const sig = crypto.createHmac('sha256', SECRET).update(`${head}.${body}`).digest('base64url');
-  return `${head}.${body}.${sig}`;
-}
+const token = (sub) => jwt.token(sub, SECRET);
 const open = (url, user) => new Promise((resolve, reject) => {
   const ws = new WebSocket(url, { headers: { authorization: `Bearer ${token(user)}` } });
   ws.once('message', (m) => resolve([ws, JSON.parse(m)]));
