@@ -43,9 +43,15 @@ pub enum Notice {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         off: Vec<(String, String)>,
     },
-    /// Workers found dead (no heartbeat); their users' sessions are gone.
+    /// Workers found dead (no heartbeat), or one that shut down cleanly (`graceful`):
+    /// their users' sessions are gone.
     #[serde(rename = "g")]
-    Gone { w: String, dead: Vec<String> },
+    Gone {
+        w: String,
+        dead: Vec<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        graceful: bool,
+    },
     /// `u` started or stopped typing in conversation `c`, whose members are `m` (left out
     /// when the list would not fit: receivers look the members up).
     #[serde(rename = "t")]

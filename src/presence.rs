@@ -55,6 +55,10 @@ struct State {
     /// Changes of this worker's own rows not yet written: user -> online here, or the
     /// time they went offline here.
     pending: HashMap<String, Option<DateTime<Utc>>>,
+    /// Users of a worker that shut down cleanly, still counted online for the grace
+    /// period while their clients reconnect elsewhere (value: which grace timer owns it).
+    lingering: HashMap<String, u64>,
+    next_linger: u64,
 }
 
 struct Local {
@@ -65,7 +69,9 @@ struct Local {
 
 impl State {
     fn online(&self, user: &str) -> bool {
-        self.local.contains_key(user) || self.remote.get(user).is_some_and(|w| !w.is_empty())
+        self.local.contains_key(user)
+            || self.remote.get(user).is_some_and(|w| !w.is_empty())
+            || self.lingering.contains_key(user)
     }
 
     fn announce(&self, user: &str, status: &str, last_seen: Option<DateTime<Utc>>) {
@@ -191,7 +197,7 @@ impl Presence {
     }
 
     /// Applies another worker's presence notice.
-    pub fn on_notice(&self, notice: Notice) {
+    pub fn on_notice(self: &Arc<Self>, notice: Notice) {
         let mut state = self.state.lock().expect("presence lock");
         match notice {
             Notice::Presence { w, on, off } => {
@@ -216,9 +222,33 @@ impl Presence {
                     }
                 }
             }
-            Notice::Gone { dead, .. } => {
+            Notice::Gone { dead, graceful, .. } => {
                 let dead: HashSet<String> = dead.into_iter().collect();
-                Self::drop_workers(&mut state, &dead);
+                let offline = Self::drop_workers(&mut state, &dead, !graceful);
+                if graceful && !offline.is_empty() {
+                    // A worker that shut down cleanly closed its sockets with 1001, and its
+                    // clients are reconnecting elsewhere: they stay online for the grace
+                    // period before watchers are told they left.
+                    state.next_linger += 1;
+                    let generation = state.next_linger;
+                    for u in &offline {
+                        state.lingering.insert(u.clone(), generation);
+                    }
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(this.grace).await;
+                        let mut state = this.state.lock().expect("presence lock");
+                        let now = Utc::now();
+                        for user in offline {
+                            if state.lingering.get(&user) == Some(&generation) {
+                                state.lingering.remove(&user);
+                                if !state.online(&user) {
+                                    state.announce(&user, "offline", Some(now));
+                                }
+                            }
+                        }
+                    });
+                }
             }
             Notice::Events { .. } | Notice::Typing { .. } => {}
         }
@@ -233,8 +263,9 @@ impl Presence {
         }
     }
 
-    /// Forgets dead workers; their users who are online nowhere else go offline.
-    fn drop_workers(state: &mut State, dead: &HashSet<String>) {
+    /// Forgets dead workers; returns their users who are online nowhere else now, having
+    /// told watchers so if `announce`.
+    fn drop_workers(state: &mut State, dead: &HashSet<String>, announce: bool) -> Vec<String> {
         let affected: Vec<String> = state
             .remote
             .iter()
@@ -242,14 +273,19 @@ impl Presence {
             .map(|(u, _)| u.clone())
             .collect();
         let now = Utc::now();
+        let mut offline = Vec::new();
         for user in affected {
             for w in dead {
                 Self::remove_remote(state, &user, w);
             }
             if !state.online(&user) {
-                state.announce(&user, "offline", Some(now));
+                if announce {
+                    state.announce(&user, "offline", Some(now));
+                }
+                offline.push(user);
             }
         }
+        offline
     }
 
     /// Rebuilds the view of the other workers from the `presence` table (at start, and
@@ -431,7 +467,7 @@ impl Presence {
     }
 
     /// Records that this worker lives; takes dead workers' users offline.
-    async fn heartbeat(&self) -> Result<(), DbError> {
+    async fn heartbeat(self: &Arc<Self>) -> Result<(), DbError> {
         let client = self.db.client().await?;
         let beat = client
             .prepare_cached(
@@ -472,7 +508,7 @@ impl Presence {
         if dead.is_empty() {
             return tx.commit().await;
         }
-        self.forget_workers(&tx, &dead).await?;
+        self.forget_workers(&tx, &dead, false).await?;
         tx.commit().await?;
         tracing::warn!(
             ?dead,
@@ -481,13 +517,19 @@ impl Presence {
         self.on_notice(Notice::Gone {
             w: self.worker.clone(),
             dead,
+            graceful: false,
         });
         Ok(())
     }
 
     /// Deletes `workers`' presence rows, stores last_seen for users now online nowhere,
     /// and tells the other workers.
-    async fn forget_workers(&self, tx: &crate::db::Tx, workers: &[String]) -> Result<(), DbError> {
+    async fn forget_workers(
+        &self,
+        tx: &crate::db::Tx,
+        workers: &[String],
+        graceful: bool,
+    ) -> Result<(), DbError> {
         let stmt = tx
             .prepare_cached(
                 "WITH gone AS (
@@ -503,6 +545,7 @@ impl Presence {
         let payload = serde_json::to_string(&Notice::Gone {
             w: self.worker.clone(),
             dead: workers.to_vec(),
+            graceful,
         })
         .expect("notices serialise");
         tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
@@ -514,7 +557,7 @@ impl Presence {
     async fn leave(&self) -> Result<(), DbError> {
         let tx = self.db.begin().await?;
         let me = vec![self.worker.clone()];
-        self.forget_workers(&tx, &me).await?;
+        self.forget_workers(&tx, &me, true).await?;
         let stmt = tx
             .prepare_cached("DELETE FROM workers WHERE id = $1")
             .await?;

@@ -422,3 +422,32 @@ async fn a_deployment_started_elsewhere_on_the_same_database_joins_the_cluster()
     );
     assert_eq!(alice.event_of("message").await["message"], back);
 }
+
+#[tokio::test]
+async fn a_rolling_restart_of_a_worker_does_not_flap_its_users() {
+    let cluster = Cluster::start(2, &[("PGCHAT_PRESENCE_GRACE_MS", "1500")]).await;
+    let mut watcher = cluster.connect(0, "watcher").await;
+    let mut bob = cluster.connect(1, "bob").await;
+    watcher
+        .ok(json!({"type": "presence_subscribe", "users": ["bob"]}))
+        .await;
+    // Any `online` for bob from before the subscription has arrived by now or never will.
+    let _ = watcher
+        .next_of("presence", Duration::from_millis(300))
+        .await;
+
+    cluster.term_worker(1).await;
+    assert_eq!(bob.close_code().await, Some(1001));
+    // Bob's client takes a moment (less than the grace period) to reconnect, to the worker
+    // still up: worker 1 has finished leaving by then.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let _bob = cluster.connect(0, "bob").await;
+    let flap = watcher
+        .next_of("presence", Duration::from_millis(2_500))
+        .await;
+    assert!(flap.is_none(), "no presence change: {flap:?}");
+    let snap = watcher
+        .ok(json!({"type": "presence_subscribe", "users": ["bob"]}))
+        .await;
+    assert_eq!(snap["presence"][0]["status"], "online");
+}

@@ -160,9 +160,18 @@ impl Cluster {
 
     /// kill -9 of worker `worker`; returns its pid.
     pub async fn kill_worker(&self, worker: usize) -> u32 {
+        self.signal_worker(worker, "-KILL").await
+    }
+
+    /// SIGTERM to worker `worker` alone (a rolling restart); returns its pid.
+    pub async fn term_worker(&self, worker: usize) -> u32 {
+        self.signal_worker(worker, "-TERM").await
+    }
+
+    async fn signal_worker(&self, worker: usize, signal: &str) -> u32 {
         let pid = self.health(worker).await["pid"].as_u64().unwrap() as u32;
         let status = std::process::Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
+            .args([signal, &pid.to_string()])
             .status()
             .unwrap();
         assert!(status.success());
