@@ -86,8 +86,24 @@ async fn the_http_api_is_rate_limited_per_user_with_429_and_retry_after() {
 
 #[tokio::test]
 async fn a_slow_consumer_is_closed_with_1013_and_loses_nothing() {
+    slow_consumer(|c| c.outbound_max_frames = 16).await;
+}
+
+#[tokio::test]
+async fn the_outbound_byte_limit_closes_a_slow_consumer_too() {
+    // Frames are plentiful here; 3 messages of 3900 characters exceed 8 KiB.
+    slow_consumer(|c| {
+        c.outbound_max_frames = 1024;
+        c.outbound_max_bytes = 8192;
+    })
+    .await;
+}
+
+/// Floods a reader that reads nothing until the server closes it with 1013, then checks
+/// that a new session resumes every message in order.
+async fn slow_consumer(limit: impl FnOnce(&mut pgchat::Config)) {
     let app = TestApp::spawn_with(|c| {
-        c.outbound_max_frames = 16;
+        limit(c);
         c.rate_limit_per_sec = 100_000;
         c.rate_limit_burst = 100_000;
     })
