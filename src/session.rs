@@ -135,17 +135,14 @@ pub async fn run(socket: WebSocket, app: App, identity: Identity, sub: Subscript
         typing: HashMap::new(),
         watching: HashSet::new(),
     };
-    app.metrics.connections.inc();
-    app.metrics.connections_total.inc();
     let user = session.identity.user.clone();
-    app.presence.opened(user.as_str());
+    let _online = Online::new(&app, &user);
     let end = session.serve(&mut stream, head).await;
     tracing::debug!(user = %user, ?end, "session ends");
     session.close(end).await;
     session.stop_typing_everywhere().await;
     app.presence
         .unsubscribe(session.sub.session, session.watching.drain());
-    app.presence.closed(user.as_str());
     // Keep the priority-close sender alive until the writer is done: a dropped sender
     // would wake the writer as if a close were requested, and cut off queued frames.
     let close_now = session.outbox.close_now.take();
@@ -153,7 +150,32 @@ pub async fn run(socket: WebSocket, app: App, identity: Identity, sub: Subscript
     // The writer ends once it has sent what is queued (or the close frame).
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
     drop(close_now);
-    app.metrics.connections.dec();
+}
+
+/// A session counted as open and its user as present, undone on drop: even if the
+/// session's task panics, the gauge and the presence come back down.
+struct Online {
+    app: App,
+    user: UserId,
+}
+
+impl Online {
+    fn new(app: &App, user: &UserId) -> Online {
+        app.metrics.connections.inc();
+        app.metrics.connections_total.inc();
+        app.presence.opened(user.as_str());
+        Online {
+            app: app.clone(),
+            user: user.clone(),
+        }
+    }
+}
+
+impl Drop for Online {
+    fn drop(&mut self) {
+        self.app.presence.closed(self.user.as_str());
+        self.app.metrics.connections.dec();
+    }
 }
 
 struct Session {
