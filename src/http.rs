@@ -256,7 +256,7 @@ async fn health(State(app): State<App>) -> Response {
         "status": if db { "ok" } else { "degraded" },
         "worker": app.worker_id,
         "pid": std::process::id(),
-        "uptime_seconds": app.started.elapsed().as_secs(),
+        "uptime": app.started.elapsed().as_secs(),
         "connections": app.open_sockets(),
         "max_connections": app.config.max_connections,
         "users_online_here": app.hub.users_online(),

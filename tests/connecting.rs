@@ -158,6 +158,8 @@ async fn health_ready_live_and_metrics_answer() {
     assert_eq!(health["status"], "ok");
     assert_eq!(health["connections"], 1);
     assert_eq!(health["pid"], std::process::id());
+    assert!(health["uptime"].as_u64().is_some());
+    assert_eq!(health["listener"]["up"], true);
     assert!(health["memory"]["rss_bytes"].as_u64().unwrap() > 0);
     // The worker's share is the whole budget: the listener plus a pool of the rest.
     assert_eq!(health["database"]["share"], 6);
