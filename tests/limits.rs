@@ -41,8 +41,9 @@ async fn requests_over_the_rate_limit_get_rate_limited_with_retry_after() {
             }
         }
     }
-    // The burst passes (and perhaps a refill or two); the rest wait.
-    assert!((5..=7).contains(&ok), "{ok} passed");
+    // The burst passes (and whatever refilled meanwhile); the rest are refused.
+    assert!(ok >= 5, "the burst of 5 passes: {ok}");
+    assert!(!limited.is_empty(), "12 requests at once exceed 5 + 2/s");
     assert!(
         limited.iter().all(|ms| *ms > 0 && *ms <= 500),
         "{limited:?}"
