@@ -96,7 +96,7 @@ async fn a_member_added_on_one_worker_can_send_through_another_at_once() {
 
 #[tokio::test]
 async fn presence_is_shared_across_workers_without_flapping() {
-    let cluster = Cluster::start(3, &[("PGCHAT_PRESENCE_GRACE_MS", "1500")]).await;
+    let cluster = Cluster::start(3, &[("PGCHAT_PRESENCE_GRACE_MS", "3000")]).await;
     let mut watcher = cluster.connect(0, "watcher").await;
     watcher
         .ok(json!({"type": "presence_subscribe", "users": ["bob"]}))
@@ -115,7 +115,7 @@ async fn presence_is_shared_across_workers_without_flapping() {
     bob.close().await;
     let _bob = cluster.connect(2, "bob").await;
     let flap = watcher
-        .next_of("presence", Duration::from_millis(2_500))
+        .next_of("presence", Duration::from_millis(4_000))
         .await;
     assert!(flap.is_none(), "no presence change: {flap:?}");
 
@@ -425,7 +425,7 @@ async fn a_deployment_started_elsewhere_on_the_same_database_joins_the_cluster()
 
 #[tokio::test]
 async fn a_rolling_restart_of_a_worker_does_not_flap_its_users() {
-    let cluster = Cluster::start(2, &[("PGCHAT_PRESENCE_GRACE_MS", "1500")]).await;
+    let cluster = Cluster::start(2, &[("PGCHAT_PRESENCE_GRACE_MS", "3000")]).await;
     let mut watcher = cluster.connect(0, "watcher").await;
     let mut bob = cluster.connect(1, "bob").await;
     watcher
@@ -443,7 +443,7 @@ async fn a_rolling_restart_of_a_worker_does_not_flap_its_users() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     let _bob = cluster.connect(0, "bob").await;
     let flap = watcher
-        .next_of("presence", Duration::from_millis(2_500))
+        .next_of("presence", Duration::from_millis(4_000))
         .await;
     assert!(flap.is_none(), "no presence change: {flap:?}");
     let snap = watcher

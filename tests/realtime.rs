@@ -176,7 +176,7 @@ async fn presence_gives_a_snapshot_then_changes_with_a_grace_period() {
 
 #[tokio::test]
 async fn a_quick_reconnect_does_not_flap() {
-    let app = TestApp::spawn_with(|c| c.presence_grace_ms = 1_500).await;
+    let app = TestApp::spawn_with(|c| c.presence_grace_ms = 3_000).await;
     let mut watcher = app.connect("watcher").await;
     let bob = app.connect("bob").await;
     watcher
@@ -186,7 +186,7 @@ async fn a_quick_reconnect_does_not_flap() {
     let _bob_again = app.connect("bob").await;
     // Well past the grace period: no offline (and no second online) was sent.
     let got = watcher
-        .next_of("presence", Duration::from_millis(2_500))
+        .next_of("presence", Duration::from_millis(4_000))
         .await;
     assert!(got.is_none(), "no presence change: {got:?}");
 }
