@@ -1,6 +1,7 @@
 -- pgchat schema: the single truth of what pgchat stores.
--- Applied at every start, idempotently, under an advisory lock; the version applied is
--- recorded in pgchat_schema, and pgchat refuses to run against a newer one.
+-- Applied at start, idempotently, under an advisory lock, unless the database already
+-- records this version in pgchat_schema (so a change here must bump the version, below
+-- and in src/db/mod.rs); pgchat refuses to run against a newer one.
 -- SCHEMA_VERSION: 1
 
 CREATE TABLE IF NOT EXISTS pgchat_schema (

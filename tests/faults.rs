@@ -156,3 +156,48 @@ async fn an_unexpected_database_error_is_internal_and_harms_nothing_else() {
         4
     );
 }
+
+#[tokio::test]
+async fn a_session_that_cannot_read_its_stream_is_closed_with_1011() {
+    // The server runs as a role that may write events but not read them back; a feed that
+    // keeps one frame forces a session to read the table when two events commit at once.
+    let db = common::TestDb::new().await;
+    let limited = db.url_for_role("pgchat_no_replay").await;
+    let app = TestApp::spawn_with(|c| {
+        c.database_url = Some(limited.clone());
+        c.recent_events_per_user = 1;
+    })
+    .await;
+    db.client()
+        .await
+        .batch_execute("REVOKE SELECT ON event_queue FROM pgchat_no_replay")
+        .await
+        .unwrap();
+    let mut bob = app.connect("bob").await;
+    let mut alice = app.connect("alice").await;
+    // The first DM commits two events for each of them (the conversation, the message).
+    alice
+        .send_text(
+            json!({"type": "send", "to": "bob", "body": "hi", "client_msg_id": "1"}).to_string(),
+        )
+        .await;
+    assert_eq!(bob.close_code().await, Some(1011));
+    assert_eq!(alice.close_code().await, Some(1011));
+    // The server goes on; the message is stored, for a resume once the fault is mended.
+    let mut carol = app.connect("carol").await;
+    carol.ok(json!({"type": "ping"})).await;
+    assert_eq!(db.count("SELECT count(*) FROM messages").await, 1);
+    db.client()
+        .await
+        .batch_execute("GRANT SELECT ON event_queue TO pgchat_no_replay")
+        .await
+        .unwrap();
+    let mut bob = app.connect("bob").await;
+    bob.ok(json!({"type": "resume", "after": 0})).await;
+    let seqs: Vec<i64> = bob
+        .buffered()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![1, 2]);
+}

@@ -311,7 +311,8 @@ async fn connect_once(
     Ok((client, driver))
 }
 
-/// Applies schema.sql under an advisory lock, after checking the recorded version.
+/// Applies schema.sql under an advisory lock, unless the database already records this
+/// version; refuses a newer one. A change to schema.sql must bump SCHEMA_VERSION.
 pub async fn apply_schema(
     pg_config: &tokio_postgres::Config,
     url: &str,
@@ -340,10 +341,15 @@ pub async fn apply_schema(
             return Err(StartupError::NewerSchema { found });
         }
     }
-    client
-        .batch_execute(SCHEMA_SQL)
-        .await
-        .map_err(StartupError::Schema)?;
+    // At the current version there is nothing to do. Skipping the DDL also lets pgchat
+    // run as a role that may use the tables but does not own them (IF NOT EXISTS still
+    // demands ownership), once an owner has applied the schema.
+    if found != Some(SCHEMA_VERSION) {
+        client
+            .batch_execute(SCHEMA_SQL)
+            .await
+            .map_err(StartupError::Schema)?;
+    }
     client
         .batch_execute("SELECT pg_advisory_unlock(hashtext('pgchat_schema'))")
         .await

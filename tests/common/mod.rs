@@ -212,6 +212,34 @@ impl TestDb {
             .get(0)
     }
 
+    /// This database's URL for a login role of its own (created if needed, with every
+    /// privilege on the schema), so that a test can then revoke one.
+    pub async fn url_for_role(&self, role: &str) -> String {
+        let admin = self.client().await;
+        admin
+            .batch_execute(&format!(
+                "DO $$ BEGIN
+                     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN
+                         CREATE ROLE {role} LOGIN PASSWORD '{role}';
+                     END IF;
+                 END $$;
+                 GRANT USAGE, CREATE ON SCHEMA public TO {role};
+                 GRANT ALL ON ALL TABLES IN SCHEMA public TO {role};
+                 GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role};"
+            ))
+            .await
+            .unwrap();
+        let mut config: tokio_postgres::Config = self.url.parse().unwrap();
+        config.user(role).password(role);
+        let host = match &config.get_hosts()[0] {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        format!("postgres://{role}:{role}@{host}:{port}/{}", self.name)
+    }
+
     /// A direct connection, for arranging and asserting on stored state.
     pub async fn client(&self) -> tokio_postgres::Client {
         let (client, conn) = tokio_postgres::connect(&self.url, NoTls).await.unwrap();
