@@ -98,7 +98,11 @@ impl Drop for SocketSlot {
 /// A built worker, bound to its port but not yet serving.
 pub struct Application {
     app: App,
-    listener: TcpListener,
+    /// Bound; listening starts in `run_until_stopped`.
+    socket: socket2::Socket,
+    local_addr: SocketAddr,
+    /// Listen only once ready (see [`Role::listen_when_ready`]).
+    listen_when_ready: bool,
     writers: TaskTracker,
     writers_stop: CancellationToken,
     /// The notification listener and the presence recorder: stopped last, since in
@@ -113,6 +117,11 @@ pub struct Role {
     pub plan: Plan,
     /// Bind with SO_REUSEPORT, so that several workers share one port.
     pub reuse_port: bool,
+    /// Start listening only once the notification listener is up and caught up. For
+    /// supervised workers: the kernel (SO_REUSEPORT) or the load balancer then never
+    /// hands a connection to a worker that would answer `not_ready`. A single process
+    /// listens at once, so /live and /ready answer while it starts.
+    pub listen_when_ready: bool,
 }
 
 impl Role {
@@ -124,6 +133,7 @@ impl Role {
                 setup: true,
             },
             reuse_port: false,
+            listen_when_ready: false,
         }
     }
 }
@@ -139,16 +149,26 @@ impl Application {
     /// Like [`Application::build`], for a worker of a supervised deployment.
     pub async fn build_as(config: Config, role: Role) -> Result<Application, StartupError> {
         let db = Database::open(&config, role.plan).await?;
-        let listener = bind(&config.host, config.port, role.reuse_port).map_err(|e| {
+        let socket = bind(&config.host, config.port, role.reuse_port).map_err(|e| {
             StartupError::Bind(format!(
                 "cannot listen on {}:{}: {e}",
                 config.host, config.port
             ))
         })?;
-        Ok(Self::with_parts(config, db, listener))
+        Ok(Self::with_parts(config, db, socket, role.listen_when_ready))
     }
 
-    fn with_parts(config: Config, db: Database, listener: TcpListener) -> Application {
+    fn with_parts(
+        config: Config,
+        db: Database,
+        socket: socket2::Socket,
+        listen_when_ready: bool,
+    ) -> Application {
+        let local_addr = socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .expect("a bound TCP socket has an address");
         let worker_id = format!("{}-{}", hostname(), std::process::id());
         let metrics = Arc::new(Metrics::new());
         let hub = Hub::new(config.recent_events_per_user, config.ephemeral_queue);
@@ -221,7 +241,9 @@ impl Application {
         });
         Application {
             app,
-            listener,
+            socket,
+            local_addr,
+            listen_when_ready,
             writers,
             writers_stop,
             background,
@@ -234,7 +256,7 @@ impl Application {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener")
+        self.local_addr
     }
 
     /// The worker's shared state (tests inspect it; the server itself does not need it).
@@ -248,7 +270,9 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let Application {
             app,
-            listener,
+            socket,
+            local_addr,
+            listen_when_ready,
             writers,
             writers_stop,
             background,
@@ -257,7 +281,30 @@ impl Application {
         let router = crate::http::router(app.clone());
         let token = app.shutdown.clone();
         let deadline = Duration::from_millis(app.config.shutdown_timeout_ms);
-        tracing::info!(addr = %listener.local_addr().expect("bound"), worker = %app.worker_id, "pgchat listening");
+        let mut shutdown = Box::pin(shutdown);
+        if listen_when_ready {
+            loop {
+                tokio::select! {
+                    _ = &mut shutdown => token.cancel(),
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+                if app.listener.is_up() || token.is_cancelled() {
+                    break;
+                }
+            }
+        }
+        let listener = match socket
+            .listen(1024)
+            .and_then(|()| TcpListener::from_std(socket.into()))
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, addr = %local_addr, "cannot listen");
+                token.cancel();
+                return;
+            }
+        };
+        tracing::info!(addr = %local_addr, worker = %app.worker_id, "pgchat listening");
         let serve = axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
@@ -265,9 +312,12 @@ impl Application {
         .with_graceful_shutdown({
             let token = token.clone();
             async move {
+                // The token first: if it is already cancelled, `shutdown` may have
+                // completed above and must not be polled again.
                 tokio::select! {
-                    _ = shutdown => {}
+                    biased;
                     _ = token.cancelled() => {}
+                    _ = shutdown => {}
                 }
                 tracing::info!("shutting down: no new connections; draining sessions");
                 token.cancel();
@@ -324,9 +374,9 @@ fn spawn_pruner(db: Database, config: &Config, shutdown: CancellationToken) {
     });
 }
 
-/// Binds `host:port`, with SO_REUSEPORT when several workers share the port (the kernel
-/// then spreads connections over them).
-fn bind(host: &str, port: u16, reuse_port: bool) -> std::io::Result<TcpListener> {
+/// Binds `host:port` (not yet listening), with SO_REUSEPORT when several workers share
+/// the port (the kernel then spreads connections over those that listen).
+fn bind(host: &str, port: u16, reuse_port: bool) -> std::io::Result<socket2::Socket> {
     use socket2::{Domain, Socket, Type};
     let addr: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))?
         .next()
@@ -338,8 +388,7 @@ fn bind(host: &str, port: u16, reuse_port: bool) -> std::io::Result<TcpListener>
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket)
 }
 
 /// This machine's name, for worker ids and the `workers` table.

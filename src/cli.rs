@@ -142,6 +142,7 @@ pub fn main() -> ExitCode {
                     setup: false,
                 },
                 reuse_port,
+                listen_when_ready: true,
             };
             serve(config, move |_| role, stop_on_signal_or_orphaned())
         }
