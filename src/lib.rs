@@ -4,7 +4,8 @@
 //! Read the modules in the order a message travels:
 //!
 //! - [`config`]: defaults < `config.toml` < environment, validated once.
-//! - [`db`]: finds (or starts) PostgreSQL, applies `schema.sql`, opens the pool.
+//! - [`db`]: finds (or starts) PostgreSQL, applies `schema.sql`, opens the pool (or
+//!   shares the listener's connection when the worker's budget is one connection).
 //! - [`http`]: the routes; `/ws` authenticates ([`auth`]) and upgrades the socket.
 //! - [`session`]: one socket. Parses frames into [`protocol::Request`]s and runs them
 //!   through [`requests`], answering in order.
@@ -16,6 +17,7 @@
 //! - [`cache`]: members and recent messages of the conversations in use, filled by the
 //!   writer; serves typing fan-out and the first page of history.
 //! - [`presence`]: who is online (with a grace period) and who watches them.
+//! - [`ratelimit`]: the token buckets of sessions and of HTTP API users.
 //! - [`app`]: the shared handle and the lifecycle (build, serve, drain on shutdown).
 //! - [`notify`] and [`listener`]: between workers. After commit, one NOTIFY per batch
 //!   names the streams that grew; every other worker's listener fetches those events
