@@ -251,10 +251,6 @@ impl Application {
         }
     }
 
-    pub fn port(&self) -> u16 {
-        self.local_addr().port()
-    }
-
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }

@@ -173,6 +173,15 @@ impl Config {
 
     /// Checks ranges and relations that the types alone cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        fn one_of(key: &str, value: &str, allowed: &[&str]) -> Result<(), ConfigError> {
+            if allowed.contains(&value) {
+                return Ok(());
+            }
+            Err(ConfigError::new(
+                key,
+                format!("must be one of {}, got {value:?}", allowed.join(", ")),
+            ))
+        }
         fn at_least(key: &str, value: u64, min: u64) -> Result<(), ConfigError> {
             if value < min {
                 return Err(ConfigError::new(
@@ -234,24 +243,13 @@ impl Config {
         }
         at_least("write_queue", self.write_queue as u64, 1)?;
         self.retention()?;
-        match self.node_env.as_str() {
-            "production" | "development" | "test" => {}
-            other => {
-                return Err(ConfigError::new(
-                    "node_env",
-                    format!("must be production, development or test, got {other:?}"),
-                ))
-            }
-        }
-        match self.listen.as_str() {
-            "shared" | "per_worker" => {}
-            other => {
-                return Err(ConfigError::new(
-                    "listen",
-                    format!("must be shared or per_worker, got {other:?}"),
-                ))
-            }
-        }
+        one_of(
+            "node_env",
+            &self.node_env,
+            &["production", "development", "test"],
+        )?;
+        one_of("listen", &self.listen, &["shared", "per_worker"])?;
+        one_of("log_format", &self.log_format, &["text", "json"])?;
         if self.workers > 8 || self.workers > self.db_max_connections {
             return Err(ConfigError::new(
                 "workers",
@@ -263,15 +261,6 @@ impl Config {
         }
         if self.listen == "per_worker" && (self.port as usize) + self.worker_count() > 65536 {
             return Err(ConfigError::new("port", "port + workers exceeds 65535"));
-        }
-        match self.log_format.as_str() {
-            "text" | "json" => {}
-            other => {
-                return Err(ConfigError::new(
-                    "log_format",
-                    format!("must be text or json, got {other:?}"),
-                ))
-            }
         }
         if let Some(url) = &self.database_url {
             url.parse::<tokio_postgres::Config>()

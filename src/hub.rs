@@ -46,6 +46,17 @@ impl Feed {
         *self.head.borrow()
     }
 
+    /// Moves the head up to `seq` (never down), waking the sessions if it moved.
+    fn raise(&self, seq: i64) {
+        self.head.send_if_modified(|h| {
+            let moved = seq > *h;
+            if moved {
+                *h = seq;
+            }
+            moved
+        });
+    }
+
     /// Frames with seq `after+1, after+2, …` as far as the feed holds them contiguously.
     pub fn frames_after(&self, after: i64, max: usize) -> Vec<(i64, Utf8Bytes)> {
         let recent = self.recent.lock().expect("feed lock");
@@ -135,17 +146,19 @@ impl Hub {
         }
     }
 
-    /// Pushes an ephemeral frame to `user`'s sessions here, except `except`. Returns how
-    /// many sessions had no room (the frame is dropped for them).
-    pub fn push(&self, user: &str, frame: &Utf8Bytes, except: Option<SessionId>) -> usize {
-        let feed = match self.feeds.lock().expect("hub lock").get(user) {
-            Some(f) => f.clone(),
-            None => return 0,
+    fn feed(&self, user: &str) -> Option<Arc<Feed>> {
+        self.feeds.lock().expect("hub lock").get(user).cloned()
+    }
+
+    /// Pushes an ephemeral frame to `user`'s sessions here. Returns how many sessions had
+    /// no room (the frame is dropped for them).
+    pub fn push(&self, user: &str, frame: &Utf8Bytes) -> usize {
+        let Some(feed) = self.feed(user) else {
+            return 0;
         };
         let sessions = feed.sessions.lock().expect("feed lock");
         sessions
             .iter()
-            .filter(|(id, _)| Some(*id) != except)
             .filter(|(_, tx)| tx.try_send(frame.clone()).is_err())
             .count()
     }
@@ -153,9 +166,8 @@ impl Hub {
     /// Hands a committed event to `user`'s sessions on this worker, if any. `frame` is
     /// called only when someone here listens, so other users' events cost one lookup.
     pub fn publish(&self, user: &str, seq: i64, frame: impl FnOnce() -> String) {
-        let feed = match self.feeds.lock().expect("hub lock").get(user) {
-            Some(f) => f.clone(),
-            None => return,
+        let Some(feed) = self.feed(user) else {
+            return;
         };
         {
             let mut recent = feed.recent.lock().expect("feed lock");
@@ -168,40 +180,20 @@ impl Hub {
                 }
             }
         }
-        feed.head.send_if_modified(|h| {
-            if seq > *h {
-                *h = seq;
-                true
-            } else {
-                false
-            }
-        });
+        feed.raise(seq);
     }
 
     /// The newest seq this worker knows for `user`, if the user has a session here.
     pub fn head_of(&self, user: &str) -> Option<i64> {
-        self.feeds
-            .lock()
-            .expect("hub lock")
-            .get(user)
-            .map(|f| f.head())
+        self.feed(user).map(|f| f.head())
     }
 
     /// Tells `user`'s sessions here that their stream reached `seq`, without the frames:
     /// they read what the feed lacks from the table.
     pub fn advance(&self, user: &str, seq: i64) {
-        let feed = match self.feeds.lock().expect("hub lock").get(user) {
-            Some(f) => f.clone(),
-            None => return,
-        };
-        feed.head.send_if_modified(|h| {
-            if seq > *h {
-                *h = seq;
-                true
-            } else {
-                false
-            }
-        });
+        if let Some(feed) = self.feed(user) {
+            feed.raise(seq);
+        }
     }
 
     /// Every user with a live session on this worker.

@@ -191,11 +191,6 @@ impl Presence {
         self.peers.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Online here or on any other worker (or within a grace period).
-    pub fn is_online(&self, user: &str) -> bool {
-        self.state.lock().expect("presence lock").online(user)
-    }
-
     /// Applies another worker's presence notice.
     pub fn on_notice(self: &Arc<Self>, notice: Notice) {
         let mut state = self.state.lock().expect("presence lock");
@@ -359,10 +354,11 @@ impl Presence {
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
+        let state = self.state.lock().expect("presence lock");
         Ok(users
             .iter()
             .map(|u| {
-                let online = self.is_online(u.as_str());
+                let online = state.online(u.as_str());
                 json!({
                     "user": u,
                     "status": if online { "online" } else { "offline" },

@@ -79,9 +79,6 @@ macro_rules! checked_string {
                 &self.0
             }
 
-            pub fn into_string(self) -> String {
-                self.0
-            }
         }
 
         impl<'de> Deserialize<'de> for $name {

@@ -122,20 +122,27 @@ async fn history(
     }))
 }
 
-/// The members of a conversation that `user` belongs to, from the cache or the database.
+/// The members of a conversation, from the cache or the database.
+async fn members_of(
+    app: &App,
+    conversation: &ConversationId,
+) -> Result<Arc<Vec<String>>, ApiError> {
+    if let Some(m) = app.cache.members(conversation.as_str()) {
+        return Ok(m);
+    }
+    let members = store::members(&app.db, conversation)
+        .await?
+        .ok_or_else(|| store::no_such_conversation(conversation))?;
+    Ok(Arc::new(members))
+}
+
+/// The members of a conversation that `user` belongs to.
 async fn members_for(
     app: &App,
     user: &UserId,
     conversation: &ConversationId,
 ) -> Result<Arc<Vec<String>>, ApiError> {
-    let members = match app.cache.members(conversation.as_str()) {
-        Some(m) => m,
-        None => Arc::new(
-            store::members(&app.db, conversation)
-                .await?
-                .ok_or_else(|| store::no_such_conversation(conversation))?,
-        ),
-    };
+    let members = members_of(app, conversation).await?;
     if members
         .binary_search_by(|m| m.as_str().cmp(user.as_str()))
         .is_err()
@@ -199,7 +206,7 @@ pub fn deliver_typing(app: &App, conversation: &str, user: &str, state: &str, me
     .to_string()
     .into();
     for m in members.iter().filter(|m| m.as_str() != user) {
-        let dropped = app.hub.push(m, &frame, None);
+        let dropped = app.hub.push(m, &frame);
         app.metrics.ephemeral_dropped.inc_by(dropped as u64);
     }
 }
@@ -214,16 +221,17 @@ pub async fn remote_typing(
 ) {
     let members = match members {
         Some(m) => m,
-        None => match ConversationId::parse(&conversation) {
-            Ok(id) => match app.cache.members(&conversation) {
-                Some(m) => m.to_vec(),
-                None => match store::members(&app.db, &id).await {
-                    Ok(Some(m)) => m,
-                    _ => return,
-                },
-            },
-            Err(_) => return,
-        },
+        None => {
+            // The list did not fit in the notice. Typing is ephemeral: if the members
+            // cannot be found, the notice is dropped.
+            let Ok(id) = ConversationId::parse(&conversation) else {
+                return;
+            };
+            match members_of(app, &id).await {
+                Ok(m) => m.to_vec(),
+                Err(_) => return,
+            }
+        }
     };
     deliver_typing(app, &conversation, &user, &state, &members);
 }

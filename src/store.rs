@@ -72,6 +72,17 @@ impl EventKind {
             EventKind::Read => "read",
         }
     }
+
+    pub fn parse(s: &str) -> Option<EventKind> {
+        [
+            EventKind::Message,
+            EventKind::Conversation,
+            EventKind::Removed,
+            EventKind::Read,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
 }
 
 /// Builds one event frame: `{"type":kind,"seq":seq,<fields>}`, where `fields` is the text
@@ -140,17 +151,14 @@ const EVENT_JOINS: &str = "LEFT JOIN messages m ON m.id = e.message_id
 /// One event row (selected with [`EVENT_COLUMNS`]) as `(user, seq, frame)`.
 fn event_from_row(row: &Row) -> (String, i64, String) {
     let seq: i64 = row.get(1);
-    let kind: &str = row.get(2);
+    // The table's CHECK admits exactly the four kinds.
+    let kind = EventKind::parse(row.get(2)).expect("event_queue.kind is checked");
     let frame = match kind {
-        "message" => {
+        EventKind::Message => {
             let m = Message::from_row(row, 4);
-            event_frame(
-                EventKind::Message,
-                seq,
-                &object_fields(&json!({"message": m.to_json()})),
-            )
+            event_frame(kind, seq, &object_fields(&json!({"message": m.to_json()})))
         }
-        "conversation" => {
+        EventKind::Conversation => {
             // Rendered as the conversation is now (see schema.sql).
             let members: Vec<String> = row.get::<_, Option<Vec<String>>>(15).unwrap_or_default();
             let conversation = json!({"conversation": {
@@ -159,14 +167,9 @@ fn event_from_row(row: &Row) -> (String, i64, String) {
                 "name": row.get::<_, Option<String>>(14),
                 "members": members,
             }});
-            event_frame(EventKind::Conversation, seq, &object_fields(&conversation))
+            event_frame(kind, seq, &object_fields(&conversation))
         }
-        other => {
-            let kind = if other == "removed" {
-                EventKind::Removed
-            } else {
-                EventKind::Read
-            };
+        EventKind::Removed | EventKind::Read => {
             let payload: Option<Value> = row.get(3);
             event_frame(kind, seq, &object_fields(&payload.unwrap_or(json!({}))))
         }

@@ -104,10 +104,6 @@ impl Cluster {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     fn init(&self) -> Result<(), String> {
         if self.dir.join("PG_VERSION").exists() {
             return Ok(());

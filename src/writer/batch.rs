@@ -42,6 +42,17 @@ pub struct Committed {
     pub conversations: Vec<Snapshot>,
 }
 
+impl Committed {
+    /// `n` commands that all failed with `error`: nothing committed.
+    pub fn failed(n: usize, error: ApiError) -> Committed {
+        Committed {
+            outcomes: vec![Err(error); n],
+            events: Vec::new(),
+            conversations: Vec::new(),
+        }
+    }
+}
+
 /// A conversation as loaded and locked, then changed by the batch's commands.
 struct Conv {
     kind: String,
@@ -57,6 +68,15 @@ struct Conv {
 }
 
 impl Conv {
+    /// The version this batch commits: one more if anything changed.
+    fn committed_version(&self) -> i64 {
+        if self.changed {
+            self.version + 1
+        } else {
+            self.version
+        }
+    }
+
     fn json(&self, id: &str) -> Value {
         json!({
             "id": id,
@@ -72,8 +92,9 @@ impl Conv {
 struct EventRows {
     users: Vec<String>,
     seqs: Vec<i64>,
-    kinds: Vec<&'static str>,
+    kinds: Vec<EventKind>,
     message_ids: Vec<Option<i64>>,
+    /// For every kind but `message`, whose row points at its message instead.
     conversation_ids: Vec<Option<String>>,
     payloads: Vec<Option<Value>>,
     /// The live frame fields of each row; `None` for message events until the id is known.
@@ -87,24 +108,37 @@ struct Apply {
     now: DateTime<Utc>,
     max_group_members: usize,
     convs: BTreeMap<String, Conv>,
-    heads: HashMap<String, i64>,
+    /// user -> (head as locked, head now): the streams that grew are those that differ.
+    heads: HashMap<String, (i64, i64)>,
     names: HashMap<String, Option<String>>,
-    head_changed: BTreeSet<String>,
     events: EventRows,
     messages: Vec<Message>,
-    /// (sender, client_msg_id) -> message already stored, or stored earlier in this batch.
-    stored: HashMap<(String, String), Message>,
+    /// (sender, client_msg_id) -> the message already stored, or new in this batch.
+    stored: HashMap<(String, String), MessageRef>,
+}
+
+/// A message a send resolved to: one stored before, or the n-th new one of this batch
+/// (whose id is known only after the insert).
+#[derive(Clone)]
+enum MessageRef {
+    Stored(Message),
+    New(usize),
+}
+
+/// What one command came to, before the batch's message ids are known.
+enum Applied {
+    Message(MessageRef),
+    Done(Outcome),
 }
 
 impl Apply {
     fn next_seq(&mut self, user: &str) -> i64 {
-        let h = self
+        let (_, now) = self
             .heads
             .get_mut(user)
             .expect("every user whose stream grows was locked");
-        *h += 1;
-        self.head_changed.insert(user.to_string());
-        *h
+        *now += 1;
+        *now
     }
 
     /// Appends an event to `users`' streams, all sharing one set of live fields.
@@ -122,9 +156,10 @@ impl Apply {
             let e = &mut self.events;
             e.users.push(user.clone());
             e.seqs.push(seq);
-            e.kinds.push(kind.as_str());
+            e.kinds.push(kind);
             e.message_ids.push(None);
-            e.conversation_ids.push(Some(conversation.to_string()));
+            e.conversation_ids
+                .push((kind != EventKind::Message).then(|| conversation.to_string()));
             e.payloads.push(payload.clone());
             e.fields.push(fields.clone());
             e.message_of.push(message);
@@ -169,7 +204,7 @@ impl Apply {
         Ok(conv)
     }
 
-    fn apply(&mut self, command: &Command, conversation: &str) -> Result<Outcome, ApiError> {
+    fn apply(&mut self, command: &Command, conversation: &str) -> Result<Applied, ApiError> {
         let cid = ConversationId::parse(conversation).expect("ids from the database are valid");
         match command {
             Command::Send {
@@ -183,7 +218,7 @@ impl Apply {
                     client_msg_id.as_str().to_string(),
                 );
                 if let Some(m) = self.stored.get(&key) {
-                    return Ok(Outcome::Message(m.clone()));
+                    return Ok(Applied::Message(m.clone()));
                 }
                 let conv = self.member_of(&cid, sender.as_str())?;
                 conv.last_cseq += 1;
@@ -199,7 +234,7 @@ impl Apply {
                     created_at: self.now,
                 };
                 let index = self.messages.len();
-                self.messages.push(message.clone());
+                self.messages.push(message);
                 let conv = self.convs.get_mut(conversation).expect("checked above");
                 conv.new_messages.push(index);
                 let members: Vec<String> = conv.members.keys().cloned().collect();
@@ -211,8 +246,8 @@ impl Apply {
                     None,
                     Some(index),
                 );
-                self.stored.insert(key, message.clone());
-                Ok(Outcome::Message(message))
+                self.stored.insert(key, MessageRef::New(index));
+                Ok(Applied::Message(MessageRef::New(index)))
             }
             Command::GroupCreate {
                 creator, members, ..
@@ -225,9 +260,9 @@ impl Apply {
                 conv.changed = true;
                 let all: Vec<String> = conv.members.keys().cloned().collect();
                 self.announce(conversation, &all);
-                Ok(Outcome::Conversation(
+                Ok(Applied::Done(Outcome::Conversation(
                     self.convs[conversation].json(conversation),
-                ))
+                )))
             }
             Command::GroupAdd { actor, users, .. } => {
                 let max = self.max_group_members;
@@ -254,9 +289,9 @@ impl Apply {
                     let all: Vec<String> = conv.members.keys().cloned().collect();
                     self.announce(conversation, &all);
                 }
-                Ok(Outcome::Conversation(
+                Ok(Applied::Done(Outcome::Conversation(
                     self.convs[conversation].json(conversation),
-                ))
+                )))
             }
             Command::GroupRemove { actor, users, .. } => {
                 let conv = self.group_of(&cid, actor.as_str(), "group_remove")?;
@@ -266,14 +301,14 @@ impl Apply {
                     .filter(|u| conv.members.contains_key(u))
                     .collect();
                 self.remove(conversation, &gone);
-                Ok(Outcome::Conversation(
+                Ok(Applied::Done(Outcome::Conversation(
                     self.convs[conversation].json(conversation),
-                ))
+                )))
             }
             Command::GroupLeave { actor, .. } => {
                 self.group_of(&cid, actor.as_str(), "group_leave")?;
                 self.remove(conversation, &[actor.as_str().to_string()]);
-                Ok(Outcome::Done)
+                Ok(Applied::Done(Outcome::Done))
             }
             Command::Read { user, cseq, .. } => {
                 let conv = self.member_of(&cid, user.as_str())?;
@@ -286,7 +321,7 @@ impl Apply {
                 }
                 let marker = conv.members.get_mut(user.as_str()).expect("member");
                 if *cseq <= *marker {
-                    return Ok(Outcome::Done); // never moves backwards
+                    return Ok(Applied::Done(Outcome::Done)); // never moves backwards
                 }
                 *marker = *cseq;
                 let others: Vec<String> = conv
@@ -305,7 +340,7 @@ impl Apply {
                     Some(fields),
                     None,
                 );
-                Ok(Outcome::Done)
+                Ok(Applied::Done(Outcome::Done))
             }
         }
     }
@@ -522,7 +557,8 @@ pub async fn commit(
     let mut heads = HashMap::new();
     let mut names = HashMap::new();
     for row in tx.query(&stmt, &[&streams]).await? {
-        heads.insert(row.get::<_, String>(0), row.get::<_, i64>(1));
+        let head: i64 = row.get(1);
+        heads.insert(row.get::<_, String>(0), (head, head));
         names.insert(row.get::<_, String>(0), row.get::<_, Option<String>>(2));
     }
 
@@ -552,7 +588,10 @@ pub async fn commit(
             .await?;
         for row in tx.query(&stmt, &[&senders, &cmids]).await? {
             let m = Message::from_row(&row, 0);
-            stored.insert((m.sender.clone(), m.client_msg_id.clone()), m);
+            stored.insert(
+                (m.sender.clone(), m.client_msg_id.clone()),
+                MessageRef::Stored(m),
+            );
         }
     }
 
@@ -564,7 +603,6 @@ pub async fn commit(
         convs,
         heads,
         names,
-        head_changed: BTreeSet::new(),
         events: EventRows::default(),
         messages: Vec::new(),
         stored,
@@ -578,7 +616,7 @@ pub async fn commit(
         let members: Vec<String> = conv.members.keys().cloned().collect();
         apply.announce(id, &members);
     }
-    let outcomes: Vec<Result<Outcome, ApiError>> = commands
+    let applied: Vec<Result<Applied, ApiError>> = commands
         .iter()
         .zip(&targets)
         .map(|(c, t)| apply.apply(c, t))
@@ -599,24 +637,21 @@ pub async fn commit(
         .iter()
         .map(|m| object_fields(&json!({"message": m.to_json()})).into())
         .collect();
-    let outcomes = outcomes
+    let outcomes = applied
         .into_iter()
-        .map(|o| match o {
-            Ok(Outcome::Message(m)) if m.id == 0 => {
-                let stored = messages
-                    .iter()
-                    .find(|x| x.conversation == m.conversation && x.cseq == m.cseq)
-                    .expect("every new message was inserted");
-                Ok(Outcome::Message(stored.clone()))
-            }
-            other => other,
+        .map(|a| {
+            a.map(|a| match a {
+                Applied::Message(MessageRef::New(i)) => Outcome::Message(messages[i].clone()),
+                Applied::Message(MessageRef::Stored(m)) => Outcome::Message(m),
+                Applied::Done(o) => o,
+            })
         })
         .collect();
     let published = (0..events.seqs.len())
         .map(|i| Published {
             user: std::mem::take(&mut events.users[i]),
             seq: events.seqs[i],
-            kind: kind_of(events.kinds[i]),
+            kind: events.kinds[i],
             fields: match events.message_of[i] {
                 Some(m) => message_fields[m].clone(),
                 None => events.fields[i]
@@ -629,11 +664,11 @@ pub async fn commit(
         .into_iter()
         .map(|(id, c)| Snapshot {
             id,
+            version: c.committed_version(),
             kind: c.kind,
             name: c.name,
             members: c.members.into_keys().collect(),
             last_cseq: c.last_cseq,
-            version: if c.changed { c.version + 1 } else { c.version },
             new_messages: c
                 .new_messages
                 .iter()
@@ -646,15 +681,6 @@ pub async fn commit(
         events: published,
         conversations,
     })
-}
-
-fn kind_of(s: &str) -> EventKind {
-    match s {
-        "message" => EventKind::Message,
-        "conversation" => EventKind::Conversation,
-        "removed" => EventKind::Removed,
-        _ => EventKind::Read,
-    }
 }
 
 type Params<'a> = Vec<&'a (dyn ToSql + Sync)>;
@@ -734,7 +760,7 @@ async fn write(tx: &Tx, apply: &mut Apply, worker: &str) -> Result<(), DbError> 
         .convs
         .iter()
         .filter(|(_, c)| c.changed)
-        .map(|(id, c)| (id.as_str(), c.last_cseq, c.version + 1))
+        .map(|(id, c)| (id.as_str(), c.last_cseq, c.committed_version()))
         .fold((vec![], vec![], vec![]), |mut acc, (a, b, c)| {
             acc.0.push(a);
             acc.1.push(b);
@@ -742,9 +768,10 @@ async fn write(tx: &Tx, apply: &mut Apply, worker: &str) -> Result<(), DbError> 
             acc
         });
     let (user_ids, heads): (Vec<&str>, Vec<i64>) = apply
-        .head_changed
+        .heads
         .iter()
-        .map(|u| (u.as_str(), apply.heads[u]))
+        .filter(|(_, (locked, now))| now != locked)
+        .map(|(u, (_, now))| (u.as_str(), *now))
         .unzip();
 
     let mut statements: Vec<(&str, Params)> = Vec::new();
@@ -785,6 +812,7 @@ async fn write(tx: &Tx, apply: &mut Apply, worker: &str) -> Result<(), DbError> 
         ));
     }
     let e = &apply.events;
+    let kinds: Vec<&str> = e.kinds.iter().map(|k| k.as_str()).collect();
     if !e.seqs.is_empty() {
         statements.push((
             "INSERT INTO event_queue (user_id, seq, kind, message_id, conversation_id, payload)
@@ -792,7 +820,7 @@ async fn write(tx: &Tx, apply: &mut Apply, worker: &str) -> Result<(), DbError> 
             vec![
                 &e.users,
                 &e.seqs,
-                &e.kinds,
+                &kinds,
                 &e.message_ids,
                 &e.conversation_ids,
                 &e.payloads,

@@ -29,7 +29,7 @@ use tokio_util::task::TaskTracker;
 use crate::cache::ConversationCache;
 use crate::config::Config;
 use crate::db::Database;
-use crate::error::{ApiError, Code};
+use crate::error::{ApiError, Code, DbError};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::protocol::{Body, ClientMsgId, ConversationId, GroupName, Target, UserId};
@@ -231,20 +231,21 @@ impl Batcher {
         }
     }
 
+    async fn commit(&self, commands: &[&Command]) -> Result<batch::Committed, DbError> {
+        batch::commit(&self.db, commands, self.max_group_members, &self.worker).await
+    }
+
     async fn commit_jobs(&self, jobs: Vec<Job>) {
         let commands: Vec<&Command> = jobs.iter().map(|j| &j.command).collect();
         self.metrics.batch_size.observe(jobs.len() as f64);
-        let mut attempt =
-            batch::commit(&self.db, &commands, self.max_group_members, &self.worker).await;
+        let mut attempt = self.commit(&commands).await;
         // A deadlock or serialization failure should not happen with ordered locks; if one
         // does (a future statement gets the order wrong), retrying is correct and cheap.
         for _ in 0..3 {
             match &attempt {
                 Err(e) if e.is_retryable() => {
                     tracing::warn!(error = %e, "batch hit a lock conflict; retrying");
-                    attempt =
-                        batch::commit(&self.db, &commands, self.max_group_members, &self.worker)
-                            .await;
+                    attempt = self.commit(&commands).await;
                 }
                 _ => break,
             }
@@ -252,12 +253,7 @@ impl Batcher {
         let committed = match attempt {
             Ok(done) => vec![done],
             Err(e) if e.is_unavailable() || jobs.len() == 1 => {
-                let error = ApiError::from(e);
-                vec![batch::Committed {
-                    outcomes: jobs.iter().map(|_| Err(error.clone())).collect(),
-                    events: Vec::new(),
-                    conversations: Vec::new(),
-                }]
+                vec![batch::Committed::failed(jobs.len(), ApiError::from(e))]
             }
             Err(e) => {
                 // One command may have tripped something unexpected: retry each alone so
@@ -266,16 +262,9 @@ impl Batcher {
                 let mut each = Vec::with_capacity(jobs.len());
                 for c in &commands {
                     each.push(
-                        match batch::commit(&self.db, &[*c], self.max_group_members, &self.worker)
+                        self.commit(&[*c])
                             .await
-                        {
-                            Ok(done) => done,
-                            Err(e) => batch::Committed {
-                                outcomes: vec![Err(ApiError::from(e))],
-                                events: Vec::new(),
-                                conversations: Vec::new(),
-                            },
-                        },
+                            .unwrap_or_else(|e| batch::Committed::failed(1, ApiError::from(e))),
                     );
                 }
                 each

@@ -22,7 +22,6 @@ use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio_postgres::NoTls;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -623,9 +622,4 @@ pub async fn wait_ready(url: &str) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// Reads a `CloseCode` as its number.
-pub fn code(c: CloseCode) -> u16 {
-    u16::from(c)
 }
