@@ -165,10 +165,7 @@ async fn handle(app: &App, payloads: Vec<String>) {
                 all_streams |= all;
                 all_conversations |= all_c;
                 for (user, seq) in u {
-                    if app.hub.head_of(&user).is_some_and(|h| seq > h) {
-                        let e = grew.entry(user).or_insert(seq);
-                        *e = (*e).max(seq);
-                    }
+                    note_growth(app, &mut grew, user, seq);
                 }
                 for (conversation, version) in c {
                     app.cache.invalidate_older(&conversation, version);
@@ -193,6 +190,15 @@ async fn handle(app: &App, payloads: Vec<String>) {
     }
 }
 
+/// Records that `user`'s stream reached `seq`, if the user has a session here that has
+/// not seen it yet.
+fn note_growth(app: &App, grew: &mut HashMap<String, i64>, user: String, seq: i64) {
+    if app.hub.head_of(&user).is_some_and(|h| seq > h) {
+        let e = grew.entry(user).or_insert(seq);
+        *e = (*e).max(seq);
+    }
+}
+
 /// After a (re)connection: forgets the cache and reloads presence (changes may have been
 /// missed), then catches the streams up.
 async fn catch_up(app: &App) -> Result<(), DbError> {
@@ -208,10 +214,7 @@ async fn catch_up_streams(app: &App, mut grew: HashMap<String, i64>) -> Result<(
     let users = app.hub.local_users();
     if !users.is_empty() {
         for (user, head) in store::heads(&app.db, &users).await? {
-            if app.hub.head_of(&user).is_some_and(|h| head > h) {
-                let e = grew.entry(user).or_insert(head);
-                *e = (*e).max(head);
-            }
+            note_growth(app, &mut grew, user, head);
         }
     }
     if !grew.is_empty() {
