@@ -351,19 +351,29 @@ impl Application {
     }
 }
 
-/// Deletes events older than `event_retention`, hourly (or more often for short ones).
+/// Deletes events older than `event_retention`, hourly (or more often for short ones), in
+/// bounded batches with a pause between them while a backlog lasts; one worker of the
+/// cluster at a time (the others find the advisory lock taken and wait for their turn).
 fn spawn_pruner(db: Database, config: &Config, shutdown: CancellationToken) {
     let retention = config.retention().expect("validated");
     let every = (retention / 24).clamp(Duration::from_secs(10), Duration::from_secs(3600));
+    let batch = config.prune_batch as i32;
+    let pause = Duration::from_millis(config.prune_pause_ms);
     tokio::spawn(async move {
+        let mut wait = every;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(every) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
-            match crate::store::prune_events(&db, retention).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(deleted = n, "pruned events past retention"),
+            wait = every;
+            match crate::store::prune_events(&db, retention, batch).await {
+                Ok(Some(n)) if n >= batch as u64 => {
+                    tracing::debug!(deleted = n, "pruned events past retention; more to go");
+                    wait = pause;
+                }
+                Ok(Some(0)) | Ok(None) => {}
+                Ok(Some(n)) => tracing::info!(deleted = n, "pruned events past retention"),
                 Err(e) => tracing::warn!(error = %e, "pruning events failed"),
             }
         }

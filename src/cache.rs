@@ -20,8 +20,6 @@ use crate::store::Message;
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub id: String,
-    pub kind: String,
-    pub name: Option<String>,
     /// Sorted.
     pub members: Vec<String>,
     pub last_cseq: i64,
@@ -33,8 +31,6 @@ pub struct Snapshot {
 /// One cached conversation.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    pub kind: String,
-    pub name: Option<String>,
     /// Sorted, shared with readers without copying.
     pub members: Arc<Vec<String>>,
     pub last_cseq: i64,
@@ -92,8 +88,6 @@ impl ConversationCache {
                 while e.messages.len() > self.max_messages {
                     e.messages.pop_front();
                 }
-                e.kind = s.kind;
-                e.name = s.name;
                 e.members = Arc::new(s.members);
                 e.last_cseq = s.last_cseq;
                 e.version = s.version;
@@ -110,8 +104,6 @@ impl ConversationCache {
                 entries.put(
                     s.id,
                     Entry {
-                        kind: s.kind,
-                        name: s.name,
                         members: Arc::new(s.members),
                         last_cseq: s.last_cseq,
                         version: s.version,
@@ -201,8 +193,6 @@ mod tests {
     fn snap(version: i64, msgs: std::ops::RangeInclusive<i64>, members: &[&str]) -> Snapshot {
         Snapshot {
             id: "c".into(),
-            kind: "group".into(),
-            name: None,
             members: members.iter().map(|s| s.to_string()).collect(),
             last_cseq: *msgs.end(),
             version,

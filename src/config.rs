@@ -62,6 +62,8 @@ pub struct Config {
     pub ws_read_buffer_bytes: usize,
     pub ping_interval_ms: u64,
     pub event_retention: String,
+    pub prune_batch: usize,
+    pub prune_pause_ms: u64,
     pub recent_events_per_user: usize,
     pub max_presence_users: usize,
     pub rate_limit_per_sec: u32,
@@ -110,6 +112,8 @@ impl Default for Config {
             ws_read_buffer_bytes: 4_096,
             ping_interval_ms: 25_000,
             event_retention: "7d".into(),
+            prune_batch: 5_000,
+            prune_pause_ms: 100,
             recent_events_per_user: 64,
             max_presence_users: 1_000,
             rate_limit_per_sec: 20,
@@ -219,6 +223,10 @@ impl Config {
             512,
         )?;
         at_least("ping_interval_ms", self.ping_interval_ms, 100)?;
+        at_least("prune_batch", self.prune_batch as u64, 1)?;
+        if self.prune_batch > i32::MAX as usize {
+            return Err(ConfigError::new("prune_batch", "must be below 2^31"));
+        }
         at_least(
             "recent_events_per_user",
             self.recent_events_per_user as u64,

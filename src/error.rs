@@ -25,6 +25,26 @@ pub enum Code {
 }
 
 impl Code {
+    const ALL: [Code; 12] = [
+        Code::BadRequest,
+        Code::UnknownType,
+        Code::NotFound,
+        Code::Forbidden,
+        Code::TooLarge,
+        Code::RateLimited,
+        Code::Unavailable,
+        Code::ResyncRequired,
+        Code::Internal,
+        Code::Unauthorized,
+        Code::AtCapacity,
+        Code::NotReady,
+    ];
+
+    /// The code named `s` on the wire (as the write function reports refusals).
+    pub fn parse(s: &str) -> Option<Code> {
+        Code::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Code::BadRequest => "bad_request",

@@ -180,7 +180,7 @@ impl Presence {
     async fn store_last_seen(&self, users: &[String], at: DateTime<Utc>) -> Result<(), DbError> {
         let client = self.db.client().await?;
         let stmt = client
-            .prepare_cached("UPDATE users SET last_seen = $2 WHERE id = ANY($1)")
+            .prepare_cached("UPDATE pgchat.users SET last_seen = $2 WHERE id = ANY($1)")
             .await?;
         client.execute(&stmt, &[&users, &at]).await?;
         Ok(())
@@ -288,7 +288,7 @@ impl Presence {
     pub async fn reload(&self) -> Result<(), DbError> {
         let client = self.db.client().await?;
         let stmt = client
-            .prepare_cached("SELECT user_id, worker_id FROM presence WHERE worker_id <> $1")
+            .prepare_cached("SELECT user_id, worker_id FROM pgchat.presence WHERE worker_id <> $1")
             .await?;
         let mut remote: HashMap<String, HashSet<String>> = HashMap::new();
         for row in client.query(&stmt, &[&self.worker]).await? {
@@ -346,7 +346,10 @@ impl Presence {
         let ids: Vec<&str> = users.iter().map(UserId::as_str).collect();
         let client = self.db.client().await?;
         let stmt = client
-            .prepare_cached("SELECT id, last_seen FROM users WHERE id = ANY($1)")
+            .prepare_cached(
+                "SELECT k.u, (SELECT last_seen FROM pgchat.users WHERE id = k.u)
+                 FROM unnest($1::text[]) AS k(u)",
+            )
             .await?;
         let last_seen: HashMap<String, Option<DateTime<Utc>>> = client
             .query(&stmt, &[&ids])
@@ -429,7 +432,7 @@ impl Presence {
             if !on.is_empty() {
                 let stmt = tx
                     .prepare_cached(
-                        "INSERT INTO presence (user_id, worker_id)
+                        "INSERT INTO pgchat.presence (user_id, worker_id)
                          SELECT u, $2 FROM unnest($1::text[]) AS u ORDER BY u
                          ON CONFLICT DO NOTHING",
                     )
@@ -440,7 +443,7 @@ impl Presence {
                 let users: Vec<&str> = off.iter().map(|(u, _)| u.as_str()).collect();
                 let stmt = tx
                     .prepare_cached(
-                        "DELETE FROM presence WHERE worker_id = $2 AND user_id = ANY($1)",
+                        "DELETE FROM pgchat.presence WHERE worker_id = $2 AND user_id = ANY($1)",
                     )
                     .await?;
                 tx.execute(&stmt, &[&users, &self.worker]).await?;
@@ -467,7 +470,7 @@ impl Presence {
         let client = self.db.client().await?;
         let beat = client
             .prepare_cached(
-                "INSERT INTO workers (id, host, pid) VALUES ($1, $2, $3)
+                "INSERT INTO pgchat.workers (id, host, pid) VALUES ($1, $2, $3)
                  ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
             )
             .await?;
@@ -477,7 +480,7 @@ impl Presence {
             .await?;
         let count = client
             .prepare_cached(
-                "SELECT count(*) FROM workers
+                "SELECT count(*) FROM pgchat.workers
                  WHERE id <> $1 AND heartbeat_at >= now() - make_interval(secs => $2)",
             )
             .await?;
@@ -491,7 +494,7 @@ impl Presence {
         let tx = self.db.begin().await?;
         let reap = tx
             .prepare_cached(
-                "DELETE FROM workers WHERE heartbeat_at < now() - make_interval(secs => $1)
+                "DELETE FROM pgchat.workers WHERE heartbeat_at < now() - make_interval(secs => $1)
                  RETURNING id",
             )
             .await?;
@@ -529,12 +532,12 @@ impl Presence {
         let stmt = tx
             .prepare_cached(
                 "WITH gone AS (
-                     DELETE FROM presence WHERE worker_id = ANY($1) RETURNING user_id
+                     DELETE FROM pgchat.presence WHERE worker_id = ANY($1) RETURNING user_id
                  )
-                 UPDATE users SET last_seen = now()
-                 WHERE id IN (SELECT user_id FROM gone)
-                   AND NOT EXISTS (SELECT 1 FROM presence p
-                                   WHERE p.user_id = users.id AND NOT p.worker_id = ANY($1))",
+                 UPDATE pgchat.users u SET last_seen = now()
+                 WHERE u.id = ANY (ARRAY(SELECT user_id FROM gone))
+                   AND NOT EXISTS (SELECT 1 FROM pgchat.presence p
+                                   WHERE p.user_id = u.id AND NOT p.worker_id = ANY($1))",
             )
             .await?;
         tx.execute(&stmt, &[&workers]).await?;
@@ -555,7 +558,7 @@ impl Presence {
         let me = vec![self.worker.clone()];
         self.forget_workers(&tx, &me, true).await?;
         let stmt = tx
-            .prepare_cached("DELETE FROM workers WHERE id = $1")
+            .prepare_cached("DELETE FROM pgchat.workers WHERE id = $1")
             .await?;
         tx.execute(&stmt, &[&self.worker]).await?;
         tx.commit().await

@@ -114,7 +114,7 @@ pub fn object_fields(v: &Value) -> String {
 pub async fn touch_user(db: &Database, user: &UserId, name: Option<&str>) -> Result<i64, DbError> {
     let client = db.client().await?;
     let stmt = client
-        .prepare_cached("SELECT head, name FROM users WHERE id = $1")
+        .prepare_cached("SELECT head, name FROM pgchat.users WHERE id = $1")
         .await?;
     if let Some(row) = client.query_opt(&stmt, &[&user.as_str()]).await? {
         let stored: Option<String> = row.get(1);
@@ -124,8 +124,8 @@ pub async fn touch_user(db: &Database, user: &UserId, name: Option<&str>) -> Res
     }
     let stmt = client
         .prepare_cached(
-            "INSERT INTO users (id, name) VALUES ($1, $2)
-             ON CONFLICT (id) DO UPDATE SET name = COALESCE(EXCLUDED.name, users.name)
+            "INSERT INTO pgchat.users AS u (id, name) VALUES ($1, $2)
+             ON CONFLICT (id) DO UPDATE SET name = COALESCE(EXCLUDED.name, u.name)
              RETURNING head",
         )
         .await?;
@@ -135,18 +135,26 @@ pub async fn touch_user(db: &Database, user: &UserId, name: Option<&str>) -> Res
         .get(0))
 }
 
-/// The columns that render an event as a frame; `e` is `event_queue`, and the joins
-/// below must follow. Shared by [`events_after`] and [`events_in`].
+/// The columns that render an event as a frame, selected from an `event_queue` row `e`
+/// followed by [`EVENT_JOINS`]. Shared by [`events_after`] and [`events_in`].
 const EVENT_COLUMNS: &str = "e.user_id, e.seq, e.kind, e.payload,
-        m.id, m.conversation_id, m.cseq, m.sender_id, u.name, m.body,
+        m.id, m.conversation_id, m.cseq, m.sender_id, m.sender_name, m.body,
         m.client_msg_id, m.created_at,
-        c.id, c.kind, c.name,
-        CASE WHEN c.id IS NOT NULL THEN
-            ARRAY(SELECT x.user_id FROM members x WHERE x.conversation_id = c.id ORDER BY x.user_id)
-        END";
-const EVENT_JOINS: &str = "LEFT JOIN messages m ON m.id = e.message_id
-     LEFT JOIN users u ON u.id = m.sender_id
-     LEFT JOIN conversations c ON e.kind = 'conversation' AND c.id = e.conversation_id";
+        c.id, c.kind, c.name, c.members";
+/// The message or conversation an event shows. Each is a lateral subquery with `LIMIT 1`,
+/// so that the planner probes the primary key once per event and can never turn the join
+/// into a scan of `messages` or `conversations`, whatever it estimates.
+const EVENT_JOINS: &str = "LEFT JOIN LATERAL (
+         SELECT m.id, m.conversation_id, m.cseq, m.sender_id,
+                (SELECT u.name FROM pgchat.users u WHERE u.id = m.sender_id) AS sender_name,
+                m.body, m.client_msg_id, m.created_at
+         FROM pgchat.messages m WHERE m.id = e.message_id LIMIT 1) m ON true
+     LEFT JOIN LATERAL (
+         SELECT c.id, c.kind, c.name,
+                ARRAY(SELECT x.user_id FROM pgchat.members x
+                      WHERE x.conversation_id = c.id ORDER BY x.user_id) AS members
+         FROM pgchat.conversations c
+         WHERE e.kind = 'conversation' AND c.id = e.conversation_id LIMIT 1) c ON true";
 
 /// One event row (selected with [`EVENT_COLUMNS`]) as `(user, seq, frame)`.
 fn event_from_row(row: &Row) -> (String, i64, String) {
@@ -187,8 +195,11 @@ pub async fn events_after(
 ) -> Result<Vec<(i64, String)>, DbError> {
     let client = db.client().await?;
     let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM event_queue e {EVENT_JOINS}
-         WHERE e.user_id = $1 AND e.seq > $2 ORDER BY e.seq LIMIT $3"
+        "SELECT {EVENT_COLUMNS}
+         FROM (SELECT * FROM pgchat.event_queue
+               WHERE user_id = $1 AND seq > $2 ORDER BY seq LIMIT $3) e
+         {EVENT_JOINS}
+         ORDER BY e.seq"
     );
     let stmt = client.prepare_cached(&sql).await?;
     let rows = client
@@ -204,7 +215,9 @@ pub async fn events_after(
 }
 
 /// The events in several users' ranges `(after, upto]` at once, in one query: how a
-/// worker fetches what another worker's notification announced.
+/// worker fetches what another worker's notification announced. One range scan of the
+/// primary key per user (a lateral subquery behind `OFFSET 0`: a plain join against the
+/// array was once planned as a hash join over the whole table).
 pub async fn events_in(
     db: &Database,
     ranges: &[(String, i64, i64)],
@@ -213,7 +226,9 @@ pub async fn events_in(
     let sql = format!(
         "SELECT {EVENT_COLUMNS}
          FROM unnest($1::text[], $2::int8[], $3::int8[]) AS k(u, a, b)
-         JOIN event_queue e ON e.user_id = k.u AND e.seq > k.a AND e.seq <= k.b
+         CROSS JOIN LATERAL (SELECT * FROM pgchat.event_queue
+                             WHERE user_id = k.u AND seq > k.a AND seq <= k.b
+                             ORDER BY seq OFFSET 0) e
          {EVENT_JOINS}
          ORDER BY e.user_id, e.seq"
     );
@@ -225,17 +240,20 @@ pub async fn events_in(
     Ok(rows.iter().map(event_from_row).collect())
 }
 
-/// The stream heads of `users`.
+/// The stream heads of `users` (one primary-key probe each).
 pub async fn heads(db: &Database, users: &[String]) -> Result<Vec<(String, i64)>, DbError> {
     let client = db.client().await?;
     let stmt = client
-        .prepare_cached("SELECT id, head FROM users WHERE id = ANY($1)")
+        .prepare_cached(
+            "SELECT k.u, (SELECT head FROM pgchat.users WHERE id = k.u)
+             FROM unnest($1::text[]) AS k(u)",
+        )
         .await?;
     Ok(client
         .query(&stmt, &[&users])
         .await?
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .filter_map(|r| Some((r.get(0), r.get::<_, Option<i64>>(1)?)))
         .collect())
 }
 
@@ -243,7 +261,11 @@ pub async fn heads(db: &Database, users: &[String]) -> Result<Vec<(String, i64)>
 pub async fn stream_bounds(db: &Database, user: &UserId) -> Result<(i64, i64), DbError> {
     let client = db.client().await?;
     let stmt = client
-        .prepare_cached("SELECT head, pruned_through FROM users WHERE id = $1")
+        .prepare_cached(
+            "SELECT u.head,
+                    coalesce((SELECT p.through FROM pgchat.stream_pruned p WHERE p.user_id = u.id), 0)
+             FROM pgchat.users u WHERE u.id = $1",
+        )
         .await?;
     Ok(client
         .query_opt(&stmt, &[&user.as_str()])
@@ -264,7 +286,7 @@ pub struct HistoryPage {
 /// The access check (with the total) and the page run concurrently, pipelined on one
 /// connection: one round trip. The total is the conversation's `last_cseq`, which equals
 /// its message count because cseq is gap-free and messages are never deleted, so no
-/// COUNT(*) scan is needed; usernames are resolved once per page in a CTE.
+/// COUNT(*) scan is needed; usernames are resolved once per sender of the page.
 pub async fn history(
     db: &Database,
     user: &UserId,
@@ -276,8 +298,9 @@ pub async fn history(
     let access = client
         .prepare_cached(
             "SELECT c.last_cseq,
-                    EXISTS (SELECT 1 FROM members m WHERE m.conversation_id = c.id AND m.user_id = $2)
-             FROM conversations c WHERE c.id = $1",
+                    EXISTS (SELECT 1 FROM pgchat.members m
+                            WHERE m.conversation_id = c.id AND m.user_id = $2)
+             FROM pgchat.conversations c WHERE c.id = $1",
         )
         .await
         .map_err(DbError::from)?;
@@ -285,17 +308,18 @@ pub async fn history(
         .prepare_cached(
             "WITH page AS (
                  SELECT id, conversation_id, cseq, sender_id, body, client_msg_id, created_at
-                 FROM messages
+                 FROM pgchat.messages
                  WHERE conversation_id = $1 AND cseq < $2
                  ORDER BY cseq DESC
                  LIMIT $3
              ), names AS (
-                 SELECT u.id, u.name FROM users u
-                 WHERE u.id IN (SELECT DISTINCT sender_id FROM page)
+                 SELECT s.sender_id,
+                        (SELECT u.name FROM pgchat.users u WHERE u.id = s.sender_id) AS name
+                 FROM (SELECT DISTINCT sender_id FROM page) s
              )
              SELECT p.id, p.conversation_id, p.cseq, p.sender_id, n.name, p.body,
                     p.client_msg_id, p.created_at
-             FROM page p LEFT JOIN names n ON n.id = p.sender_id
+             FROM page p LEFT JOIN names n ON n.sender_id = p.sender_id
              ORDER BY p.cseq",
         )
         .await
@@ -334,8 +358,9 @@ pub async fn members(
     let client = db.client().await?;
     let stmt = client
         .prepare_cached(
-            "SELECT ARRAY(SELECT user_id FROM members WHERE conversation_id = c.id ORDER BY user_id)
-             FROM conversations c WHERE c.id = $1",
+            "SELECT ARRAY(SELECT user_id FROM pgchat.members
+                          WHERE conversation_id = c.id ORDER BY user_id)
+             FROM pgchat.conversations c WHERE c.id = $1",
         )
         .await?;
     Ok(client
@@ -356,25 +381,33 @@ pub fn not_a_member(c: &ConversationId) -> ApiError {
 }
 
 /// The user's conversations, most recently active first, each with its members, last
-/// message and unread count, in one query (no query per conversation).
+/// message and unread count, in one query (no query per conversation). Each
+/// conversation's row, members and last message are reached by key from the user's
+/// memberships (lateral subqueries with `LIMIT 1`, never a join the planner could turn into
+/// a scan), and `unread` counts nothing: a member's read marker also moves to every
+/// message they send, so the unread messages are exactly those after it.
 pub async fn conversations(db: &Database, user: &UserId) -> Result<Vec<Value>, DbError> {
     let client = db.client().await?;
     let stmt = client
         .prepare_cached(
             "SELECT c.id, c.kind, c.name,
-                    (SELECT array_agg(x.user_id ORDER BY x.user_id) FROM members x
-                      WHERE x.conversation_id = c.id) AS members,
-                    (SELECT count(*) FROM messages u
-                      WHERE u.conversation_id = c.id AND u.cseq > me.read_cseq
-                        AND u.sender_id <> me.user_id) AS unread,
-                    lm.id, lm.conversation_id, lm.cseq, lm.sender_id, sn.name, lm.body,
+                    ARRAY(SELECT x.user_id FROM pgchat.members x
+                          WHERE x.conversation_id = c.id ORDER BY x.user_id) AS members,
+                    c.last_cseq - me.read_cseq AS unread,
+                    lm.id, lm.conversation_id, lm.cseq, lm.sender_id, lm.sender_name, lm.body,
                     lm.client_msg_id, lm.created_at
-             FROM members me
-             JOIN conversations c ON c.id = me.conversation_id
-             LEFT JOIN messages lm ON lm.conversation_id = c.id AND lm.cseq = c.last_cseq
-             LEFT JOIN users sn ON sn.id = lm.sender_id
-             WHERE me.user_id = $1
-             ORDER BY COALESCE(lm.created_at, c.created_at) DESC, c.id",
+             FROM (SELECT conversation_id, read_cseq FROM pgchat.members
+                   WHERE user_id = $1 OFFSET 0) me
+             CROSS JOIN LATERAL (
+                 SELECT c.id, c.kind, c.name, c.last_cseq, c.created_at
+                 FROM pgchat.conversations c WHERE c.id = me.conversation_id LIMIT 1) c
+             LEFT JOIN LATERAL (
+                 SELECT m.id, m.conversation_id, m.cseq, m.sender_id,
+                        (SELECT u.name FROM pgchat.users u WHERE u.id = m.sender_id) AS sender_name,
+                        m.body, m.client_msg_id, m.created_at
+                 FROM pgchat.messages m
+                 WHERE m.conversation_id = c.id AND m.cseq = c.last_cseq LIMIT 1) lm ON true
+             ORDER BY coalesce(lm.created_at, c.created_at) DESC, c.id",
         )
         .await?;
     let rows = client.query(&stmt, &[&user.as_str()]).await?;
@@ -397,27 +430,21 @@ pub async fn conversations(db: &Database, user: &UserId) -> Result<Vec<Value>, D
         .collect())
 }
 
-/// Deletes events older than `retention` and records how far each stream was pruned, so
-/// that a resume from before it gets `resync_required`. Returns the number deleted.
-pub async fn prune_events(db: &Database, retention: std::time::Duration) -> Result<u64, DbError> {
+/// Deletes up to `batch` events older than `retention`, oldest first, recording how far
+/// each stream was pruned (so that a resume from before it gets `resync_required`).
+/// Returns how many it deleted, or `None` when another process is pruning right now.
+pub async fn prune_events(
+    db: &Database,
+    retention: std::time::Duration,
+    batch: i32,
+) -> Result<Option<u64>, DbError> {
     let client = db.client().await?;
-    let secs = retention.as_secs_f64();
-    let row = client
-        .query_one(
-            "WITH gone AS (
-                 DELETE FROM event_queue
-                 WHERE created_at < now() - make_interval(secs => $1)
-                 RETURNING user_id, seq
-             ), upto AS (
-                 SELECT user_id, max(seq) AS seq FROM gone GROUP BY user_id
-             ), marked AS (
-                 UPDATE users u SET pruned_through = GREATEST(u.pruned_through, upto.seq)
-                 FROM upto WHERE u.id = upto.user_id
-                 RETURNING 1
-             )
-             SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM marked)",
-            &[&secs],
-        )
+    let stmt = client
+        .prepare_cached("SELECT pgchat.prune_events(make_interval(secs => $1), $2)")
         .await?;
-    Ok(row.get::<_, i64>(0) as u64)
+    let deleted: i64 = client
+        .query_one(&stmt, &[&retention.as_secs_f64(), &batch])
+        .await?
+        .get(0);
+    Ok((deleted >= 0).then_some(deleted as u64))
 }

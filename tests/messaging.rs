@@ -141,16 +141,21 @@ async fn resume_beyond_the_head_is_a_bad_request_and_pruned_streams_need_a_resyn
     let mut alice = app.connect("alice").await;
     alice.send_dm("bob", "x", "1").await;
     alice.send_dm("bob", "y", "2").await;
+    // Retention prunes bob's two oldest events (made old here), as the server's pruner does.
     let db = app.db.client().await;
     db.execute(
-        "DELETE FROM event_queue WHERE user_id = 'bob' AND seq <= 2",
+        "UPDATE event_queue SET created_at = now() - interval '2 days'
+         WHERE user_id = 'bob' AND seq <= 2",
         &[],
     )
     .await
     .unwrap();
-    db.execute("UPDATE users SET pruned_through = 2 WHERE id = 'bob'", &[])
+    let pruned: i64 = db
+        .query_one("SELECT prune_events(interval '1 day', 100)", &[])
         .await
-        .unwrap();
+        .unwrap()
+        .get(0);
+    assert_eq!(pruned, 2);
     bob.err(json!({"type": "resume", "after": 1}), "resync_required")
         .await;
     // From the pruned point on, resuming works.
@@ -352,6 +357,17 @@ async fn conversations_lists_members_last_message_and_unread() {
         "most recent first"
     );
     assert_eq!(convs[0]["unread"], 0, "your own messages are not unread");
+
+    // Replying marks what came before as read; the other side has one unread.
+    bob.send_dm("alice", "back to you", "b1").await;
+    let list = bob.ok(json!({"type": "conversations"})).await;
+    assert_eq!(list["conversations"][0]["unread"], 0);
+    let list = alice.ok(json!({"type": "conversations"})).await;
+    assert_eq!(
+        list["conversations"][0]["last_message"]["body"],
+        "back to you"
+    );
+    assert_eq!(list["conversations"][0]["unread"], 1);
 }
 
 #[tokio::test]

@@ -6,21 +6,18 @@
 
 pub mod embedded;
 pub mod lease;
+pub mod schema;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 pub use lease::{Lease, SharedConn, Source, Tx};
+pub use schema::{migrate, SqlLimits, SCHEMA_VERSION};
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-
-/// The schema, compiled in so that the binary alone can set up a database.
-pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
-/// The version `SCHEMA_SQL` records; pgchat refuses a database with a newer one.
-pub const SCHEMA_VERSION: i32 = 1;
 
 /// Start-up failures of the database layer, each with what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -32,8 +29,8 @@ pub enum StartupError {
     },
     #[error("the database has schema version {found}, newer than this pgchat's {SCHEMA_VERSION}: upgrade pgchat")]
     NewerSchema { found: i32 },
-    #[error("applying schema.sql failed: {0}")]
-    Schema(tokio_postgres::Error),
+    #[error("migrating the database schema failed: {0}")]
+    Schema(String),
     #[error("creating database {name:?} failed: {source}")]
     CreateDatabase {
         name: String,
@@ -77,7 +74,7 @@ impl Database {
         let pg_config = pg_config(config, &url);
         if plan.setup {
             ensure_database(&pg_config, &url).await?;
-            apply_schema(&pg_config, &url).await?;
+            migrate(&pg_config, &url, Some(sql_limits(config))).await?;
         }
         let source = if plan.share >= 2 {
             Source::Pool(build_pool(config, pg_config.clone(), plan.share - 1))
@@ -202,14 +199,21 @@ fn pg_config(config: &Config, url: &str) -> tokio_postgres::Config {
     pg_config
 }
 
-/// Creates the database if missing and applies the schema, once, before workers start;
+/// Creates the database if missing and migrates it, once, before workers start;
 /// returns the URL the workers should use (a private cluster's, if one was started).
 pub async fn setup(config: &Config) -> Result<(String, Option<embedded::Cluster>), StartupError> {
     let (url, cluster) = locate(config).await?;
     let pg_config = pg_config(config, &url);
     ensure_database(&pg_config, &url).await?;
-    apply_schema(&pg_config, &url).await?;
+    migrate(&pg_config, &url, Some(sql_limits(config))).await?;
     Ok((url, cluster))
+}
+
+fn sql_limits(config: &Config) -> SqlLimits {
+    SqlLimits {
+        max_message_chars: config.max_message_chars,
+        max_group_members: config.max_group_members,
+    }
 }
 
 fn build_pool(config: &Config, pg_config: tokio_postgres::Config, size: usize) -> Pool {
@@ -293,7 +297,7 @@ async fn ensure_database(
 
 /// A short-lived connection for set-up; await the handle after dropping the client to
 /// know the connection is closed.
-async fn connect_once(
+pub(crate) async fn connect_once(
     pg_config: &tokio_postgres::Config,
     url: &str,
 ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), StartupError> {
@@ -309,55 +313,6 @@ async fn connect_once(
         let _ = conn.await;
     });
     Ok((client, driver))
-}
-
-/// Applies schema.sql under an advisory lock, unless the database already records this
-/// version; refuses a newer one. A change to schema.sql must bump SCHEMA_VERSION.
-pub async fn apply_schema(
-    pg_config: &tokio_postgres::Config,
-    url: &str,
-) -> Result<(), StartupError> {
-    let (client, driver) = connect_once(pg_config, url).await?;
-    client
-        .batch_execute("SELECT pg_advisory_lock(hashtext('pgchat_schema'))")
-        .await
-        .map_err(StartupError::Schema)?;
-    let exists: bool = client
-        .query_one("SELECT to_regclass('pgchat_schema') IS NOT NULL", &[])
-        .await
-        .map_err(StartupError::Schema)?
-        .get(0);
-    let found: Option<i32> = if exists {
-        client
-            .query_one("SELECT max(version) FROM pgchat_schema", &[])
-            .await
-            .map_err(StartupError::Schema)?
-            .get(0)
-    } else {
-        None
-    };
-    if let Some(found) = found {
-        if found > SCHEMA_VERSION {
-            return Err(StartupError::NewerSchema { found });
-        }
-    }
-    // At the current version there is nothing to do. Skipping the DDL also lets pgchat
-    // run as a role that may use the tables but does not own them (IF NOT EXISTS still
-    // demands ownership), once an owner has applied the schema.
-    if found != Some(SCHEMA_VERSION) {
-        client
-            .batch_execute(SCHEMA_SQL)
-            .await
-            .map_err(StartupError::Schema)?;
-    }
-    client
-        .batch_execute("SELECT pg_advisory_unlock(hashtext('pgchat_schema'))")
-        .await
-        .map_err(StartupError::Schema)?;
-    // Closed before returning, so that set-up never overlaps the workers' connections.
-    drop(client);
-    let _ = driver.await;
-    Ok(())
 }
 
 pub fn quote_ident(name: &str) -> String {

@@ -70,32 +70,6 @@ pub enum Command {
     },
 }
 
-impl Command {
-    /// Every user the command names, who may need a stream created for them.
-    fn users_named(&self) -> Vec<&str> {
-        match self {
-            Command::Send { sender, target, .. } => match target {
-                Target::User(u) => vec![sender.as_str(), u.as_str()],
-                Target::Conversation(_) => vec![sender.as_str()],
-            },
-            Command::GroupCreate {
-                creator, members, ..
-            } => std::iter::once(creator)
-                .chain(members)
-                .map(UserId::as_str)
-                .collect(),
-            Command::GroupAdd { actor, users, .. } => std::iter::once(actor)
-                .chain(users)
-                .map(UserId::as_str)
-                .collect(),
-            Command::GroupRemove { actor, .. } | Command::GroupLeave { actor, .. } => {
-                vec![actor.as_str()]
-            }
-            Command::Read { user, .. } => vec![user.as_str()],
-        }
-    }
-}
-
 /// What a committed command returns to its caller.
 #[derive(Debug, Clone)]
 pub enum Outcome {
@@ -279,10 +253,8 @@ impl Batcher {
     fn finish(&self, jobs: Vec<Job>, committed: Vec<batch::Committed>) {
         let mut outcomes = Vec::with_capacity(jobs.len());
         for c in committed {
+            self.metrics.messages_stored.inc_by(c.stored as u64);
             for snapshot in c.conversations {
-                self.metrics
-                    .messages_stored
-                    .inc_by(snapshot.new_messages.len() as u64);
                 self.cache.apply(snapshot);
             }
             for p in &c.events {

@@ -103,7 +103,7 @@ async fn template() -> String {
     let hash = {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        pgchat::db::SCHEMA_SQL.hash(&mut h);
+        pgchat::db::schema::fingerprint().hash(&mut h);
         h.finish()
     };
     let name = format!("pgchat_tmpl_{:x}", hash & 0xffff_ffff);
@@ -160,7 +160,7 @@ async fn template() -> String {
             .unwrap();
         let url = with_db(server_url(), &building);
         let config: tokio_postgres::Config = url.parse().unwrap();
-        pgchat::db::apply_schema(&config, &url)
+        pgchat::db::migrate(&config, &url, None)
             .await
             .expect("schema.sql applies to an empty database");
         // Renaming only after the schema is in makes a half-built template impossible.
@@ -222,9 +222,9 @@ impl TestDb {
                          CREATE ROLE {role} LOGIN PASSWORD '{role}';
                      END IF;
                  END $$;
-                 GRANT USAGE, CREATE ON SCHEMA public TO {role};
-                 GRANT ALL ON ALL TABLES IN SCHEMA public TO {role};
-                 GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role};"
+                 GRANT USAGE, CREATE ON SCHEMA public, pgchat TO {role};
+                 GRANT ALL ON ALL TABLES IN SCHEMA public, pgchat TO {role};
+                 GRANT ALL ON ALL SEQUENCES IN SCHEMA public, pgchat TO {role};"
             ))
             .await
             .unwrap();
@@ -239,9 +239,12 @@ impl TestDb {
         format!("postgres://{role}:{role}@{host}:{port}/{}", self.name)
     }
 
-    /// A direct connection, for arranging and asserting on stored state.
+    /// A direct connection, for arranging and asserting on stored state; pgchat's tables
+    /// are found without their schema's name.
     pub async fn client(&self) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&self.url, NoTls).await.unwrap();
+        let mut config: tokio_postgres::Config = self.url.parse().unwrap();
+        config.options("-c search_path=pgchat,public");
+        let (client, conn) = config.connect(NoTls).await.unwrap();
         tokio::spawn(conn);
         client
     }

@@ -1,0 +1,693 @@
+-- Migration 2: pgchat's objects move to their own schema, and the write path becomes one
+-- server-side call per batch (pgchat.apply_batch), also open to the application's backend
+-- as pgchat.send / pgchat.send_direct.
+--
+-- Why a schema of its own: the application's backend may share the database (to send from
+-- SQL), and its own `users` or `messages` must never meet pgchat's. public.pgchat_schema
+-- stays where it is, with this version recorded, so that an older pgchat refuses to run
+-- against this database instead of creating empty tables beside it.
+
+CREATE SCHEMA IF NOT EXISTS pgchat;
+
+ALTER TABLE public.users SET SCHEMA pgchat;
+ALTER TABLE public.conversations SET SCHEMA pgchat;
+ALTER TABLE public.members SET SCHEMA pgchat;
+ALTER TABLE public.messages SET SCHEMA pgchat;
+ALTER TABLE public.event_queue SET SCHEMA pgchat;
+ALTER TABLE public.workers SET SCHEMA pgchat;
+ALTER TABLE public.presence SET SCHEMA pgchat;
+ALTER SEQUENCE public.conversation_ids SET SCHEMA pgchat;
+
+-- How far retention pruned each stream, kept apart from users so that pruning never locks
+-- a row that writers lock.
+CREATE TABLE pgchat.stream_pruned (
+    user_id text PRIMARY KEY,
+    through bigint NOT NULL
+);
+INSERT INTO pgchat.stream_pruned (user_id, through)
+SELECT id, pruned_through FROM pgchat.users WHERE pruned_through > 0;
+ALTER TABLE pgchat.users DROP COLUMN pruned_through;
+
+-- A member's read marker now also moves to every message they send, so that `unread` is
+-- last_cseq - read_cseq with no row counted. Existing markers catch up once, here.
+UPDATE pgchat.members m SET read_cseq = s.last_sent
+FROM (SELECT conversation_id, sender_id, max(cseq) AS last_sent
+      FROM pgchat.messages GROUP BY conversation_id, sender_id) s
+WHERE m.conversation_id = s.conversation_id AND m.user_id = s.sender_id
+  AND m.read_cseq < s.last_sent;
+
+-- The limits pgchat enforces, recorded by the server at start so that pgchat.send applies
+-- the same ones to the application's backend.
+CREATE TABLE pgchat.settings (
+    id                boolean PRIMARY KEY DEFAULT true CHECK (id),
+    max_message_chars integer NOT NULL DEFAULT 4000,
+    max_group_members integer NOT NULL DEFAULT 1000
+);
+INSERT INTO pgchat.settings DEFAULT VALUES;
+
+-- A conversation as the wire shows it: {"id","kind","name","members"}.
+CREATE FUNCTION pgchat.conversation_json(p_id text) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'id', c.id, 'kind', c.kind, 'name', c.name,
+        'members', coalesce((SELECT jsonb_agg(m.user_id ORDER BY m.user_id)
+                             FROM pgchat.members m WHERE m.conversation_id = c.id), '[]'))
+    FROM pgchat.conversations c WHERE c.id = p_id
+$$;
+
+-- Appends one event to each of p_users' streams (their rows are locked by the caller,
+-- seq = head + 1) and to the caller's lists of events (e_*), which it returns extended.
+CREATE FUNCTION pgchat.append_events(
+    INOUT e_user text[], INOUT e_seq bigint[], INOUT e_cmd integer[], INOUT e_kind text[],
+    INOUT e_fields jsonb[],
+    p_users text[], p_kind text, p_conversation text, p_payload jsonb, p_fields jsonb,
+    p_cmd integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+    users text[];
+    seqs bigint[];
+BEGIN
+    WITH up AS (
+        UPDATE pgchat.users u SET head = u.head + 1
+        WHERE u.id = ANY (p_users)
+        RETURNING u.id, u.head
+    ), ins AS (
+        INSERT INTO pgchat.event_queue (user_id, seq, kind, conversation_id, payload)
+        SELECT id, head, p_kind, p_conversation, p_payload FROM up
+    )
+    SELECT coalesce(array_agg(id ORDER BY id), '{}'), coalesce(array_agg(head ORDER BY id), '{}')
+    INTO users, seqs FROM up;
+    e_user := e_user || users;
+    e_seq := e_seq || seqs;
+    e_cmd := e_cmd || array_fill(p_cmd, ARRAY[cardinality(users)]);
+    e_kind := e_kind || array_fill(p_kind, ARRAY[cardinality(users)]);
+    e_fields := e_fields || array_fill(p_fields, ARRAY[cardinality(users)]);
+END
+$$;
+
+-- What the other workers are told after a batch (see src/notify.rs): the streams that grew
+-- (user, newest seq) and the conversations that changed (id, version), or, when a list
+-- would not fit in NOTIFY's 8000 bytes, a pointer ("all") that makes them check everything.
+CREATE FUNCTION pgchat.events_notice(p_worker text, p_users text[], p_seqs bigint[],
+                                     p_convs text[], p_versions bigint[]) RETURNS text
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    head text := '{"k":"e","w":' || to_json(p_worker)::text;
+    users text;
+    convs text;
+BEGIN
+    users := (SELECT coalesce(json_agg(json_build_array(x.u, x.s) ORDER BY x.u)::text, '[]')
+              FROM (SELECT t.u, max(t.s) AS s FROM unnest(p_users, p_seqs) AS t(u, s)
+                    GROUP BY t.u) x);
+    convs := (SELECT coalesce(json_agg(json_build_array(x.c, x.v) ORDER BY x.c)::text, '[]')
+              FROM (SELECT t.c, max(t.v) AS v FROM unnest(p_convs, p_versions) AS t(c, v)
+                    GROUP BY t.c) x);
+    IF octet_length(head) + octet_length(users) + octet_length(convs) + 14 <= 7999 THEN
+        RETURN head || ',"u":' || users || ',"c":' || convs || '}';
+    ELSIF octet_length(head) + octet_length(convs) + 19 <= 7999 THEN
+        RETURN head || ',"all":true,"c":' || convs || '}';
+    END IF;
+    RETURN head || ',"all":true,"all_c":true}';
+END
+$$;
+
+-- A run of sends (commands lo..hi of a batch whose rows are locked), in one statement:
+-- each send is checked (the conversation exists, the sender is a member), deduplicated by
+-- (sender, client_msg_id) against what is stored and what comes earlier in the run,
+-- numbered (cseq per conversation, seq per recipient, in command order), and stored with
+-- one event per member; the counters and the senders' read markers move once per row.
+-- Outputs per send (s_*), per event (s_e_*) and per conversation written (s_v_*).
+CREATE FUNCTION pgchat.apply_sends(
+    lo integer, hi integer, c_actor text[], c_conv text[], c_text text[], c_key text[],
+    OUT s_code text[], OUT s_detail text[], OUT s_id bigint[], OUT s_conv text[],
+    OUT s_cseq bigint[], OUT s_at timestamptz[], OUT s_name text[], OUT s_body text[],
+    OUT s_e_user text[], OUT s_e_seq bigint[], OUT s_e_cmd integer[],
+    OUT s_v_id text[], OUT s_v_version bigint[], OUT s_v_last_cseq bigint[],
+    OUT s_v_members jsonb[])
+LANGUAGE plpgsql
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+AS $$
+BEGIN
+    WITH cmd AS (
+        SELECT k AS i, c_actor[k] AS sender, c_conv[k] AS conv, c_text[k] AS body,
+               c_key[k] AS ckey
+        FROM generate_series(lo, hi) AS k
+    ), chk AS (
+        SELECT cmd.*, cv.id IS NOT NULL AS conv_found, cv.last_cseq, cv.version,
+               mb.ok IS NOT NULL AS member, sn.name AS sender_name,
+               pr.id AS p_id, pr.conversation_id AS p_conv, pr.cseq AS p_cseq,
+               pr.body AS p_body, pr.created_at AS p_at
+        FROM cmd
+        LEFT JOIN LATERAL (SELECT c.id, c.last_cseq, c.version FROM pgchat.conversations c
+                           WHERE c.id = cmd.conv LIMIT 1) cv ON true
+        LEFT JOIN LATERAL (SELECT 1 AS ok FROM pgchat.members m
+                           WHERE m.conversation_id = cmd.conv AND m.user_id = cmd.sender
+                           LIMIT 1) mb ON true
+        LEFT JOIN LATERAL (SELECT m.id, m.conversation_id, m.cseq, m.body, m.created_at
+                           FROM pgchat.messages m
+                           WHERE m.sender_id = cmd.sender AND m.client_msg_id = cmd.ckey
+                           LIMIT 1) pr ON true
+        LEFT JOIN LATERAL (SELECT u.name FROM pgchat.users u WHERE u.id = cmd.sender
+                           LIMIT 1) sn ON true
+    ), cls AS (
+        -- first_ok: the first send of this (sender, client_msg_id) in the run that stores
+        -- a message; a later one returns it, as a retry would.
+        SELECT chk.*,
+               min(chk.i) FILTER (WHERE chk.p_id IS NULL AND chk.conv_found AND chk.member)
+                   OVER (PARTITION BY chk.sender, chk.ckey) AS first_ok
+        FROM chk
+    ), num AS (
+        SELECT cls.*, (cls.p_id IS NULL AND cls.first_ok = cls.i) AS fresh,
+               cls.last_cseq + count(*) FILTER (WHERE cls.p_id IS NULL AND cls.first_ok = cls.i)
+                   OVER (PARTITION BY cls.conv ORDER BY cls.i) AS next_cseq
+        FROM cls
+    ), ids AS (
+        SELECT num.*,
+               CASE WHEN num.fresh THEN num.next_cseq END AS cseq,
+               CASE WHEN num.fresh THEN nextval('pgchat.messages_id_seq') END AS id
+        FROM num
+    ), res AS (
+        SELECT ids.*, max(ids.id) OVER w AS r_id, max(ids.cseq) OVER w AS r_cseq,
+               max(ids.conv) FILTER (WHERE ids.fresh) OVER w AS r_conv
+        FROM ids WINDOW w AS (PARTITION BY ids.sender, ids.ckey)
+    ), stored AS (
+        INSERT INTO pgchat.messages (id, conversation_id, cseq, sender_id, body, client_msg_id,
+                                     created_at)
+        SELECT id, conv, cseq, sender, body, ckey, now() FROM ids WHERE fresh
+    ), recipients AS (
+        SELECT f.i, f.id, f.conv, m.user_id FROM ids f
+        CROSS JOIN LATERAL (SELECT user_id FROM pgchat.members
+                            WHERE conversation_id = f.conv OFFSET 0) m
+        WHERE f.fresh
+    ), numbered AS (
+        SELECT r.*, h.head + row_number() OVER (PARTITION BY r.user_id ORDER BY r.i) AS seq
+        FROM recipients r
+        CROSS JOIN LATERAL (SELECT u.head FROM pgchat.users u WHERE u.id = r.user_id
+                            LIMIT 1) h
+    ), events AS (
+        INSERT INTO pgchat.event_queue (user_id, seq, kind, message_id)
+        SELECT user_id, seq, 'message', id FROM numbered
+    ), heads AS (
+        UPDATE pgchat.users u SET head = x.seq
+        FROM (SELECT user_id, max(seq) AS seq FROM numbered GROUP BY user_id) x
+        WHERE u.id = x.user_id
+    ), counters AS (
+        UPDATE pgchat.conversations c SET last_cseq = x.cseq, version = c.version + 1
+        FROM (SELECT conv, max(cseq) AS cseq FROM ids WHERE fresh GROUP BY conv) x
+        WHERE c.id = x.conv
+    ), markers AS (
+        UPDATE pgchat.members m SET read_cseq = x.cseq
+        FROM (SELECT conv, sender, max(cseq) AS cseq FROM ids WHERE fresh
+              GROUP BY conv, sender) x
+        WHERE m.conversation_id = x.conv AND m.user_id = x.sender AND m.read_cseq < x.cseq
+    )
+    SELECT r.*, e.*, v.*, vm.*
+    INTO s_code, s_detail, s_id, s_conv, s_cseq, s_at, s_name, s_body,
+         s_e_user, s_e_seq, s_e_cmd, s_v_id, s_v_version, s_v_last_cseq, s_v_members
+    FROM (
+        SELECT
+            array_agg(CASE WHEN p_id IS NOT NULL OR first_ok <= i THEN NULL
+                           WHEN NOT conv_found THEN 'not_found' ELSE 'forbidden' END ORDER BY i),
+            array_agg(CASE WHEN p_id IS NOT NULL OR first_ok <= i THEN NULL
+                           WHEN NOT conv_found THEN format('conversation %s does not exist', to_json(conv))
+                           ELSE format('you are not a member of conversation %s', to_json(conv))
+                      END ORDER BY i),
+            array_agg(CASE WHEN p_id IS NOT NULL THEN p_id WHEN first_ok <= i THEN r_id END ORDER BY i),
+            array_agg(CASE WHEN p_id IS NOT NULL THEN p_conv WHEN first_ok <= i THEN r_conv END ORDER BY i),
+            array_agg(CASE WHEN p_id IS NOT NULL THEN p_cseq WHEN first_ok <= i THEN r_cseq END ORDER BY i),
+            array_agg(CASE WHEN p_id IS NOT NULL THEN p_at WHEN first_ok <= i THEN now() END ORDER BY i),
+            array_agg(sender_name ORDER BY i),
+            array_agg(p_body ORDER BY i)
+        FROM res
+    ) r, (
+        SELECT coalesce(array_agg(user_id ORDER BY i, user_id), '{}'),
+               coalesce(array_agg(seq ORDER BY i, user_id), '{}'),
+               coalesce(array_agg(i ORDER BY i, user_id), '{}')
+        FROM numbered
+    ) e, (
+        SELECT coalesce(array_agg(conv ORDER BY conv), '{}'),
+               coalesce(array_agg(version + 1 ORDER BY conv), '{}'),
+               coalesce(array_agg(last ORDER BY conv), '{}')
+        FROM (SELECT conv, min(version) AS version, max(cseq) AS last FROM ids WHERE fresh
+              GROUP BY conv) s
+    ) v, (
+        SELECT coalesce(array_agg(members ORDER BY conv), '{}')
+        FROM (SELECT conv, jsonb_agg(DISTINCT user_id ORDER BY user_id) AS members
+              FROM recipients GROUP BY conv) s
+    ) vm;
+END
+$$;
+
+-- The write path: applies a batch of commands in order, in the caller's transaction, and
+-- notifies the other workers once. Called by pgchat's batcher as a single statement (so
+-- the statement, its transaction and its commit are one round trip), and by pgchat.send.
+--
+-- Commands are parallel arrays, one element per command, in order:
+--   c_kind   'send' | 'group_create' | 'group_add' | 'group_remove' | 'group_leave' | 'read'
+--   c_actor  the user acting
+--   c_conv   the conversation (send, group_add/remove/leave, read)
+--   c_to     the recipient of a direct send (instead of c_conv)
+--   c_text   the body (send) or the name (group_create)
+--   c_key    the client_msg_id (send)
+--   c_num    the cseq (read)
+--   u_cmd, u_user: the user lists of group_create/add/remove as (command index, user).
+-- Inputs are validated by the caller (ids, lengths); what needs the database (existence,
+-- membership, sizes) is checked here. A refused command gets o_code/o_detail and changes
+-- nothing; the others still commit.
+--
+-- Lock order, the same in every transaction that allocates seq or cseq (so concurrent
+-- batches never deadlock): new users rows (by id), new direct conversations (by key), the
+-- touched conversations (by id), the users rows whose streams may grow (by id). Rows are
+-- locked FOR NO KEY UPDATE, which does not conflict with the KEY SHARE locks that foreign
+-- keys take.
+--
+-- Every statement reaches rows by key. Hash and merge joins and sequential scans are
+-- switched off for this function: it touches a few hundred rows by key per call, so index
+-- probes are always right, and no statistics or generic plan can make the planner think
+-- otherwise (an UPDATE ... FROM of a few hundred keys is otherwise planned as a hash join
+-- over a full scan once the table is large enough).
+--
+-- Outputs: per command (o_*): an error code and message, or the message the send resolved
+-- to (o_msg_body only for a send that returned an earlier message), or the conversation of
+-- a group command. Per event (e_*): who got which seq, from which command, of which kind,
+-- with the live fields for non-message events. Per changed conversation (v_*): its state
+-- after the batch, for the caller's cache (members: null when unchanged by this batch's
+-- group commands and not otherwise read).
+CREATE FUNCTION pgchat.apply_batch(
+    p_worker text,
+    p_max_members integer,
+    c_kind text[], c_actor text[], c_conv text[], c_to text[], c_text text[], c_key text[],
+    c_num bigint[], u_cmd integer[], u_user text[],
+    OUT o_code text[], OUT o_detail text[],
+    OUT o_msg_id bigint[], OUT o_msg_conv text[], OUT o_msg_cseq bigint[],
+    OUT o_msg_at timestamptz[], OUT o_msg_name text[], OUT o_msg_body text[],
+    OUT o_conv jsonb[],
+    OUT e_user text[], OUT e_seq bigint[], OUT e_cmd integer[], OUT e_kind text[],
+    OUT e_fields jsonb[],
+    OUT v_id text[], OUT v_version bigint[], OUT v_last_cseq bigint[], OUT v_members jsonb[]
+)
+LANGUAGE plpgsql
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+AS $fn$
+DECLARE
+    n integer := coalesce(array_length(c_kind, 1), 0);
+    conv_of text[] := c_conv;
+    named text[];
+    keys text[];
+    new_directs text[] := '{}';
+    touched text[];
+    lockset text[];
+    i integer;
+    j integer;
+    cv record;
+    seg record;
+    actor text;
+    conv text;
+    listed text[];
+    members_now text[];
+    gone text[];
+    cj jsonb;
+    fields jsonb;
+BEGIN
+    o_code := array_fill(NULL::text, ARRAY[n]);
+    o_detail := o_code;
+    o_msg_id := array_fill(NULL::bigint, ARRAY[n]);
+    o_msg_conv := o_code;
+    o_msg_cseq := o_msg_id;
+    o_msg_at := array_fill(NULL::timestamptz, ARRAY[n]);
+    o_msg_name := o_code;
+    o_msg_body := o_code;
+    o_conv := array_fill(NULL::jsonb, ARRAY[n]);
+    e_user := '{}'; e_seq := '{}'; e_cmd := '{}'; e_kind := '{}'; e_fields := '{}';
+    v_id := '{}'; v_version := '{}'; v_last_cseq := '{}'; v_members := '{}';
+    IF n = 0 THEN
+        RETURN;
+    END IF;
+
+    -- 1. Users named as recipients or new members get a stream (lock order 1).
+    named := ARRAY(
+        SELECT DISTINCT x FROM (
+            SELECT unnest(c_to) AS x
+            UNION ALL
+            SELECT t.u FROM unnest(u_cmd, u_user) AS t(ci, u)
+            WHERE c_kind[t.ci] IN ('group_create', 'group_add')
+            UNION ALL
+            SELECT t.a FROM unnest(c_kind, c_actor) AS t(k, a) WHERE t.k = 'group_create'
+        ) s WHERE x IS NOT NULL ORDER BY x);
+    IF cardinality(named) > 0 THEN
+        INSERT INTO pgchat.users (id) SELECT x FROM unnest(named) AS x ORDER BY x
+        ON CONFLICT (id) DO NOTHING;
+    END IF;
+
+    -- 2. Direct conversations: found by key, or created in key order (lock order 2). A new
+    -- one has its members at once; it is announced to them once their streams are locked.
+    IF EXISTS (SELECT 1 FROM unnest(c_to) AS t WHERE t IS NOT NULL) THEN
+        keys := ARRAY(
+            SELECT CASE WHEN z.t IS NULL THEN NULL
+                        WHEN z.a <= z.t THEN z.a || E'\n' || z.t
+                        ELSE z.t || E'\n' || z.a END
+            FROM unnest(c_actor, c_to) WITH ORDINALITY AS z(a, t, k) ORDER BY z.k);
+        WITH made AS (
+            INSERT INTO pgchat.conversations (id, kind, direct_key, version)
+            SELECT 'd' || nextval('pgchat.conversation_ids'), 'direct', w.key, 1
+            FROM (SELECT DISTINCT key FROM unnest(keys) AS key WHERE key IS NOT NULL) w
+            WHERE NOT EXISTS (SELECT 1 FROM pgchat.conversations c WHERE c.direct_key = w.key)
+            ORDER BY w.key
+            ON CONFLICT (direct_key) DO NOTHING
+            RETURNING id, direct_key
+        ), pairs AS (
+            INSERT INTO pgchat.members (conversation_id, user_id)
+            SELECT DISTINCT made.id, x FROM made
+            CROSS JOIN LATERAL unnest(string_to_array(made.direct_key, E'\n')) AS x
+        )
+        SELECT coalesce(array_agg(id ORDER BY id), '{}') INTO new_directs FROM made;
+        conv_of := ARRAY(
+            SELECT coalesce(z.c, d.id)
+            FROM unnest(c_conv, keys) WITH ORDINALITY AS z(c, key, k)
+            LEFT JOIN LATERAL (SELECT c.id FROM pgchat.conversations c
+                               WHERE c.direct_key = z.key LIMIT 1) d ON true
+            ORDER BY z.k);
+    END IF;
+
+    -- 3. Lock the conversations the commands name, by id (lock order 3).
+    touched := ARRAY(SELECT DISTINCT x FROM unnest(conv_of) AS x WHERE x IS NOT NULL ORDER BY x);
+    PERFORM 1 FROM unnest(touched) AS t(id)
+    CROSS JOIN LATERAL (SELECT 1 FROM pgchat.conversations c WHERE c.id = t.id
+                        FOR NO KEY UPDATE) l;
+
+    -- 4. Lock every stream that may grow, by id (lock order 4): the members of those
+    -- conversations and the users named. Membership cannot change meanwhile: it changes
+    -- only under the conversation's lock.
+    lockset := ARRAY(
+        SELECT DISTINCT x FROM (
+            SELECT m.user_id AS x FROM unnest(touched) AS t(id)
+            CROSS JOIN LATERAL (SELECT user_id FROM pgchat.members
+                                WHERE conversation_id = t.id OFFSET 0) m
+            UNION ALL SELECT unnest(named)
+        ) s ORDER BY x);
+    PERFORM 1 FROM unnest(lockset) AS t(id)
+    CROSS JOIN LATERAL (SELECT 1 FROM pgchat.users u WHERE u.id = t.id FOR NO KEY UPDATE) l;
+
+    -- 5. New direct conversations are announced to their members before any message.
+    FOREACH conv IN ARRAY new_directs LOOP
+        cj := pgchat.conversation_json(conv);
+        SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields
+        FROM pgchat.append_events(e_user, e_seq, e_cmd, e_kind, e_fields,
+                                  ARRAY(SELECT jsonb_array_elements_text(cj -> 'members')),
+                                  'conversation', conv, NULL, jsonb_build_object('conversation', cj), 0);
+    END LOOP;
+
+    -- 6. The commands, in order: each run of sends at once, other commands one by one.
+    i := 1;
+    WHILE i <= n LOOP
+        IF c_kind[i] = 'send' THEN
+            j := i;
+            WHILE j < n AND c_kind[j + 1] = 'send' LOOP
+                j := j + 1;
+            END LOOP;
+            SELECT * INTO seg FROM pgchat.apply_sends(i, j, c_actor, conv_of, c_text, c_key);
+            o_code[i:j] := seg.s_code;
+            o_detail[i:j] := seg.s_detail;
+            o_msg_id[i:j] := seg.s_id;
+            o_msg_conv[i:j] := seg.s_conv;
+            o_msg_cseq[i:j] := seg.s_cseq;
+            o_msg_at[i:j] := seg.s_at;
+            o_msg_name[i:j] := seg.s_name;
+            o_msg_body[i:j] := seg.s_body;
+            e_user := e_user || seg.s_e_user;
+            e_seq := e_seq || seg.s_e_seq;
+            e_cmd := e_cmd || seg.s_e_cmd;
+            e_kind := e_kind || array_fill('message'::text, ARRAY[cardinality(seg.s_e_user)]);
+            e_fields := e_fields || array_fill(NULL::jsonb, ARRAY[cardinality(seg.s_e_user)]);
+            v_id := v_id || seg.s_v_id;
+            v_version := v_version || seg.s_v_version;
+            v_last_cseq := v_last_cseq || seg.s_v_last_cseq;
+            v_members := v_members || seg.s_v_members;
+            i := j + 1;
+            CONTINUE;
+        END IF;
+
+        actor := c_actor[i];
+        conv := conv_of[i];
+        listed := ARRAY(SELECT DISTINCT t.u FROM unnest(u_cmd, u_user) AS t(ci, u)
+                        WHERE t.ci = i ORDER BY t.u);
+        IF c_kind[i] = 'group_create' THEN
+            conv := 'g' || nextval('pgchat.conversation_ids');
+            INSERT INTO pgchat.conversations (id, kind, name, created_by, version)
+            VALUES (conv, 'group', c_text[i], actor, 1);
+            INSERT INTO pgchat.members (conversation_id, user_id)
+            SELECT DISTINCT conv, x FROM unnest(listed || actor) AS x;
+            members_now := ARRAY(SELECT DISTINCT x FROM unnest(listed || actor) AS x ORDER BY x);
+            cj := pgchat.conversation_json(conv);
+            o_conv[i] := cj;
+            SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields
+            FROM pgchat.append_events(e_user, e_seq, e_cmd, e_kind, e_fields, members_now,
+                                      'conversation', conv, NULL,
+                                      jsonb_build_object('conversation', cj), i);
+        ELSE
+            SELECT c.kind, c.last_cseq, c.version, m.read_cseq AS marker
+            INTO cv
+            FROM pgchat.conversations c
+            LEFT JOIN LATERAL (SELECT m.read_cseq FROM pgchat.members m
+                               WHERE m.conversation_id = c.id AND m.user_id = actor LIMIT 1) m ON true
+            WHERE c.id = conv;
+            IF NOT FOUND THEN
+                o_code[i] := 'not_found';
+                o_detail[i] := format('conversation %s does not exist', to_json(conv));
+            ELSIF cv.marker IS NULL THEN
+                o_code[i] := 'forbidden';
+                o_detail[i] := format('you are not a member of conversation %s', to_json(conv));
+            ELSIF c_kind[i] = 'read' THEN
+                IF c_num[i] > cv.last_cseq THEN
+                    o_code[i] := 'bad_request';
+                    o_detail[i] := format('read: cseq %s does not exist in %s (its last is %s)',
+                                          c_num[i], to_json(conv), cv.last_cseq);
+                ELSIF c_num[i] > cv.marker THEN
+                    -- Markers never move backwards; the other members are told.
+                    UPDATE pgchat.members SET read_cseq = c_num[i]
+                    WHERE conversation_id = conv AND user_id = actor;
+                    fields := jsonb_build_object('conversation', conv, 'user', actor, 'cseq', c_num[i]);
+                    SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields
+                    FROM pgchat.append_events(e_user, e_seq, e_cmd, e_kind, e_fields,
+                        ARRAY(SELECT m.user_id FROM pgchat.members m
+                              WHERE m.conversation_id = conv AND m.user_id <> actor),
+                        'read', conv, fields, fields, i);
+                END IF;
+            ELSIF cv.kind <> 'group' THEN
+                o_code[i] := 'bad_request';
+                o_detail[i] := format('%s: %s is a direct conversation; its members are fixed',
+                                      c_kind[i], to_json(conv));
+            ELSIF c_kind[i] = 'group_add' THEN
+                members_now := ARRAY(SELECT m.user_id FROM pgchat.members m
+                                     WHERE m.conversation_id = conv);
+                listed := ARRAY(SELECT x FROM unnest(listed) AS x WHERE x <> ALL (members_now));
+                IF cardinality(members_now) + cardinality(listed) > p_max_members THEN
+                    o_code[i] := 'too_large';
+                    o_detail[i] := format('group_add: the group would have %s members; the limit is %s',
+                                          cardinality(members_now) + cardinality(listed), p_max_members);
+                ELSIF cardinality(listed) > 0 THEN
+                    INSERT INTO pgchat.members (conversation_id, user_id)
+                    SELECT conv, x FROM unnest(listed) AS x;
+                    UPDATE pgchat.conversations SET version = version + 1 WHERE id = conv;
+                    cj := pgchat.conversation_json(conv);
+                    SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields
+                    FROM pgchat.append_events(e_user, e_seq, e_cmd, e_kind, e_fields,
+                        ARRAY(SELECT jsonb_array_elements_text(cj -> 'members')),
+                        'conversation', conv, NULL, jsonb_build_object('conversation', cj), i);
+                END IF;
+                IF o_code[i] IS NULL THEN
+                    o_conv[i] := pgchat.conversation_json(conv);
+                END IF;
+            ELSE
+                -- group_remove or group_leave: who leaves gets `removed`, the rest the new
+                -- membership.
+                IF c_kind[i] = 'group_leave' THEN
+                    gone := ARRAY[actor];
+                ELSE
+                    gone := ARRAY(SELECT m.user_id FROM pgchat.members m
+                                  WHERE m.conversation_id = conv AND m.user_id = ANY (listed)
+                                  ORDER BY m.user_id);
+                END IF;
+                IF cardinality(gone) > 0 THEN
+                    DELETE FROM pgchat.members
+                    WHERE conversation_id = conv AND user_id = ANY (gone);
+                    UPDATE pgchat.conversations SET version = version + 1 WHERE id = conv;
+                    fields := jsonb_build_object('conversation', conv);
+                    SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields
+                    FROM pgchat.append_events(e_user, e_seq, e_cmd, e_kind, e_fields, gone,
+                                              'removed', conv, fields, fields, i);
+                    cj := pgchat.conversation_json(conv);
+                    SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields
+                    FROM pgchat.append_events(e_user, e_seq, e_cmd, e_kind, e_fields,
+                        ARRAY(SELECT jsonb_array_elements_text(cj -> 'members')),
+                        'conversation', conv, NULL, jsonb_build_object('conversation', cj), i);
+                END IF;
+                IF c_kind[i] = 'group_remove' THEN
+                    o_conv[i] := pgchat.conversation_json(conv);
+                END IF;
+            END IF;
+        END IF;
+        -- The conversation's state after a group command, for the caller's cache.
+        IF o_code[i] IS NULL AND c_kind[i] <> 'read' THEN
+            SELECT c.version, c.last_cseq INTO cv FROM pgchat.conversations c WHERE c.id = conv;
+            v_id := v_id || conv;
+            v_version := v_version || cv.version;
+            v_last_cseq := v_last_cseq || cv.last_cseq;
+            v_members := v_members || (coalesce(o_conv[i], pgchat.conversation_json(conv)) -> 'members');
+        END IF;
+        i := i + 1;
+    END LOOP;
+
+    -- 7. One notification for the whole batch, delivered at commit.
+    IF cardinality(e_user) > 0 OR cardinality(v_id) > 0 THEN
+        PERFORM pg_notify('pgchat', pgchat.events_notice(p_worker, e_user, e_seq, v_id, v_version));
+    END IF;
+END
+$fn$;
+
+-- ---------------------------------------------------------------------------------------
+-- The public SQL API: the application's backend sends from inside its own transaction.
+-- The message is stored and numbered at once, delivered live when that transaction
+-- commits, and never exists if it rolls back. Errors raise with a standard SQLSTATE:
+-- 22023 invalid_parameter_value (a malformed id, an empty body), 22001
+-- string_data_right_truncation (a body over max_message_chars), P0002 no_data_found (an
+-- unknown user or conversation), 42501 insufficient_privilege (the sender is not a member).
+-- ---------------------------------------------------------------------------------------
+
+-- Raises unless p_id is a valid user id that pgchat knows.
+CREATE FUNCTION pgchat.check_user(p_fn text, p_role text, p_id text) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF p_id IS NULL OR p_id !~ '^[A-Za-z0-9_.@:-]{1,64}$' THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('%s: %s %s is not a user id (1..64 of A-Z a-z 0-9 _ . @ : -)',
+                             p_fn, p_role, coalesce(to_json(p_id)::text, 'NULL'));
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pgchat.users u WHERE u.id = p_id) THEN
+        RAISE EXCEPTION USING ERRCODE = 'no_data_found',
+            MESSAGE = format('%s: no user %s; pgchat knows a user once they have connected, '
+                             'or once pgchat.ensure_user(id, name) has run', p_fn, to_json(p_id));
+    END IF;
+END
+$$;
+
+-- Records a user (and their display name, when given) so that messages can name them
+-- before they ever connect.
+CREATE FUNCTION pgchat.ensure_user(id text, name text DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    IF ensure_user.id IS NULL OR ensure_user.id !~ '^[A-Za-z0-9_.@:-]{1,64}$' THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('pgchat.ensure_user: %s is not a user id (1..64 of A-Z a-z 0-9 _ . @ : -)',
+                             coalesce(to_json(ensure_user.id)::text, 'NULL'));
+    END IF;
+    IF char_length(ensure_user.name) > 100 THEN
+        RAISE EXCEPTION USING ERRCODE = 'string_data_right_truncation',
+            MESSAGE = format('pgchat.ensure_user: name has at most 100 characters, got %s',
+                             char_length(ensure_user.name));
+    END IF;
+    INSERT INTO pgchat.users AS u (id, name) VALUES (ensure_user.id, ensure_user.name)
+    ON CONFLICT (id) DO UPDATE SET name = coalesce(EXCLUDED.name, u.name)
+    WHERE u.name IS DISTINCT FROM coalesce(EXCLUDED.name, u.name);
+END
+$$;
+
+-- One send through the write path, with the socket's checks; the message as the wire
+-- shows it.
+CREATE FUNCTION pgchat.send_one(p_fn text, p_sender text, p_conversation text,
+                                p_recipient text, p_body text, p_key text) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    limits pgchat.settings;
+    r record;
+BEGIN
+    SELECT * INTO limits FROM pgchat.settings;
+    PERFORM pgchat.check_user(p_fn, 'sender', p_sender);
+    IF p_recipient IS NOT NULL OR p_conversation IS NULL THEN
+        PERFORM pgchat.check_user(p_fn, 'recipient', p_recipient);
+    END IF;
+    IF p_body IS NULL OR p_body = '' THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('%s: body must not be empty', p_fn);
+    END IF;
+    IF char_length(p_body) > limits.max_message_chars THEN
+        RAISE EXCEPTION USING ERRCODE = 'string_data_right_truncation',
+            MESSAGE = format('%s: body has at most %s characters, got %s', p_fn,
+                             limits.max_message_chars, char_length(p_body));
+    END IF;
+    IF p_key IS NULL OR char_length(p_key) NOT BETWEEN 1 AND 64 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('%s: client_msg_id has 1..64 characters, got %s', p_fn,
+                             coalesce(char_length(p_key), 0));
+    END IF;
+    r := pgchat.apply_batch('sql', limits.max_group_members, ARRAY['send'], ARRAY[p_sender],
+                            ARRAY[p_conversation], ARRAY[p_recipient], ARRAY[p_body],
+                            ARRAY[p_key], ARRAY[NULL::bigint], '{}', '{}');
+    IF r.o_code[1] = 'not_found' THEN
+        RAISE EXCEPTION USING ERRCODE = 'no_data_found',
+            MESSAGE = format('%s: conversation %s does not exist', p_fn, to_json(p_conversation));
+    ELSIF r.o_code[1] = 'forbidden' THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = format('%s: %s is not a member of conversation %s', p_fn,
+                             to_json(p_sender), to_json(p_conversation));
+    ELSIF r.o_code[1] IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = p_fn || ': ' || r.o_detail[1];
+    END IF;
+    RETURN jsonb_build_object(
+        'id', r.o_msg_id[1],
+        'conversation', r.o_msg_conv[1],
+        'cseq', r.o_msg_cseq[1],
+        'sender', jsonb_build_object('id', p_sender, 'name', r.o_msg_name[1]),
+        'body', coalesce(r.o_msg_body[1], p_body),
+        'client_msg_id', p_key,
+        'created_at', to_char(r.o_msg_at[1] AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'));
+END
+$$;
+
+-- Sends `body` from `sender` to a conversation the sender belongs to. Returns the message
+-- ({"id","conversation","cseq","sender","body","client_msg_id","created_at"}); the same
+-- (sender, client_msg_id) again returns the first message and stores nothing.
+CREATE FUNCTION pgchat.send(sender text, conversation text, body text, client_msg_id text)
+RETURNS jsonb LANGUAGE sql AS $$
+    SELECT pgchat.send_one('pgchat.send', sender, conversation, NULL, body, client_msg_id)
+$$;
+
+-- Sends `body` from `sender` to `recipient` in their direct conversation, created if new.
+CREATE FUNCTION pgchat.send_direct(sender text, recipient text, body text, client_msg_id text)
+RETURNS jsonb LANGUAGE sql AS $$
+    SELECT pgchat.send_one('pgchat.send_direct', sender, NULL, recipient, body, client_msg_id)
+$$;
+
+-- Retention: deletes up to p_limit events older than p_older_than, oldest first, and
+-- records how far each stream was pruned. Returns how many it deleted, or -1 when another
+-- process is pruning (one at a time, by an advisory lock held to commit). Bounded and
+-- keyed (the created_at index, then the rows' ctids), so it never scans a table, and it
+-- touches only rows that no writer touches, so it never stalls one.
+CREATE FUNCTION pgchat.prune_events(p_older_than interval, p_limit integer) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    deleted bigint;
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(hashtext('pgchat_prune')) THEN
+        RETURN -1;
+    END IF;
+    WITH gone AS (
+        DELETE FROM pgchat.event_queue e
+        WHERE e.ctid = ANY (ARRAY(
+            SELECT x.ctid FROM pgchat.event_queue x
+            WHERE x.created_at < now() - p_older_than
+            ORDER BY x.created_at LIMIT p_limit))
+        RETURNING e.user_id, e.seq
+    ), marks AS (
+        INSERT INTO pgchat.stream_pruned AS p (user_id, through)
+        SELECT user_id, max(seq) FROM gone GROUP BY user_id ORDER BY user_id
+        ON CONFLICT (user_id) DO UPDATE SET through = greatest(p.through, EXCLUDED.through)
+    )
+    SELECT count(*) INTO deleted FROM gone;
+    RETURN deleted;
+END
+$$;
+
+INSERT INTO public.pgchat_schema (version) VALUES (2);

@@ -1,0 +1,166 @@
+//! The schema. A new database is built from `schema.sql`, the whole current schema in one
+//! readable file; an existing one is brought up to date by the versioned migrations
+//! (`migrations/V<n>__<name>.sql`, compiled in with refinery), each applied exactly once.
+//! Either happens at start, under an advisory lock, in whichever process gets there first.
+//! A test checks that both ways build the same database.
+//!
+//! Every migration also records its version in `public.pgchat_schema`, the table pgchat
+//! 0.1 reads: so an older pgchat refuses a newer database, and a database pgchat 0.1 built
+//! (version 1, no refinery history yet) is recognised and taken up from there.
+
+use refinery::Target;
+
+use super::{connect_once, StartupError};
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// The version the last migration records; pgchat refuses a database with a newer one.
+pub const SCHEMA_VERSION: i32 = 2;
+
+/// The whole current schema, compiled in: what a new database is built from.
+pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
+
+/// Where refinery keeps its history, beside pgchat's tables.
+const HISTORY_TABLE: &str = "pgchat.refinery_schema_history";
+
+/// schema.sql and every migration: what the test harness fingerprints its template with.
+pub fn fingerprint() -> String {
+    let migrations = embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| m.sql().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n");
+    format!("{SCHEMA_SQL}\n{migrations}")
+}
+
+/// The limits pgchat enforces that `pgchat.send` must apply too (see `pgchat.settings`).
+#[derive(Debug, Clone, Copy)]
+pub struct SqlLimits {
+    pub max_message_chars: usize,
+    pub max_group_members: usize,
+}
+
+/// Brings the database to [`SCHEMA_VERSION`]: nothing to do when it is there already (so
+/// pgchat may then run as a role that uses the tables but does not own them), the missing
+/// migrations otherwise, and [`StartupError::NewerSchema`] for a newer database. With
+/// `limits`, records them for `pgchat.send`.
+pub async fn migrate(
+    pg_config: &tokio_postgres::Config,
+    url: &str,
+    limits: Option<SqlLimits>,
+) -> Result<(), StartupError> {
+    let (mut client, driver) = connect_once(pg_config, url).await?;
+    let schema = |e: tokio_postgres::Error| StartupError::Schema(e.to_string());
+    client
+        .batch_execute("SELECT pg_advisory_lock(hashtext('pgchat_schema'))")
+        .await
+        .map_err(schema)?;
+    let found = recorded_version(&client).await.map_err(schema)?;
+    if let Some(found) = found.filter(|v| *v > SCHEMA_VERSION) {
+        return Err(StartupError::NewerSchema { found });
+    }
+    let refinery = |e: refinery::Error| StartupError::Schema(e.to_string());
+    match found {
+        Some(v) if v == SCHEMA_VERSION => {}
+        None => {
+            // A new database: built from schema.sql, every migration recorded as applied.
+            client.batch_execute(SCHEMA_SQL).await.map_err(schema)?;
+            runner()
+                .set_target(Target::Fake)
+                .run_async(&mut client)
+                .await
+                .map_err(refinery)?;
+            tracing::info!(version = SCHEMA_VERSION, "created the schema");
+        }
+        Some(v) => {
+            client
+                .batch_execute("CREATE SCHEMA IF NOT EXISTS pgchat")
+                .await
+                .map_err(schema)?;
+            let history: bool = client
+                .query_one(
+                    &format!("SELECT to_regclass('{HISTORY_TABLE}') IS NOT NULL"),
+                    &[],
+                )
+                .await
+                .map_err(schema)?
+                .get(0);
+            if !history {
+                // Built before migrations were recorded (pgchat 0.1 applied schema.sql
+                // itself): it is at migration v.
+                runner()
+                    .set_target(Target::FakeVersion(v))
+                    .run_async(&mut client)
+                    .await
+                    .map_err(refinery)?;
+            }
+            let report = runner().run_async(&mut client).await.map_err(refinery)?;
+            for m in report.applied_migrations() {
+                tracing::info!(migration = %m, "applied a schema migration");
+            }
+        }
+    }
+    if let Some(l) = limits {
+        let (chars, members) = (l.max_message_chars as i32, l.max_group_members as i32);
+        client
+            .execute(
+                "UPDATE pgchat.settings SET max_message_chars = $1, max_group_members = $2
+                 WHERE (max_message_chars, max_group_members) IS DISTINCT FROM ($1, $2)",
+                &[&chars, &members],
+            )
+            .await
+            .map_err(schema)?;
+    }
+    client
+        .batch_execute("SELECT pg_advisory_unlock(hashtext('pgchat_schema'))")
+        .await
+        .map_err(schema)?;
+    // Closed before returning, so that set-up never overlaps the workers' connections.
+    drop(client);
+    let _ = driver.await;
+    Ok(())
+}
+
+fn runner() -> refinery::Runner {
+    let mut runner = embedded::migrations::runner();
+    runner.set_migration_table_name(HISTORY_TABLE);
+    runner
+}
+
+/// The newest version `public.pgchat_schema` records, if the table exists.
+async fn recorded_version(
+    client: &tokio_postgres::Client,
+) -> Result<Option<i32>, tokio_postgres::Error> {
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass('public.pgchat_schema') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    client
+        .query_one("SELECT max(version) FROM public.pgchat_schema", &[])
+        .await
+        .map(|r| r.get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_version_is_the_last_migration() {
+        let last = embedded::migrations::runner()
+            .get_migrations()
+            .iter()
+            .map(|m| m.version())
+            .max();
+        assert_eq!(last, Some(SCHEMA_VERSION));
+    }
+}
