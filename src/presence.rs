@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::db::Database;
+use crate::db::{queries, Database};
 use crate::error::DbError;
 use crate::hub::SessionId;
 use crate::notify::{Notice, CHANNEL};
@@ -179,9 +179,7 @@ impl Presence {
 
     async fn store_last_seen(&self, users: &[String], at: DateTime<Utc>) -> Result<(), DbError> {
         let client = self.db.client().await?;
-        let stmt = client
-            .prepare_cached("UPDATE pgchat.users SET last_seen = $2 WHERE id = ANY($1)")
-            .await?;
+        let stmt = client.prepare_cached(queries::STORE_LAST_SEEN).await?;
         client.execute(&stmt, &[&users, &at]).await?;
         Ok(())
     }
@@ -287,9 +285,7 @@ impl Presence {
     /// after the listener reconnects: notices may have been missed), announcing changes.
     pub async fn reload(&self) -> Result<(), DbError> {
         let client = self.db.client().await?;
-        let stmt = client
-            .prepare_cached("SELECT user_id, worker_id FROM pgchat.presence WHERE worker_id <> $1")
-            .await?;
+        let stmt = client.prepare_cached(queries::REMOTE_PRESENCE).await?;
         let mut remote: HashMap<String, HashSet<String>> = HashMap::new();
         for row in client.query(&stmt, &[&self.worker]).await? {
             remote.entry(row.get(0)).or_default().insert(row.get(1));
@@ -345,12 +341,7 @@ impl Presence {
         }
         let ids: Vec<&str> = users.iter().map(UserId::as_str).collect();
         let client = self.db.client().await?;
-        let stmt = client
-            .prepare_cached(
-                "SELECT k.u, (SELECT last_seen FROM pgchat.users WHERE id = k.u)
-                 FROM unnest($1::text[]) AS k(u)",
-            )
-            .await?;
+        let stmt = client.prepare_cached(queries::LAST_SEEN).await?;
         let last_seen: HashMap<String, Option<DateTime<Utc>>> = client
             .query(&stmt, &[&ids])
             .await?
@@ -430,27 +421,16 @@ impl Presence {
         let result = async {
             let tx = self.db.begin().await?;
             if !on.is_empty() {
-                let stmt = tx
-                    .prepare_cached(
-                        "INSERT INTO pgchat.presence (user_id, worker_id)
-                         SELECT u, $2 FROM unnest($1::text[]) AS u ORDER BY u
-                         ON CONFLICT DO NOTHING",
-                    )
-                    .await?;
+                let stmt = tx.prepare_cached(queries::PRESENCE_ON).await?;
                 tx.execute(&stmt, &[&on, &self.worker]).await?;
             }
             if !off.is_empty() {
                 let users: Vec<&str> = off.iter().map(|(u, _)| u.as_str()).collect();
-                let stmt = tx
-                    .prepare_cached(
-                        "DELETE FROM pgchat.presence WHERE worker_id = $2 AND user_id = ANY($1)",
-                    )
-                    .await?;
+                let stmt = tx.prepare_cached(queries::PRESENCE_OFF).await?;
                 tx.execute(&stmt, &[&users, &self.worker]).await?;
             }
             for payload in Notice::presence_payloads(&self.worker, on.clone(), off.clone()) {
-                tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
-                    .await?;
+                tx.execute(queries::NOTIFY, &[&CHANNEL, &payload]).await?;
             }
             tx.commit().await
         }
@@ -468,22 +448,12 @@ impl Presence {
     /// Records that this worker lives; takes dead workers' users offline.
     async fn heartbeat(self: &Arc<Self>) -> Result<(), DbError> {
         let client = self.db.client().await?;
-        let beat = client
-            .prepare_cached(
-                "INSERT INTO pgchat.workers (id, host, pid) VALUES ($1, $2, $3)
-                 ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
-            )
-            .await?;
+        let beat = client.prepare_cached(queries::HEARTBEAT).await?;
         let host = crate::app::hostname();
         client
             .execute(&beat, &[&self.worker, &host, &(std::process::id() as i32)])
             .await?;
-        let count = client
-            .prepare_cached(
-                "SELECT count(*) FROM pgchat.workers
-                 WHERE id <> $1 AND heartbeat_at >= now() - make_interval(secs => $2)",
-            )
-            .await?;
+        let count = client.prepare_cached(queries::PEERS).await?;
         let peers: i64 = client
             .query_one(&count, &[&self.worker, &DEAD_AFTER_SECS])
             .await?
@@ -492,12 +462,7 @@ impl Presence {
             .store(peers as usize, std::sync::atomic::Ordering::Relaxed);
         drop(client);
         let tx = self.db.begin().await?;
-        let reap = tx
-            .prepare_cached(
-                "DELETE FROM pgchat.workers WHERE heartbeat_at < now() - make_interval(secs => $1)
-                 RETURNING id",
-            )
-            .await?;
+        let reap = tx.prepare_cached(queries::REAP_WORKERS).await?;
         let dead: Vec<String> = tx
             .query(&reap, &[&DEAD_AFTER_SECS])
             .await?
@@ -529,17 +494,7 @@ impl Presence {
         workers: &[String],
         graceful: bool,
     ) -> Result<(), DbError> {
-        let stmt = tx
-            .prepare_cached(
-                "WITH gone AS (
-                     DELETE FROM pgchat.presence WHERE worker_id = ANY($1) RETURNING user_id
-                 )
-                 UPDATE pgchat.users u SET last_seen = now()
-                 WHERE u.id = ANY (ARRAY(SELECT user_id FROM gone))
-                   AND NOT EXISTS (SELECT 1 FROM pgchat.presence p
-                                   WHERE p.user_id = u.id AND NOT p.worker_id = ANY($1))",
-            )
-            .await?;
+        let stmt = tx.prepare_cached(queries::FORGET_WORKERS).await?;
         tx.execute(&stmt, &[&workers]).await?;
         let payload = serde_json::to_string(&Notice::Gone {
             w: self.worker.clone(),
@@ -547,8 +502,7 @@ impl Presence {
             graceful,
         })
         .expect("notices serialise");
-        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
-            .await?;
+        tx.execute(queries::NOTIFY, &[&CHANNEL, &payload]).await?;
         Ok(())
     }
 
@@ -557,9 +511,7 @@ impl Presence {
         let tx = self.db.begin().await?;
         let me = vec![self.worker.clone()];
         self.forget_workers(&tx, &me, true).await?;
-        let stmt = tx
-            .prepare_cached("DELETE FROM pgchat.workers WHERE id = $1")
-            .await?;
+        let stmt = tx.prepare_cached(queries::DELETE_WORKER).await?;
         tx.execute(&stmt, &[&self.worker]).await?;
         tx.commit().await
     }

@@ -188,7 +188,7 @@ pub async fn typing(
         );
         let client = app.db.client().await?;
         client
-            .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+            .execute(crate::db::queries::NOTIFY, &[&CHANNEL, &payload])
             .await
             .map_err(DbError::from)?;
     }

@@ -8,7 +8,7 @@ use postgres_types::ToSql;
 use serde_json::{json, Value};
 use tokio_postgres::Row;
 
-use crate::db::Database;
+use crate::db::{queries, Database};
 use crate::error::{ApiError, DbError};
 use crate::protocol::{rfc3339, ConversationId, UserId};
 
@@ -113,50 +113,22 @@ pub fn object_fields(v: &Value) -> String {
 /// Reads first so that an unchanged user costs no write.
 pub async fn touch_user(db: &Database, user: &UserId, name: Option<&str>) -> Result<i64, DbError> {
     let client = db.client().await?;
-    let stmt = client
-        .prepare_cached("SELECT head, name FROM pgchat.users WHERE id = $1")
-        .await?;
+    let stmt = client.prepare_cached(queries::USER).await?;
     if let Some(row) = client.query_opt(&stmt, &[&user.as_str()]).await? {
         let stored: Option<String> = row.get(1);
         if name.is_none() || stored.as_deref() == name {
             return Ok(row.get(0));
         }
     }
-    let stmt = client
-        .prepare_cached(
-            "INSERT INTO pgchat.users AS u (id, name) VALUES ($1, $2)
-             ON CONFLICT (id) DO UPDATE SET name = COALESCE(EXCLUDED.name, u.name)
-             RETURNING head",
-        )
-        .await?;
+    let stmt = client.prepare_cached(queries::UPSERT_USER).await?;
     Ok(client
         .query_one(&stmt, &[&user.as_str(), &name])
         .await?
         .get(0))
 }
 
-/// The columns that render an event as a frame, selected from an `event_queue` row `e`
-/// followed by [`EVENT_JOINS`]. Shared by [`events_after`] and [`events_in`].
-const EVENT_COLUMNS: &str = "e.user_id, e.seq, e.kind, e.payload,
-        m.id, m.conversation_id, m.cseq, m.sender_id, m.sender_name, m.body,
-        m.client_msg_id, m.created_at,
-        c.id, c.kind, c.name, c.members";
-/// The message or conversation an event shows. Each is a lateral subquery with `LIMIT 1`,
-/// so that the planner probes the primary key once per event and can never turn the join
-/// into a scan of `messages` or `conversations`, whatever it estimates.
-const EVENT_JOINS: &str = "LEFT JOIN LATERAL (
-         SELECT m.id, m.conversation_id, m.cseq, m.sender_id,
-                (SELECT u.name FROM pgchat.users u WHERE u.id = m.sender_id) AS sender_name,
-                m.body, m.client_msg_id, m.created_at
-         FROM pgchat.messages m WHERE m.id = e.message_id LIMIT 1) m ON true
-     LEFT JOIN LATERAL (
-         SELECT c.id, c.kind, c.name,
-                ARRAY(SELECT x.user_id FROM pgchat.members x
-                      WHERE x.conversation_id = c.id ORDER BY x.user_id) AS members
-         FROM pgchat.conversations c
-         WHERE e.kind = 'conversation' AND c.id = e.conversation_id LIMIT 1) c ON true";
-
-/// One event row (selected with [`EVENT_COLUMNS`]) as `(user, seq, frame)`.
+/// One event row (as [`queries::EVENTS_AFTER`] and [`queries::EVENTS_IN`] select it) as
+/// `(user, seq, frame)`.
 fn event_from_row(row: &Row) -> (String, i64, String) {
     let seq: i64 = row.get(1);
     // The table's CHECK admits exactly the four kinds.
@@ -194,14 +166,7 @@ pub async fn events_after(
     limit: i64,
 ) -> Result<Vec<(i64, String)>, DbError> {
     let client = db.client().await?;
-    let sql = format!(
-        "SELECT {EVENT_COLUMNS}
-         FROM (SELECT * FROM pgchat.event_queue
-               WHERE user_id = $1 AND seq > $2 ORDER BY seq LIMIT $3) e
-         {EVENT_JOINS}
-         ORDER BY e.seq"
-    );
-    let stmt = client.prepare_cached(&sql).await?;
+    let stmt = client.prepare_cached(queries::EVENTS_AFTER).await?;
     let rows = client
         .query(&stmt, &[&user.as_str(), &after, &limit])
         .await?;
@@ -223,16 +188,7 @@ pub async fn events_in(
     ranges: &[(String, i64, i64)],
 ) -> Result<Vec<(String, i64, String)>, DbError> {
     let client = db.client().await?;
-    let sql = format!(
-        "SELECT {EVENT_COLUMNS}
-         FROM unnest($1::text[], $2::int8[], $3::int8[]) AS k(u, a, b)
-         CROSS JOIN LATERAL (SELECT * FROM pgchat.event_queue
-                             WHERE user_id = k.u AND seq > k.a AND seq <= k.b
-                             ORDER BY seq OFFSET 0) e
-         {EVENT_JOINS}
-         ORDER BY e.user_id, e.seq"
-    );
-    let stmt = client.prepare_cached(&sql).await?;
+    let stmt = client.prepare_cached(queries::EVENTS_IN).await?;
     let users: Vec<&str> = ranges.iter().map(|r| r.0.as_str()).collect();
     let after: Vec<i64> = ranges.iter().map(|r| r.1).collect();
     let upto: Vec<i64> = ranges.iter().map(|r| r.2).collect();
@@ -243,12 +199,7 @@ pub async fn events_in(
 /// The stream heads of `users` (one primary-key probe each).
 pub async fn heads(db: &Database, users: &[String]) -> Result<Vec<(String, i64)>, DbError> {
     let client = db.client().await?;
-    let stmt = client
-        .prepare_cached(
-            "SELECT k.u, (SELECT head FROM pgchat.users WHERE id = k.u)
-             FROM unnest($1::text[]) AS k(u)",
-        )
-        .await?;
+    let stmt = client.prepare_cached(queries::HEADS).await?;
     Ok(client
         .query(&stmt, &[&users])
         .await?
@@ -260,13 +211,7 @@ pub async fn heads(db: &Database, users: &[String]) -> Result<Vec<(String, i64)>
 /// Where a resume may start: the user's head and the last pruned seq.
 pub async fn stream_bounds(db: &Database, user: &UserId) -> Result<(i64, i64), DbError> {
     let client = db.client().await?;
-    let stmt = client
-        .prepare_cached(
-            "SELECT u.head,
-                    coalesce((SELECT p.through FROM pgchat.stream_pruned p WHERE p.user_id = u.id), 0)
-             FROM pgchat.users u WHERE u.id = $1",
-        )
-        .await?;
+    let stmt = client.prepare_cached(queries::STREAM_BOUNDS).await?;
     Ok(client
         .query_opt(&stmt, &[&user.as_str()])
         .await?
@@ -296,32 +241,11 @@ pub async fn history(
 ) -> Result<HistoryPage, ApiError> {
     let client = db.client().await?;
     let access = client
-        .prepare_cached(
-            "SELECT c.last_cseq,
-                    EXISTS (SELECT 1 FROM pgchat.members m
-                            WHERE m.conversation_id = c.id AND m.user_id = $2)
-             FROM pgchat.conversations c WHERE c.id = $1",
-        )
+        .prepare_cached(queries::HISTORY_ACCESS)
         .await
         .map_err(DbError::from)?;
     let page = client
-        .prepare_cached(
-            "WITH page AS (
-                 SELECT id, conversation_id, cseq, sender_id, body, client_msg_id, created_at
-                 FROM pgchat.messages
-                 WHERE conversation_id = $1 AND cseq < $2
-                 ORDER BY cseq DESC
-                 LIMIT $3
-             ), names AS (
-                 SELECT s.sender_id,
-                        (SELECT u.name FROM pgchat.users u WHERE u.id = s.sender_id) AS name
-                 FROM (SELECT DISTINCT sender_id FROM page) s
-             )
-             SELECT p.id, p.conversation_id, p.cseq, p.sender_id, n.name, p.body,
-                    p.client_msg_id, p.created_at
-             FROM page p LEFT JOIN names n ON n.sender_id = p.sender_id
-             ORDER BY p.cseq",
-        )
+        .prepare_cached(queries::HISTORY_PAGE)
         .await
         .map_err(DbError::from)?;
     let before = before_cseq.unwrap_or(i64::MAX);
@@ -356,13 +280,7 @@ pub async fn members(
     conversation: &ConversationId,
 ) -> Result<Option<Vec<String>>, DbError> {
     let client = db.client().await?;
-    let stmt = client
-        .prepare_cached(
-            "SELECT ARRAY(SELECT user_id FROM pgchat.members
-                          WHERE conversation_id = c.id ORDER BY user_id)
-             FROM pgchat.conversations c WHERE c.id = $1",
-        )
-        .await?;
+    let stmt = client.prepare_cached(queries::MEMBERS).await?;
     Ok(client
         .query_opt(&stmt, &[&conversation.as_str()])
         .await?
@@ -388,28 +306,7 @@ pub fn not_a_member(c: &ConversationId) -> ApiError {
 /// message they send, so the unread messages are exactly those after it.
 pub async fn conversations(db: &Database, user: &UserId) -> Result<Vec<Value>, DbError> {
     let client = db.client().await?;
-    let stmt = client
-        .prepare_cached(
-            "SELECT c.id, c.kind, c.name,
-                    ARRAY(SELECT x.user_id FROM pgchat.members x
-                          WHERE x.conversation_id = c.id ORDER BY x.user_id) AS members,
-                    c.last_cseq - me.read_cseq AS unread,
-                    lm.id, lm.conversation_id, lm.cseq, lm.sender_id, lm.sender_name, lm.body,
-                    lm.client_msg_id, lm.created_at
-             FROM (SELECT conversation_id, read_cseq FROM pgchat.members
-                   WHERE user_id = $1 OFFSET 0) me
-             CROSS JOIN LATERAL (
-                 SELECT c.id, c.kind, c.name, c.last_cseq, c.created_at
-                 FROM pgchat.conversations c WHERE c.id = me.conversation_id LIMIT 1) c
-             LEFT JOIN LATERAL (
-                 SELECT m.id, m.conversation_id, m.cseq, m.sender_id,
-                        (SELECT u.name FROM pgchat.users u WHERE u.id = m.sender_id) AS sender_name,
-                        m.body, m.client_msg_id, m.created_at
-                 FROM pgchat.messages m
-                 WHERE m.conversation_id = c.id AND m.cseq = c.last_cseq LIMIT 1) lm ON true
-             ORDER BY coalesce(lm.created_at, c.created_at) DESC, c.id",
-        )
-        .await?;
+    let stmt = client.prepare_cached(queries::CONVERSATIONS).await?;
     let rows = client.query(&stmt, &[&user.as_str()]).await?;
     Ok(rows
         .iter()
@@ -439,9 +336,7 @@ pub async fn prune_events(
     batch: i32,
 ) -> Result<Option<u64>, DbError> {
     let client = db.client().await?;
-    let stmt = client
-        .prepare_cached("SELECT pgchat.prune_events(make_interval(secs => $1), $2)")
-        .await?;
+    let stmt = client.prepare_cached(queries::PRUNE_EVENTS).await?;
     let deleted: i64 = client
         .query_one(&stmt, &[&retention.as_secs_f64(), &batch])
         .await?

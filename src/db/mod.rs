@@ -6,6 +6,7 @@
 
 pub mod embedded;
 pub mod lease;
+pub mod queries;
 pub mod schema;
 
 use std::sync::Arc;

@@ -18,14 +18,11 @@ use tokio_postgres::Row;
 
 use super::{Command, Outcome};
 use crate::cache::Snapshot;
+use crate::db::queries::APPLY_BATCH;
 use crate::db::Database;
 use crate::error::{ApiError, Code, DbError};
 use crate::protocol::Target;
 use crate::store::{object_fields, EventKind, Message};
-
-const APPLY_BATCH: &str = "SELECT * FROM pgchat.apply_batch(
-    $1::text, $2::int4, $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-    $8::text[], $9::int8[], $10::int4[], $11::text[])";
 
 /// An event to hand to the hub after commit: the frame is `{"type":kind,"seq":seq,` +
 /// `fields` + `}`, and `fields` is shared by every recipient of the same event.

@@ -184,17 +184,26 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new() -> TestDb {
-        let template = template().await;
+        Self::create(Some(&template().await)).await
+    }
+
+    /// A fresh database with nothing in it.
+    pub async fn empty() -> TestDb {
+        Self::create(None).await
+    }
+
+    async fn create(template: Option<&str>) -> TestDb {
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs();
         let name = format!("pgchat_test_{created}_{:08x}", rand::random::<u32>());
         let admin = admin().await;
+        let from = template.map_or("template0".to_string(), str::to_string);
         admin
-            .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
+            .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {from}"))
             .await
-            .expect("clone the template database");
+            .expect("create a test database");
         TestDb {
             url: with_db(server_url(), &name),
             name,
@@ -319,7 +328,12 @@ impl TestApp {
     /// Starts a server whose configuration `adjust` may change first.
     pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         init_logging();
-        let db = TestDb::new().await;
+        Self::spawn_on(TestDb::new().await, adjust).await
+    }
+
+    /// Starts a server on `db` (which it migrates, as at any start).
+    pub async fn spawn_on(db: TestDb, adjust: impl FnOnce(&mut Config)) -> TestApp {
+        init_logging();
         let mut config = test_config(&db);
         adjust(&mut config);
         config.validate().expect("test configuration is valid");

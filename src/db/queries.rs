@@ -1,0 +1,188 @@
+//! Every statement pgchat runs, in one place: plain, parameterised, prepared once per
+//! connection. The write path is one call of `pgchat.apply_batch` (schema.sql); the rest
+//! reads, or writes presence.
+//!
+//! Rule for each of them: reach `event_queue`, `messages`, `conversations`, `members` and
+//! `users` through an index, whatever the tables' sizes, statistics or the plan cache do.
+//! So a lookup per key is a scalar subquery, or a lateral subquery fenced with `LIMIT 1` or
+//! `OFFSET 0` (a plain join against an array of keys may be planned as a hash join over a
+//! whole table once the planner expects enough keys). tests/plans.rs runs each of them on
+//! a database of a million events and fails on any sequential scan.
+
+/// The write path: a batch of commands in one statement (see `src/writer/batch.rs`).
+pub const APPLY_BATCH: &str = "SELECT * FROM pgchat.apply_batch(
+    $1::text, $2::int4, $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+    $8::text[], $9::int8[], $10::int4[], $11::text[])";
+
+/// The columns that render an event as a frame: from an `event_queue` row `e`, its
+/// message `m` and its conversation `c` (see [`event_joins`]).
+macro_rules! event_columns {
+    () => {
+        "e.user_id, e.seq, e.kind, e.payload,
+         m.id, m.conversation_id, m.cseq, m.sender_id, m.sender_name, m.body,
+         m.client_msg_id, m.created_at,
+         c.id, c.kind, c.name, c.members"
+    };
+}
+
+/// The message or conversation an event shows, one primary-key probe each.
+macro_rules! event_joins {
+    () => {
+        "LEFT JOIN LATERAL (
+             SELECT m.id, m.conversation_id, m.cseq, m.sender_id,
+                    (SELECT u.name FROM pgchat.users u WHERE u.id = m.sender_id) AS sender_name,
+                    m.body, m.client_msg_id, m.created_at
+             FROM pgchat.messages m WHERE m.id = e.message_id LIMIT 1) m ON true
+         LEFT JOIN LATERAL (
+             SELECT c.id, c.kind, c.name,
+                    ARRAY(SELECT x.user_id FROM pgchat.members x
+                          WHERE x.conversation_id = c.id ORDER BY x.user_id) AS members
+             FROM pgchat.conversations c
+             WHERE e.kind = 'conversation' AND c.id = e.conversation_id LIMIT 1) c ON true"
+    };
+}
+
+/// One user's events after a seq, oldest first, at most $3 (resume, and a session behind
+/// its feed): `(user, after, limit)`.
+pub const EVENTS_AFTER: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM (SELECT * FROM pgchat.event_queue
+           WHERE user_id = $1 AND seq > $2 ORDER BY seq LIMIT $3) e ",
+    event_joins!(),
+    " ORDER BY e.seq"
+);
+
+/// Several users' ranges `(after, upto]` at once (what a notification announced):
+/// `(users[], after[], upto[])`. One range scan of the primary key per user.
+pub const EVENTS_IN: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM unnest($1::text[], $2::int8[], $3::int8[]) AS k(u, a, b)
+      CROSS JOIN LATERAL (SELECT * FROM pgchat.event_queue
+                          WHERE user_id = k.u AND seq > k.a AND seq <= k.b
+                          ORDER BY seq OFFSET 0) e ",
+    event_joins!(),
+    " ORDER BY e.user_id, e.seq"
+);
+
+/// The stream heads of users (catch-up after a reconnect or a pointer notification):
+/// `(users[])`.
+pub const HEADS: &str = "SELECT k.u, (SELECT head FROM pgchat.users WHERE id = k.u)
+     FROM unnest($1::text[]) AS k(u)";
+
+/// Where a resume may start: the user's head and how far retention pruned the stream.
+pub const STREAM_BOUNDS: &str = "SELECT u.head,
+            coalesce((SELECT p.through FROM pgchat.stream_pruned p WHERE p.user_id = u.id), 0)
+     FROM pgchat.users u WHERE u.id = $1";
+
+/// A user at connect: `(id)` → head, name.
+pub const USER: &str = "SELECT head, name FROM pgchat.users WHERE id = $1";
+
+/// Records a user or their new display name: `(id, name)` → head.
+pub const UPSERT_USER: &str = "INSERT INTO pgchat.users AS u (id, name) VALUES ($1, $2)
+     ON CONFLICT (id) DO UPDATE SET name = COALESCE(EXCLUDED.name, u.name)
+     RETURNING head";
+
+/// History's access check and total: `(conversation, user)` → last_cseq, is a member.
+pub const HISTORY_ACCESS: &str = "SELECT c.last_cseq,
+            EXISTS (SELECT 1 FROM pgchat.members m
+                    WHERE m.conversation_id = c.id AND m.user_id = $2)
+     FROM pgchat.conversations c WHERE c.id = $1";
+
+/// A page of history, oldest first: `(conversation, before_cseq, limit)`. Sender names
+/// are read once per sender of the page.
+pub const HISTORY_PAGE: &str = "WITH page AS (
+         SELECT id, conversation_id, cseq, sender_id, body, client_msg_id, created_at
+         FROM pgchat.messages
+         WHERE conversation_id = $1 AND cseq < $2
+         ORDER BY cseq DESC
+         LIMIT $3
+     ), names AS (
+         SELECT s.sender_id,
+                (SELECT u.name FROM pgchat.users u WHERE u.id = s.sender_id) AS name
+         FROM (SELECT DISTINCT sender_id FROM page) s
+     )
+     SELECT p.id, p.conversation_id, p.cseq, p.sender_id, n.name, p.body,
+            p.client_msg_id, p.created_at
+     FROM page p LEFT JOIN names n ON n.sender_id = p.sender_id
+     ORDER BY p.cseq";
+
+/// A conversation's members, sorted, or no row: `(conversation)`.
+pub const MEMBERS: &str = "SELECT ARRAY(SELECT user_id FROM pgchat.members
+                  WHERE conversation_id = c.id ORDER BY user_id)
+     FROM pgchat.conversations c WHERE c.id = $1";
+
+/// A user's conversations with members, last message and unread count: `(user)`.
+/// `unread` counts nothing: a member's read marker also moves to every message they send,
+/// so the unread messages are exactly those after it.
+pub const CONVERSATIONS: &str = "SELECT c.id, c.kind, c.name,
+            ARRAY(SELECT x.user_id FROM pgchat.members x
+                  WHERE x.conversation_id = c.id ORDER BY x.user_id) AS members,
+            c.last_cseq - me.read_cseq AS unread,
+            lm.id, lm.conversation_id, lm.cseq, lm.sender_id, lm.sender_name, lm.body,
+            lm.client_msg_id, lm.created_at
+     FROM (SELECT conversation_id, read_cseq FROM pgchat.members
+           WHERE user_id = $1 OFFSET 0) me
+     CROSS JOIN LATERAL (
+         SELECT c.id, c.kind, c.name, c.last_cseq, c.created_at
+         FROM pgchat.conversations c WHERE c.id = me.conversation_id LIMIT 1) c
+     LEFT JOIN LATERAL (
+         SELECT m.id, m.conversation_id, m.cseq, m.sender_id,
+                (SELECT u.name FROM pgchat.users u WHERE u.id = m.sender_id) AS sender_name,
+                m.body, m.client_msg_id, m.created_at
+         FROM pgchat.messages m
+         WHERE m.conversation_id = c.id AND m.cseq = c.last_cseq LIMIT 1) lm ON true
+     ORDER BY coalesce(lm.created_at, c.created_at) DESC, c.id";
+
+/// Retention, one bounded batch: `(older than, seconds; rows)` → deleted, -1 if busy.
+pub const PRUNE_EVENTS: &str = "SELECT pgchat.prune_events(make_interval(secs => $1), $2)";
+
+/// What workers tell each other: `(channel, payload)`.
+pub const NOTIFY: &str = "SELECT pg_notify($1, $2)";
+
+/// Presence: when users were last seen: `(users[])`.
+pub const LAST_SEEN: &str = "SELECT k.u, (SELECT last_seen FROM pgchat.users WHERE id = k.u)
+     FROM unnest($1::text[]) AS k(u)";
+
+/// Presence: users went offline everywhere at $2: `(users[], at)`.
+pub const STORE_LAST_SEEN: &str = "UPDATE pgchat.users SET last_seen = $2 WHERE id = ANY($1)";
+
+/// Presence: who is online on the other workers: `(this worker)`.
+pub const REMOTE_PRESENCE: &str =
+    "SELECT user_id, worker_id FROM pgchat.presence WHERE worker_id <> $1";
+
+/// Presence: users now held by this worker: `(users[], worker)`.
+pub const PRESENCE_ON: &str = "INSERT INTO pgchat.presence (user_id, worker_id)
+     SELECT u, $2 FROM unnest($1::text[]) AS u ORDER BY u
+     ON CONFLICT DO NOTHING";
+
+/// Presence: users this worker no longer holds: `(users[], worker)`.
+pub const PRESENCE_OFF: &str =
+    "DELETE FROM pgchat.presence WHERE worker_id = $2 AND user_id = ANY($1)";
+
+/// A worker's heartbeat: `(id, host, pid)`.
+pub const HEARTBEAT: &str = "INSERT INTO pgchat.workers (id, host, pid) VALUES ($1, $2, $3)
+     ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()";
+
+/// Other workers alive: `(this worker, dead after seconds)`.
+pub const PEERS: &str = "SELECT count(*) FROM pgchat.workers
+     WHERE id <> $1 AND heartbeat_at >= now() - make_interval(secs => $2)";
+
+/// Workers silent too long: `(dead after seconds)` → their ids, deleted.
+pub const REAP_WORKERS: &str =
+    "DELETE FROM pgchat.workers WHERE heartbeat_at < now() - make_interval(secs => $1)
+     RETURNING id";
+
+/// The presence rows of gone workers, and last_seen for their users now online nowhere:
+/// `(workers[])`.
+pub const FORGET_WORKERS: &str = "WITH gone AS (
+         DELETE FROM pgchat.presence WHERE worker_id = ANY($1) RETURNING user_id
+     )
+     UPDATE pgchat.users u SET last_seen = now()
+     WHERE u.id = ANY (ARRAY(SELECT user_id FROM gone))
+       AND NOT EXISTS (SELECT 1 FROM pgchat.presence p
+                       WHERE p.user_id = u.id AND NOT p.worker_id = ANY($1))";
+
+/// A worker that leaves: `(id)`.
+pub const DELETE_WORKER: &str = "DELETE FROM pgchat.workers WHERE id = $1";

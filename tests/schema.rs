@@ -1,0 +1,209 @@
+//! The schema: schema.sql and the migrations build the same database, and a database built
+//! by pgchat 0.1 upgrades in place at start with its data intact.
+
+mod common;
+
+use common::{TestApp, TestDb};
+use serde_json::json;
+
+/// The schema pgchat 0.1 applied (its schema.sql, now migration 1).
+const SCHEMA_V1: &str = include_str!("../migrations/V1__initial.sql");
+
+/// Rows as pgchat 0.1 wrote them: alice and bob exchanged two messages in d1; carol's
+/// stream was pruned through seq 5.
+const DATA_V1: &str = r#"
+INSERT INTO users (id, name, head, pruned_through) VALUES
+    ('alice', 'Alice', 3, 0), ('bob', 'Bob', 3, 0), ('carol', NULL, 7, 5);
+INSERT INTO conversations (id, kind, direct_key, last_cseq, version)
+    VALUES ('d1', 'direct', E'alice\nbob', 2, 3);
+SELECT setval('conversation_ids', 1);
+INSERT INTO members (conversation_id, user_id, read_cseq)
+    VALUES ('d1', 'alice', 0), ('d1', 'bob', 0);
+INSERT INTO messages (id, conversation_id, cseq, sender_id, body, client_msg_id) VALUES
+    (1, 'd1', 1, 'alice', 'hello bob', 'm1'), (2, 'd1', 2, 'bob', 'hi alice', 'm2');
+SELECT setval('messages_id_seq', 2);
+INSERT INTO event_queue (user_id, seq, kind, message_id, conversation_id, payload) VALUES
+    ('alice', 1, 'conversation', NULL, 'd1', NULL),
+    ('alice', 2, 'message', 1, NULL, NULL),
+    ('alice', 3, 'message', 2, NULL, NULL),
+    ('bob', 1, 'conversation', NULL, 'd1', NULL),
+    ('bob', 2, 'message', 1, NULL, NULL),
+    ('bob', 3, 'message', 2, NULL, NULL),
+    ('carol', 6, 'removed', NULL, 'g9', '{"conversation": "g9"}'),
+    ('carol', 7, 'removed', NULL, 'g8', '{"conversation": "g8"}');
+"#;
+
+/// Everything the catalog says about pgchat's objects, one line each, sorted.
+const CATALOG: &str = "
+SELECT 'relation ' || n.nspname || '.' || c.relname || ' ' || c.relkind::text
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname IN ('pgchat', 'public') AND c.relname NOT LIKE 'refinery_schema_history%'
+UNION ALL
+SELECT 'column ' || n.nspname || '.' || c.relname || '.' || a.attname || ' '
+       || format_type(a.atttypid, a.atttypmod) || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+       || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), '')
+FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+WHERE n.nspname IN ('pgchat', 'public') AND a.attnum > 0 AND NOT a.attisdropped
+  AND c.relkind = 'r' AND c.relname <> 'refinery_schema_history'
+UNION ALL
+SELECT 'constraint ' || n.nspname || '.' || c.relname || '.' || k.conname || ' '
+       || pg_get_constraintdef(k.oid)
+FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname IN ('pgchat', 'public') AND c.relname <> 'refinery_schema_history'
+UNION ALL
+SELECT 'index ' || indexdef FROM pg_indexes
+WHERE schemaname IN ('pgchat', 'public') AND tablename <> 'refinery_schema_history'
+UNION ALL
+SELECT 'function ' || pg_get_functiondef(p.oid)
+FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname IN ('pgchat', 'public')
+ORDER BY 1";
+
+async fn catalog(db: &TestDb) -> Vec<String> {
+    db.client()
+        .await
+        .query(CATALOG, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+async fn migrate(db: &TestDb) -> Result<(), pgchat::db::StartupError> {
+    let config: tokio_postgres::Config = db.url.parse().unwrap();
+    pgchat::db::migrate(&config, &db.url, None).await
+}
+
+async fn built_by_pgchat_0_1(data: &str) -> TestDb {
+    let db = TestDb::empty().await;
+    let client = db.client().await;
+    client.batch_execute(SCHEMA_V1).await.unwrap();
+    client.batch_execute(data).await.unwrap();
+    db
+}
+
+async fn versions(db: &TestDb) -> (Vec<i32>, i32) {
+    let client = db.client().await;
+    let history = client
+        .query(
+            "SELECT version FROM pgchat.refinery_schema_history ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let recorded = client
+        .query_one("SELECT max(version) FROM public.pgchat_schema", &[])
+        .await
+        .unwrap()
+        .get(0);
+    (history, recorded)
+}
+
+#[tokio::test]
+async fn schema_sql_and_the_migrations_build_the_same_database() {
+    let fresh = TestDb::empty().await;
+    migrate(&fresh).await.unwrap();
+    let upgraded = built_by_pgchat_0_1("").await;
+    migrate(&upgraded).await.unwrap();
+
+    let (a, b) = (catalog(&fresh).await, catalog(&upgraded).await);
+    assert!(a.len() > 50, "the catalog query sees the schema: {a:?}");
+    let only_fresh: Vec<&String> = a.iter().filter(|l| !b.contains(l)).collect();
+    let only_upgraded: Vec<&String> = b.iter().filter(|l| !a.contains(l)).collect();
+    assert!(
+        only_fresh.is_empty() && only_upgraded.is_empty(),
+        "schema.sql and the migrations differ:\nonly from schema.sql: {only_fresh:#?}\nonly from the migrations: {only_upgraded:#?}"
+    );
+    let expected = (
+        vec![1, pgchat::db::SCHEMA_VERSION],
+        pgchat::db::SCHEMA_VERSION,
+    );
+    assert_eq!(versions(&fresh).await, expected);
+    assert_eq!(versions(&upgraded).await, expected);
+}
+
+#[tokio::test]
+async fn workers_starting_together_on_an_old_database_migrate_it_once() {
+    let db = built_by_pgchat_0_1(DATA_V1).await;
+    let results = futures_util::future::join_all((0..4).map(|_| migrate(&db))).await;
+    for r in results {
+        r.expect("every starting worker succeeds");
+    }
+    assert_eq!(
+        versions(&db).await,
+        (
+            vec![1, pgchat::db::SCHEMA_VERSION],
+            pgchat::db::SCHEMA_VERSION
+        )
+    );
+    assert_eq!(db.count("SELECT count(*) FROM pgchat.messages").await, 2);
+}
+
+#[tokio::test]
+async fn a_database_built_by_pgchat_0_1_upgrades_in_place_with_its_data_intact() {
+    let db = built_by_pgchat_0_1(DATA_V1).await;
+    let app = TestApp::spawn_on(db, |_| {}).await;
+
+    // The streams replay as they were, rendered from the moved tables.
+    let mut alice = app.connect("alice").await;
+    assert_eq!(alice.head(), 3);
+    alice.ok(json!({"type": "resume", "after": 0})).await;
+    let replay = alice.buffered();
+    assert_eq!(replay.len(), 3, "{replay:?}");
+    assert_eq!(replay[0]["type"], "conversation");
+    assert_eq!(
+        replay[0]["conversation"]["members"],
+        json!(["alice", "bob"])
+    );
+    assert_eq!(replay[1]["message"]["body"], "hello bob");
+    assert_eq!(replay[1]["message"]["sender"]["id"], "alice");
+    assert_eq!(replay[2]["message"]["body"], "hi alice");
+    assert_eq!(replay[2]["seq"], 3);
+
+    // History and the conversation list read the old rows; the read markers caught up with
+    // what each member sent, so alice has one unread (bob's) and bob none.
+    let page = alice
+        .ok(json!({"type": "history", "conversation": "d1"}))
+        .await;
+    assert_eq!(page["total"], 2);
+    assert_eq!(page["messages"][0]["body"], "hello bob");
+    let list = alice.ok(json!({"type": "conversations"})).await;
+    assert_eq!(list["conversations"][0]["unread"], 1);
+    let mut bob = app.connect("bob").await;
+    let list = bob.ok(json!({"type": "conversations"})).await;
+    assert_eq!(list["conversations"][0]["unread"], 0);
+
+    // New messages continue the old counters.
+    let m = alice.send_dm("bob", "after the upgrade", "m3").await;
+    assert_eq!(m["conversation"], "d1");
+    assert_eq!(m["cseq"], 3);
+    assert_eq!(m["id"], 3);
+    let e = bob.event_of("message").await;
+    assert_eq!(e["seq"], 4);
+    assert_eq!(e["message"], m);
+    // A retry of a message stored before the upgrade returns it.
+    let again = alice.send_dm("bob", "hello bob", "m1").await;
+    assert_eq!(again["id"], 1);
+
+    // What retention pruned stays pruned.
+    let mut carol = app.connect("carol").await;
+    carol
+        .err(json!({"type": "resume", "after": 3}), "resync_required")
+        .await;
+    let ok = carol.ok(json!({"type": "resume", "after": 5})).await;
+    assert_eq!(ok["head"], 7);
+    assert_eq!(
+        versions(&app.db).await,
+        (
+            vec![1, pgchat::db::SCHEMA_VERSION],
+            pgchat::db::SCHEMA_VERSION
+        )
+    );
+}
