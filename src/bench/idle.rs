@@ -27,10 +27,11 @@ const HEALTH_TRIES: usize = 64;
 
 pub async fn run(ctx: &Arc<Ctx>, o: &IdleOptions) -> Result<Report, BenchError> {
     let before = snapshot(ctx).await;
+    // No planned length: opening takes what it takes, then the hold.
     let progress = Progress::start(
         ctx,
         Instant::now(),
-        Some(o.hold),
+        None,
         Shows::Sockets(o.connections as u64),
     );
     let stop = CancellationToken::new();
