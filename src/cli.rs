@@ -66,6 +66,11 @@ enum Command {
         ttl: String,
     },
     /// Load a running server: latency, throughput, and every loss or error.
+    #[command(
+        after_help = "Tokens are signed with the configured JWT secret: run it with \
+        the server's configuration (or JWT_SECRET). Exit status: 0 when nothing was lost and \
+        no error occurred, 1 otherwise, 2 for bad options."
+    )]
     Bench(crate::bench::cli::BenchArgs),
 }
 
