@@ -370,3 +370,46 @@ fn raise_open_files_limit() -> Option<String> {
 pub(crate) fn micros(d: Duration) -> u64 {
     d.as_micros().min(u64::MAX as u128) as u64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dm(rate: f64, cross: f64) -> Options {
+        Options {
+            urls: vec!["ws://127.0.0.1:3000/ws".into()],
+            secret: "s".into(),
+            drain: Duration::from_secs(1),
+            quiet: true,
+            threads: 1,
+            scenario: Scenario::Dm(DmOptions {
+                rate,
+                pairs: 2,
+                cross,
+                duration: Duration::from_secs(1),
+            }),
+        }
+    }
+
+    #[test]
+    fn options_no_run_can_use_are_refused_with_exit_code_2() {
+        assert!(dm(10.0, 0.5).validate().is_ok());
+        for bad in [dm(0.0, 0.5), dm(f64::NAN, 0.5), dm(10.0, 1.5)] {
+            assert_eq!(bad.validate().unwrap_err().exit_code(), 2);
+        }
+        let mut wss = dm(10.0, 0.5);
+        wss.urls = vec!["wss://chat.example/ws".into()];
+        assert!(wss.validate().is_err());
+    }
+
+    #[test]
+    fn each_run_has_its_own_users() {
+        let (a, b) = (Ctx::new(&dm(1.0, 0.0)), Ctx::new(&dm(1.0, 0.0)));
+        let (a0, _) = a.new_user();
+        let (a1, token) = a.new_user();
+        assert_ne!(a0, a1);
+        assert_ne!(a0.split('-').next(), b.new_user().0.split('-').next());
+        let id = Authenticator::new("s").verify(&token).unwrap();
+        assert_eq!(id.user.as_str(), a1);
+    }
+}

@@ -526,3 +526,57 @@ fn ms(us: u64) -> String {
         format!("{ms:.2}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn judged(mut r: Report) -> Report {
+        r.problems = r.find_problems();
+        r.passed = r.problems.is_empty();
+        r
+    }
+
+    #[test]
+    fn a_run_passes_only_when_nothing_was_lost_and_nothing_went_wrong() {
+        let clean = Messages {
+            planned: 10,
+            sent: 10,
+            acked: 10,
+            recipients: 1,
+            delivered: 10,
+            expected: 10,
+            ..Default::default()
+        };
+        let mut r = Report::new("dm");
+        r.messages = Some(clean.clone());
+        assert!(judged(r.clone()).passed);
+
+        r.messages = Some(Messages {
+            delivered: 9,
+            lost: 1,
+            ..clean
+        });
+        r.stream.seq_gaps = 2;
+        r.errors.reply("unavailable");
+        r.errors.close("close 1013");
+        let r = judged(r);
+        assert!(!r.passed);
+        assert_eq!(
+            r.problems,
+            [
+                "1 lost",
+                "2 seq gaps",
+                "1 error replies",
+                "1 closes by the server"
+            ]
+        );
+        let mut text = Vec::new();
+        r.print(&mut text).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.contains("error replies: unavailable: 1"), "{text}");
+        assert!(text.ends_with(
+            "result: FAILED (1 lost, 2 seq gaps, 1 error replies, 1 closes by the server)\n"
+        ));
+    }
+}
