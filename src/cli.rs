@@ -1,4 +1,5 @@
-//! The command line: `pgchat [serve]`, `pgchat config`, `pgchat token <user>`.
+//! The command line: `pgchat [serve]`, `pgchat config`, `pgchat token <user>`,
+//! `pgchat bench <scenario>` (its options and exit codes are in [`crate::bench::cli`]).
 //!
 //! Exit codes: 0 after a clean shutdown, 1 when start-up fails (the database cannot be
 //! reached, …), 2 for an invalid configuration or command line.
@@ -64,6 +65,13 @@ enum Command {
         #[arg(long, default_value = "1h")]
         ttl: String,
     },
+    /// Load a running server: latency, throughput, and every loss or error.
+    #[command(
+        after_help = "Tokens are signed with the configured JWT secret: run it with \
+        the server's configuration (or JWT_SECRET). Exit status: 0 when nothing was lost and \
+        no error occurred, 1 otherwise, 2 for bad options."
+    )]
+    Bench(crate::bench::cli::BenchArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -115,6 +123,7 @@ pub fn main() -> ExitCode {
             println!("{}", auth.mint(&user, name.as_deref(), ttl));
             ExitCode::SUCCESS
         }
+        Command::Bench(args) => crate::bench::cli::main(args, &config),
         Command::Serve { .. } => {
             init_logging(&config);
             warn_about(&config);

@@ -24,9 +24,13 @@
 //!   for its own users and publishes them to its hub, as above.
 //! - [`supervisor`]: `serve --workers N` runs N such workers, sharing only PostgreSQL.
 //! - [`metrics`]: counters for `/metrics` and `/health`.
+//!
+//! Beside the server, [`bench`] is `pgchat bench`: a load tool that speaks the protocol
+//! to a running server and reports latency, and what was lost.
 
 pub mod app;
 pub mod auth;
+pub mod bench;
 pub mod cache;
 pub mod cli;
 pub mod config;

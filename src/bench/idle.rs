@@ -1,0 +1,180 @@
+//! `idle`: N authenticated sockets held open for a while, reading (so that the server's
+//! pings are answered), and the server's resident memory before and after: what one idle
+//! connection costs.
+//!
+//! The workers' pids come from `GET /health`. On this machine their memory is read from
+//! `/proc/<pid>/status` (VmRSS); elsewhere from the `memory.rss_bytes` that /health itself
+//! reports. Behind one shared port, /health answers from whichever worker accepts, so it
+//! is asked until no new worker shows up.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures_util::stream::{self, StreamExt};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::client::{close_sink, health, host_of, read_frames, vm_rss};
+use super::pool::open_one;
+use super::progress::{self, Progress, Shows};
+use super::report::{Errors, IdleResult, Report, ServerMemory};
+use super::{BenchError, Ctx, IdleOptions, Live};
+
+/// Behind a shared port: this many /health answers in a row without a new worker end
+/// the search (at most `HEALTH_TRIES`).
+const HEALTH_QUIET: usize = 12;
+const HEALTH_TRIES: usize = 64;
+
+pub async fn run(ctx: &Arc<Ctx>, o: &IdleOptions) -> Result<Report, BenchError> {
+    let before = snapshot(ctx).await;
+    // No planned length: opening takes what it takes, then the hold.
+    let progress = Progress::start(
+        ctx,
+        Instant::now(),
+        None,
+        Shows::Sockets(o.connections as u64),
+    );
+    let stop = CancellationToken::new();
+    let holders: Vec<_> = stream::iter(0..o.connections)
+        .map(|i| {
+            let ctx = ctx.clone();
+            async move { open_one(&ctx, i % ctx.urls.len()).await }
+        })
+        .buffer_unordered(o.concurrency)
+        .filter_map(|c| async { c })
+        .map(|conn| {
+            Live::add(&ctx.live.acked, 1);
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (sink, mut stream, mut seq) = conn.split();
+                let mut errors = Errors::default();
+                let ended = read_frames(&mut stream, &mut seq, &mut errors, &stop, |_, _| {}).await;
+                close_sink(sink).await;
+                (errors, seq, ended)
+            })
+        })
+        .collect()
+        .await;
+    let opened = holders.len() as u64;
+    Live::add(&ctx.live.failed, o.connections as u64 - opened);
+
+    ctx.set_phase(progress::HOLD);
+    let held = Instant::now();
+    tokio::time::sleep(o.hold).await;
+    let held_s = held.elapsed().as_secs_f64();
+    let after = snapshot(ctx).await;
+    stop.cancel();
+
+    let mut report = Report::new("idle");
+    let mut dropped = 0;
+    for h in futures_util::future::join_all(holders).await {
+        let (errors, seq, ended) = h.expect("socket task");
+        report.errors.merge(errors);
+        report.stream.add(&seq);
+        if let Some(kind) = ended {
+            report.errors.close(&kind);
+            dropped += 1;
+        }
+    }
+    progress.finish().await;
+
+    let mut result = IdleResult {
+        requested: o.connections as u64,
+        opened,
+        failed: o.connections as u64 - opened,
+        dropped,
+        held_s,
+        rss_source: before.source.to_string(),
+        server_connections: after.connections,
+        ..Default::default()
+    };
+    for (worker, &(pid, rss_before)) in &before.workers {
+        match after.workers.get(worker) {
+            Some(&(_, rss_after)) => result.servers.push(ServerMemory {
+                worker: worker.clone(),
+                pid,
+                rss_before_bytes: rss_before,
+                rss_after_bytes: rss_after,
+            }),
+            None => report.notes.push(format!(
+                "worker {worker} did not answer /health after the hold"
+            )),
+        }
+    }
+    for w in ctx.workers.lock().unwrap().iter() {
+        if !before.workers.contains_key(w) {
+            report.notes.push(format!(
+                "worker {w} held sockets but was not measured: /health never answered from it"
+            ));
+        }
+    }
+    report.notes.extend(before.problem);
+    result.rss_before_bytes = result.servers.iter().map(|s| s.rss_before_bytes).sum();
+    result.rss_after_bytes = result.servers.iter().map(|s| s.rss_after_bytes).sum();
+    if opened > 0 && !result.servers.is_empty() {
+        let grew = result.rss_after_bytes as i64 - result.rss_before_bytes as i64;
+        result.rss_per_connection_bytes = Some(grew / opened as i64);
+    }
+    report.elapsed_s = held_s;
+    report.idle = Some(result);
+    Ok(report)
+}
+
+/// The workers' memory at one moment.
+struct Snapshot {
+    /// worker → (pid, resident bytes).
+    workers: BTreeMap<String, (u32, u64)>,
+    source: &'static str,
+    /// Open sockets, summed over the workers' /health.
+    connections: Option<u64>,
+    problem: Option<String>,
+}
+
+async fn snapshot(ctx: &Ctx) -> Snapshot {
+    let local = ctx
+        .urls
+        .iter()
+        .all(|u| host_of(u).map(|(_, local)| local).unwrap_or(false));
+    let mut seen = BTreeMap::new();
+    let mut problem = None;
+    for url in &ctx.urls {
+        let (mut tries, mut quiet) = (0, 0);
+        // One URL per worker: one answer each. One shared URL: ask until no new worker.
+        let shared = ctx.urls.len() == 1;
+        while tries < if shared { HEALTH_TRIES } else { 1 } && quiet < HEALTH_QUIET {
+            tries += 1;
+            match health(url).await {
+                Ok(h) => {
+                    if seen.contains_key(&h.worker) {
+                        quiet += 1;
+                    } else {
+                        quiet = 0;
+                        seen.insert(h.worker.clone(), h);
+                    }
+                }
+                Err(e) => {
+                    problem = Some(format!("server memory not measured: {e}"));
+                    break;
+                }
+            }
+        }
+    }
+    let mut source = if local { "proc" } else { "health" };
+    let mut workers = BTreeMap::new();
+    for (w, h) in &seen {
+        let rss = if local { vm_rss(h.pid) } else { None };
+        if local && rss.is_none() {
+            source = "health";
+        }
+        workers.insert(w.clone(), (h.pid, rss.unwrap_or(h.memory.rss_bytes)));
+    }
+    if seen.is_empty() {
+        source = "none";
+    }
+    Snapshot {
+        connections: (!seen.is_empty()).then(|| seen.values().map(|h| h.connections).sum()),
+        workers,
+        source,
+        problem,
+    }
+}

@@ -1,0 +1,359 @@
+//! The open-loop machinery that dm, growth and group share: the writer task that sends
+//! each message when it is due, the readers of acks and of deliveries, the drain at the
+//! end, and the count of what happened to every message.
+//!
+//! Each sender ("stream" of the [`Schedule`]) has a [`Track`]: one flag byte and one
+//! delivery count per planned message, preallocated, written by its tasks with atomics.
+//! A message's number is its `ref` and its `client_msg_id`, so replies and events map
+//! back to it, and to its due time, without a lookup table. Latencies go into shared
+//! histograms behind a std `Mutex`, held for one `record` and never across an `.await`.
+
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use hdrhistogram::Histogram;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use super::client::{read_frames, SeqCheck, Sink, Stream};
+use super::report::{histogram, Errors, Latency, Messages, Round};
+use super::schedule::Schedule;
+use super::{micros, Ctx, Live};
+
+/// The body of every measured message: about the size of a chat line.
+pub const BODY: &str = "pgchat bench: a message about as long as a line of chat";
+
+const SENT: u8 = 1;
+const ACKED: u8 = 2;
+const FAILED: u8 = 4;
+
+/// What happened to each message of one sender.
+pub struct Track {
+    flags: Vec<AtomicU8>,
+    /// Recipients that received the message (each counted once).
+    deliveries: Vec<AtomicU32>,
+}
+
+impl Track {
+    pub fn new(count: u64) -> Arc<Track> {
+        let n = count as usize;
+        Arc::new(Track {
+            flags: (0..n).map(|_| AtomicU8::new(0)).collect(),
+            deliveries: (0..n).map(|_| AtomicU32::new(0)).collect(),
+        })
+    }
+
+    fn len(&self) -> u64 {
+        self.flags.len() as u64
+    }
+
+    fn mark(&self, k: u64, flag: u8) -> u8 {
+        self.flags[k as usize].fetch_or(flag, Ordering::Relaxed)
+    }
+}
+
+/// Latency histograms of a run, per round, plus a scenario's own (`extra`).
+pub struct Recorder {
+    pub ack: Vec<Histogram<u64>>,
+    pub delivery: Vec<Histogram<u64>>,
+    /// dm: delivery on the same worker, across workers; group: to the last recipient.
+    pub extra: Vec<Histogram<u64>>,
+    pub last_delivery: Option<Instant>,
+}
+
+impl Recorder {
+    pub fn new(rounds: usize, extra: usize) -> Arc<Mutex<Recorder>> {
+        Arc::new(Mutex::new(Recorder {
+            ack: (0..rounds).map(|_| histogram()).collect(),
+            delivery: (0..rounds).map(|_| histogram()).collect(),
+            extra: (0..extra).map(|_| histogram()).collect(),
+            last_delivery: None,
+        }))
+    }
+
+    pub fn merged(hs: &[Histogram<u64>]) -> Histogram<u64> {
+        let mut all = histogram();
+        for h in hs {
+            all.add(h).expect("histograms of the same bounds add up");
+        }
+        all
+    }
+}
+
+/// What every task of a run shares.
+#[derive(Clone)]
+pub struct Run {
+    pub sched: Schedule,
+    pub rec: Arc<Mutex<Recorder>>,
+    pub ctx: Arc<Ctx>,
+    /// Stops the readers once the drain is over.
+    pub stop: CancellationToken,
+}
+
+/// Writes the messages of sender `stream`, each when it is due, never waiting for an
+/// ack. `make(k)` is the frame of message `k`. Returns the sink, still open.
+pub async fn write_messages(
+    mut sink: Sink,
+    stream: usize,
+    track: Arc<Track>,
+    run: Run,
+    make: impl Fn(u64) -> String,
+) -> Sink {
+    for k in 0..track.len() {
+        tokio::time::sleep_until(run.sched.due(stream, k)).await;
+        // Marked first: on a multi-thread runtime the ack may be read before send returns.
+        track.mark(k, SENT);
+        if sink.send(Message::text(make(k))).await.is_err() {
+            // The socket is gone (its reader counts the close): the rest is never sent.
+            track.flags[k as usize].fetch_and(!SENT, Ordering::Relaxed);
+            break;
+        }
+        Live::add(&run.ctx.live.sent, 1);
+    }
+    sink
+}
+
+/// What a reader hands back when it stops.
+pub struct ReaderEnd {
+    pub errors: Errors,
+    pub seq: SeqCheck,
+    pub duplicates: u64,
+}
+
+/// Reads a sender's socket: the replies to its messages (send → ack latency).
+pub async fn read_acks(
+    mut stream: Stream,
+    mut seq: SeqCheck,
+    index: usize,
+    track: Arc<Track>,
+    run: Run,
+) -> ReaderEnd {
+    let Run {
+        sched,
+        rec,
+        ctx,
+        stop,
+    } = run;
+    let mut errors = Errors::default();
+    let mut strays = 0;
+    let ended = read_frames(&mut stream, &mut seq, &mut errors, &stop, |f, now| {
+        let ok = match f.kind {
+            "ok" => true,
+            "error" => false,
+            _ => return,
+        };
+        let k = match f.reference {
+            Some(r) if r >= 0 && (r as u64) < track.len() => r as u64,
+            _ => {
+                strays += 1;
+                return;
+            }
+        };
+        let before = track.mark(k, if ok { ACKED } else { FAILED });
+        if before & (ACKED | FAILED) != 0 {
+            strays += 1;
+        } else if ok {
+            let us = micros(now.saturating_duration_since(sched.due(index, k)));
+            rec.lock().unwrap().ack[sched.round_of(index, k)].saturating_record(us);
+            Live::add(&ctx.live.acked, 1);
+        } else {
+            Live::add(&ctx.live.failed, 1);
+        }
+    })
+    .await;
+    if let Some(kind) = ended {
+        errors.close(&kind);
+    }
+    for _ in 0..strays {
+        errors.other("reply to no message of this run");
+    }
+    ReaderEnd {
+        errors,
+        seq,
+        duplicates: 0,
+    }
+}
+
+/// Where a recipient records a delivery besides the per-round histogram.
+#[derive(Debug, Clone, Copy)]
+pub struct Recipient {
+    /// How many recipients each message has (the last one completes it).
+    pub of: u32,
+    /// An `extra` histogram for every delivery (dm: same or cross worker).
+    pub each: Option<usize>,
+    /// An `extra` histogram for the last recipient of a message (group).
+    pub last: Option<usize>,
+}
+
+/// Reads a recipient's socket: the `message` events from sender `index`.
+pub async fn read_deliveries(
+    mut stream: Stream,
+    mut seq: SeqCheck,
+    index: usize,
+    track: Arc<Track>,
+    who: Recipient,
+    run: Run,
+) -> ReaderEnd {
+    let Run {
+        sched,
+        rec,
+        ctx,
+        stop,
+    } = run;
+    let mut errors = Errors::default();
+    // This socket's own record of what it has seen: a bit per message.
+    let mut seen = vec![0u64; track.len().div_ceil(64) as usize];
+    let (mut duplicates, mut strays) = (0u64, 0u64);
+    let ended = read_frames(&mut stream, &mut seq, &mut errors, &stop, |f, now| {
+        if f.kind != "message" {
+            return;
+        }
+        let Some(id) = f.client_msg_id() else { return };
+        // The warm-up message ("w") came before the measured phase.
+        let Ok(k) = id.parse::<u64>() else { return };
+        if k >= track.len() {
+            strays += 1;
+            return;
+        }
+        let (word, bit) = ((k / 64) as usize, 1u64 << (k % 64));
+        if seen[word] & bit != 0 {
+            duplicates += 1;
+            return;
+        }
+        seen[word] |= bit;
+        let nth = track.deliveries[k as usize].fetch_add(1, Ordering::Relaxed) + 1;
+        let us = micros(now.saturating_duration_since(sched.due(index, k)));
+        {
+            let mut r = rec.lock().unwrap();
+            r.delivery[sched.round_of(index, k)].saturating_record(us);
+            if let Some(h) = who.each {
+                r.extra[h].saturating_record(us);
+            }
+            if let (Some(h), true) = (who.last, nth == who.of) {
+                r.extra[h].saturating_record(us);
+            }
+            r.last_delivery = Some(r.last_delivery.map_or(now, |t| t.max(now)));
+        }
+        Live::add(&ctx.live.delivered, 1);
+    })
+    .await;
+    if let Some(kind) = ended {
+        errors.close(&kind);
+    }
+    for _ in 0..strays {
+        errors.other("message not sent by this run");
+    }
+    ReaderEnd {
+        errors,
+        seq,
+        duplicates,
+    }
+}
+
+/// After the last send: waits until every sent message is answered and every acked one
+/// delivered `recipients` times, or until the drain period is over.
+pub async fn drain(ctx: &Ctx, recipients: u64) {
+    let deadline = Instant::now() + ctx.drain;
+    let l = &ctx.live;
+    while Instant::now() < deadline {
+        let (sent, acked, failed, delivered) = (
+            Live::get(&l.sent),
+            Live::get(&l.acked),
+            Live::get(&l.failed),
+            Live::get(&l.delivered),
+        );
+        if acked + failed >= sent && delivered >= acked * recipients {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Counts, per round, what happened to every planned message of these senders.
+pub fn tally(sched: &Schedule, tracks: &[Arc<Track>], recipients: u64) -> Vec<Messages> {
+    let mut rounds = vec![
+        Messages {
+            recipients,
+            ..Default::default()
+        };
+        sched.rounds()
+    ];
+    for (i, t) in tracks.iter().enumerate() {
+        for k in 0..t.len() {
+            let m = &mut rounds[sched.round_of(i, k)];
+            let f = t.flags[k as usize].load(Ordering::Relaxed);
+            let got = u64::from(t.deliveries[k as usize].load(Ordering::Relaxed));
+            m.planned += 1;
+            m.sent += u64::from(f & SENT != 0);
+            m.failed += u64::from(f & FAILED != 0);
+            m.delivered += got;
+            if f & ACKED != 0 {
+                m.acked += 1;
+                m.expected += recipients;
+                m.lost += recipients.saturating_sub(got);
+            } else if f & SENT != 0 && f & FAILED == 0 {
+                m.unanswered += 1;
+            }
+        }
+    }
+    rounds
+}
+
+/// The totals over all rounds.
+pub fn total(rounds: &[Messages]) -> Messages {
+    let mut t = Messages {
+        recipients: rounds.first().map_or(0, |r| r.recipients),
+        ..Default::default()
+    };
+    for r in rounds {
+        t.planned += r.planned;
+        t.sent += r.sent;
+        t.acked += r.acked;
+        t.failed += r.failed;
+        t.unanswered += r.unanswered;
+        t.delivered += r.delivered;
+        t.expected += r.expected;
+        t.lost += r.lost;
+    }
+    t
+}
+
+/// One row per round: its counts and its latencies.
+pub fn round_rows(rounds: &[Messages], rec: &Recorder) -> Vec<Round> {
+    rounds
+        .iter()
+        .enumerate()
+        .map(|(i, m)| Round {
+            round: i + 1,
+            sent: m.sent,
+            acked: m.acked,
+            delivered: m.delivered,
+            lost: m.lost,
+            ack: Latency::of("send → ack", &rec.ack[i]),
+            delivery: Latency::of("send → delivery", &rec.delivery[i]),
+        })
+        .collect()
+}
+
+/// Messages and deliveries per second, from the first due time to the last send (for
+/// sends) and to the last delivery (for deliveries), but never over less than the
+/// scheduled length of the run.
+pub fn rates(
+    m: &mut Messages,
+    sched: &Schedule,
+    sends_done: Instant,
+    last_delivery: Option<Instant>,
+) {
+    let per_s = |n: u64, until: Instant| {
+        let s = until
+            .max(sched.end())
+            .saturating_duration_since(sched.start)
+            .as_secs_f64();
+        (n as f64 / s * 10.0).round() / 10.0
+    };
+    m.sent_per_s = per_s(m.sent, sends_done);
+    m.delivered_per_s = last_delivery.map_or(0.0, |t| per_s(m.delivered, t));
+}
