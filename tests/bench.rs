@@ -131,6 +131,8 @@ async fn growth_reports_one_row_per_round_that_add_up() {
         cross: 0.0,
         rounds: 3,
         round_duration: Duration::from_millis(500),
+        grow_events: 0,
+        database_url: None,
     });
     let r = run(options(url(&app), scenario)).await;
     assert_clean(&r);
@@ -145,6 +147,36 @@ async fn growth_reports_one_row_per_round_that_add_up() {
         r.rounds.iter().map(|x| x.delivered).sum::<u64>()
     );
     assert!(r.last_to_first_p99.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn growth_grows_the_database_between_rounds_and_counts_its_scans() {
+    let app = server().await;
+    let scenario = Scenario::Growth(GrowthOptions {
+        rate: 40.0,
+        pairs: 2,
+        cross: 0.0,
+        rounds: 2,
+        round_duration: Duration::from_millis(500),
+        grow_events: 20_000,
+        database_url: Some(app.db.url.clone()),
+    });
+    let r = run(options(url(&app), scenario)).await;
+    assert_clean(&r);
+    assert_eq!(r.rounds.len(), 2);
+    let (first, second) = (&r.rounds[0], &r.rounds[1]);
+    let grown = second.event_rows.unwrap() - first.event_rows.unwrap();
+    // The growth, plus what the first round's load wrote (two events per message and
+    // the conversation events of its warm-up).
+    assert!(grown >= 20_000 + 2 * first.acked as i64, "{grown}");
+    for round in &r.rounds {
+        let scans = round.seq_scans.as_ref().unwrap();
+        assert_eq!(scans.len(), 5, "{scans:?}");
+        assert!(round.sent == 20 && round.delivered == round.acked);
+    }
+    let m = r.messages.as_ref().unwrap();
+    assert_eq!(m.sent, 40);
+    assert_eq!(m.delivered, m.acked);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

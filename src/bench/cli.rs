@@ -70,6 +70,14 @@ enum ScenarioArgs {
         rounds: usize,
         #[arg(long, value_parser = duration, default_value = "10s")]
         round_duration: Duration,
+        /// Events to add to the database in bulk SQL between rounds (e.g. 2500000 with 5
+        /// rounds: the last round runs on 10 million more). 0: rounds back to back.
+        #[arg(long, default_value_t = 0)]
+        grow_events: u64,
+        /// The server's database, to grow it and read its counters [default: the
+        /// configured DATABASE_URL].
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
     },
     /// Authenticated handshakes (connect, hello, close) as fast as they go.
     Connect {
@@ -139,12 +147,16 @@ impl BenchArgs {
                 load,
                 rounds,
                 round_duration,
+                grow_events,
+                database_url,
             } => Scenario::Growth(GrowthOptions {
                 rate: load.rate,
                 pairs: load.pairs,
                 cross: load.cross,
                 rounds: *rounds,
                 round_duration: *round_duration,
+                grow_events: *grow_events,
+                database_url: database_url.clone().or_else(|| Some(config.database_url())),
             }),
             ScenarioArgs::Connect { count, concurrency } => Scenario::Connect(ConnectOptions {
                 count: *count,

@@ -1,12 +1,16 @@
-//! `growth`: the dm load for N rounds back to back on the same sockets, one table row
-//! per round, so that a latency that grows with the tables (or with time) shows.
+//! `growth`: the dm load in rounds, one table row per round, so that a latency that grows
+//! with the tables (or with time) shows.
 //!
-//! Pre-filling the database to a target size before the first round is not done here:
-//! it belongs with the schema, and its author will add it.
+//! Without `--grow-events` the rounds run back to back on the same sockets, and the tables
+//! grow only by what the load writes. With it, the database grows in bulk between rounds
+//! ([`grow`](super::grow)), each round runs on fresh pairs, and each row says how many
+//! event rows the round began with and how many sequential scans of the growing tables
+//! PostgreSQL counted during it.
 
 use std::sync::Arc;
 
 use super::dm::{self, Load};
+use super::grow::{self, Db};
 use super::report::Report;
 use super::{BenchError, Ctx, GrowthOptions};
 
@@ -18,8 +22,46 @@ pub async fn run(ctx: &Arc<Ctx>, o: &GrowthOptions) -> Result<Report, BenchError
         round: o.round_duration,
         rounds: o.rounds,
     };
-    let mut report = dm::run_rounds(ctx, "growth", load).await?;
+    let mut report = match (o.grow_events, &o.database_url) {
+        (0, _) | (_, None) => dm::run_rounds(ctx, "growth", load).await?,
+        (events, Some(url)) => growing(ctx, load, events, url).await?,
+    };
     report.last_to_first_p99 = last_to_first(&report);
+    Ok(report)
+}
+
+/// Rounds with the database grown by `events` rows between them.
+async fn growing(ctx: &Arc<Ctx>, load: Load, events: u64, url: &str) -> Result<Report, BenchError> {
+    let mut db = Db::connect(url, &ctx.prefix).await?;
+    let mut total: Option<Report> = None;
+    for round in 1..=load.rounds {
+        if round > 1 {
+            if !ctx.quiet {
+                eprintln!("growing the database by {events} events…");
+            }
+            db.grow(events, |_| {}).await?;
+        }
+        let rows = db.event_rows().await?;
+        let before = db.seq_scans().await?;
+        let one = Load { rounds: 1, ..load };
+        let mut r = dm::run_rounds(ctx, "growth", one).await?;
+        let after = db.seq_scans().await?;
+        let mut row = r.rounds.pop().expect("a round's row");
+        row.round = round;
+        row.event_rows = Some(rows);
+        row.seq_scans = Some(grow::delta(&before, &after));
+        match &mut total {
+            None => {
+                r.rounds = vec![row];
+                total = Some(r);
+            }
+            Some(t) => t.add_round(r, row),
+        }
+    }
+    let mut report = total.expect("at least one round");
+    report.notes.push(format!(
+        "the database grew by {events} events between rounds, and each round ran on fresh pairs"
+    ));
     Ok(report)
 }
 

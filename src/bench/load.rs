@@ -328,6 +328,8 @@ pub fn round_rows(rounds: &[Messages], rec: &Recorder) -> Vec<Round> {
         .enumerate()
         .map(|(i, m)| Round {
             round: i + 1,
+            event_rows: None,
+            seq_scans: None,
             sent: m.sent,
             acked: m.acked,
             delivered: m.delivered,

@@ -9,8 +9,8 @@
 //! - [`pool`]: opens many sockets at once and places them on workers (`hello.worker`).
 //! - [`schedule`]: open loop: when each message is due, so that latency counts from then;
 //!   [`load`]: the writer, the readers, the drain and the tally that dm and group share.
-//! - one file per scenario: [`dm`] (and [`growth`], rounds of it), [`group`],
-//!   [`connect`], [`idle`].
+//! - one file per scenario: [`dm`] (and [`growth`], rounds of it, with [`grow`] growing
+//!   the database between rounds), [`group`], [`connect`], [`idle`].
 //! - [`report`]: the result (counts, latency summaries, errors), the summary on stdout,
 //!   the JSON; [`progress`]: the line on stderr while it runs.
 //!
@@ -23,6 +23,7 @@ pub mod client;
 pub mod connect;
 pub mod dm;
 pub mod group;
+pub mod grow;
 pub mod growth;
 pub mod idle;
 pub mod load;
@@ -116,6 +117,11 @@ pub struct GrowthOptions {
     pub rounds: usize,
     #[serde(serialize_with = "human")]
     pub round_duration: Duration,
+    /// Events to add in bulk SQL between rounds (0: the rounds run back to back).
+    pub grow_events: u64,
+    /// The server's database: to grow it, count its events and read its scan counters.
+    #[serde(skip)]
+    pub database_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -266,7 +272,7 @@ pub struct Ctx {
     pub urls: Vec<String>,
     auth: Authenticator,
     /// Users are `<prefix>-<n>`: a random prefix per run, so runs never share a user.
-    prefix: String,
+    pub prefix: String,
     next_user: AtomicUsize,
     /// Tokens outlive the run by far: an expired token closes its socket with 1008.
     ttl: Duration,

@@ -177,6 +177,13 @@ impl StreamCheck {
 #[derive(Debug, Clone, Serialize)]
 pub struct Round {
     pub round: usize,
+    /// growth with --grow-events: the rows in event_queue when the round began.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_rows: Option<i64>,
+    /// growth with --grow-events: sequential scans of each growing table during the round
+    /// (PostgreSQL's counters, which backends flush within about a second).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq_scans: Option<BTreeMap<String, i64>>,
     pub sent: u64,
     pub acked: u64,
     pub delivered: u64,
@@ -275,6 +282,33 @@ impl Report {
             passed: false,
             problems: Vec::new(),
         }
+    }
+
+    /// Adds another run of the same load (a growth round run apart) and its row. Counts
+    /// add up; percentiles of separate runs cannot be merged, so the overall latency table
+    /// gives way to the rounds' rows.
+    pub fn add_round(&mut self, other: Report, row: Round) {
+        if let (Some(m), Some(o)) = (&mut self.messages, other.messages) {
+            m.planned += o.planned;
+            m.sent += o.sent;
+            m.acked += o.acked;
+            m.failed += o.failed;
+            m.unanswered += o.unanswered;
+            m.delivered += o.delivered;
+            m.expected += o.expected;
+            m.lost += o.lost;
+            m.duplicates += o.duplicates;
+            let elapsed = self.elapsed_s + other.elapsed_s;
+            let per_s = |n: u64| (n as f64 / elapsed.max(1e-9) * 10.0).round() / 10.0;
+            m.sent_per_s = per_s(m.sent);
+            m.delivered_per_s = per_s(m.delivered);
+        }
+        self.elapsed_s += other.elapsed_s;
+        self.stream.sockets += other.stream.sockets;
+        self.stream.seq_gaps += other.stream.seq_gaps;
+        self.stream.seq_duplicates += other.stream.seq_duplicates;
+        self.latency.clear();
+        self.rounds.push(row);
     }
 
     /// Deliveries owed and never made.
@@ -427,6 +461,14 @@ impl Report {
                     ms(r.delivery.p99_us),
                     ms(r.delivery.max_us)
                 )?;
+                if let (Some(rows), Some(scans)) = (r.event_rows, &r.seq_scans) {
+                    let scans: u64 = scans.values().map(|n| *n as u64).sum();
+                    writeln!(
+                        out,
+                        "{:>5} began with {rows} event rows; sequential scans of growing tables: {scans}",
+                        ""
+                    )?;
+                }
             }
             if let Some(ratio) = self.last_to_first_p99 {
                 writeln!(out, "delivery p99, last round / first: {ratio:.2}")?;
