@@ -96,10 +96,12 @@ DECLARE
     users text;
     convs text;
 BEGIN
-    users := (SELECT coalesce(json_agg(json_build_array(x.u, x.s) ORDER BY x.u)::text, '[]')
+    users := (SELECT '[' || coalesce(string_agg('[' || to_json(x.u)::text || ',' || x.s || ']', ','
+                                                ORDER BY x.u), '') || ']'
               FROM (SELECT t.u, max(t.s) AS s FROM unnest(p_users, p_seqs) AS t(u, s)
                     GROUP BY t.u) x);
-    convs := (SELECT coalesce(json_agg(json_build_array(x.c, x.v) ORDER BY x.c)::text, '[]')
+    convs := (SELECT '[' || coalesce(string_agg('[' || to_json(x.c)::text || ',' || x.v || ']', ','
+                                                ORDER BY x.c), '') || ']'
               FROM (SELECT t.c, max(t.v) AS v FROM unnest(p_convs, p_versions) AS t(c, v)
                     GROUP BY t.c) x);
     IF octet_length(head) + octet_length(users) + octet_length(convs) + 14 <= 7999 THEN
@@ -108,133 +110,6 @@ BEGIN
         RETURN head || ',"all":true,"c":' || convs || '}';
     END IF;
     RETURN head || ',"all":true,"all_c":true}';
-END
-$$;
-
--- A run of sends (commands lo..hi of a batch whose rows are locked), in one statement:
--- each send is checked (the conversation exists, the sender is a member), deduplicated by
--- (sender, client_msg_id) against what is stored and what comes earlier in the run,
--- numbered (cseq per conversation, seq per recipient, in command order), and stored with
--- one event per member; the counters and the senders' read markers move once per row.
--- Outputs per send (s_*), per event (s_e_*) and per conversation written (s_v_*).
-CREATE FUNCTION pgchat.apply_sends(
-    lo integer, hi integer, c_actor text[], c_conv text[], c_text text[], c_key text[],
-    OUT s_code text[], OUT s_detail text[], OUT s_id bigint[], OUT s_conv text[],
-    OUT s_cseq bigint[], OUT s_at timestamptz[], OUT s_name text[], OUT s_body text[],
-    OUT s_e_user text[], OUT s_e_seq bigint[], OUT s_e_cmd integer[],
-    OUT s_v_id text[], OUT s_v_version bigint[], OUT s_v_last_cseq bigint[],
-    OUT s_v_members jsonb[])
-LANGUAGE plpgsql
-SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
-AS $$
-BEGIN
-    WITH cmd AS (
-        SELECT k AS i, c_actor[k] AS sender, c_conv[k] AS conv, c_text[k] AS body,
-               c_key[k] AS ckey
-        FROM generate_series(lo, hi) AS k
-    ), chk AS (
-        SELECT cmd.*, cv.id IS NOT NULL AS conv_found, cv.last_cseq, cv.version,
-               mb.ok IS NOT NULL AS member, sn.name AS sender_name,
-               pr.id AS p_id, pr.conversation_id AS p_conv, pr.cseq AS p_cseq,
-               pr.body AS p_body, pr.created_at AS p_at
-        FROM cmd
-        LEFT JOIN LATERAL (SELECT c.id, c.last_cseq, c.version FROM pgchat.conversations c
-                           WHERE c.id = cmd.conv LIMIT 1) cv ON true
-        LEFT JOIN LATERAL (SELECT 1 AS ok FROM pgchat.members m
-                           WHERE m.conversation_id = cmd.conv AND m.user_id = cmd.sender
-                           LIMIT 1) mb ON true
-        LEFT JOIN LATERAL (SELECT m.id, m.conversation_id, m.cseq, m.body, m.created_at
-                           FROM pgchat.messages m
-                           WHERE m.sender_id = cmd.sender AND m.client_msg_id = cmd.ckey
-                           LIMIT 1) pr ON true
-        LEFT JOIN LATERAL (SELECT u.name FROM pgchat.users u WHERE u.id = cmd.sender
-                           LIMIT 1) sn ON true
-    ), cls AS (
-        -- first_ok: the first send of this (sender, client_msg_id) in the run that stores
-        -- a message; a later one returns it, as a retry would.
-        SELECT chk.*,
-               min(chk.i) FILTER (WHERE chk.p_id IS NULL AND chk.conv_found AND chk.member)
-                   OVER (PARTITION BY chk.sender, chk.ckey) AS first_ok
-        FROM chk
-    ), num AS (
-        SELECT cls.*, (cls.p_id IS NULL AND cls.first_ok = cls.i) AS fresh,
-               cls.last_cseq + count(*) FILTER (WHERE cls.p_id IS NULL AND cls.first_ok = cls.i)
-                   OVER (PARTITION BY cls.conv ORDER BY cls.i) AS next_cseq
-        FROM cls
-    ), ids AS (
-        SELECT num.*,
-               CASE WHEN num.fresh THEN num.next_cseq END AS cseq,
-               CASE WHEN num.fresh THEN nextval('pgchat.messages_id_seq') END AS id
-        FROM num
-    ), res AS (
-        SELECT ids.*, max(ids.id) OVER w AS r_id, max(ids.cseq) OVER w AS r_cseq,
-               max(ids.conv) FILTER (WHERE ids.fresh) OVER w AS r_conv
-        FROM ids WINDOW w AS (PARTITION BY ids.sender, ids.ckey)
-    ), stored AS (
-        INSERT INTO pgchat.messages (id, conversation_id, cseq, sender_id, body, client_msg_id,
-                                     created_at)
-        SELECT id, conv, cseq, sender, body, ckey, now() FROM ids WHERE fresh
-    ), recipients AS (
-        SELECT f.i, f.id, f.conv, m.user_id FROM ids f
-        CROSS JOIN LATERAL (SELECT user_id FROM pgchat.members
-                            WHERE conversation_id = f.conv OFFSET 0) m
-        WHERE f.fresh
-    ), numbered AS (
-        SELECT r.*, h.head + row_number() OVER (PARTITION BY r.user_id ORDER BY r.i) AS seq
-        FROM recipients r
-        CROSS JOIN LATERAL (SELECT u.head FROM pgchat.users u WHERE u.id = r.user_id
-                            LIMIT 1) h
-    ), events AS (
-        INSERT INTO pgchat.event_queue (user_id, seq, kind, message_id)
-        SELECT user_id, seq, 'message', id FROM numbered
-    ), heads AS (
-        UPDATE pgchat.users u SET head = x.seq
-        FROM (SELECT user_id, max(seq) AS seq FROM numbered GROUP BY user_id) x
-        WHERE u.id = x.user_id
-    ), counters AS (
-        UPDATE pgchat.conversations c SET last_cseq = x.cseq, version = c.version + 1
-        FROM (SELECT conv, max(cseq) AS cseq FROM ids WHERE fresh GROUP BY conv) x
-        WHERE c.id = x.conv
-    ), markers AS (
-        UPDATE pgchat.members m SET read_cseq = x.cseq
-        FROM (SELECT conv, sender, max(cseq) AS cseq FROM ids WHERE fresh
-              GROUP BY conv, sender) x
-        WHERE m.conversation_id = x.conv AND m.user_id = x.sender AND m.read_cseq < x.cseq
-    )
-    SELECT r.*, e.*, v.*, vm.*
-    INTO s_code, s_detail, s_id, s_conv, s_cseq, s_at, s_name, s_body,
-         s_e_user, s_e_seq, s_e_cmd, s_v_id, s_v_version, s_v_last_cseq, s_v_members
-    FROM (
-        SELECT
-            array_agg(CASE WHEN p_id IS NOT NULL OR first_ok <= i THEN NULL
-                           WHEN NOT conv_found THEN 'not_found' ELSE 'forbidden' END ORDER BY i),
-            array_agg(CASE WHEN p_id IS NOT NULL OR first_ok <= i THEN NULL
-                           WHEN NOT conv_found THEN format('conversation %s does not exist', to_json(conv))
-                           ELSE format('you are not a member of conversation %s', to_json(conv))
-                      END ORDER BY i),
-            array_agg(CASE WHEN p_id IS NOT NULL THEN p_id WHEN first_ok <= i THEN r_id END ORDER BY i),
-            array_agg(CASE WHEN p_id IS NOT NULL THEN p_conv WHEN first_ok <= i THEN r_conv END ORDER BY i),
-            array_agg(CASE WHEN p_id IS NOT NULL THEN p_cseq WHEN first_ok <= i THEN r_cseq END ORDER BY i),
-            array_agg(CASE WHEN p_id IS NOT NULL THEN p_at WHEN first_ok <= i THEN now() END ORDER BY i),
-            array_agg(sender_name ORDER BY i),
-            array_agg(p_body ORDER BY i)
-        FROM res
-    ) r, (
-        SELECT coalesce(array_agg(user_id ORDER BY i, user_id), '{}'),
-               coalesce(array_agg(seq ORDER BY i, user_id), '{}'),
-               coalesce(array_agg(i ORDER BY i, user_id), '{}')
-        FROM numbered
-    ) e, (
-        SELECT coalesce(array_agg(conv ORDER BY conv), '{}'),
-               coalesce(array_agg(version + 1 ORDER BY conv), '{}'),
-               coalesce(array_agg(last ORDER BY conv), '{}')
-        FROM (SELECT conv, min(version) AS version, max(cseq) AS last FROM ids WHERE fresh
-              GROUP BY conv) s
-    ) v, (
-        SELECT coalesce(array_agg(members ORDER BY conv), '{}')
-        FROM (SELECT conv, jsonb_agg(DISTINCT user_id ORDER BY user_id) AS members
-              FROM recipients GROUP BY conv) s
-    ) vm;
 END
 $$;
 
@@ -263,9 +138,11 @@ $$;
 --
 -- Every statement reaches rows by key. Hash and merge joins and sequential scans are
 -- switched off for this function: it touches a few hundred rows by key per call, so index
--- probes are always right, and no statistics or generic plan can make the planner think
--- otherwise (an UPDATE ... FROM of a few hundred keys is otherwise planned as a hash join
--- over a full scan once the table is large enough).
+-- probes are always right, and no statistics can make the planner think otherwise (an
+-- UPDATE ... FROM of a few hundred keys is otherwise planned as a hash join over a full
+-- scan once the table is large enough). Plans are generic: the statements' shapes never
+-- change, and planning the statement of sends anew costs more than running it for one
+-- send.
 --
 -- Outputs: per command (o_*): an error code and message, or the message the send resolved
 -- to (o_msg_body only for a send that returned an earlier message), or the conversation of
@@ -288,39 +165,43 @@ CREATE FUNCTION pgchat.apply_batch(
 )
 LANGUAGE plpgsql
 SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+SET plan_cache_mode = force_generic_plan
 AS $fn$
 DECLARE
-    n integer := coalesce(array_length(c_kind, 1), 0);
+    ncmds integer := coalesce(array_length(c_kind, 1), 0);
     conv_of text[] := c_conv;
     named text[];
     keys text[];
     new_directs text[] := '{}';
     touched text[];
     lockset text[];
-    i integer;
-    j integer;
-    cv record;
-    seg record;
+    pos integer;
+    upto integer;
+    crow record;
     actor text;
-    conv text;
+    cid text;
     listed text[];
     members_now text[];
     gone text[];
     cj jsonb;
-    fields jsonb;
+    payload jsonb;
+    s_code text[]; s_detail text[]; s_id bigint[]; s_conv text[]; s_cseq bigint[];
+    s_at timestamptz[]; s_name text[]; s_body text[];
+    s_e_user text[]; s_e_seq bigint[]; s_e_cmd integer[];
+    s_v_id text[]; s_v_version bigint[]; s_v_last_cseq bigint[]; s_v_members jsonb[];
 BEGIN
-    o_code := array_fill(NULL::text, ARRAY[n]);
+    o_code := array_fill(NULL::text, ARRAY[ncmds]);
     o_detail := o_code;
-    o_msg_id := array_fill(NULL::bigint, ARRAY[n]);
+    o_msg_id := array_fill(NULL::bigint, ARRAY[ncmds]);
     o_msg_conv := o_code;
     o_msg_cseq := o_msg_id;
-    o_msg_at := array_fill(NULL::timestamptz, ARRAY[n]);
+    o_msg_at := array_fill(NULL::timestamptz, ARRAY[ncmds]);
     o_msg_name := o_code;
     o_msg_body := o_code;
-    o_conv := array_fill(NULL::jsonb, ARRAY[n]);
+    o_conv := array_fill(NULL::jsonb, ARRAY[ncmds]);
     e_user := '{}'; e_seq := '{}'; e_cmd := '{}'; e_kind := '{}'; e_fields := '{}';
     v_id := '{}'; v_version := '{}'; v_last_cseq := '{}'; v_members := '{}';
-    IF n = 0 THEN
+    IF ncmds = 0 THEN
         RETURN;
     END IF;
 
@@ -377,165 +258,287 @@ BEGIN
 
     -- 4. Lock every stream that may grow, by id (lock order 4): the members of those
     -- conversations and the users named. Membership cannot change meanwhile: it changes
-    -- only under the conversation's lock.
-    lockset := ARRAY(
-        SELECT DISTINCT x FROM (
-            SELECT m.user_id AS x FROM unnest(touched) AS t(id)
-            CROSS JOIN LATERAL (SELECT user_id FROM pgchat.members
-                                WHERE conversation_id = t.id OFFSET 0) m
-            UNION ALL SELECT unnest(named)
-        ) s ORDER BY x);
-    PERFORM 1 FROM unnest(lockset) AS t(id)
-    CROSS JOIN LATERAL (SELECT 1 FROM pgchat.users u WHERE u.id = t.id FOR NO KEY UPDATE) l;
+    -- only under the conversation's lock. A batch of sends to existing conversations skips
+    -- this: its one statement of sends locks the streams it grows itself, in the same
+    -- order; other commands, and announcements of new conversations, grow streams one
+    -- command at a time, so their rows are all locked here first.
+    IF cardinality(new_directs) > 0
+       OR EXISTS (SELECT 1 FROM unnest(c_kind) AS k WHERE k <> 'send') THEN
+        lockset := ARRAY(
+            SELECT DISTINCT x FROM (
+                SELECT m.user_id AS x FROM unnest(touched) AS t(id)
+                CROSS JOIN LATERAL (SELECT user_id FROM pgchat.members
+                                    WHERE conversation_id = t.id OFFSET 0) m
+                UNION ALL SELECT unnest(named)
+            ) s ORDER BY x);
+        PERFORM 1 FROM unnest(lockset) AS t(id)
+        CROSS JOIN LATERAL (SELECT 1 FROM pgchat.users u WHERE u.id = t.id FOR NO KEY UPDATE) l;
+    END IF;
 
     -- 5. New direct conversations are announced to their members before any message.
-    FOREACH conv IN ARRAY new_directs LOOP
-        cj := pgchat.conversation_json(conv);
+    FOREACH cid IN ARRAY new_directs LOOP
+        cj := pgchat.conversation_json(cid);
         SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields
         FROM pgchat.append_events(e_user, e_seq, e_cmd, e_kind, e_fields,
                                   ARRAY(SELECT jsonb_array_elements_text(cj -> 'members')),
-                                  'conversation', conv, NULL, jsonb_build_object('conversation', cj), 0);
+                                  'conversation', cid, NULL, jsonb_build_object('conversation', cj), 0);
     END LOOP;
 
     -- 6. The commands, in order: each run of sends at once, other commands one by one.
-    i := 1;
-    WHILE i <= n LOOP
-        IF c_kind[i] = 'send' THEN
-            j := i;
-            WHILE j < n AND c_kind[j + 1] = 'send' LOOP
-                j := j + 1;
+    pos := 1;
+    WHILE pos <= ncmds LOOP
+        IF c_kind[pos] = 'send' THEN
+            upto := pos;
+            WHILE upto < ncmds AND c_kind[upto + 1] = 'send' LOOP
+                upto := upto + 1;
             END LOOP;
-            SELECT * INTO seg FROM pgchat.apply_sends(i, j, c_actor, conv_of, c_text, c_key);
-            o_code[i:j] := seg.s_code;
-            o_detail[i:j] := seg.s_detail;
-            o_msg_id[i:j] := seg.s_id;
-            o_msg_conv[i:j] := seg.s_conv;
-            o_msg_cseq[i:j] := seg.s_cseq;
-            o_msg_at[i:j] := seg.s_at;
-            o_msg_name[i:j] := seg.s_name;
-            o_msg_body[i:j] := seg.s_body;
-            e_user := e_user || seg.s_e_user;
-            e_seq := e_seq || seg.s_e_seq;
-            e_cmd := e_cmd || seg.s_e_cmd;
-            e_kind := e_kind || array_fill('message'::text, ARRAY[cardinality(seg.s_e_user)]);
-            e_fields := e_fields || array_fill(NULL::jsonb, ARRAY[cardinality(seg.s_e_user)]);
-            v_id := v_id || seg.s_v_id;
-            v_version := v_version || seg.s_v_version;
-            v_last_cseq := v_last_cseq || seg.s_v_last_cseq;
-            v_members := v_members || seg.s_v_members;
-            i := j + 1;
+            -- The run pos..upto, in one statement: each send is checked (the conversation
+            -- exists, the sender is a member), deduplicated by (sender, client_msg_id)
+            -- against what is stored and what comes earlier in the run, numbered (cseq per
+            -- conversation, seq per recipient, in command order) and stored with an event
+            -- per member; the counters and the senders' read markers move once per row.
+            WITH cmd AS (
+                SELECT k AS i, c_actor[k] AS sender, conv_of[k] AS conv, c_text[k] AS body,
+                       c_key[k] AS ckey
+                FROM generate_series(pos, upto) AS k
+            ), chk AS (
+                SELECT cmd.*, cv.id IS NOT NULL AS conv_found, cv.last_cseq, cv.version,
+                       mb.ok IS NOT NULL AS member, sn.name AS sender_name,
+                       pr.id AS p_id, pr.conversation_id AS p_conv, pr.cseq AS p_cseq,
+                       pr.body AS p_body, pr.created_at AS p_at
+                FROM cmd
+                LEFT JOIN LATERAL (SELECT c.id, c.last_cseq, c.version FROM pgchat.conversations c
+                                   WHERE c.id = cmd.conv LIMIT 1) cv ON true
+                LEFT JOIN LATERAL (SELECT 1 AS ok FROM pgchat.members m
+                                   WHERE m.conversation_id = cmd.conv AND m.user_id = cmd.sender
+                                   LIMIT 1) mb ON true
+                LEFT JOIN LATERAL (SELECT m.id, m.conversation_id, m.cseq, m.body, m.created_at
+                                   FROM pgchat.messages m
+                                   WHERE m.sender_id = cmd.sender AND m.client_msg_id = cmd.ckey
+                                   LIMIT 1) pr ON true
+                LEFT JOIN LATERAL (SELECT u.name FROM pgchat.users u WHERE u.id = cmd.sender
+                                   LIMIT 1) sn ON true
+            ), cls AS (
+                -- first_ok: the first send of this (sender, client_msg_id) in the run that stores
+                -- a message; a later one returns it, as a retry would.
+                SELECT chk.*,
+                       min(chk.i) FILTER (WHERE chk.p_id IS NULL AND chk.conv_found AND chk.member)
+                           OVER (PARTITION BY chk.sender, chk.ckey) AS first_ok
+                FROM chk
+            ), num AS (
+                SELECT cls.*, (cls.p_id IS NULL AND cls.first_ok = cls.i) AS fresh,
+                       cls.last_cseq + count(*) FILTER (WHERE cls.p_id IS NULL AND cls.first_ok = cls.i)
+                           OVER (PARTITION BY cls.conv ORDER BY cls.i) AS next_cseq
+                FROM cls
+            ), ids AS (
+                SELECT num.*,
+                       CASE WHEN num.fresh THEN num.next_cseq END AS cseq,
+                       CASE WHEN num.fresh THEN nextval('pgchat.messages_id_seq') END AS id
+                FROM num
+            ), res AS (
+                SELECT ids.*, max(ids.id) OVER w AS r_id, max(ids.cseq) OVER w AS r_cseq,
+                       max(ids.conv) FILTER (WHERE ids.fresh) OVER w AS r_conv
+                FROM ids WINDOW w AS (PARTITION BY ids.sender, ids.ckey)
+            ), stored AS (
+                INSERT INTO pgchat.messages (id, conversation_id, cseq, sender_id, body, client_msg_id,
+                                             created_at)
+                SELECT id, conv, cseq, sender, body, ckey, now() FROM ids WHERE fresh
+            ), recipients AS (
+                SELECT f.i, f.id, f.conv, m.user_id FROM ids f
+                CROSS JOIN LATERAL (SELECT user_id FROM pgchat.members
+                                    WHERE conversation_id = f.conv OFFSET 0) m
+                WHERE f.fresh
+            ), streams AS (
+                -- Each recipient's stream grows by one event per message, in command order. Sorted
+                -- by user, so that the update below locks the rows in the global order.
+                SELECT user_id, count(*) AS n, array_agg(id ORDER BY i) AS msgs,
+                       array_agg(i ORDER BY i) AS cmds
+                FROM recipients GROUP BY user_id ORDER BY user_id
+            ), heads AS (
+                -- Locks each stream's counter and moves it on; the events take the seqs between.
+                UPDATE pgchat.users u SET head = u.head + s.n FROM streams s
+                WHERE u.id = s.user_id
+                RETURNING u.id, u.head - s.n AS base, s.msgs, s.cmds
+            ), numbered AS (
+                SELECT h.id AS user_id, h.base + t.k AS seq, t.m AS id, t.c AS i
+                FROM heads h, unnest(h.msgs, h.cmds) WITH ORDINALITY AS t(m, c, k)
+            ), events AS (
+                INSERT INTO pgchat.event_queue (user_id, seq, kind, message_id)
+                SELECT user_id, seq, 'message', id FROM numbered
+            ), counters AS (
+                UPDATE pgchat.conversations c SET last_cseq = x.cseq, version = c.version + 1
+                FROM (SELECT conv, max(cseq) AS cseq FROM ids WHERE fresh GROUP BY conv) x
+                WHERE c.id = x.conv
+            ), markers AS (
+                UPDATE pgchat.members m SET read_cseq = x.cseq
+                FROM (SELECT conv, sender, max(cseq) AS cseq FROM ids WHERE fresh
+                      GROUP BY conv, sender) x
+                WHERE m.conversation_id = x.conv AND m.user_id = x.sender AND m.read_cseq < x.cseq
+            )
+            SELECT r.*, e.*, v.*, vm.*
+            INTO s_code, s_detail, s_id, s_conv, s_cseq, s_at, s_name, s_body,
+                 s_e_user, s_e_seq, s_e_cmd, s_v_id, s_v_version, s_v_last_cseq, s_v_members
+            FROM (
+                SELECT
+                    array_agg(CASE WHEN p_id IS NOT NULL OR first_ok <= i THEN NULL
+                                   WHEN NOT conv_found THEN 'not_found' ELSE 'forbidden' END ORDER BY i),
+                    array_agg(CASE WHEN p_id IS NOT NULL OR first_ok <= i THEN NULL
+                                   WHEN NOT conv_found THEN format('conversation %s does not exist', to_json(conv))
+                                   ELSE format('you are not a member of conversation %s', to_json(conv))
+                              END ORDER BY i),
+                    array_agg(CASE WHEN p_id IS NOT NULL THEN p_id WHEN first_ok <= i THEN r_id END ORDER BY i),
+                    array_agg(CASE WHEN p_id IS NOT NULL THEN p_conv WHEN first_ok <= i THEN r_conv END ORDER BY i),
+                    array_agg(CASE WHEN p_id IS NOT NULL THEN p_cseq WHEN first_ok <= i THEN r_cseq END ORDER BY i),
+                    array_agg(CASE WHEN p_id IS NOT NULL THEN p_at WHEN first_ok <= i THEN now() END ORDER BY i),
+                    array_agg(sender_name ORDER BY i),
+                    array_agg(p_body ORDER BY i)
+                FROM res
+            ) r, (
+                SELECT coalesce(array_agg(user_id ORDER BY i, user_id), '{}'),
+                       coalesce(array_agg(seq ORDER BY i, user_id), '{}'),
+                       coalesce(array_agg(i ORDER BY i, user_id), '{}')
+                FROM numbered
+            ) e, (
+                SELECT coalesce(array_agg(conv ORDER BY conv), '{}'),
+                       coalesce(array_agg(version + 1 ORDER BY conv), '{}'),
+                       coalesce(array_agg(last ORDER BY conv), '{}')
+                FROM (SELECT conv, min(version) AS version, max(cseq) AS last FROM ids WHERE fresh
+                      GROUP BY conv) s
+            ) v, (
+                SELECT coalesce(array_agg(members ORDER BY conv), '{}')
+                FROM (SELECT conv, jsonb_agg(DISTINCT user_id ORDER BY user_id) AS members
+                      FROM recipients GROUP BY conv) s
+            ) vm;
+            o_code[pos:upto] := s_code;
+            o_detail[pos:upto] := s_detail;
+            o_msg_id[pos:upto] := s_id;
+            o_msg_conv[pos:upto] := s_conv;
+            o_msg_cseq[pos:upto] := s_cseq;
+            o_msg_at[pos:upto] := s_at;
+            o_msg_name[pos:upto] := s_name;
+            o_msg_body[pos:upto] := s_body;
+            e_user := e_user || s_e_user;
+            e_seq := e_seq || s_e_seq;
+            e_cmd := e_cmd || s_e_cmd;
+            e_kind := e_kind || array_fill('message'::text, ARRAY[cardinality(s_e_user)]);
+            e_fields := e_fields || array_fill(NULL::jsonb, ARRAY[cardinality(s_e_user)]);
+            v_id := v_id || s_v_id;
+            v_version := v_version || s_v_version;
+            v_last_cseq := v_last_cseq || s_v_last_cseq;
+            v_members := v_members || s_v_members;
+            pos := upto + 1;
             CONTINUE;
         END IF;
 
-        actor := c_actor[i];
-        conv := conv_of[i];
+        actor := c_actor[pos];
+        cid := conv_of[pos];
         listed := ARRAY(SELECT DISTINCT t.u FROM unnest(u_cmd, u_user) AS t(ci, u)
-                        WHERE t.ci = i ORDER BY t.u);
-        IF c_kind[i] = 'group_create' THEN
-            conv := 'g' || nextval('pgchat.conversation_ids');
+                        WHERE t.ci = pos ORDER BY t.u);
+        IF c_kind[pos] = 'group_create' THEN
+            cid := 'g' || nextval('pgchat.conversation_ids');
             INSERT INTO pgchat.conversations (id, kind, name, created_by, version)
-            VALUES (conv, 'group', c_text[i], actor, 1);
+            VALUES (cid, 'group', c_text[pos], actor, 1);
             INSERT INTO pgchat.members (conversation_id, user_id)
-            SELECT DISTINCT conv, x FROM unnest(listed || actor) AS x;
+            SELECT DISTINCT cid, x FROM unnest(listed || actor) AS x;
             members_now := ARRAY(SELECT DISTINCT x FROM unnest(listed || actor) AS x ORDER BY x);
-            cj := pgchat.conversation_json(conv);
-            o_conv[i] := cj;
+            cj := pgchat.conversation_json(cid);
+            o_conv[pos] := cj;
             SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields
             FROM pgchat.append_events(e_user, e_seq, e_cmd, e_kind, e_fields, members_now,
-                                      'conversation', conv, NULL,
-                                      jsonb_build_object('conversation', cj), i);
+                                      'conversation', cid, NULL,
+                                      jsonb_build_object('conversation', cj), pos);
         ELSE
             SELECT c.kind, c.last_cseq, c.version, m.read_cseq AS marker
-            INTO cv
+            INTO crow
             FROM pgchat.conversations c
             LEFT JOIN LATERAL (SELECT m.read_cseq FROM pgchat.members m
                                WHERE m.conversation_id = c.id AND m.user_id = actor LIMIT 1) m ON true
-            WHERE c.id = conv;
+            WHERE c.id = cid;
             IF NOT FOUND THEN
-                o_code[i] := 'not_found';
-                o_detail[i] := format('conversation %s does not exist', to_json(conv));
-            ELSIF cv.marker IS NULL THEN
-                o_code[i] := 'forbidden';
-                o_detail[i] := format('you are not a member of conversation %s', to_json(conv));
-            ELSIF c_kind[i] = 'read' THEN
-                IF c_num[i] > cv.last_cseq THEN
-                    o_code[i] := 'bad_request';
-                    o_detail[i] := format('read: cseq %s does not exist in %s (its last is %s)',
-                                          c_num[i], to_json(conv), cv.last_cseq);
-                ELSIF c_num[i] > cv.marker THEN
+                o_code[pos] := 'not_found';
+                o_detail[pos] := format('conversation %s does not exist', to_json(cid));
+            ELSIF crow.marker IS NULL THEN
+                o_code[pos] := 'forbidden';
+                o_detail[pos] := format('you are not a member of conversation %s', to_json(cid));
+            ELSIF c_kind[pos] = 'read' THEN
+                IF c_num[pos] > crow.last_cseq THEN
+                    o_code[pos] := 'bad_request';
+                    o_detail[pos] := format('read: cseq %s does not exist in %s (its last is %s)',
+                                          c_num[pos], to_json(cid), crow.last_cseq);
+                ELSIF c_num[pos] > crow.marker THEN
                     -- Markers never move backwards; the other members are told.
-                    UPDATE pgchat.members SET read_cseq = c_num[i]
-                    WHERE conversation_id = conv AND user_id = actor;
-                    fields := jsonb_build_object('conversation', conv, 'user', actor, 'cseq', c_num[i]);
+                    UPDATE pgchat.members SET read_cseq = c_num[pos]
+                    WHERE conversation_id = cid AND user_id = actor;
+                    payload := jsonb_build_object('conversation', cid, 'user', actor, 'cseq', c_num[pos]);
                     SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields
                     FROM pgchat.append_events(e_user, e_seq, e_cmd, e_kind, e_fields,
                         ARRAY(SELECT m.user_id FROM pgchat.members m
-                              WHERE m.conversation_id = conv AND m.user_id <> actor),
-                        'read', conv, fields, fields, i);
+                              WHERE m.conversation_id = cid AND m.user_id <> actor),
+                        'read', cid, payload, payload, pos);
                 END IF;
-            ELSIF cv.kind <> 'group' THEN
-                o_code[i] := 'bad_request';
-                o_detail[i] := format('%s: %s is a direct conversation; its members are fixed',
-                                      c_kind[i], to_json(conv));
-            ELSIF c_kind[i] = 'group_add' THEN
+            ELSIF crow.kind <> 'group' THEN
+                o_code[pos] := 'bad_request';
+                o_detail[pos] := format('%s: %s is a direct conversation; its members are fixed',
+                                      c_kind[pos], to_json(cid));
+            ELSIF c_kind[pos] = 'group_add' THEN
                 members_now := ARRAY(SELECT m.user_id FROM pgchat.members m
-                                     WHERE m.conversation_id = conv);
+                                     WHERE m.conversation_id = cid);
                 listed := ARRAY(SELECT x FROM unnest(listed) AS x WHERE x <> ALL (members_now));
                 IF cardinality(members_now) + cardinality(listed) > p_max_members THEN
-                    o_code[i] := 'too_large';
-                    o_detail[i] := format('group_add: the group would have %s members; the limit is %s',
+                    o_code[pos] := 'too_large';
+                    o_detail[pos] := format('group_add: the group would have %s members; the limit is %s',
                                           cardinality(members_now) + cardinality(listed), p_max_members);
                 ELSIF cardinality(listed) > 0 THEN
                     INSERT INTO pgchat.members (conversation_id, user_id)
-                    SELECT conv, x FROM unnest(listed) AS x;
-                    UPDATE pgchat.conversations SET version = version + 1 WHERE id = conv;
-                    cj := pgchat.conversation_json(conv);
+                    SELECT cid, x FROM unnest(listed) AS x;
+                    UPDATE pgchat.conversations SET version = version + 1 WHERE id = cid;
+                    cj := pgchat.conversation_json(cid);
                     SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields
                     FROM pgchat.append_events(e_user, e_seq, e_cmd, e_kind, e_fields,
                         ARRAY(SELECT jsonb_array_elements_text(cj -> 'members')),
-                        'conversation', conv, NULL, jsonb_build_object('conversation', cj), i);
+                        'conversation', cid, NULL, jsonb_build_object('conversation', cj), pos);
                 END IF;
-                IF o_code[i] IS NULL THEN
-                    o_conv[i] := pgchat.conversation_json(conv);
+                IF o_code[pos] IS NULL THEN
+                    o_conv[pos] := pgchat.conversation_json(cid);
                 END IF;
             ELSE
                 -- group_remove or group_leave: who leaves gets `removed`, the rest the new
                 -- membership.
-                IF c_kind[i] = 'group_leave' THEN
+                IF c_kind[pos] = 'group_leave' THEN
                     gone := ARRAY[actor];
                 ELSE
                     gone := ARRAY(SELECT m.user_id FROM pgchat.members m
-                                  WHERE m.conversation_id = conv AND m.user_id = ANY (listed)
+                                  WHERE m.conversation_id = cid AND m.user_id = ANY (listed)
                                   ORDER BY m.user_id);
                 END IF;
                 IF cardinality(gone) > 0 THEN
                     DELETE FROM pgchat.members
-                    WHERE conversation_id = conv AND user_id = ANY (gone);
-                    UPDATE pgchat.conversations SET version = version + 1 WHERE id = conv;
-                    fields := jsonb_build_object('conversation', conv);
+                    WHERE conversation_id = cid AND user_id = ANY (gone);
+                    UPDATE pgchat.conversations SET version = version + 1 WHERE id = cid;
+                    payload := jsonb_build_object('conversation', cid);
                     SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields
                     FROM pgchat.append_events(e_user, e_seq, e_cmd, e_kind, e_fields, gone,
-                                              'removed', conv, fields, fields, i);
-                    cj := pgchat.conversation_json(conv);
+                                              'removed', cid, payload, payload, pos);
+                    cj := pgchat.conversation_json(cid);
                     SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields
                     FROM pgchat.append_events(e_user, e_seq, e_cmd, e_kind, e_fields,
                         ARRAY(SELECT jsonb_array_elements_text(cj -> 'members')),
-                        'conversation', conv, NULL, jsonb_build_object('conversation', cj), i);
+                        'conversation', cid, NULL, jsonb_build_object('conversation', cj), pos);
                 END IF;
-                IF c_kind[i] = 'group_remove' THEN
-                    o_conv[i] := pgchat.conversation_json(conv);
+                IF c_kind[pos] = 'group_remove' THEN
+                    o_conv[pos] := pgchat.conversation_json(cid);
                 END IF;
             END IF;
         END IF;
         -- The conversation's state after a group command, for the caller's cache.
-        IF o_code[i] IS NULL AND c_kind[i] <> 'read' THEN
-            SELECT c.version, c.last_cseq INTO cv FROM pgchat.conversations c WHERE c.id = conv;
-            v_id := v_id || conv;
-            v_version := v_version || cv.version;
-            v_last_cseq := v_last_cseq || cv.last_cseq;
-            v_members := v_members || (coalesce(o_conv[i], pgchat.conversation_json(conv)) -> 'members');
+        IF o_code[pos] IS NULL AND c_kind[pos] <> 'read' THEN
+            SELECT c.version, c.last_cseq INTO crow FROM pgchat.conversations c WHERE c.id = cid;
+            v_id := v_id || cid;
+            v_version := v_version || crow.version;
+            v_last_cseq := v_last_cseq || crow.last_cseq;
+            v_members := v_members || (coalesce(o_conv[pos], pgchat.conversation_json(cid)) -> 'members');
         END IF;
-        i := i + 1;
+        pos := pos + 1;
     END LOOP;
 
     -- 7. One notification for the whole batch, delivered at commit.

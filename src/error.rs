@@ -151,10 +151,28 @@ impl IntoResponse for ApiError {
 pub enum DbError {
     #[error("no database connection within the acquire timeout: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("database error: {0}")]
+    #[error("database error: {}", describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("{0}")]
     Down(&'static str),
+}
+
+/// What the server said (SQLSTATE, message, where), which tokio-postgres's own `Display`
+/// leaves out; for the log, never for a client.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{} {}", db.code().code(), db.message());
+            if let Some(detail) = db.detail() {
+                s.push_str(&format!(" ({detail})"));
+            }
+            if let Some(at) = db.where_() {
+                s.push_str(&format!(" [{}]", at.replace('\n', "; ")));
+            }
+            s
+        }
+        None => e.to_string(),
+    }
 }
 
 impl DbError {

@@ -193,7 +193,12 @@ async fn a_killed_worker_s_users_go_offline_and_resume_elsewhere_with_nothing_lo
 
 #[tokio::test]
 async fn terminating_the_listener_connection_mid_traffic_loses_nothing() {
-    let cluster = Cluster::start(2, &[]).await;
+    // Sends every 5 ms and more: above the default per-socket rate limit.
+    let limits = [
+        ("PGCHAT_RATE_LIMIT_PER_SEC", "1000"),
+        ("PGCHAT_RATE_LIMIT_BURST", "1000"),
+    ];
+    let cluster = Cluster::start(2, &limits).await;
     let mut alice = cluster.connect(0, "alice").await;
     let mut bob = cluster.connect(1, "bob").await;
     let admin = cluster.db.client().await;
