@@ -126,8 +126,9 @@ $$;
 --   c_key    the client_msg_id (send)
 --   c_num    the cseq (read)
 --   u_cmd, u_user: the user lists of group_create/add/remove as (command index, user).
--- Inputs are validated by the caller (ids, lengths); what needs the database (existence,
--- membership, sizes) is checked here. A refused command gets o_code/o_detail and changes
+-- Inputs are validated by the caller (ids, lengths), which also never puts two sends with
+-- the same (sender, client_msg_id) in one batch; what needs the database (existence,
+-- membership, sizes, a key already stored) is checked here. A refused command gets o_code/o_detail and changes
 -- nothing; the others still commit.
 --
 -- Lock order, the same in every transaction that allocates seq or cseq (so concurrent
@@ -148,8 +149,8 @@ $$;
 -- to (o_msg_body only for a send that returned an earlier message), or the conversation of
 -- a group command. Per event (e_*): who got which seq, from which command, of which kind,
 -- with the live fields for non-message events. Per changed conversation (v_*): its state
--- after the batch, for the caller's cache (members: null when unchanged by this batch's
--- group commands and not otherwise read).
+-- after each change, for the caller's cache (members: null after sends, which change no
+-- membership and whose events name every member).
 CREATE FUNCTION pgchat.apply_batch(
     p_worker text,
     p_max_members integer,
@@ -294,7 +295,7 @@ BEGIN
             END LOOP;
             -- The run pos..upto, in one statement: each send is checked (the conversation
             -- exists, the sender is a member), deduplicated by (sender, client_msg_id)
-            -- against what is stored and what comes earlier in the run, numbered (cseq per
+            -- against what is stored, numbered (cseq per
             -- conversation, seq per recipient, in command order) and stored with an event
             -- per member; the counters and the senders' read markers move once per row.
             WITH cmd AS (
@@ -318,27 +319,17 @@ BEGIN
                                    LIMIT 1) pr ON true
                 LEFT JOIN LATERAL (SELECT u.name FROM pgchat.users u WHERE u.id = cmd.sender
                                    LIMIT 1) sn ON true
-            ), cls AS (
-                -- first_ok: the first send of this (sender, client_msg_id) in the run that stores
-                -- a message; a later one returns it, as a retry would.
-                SELECT chk.*,
-                       min(chk.i) FILTER (WHERE chk.p_id IS NULL AND chk.conv_found AND chk.member)
-                           OVER (PARTITION BY chk.sender, chk.ckey) AS first_ok
-                FROM chk
-            ), num AS (
-                SELECT cls.*, (cls.p_id IS NULL AND cls.first_ok = cls.i) AS fresh,
-                       cls.last_cseq + count(*) FILTER (WHERE cls.p_id IS NULL AND cls.first_ok = cls.i)
-                           OVER (PARTITION BY cls.conv ORDER BY cls.i) AS next_cseq
-                FROM cls
             ), ids AS (
-                SELECT num.*,
-                       CASE WHEN num.fresh THEN num.next_cseq END AS cseq,
-                       CASE WHEN num.fresh THEN nextval('pgchat.messages_id_seq') END AS id
-                FROM num
-            ), res AS (
-                SELECT ids.*, max(ids.id) OVER w AS r_id, max(ids.cseq) OVER w AS r_cseq,
-                       max(ids.conv) FILTER (WHERE ids.fresh) OVER w AS r_conv
-                FROM ids WINDOW w AS (PARTITION BY ids.sender, ids.ckey)
+                -- A send stores a message when its conversation exists, its sender is a
+                -- member and its (sender, client_msg_id) is new: numbered in command order
+                -- within its conversation. (The writer never puts two sends with one key in
+                -- a batch: the later waits for the next.)
+                SELECT chk.*, fresh,
+                       CASE WHEN fresh THEN chk.last_cseq + row_number() OVER (
+                           PARTITION BY chk.conv, fresh ORDER BY chk.i) END AS cseq,
+                       CASE WHEN fresh THEN nextval('pgchat.messages_id_seq') END AS id
+                FROM chk, LATERAL (SELECT chk.p_id IS NULL AND chk.conv_found AND chk.member
+                                   AS fresh) f
             ), stored AS (
                 INSERT INTO pgchat.messages (id, conversation_id, cseq, sender_id, body, client_msg_id,
                                              created_at)
@@ -375,24 +366,29 @@ BEGIN
                       GROUP BY conv, sender) x
                 WHERE m.conversation_id = x.conv AND m.user_id = x.sender AND m.read_cseq < x.cseq
             )
-            SELECT r.*, e.*, v.*, vm.*
+            SELECT r.*, e.*, v.*
             INTO s_code, s_detail, s_id, s_conv, s_cseq, s_at, s_name, s_body,
-                 s_e_user, s_e_seq, s_e_cmd, s_v_id, s_v_version, s_v_last_cseq, s_v_members
+                 s_e_user, s_e_seq, s_e_cmd, s_v_id, s_v_version, s_v_last_cseq
             FROM (
                 SELECT
-                    array_agg(CASE WHEN p_id IS NOT NULL OR first_ok <= i THEN NULL
-                                   WHEN NOT conv_found THEN 'not_found' ELSE 'forbidden' END ORDER BY i),
-                    array_agg(CASE WHEN p_id IS NOT NULL OR first_ok <= i THEN NULL
-                                   WHEN NOT conv_found THEN format('conversation %s does not exist', to_json(conv))
-                                   ELSE format('you are not a member of conversation %s', to_json(conv))
+                    array_agg(CASE WHEN p_id IS NOT NULL OR fresh THEN NULL
+                                   WHEN NOT conv_found THEN 'not_found' ELSE 'forbidden' END
+                              ORDER BY i),
+                    array_agg(CASE WHEN p_id IS NOT NULL OR fresh THEN NULL
+                                   WHEN NOT conv_found
+                                   THEN format('conversation %s does not exist', to_json(conv))
+                                   ELSE format('you are not a member of conversation %s',
+                                               to_json(conv))
                               END ORDER BY i),
-                    array_agg(CASE WHEN p_id IS NOT NULL THEN p_id WHEN first_ok <= i THEN r_id END ORDER BY i),
-                    array_agg(CASE WHEN p_id IS NOT NULL THEN p_conv WHEN first_ok <= i THEN r_conv END ORDER BY i),
-                    array_agg(CASE WHEN p_id IS NOT NULL THEN p_cseq WHEN first_ok <= i THEN r_cseq END ORDER BY i),
-                    array_agg(CASE WHEN p_id IS NOT NULL THEN p_at WHEN first_ok <= i THEN now() END ORDER BY i),
+                    array_agg(coalesce(p_id, id) ORDER BY i),
+                    array_agg(CASE WHEN p_id IS NOT NULL THEN p_conv WHEN fresh THEN conv END
+                              ORDER BY i),
+                    array_agg(coalesce(p_cseq, cseq) ORDER BY i),
+                    array_agg(CASE WHEN p_id IS NOT NULL THEN p_at WHEN fresh THEN now() END
+                              ORDER BY i),
                     array_agg(sender_name ORDER BY i),
                     array_agg(p_body ORDER BY i)
-                FROM res
+                FROM ids
             ) r, (
                 SELECT coalesce(array_agg(user_id ORDER BY i, user_id), '{}'),
                        coalesce(array_agg(seq ORDER BY i, user_id), '{}'),
@@ -404,11 +400,10 @@ BEGIN
                        coalesce(array_agg(last ORDER BY conv), '{}')
                 FROM (SELECT conv, min(version) AS version, max(cseq) AS last FROM ids WHERE fresh
                       GROUP BY conv) s
-            ) v, (
-                SELECT coalesce(array_agg(members ORDER BY conv), '{}')
-                FROM (SELECT conv, jsonb_agg(DISTINCT user_id ORDER BY user_id) AS members
-                      FROM recipients GROUP BY conv) s
-            ) vm;
+            ) v;
+            -- A send changes no conversation's members: the caller reads them off the
+            -- events (every member gets each message).
+            s_v_members := array_fill(NULL::jsonb, ARRAY[cardinality(s_v_id)]);
             o_code[pos:upto] := s_code;
             o_detail[pos:upto] := s_detail;
             o_msg_id[pos:upto] := s_id;

@@ -68,6 +68,44 @@ async fn a_retried_send_returns_the_first_message_and_stores_nothing_new() {
 }
 
 #[tokio::test]
+async fn a_retry_pipelined_behind_its_first_send_returns_the_same_message() {
+    let app = TestApp::spawn().await;
+    let mut alice = app.connect("alice").await;
+    // Sent back to back, so that they are likely queued together, with other sends around.
+    let sends = [
+        ("a", "k1"),
+        ("b", "k2"),
+        ("a again", "k1"),
+        ("c", "k3"),
+        ("a thrice", "k1"),
+    ];
+    for (i, (body, key)) in sends.iter().enumerate() {
+        let request =
+            json!({"type": "send", "to": "bob", "body": body, "client_msg_id": key, "ref": i});
+        alice.send_text(request.to_string()).await;
+    }
+    let mut replies = Vec::new();
+    for i in 0..sends.len() {
+        let reply = alice.reply_to_int(i as i64).await;
+        assert_eq!(reply["type"], "ok", "{reply}");
+        replies.push(reply["message"].clone());
+    }
+    assert_eq!(replies[0], replies[2]);
+    assert_eq!(replies[0], replies[4]);
+    assert_eq!(replies[0]["body"], "a");
+    let cseqs: Vec<i64> = [0, 1, 3]
+        .iter()
+        .map(|&i| replies[i]["cseq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        cseqs,
+        vec![1, 2, 3],
+        "three messages, numbered without a gap"
+    );
+    assert_eq!(app.db.count("SELECT count(*) FROM messages").await, 3);
+}
+
+#[tokio::test]
 async fn a_message_sent_while_offline_arrives_on_resume_in_order() {
     let app = TestApp::spawn().await;
     let mut alice = app.connect("alice").await;

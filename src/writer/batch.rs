@@ -253,6 +253,8 @@ fn decode(row: &Row, commands: &[&Command]) -> Committed {
     let cmds: Vec<i32> = row.get("e_cmd");
     let kinds: Vec<String> = row.get("e_kind");
     let fields: Vec<Option<Value>> = row.get("e_fields");
+    // Who got each new message: its conversation's members, for the cache.
+    let mut recipients: HashMap<i64, Vec<String>> = HashMap::new();
     let events = users
         .into_iter()
         .zip(seqs)
@@ -264,6 +266,7 @@ fn decode(row: &Row, commands: &[&Command]) -> Committed {
             let fields = match (kind, fields) {
                 (EventKind::Message, _) => {
                     let id = ids[cmd as usize - 1].expect("a message event's send stored one");
+                    recipients.entry(id).or_default().push(user.clone());
                     message_fields[&id].clone()
                 }
                 (_, Some(f)) => object_fields(&f).into(),
@@ -283,12 +286,28 @@ fn decode(row: &Row, commands: &[&Command]) -> Committed {
     let v_ids: Vec<String> = row.get("v_id");
     let v_versions: Vec<i64> = row.get("v_version");
     let v_last: Vec<i64> = row.get("v_last_cseq");
-    let v_members: Vec<Value> = row.get("v_members");
+    let v_members: Vec<Option<Value>> = row.get("v_members");
+    let message_in: HashMap<&str, i64> = stored
+        .values()
+        .map(|m| (m.conversation.as_str(), m.id))
+        .collect();
     let mut latest: BTreeMap<String, Snapshot> = BTreeMap::new();
     for (((id, version), last_cseq), members) in
         v_ids.into_iter().zip(v_versions).zip(v_last).zip(v_members)
     {
-        let members = serde_json::from_value(members).unwrap_or_default();
+        let members: Vec<String> = match members {
+            Some(m) => serde_json::from_value(m).unwrap_or_default(),
+            // After sends: every member received each new message.
+            None => {
+                let mut m = message_in
+                    .get(id.as_str())
+                    .and_then(|m| recipients.get(m))
+                    .cloned()
+                    .unwrap_or_default();
+                m.sort();
+                m
+            }
+        };
         let snapshot = Snapshot {
             id: id.clone(),
             version,

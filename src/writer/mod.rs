@@ -194,13 +194,19 @@ impl Batcher {
             }
             // A bug that panics in one batch must not take the batcher with it: the batch's
             // callers see their reply channel closed (`internal`), the next batch goes on.
-            let jobs = std::mem::take(&mut batch);
-            if AssertUnwindSafe(self.commit_jobs(jobs))
-                .catch_unwind()
-                .await
-                .is_err()
-            {
-                tracing::error!("a write batch panicked; its requests were answered internal");
+            let mut jobs = std::mem::take(&mut batch);
+            // Two sends with one (sender, client_msg_id) never share a batch: the later is
+            // a retry of the earlier and must see it stored, so it waits for the next.
+            while !jobs.is_empty() {
+                let repeats = split_off_repeats(&mut jobs);
+                if AssertUnwindSafe(self.commit_jobs(jobs))
+                    .catch_unwind()
+                    .await
+                    .is_err()
+                {
+                    tracing::error!("a write batch panicked; its requests were answered internal");
+                }
+                jobs = repeats;
             }
         }
     }
@@ -271,5 +277,73 @@ impl Batcher {
             }
             let _ = job.reply.send(outcome);
         }
+    }
+}
+
+/// Moves out of `jobs` every send whose (sender, client_msg_id) an earlier send of `jobs`
+/// already has, keeping the order of both.
+fn split_off_repeats(jobs: &mut Vec<Job>) -> Vec<Job> {
+    let mut seen = std::collections::HashSet::new();
+    let (first, repeats): (Vec<Job>, Vec<Job>) =
+        std::mem::take(jobs)
+            .into_iter()
+            .partition(|j| match &j.command {
+                Command::Send {
+                    sender,
+                    client_msg_id,
+                    ..
+                } => seen.insert((sender.clone(), client_msg_id.clone())),
+                _ => true,
+            });
+    *jobs = first;
+    repeats
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Body, ClientMsgId, Target, UserId};
+
+    fn send(sender: &str, key: &str) -> Job {
+        Job {
+            command: Command::Send {
+                sender: UserId::parse(sender).unwrap(),
+                target: Target::User(UserId::parse("bob").unwrap()),
+                body: Body::parse("x".into(), 10).unwrap(),
+                client_msg_id: ClientMsgId::parse(key).unwrap(),
+            },
+            reply: oneshot::channel().0,
+            queued_at: Instant::now(),
+        }
+    }
+
+    fn keys(jobs: &[Job]) -> Vec<String> {
+        jobs.iter()
+            .map(|j| match &j.command {
+                Command::Send {
+                    sender,
+                    client_msg_id,
+                    ..
+                } => format!("{sender}/{}", client_msg_id.as_str()),
+                _ => unreachable!(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_repeated_key_waits_for_the_next_batch_in_order() {
+        let mut jobs = vec![
+            send("a", "1"),
+            send("a", "2"),
+            send("b", "1"),
+            send("a", "1"),
+            send("a", "1"),
+        ];
+        let later = split_off_repeats(&mut jobs);
+        assert_eq!(keys(&jobs), ["a/1", "a/2", "b/1"]);
+        assert_eq!(keys(&later), ["a/1", "a/1"]);
+        let mut later = later;
+        let last = split_off_repeats(&mut later);
+        assert_eq!((later.len(), last.len()), (1, 1));
     }
 }
