@@ -14,7 +14,7 @@ use super::load::{self, Recipient, Recorder, Run, Track, BODY};
 use super::pool::{self, Pair};
 use super::progress::{self, Progress, Shows};
 use super::report::{Latency, Placement, Report};
-use super::schedule::Schedule;
+use super::schedule::{self, Schedule};
 use super::{BenchError, Ctx, DmOptions};
 
 /// The warm-up message's ref; measured messages have refs 0, 1, 2, …
@@ -84,6 +84,7 @@ pub async fn run_rounds(
         Shows::Messages,
     );
     ctx.set_phase(progress::RUN);
+    let mut clock = schedule::tick(sched, stop.clone()).into_iter();
     let (mut writers, mut readers, mut sinks, mut tracks) = (vec![], vec![], vec![], vec![]);
     for (i, pair) in pairs.into_iter().enumerate() {
         let track = Track::new(sched.count(i));
@@ -99,7 +100,7 @@ pub async fn run_rounds(
         };
         writers.push(tokio::spawn(load::write_messages(
             s_sink,
-            i,
+            clock.next().expect("a clock per sender"),
             track.clone(),
             run.clone(),
             make,

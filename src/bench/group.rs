@@ -15,7 +15,7 @@ use super::load::{self, Recipient, Recorder, Run, Track, BODY};
 use super::pool;
 use super::progress::{self, Progress, Shows};
 use super::report::{Latency, Report};
-use super::schedule::Schedule;
+use super::schedule::{self, Schedule};
 use super::{BenchError, Ctx, GroupOptions};
 
 const CREATE_REF: i64 = -1;
@@ -56,6 +56,7 @@ pub async fn run(ctx: &Arc<Ctx>, o: &GroupOptions) -> Result<Report, BenchError>
     };
     let progress = Progress::start(ctx, start, Some(o.duration), Shows::Messages);
     ctx.set_phase(progress::RUN);
+    let mut clock = schedule::tick(sched, stop.clone()).into_iter();
     let (mut writers, mut readers, mut sinks, mut tracks) = (vec![], vec![], vec![], vec![]);
     for (i, (group, id)) in groups.into_iter().zip(ids).enumerate() {
         let track = Track::new(sched.count(i));
@@ -72,7 +73,7 @@ pub async fn run(ctx: &Arc<Ctx>, o: &GroupOptions) -> Result<Report, BenchError>
         };
         writers.push(tokio::spawn(load::write_messages(
             sink,
-            i,
+            clock.next().expect("a clock per sender"),
             track.clone(),
             run.clone(),
             make,

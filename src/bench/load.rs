@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use futures_util::SinkExt;
 use hdrhistogram::Histogram;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -97,13 +98,13 @@ pub struct Run {
 /// ack. `make(k)` is the frame of message `k`. Returns the sink, still open.
 pub async fn write_messages(
     mut sink: Sink,
-    stream: usize,
+    mut due: mpsc::UnboundedReceiver<u64>,
     track: Arc<Track>,
     run: Run,
     make: impl Fn(u64) -> String,
 ) -> Sink {
-    for k in 0..track.len() {
-        tokio::time::sleep_until(run.sched.due(stream, k)).await;
+    // The clock ([`schedule::tick`]) says when each message is due.
+    while let Some(k) = due.recv().await {
         // Marked first: on a multi-thread runtime the ack may be read before send returns.
         track.mark(k, SENT);
         if sink.send(Message::text(make(k))).await.is_err() {

@@ -8,7 +8,9 @@
 
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Schedule {
@@ -70,6 +72,36 @@ impl Schedule {
     }
 }
 
+/// Starts the clock of a run: a thread of its own that hands each sender the number of
+/// its next message when that message is due. tokio's timers fire on a 1 ms wheel, up to
+/// a millisecond late, and that lateness would count as the server's latency; a thread
+/// sleeping on the OS's timer wakes within some tens of microseconds. One receiver per
+/// sender; each gets exactly its messages, in order. Ends with the run or with `stop`.
+pub fn tick(sched: Schedule, stop: CancellationToken) -> Vec<mpsc::UnboundedReceiver<u64>> {
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..sched.streams)
+        .map(|_| mpsc::unbounded_channel())
+        .unzip();
+    std::thread::Builder::new()
+        .name("bench-clock".into())
+        .spawn(move || {
+            let start = sched.start.into_std();
+            for n in 0..sched.total {
+                if stop.is_cancelled() {
+                    return;
+                }
+                let due = start + Duration::from_secs_f64(n as f64 / sched.rate);
+                if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                let stream = (n % sched.streams) as usize;
+                // A sender whose socket is gone has dropped its receiver.
+                let _ = txs[stream].send(n / sched.streams);
+            }
+        })
+        .expect("a thread for the bench's clock");
+    rxs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,6 +126,19 @@ mod tests {
         assert_eq!(s.round_of(1, 2), 1);
         assert_eq!(s.round_of(0, 0), 0);
         assert_eq!(s.round_of(1, 5), 2);
+    }
+
+    #[tokio::test]
+    async fn the_clock_hands_each_sender_its_messages_in_order() {
+        let s = Schedule::new(Instant::now(), 3, 1000.0, Duration::from_millis(10), 1);
+        let mut rxs = tick(s, CancellationToken::new());
+        for (i, rx) in rxs.iter_mut().enumerate() {
+            let mut got = Vec::new();
+            while let Some(k) = rx.recv().await {
+                got.push(k);
+            }
+            assert_eq!(got, (0..s.count(i)).collect::<Vec<u64>>());
+        }
     }
 
     #[test]
