@@ -271,7 +271,7 @@ DECLARE
     gone text[];
     cj jsonb;
     payload jsonb;
-    s_code text[]; s_detail text[]; s_id bigint[]; s_conv text[]; s_cseq bigint[];
+    s_i integer[]; s_code text[]; s_detail text[]; s_id bigint[]; s_conv text[]; s_cseq bigint[];
     s_at timestamptz[]; s_name text[]; s_body text[];
     s_e_user text[]; s_e_seq bigint[]; s_e_cmd integer[];
     s_v_id text[]; s_v_version bigint[]; s_v_last_cseq bigint[]; s_v_members jsonb[];
@@ -291,34 +291,49 @@ BEGIN
         RETURN;
     END IF;
 
-    -- 1. Users named as recipients or new members get a stream (lock order 1).
-    named := ARRAY(
-        SELECT DISTINCT x FROM (
-            SELECT unnest(c_to) AS x
-            UNION ALL
-            SELECT t.u FROM unnest(u_cmd, u_user) AS t(ci, u)
-            WHERE c_kind[t.ci] IN ('group_create', 'group_add')
-            UNION ALL
-            SELECT t.a FROM unnest(c_kind, c_actor) AS t(k, a) WHERE t.k = 'group_create'
-        ) s WHERE x IS NOT NULL ORDER BY x);
-    IF cardinality(named) > 0 THEN
-        INSERT INTO pgchat.users (id) SELECT x FROM unnest(named) AS x ORDER BY x
-        ON CONFLICT (id) DO NOTHING;
-    END IF;
-
-    -- 2. Direct conversations: found by key, or created in key order (lock order 2). A new
-    -- one has its members at once; it is announced to them once their streams are locked.
+    -- 1. Direct sends find their conversation by key (the two users, sorted). Reading
+    -- takes no lock; what is missing is created below, in lock order.
     IF EXISTS (SELECT 1 FROM unnest(c_to) AS t WHERE t IS NOT NULL) THEN
         keys := ARRAY(
             SELECT CASE WHEN z.t IS NULL THEN NULL
                         WHEN z.a <= z.t THEN z.a || E'\n' || z.t
                         ELSE z.t || E'\n' || z.a END
             FROM unnest(c_actor, c_to) WITH ORDINALITY AS z(a, t, k) ORDER BY z.k);
+        conv_of := ARRAY(
+            SELECT coalesce(z.c, d.id)
+            FROM unnest(c_conv, keys) WITH ORDINALITY AS z(c, key, k)
+            LEFT JOIN LATERAL (SELECT c.id FROM pgchat.conversations c
+                               WHERE c.direct_key = z.key LIMIT 1) d ON true
+            ORDER BY z.k);
+    END IF;
+
+    -- 2. New users get a stream (lock order 1): the two of a new direct conversation, and
+    -- those named by group commands.
+    named := ARRAY(
+        SELECT DISTINCT x FROM (
+            SELECT unnest(string_to_array(z.key, E'\n')) AS x
+            FROM unnest(keys, conv_of) AS z(key, c) WHERE z.key IS NOT NULL AND z.c IS NULL
+            UNION ALL
+            SELECT t.u FROM unnest(u_cmd, u_user) AS t(ci, u)
+            WHERE c_kind[t.ci] IN ('group_create', 'group_add')
+            UNION ALL
+            SELECT t.a FROM unnest(c_kind, c_actor) AS t(k, a) WHERE t.k = 'group_create'
+        ) s ORDER BY x);
+    IF cardinality(named) > 0 THEN
+        INSERT INTO pgchat.users (id) SELECT x FROM unnest(named) AS x ORDER BY x
+        ON CONFLICT (id) DO NOTHING;
+    END IF;
+
+    -- 3. New direct conversations, created in key order (lock order 2), with their members
+    -- at once; they are announced to them once their streams are locked.
+    IF array_position(conv_of, NULL) IS NOT NULL AND keys IS NOT NULL
+       AND EXISTS (SELECT 1 FROM unnest(keys, conv_of) AS z(key, c)
+                   WHERE z.key IS NOT NULL AND z.c IS NULL) THEN
         WITH made AS (
             INSERT INTO pgchat.conversations (id, kind, direct_key, version)
             SELECT 'd' || nextval('pgchat.conversation_ids'), 'direct', w.key, 1
-            FROM (SELECT DISTINCT key FROM unnest(keys) AS key WHERE key IS NOT NULL) w
-            WHERE NOT EXISTS (SELECT 1 FROM pgchat.conversations c WHERE c.direct_key = w.key)
+            FROM (SELECT DISTINCT z.key FROM unnest(keys, conv_of) AS z(key, c)
+                  WHERE z.key IS NOT NULL AND z.c IS NULL) w
             ORDER BY w.key
             ON CONFLICT (direct_key) DO NOTHING
             RETURNING id, direct_key
@@ -328,21 +343,22 @@ BEGIN
             CROSS JOIN LATERAL unnest(string_to_array(made.direct_key, E'\n')) AS x
         )
         SELECT coalesce(array_agg(id ORDER BY id), '{}') INTO new_directs FROM made;
+        -- Created here, or by another batch that committed first.
         conv_of := ARRAY(
             SELECT coalesce(z.c, d.id)
-            FROM unnest(c_conv, keys) WITH ORDINALITY AS z(c, key, k)
+            FROM unnest(conv_of, keys) WITH ORDINALITY AS z(c, key, k)
             LEFT JOIN LATERAL (SELECT c.id FROM pgchat.conversations c
-                               WHERE c.direct_key = z.key LIMIT 1) d ON true
+                               WHERE z.c IS NULL AND c.direct_key = z.key LIMIT 1) d ON true
             ORDER BY z.k);
     END IF;
 
-    -- 3. Lock the conversations the commands name, by id (lock order 3).
+    -- 4. Lock the conversations the commands name, by id (lock order 3).
     touched := ARRAY(SELECT DISTINCT x FROM unnest(conv_of) AS x WHERE x IS NOT NULL ORDER BY x);
     PERFORM 1 FROM unnest(touched) AS t(id)
     CROSS JOIN LATERAL (SELECT 1 FROM pgchat.conversations c WHERE c.id = t.id
                         FOR NO KEY UPDATE) l;
 
-    -- 4. Lock every stream that may grow, by id (lock order 4): the members of those
+    -- 5. Lock every stream that may grow, by id (lock order 4): the members of those
     -- conversations and the users named. Membership cannot change meanwhile: it changes
     -- only under the conversation's lock. A batch of sends to existing conversations skips
     -- this: its one statement of sends locks the streams it grows itself, in the same
@@ -361,7 +377,7 @@ BEGIN
         CROSS JOIN LATERAL (SELECT 1 FROM pgchat.users u WHERE u.id = t.id FOR NO KEY UPDATE) l;
     END IF;
 
-    -- 5. New direct conversations are announced to their members before any message.
+    -- 6. New direct conversations are announced to their members before any message.
     FOREACH cid IN ARRAY new_directs LOOP
         cj := pgchat.conversation_json(cid);
         SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields
@@ -370,7 +386,7 @@ BEGIN
                                   'conversation', cid, NULL, jsonb_build_object('conversation', cj), 0);
     END LOOP;
 
-    -- 6. The commands, in order: each run of sends at once, other commands one by one.
+    -- 7. The commands, in order: each run of sends at once, other commands one by one.
     pos := 1;
     WHILE pos <= ncmds LOOP
         IF c_kind[pos] = 'send' THEN
@@ -425,11 +441,12 @@ BEGIN
                                     WHERE conversation_id = f.conv OFFSET 0) m
                 WHERE f.fresh
             ), streams AS (
-                -- Each recipient's stream grows by one event per message, in command order. Sorted
-                -- by user, so that the update below locks the rows in the global order.
-                SELECT user_id, count(*) AS n, array_agg(id ORDER BY i) AS msgs,
-                       array_agg(i ORDER BY i) AS cmds
-                FROM recipients GROUP BY user_id ORDER BY user_id
+                -- Each recipient's stream grows by one event per message, in command order
+                -- (the arrays keep the order of their sorted input). Sorted by user, so that
+                -- the update below locks the rows in the global order.
+                SELECT user_id, count(*) AS n, array_agg(id) AS msgs, array_agg(i) AS cmds
+                FROM (SELECT * FROM recipients ORDER BY user_id, i) r
+                GROUP BY user_id ORDER BY user_id
             ), heads AS (
                 -- Locks each stream's counter and moves it on; the events take the seqs between.
                 UPDATE pgchat.users u SET head = u.head + s.n FROM streams s
@@ -445,6 +462,7 @@ BEGIN
                 UPDATE pgchat.conversations c SET last_cseq = x.cseq, version = c.version + 1
                 FROM (SELECT conv, max(cseq) AS cseq FROM ids WHERE fresh GROUP BY conv) x
                 WHERE c.id = x.conv
+                RETURNING c.id, c.version, c.last_cseq
             ), markers AS (
                 UPDATE pgchat.members m SET read_cseq = x.cseq
                 FROM (SELECT conv, sender, max(cseq) AS cseq FROM ids WHERE fresh
@@ -452,40 +470,39 @@ BEGIN
                 WHERE m.conversation_id = x.conv AND m.user_id = x.sender AND m.read_cseq < x.cseq
             )
             SELECT r.*, e.*, v.*
-            INTO s_code, s_detail, s_id, s_conv, s_cseq, s_at, s_name, s_body,
+            INTO s_i, s_code, s_detail, s_id, s_conv, s_cseq, s_at, s_name, s_body,
                  s_e_user, s_e_seq, s_e_cmd, s_v_id, s_v_version, s_v_last_cseq
             FROM (
+                -- One sorted input, so that the arrays keep its order (checked below).
                 SELECT
+                    array_agg(i),
                     array_agg(CASE WHEN p_id IS NOT NULL OR fresh THEN NULL
-                                   WHEN NOT conv_found THEN 'not_found' ELSE 'forbidden' END
-                              ORDER BY i),
+                                   WHEN NOT conv_found THEN 'not_found' ELSE 'forbidden' END),
                     array_agg(CASE WHEN p_id IS NOT NULL OR fresh THEN NULL
                                    WHEN NOT conv_found
                                    THEN format('conversation %s does not exist', to_json(conv))
                                    ELSE format('you are not a member of conversation %s',
                                                to_json(conv))
-                              END ORDER BY i),
-                    array_agg(coalesce(p_id, id) ORDER BY i),
-                    array_agg(CASE WHEN p_id IS NOT NULL THEN p_conv WHEN fresh THEN conv END
-                              ORDER BY i),
-                    array_agg(coalesce(p_cseq, cseq) ORDER BY i),
-                    array_agg(CASE WHEN p_id IS NOT NULL THEN p_at WHEN fresh THEN now() END
-                              ORDER BY i),
-                    array_agg(sender_name ORDER BY i),
-                    array_agg(p_body ORDER BY i)
-                FROM ids
+                              END),
+                    array_agg(coalesce(p_id, id)),
+                    array_agg(CASE WHEN p_id IS NOT NULL THEN p_conv WHEN fresh THEN conv END),
+                    array_agg(coalesce(p_cseq, cseq)),
+                    array_agg(CASE WHEN p_id IS NOT NULL THEN p_at WHEN fresh THEN now() END),
+                    array_agg(sender_name),
+                    array_agg(p_body)
+                FROM (SELECT * FROM ids ORDER BY i) x
             ) r, (
-                SELECT coalesce(array_agg(user_id ORDER BY i, user_id), '{}'),
-                       coalesce(array_agg(seq ORDER BY i, user_id), '{}'),
-                       coalesce(array_agg(i ORDER BY i, user_id), '{}')
-                FROM numbered
+                SELECT coalesce(array_agg(user_id), '{}'), coalesce(array_agg(seq), '{}'),
+                       coalesce(array_agg(i), '{}')
+                FROM (SELECT * FROM numbered ORDER BY i, user_id) x
             ) e, (
-                SELECT coalesce(array_agg(conv ORDER BY conv), '{}'),
-                       coalesce(array_agg(version + 1 ORDER BY conv), '{}'),
-                       coalesce(array_agg(last ORDER BY conv), '{}')
-                FROM (SELECT conv, min(version) AS version, max(cseq) AS last FROM ids WHERE fresh
-                      GROUP BY conv) s
+                SELECT coalesce(array_agg(id), '{}'), coalesce(array_agg(version), '{}'),
+                       coalesce(array_agg(last_cseq), '{}')
+                FROM counters
             ) v;
+            IF s_i IS DISTINCT FROM ARRAY(SELECT generate_series(pos, upto)) THEN
+                RAISE EXCEPTION 'pgchat.apply_batch: the sends came back out of order';
+            END IF;
             -- A send changes no conversation's members: the caller reads them off the
             -- events (every member gets each message).
             s_v_members := array_fill(NULL::jsonb, ARRAY[cardinality(s_v_id)]);
@@ -621,7 +638,7 @@ BEGIN
         pos := pos + 1;
     END LOOP;
 
-    -- 7. One notification for the whole batch, delivered at commit.
+    -- 8. One notification for the whole batch, delivered at commit.
     IF cardinality(e_user) > 0 OR cardinality(v_id) > 0 THEN
         PERFORM pg_notify('pgchat', pgchat.events_notice(p_worker, e_user, e_seq, v_id, v_version));
     END IF;
