@@ -201,12 +201,15 @@ impl DbError {
 }
 
 impl DbError {
-    /// A deadlock or serialization failure: the transaction may simply be run again.
+    /// A deadlock or serialization failure, or a unique key another transaction took
+    /// meanwhile (two sends of one client_msg_id racing into different conversations):
+    /// the transaction may simply be run again, and will see what the other committed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            DbError::Postgres(e) => {
-                matches!(e.code().map(|c| c.code()), Some("40001") | Some("40P01"))
-            }
+            DbError::Postgres(e) => matches!(
+                e.code().map(|c| c.code()),
+                Some("40001") | Some("40P01") | Some("23505")
+            ),
             DbError::Pool(_) | DbError::Down(_) => false,
         }
     }

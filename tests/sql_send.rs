@@ -299,3 +299,39 @@ async fn a_send_from_sql_reaches_sockets_on_every_worker() {
     assert_eq!(alice.event_of("message").await["message"], m);
     assert_eq!(bob.event_of("message").await["message"], m);
 }
+
+#[tokio::test]
+async fn a_send_racing_one_with_its_key_into_another_conversation_gets_the_first() {
+    let app = TestApp::spawn().await;
+    let mut alice = app.connect("alice").await;
+    let to_bob = alice.send_dm("bob", "hi bob", "1").await;
+    let to_carol = alice.send_dm("carol", "hi carol", "2").await;
+
+    // The backend sends with key "same" to bob and holds its transaction open.
+    let mut backend = app.db.client().await;
+    let tx = backend.transaction().await.unwrap();
+    let first = message(
+        tx.query_one(
+            "SELECT pgchat.send('alice', $1, 'from the backend', 'same')",
+            &[&to_bob["conversation"].as_str().unwrap()],
+        )
+        .await
+        .unwrap(),
+    );
+    // The socket sends with the same key to carol: its batch waits on the key's index
+    // entry, then finds it taken when the backend commits, and is run again.
+    let request = json!({"type": "send", "conversation": to_carol["conversation"],
+                         "body": "from the socket", "client_msg_id": "same", "ref": "r"});
+    alice.send_text(request.to_string()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    tx.commit().await.unwrap();
+    let reply = alice.reply_to("r").await;
+    assert_eq!(reply["type"], "ok", "{reply}");
+    assert_eq!(reply["message"], first, "the first message with the key");
+    assert_eq!(
+        app.db
+            .count("SELECT count(*) FROM messages WHERE client_msg_id = 'same'")
+            .await,
+        1
+    );
+}

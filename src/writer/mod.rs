@@ -219,12 +219,13 @@ impl Batcher {
         let commands: Vec<&Command> = jobs.iter().map(|j| &j.command).collect();
         self.metrics.batch_size.observe(jobs.len() as f64);
         let mut attempt = self.commit(&commands).await;
-        // A deadlock or serialization failure should not happen with ordered locks; if one
-        // does (a future statement gets the order wrong), retrying is correct and cheap.
+        // A deadlock should not happen with ordered locks, but two sends of one key may
+        // race into different conversations (a unique violation). Retrying is correct and
+        // cheap: the retry sees what the other transaction committed.
         for _ in 0..3 {
             match &attempt {
                 Err(e) if e.is_retryable() => {
-                    tracing::warn!(error = %e, "batch hit a lock conflict; retrying");
+                    tracing::warn!(error = %e, "batch met a concurrent one; retrying");
                     attempt = self.commit(&commands).await;
                 }
                 _ => break,
