@@ -171,10 +171,10 @@ AS $fn$
 DECLARE
     ncmds integer := coalesce(array_length(c_kind, 1), 0);
     conv_of text[] := c_conv;
-    named text[];
+    named text[] := '{}';
     keys text[];
+    missing text[] := '{}';
     new_directs text[] := '{}';
-    touched text[];
     lockset text[];
     pos integer;
     upto integer;
@@ -208,47 +208,44 @@ BEGIN
 
     -- 1. Direct sends find their conversation by key (the two users, sorted). Reading
     -- takes no lock; what is missing is created below, in lock order.
-    IF EXISTS (SELECT 1 FROM unnest(c_to) AS t WHERE t IS NOT NULL) THEN
-        keys := ARRAY(
-            SELECT CASE WHEN z.t IS NULL THEN NULL
-                        WHEN z.a <= z.t THEN z.a || E'\n' || z.t
-                        ELSE z.t || E'\n' || z.a END
-            FROM unnest(c_actor, c_to) WITH ORDINALITY AS z(a, t, k) ORDER BY z.k);
-        conv_of := ARRAY(
-            SELECT coalesce(z.c, d.id)
-            FROM unnest(c_conv, keys) WITH ORDINALITY AS z(c, key, k)
-            LEFT JOIN LATERAL (SELECT c.id FROM pgchat.conversations c
-                               WHERE c.direct_key = z.key LIMIT 1) d ON true
-            ORDER BY z.k);
+    IF cardinality(array_remove(c_to, NULL)) > 0 THEN
+        SELECT array_agg(coalesce(z.c, d.id) ORDER BY z.k),
+               array_agg(DISTINCT z.key) FILTER (WHERE z.key IS NOT NULL AND z.c IS NULL
+                                                 AND d.id IS NULL),
+               array_agg(z.key ORDER BY z.k)
+        INTO conv_of, missing, keys
+        FROM (SELECT z.c, z.k, CASE WHEN z.t IS NULL THEN NULL
+                                    WHEN z.a <= z.t THEN z.a || E'\n' || z.t
+                                    ELSE z.t || E'\n' || z.a END AS key
+              FROM unnest(c_conv, c_actor, c_to) WITH ORDINALITY AS z(c, a, t, k)) z
+        LEFT JOIN LATERAL (SELECT c.id FROM pgchat.conversations c
+                           WHERE z.key IS NOT NULL AND c.direct_key = z.key LIMIT 1) d ON true;
     END IF;
 
     -- 2. New users get a stream (lock order 1): the two of a new direct conversation, and
     -- those named by group commands.
-    named := ARRAY(
-        SELECT DISTINCT x FROM (
-            SELECT unnest(string_to_array(z.key, E'\n')) AS x
-            FROM unnest(keys, conv_of) AS z(key, c) WHERE z.key IS NOT NULL AND z.c IS NULL
-            UNION ALL
-            SELECT t.u FROM unnest(u_cmd, u_user) AS t(ci, u)
-            WHERE c_kind[t.ci] IN ('group_create', 'group_add')
-            UNION ALL
-            SELECT t.a FROM unnest(c_kind, c_actor) AS t(k, a) WHERE t.k = 'group_create'
-        ) s ORDER BY x);
-    IF cardinality(named) > 0 THEN
+    IF cardinality(missing) > 0 OR array_position(c_kind, 'group_create') IS NOT NULL
+       OR array_position(c_kind, 'group_add') IS NOT NULL THEN
+        named := ARRAY(
+            SELECT DISTINCT x FROM (
+                SELECT unnest(string_to_array(key, E'\n')) AS x FROM unnest(missing) AS key
+                UNION ALL
+                SELECT t.u FROM unnest(u_cmd, u_user) AS t(ci, u)
+                WHERE c_kind[t.ci] IN ('group_create', 'group_add')
+                UNION ALL
+                SELECT t.a FROM unnest(c_kind, c_actor) AS t(k, a) WHERE t.k = 'group_create'
+            ) s ORDER BY x);
         INSERT INTO pgchat.users (id) SELECT x FROM unnest(named) AS x ORDER BY x
         ON CONFLICT (id) DO NOTHING;
     END IF;
 
     -- 3. New direct conversations, created in key order (lock order 2), with their members
     -- at once; they are announced to them once their streams are locked.
-    IF array_position(conv_of, NULL) IS NOT NULL AND keys IS NOT NULL
-       AND EXISTS (SELECT 1 FROM unnest(keys, conv_of) AS z(key, c)
-                   WHERE z.key IS NOT NULL AND z.c IS NULL) THEN
+    IF cardinality(missing) > 0 THEN
         WITH made AS (
             INSERT INTO pgchat.conversations (id, kind, direct_key, version)
             SELECT 'd' || nextval('pgchat.conversation_ids'), 'direct', w.key, 1
-            FROM (SELECT DISTINCT z.key FROM unnest(keys, conv_of) AS z(key, c)
-                  WHERE z.key IS NOT NULL AND z.c IS NULL) w
+            FROM unnest(missing) AS w(key)
             ORDER BY w.key
             ON CONFLICT (direct_key) DO NOTHING
             RETURNING id, direct_key
@@ -268,9 +265,9 @@ BEGIN
     END IF;
 
     -- 4. Lock the conversations the commands name, by id (lock order 3).
-    touched := ARRAY(SELECT DISTINCT x FROM unnest(conv_of) AS x WHERE x IS NOT NULL ORDER BY x);
-    PERFORM 1 FROM unnest(touched) AS t(id)
-    CROSS JOIN LATERAL (SELECT 1 FROM pgchat.conversations c WHERE c.id = t.id
+    PERFORM 1 FROM (SELECT DISTINCT x FROM unnest(conv_of) AS x WHERE x IS NOT NULL
+                    ORDER BY x) t
+    CROSS JOIN LATERAL (SELECT 1 FROM pgchat.conversations c WHERE c.id = t.x
                         FOR NO KEY UPDATE) l;
 
     -- 5. Lock every stream that may grow, by id (lock order 4): the members of those
@@ -279,13 +276,13 @@ BEGIN
     -- this: its one statement of sends locks the streams it grows itself, in the same
     -- order; other commands, and announcements of new conversations, grow streams one
     -- command at a time, so their rows are all locked here first.
-    IF cardinality(new_directs) > 0
-       OR EXISTS (SELECT 1 FROM unnest(c_kind) AS k WHERE k <> 'send') THEN
+    IF cardinality(new_directs) > 0 OR cardinality(array_remove(c_kind, 'send')) > 0 THEN
         lockset := ARRAY(
             SELECT DISTINCT x FROM (
-                SELECT m.user_id AS x FROM unnest(touched) AS t(id)
+                SELECT m.user_id AS x
+                FROM (SELECT DISTINCT c FROM unnest(conv_of) AS c WHERE c IS NOT NULL) t
                 CROSS JOIN LATERAL (SELECT user_id FROM pgchat.members
-                                    WHERE conversation_id = t.id OFFSET 0) m
+                                    WHERE conversation_id = t.c OFFSET 0) m
                 UNION ALL SELECT unnest(named)
             ) s ORDER BY x);
         PERFORM 1 FROM unnest(lockset) AS t(id)
@@ -415,7 +412,8 @@ BEGIN
                        coalesce(array_agg(last_cseq), '{}')
                 FROM counters
             ) v;
-            IF s_i IS DISTINCT FROM ARRAY(SELECT generate_series(pos, upto)) THEN
+            IF cardinality(s_i) <> upto - pos + 1 OR s_i[1] <> pos
+               OR s_i[cardinality(s_i)] <> upto THEN
                 RAISE EXCEPTION 'pgchat.apply_batch: the sends came back out of order';
             END IF;
             -- A send changes no conversation's members: the caller reads them off the

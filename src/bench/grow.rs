@@ -53,6 +53,7 @@ FROM m, LATERAL (VALUES ('a'), ('b')) v(s)";
 /// A connection to the database the server uses.
 pub struct Db {
     client: Client,
+    url: String,
     /// Pairs grown so far in this run, so that every chunk adds new users.
     grown_pairs: i64,
     prefix: String,
@@ -66,18 +67,45 @@ impl Db {
         tokio::spawn(connection);
         Ok(Db {
             client,
+            url: url.to_string(),
             grown_pairs: 0,
             prefix: format!("{prefix}grown"),
         })
     }
 
-    /// Rows in the event stream now (one count, between rounds).
+    /// Rows in the event stream now (one count, between rounds). Counted on a connection
+    /// of its own, closed before the round begins: a backend reports its scans when it
+    /// exits at the latest, and this count (a scan) must not be taken for the round's.
     pub async fn event_rows(&self) -> Result<i64, BenchError> {
-        self.client
-            .query_one("SELECT count(*) FROM pgchat.event_queue", &[])
+        let err = |e: tokio_postgres::Error| BenchError::Setup(format!("counting events: {e}"));
+        let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
             .await
-            .map(|r| r.get(0))
-            .map_err(|e| BenchError::Setup(format!("counting events: {e}")))
+            .map_err(err)?;
+        let driver = tokio::spawn(connection);
+        let row = client
+            .query_one(
+                "SELECT count(*), pg_backend_pid() FROM pgchat.event_queue",
+                &[],
+            )
+            .await
+            .map_err(err)?;
+        let (rows, pid): (i64, i32) = (row.get(0), row.get(1));
+        drop(client);
+        let _ = driver.await;
+        // Its backend reports its statistics as it exits: wait for that.
+        for _ in 0..50 {
+            let gone = self
+                .client
+                .query_opt("SELECT 1 FROM pg_stat_activity WHERE pid = $1", &[&pid])
+                .await
+                .map_err(err)?
+                .is_none();
+            if gone {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Ok(rows)
     }
 
     /// Sequential scans of each growing table so far (PostgreSQL's cumulative counters).
