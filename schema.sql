@@ -170,6 +170,22 @@ BEGIN
 END
 $$;
 
+-- Tells every member of conversation p_id its state now (a `conversation` event each);
+-- returns that state.
+CREATE FUNCTION pgchat.announce(
+    INOUT e_user text[], INOUT e_seq bigint[], INOUT e_cmd integer[], INOUT e_kind text[],
+    INOUT e_fields jsonb[], p_id text, p_cmd integer, OUT conversation jsonb)
+LANGUAGE plpgsql AS $$
+BEGIN
+    conversation := pgchat.conversation_json(p_id);
+    SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields
+    FROM pgchat.append_events(e_user, e_seq, e_cmd, e_kind, e_fields,
+                              ARRAY(SELECT jsonb_array_elements_text(conversation -> 'members')),
+                              'conversation', p_id, NULL,
+                              jsonb_build_object('conversation', conversation), p_cmd);
+END
+$$;
+
 -- What the other workers are told after a batch (see src/notify.rs): the streams that grew
 -- (user, newest seq) and the conversations that changed (id, version), or, when a list
 -- would not fit in NOTIFY's 8000 bytes, a pointer ("all") that makes them check everything.
@@ -376,11 +392,8 @@ BEGIN
 
     -- 6. New direct conversations are announced to their members before any message.
     FOREACH cid IN ARRAY new_directs LOOP
-        cj := pgchat.conversation_json(cid);
-        SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields
-        FROM pgchat.append_events(e_user, e_seq, e_cmd, e_kind, e_fields,
-                                  ARRAY(SELECT jsonb_array_elements_text(cj -> 'members')),
-                                  'conversation', cid, NULL, jsonb_build_object('conversation', cj), 0);
+        SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields, cj
+        FROM pgchat.announce(e_user, e_seq, e_cmd, e_kind, e_fields, cid, 0);
     END LOOP;
 
     -- 7. The commands, in order: each run of sends at once, other commands one by one.
@@ -535,13 +548,9 @@ BEGIN
             VALUES (cid, 'group', c_text[pos], actor, 1);
             INSERT INTO pgchat.members (conversation_id, user_id)
             SELECT DISTINCT cid, x FROM unnest(listed || actor) AS x;
-            members_now := ARRAY(SELECT DISTINCT x FROM unnest(listed || actor) AS x ORDER BY x);
-            cj := pgchat.conversation_json(cid);
+            SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields, cj
+            FROM pgchat.announce(e_user, e_seq, e_cmd, e_kind, e_fields, cid, pos);
             o_conv[pos] := cj;
-            SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields
-            FROM pgchat.append_events(e_user, e_seq, e_cmd, e_kind, e_fields, members_now,
-                                      'conversation', cid, NULL,
-                                      jsonb_build_object('conversation', cj), pos);
         ELSE
             SELECT c.kind, c.last_cseq, c.version, m.read_cseq AS marker
             INTO crow
@@ -587,13 +596,10 @@ BEGIN
                     INSERT INTO pgchat.members (conversation_id, user_id)
                     SELECT cid, x FROM unnest(listed) AS x;
                     UPDATE pgchat.conversations SET version = version + 1 WHERE id = cid;
-                    cj := pgchat.conversation_json(cid);
-                    SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields
-                    FROM pgchat.append_events(e_user, e_seq, e_cmd, e_kind, e_fields,
-                        ARRAY(SELECT jsonb_array_elements_text(cj -> 'members')),
-                        'conversation', cid, NULL, jsonb_build_object('conversation', cj), pos);
-                END IF;
-                IF o_code[pos] IS NULL THEN
+                    SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields, cj
+                    FROM pgchat.announce(e_user, e_seq, e_cmd, e_kind, e_fields, cid, pos);
+                    o_conv[pos] := cj;
+                ELSE
                     o_conv[pos] := pgchat.conversation_json(cid);
                 END IF;
             ELSE
@@ -614,11 +620,8 @@ BEGIN
                     SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields
                     FROM pgchat.append_events(e_user, e_seq, e_cmd, e_kind, e_fields, gone,
                                               'removed', cid, payload, payload, pos);
-                    cj := pgchat.conversation_json(cid);
-                    SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields
-                    FROM pgchat.append_events(e_user, e_seq, e_cmd, e_kind, e_fields,
-                        ARRAY(SELECT jsonb_array_elements_text(cj -> 'members')),
-                        'conversation', cid, NULL, jsonb_build_object('conversation', cj), pos);
+                    SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields, cj
+                    FROM pgchat.announce(e_user, e_seq, e_cmd, e_kind, e_fields, cid, pos);
                 END IF;
                 IF c_kind[pos] = 'group_remove' THEN
                     o_conv[pos] := pgchat.conversation_json(cid);

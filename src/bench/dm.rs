@@ -98,20 +98,18 @@ pub async fn run_rounds(
                 r#"{{"type":"send","to":"{to}","body":"{BODY}","client_msg_id":"{k}","ref":{k}}}"#
             )
         };
-        writers.push(tokio::spawn(load::write_messages(
+        let (writer, acks) = load::spawn_sender(
             s_sink,
-            clock.next().expect("a clock per sender"),
-            track.clone(),
-            run.clone(),
-            make,
-        )));
-        readers.push(tokio::spawn(load::read_acks(
             s_stream,
             s_seq,
+            clock.next().expect("a clock per sender"),
             i,
-            track.clone(),
-            run.clone(),
-        )));
+            &track,
+            &run,
+            make,
+        );
+        writers.push(writer);
+        readers.push(acks);
         let who = Recipient {
             of: 1,
             each: Some(if pair.cross { CROSS } else { SAME }),

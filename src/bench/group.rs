@@ -71,20 +71,18 @@ pub async fn run(ctx: &Arc<Ctx>, o: &GroupOptions) -> Result<Report, BenchError>
                 r#"{{"type":"send","conversation":{id},"body":"{BODY}","client_msg_id":"{k}","ref":{k}}}"#
             )
         };
-        writers.push(tokio::spawn(load::write_messages(
+        let (writer, acks) = load::spawn_sender(
             sink,
-            clock.next().expect("a clock per sender"),
-            track.clone(),
-            run.clone(),
-            make,
-        )));
-        readers.push(tokio::spawn(load::read_acks(
             stream,
             seq,
+            clock.next().expect("a clock per sender"),
             i,
-            track.clone(),
-            run.clone(),
-        )));
+            &track,
+            &run,
+            make,
+        );
+        writers.push(writer);
+        readers.push(acks);
         let who = Recipient {
             of: recipients,
             each: None,

@@ -15,6 +15,7 @@ use std::time::Duration;
 use futures_util::SinkExt;
 use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -117,11 +118,54 @@ pub async fn write_messages(
     sink
 }
 
+/// Starts a sender: its writer (each message when the clock says it is due) and the
+/// reader of its acks. Returns their handles.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn_sender(
+    sink: Sink,
+    stream: Stream,
+    seq: SeqCheck,
+    due: mpsc::UnboundedReceiver<u64>,
+    index: usize,
+    track: &Arc<Track>,
+    run: &Run,
+    make: impl Fn(u64) -> String + Send + 'static,
+) -> (JoinHandle<Sink>, JoinHandle<ReaderEnd>) {
+    let writer = tokio::spawn(write_messages(sink, due, track.clone(), run.clone(), make));
+    let acks = tokio::spawn(read_acks(stream, seq, index, track.clone(), run.clone()));
+    (writer, acks)
+}
+
 /// What a reader hands back when it stops.
 pub struct ReaderEnd {
     pub errors: Errors,
     pub seq: SeqCheck,
     pub duplicates: u64,
+}
+
+impl ReaderEnd {
+    /// The close that ended the reader (if the server closed) and the `strays` frames it
+    /// could not place (`stray`: what they were) count as errors.
+    fn new(
+        mut errors: Errors,
+        seq: SeqCheck,
+        ended: Option<String>,
+        strays: u64,
+        stray: &str,
+        duplicates: u64,
+    ) -> ReaderEnd {
+        if let Some(kind) = ended {
+            errors.close(&kind);
+        }
+        for _ in 0..strays {
+            errors.other(stray);
+        }
+        ReaderEnd {
+            errors,
+            seq,
+            duplicates,
+        }
+    }
 }
 
 /// Reads a sender's socket: the replies to its messages (send → ack latency).
@@ -165,17 +209,14 @@ pub async fn read_acks(
         }
     })
     .await;
-    if let Some(kind) = ended {
-        errors.close(&kind);
-    }
-    for _ in 0..strays {
-        errors.other("reply to no message of this run");
-    }
-    ReaderEnd {
+    ReaderEnd::new(
         errors,
         seq,
-        duplicates: 0,
-    }
+        ended,
+        strays,
+        "reply to no message of this run",
+        0,
+    )
 }
 
 /// Where a recipient records a delivery besides the per-round histogram.
@@ -241,17 +282,14 @@ pub async fn read_deliveries(
         Live::add(&ctx.live.delivered, 1);
     })
     .await;
-    if let Some(kind) = ended {
-        errors.close(&kind);
-    }
-    for _ in 0..strays {
-        errors.other("message not sent by this run");
-    }
-    ReaderEnd {
+    ReaderEnd::new(
         errors,
         seq,
+        ended,
+        strays,
+        "message not sent by this run",
         duplicates,
-    }
+    )
 }
 
 /// After the last send: waits until every sent message is answered and every acked one

@@ -75,7 +75,7 @@ impl<'a> Args<'a> {
         for (i, c) in commands.iter().enumerate() {
             let (mut conv, mut to, mut text, mut key, mut num) = (None, None, None, None, None);
             let mut list: &[crate::protocol::UserId] = &[];
-            let (kind, actor) = match c {
+            let actor = match c {
                 Command::Send {
                     sender,
                     target,
@@ -88,7 +88,7 @@ impl<'a> Args<'a> {
                     }
                     text = Some(body.as_str());
                     key = Some(client_msg_id.as_str());
-                    ("send", sender)
+                    sender
                 }
                 Command::GroupCreate {
                     creator,
@@ -97,32 +97,28 @@ impl<'a> Args<'a> {
                 } => {
                     text = Some(name.as_str());
                     list = members;
-                    ("group_create", creator)
+                    creator
                 }
                 Command::GroupAdd {
                     actor,
                     conversation,
                     users,
-                } => {
-                    conv = Some(conversation.as_str());
-                    list = users;
-                    ("group_add", actor)
                 }
-                Command::GroupRemove {
+                | Command::GroupRemove {
                     actor,
                     conversation,
                     users,
                 } => {
                     conv = Some(conversation.as_str());
                     list = users;
-                    ("group_remove", actor)
+                    actor
                 }
                 Command::GroupLeave {
                     actor,
                     conversation,
                 } => {
                     conv = Some(conversation.as_str());
-                    ("group_leave", actor)
+                    actor
                 }
                 Command::Read {
                     user,
@@ -131,10 +127,10 @@ impl<'a> Args<'a> {
                 } => {
                     conv = Some(conversation.as_str());
                     num = Some(*cseq);
-                    ("read", user)
+                    user
                 }
             };
-            a.kind.push(kind);
+            a.kind.push(c.kind());
             a.actor.push(actor.as_str());
             a.conv.push(conv);
             a.to.push(to);

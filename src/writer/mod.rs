@@ -70,6 +70,20 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The command's name in `pgchat.apply_batch`'s `c_kind`, as on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::Send { .. } => "send",
+            Command::GroupCreate { .. } => "group_create",
+            Command::GroupAdd { .. } => "group_add",
+            Command::GroupRemove { .. } => "group_remove",
+            Command::GroupLeave { .. } => "group_leave",
+            Command::Read { .. } => "read",
+        }
+    }
+}
+
 /// What a committed command returns to its caller.
 #[derive(Debug, Clone)]
 pub enum Outcome {
