@@ -323,7 +323,29 @@ async fn a_send_racing_one_with_its_key_into_another_conversation_gets_the_first
     let request = json!({"type": "send", "conversation": to_carol["conversation"],
                          "body": "from the socket", "client_msg_id": "same", "ref": "r"});
     alice.send_text(request.to_string()).await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Commit only once the socket's batch waits on the key.
+    let admin = app.db.client().await;
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    loop {
+        let waiting: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND application_name = 'pgchat'
+                   AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the batch never waited"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     tx.commit().await.unwrap();
     let reply = alice.reply_to("r").await;
     assert_eq!(reply["type"], "ok", "{reply}");
