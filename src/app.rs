@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -302,22 +301,11 @@ impl Application {
             }
         };
         tracing::info!(addr = %local_addr, worker = %app.worker_id, "pgchat listening");
-        // No Nagle: a session writes small frames back to back (an event, then the reply),
-        // and the second would otherwise wait for the client's delayed ACK (about 40 ms).
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "TCP_NODELAY");
-            }
-        });
-        let serve = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown({
+        // Stop on the signal, or when something else already cancelled the token (then
+        // `shutdown` may have completed above and must not be polled again).
+        tokio::spawn({
             let token = token.clone();
             async move {
-                // The token first: if it is already cancelled, `shutdown` may have
-                // completed above and must not be polled again.
                 tokio::select! {
                     biased;
                     _ = token.cancelled() => {}
@@ -327,10 +315,18 @@ impl Application {
                 token.cancel();
             }
         });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "server error");
-            token.cancel();
-        }
+        let limits = crate::server::Limits {
+            header_read_timeout: Duration::from_millis(app.config.header_read_timeout_ms),
+            max_handshakes: app.config.max_handshakes,
+        };
+        crate::server::serve(
+            listener,
+            router,
+            limits,
+            token.clone(),
+            deadline.mul_f32(0.2),
+        )
+        .await;
         let started = Instant::now();
         app.sessions.close();
         if tokio::time::timeout(deadline.mul_f32(0.8), app.sessions.wait())

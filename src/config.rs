@@ -53,6 +53,8 @@ pub struct Config {
     pub data_dir: PathBuf,
 
     pub max_connections: usize,
+    pub header_read_timeout_ms: u64,
+    pub max_handshakes: usize,
     pub max_frame_bytes: usize,
     pub max_message_chars: usize,
     pub max_group_members: usize,
@@ -103,6 +105,8 @@ impl Default for Config {
             embedded_port: 5432,
             data_dir: PathBuf::from("data"),
             max_connections: 10_000,
+            header_read_timeout_ms: 10_000,
+            max_handshakes: 256,
             max_frame_bytes: 65_536,
             max_message_chars: 4_000,
             max_group_members: 1_000,
@@ -207,6 +211,8 @@ impl Config {
         }
         at_least("db_acquire_timeout_ms", self.db_acquire_timeout_ms, 1)?;
         at_least("max_connections", self.max_connections as u64, 1)?;
+        at_least("header_read_timeout_ms", self.header_read_timeout_ms, 100)?;
+        at_least("max_handshakes", self.max_handshakes as u64, 1)?;
         at_least("max_frame_bytes", self.max_frame_bytes as u64, 1024)?;
         at_least("max_message_chars", self.max_message_chars as u64, 1)?;
         at_least("max_group_members", self.max_group_members as u64, 2)?;

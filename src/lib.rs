@@ -6,6 +6,7 @@
 //! - [`config`]: defaults < `config.toml` < environment, validated once.
 //! - [`db`]: finds (or starts) PostgreSQL, applies `schema.sql`, opens the pool (or
 //!   shares the listener's connection when the worker's budget is one connection).
+//! - [`server`]: accepts connections, with a header timeout and a cap on handshakes.
 //! - [`http`]: the routes; `/ws` authenticates ([`auth`]) and upgrades the socket.
 //! - [`session`]: one socket. Parses frames into [`protocol::Request`]s and runs them
 //!   through [`requests`], answering in order.
@@ -45,6 +46,7 @@ pub mod presence;
 pub mod protocol;
 pub mod ratelimit;
 pub mod requests;
+pub mod server;
 pub mod session;
 pub mod store;
 pub mod supervisor;
