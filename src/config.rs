@@ -61,6 +61,7 @@ pub struct Config {
     pub max_inflight_requests: usize,
     pub outbound_max_frames: usize,
     pub outbound_max_bytes: usize,
+    pub outbound_stall_ms: u64,
     pub ws_read_buffer_bytes: usize,
     pub ping_interval_ms: u64,
     pub event_retention: String,
@@ -113,6 +114,7 @@ impl Default for Config {
             max_inflight_requests: 32,
             outbound_max_frames: 1_024,
             outbound_max_bytes: 1 << 20,
+            outbound_stall_ms: 30_000,
             ws_read_buffer_bytes: 4_096,
             ping_interval_ms: 25_000,
             event_retention: "7d".into(),
@@ -223,6 +225,7 @@ impl Config {
         )?;
         at_least("outbound_max_frames", self.outbound_max_frames as u64, 16)?;
         at_least("outbound_max_bytes", self.outbound_max_bytes as u64, 4096)?;
+        at_least("outbound_stall_ms", self.outbound_stall_ms, 100)?;
         at_least(
             "ws_read_buffer_bytes",
             self.ws_read_buffer_bytes as u64,

@@ -77,37 +77,102 @@ enum Reply {
 }
 
 /// The bounded queue to the writer task: at most `outbound_max_frames` frames and
-/// `outbound_max_bytes` bytes. Overflow means a slow consumer: close 1013; its durable
-/// events stay in the stream for `resume`.
+/// `outbound_max_bytes` bytes of live events. A live event that finds it full means a slow
+/// consumer: close 1013; its durable events stay in the stream for `resume`.
+///
+/// Replies and replays are different: the client asked for them, so they wait for room
+/// (flow control) instead of overflowing, for at most `outbound_stall_ms` of the client
+/// reading nothing. A single reply larger than the byte limit (a long `history` page) waits
+/// until the queue is empty and then goes alone; its bytes are "oversized" and do not count
+/// against the live events queued behind it, so it cannot make them overflow either.
 struct Outbox {
     tx: mpsc::Sender<Message>,
-    bytes: Arc<AtomicUsize>,
+    room: Arc<Room>,
     max_bytes: usize,
+    stall: Duration,
     /// Skips the queue: 1008/1009/1011/1013 must go out even when the queue is full.
     close_now: Option<oneshot::Sender<CloseFrame>>,
 }
 
+/// The outbound queue's byte accounting, shared with the writer task.
+struct Room {
+    /// Bytes queued, oversized replies included.
+    bytes: AtomicUsize,
+    /// Bytes of queued frames larger than `max_bytes` (at most one at a time).
+    oversized: AtomicUsize,
+    /// Signalled by the writer each time a frame leaves the queue.
+    drained: tokio::sync::Notify,
+}
+
+impl Room {
+    /// Bytes that count against the limit.
+    fn counted(&self) -> usize {
+        self.bytes
+            .load(Ordering::Acquire)
+            .saturating_sub(self.oversized.load(Ordering::Acquire))
+    }
+
+    /// The writer took a frame of `len` bytes off the queue.
+    fn sent(&self, len: usize, max_bytes: usize) {
+        if len > max_bytes {
+            self.oversized.fetch_sub(len, Ordering::AcqRel);
+        }
+        self.bytes.fetch_sub(len, Ordering::AcqRel);
+        self.drained.notify_one();
+    }
+}
+
 impl Outbox {
+    /// Queues a live frame, or reports overflow.
     fn push(&self, text: Utf8Bytes) -> Result<(), End> {
         let len = text.len();
-        if self.bytes.load(Ordering::Relaxed) + len > self.max_bytes {
+        if self.room.counted() + len > self.max_bytes {
             return Err(End::Overflow);
         }
-        self.bytes.fetch_add(len, Ordering::Relaxed);
+        self.room.bytes.fetch_add(len, Ordering::AcqRel);
         self.tx.try_send(Message::Text(text)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => End::Overflow,
             mpsc::error::TrySendError::Closed(_) => End::ClientGone,
         })
     }
 
-    /// Waits for room: for replays, which may be far longer than the queue.
+    /// Queues a reply or a replayed event, waiting for room as long as the client keeps
+    /// reading: overflow only after `stall` without progress.
     async fn push_wait(&self, text: Utf8Bytes) -> Result<(), End> {
         let len = text.len();
-        self.bytes.fetch_add(len, Ordering::Relaxed);
-        self.tx
-            .send(Message::Text(text))
-            .await
-            .map_err(|_| End::ClientGone)
+        let oversized = len > self.max_bytes;
+        let mut deadline = Instant::now() + self.stall;
+        let mut last = self.room.bytes.load(Ordering::Acquire);
+        loop {
+            let fits = if oversized {
+                self.room.oversized.load(Ordering::Acquire) == 0
+            } else {
+                self.room.counted() + len <= self.max_bytes
+            };
+            if fits {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, self.room.drained.notified())
+                .await
+                .is_err()
+            {
+                return Err(End::Overflow);
+            }
+            let now = self.room.bytes.load(Ordering::Acquire);
+            if now < last {
+                deadline = Instant::now() + self.stall;
+            }
+            last = now;
+        }
+        if oversized {
+            self.room.oversized.fetch_add(len, Ordering::AcqRel);
+        }
+        self.room.bytes.fetch_add(len, Ordering::AcqRel);
+        match tokio::time::timeout_at(deadline, self.tx.send(Message::Text(text))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::ClientGone),
+            Err(_) => Err(End::Overflow),
+        }
     }
 }
 
@@ -117,13 +182,19 @@ pub async fn run(socket: WebSocket, app: App, identity: Identity, sub: Subscript
     let (sink, mut stream) = socket.split();
     let (tx, rx) = mpsc::channel(config.outbound_max_frames);
     let (close_tx, close_rx) = oneshot::channel();
-    let bytes = Arc::new(AtomicUsize::new(0));
-    let writer = tokio::spawn(write_loop(sink, rx, close_rx, bytes.clone()));
+    let room = Arc::new(Room {
+        bytes: AtomicUsize::new(0),
+        oversized: AtomicUsize::new(0),
+        drained: tokio::sync::Notify::new(),
+    });
+    let max_bytes = config.outbound_max_bytes;
+    let writer = tokio::spawn(write_loop(sink, rx, close_rx, room.clone(), max_bytes));
     let mut session = Session {
         outbox: Outbox {
             tx,
-            bytes,
-            max_bytes: config.outbound_max_bytes,
+            room,
+            max_bytes,
+            stall: Duration::from_millis(config.outbound_stall_ms),
             close_now: Some(close_tx),
         },
         app: app.clone(),
@@ -321,7 +392,7 @@ impl Session {
 
     async fn on_reply(&mut self, reply: Reply) -> Result<(), End> {
         match reply {
-            Reply::Frame(f) => self.outbox.push(f.into()),
+            Reply::Frame(f) => self.outbox.push_wait(f.into()).await,
             Reply::Resume { envelope, after } => {
                 let result = self.resume(after).await?;
                 let frame = reply_frame(&self.app, &envelope, result);
@@ -334,12 +405,12 @@ impl Session {
             } => {
                 let result = self.typing(conversation, state).await;
                 let frame = reply_frame(&self.app, &envelope, result.map(|()| json!({})));
-                self.outbox.push(frame.into())
+                self.outbox.push_wait(frame.into()).await
             }
             Reply::Presence { envelope, users } => {
                 let result = self.watch(users).await;
                 let frame = reply_frame(&self.app, &envelope, result);
-                self.outbox.push(frame.into())
+                self.outbox.push_wait(frame.into()).await
             }
         }
     }
@@ -559,7 +630,8 @@ async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Message>,
     mut close_now: oneshot::Receiver<CloseFrame>,
-    bytes: Arc<AtomicUsize>,
+    room: Arc<Room>,
+    max_bytes: usize,
 ) {
     let close = loop {
         tokio::select! {
@@ -572,7 +644,7 @@ async fn write_loop(
                 };
                 let closing = matches!(msg, Message::Close(_));
                 if let Message::Text(t) = &msg {
-                    bytes.fetch_sub(t.len(), Ordering::Relaxed);
+                    room.sent(t.len(), max_bytes);
                 }
                 let flush = rx.is_empty() || closing;
                 // A client that stops reading blocks the write; a priority close must still

@@ -77,3 +77,48 @@ async fn handshakes_past_the_cap_wait_for_a_slot_and_are_then_served() {
     );
     drop(idle_b);
 }
+
+/// The review's reproduction: 50 messages of `"\u0001" × 4000` make one `history` page
+/// of about 1.2 MB, more than the 1 MiB outbound limit. The page is delivered (flow
+/// control), live events keep flowing behind it, and nobody's socket is closed.
+#[tokio::test]
+async fn a_history_page_larger_than_the_outbound_limit_is_delivered_not_1013() {
+    let app = TestApp::spawn_with(|c| c.rate_limit_burst = 200).await;
+    let mut alice = app.connect("alice").await;
+    let mut bob = app.connect("bob").await;
+    let body = "\u{1}".repeat(4000);
+    let mut conversation = serde_json::Value::Null;
+    for i in 0..50 {
+        let ok = alice.send_dm("bob", &body, &format!("m{i}")).await;
+        conversation = ok["conversation"].clone();
+    }
+    let page = bob
+        .ok(serde_json::json!({"type": "history", "conversation": conversation, "limit": 50}))
+        .await;
+    let messages = page["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 50);
+    assert!(messages.iter().all(|m| m["body"] == body.as_str()));
+    assert!(
+        page.to_string().len() > app.app.config.outbound_max_bytes,
+        "the page must exceed the limit for this test to mean anything"
+    );
+    // The socket goes on: a live message after the page arrives, and so does a reply.
+    alice.send_dm("bob", "after", "after").await;
+    // Bob's 50 live events came first; then the new one.
+    let mut live = 0;
+    loop {
+        let e = bob.event_of("message").await;
+        live += 1;
+        if e["message"]["body"] == "after" {
+            break;
+        }
+        assert!(live <= 50, "the message sent after the page never came");
+    }
+    assert_eq!(live, 51);
+    bob.ok(serde_json::json!({"type": "ping"})).await;
+    // Alice asks for the same page on her socket too: served the same way.
+    let again = alice
+        .ok(serde_json::json!({"type": "history", "conversation": conversation, "limit": 50}))
+        .await;
+    assert_eq!(again["messages"].as_array().unwrap().len(), 50);
+}
