@@ -46,8 +46,8 @@ pub struct AppInner {
     open_sockets: AtomicUsize,
     next_session: AtomicU64,
     pub listener: ListenerState,
-    /// The HTTP API's rate limits, per user.
-    pub http_limits: UserLimits,
+    /// One token bucket per user, shared by the user's sessions and the HTTP API.
+    pub rate_limits: UserLimits,
 }
 
 impl std::ops::Deref for App {
@@ -200,8 +200,9 @@ impl Application {
         );
         spawn_pruner(db.clone(), &config, shutdown.clone());
         // One bucket per recently active user; as many as sockets allowed is plenty.
-        let http_limits = UserLimits::new(
-            config.max_connections,
+        let rate_limits = UserLimits::new(
+            // Every user with a socket here, and as many again on the HTTP API.
+            config.max_connections.saturating_mul(2),
             config.rate_limit_per_sec,
             config.rate_limit_burst,
         );
@@ -221,7 +222,7 @@ impl Application {
             open_sockets: AtomicUsize::new(0),
             next_session: AtomicU64::new(1),
             listener: ListenerState::default(),
-            http_limits,
+            rate_limits,
         }));
         let background = TaskTracker::new();
         let background_stop = CancellationToken::new();

@@ -53,6 +53,7 @@ pub struct Config {
     pub data_dir: PathBuf,
 
     pub max_connections: usize,
+    pub max_sockets_per_user: usize,
     pub header_read_timeout_ms: u64,
     pub max_handshakes: usize,
     pub max_frame_bytes: usize,
@@ -106,6 +107,7 @@ impl Default for Config {
             embedded_port: 5432,
             data_dir: PathBuf::from("data"),
             max_connections: 10_000,
+            max_sockets_per_user: 20,
             header_read_timeout_ms: 10_000,
             max_handshakes: 256,
             max_frame_bytes: 65_536,
@@ -213,6 +215,7 @@ impl Config {
         }
         at_least("db_acquire_timeout_ms", self.db_acquire_timeout_ms, 1)?;
         at_least("max_connections", self.max_connections as u64, 1)?;
+        at_least("max_sockets_per_user", self.max_sockets_per_user as u64, 1)?;
         at_least("header_read_timeout_ms", self.header_read_timeout_ms, 100)?;
         at_least("max_handshakes", self.max_handshakes as u64, 1)?;
         at_least("max_frame_bytes", self.max_frame_bytes as u64, 1024)?;

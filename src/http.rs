@@ -102,9 +102,21 @@ async fn upgrade(
         return refuse(&app, e);
     };
     // Subscribe before reading the head, so no event falls between the two.
-    let sub = app
-        .hub
-        .subscribe(identity.user.as_str(), app.next_session_id());
+    let max_sockets = app.config.max_sockets_per_user;
+    let Some(sub) =
+        app.hub
+            .try_subscribe(identity.user.as_str(), app.next_session_id(), max_sockets)
+    else {
+        let mut e = ApiError::new(
+            Code::RateLimited,
+            format!(
+                "you hold {max_sockets} sockets on this worker, the most one user may: close one first"
+            ),
+        );
+        e.retry_after_ms = Some(5_000);
+        app.metrics.rate_limited.inc();
+        return refuse(&app, e);
+    };
     let head = match store::touch_user(&app.db, &identity.user, identity.name.as_deref()).await {
         Ok(h) => h,
         Err(e) => {
@@ -122,7 +134,10 @@ async fn upgrade(
     let tracker = app.sessions.clone();
     ws.read_buffer_size(config.ws_read_buffer_bytes)
         .write_buffer_size(0)
-        .max_write_buffer_size(config.outbound_max_bytes.max(config.max_frame_bytes) * 2)
+        // No cap of its own: the session's writer hands tungstenite one frame at a time and
+        // waits for it to be written, so its buffer holds at most the frame in progress,
+        // and the outbox bounds the rest. A cap here would break a reply larger than it.
+        .max_write_buffer_size(usize::MAX)
         .max_message_size(config.max_frame_bytes)
         .max_frame_size(config.max_frame_bytes)
         .on_upgrade(move |socket| {
@@ -137,7 +152,7 @@ async fn upgrade(
 /// has the same rate limit as a socket.
 async fn api_identity(app: &App, headers: &HeaderMap) -> Result<Identity, ApiError> {
     let identity = authenticate(app, headers, &HashMap::new())?;
-    app.http_limits
+    app.rate_limits
         .take(identity.user.as_str())
         .map_err(|ms| crate::ratelimit::rate_limited(app, ms))?;
     store::touch_user(&app.db, &identity.user, identity.name.as_deref()).await?;

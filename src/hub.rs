@@ -104,8 +104,25 @@ impl Hub {
     /// the database: then every event committed after that read is published to a feed
     /// that already exists, and none falls between the two.
     pub fn subscribe(self: &Arc<Hub>, user: &str, session: SessionId) -> Subscription {
-        let (ephemeral_tx, ephemeral) = mpsc::channel(self.ephemeral_queue);
+        self.try_subscribe(user, session, usize::MAX)
+            .expect("no cap, no refusal")
+    }
+
+    /// Subscribes a new session of `user` unless the user already holds `max` sessions on
+    /// this worker (checked and taken under one lock, so racing upgrades cannot pass it).
+    pub fn try_subscribe(
+        self: &Arc<Hub>,
+        user: &str,
+        session: SessionId,
+        max: usize,
+    ) -> Option<Subscription> {
         let mut feeds = self.feeds.lock().expect("hub lock");
+        if let Some(feed) = feeds.get(user) {
+            if feed.sessions.lock().expect("feed lock").len() >= max {
+                return None;
+            }
+        }
+        let (ephemeral_tx, ephemeral) = mpsc::channel(self.ephemeral_queue);
         let feed = feeds
             .entry(user.to_string())
             .or_insert_with(|| {
@@ -122,7 +139,7 @@ impl Hub {
             .push((session, ephemeral_tx.clone()));
         drop(feeds);
         let wake = feed.head.subscribe();
-        Subscription {
+        Some(Subscription {
             hub: self.clone(),
             user: user.to_string(),
             session,
@@ -130,7 +147,7 @@ impl Hub {
             wake,
             ephemeral,
             ephemeral_tx,
-        }
+        })
     }
 
     fn unsubscribe(&self, user: &str, session: SessionId, feed: &Arc<Feed>) {

@@ -1,5 +1,6 @@
-//! Rate limits: a token bucket per WebSocket session, and one per user for the HTTP API
-//! (kept for the most recently active users only, so the map stays bounded).
+//! Rate limits: one token bucket per user, shared by all the user's sessions on this worker
+//! and the HTTP API, so opening more sockets buys no more requests. Buckets are kept for the
+//! most recently active users only, so the map stays bounded.
 
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
@@ -43,9 +44,10 @@ impl TokenBucket {
     }
 }
 
-/// The HTTP API's buckets, one per user, for at most `capacity` users at a time. A user
-/// evicted from the map starts again with a full bucket: the bound costs at most one
-/// burst per eviction, never memory.
+/// The buckets, one per user, for at most `capacity` users at a time (twice
+/// `max_connections`, so a user with a live socket is evicted only after that many other
+/// users were active since its last request). A user evicted from the map starts again
+/// with a full bucket: the bound costs at most one burst per eviction, never memory.
 pub struct UserLimits {
     /// A std mutex: each critical section is one map lookup and a little arithmetic.
     buckets: Mutex<LruCache<String, TokenBucket>>,

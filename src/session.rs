@@ -26,7 +26,7 @@ use crate::hub::Subscription;
 use crate::protocol::{
     error_frame, ok_frame, rfc3339, ConversationId, Envelope, Request, TypingState, UserId,
 };
-use crate::ratelimit::{rate_limited, TokenBucket};
+use crate::ratelimit::rate_limited;
 use crate::requests;
 use crate::store;
 
@@ -198,7 +198,7 @@ pub async fn run(socket: WebSocket, app: App, identity: Identity, sub: Subscript
             close_now: Some(close_tx),
         },
         app: app.clone(),
-        limiter: TokenBucket::new(config.rate_limit_per_sec, config.rate_limit_burst),
+        read_paused_until: None,
         identity,
         sub,
         cursor: head,
@@ -257,7 +257,8 @@ struct Session {
     cursor: i64,
     pending: FuturesOrdered<BoxFuture<'static, Reply>>,
     outbox: Outbox,
-    limiter: TokenBucket,
+    /// Reading stops until then: the client's pings and pongs ran out of rate.
+    read_paused_until: Option<Instant>,
     /// Conversations this session is typing in, with when that ends by itself.
     typing: HashMap<ConversationId, Instant>,
     /// Users this session watches the presence of.
@@ -305,9 +306,13 @@ impl Session {
                     self.expire_typing().await;
                     Ok(())
                 }
-                frame = stream.next(), if self.pending.len() < max_inflight => {
+                frame = stream.next(), if self.pending.len() < max_inflight && self.read_paused_until.is_none() => {
                     unanswered_pings = 0;
                     self.on_frame(frame)
+                }
+                _ = sleep_until_some(self.read_paused_until), if self.read_paused_until.is_some() => {
+                    self.read_paused_until = None;
+                    Ok(())
                 }
                 _ = ping.tick() => {
                     if unanswered_pings >= 2 {
@@ -333,7 +338,17 @@ impl Session {
                 self.answer(Envelope::default(), Err(e));
                 return Ok(());
             }
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Ok(()),
+            // Control frames cost a token too (tungstenite has already queued the pong):
+            // past the limit, stop reading until the bucket has one again.
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                if let Err(retry_after_ms) = self.app.rate_limits.take(self.identity.user.as_str())
+                {
+                    self.app.metrics.rate_limited.inc();
+                    self.read_paused_until =
+                        Some(Instant::now() + Duration::from_millis(retry_after_ms));
+                }
+                return Ok(());
+            }
             Some(Err(e)) => {
                 let text = e.to_string();
                 // tungstenite: "Space limit exceeded: Message too long: N > M"
@@ -347,7 +362,7 @@ impl Session {
         let app = &self.app;
         app.metrics.requests.inc();
         let (envelope, request) = Request::parse(text.as_str(), app.limits());
-        if let Err(retry_after_ms) = self.limiter.take() {
+        if let Err(retry_after_ms) = app.rate_limits.take(self.identity.user.as_str()) {
             let e = rate_limited(&self.app, retry_after_ms);
             self.answer(envelope, Err(e));
             return Ok(());
@@ -643,9 +658,10 @@ async fn write_loop(
                     return;
                 };
                 let closing = matches!(msg, Message::Close(_));
-                if let Message::Text(t) = &msg {
-                    room.sent(t.len(), max_bytes);
-                }
+                let len = match &msg {
+                    Message::Text(t) => Some(t.len()),
+                    _ => None,
+                };
                 let flush = rx.is_empty() || closing;
                 // A client that stops reading blocks the write; a priority close must still
                 // get its turn, so race the two.
@@ -656,6 +672,10 @@ async fn write_loop(
                         if flush { sink.send(msg).await } else { sink.feed(msg).await }
                     } => sent,
                 };
+                // Counted as queued until tungstenite has taken it.
+                if let Some(len) = len {
+                    room.sent(len, max_bytes);
+                }
                 if sent.is_err() || closing {
                     return;
                 }
@@ -670,6 +690,14 @@ async fn write_loop(
             sink.send(Message::Close(Some(frame))),
         )
         .await;
+    }
+}
+
+/// Resolves at `until` (never when `None`).
+async fn sleep_until_some(until: Option<Instant>) {
+    match until {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 

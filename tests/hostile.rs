@@ -6,8 +6,12 @@ mod common;
 use std::time::Duration;
 
 use common::{TestApp, PATIENCE};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
 
 /// Reads until the server closes the connection; what it sent.
 async fn until_closed(tcp: &mut TcpStream) -> Vec<u8> {
@@ -88,15 +92,15 @@ async fn a_history_page_larger_than_the_outbound_limit_is_delivered_not_1013() {
     let mut bob = app.connect("bob").await;
     let body = "\u{1}".repeat(4000);
     let mut conversation = serde_json::Value::Null;
-    for i in 0..50 {
+    for i in 0..100 {
         let ok = alice.send_dm("bob", &body, &format!("m{i}")).await;
         conversation = ok["conversation"].clone();
     }
     let page = bob
-        .ok(serde_json::json!({"type": "history", "conversation": conversation, "limit": 50}))
+        .ok(serde_json::json!({"type": "history", "conversation": conversation, "limit": 100}))
         .await;
     let messages = page["messages"].as_array().unwrap();
-    assert_eq!(messages.len(), 50);
+    assert_eq!(messages.len(), 100);
     assert!(messages.iter().all(|m| m["body"] == body.as_str()));
     assert!(
         page.to_string().len() > app.app.config.outbound_max_bytes,
@@ -112,13 +116,109 @@ async fn a_history_page_larger_than_the_outbound_limit_is_delivered_not_1013() {
         if e["message"]["body"] == "after" {
             break;
         }
-        assert!(live <= 50, "the message sent after the page never came");
+        assert!(live <= 100, "the message sent after the page never came");
     }
-    assert_eq!(live, 51);
+    assert_eq!(live, 101);
     bob.ok(serde_json::json!({"type": "ping"})).await;
     // Alice asks for the same page on her socket too: served the same way.
     let again = alice
-        .ok(serde_json::json!({"type": "history", "conversation": conversation, "limit": 50}))
+        .ok(serde_json::json!({"type": "history", "conversation": conversation, "limit": 100}))
         .await;
-    assert_eq!(again["messages"].as_array().unwrap().len(), 50);
+    assert_eq!(again["messages"].as_array().unwrap().len(), 100);
+}
+
+/// One bucket per user: a second socket, and the HTTP API, draw on what the first spent.
+#[tokio::test]
+async fn a_users_sockets_and_the_http_api_share_one_rate_limit() {
+    let app = TestApp::spawn_with(|c| {
+        c.rate_limit_per_sec = 1;
+        c.rate_limit_burst = 4;
+    })
+    .await;
+    let mut first = app.connect("alice").await;
+    let mut second = app.connect("alice").await;
+    for _ in 0..4 {
+        first.ok(json!({"type": "ping"})).await;
+    }
+    let refused = second.request(json!({"type": "ping"})).await;
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    let http = reqwest::Client::new()
+        .get(app.http("/api/conversations"))
+        .bearer_auth(app.token("alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(http.status(), 429);
+    // Another user is not affected.
+    let mut bob = app.connect("bob").await;
+    bob.ok(json!({"type": "ping"})).await;
+}
+
+/// A flood of WebSocket pings costs its sender tokens: the server stops reading the
+/// socket when they run out, so it answers only as many pings as the rate allows.
+#[tokio::test]
+async fn a_flood_of_pings_is_held_to_the_rate_limit() {
+    let app = TestApp::spawn_with(|c| {
+        c.rate_limit_per_sec = 2;
+        c.rate_limit_burst = 5;
+    })
+    .await;
+    let mut request = format!("ws://{}/ws", app.addr)
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", app.token("mallory")).parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let started = tokio::time::Instant::now();
+    for _ in 0..200 {
+        ws.send(Message::Ping(Vec::new().into())).await.unwrap();
+    }
+    let mut pongs = 0u64;
+    let window = Duration::from_secs(2);
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(started + window, ws.next()).await {
+        if matches!(msg, Message::Pong(_)) {
+            pongs += 1;
+        }
+    }
+    // The burst, plus what two tokens a second refill over the time taken, plus one in
+    // flight; without the limit all 200 come back at once.
+    let allowed = 5 + 2 * (started.elapsed().as_secs() + 1) + 1;
+    assert!(pongs <= allowed, "{pongs} pongs, at most {allowed} allowed");
+    assert!(pongs >= 5, "the burst is answered: {pongs}");
+    // Everyone else is served meanwhile.
+    let mut bob = app.connect("bob").await;
+    bob.ok(json!({"type": "ping"})).await;
+}
+
+/// A user may hold `max_sockets_per_user` sockets on a worker; one more is refused before
+/// the upgrade, and a slot frees when one closes.
+#[tokio::test]
+async fn sockets_past_the_per_user_cap_are_refused_with_429() {
+    let app = TestApp::spawn_with(|c| c.max_sockets_per_user = 3).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(app.connect("alice").await);
+    }
+    let token = app.token("alice");
+    let Err((status, body)) = app.try_connect(Some(&token)).await else {
+        panic!("a fourth socket was accepted");
+    };
+    assert_eq!(status, 429);
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    // Another user is not affected.
+    app.connect("bob").await;
+    // Closing one frees a slot (the session ends asynchronously: wait for it).
+    held.pop().unwrap().close().await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match app.try_connect(Some(&token)).await {
+            Ok(_) => break,
+            Err((429, _)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("no slot came free: {e:?}"),
+        }
+    }
 }
