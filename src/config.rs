@@ -59,6 +59,7 @@ pub struct Config {
     pub max_frame_bytes: usize,
     pub max_message_chars: usize,
     pub max_group_members: usize,
+    pub conversation_members_listed: usize,
     pub max_inflight_requests: usize,
     pub outbound_max_frames: usize,
     pub outbound_max_bytes: usize,
@@ -113,6 +114,7 @@ impl Default for Config {
             max_frame_bytes: 65_536,
             max_message_chars: 4_000,
             max_group_members: 1_000,
+            conversation_members_listed: 100,
             max_inflight_requests: 32,
             outbound_max_frames: 1_024,
             outbound_max_bytes: 1 << 20,
@@ -221,6 +223,11 @@ impl Config {
         at_least("max_frame_bytes", self.max_frame_bytes as u64, 1024)?;
         at_least("max_message_chars", self.max_message_chars as u64, 1)?;
         at_least("max_group_members", self.max_group_members as u64, 2)?;
+        at_least(
+            "conversation_members_listed",
+            self.conversation_members_listed as u64,
+            1,
+        )?;
         at_least(
             "max_inflight_requests",
             self.max_inflight_requests as u64,

@@ -15,6 +15,8 @@ pub const MAX_ID_CHARS: usize = 64;
 /// The most events in one `history` page.
 pub const MAX_HISTORY_LIMIT: i64 = 100;
 pub const DEFAULT_HISTORY_LIMIT: i64 = 50;
+/// The most members one `members` page lists (and its default).
+pub const MAX_MEMBERS_PAGE: i64 = 1_000;
 /// The longest group name.
 pub const MAX_NAME_CHARS: usize = 100;
 
@@ -178,6 +180,12 @@ pub enum Request {
         limit: i64,
     },
     Conversations,
+    /// A page of a conversation's members, by id, after `after`.
+    Members {
+        conversation: ConversationId,
+        after: Option<UserId>,
+        limit: i64,
+    },
     GroupCreate {
         name: GroupName,
         members: Vec<UserId>,
@@ -248,6 +256,13 @@ struct SendFields {
 struct HistoryFields {
     conversation: ConversationId,
     before_cseq: Option<i64>,
+    limit: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct MembersFields {
+    conversation: ConversationId,
+    after: Option<UserId>,
     limit: Option<i64>,
 }
 
@@ -431,6 +446,20 @@ impl Request {
                 })
             }
             "conversations" => Ok(Request::Conversations),
+            "members" => {
+                let f: MembersFields = fields(kind, map)?;
+                let limit = f.limit.unwrap_or(MAX_MEMBERS_PAGE);
+                if !(1..=MAX_MEMBERS_PAGE).contains(&limit) {
+                    return Err(ApiError::bad_request(format!(
+                        "members: limit must be 1..{MAX_MEMBERS_PAGE}, got {limit}"
+                    )));
+                }
+                Ok(Request::Members {
+                    conversation: f.conversation,
+                    after: f.after,
+                    limit,
+                })
+            }
             "group_create" => {
                 let f: GroupCreateFields = fields(kind, map)?;
                 // The creator is a member too, so at most max - 1 others.

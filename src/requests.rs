@@ -68,10 +68,29 @@ pub async fn handle(app: &App, user: &UserId, request: Request) -> Result<Value,
             limit,
         } => return history(app, user, &conversation, before_cseq, limit).await,
         Request::Conversations => {
-            let list = store::conversations(&app.db, user)
+            let listed = app.config.conversation_members_listed as i32;
+            let list = store::conversations(&app.db, user, listed)
                 .await
                 .map_err(ApiError::from)?;
             return Ok(json!({ "conversations": list }));
+        }
+        Request::Members {
+            conversation,
+            after,
+            limit,
+        } => {
+            let members = members_for(app, user, &conversation).await?;
+            let start = match &after {
+                Some(a) => members.partition_point(|m| m.as_str() <= a.as_str()),
+                None => 0,
+            };
+            let page: Vec<&String> = members.iter().skip(start).take(limit as usize).collect();
+            let has_more = start + page.len() < members.len();
+            return Ok(json!({
+                "members": page,
+                "member_count": members.len(),
+                "has_more": has_more,
+            }));
         }
         Request::Ping => return Ok(json!({})),
         Request::Resume { .. } | Request::Typing { .. } | Request::PresenceSubscribe { .. } => {

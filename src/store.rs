@@ -304,10 +304,20 @@ pub fn not_a_member(c: &ConversationId) -> ApiError {
 /// memberships (lateral subqueries with `LIMIT 1`, never a join the planner could turn into
 /// a scan), and `unread` counts nothing: a member's read marker also moves to every
 /// message they send, so the unread messages are exactly those after it.
-pub async fn conversations(db: &Database, user: &UserId) -> Result<Vec<Value>, DbError> {
+///
+/// Each lists at most `members_listed` members (the first by id) beside `member_count`, so
+/// a user in a few large groups does not get a reply of megabytes; `members` of one
+/// conversation reads the whole list.
+pub async fn conversations(
+    db: &Database,
+    user: &UserId,
+    members_listed: i32,
+) -> Result<Vec<Value>, DbError> {
     let client = db.client().await?;
     let stmt = client.prepare_cached(queries::CONVERSATIONS).await?;
-    let rows = client.query(&stmt, &[&user.as_str()]).await?;
+    let rows = client
+        .query(&stmt, &[&user.as_str(), &members_listed])
+        .await?;
     Ok(rows
         .iter()
         .map(|row| {
@@ -320,6 +330,7 @@ pub async fn conversations(db: &Database, user: &UserId) -> Result<Vec<Value>, D
                 "kind": row.get::<_, String>(1),
                 "name": row.get::<_, Option<String>>(2),
                 "members": members,
+                "member_count": row.get::<_, Option<i64>>(13).unwrap_or(0),
                 "last_message": last_message,
                 "unread": row.get::<_, i64>(4),
             })

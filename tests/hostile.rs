@@ -222,3 +222,62 @@ async fn sockets_past_the_per_user_cap_are_refused_with_429() {
         }
     }
 }
+
+/// A user in large groups gets a small `conversations` reply: each lists at most
+/// `conversation_members_listed` members beside the full count, and `members` pages
+/// through the rest (for members only).
+#[tokio::test]
+async fn conversations_list_a_capped_number_of_members_and_members_pages_the_rest() {
+    let app = TestApp::spawn_with(|c| c.conversation_members_listed = 100).await;
+    let mut alice = app.connect("alice").await;
+    let others: Vec<String> = (0..149).map(|i| format!("u{i:03}")).collect();
+    let created = alice
+        .ok(json!({"type": "group_create", "name": "big", "members": others}))
+        .await;
+    let id = created["conversation"]["id"].clone();
+    let list = alice.ok(json!({"type": "conversations"})).await;
+    let entry = &list["conversations"][0];
+    assert_eq!(entry["id"], id);
+    assert_eq!(entry["member_count"], 150);
+    let listed = entry["members"].as_array().unwrap();
+    assert_eq!(listed.len(), 100);
+    assert_eq!(listed[0], "alice", "the first by id");
+    // Page through all 150.
+    let mut all = Vec::new();
+    let mut after = serde_json::Value::Null;
+    loop {
+        let mut req = json!({"type": "members", "conversation": id, "limit": 60});
+        if !after.is_null() {
+            req["after"] = after.clone();
+        }
+        let page = alice.ok(req).await;
+        assert_eq!(page["member_count"], 150);
+        let ids = page["members"].as_array().unwrap().clone();
+        after = ids.last().cloned().unwrap_or_default();
+        all.extend(ids);
+        if page["has_more"] == false {
+            break;
+        }
+    }
+    let mut expected: Vec<String> = (0..149).map(|i| format!("u{i:03}")).collect();
+    expected.push("alice".into());
+    expected.sort();
+    assert_eq!(all, expected);
+    // A direct conversation lists both, uncapped.
+    alice.send_dm("bob", "hi", "m1").await;
+    let list = alice.ok(json!({"type": "conversations"})).await;
+    let direct = list["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "direct")
+        .unwrap()
+        .clone();
+    assert_eq!(direct["members"], json!(["alice", "bob"]));
+    assert_eq!(direct["member_count"], 2);
+    // Not a member: forbidden, and nothing listed.
+    let mut mallory = app.connect("mallory").await;
+    mallory
+        .err(json!({"type": "members", "conversation": id}), "forbidden")
+        .await;
+}

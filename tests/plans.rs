@@ -308,11 +308,11 @@ async fn every_statement(s: &mut Explained, n: i64) -> Vec<(String, Vec<Value>)>
     let heavy = u(1);
     out.push((
         "conversations (500 of them)".into(),
-        s.run(q::CONVERSATIONS, &[&heavy]).await,
+        s.run(q::CONVERSATIONS, &[&heavy, &100i32]).await,
     ));
     out.push((
         "conversations".into(),
-        s.run(q::CONVERSATIONS, &[&one]).await,
+        s.run(q::CONVERSATIONS, &[&one, &100i32]).await,
     ));
 
     // Presence.

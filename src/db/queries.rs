@@ -113,19 +113,25 @@ pub const MEMBERS: &str = "SELECT ARRAY(SELECT user_id FROM pgchat.members
                   WHERE conversation_id = c.id ORDER BY user_id)
      FROM pgchat.conversations c WHERE c.id = $1";
 
-/// A user's conversations with members, last message and unread count: `(user)`.
-/// `unread` counts nothing: a member's read marker also moves to every message they send,
-/// so the unread messages are exactly those after it.
+/// A user's conversations with (the first `$2` of their) members, the member count, the
+/// last message and the unread count: `(user, members listed)`. The count is taken only
+/// where the list was cut short. `unread` counts nothing: a member's read marker also
+/// moves to every message they send, so the unread messages are exactly those after it.
 pub const CONVERSATIONS: &str = "SELECT c.id, c.kind, c.name,
-            ARRAY(SELECT x.user_id FROM pgchat.members x
-                  WHERE x.conversation_id = c.id ORDER BY x.user_id) AS members,
+            c.members[1:$2] AS members,
             c.last_cseq - me.read_cseq AS unread,
             lm.id, lm.conversation_id, lm.cseq, lm.sender_id, lm.sender_name, lm.body,
-            lm.client_msg_id, lm.created_at
+            lm.client_msg_id, lm.created_at,
+            CASE WHEN cardinality(c.members) > $2
+                 THEN (SELECT count(*) FROM pgchat.members x WHERE x.conversation_id = c.id)
+                 ELSE cardinality(c.members) END AS member_count
      FROM (SELECT conversation_id, read_cseq FROM pgchat.members
            WHERE user_id = $1 OFFSET 0) me
      CROSS JOIN LATERAL (
-         SELECT c.id, c.kind, c.name, c.last_cseq, c.created_at
+         SELECT c.id, c.kind, c.name, c.last_cseq, c.created_at,
+                ARRAY(SELECT x.user_id FROM pgchat.members x
+                      WHERE x.conversation_id = c.id ORDER BY x.user_id
+                      LIMIT $2::int + 1) AS members
          FROM pgchat.conversations c WHERE c.id = me.conversation_id LIMIT 1) c
      LEFT JOIN LATERAL (
          SELECT m.id, m.conversation_id, m.cseq, m.sender_id,
