@@ -15,7 +15,7 @@ use crate::auth::Authenticator;
 use crate::cache::ConversationCache;
 use crate::config::Config;
 use crate::db::{Database, Plan, StartupError};
-use crate::hub::Hub;
+use crate::hub::{FeedLimits, Hub};
 use crate::listener::ListenerState;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
@@ -171,8 +171,19 @@ impl Application {
             .expect("a bound TCP socket has an address");
         let worker_id = format!("{}-{}", hostname(), std::process::id());
         let metrics = Arc::new(Metrics::new());
-        let hub = Hub::new(config.recent_events_per_user, config.ephemeral_queue);
-        let cache = ConversationCache::new(config.conversation_cache, config.cached_messages);
+        let hub = Hub::new(
+            FeedLimits {
+                frames_per_user: config.recent_events_per_user,
+                bytes_per_user: config.recent_events_bytes_per_user,
+                bytes_total: config.recent_events_bytes,
+            },
+            config.ephemeral_queue,
+        );
+        let cache = ConversationCache::new(
+            config.conversation_cache,
+            config.cached_messages,
+            config.conversation_cache_bytes,
+        );
         let presence = Presence::new(
             db.clone(),
             Duration::from_millis(config.presence_grace_ms),

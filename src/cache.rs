@@ -1,5 +1,6 @@
 //! The conversation cache of one worker: members and the most recent messages of the
-//! conversations in use, least recently used evicted.
+//! conversations in use, least recently used evicted, bounded in entries and in bytes
+//! (a few 1000-member groups of long messages must not outgrow a small dyno).
 //!
 //! Only the writer fills it, from the state it held locked at commit, so an entry is never
 //! older than a commit it has seen. Each conversation carries a `version` that every
@@ -37,9 +38,31 @@ pub struct Entry {
     pub version: i64,
     /// The newest messages, contiguous in cseq and ending at `last_cseq` when non-empty.
     messages: VecDeque<Message>,
+    /// What this entry is counted as in the cache's byte total.
+    bytes: usize,
+}
+
+/// About what one member id or message costs in memory: its strings and fixed overhead.
+fn member_bytes(m: &str) -> usize {
+    m.len() + std::mem::size_of::<String>()
+}
+
+fn message_bytes(m: &Message) -> usize {
+    std::mem::size_of::<Message>()
+        + m.conversation.len()
+        + m.sender.len()
+        + m.sender_name.as_ref().map_or(0, |n| n.len())
+        + m.body.len()
+        + m.client_msg_id.len()
 }
 
 impl Entry {
+    fn measure(&self) -> usize {
+        std::mem::size_of::<Entry>()
+            + self.members.iter().map(|m| member_bytes(m)).sum::<usize>()
+            + self.messages.iter().map(message_bytes).sum::<usize>()
+    }
+
     pub fn is_member(&self, user: &str) -> bool {
         self.members
             .binary_search_by(|m| m.as_str().cmp(user))
@@ -49,23 +72,67 @@ impl Entry {
 
 pub struct ConversationCache {
     /// A std mutex: every critical section is a map operation, never an await.
-    entries: Mutex<LruCache<String, Entry>>,
+    entries: Mutex<Entries>,
     max_messages: usize,
+    max_bytes: usize,
+}
+
+struct Entries {
+    map: LruCache<String, Entry>,
+    /// The sum of the entries' `bytes`.
+    bytes: usize,
+}
+
+impl Entries {
+    fn get(&mut self, id: &str) -> Option<&Entry> {
+        self.map.get(id)
+    }
+
+    /// Re-measures `id` after a change and evicts the least recently used entries until
+    /// the total fits (the changed one too, if it alone is over).
+    fn settle(&mut self, id: &str, max_bytes: usize) {
+        if let Some(e) = self.map.peek_mut(id) {
+            let now = e.measure();
+            self.bytes = self.bytes - e.bytes + now;
+            e.bytes = now;
+        }
+        while self.bytes > max_bytes {
+            match self.map.pop_lru() {
+                Some((_, e)) => self.bytes -= e.bytes,
+                None => break,
+            }
+        }
+    }
+
+    fn pop(&mut self, id: &str) {
+        if let Some(e) = self.map.pop(id) {
+            self.bytes -= e.bytes;
+        }
+    }
 }
 
 impl ConversationCache {
-    pub fn new(capacity: usize, max_messages: usize) -> Arc<ConversationCache> {
+    pub fn new(capacity: usize, max_messages: usize, max_bytes: usize) -> Arc<ConversationCache> {
         Arc::new(ConversationCache {
-            entries: Mutex::new(LruCache::new(
-                NonZeroUsize::new(capacity.max(1)).expect("at least 1"),
-            )),
+            entries: Mutex::new(Entries {
+                map: LruCache::new(NonZeroUsize::new(capacity.max(1)).expect("at least 1")),
+                bytes: 0,
+            }),
             max_messages,
+            max_bytes,
         })
     }
 
     /// Takes in a commit's view of one conversation.
     pub fn apply(&self, s: Snapshot) {
-        let mut entries = self.entries.lock().expect("cache lock");
+        let mut guard = self.entries.lock().expect("cache lock");
+        let id = s.id.clone();
+        self.apply_locked(&mut guard, s);
+        guard.settle(&id, self.max_bytes);
+    }
+
+    fn apply_locked(&self, all: &mut Entries, s: Snapshot) {
+        let entries = &mut all.map;
         let contiguous_tail = |msgs: &[Message]| match (msgs.first(), msgs.last()) {
             (Some(_), Some(last)) => last.cseq == s.last_cseq,
             _ => true,
@@ -101,15 +168,20 @@ impl ConversationCache {
                 while messages.len() > self.max_messages {
                     messages.pop_front();
                 }
-                entries.put(
+                // An entry pushed out by the count bound leaves the byte total too.
+                let evicted = entries.push(
                     s.id,
                     Entry {
                         members: Arc::new(s.members),
                         last_cseq: s.last_cseq,
                         version: s.version,
                         messages,
+                        bytes: 0,
                     },
                 );
+                if let Some((_, old)) = evicted {
+                    all.bytes -= old.bytes;
+                }
             }
         }
     }
@@ -144,18 +216,20 @@ impl ConversationCache {
     /// Another worker committed `version` of a conversation: forget an older copy.
     pub fn invalidate_older(&self, id: &str, version: i64) {
         let mut entries = self.entries.lock().expect("cache lock");
-        if entries.peek(id).is_some_and(|e| e.version < version) {
+        if entries.map.peek(id).is_some_and(|e| e.version < version) {
             entries.pop(id);
         }
     }
 
     /// Forgets everything (after missing notifications, nothing cached can be trusted).
     pub fn clear(&self) {
-        self.entries.lock().expect("cache lock").clear();
+        let mut entries = self.entries.lock().expect("cache lock");
+        entries.map.clear();
+        entries.bytes = 0;
     }
 
     pub fn len(&self) -> usize {
-        self.entries.lock().expect("cache lock").len()
+        self.entries.lock().expect("cache lock").map.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -210,7 +284,7 @@ mod tests {
 
     #[test]
     fn consecutive_commits_append_and_the_window_is_bounded() {
-        let cache = ConversationCache::new(10, 3);
+        let cache = ConversationCache::new(10, 3, 1 << 20);
         cache.apply(snap(1, 1..=1, &["a"]));
         cache.apply(snap(2, 2..=3, &["a"]));
         cache.apply(snap(3, 4..=4, &["a"]));
@@ -222,8 +296,53 @@ mod tests {
     }
 
     #[test]
+    fn the_cache_is_bounded_in_bytes_and_evicts_the_least_recently_used() {
+        let one = {
+            let cache = ConversationCache::new(10, 10, usize::MAX);
+            cache.apply(snap(1, 1..=4, &["a", "b"]));
+            let bytes = cache.entries.lock().unwrap().bytes;
+            bytes
+        };
+        // Room for two such conversations, not three.
+        let cache = ConversationCache::new(10, 10, one * 2 + one / 2);
+        for id in ["c1", "c2", "c3"] {
+            let mut s = snap(1, 1..=4, &["a", "b"]);
+            s.id = id.into();
+            s.new_messages
+                .iter_mut()
+                .for_each(|m| m.conversation = id.into());
+            cache.apply(s);
+        }
+        assert_eq!(cache.len(), 2);
+        assert!(cache.members("c1").is_none(), "the oldest was evicted");
+        assert!(cache.members("c3").is_some());
+        // A conversation alone over the bound is not kept at all.
+        let small = ConversationCache::new(10, 10, one / 2);
+        small.apply(snap(1, 1..=4, &["a", "b"]));
+        assert!(small.is_empty());
+        assert_eq!(small.entries.lock().unwrap().bytes, 0);
+        // Growth is counted: more messages in the same entry push others out.
+        let cache = ConversationCache::new(10, 100, one * 2 + one / 2);
+        let mut s = snap(1, 1..=4, &["a", "b"]);
+        s.id = "old".into();
+        cache.apply(s);
+        cache.apply(snap(1, 1..=4, &["a", "b"]));
+        cache.apply(snap(2, 5..=12, &["a", "b"]));
+        assert!(cache.members("old").is_none(), "c grew past the bound");
+        let total: usize = cache
+            .entries
+            .lock()
+            .unwrap()
+            .map
+            .iter()
+            .map(|(_, e)| e.bytes)
+            .sum();
+        assert_eq!(total, cache.entries.lock().unwrap().bytes);
+    }
+
+    #[test]
     fn an_out_of_order_commit_never_leaves_a_gap_or_a_stale_member() {
-        let cache = ConversationCache::new(10, 10);
+        let cache = ConversationCache::new(10, 10, 1 << 20);
         cache.apply(snap(1, 1..=1, &["a", "b"]));
         // Version 3 arrives before 2: the state is replaced, not appended to.
         cache.apply(snap(3, 3..=3, &["a"]));

@@ -13,6 +13,7 @@
 //! events are never stored and may be lost by definition.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
@@ -22,8 +23,20 @@ use tokio::sync::{mpsc, watch};
 pub struct Hub {
     /// A std mutex: held only for a map lookup or insert, never across an await.
     feeds: Mutex<HashMap<String, Arc<Feed>>>,
-    recent_per_user: usize,
+    limits: FeedLimits,
+    /// Bytes of frames held by all feeds (each feed gives its share back when dropped).
+    held: Arc<AtomicUsize>,
     ephemeral_queue: usize,
+}
+
+/// How much of its recent events each feed keeps: bounded in frames and bytes per user,
+/// and in bytes over all users, so that neither many users nor long messages can grow a
+/// worker's memory. What a feed does not keep, sessions read from the table.
+#[derive(Debug, Clone, Copy)]
+pub struct FeedLimits {
+    pub frames_per_user: usize,
+    pub bytes_per_user: usize,
+    pub bytes_total: usize,
 }
 
 /// A session's id on this worker.
@@ -32,12 +45,35 @@ pub type SessionId = u64;
 /// One user's live feed on this worker.
 pub struct Feed {
     head: watch::Sender<i64>,
-    /// The newest frames, ascending by seq, at most `recent_per_user`. std mutex: the
+    /// The newest frames, ascending by seq, within the hub's [`FeedLimits`]. std mutex: the
     /// critical sections are a push or a copy of a few `Utf8Bytes` handles.
-    recent: Mutex<VecDeque<(i64, Utf8Bytes)>>,
+    recent: Mutex<Recent>,
     /// The user's sessions here and their ephemeral channels; the feed leaves the map when
     /// the last one drops.
     sessions: Mutex<Vec<(SessionId, mpsc::Sender<Utf8Bytes>)>>,
+}
+
+/// A feed's frames and their size in bytes.
+struct Recent {
+    frames: VecDeque<(i64, Utf8Bytes)>,
+    bytes: usize,
+    /// The hub's count of bytes held, which this feed's bytes are part of.
+    held: Arc<AtomicUsize>,
+}
+
+impl Recent {
+    fn pop_front(&mut self) {
+        if let Some((_, f)) = self.frames.pop_front() {
+            self.bytes -= f.len();
+            self.held.fetch_sub(f.len(), Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for Recent {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 impl Feed {
@@ -60,8 +96,9 @@ impl Feed {
     /// Frames with seq `after+1, after+2, …` as far as the feed holds them contiguously.
     pub fn frames_after(&self, after: i64, max: usize) -> Vec<(i64, Utf8Bytes)> {
         let recent = self.recent.lock().expect("feed lock");
-        let start = recent.partition_point(|(s, _)| *s <= after);
+        let start = recent.frames.partition_point(|(s, _)| *s <= after);
         recent
+            .frames
             .iter()
             .skip(start)
             .take(max)
@@ -92,12 +129,18 @@ impl Drop for Subscription {
 }
 
 impl Hub {
-    pub fn new(recent_per_user: usize, ephemeral_queue: usize) -> Arc<Hub> {
+    pub fn new(limits: FeedLimits, ephemeral_queue: usize) -> Arc<Hub> {
         Arc::new(Hub {
             feeds: Mutex::new(HashMap::new()),
-            recent_per_user,
+            limits,
+            held: Arc::new(AtomicUsize::new(0)),
             ephemeral_queue,
         })
+    }
+
+    /// Bytes of event frames the feeds hold now.
+    pub fn bytes_held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
     }
 
     /// Subscribes a new session of `user`. Subscribe *before* reading the user's head from
@@ -128,7 +171,11 @@ impl Hub {
             .or_insert_with(|| {
                 Arc::new(Feed {
                     head: watch::Sender::new(0),
-                    recent: Mutex::new(VecDeque::new()),
+                    recent: Mutex::new(Recent {
+                        frames: VecDeque::new(),
+                        bytes: 0,
+                        held: self.held.clone(),
+                    }),
                     sessions: Mutex::new(Vec::new()),
                 })
             })
@@ -189,11 +236,24 @@ impl Hub {
         {
             let mut recent = feed.recent.lock().expect("feed lock");
             // Usually the newest; concurrent batches can publish out of order.
-            let at = recent.partition_point(|(s, _)| *s < seq);
-            if recent.get(at).map(|(s, _)| *s) != Some(seq) {
-                recent.insert(at, (seq, Utf8Bytes::from(frame())));
-                while recent.len() > self.recent_per_user {
-                    recent.pop_front();
+            let at = recent.frames.partition_point(|(s, _)| *s < seq);
+            if recent.frames.get(at).map(|(s, _)| *s) != Some(seq) {
+                let frame = Utf8Bytes::from(frame());
+                let len = frame.len();
+                let limits = &self.limits;
+                // Over the worker's total, or alone over the user's share: not kept; the
+                // session reads it from the table.
+                if len <= limits.bytes_per_user
+                    && self.held.load(Ordering::Acquire) + len <= limits.bytes_total
+                {
+                    recent.frames.insert(at, (seq, frame));
+                    recent.bytes += len;
+                    self.held.fetch_add(len, Ordering::AcqRel);
+                    while recent.frames.len() > limits.frames_per_user
+                        || recent.bytes > limits.bytes_per_user
+                    {
+                        recent.pop_front();
+                    }
                 }
             }
         }
@@ -233,9 +293,54 @@ impl Hub {
 mod tests {
     use super::*;
 
+    fn limits(frames_per_user: usize, bytes_per_user: usize, bytes_total: usize) -> FeedLimits {
+        FeedLimits {
+            frames_per_user,
+            bytes_per_user,
+            bytes_total,
+        }
+    }
+
+    #[test]
+    fn feeds_are_bounded_in_bytes_per_user_and_in_total() {
+        let hub = Hub::new(limits(100, 250, 400), 4);
+        let a = hub.subscribe("a", 1);
+        let b = hub.subscribe("b", 2);
+        let frame = |n: usize| move || "x".repeat(n);
+        // a: 100 + 100 fit its 250; a third evicts the first.
+        for seq in 1..=3 {
+            hub.publish("a", seq, frame(100));
+        }
+        let held: Vec<i64> = a.feed.frames_after(0, 10).iter().map(|f| f.0).collect();
+        assert!(
+            held.is_empty(),
+            "1 was evicted, so nothing is contiguous from 0"
+        );
+        assert_eq!(a.feed.frames_after(1, 10).len(), 2);
+        assert_eq!(hub.bytes_held(), 200);
+        // b: 200 more would pass the total of 400; only what fits is kept.
+        hub.publish("b", 1, frame(150));
+        hub.publish("b", 2, frame(150));
+        assert_eq!(hub.bytes_held(), 350);
+        assert_eq!(b.feed.frames_after(0, 10).len(), 1);
+        assert_eq!(
+            b.feed.head(),
+            2,
+            "the head moves even when the frame is not kept"
+        );
+        // A frame alone over a user's share is never kept.
+        hub.publish("a", 4, frame(300));
+        assert_eq!(a.feed.frames_after(3, 10).len(), 0);
+        // Dropping a user's last session gives its bytes back.
+        drop(a);
+        assert_eq!(hub.bytes_held(), 150);
+        drop(b);
+        assert_eq!(hub.bytes_held(), 0);
+    }
+
     #[test]
     fn frames_come_out_contiguous_and_in_order() {
-        let hub = Hub::new(8, 4);
+        let hub = Hub::new(limits(8, 1 << 20, 1 << 20), 4);
         let sub = hub.subscribe("a", 1);
         hub.publish("a", 2, || "two".into());
         hub.publish("a", 1, || "one".into());
@@ -248,7 +353,7 @@ mod tests {
 
     #[test]
     fn a_user_without_sessions_is_not_kept() {
-        let hub = Hub::new(8, 4);
+        let hub = Hub::new(limits(8, 1 << 20, 1 << 20), 4);
         let sub = hub.subscribe("a", 1);
         assert_eq!(hub.users_online(), 1);
         drop(sub);
