@@ -67,7 +67,8 @@ fn start_private_cluster() -> String {
             std::mem::forget(cluster);
         }
     });
-    format!("postgres://postgres@127.0.0.1:{port}/postgres")
+    // The cluster asks for its password, kept beside it (by this run or an earlier one).
+    pgchat::db::embedded::url_for(&dir, port, "postgres").expect("the test cluster's password")
 }
 
 fn with_db(url: &str, db: &str) -> String {
@@ -303,6 +304,8 @@ pub fn test_config(db: &TestDb) -> Config {
         node_env: "test".into(),
         database_url: Some(db.url.clone()),
         jwt_secret: Some(SECRET.into()),
+        // Tests that let tokens expire do not wait out a clock leeway.
+        jwt_leeway_secs: 0,
         embedded_postgres: false,
         db_max_connections: 6,
         db_min_connections: 1,
