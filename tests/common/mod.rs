@@ -54,18 +54,26 @@ fn start_private_cluster() -> String {
     );
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pgchat-test-cluster");
     let port = 55432;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        if !pgchat::db::embedded::server_answers("127.0.0.1", port).await {
-            let cluster = pgchat::db::embedded::Cluster::start(&bindir, &dir, port)
-                .await
-                .expect("private test cluster");
-            // Left running on purpose: later test binaries and runs reuse it.
-            std::mem::forget(cluster);
-        }
+    // On a thread of its own: the first caller is usually inside a test's runtime, where
+    // a second runtime may not block.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if !pgchat::db::embedded::server_answers("127.0.0.1", port).await {
+                    let cluster = pgchat::db::embedded::Cluster::start(&bindir, &dir, port)
+                        .await
+                        .expect("private test cluster");
+                    // Left running on purpose: later test binaries and runs reuse it.
+                    std::mem::forget(cluster);
+                }
+            })
+        })
+        .join()
+        .expect("private test cluster")
     });
     // The cluster asks for its password, kept beside it (by this run or an earlier one).
     pgchat::db::embedded::url_for(&dir, port, "postgres").expect("the test cluster's password")
