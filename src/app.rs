@@ -148,6 +148,8 @@ impl Application {
 
     /// Like [`Application::build`], for a worker of a supervised deployment.
     pub async fn build_as(config: Config, role: Role) -> Result<Application, StartupError> {
+        let auth =
+            Authenticator::from_config(&config).map_err(|e| StartupError::Secret(e.to_string()))?;
         let db = Database::open(&config, role.plan).await?;
         let socket = bind(&config.host, config.port, role.reuse_port).map_err(|e| {
             StartupError::Bind(format!(
@@ -155,11 +157,18 @@ impl Application {
                 config.host, config.port
             ))
         })?;
-        Ok(Self::with_parts(config, db, socket, role.listen_when_ready))
+        Ok(Self::with_parts(
+            config,
+            auth,
+            db,
+            socket,
+            role.listen_when_ready,
+        ))
     }
 
     fn with_parts(
         config: Config,
+        auth: Authenticator,
         db: Database,
         socket: socket2::Socket,
         listen_when_ready: bool,
@@ -218,7 +227,7 @@ impl Application {
             config.rate_limit_burst,
         );
         let app = App(Arc::new(AppInner {
-            auth: Authenticator::new(config.jwt_secret()),
+            auth,
             config,
             db,
             hub,

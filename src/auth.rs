@@ -1,20 +1,31 @@
 //! Authentication: HS256 JWTs minted by the main backend with the shared `JWT_SECRET`.
+//!
+//! jsonwebtoken checks the signature; the claims are checked here, because its own checks
+//! read `exp` only as an integer (a backend that writes `1.7e9` or `1700000000.5`, both
+//! valid JSON numbers and valid NumericDates, would be refused) and report every wrong
+//! claim as one error. Every refusal is 401 `unauthorized` with one of the messages listed
+//! in PROTOCOL.md.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use serde_json::{Map, Value};
 
+use crate::config::Config;
 use crate::error::{ApiError, Code};
-use crate::protocol::UserId;
+use crate::protocol::{UserId, MAX_NAME_CHARS};
+use crate::secrets::SecretError;
 
-use crate::protocol::MAX_NAME_CHARS;
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Claims {
-    sub: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    name: Option<String>,
+#[derive(Debug, Serialize)]
+struct MintedClaims<'a> {
+    sub: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
+    iat: u64,
     exp: u64,
 }
 
@@ -23,15 +34,46 @@ struct Claims {
 pub struct Identity {
     pub user: UserId,
     pub name: Option<String>,
-    /// Seconds since the Unix epoch.
+    /// When the token stops being accepted, in seconds since the Unix epoch: its `exp`
+    /// plus the leeway, so that a socket is closed (1008) exactly when a reconnect with
+    /// the same token would be refused.
     pub expires_at: u64,
 }
 
 impl Identity {
     /// Time left before the token expires (zero if it already has).
     pub fn remaining(&self) -> Duration {
-        let now = now_secs();
+        let now = now_secs() as u64;
         Duration::from_secs(self.expires_at.saturating_sub(now))
+    }
+}
+
+/// What a token must satisfy besides its signature (`jwt_*` in the configuration).
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// When set, `aud` is required and must name it; when unset, `aud` is ignored.
+    pub audience: Option<String>,
+    /// Clock difference allowed on `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
+    /// When set, `iat` is required and `exp - iat` may not exceed it, nor may the time
+    /// left (`exp - now`), so that an `iat` in the future does not stretch a token.
+    pub max_lifetime_secs: Option<u64>,
+}
+
+impl Rules {
+    pub fn from_config(config: &Config) -> Rules {
+        Rules {
+            audience: config.jwt_audience.clone(),
+            leeway_secs: config.jwt_leeway_secs,
+            max_lifetime_secs: (config.jwt_max_lifetime_secs > 0)
+                .then_some(config.jwt_max_lifetime_secs),
+        }
+    }
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules::from_config(&Config::default())
     }
 }
 
@@ -41,70 +83,195 @@ pub struct Authenticator {
     decoding: DecodingKey,
     encoding: EncodingKey,
     validation: Validation,
+    rules: Rules,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("secret", &"<redacted>")
+            .field("rules", &self.rules)
+            .finish()
+    }
 }
 
 impl Authenticator {
+    /// An authenticator with the default rules (tests and tools).
     pub fn new(secret: &str) -> Self {
+        Self::with_rules(secret, Rules::default())
+    }
+
+    pub fn with_rules(secret: &str, rules: Rules) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        // The backend and pgchat share a clock source in practice; a token is expired when it
-        // says so, which keeps the 1008 close on expiry and the 401 on connect consistent.
-        validation.leeway = 0;
+        // Signature and algorithm only: the claims are checked in `check_claims`.
+        validation.set_required_spec_claims::<&str>(&[]);
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
         Authenticator {
             decoding: DecodingKey::from_secret(secret.as_bytes()),
             encoding: EncodingKey::from_secret(secret.as_bytes()),
             validation,
+            rules,
         }
     }
 
-    /// Checks signature, algorithm, expiry and the claims' shapes.
+    /// The deployment's authenticator: its secret (`JWT_SECRET`, or the generated one in
+    /// the data directory) and its `jwt_*` rules.
+    pub fn from_config(config: &Config) -> Result<Self, SecretError> {
+        let secret = crate::secrets::jwt_secret(config)?;
+        Ok(Self::with_rules(&secret, Rules::from_config(config)))
+    }
+
+    /// Checks algorithm, signature, times, audience and the claims' shapes.
     pub fn verify(&self, token: &str) -> Result<Identity, ApiError> {
-        let unauthorized = |why: String| ApiError::new(Code::Unauthorized, why);
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| {
-                use jsonwebtoken::errors::ErrorKind;
-                let why = match e.kind() {
-                    ErrorKind::ExpiredSignature => "the token has expired: get a new one",
-                    ErrorKind::InvalidSignature => "the token's signature does not match",
-                    ErrorKind::InvalidAlgorithm => "the token must be signed with HS256",
-                    ErrorKind::MissingRequiredClaim(_) => "the token lacks a sub or exp claim",
-                    _ => "the token is malformed",
-                };
-                unauthorized(why.to_string())
+        self.verify_at(token, now_secs())
+    }
+
+    fn verify_at(&self, token: &str, now: f64) -> Result<Identity, ApiError> {
+        check_algorithm(token)?;
+        let data =
+            jsonwebtoken::decode::<Map<String, Value>>(token, &self.decoding, &self.validation)
+                .map_err(|e| {
+                    use jsonwebtoken::errors::ErrorKind;
+                    refuse(match e.kind() {
+                        ErrorKind::InvalidSignature => "the token's signature does not match",
+                        ErrorKind::InvalidAlgorithm => "the token must be signed with HS256",
+                        _ => MALFORMED,
+                    })
+                })?;
+        self.check_claims(&data.claims, now)
+    }
+
+    fn check_claims(&self, claims: &Map<String, Value>, now: f64) -> Result<Identity, ApiError> {
+        let leeway = self.rules.leeway_secs as f64;
+        let exp =
+            numeric_date(claims, "exp")?.ok_or_else(|| refuse("the token lacks an exp claim"))?;
+        if now >= exp + leeway {
+            return Err(refuse("the token has expired: get a new one"));
+        }
+        if let Some(nbf) = numeric_date(claims, "nbf")? {
+            if now + leeway < nbf {
+                return Err(refuse("the token is not valid yet (nbf is in the future)"));
+            }
+        }
+        let iat = numeric_date(claims, "iat")?;
+        if let Some(max) = self.rules.max_lifetime_secs {
+            let iat = iat.ok_or_else(|| {
+                refuse("the token lacks an iat claim, required when jwt_max_lifetime_secs is set")
             })?;
-        let claims = data.claims;
-        let user = UserId::parse(&claims.sub).map_err(|e| unauthorized(format!("sub: {e}")))?;
-        if let Some(name) = &claims.name {
-            if name.chars().count() > MAX_NAME_CHARS || name.contains('\0') {
-                return Err(unauthorized(format!(
-                    "name: at most {MAX_NAME_CHARS} characters, without NUL"
+            if exp - iat > max as f64 || exp - now > max as f64 + leeway {
+                return Err(refuse(format!(
+                    "the token's lifetime exceeds jwt_max_lifetime_secs ({max} s)"
                 )));
             }
         }
+        if let Some(expected) = &self.rules.audience {
+            let ok = match claims.get("aud") {
+                Some(Value::String(a)) => a == expected,
+                Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(expected)),
+                None | Some(Value::Null) => {
+                    return Err(refuse(
+                        "the token lacks an aud claim, required by jwt_audience",
+                    ))
+                }
+                Some(_) => false,
+            };
+            if !ok {
+                return Err(refuse(
+                    "the token's audience (aud) does not name this server",
+                ));
+            }
+        }
+        let sub = match claims.get("sub") {
+            Some(Value::String(s)) => s,
+            None | Some(Value::Null) => return Err(refuse("the token lacks a sub claim")),
+            Some(_) => return Err(refuse("sub: must be a string")),
+        };
+        let user = UserId::parse(sub).map_err(|e| refuse(format!("sub: {e}")))?;
+        let name = match claims.get("name") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(n)) if n.chars().count() <= MAX_NAME_CHARS && !n.contains('\0') => {
+                Some(n.clone())
+            }
+            Some(_) => {
+                return Err(refuse(format!(
+                    "name: a string of at most {MAX_NAME_CHARS} characters, without NUL"
+                )))
+            }
+        };
         Ok(Identity {
             user,
-            name: claims.name,
-            expires_at: claims.exp,
+            name,
+            // Clamped: a float exp can be anything a double holds.
+            expires_at: (exp + leeway).clamp(0.0, u64::MAX as f64) as u64,
         })
     }
 
-    /// Mints a token for `user`, valid for `ttl` (for `pgchat token` and tests).
+    /// The longest a minted token may live, when `jwt_max_lifetime_secs` is set.
+    pub fn max_ttl(&self) -> Option<Duration> {
+        self.rules.max_lifetime_secs.map(Duration::from_secs)
+    }
+
+    /// Mints a token for `user`, valid for `ttl`, carrying the configured audience (for
+    /// `pgchat token`, `pgchat bench` and tests).
     pub fn mint(&self, user: &UserId, name: Option<&str>, ttl: Duration) -> String {
-        let claims = Claims {
-            sub: user.as_str().to_string(),
-            name: name.map(str::to_string),
-            exp: now_secs() + ttl.as_secs(),
+        let iat = now_secs() as u64;
+        let claims = MintedClaims {
+            sub: user.as_str(),
+            name,
+            aud: self.rules.audience.as_deref(),
+            iat,
+            exp: iat + ttl.as_secs(),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 encoding cannot fail")
     }
 }
 
-fn now_secs() -> u64 {
+const MALFORMED: &str = "the token is malformed: expected a JWT (three base64url parts)";
+
+fn refuse(why: impl Into<String>) -> ApiError {
+    ApiError::new(Code::Unauthorized, why)
+}
+
+/// Refuses any algorithm but HS256 by name, before the signature is looked at: jsonwebtoken
+/// does not know `none` at all and would report it as a malformed header.
+fn check_algorithm(token: &str) -> Result<(), ApiError> {
+    let header = token.split('.').next().unwrap_or_default();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .map_err(|_| refuse(MALFORMED))?;
+    let header: Map<String, Value> =
+        serde_json::from_slice(&bytes).map_err(|_| refuse(MALFORMED))?;
+    match header.get("alg").and_then(Value::as_str) {
+        Some("HS256") => Ok(()),
+        Some(_) | None => Err(refuse("the token must be signed with HS256")),
+    }
+}
+
+/// A NumericDate claim: any JSON number (integer or not, e.g. `1.7e9`), seconds since 1970.
+fn numeric_date(claims: &Map<String, Value>, key: &str) -> Result<Option<f64>, ApiError> {
+    match claims.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(t) if t.is_finite() => Ok(Some(t)),
+            _ => Err(refuse(format!(
+                "{key}: must be a number of seconds since 1970"
+            ))),
+        },
+        Some(_) => Err(refuse(format!(
+            "{key}: must be a number of seconds since 1970"
+        ))),
+    }
+}
+
+/// Seconds since the Unix epoch, with the fraction (token times may have one).
+fn now_secs() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
-        .as_secs()
+        .as_secs_f64()
 }
 
 #[cfg(test)]

@@ -119,13 +119,32 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let auth = Authenticator::new(config.jwt_secret());
+            let auth = match Authenticator::from_config(&config) {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("pgchat: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            if let Some(max) = auth.max_ttl().filter(|max| ttl > *max) {
+                eprintln!(
+                    "pgchat: --ttl: at most jwt_max_lifetime_secs ({} s), got {ttl:?}",
+                    max.as_secs()
+                );
+                return ExitCode::from(2);
+            }
             println!("{}", auth.mint(&user, name.as_deref(), ttl));
             ExitCode::SUCCESS
         }
         Command::Bench(args) => crate::bench::cli::main(args, &config),
         Command::Serve { .. } => {
             init_logging(&config);
+            // Before any worker starts, so that the first start generates the development
+            // secret once and every worker reads the same file.
+            if let Err(e) = crate::secrets::jwt_secret(&config) {
+                eprintln!("pgchat: {e}");
+                return ExitCode::from(1);
+            }
             warn_about(&config);
             let n = config.worker_count();
             if n > 1 {
@@ -162,11 +181,18 @@ fn warn_about(config: &Config) {
     if config.redis_url.is_some() {
         tracing::warn!("REDIS_URL is set but ignored: pgchat shares state through PostgreSQL only");
     }
-    if config.jwt_secret.is_none() {
-        tracing::warn!(
-            "JWT_SECRET is not set: using the built-in DEVELOPMENT secret; anyone can mint tokens. \
-             Set JWT_SECRET (production refuses to start without it)."
-        );
+    match &config.jwt_secret {
+        None => tracing::info!(
+            file = %crate::secrets::jwt_secret_path(config).display(),
+            "JWT_SECRET is not set: using the generated development secret kept in the data \
+             directory (production refuses to start without JWT_SECRET)"
+        ),
+        Some(s) if s.len() < crate::config::MIN_PRODUCTION_SECRET_BYTES => tracing::warn!(
+            bytes = s.len(),
+            "JWT_SECRET is shorter than {} bytes: production would refuse it",
+            crate::config::MIN_PRODUCTION_SECRET_BYTES
+        ),
+        Some(_) => {}
     }
 }
 
@@ -187,7 +213,7 @@ fn serve(
             Err(e) => {
                 tracing::error!("{e}");
                 eprintln!("pgchat: {e}");
-                return ExitCode::from(1);
+                return ExitCode::from(e.exit_code());
             }
         };
         app.run_until_stopped(stop).await;

@@ -11,8 +11,16 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-/// The secret used in development when `JWT_SECRET` is not set. Never accepted in production.
-pub const DEV_JWT_SECRET: &str = "pgchat-development-secret-do-not-use-in-production";
+/// The development secret older versions fell back to when `JWT_SECRET` was unset. It is
+/// public (it was in this source), so it is refused wherever it is configured.
+pub const OLD_DEV_JWT_SECRET: &str = "pgchat-development-secret-do-not-use-in-production";
+
+/// The shortest `JWT_SECRET` accepted with `NODE_ENV=production`: HS256 needs at least
+/// as many bytes of secret as its 256-bit output to be as strong as it claims.
+pub const MIN_PRODUCTION_SECRET_BYTES: usize = 32;
+
+/// The largest clock leeway accepted for token times.
+pub const MAX_JWT_LEEWAY_SECS: u64 = 300;
 
 /// Names read from the environment without the `PGCHAT_` prefix, for compatibility with
 /// the Node server's deployment files.
@@ -41,6 +49,9 @@ pub struct Config {
     pub node_env: String,
     pub database_url: Option<String>,
     pub jwt_secret: Option<String>,
+    pub jwt_audience: Option<String>,
+    pub jwt_leeway_secs: u64,
+    pub jwt_max_lifetime_secs: u64,
     pub redis_url: Option<String>,
 
     pub db_max_connections: usize,
@@ -101,6 +112,9 @@ impl Default for Config {
             node_env: "development".into(),
             database_url: None,
             jwt_secret: None,
+            jwt_audience: None,
+            jwt_leeway_secs: 30,
+            jwt_max_lifetime_secs: 0,
             redis_url: None,
             db_max_connections: 10,
             db_min_connections: 2,
@@ -299,16 +313,59 @@ impl Config {
             url.parse::<tokio_postgres::Config>()
                 .map_err(|e| ConfigError::new("database_url", e.to_string()))?;
         }
-        if self.is_production() && self.jwt_secret.is_none() {
-            return Err(ConfigError::new(
-                "jwt_secret",
-                "must be set when NODE_ENV=production (the shared HS256 secret of the main backend)",
-            ));
-        }
-        if let Some(secret) = &self.jwt_secret {
-            if secret.is_empty() {
-                return Err(ConfigError::new("jwt_secret", "must not be empty"));
+        self.validate_jwt()?;
+        Ok(())
+    }
+
+    fn validate_jwt(&self) -> Result<(), ConfigError> {
+        match &self.jwt_secret {
+            None if self.is_production() => {
+                return Err(ConfigError::new(
+                    "jwt_secret",
+                    "must be set when NODE_ENV=production (the shared HS256 secret of the main backend)",
+                ))
             }
+            None => {}
+            Some(secret) if secret.is_empty() => {
+                return Err(ConfigError::new("jwt_secret", "must not be empty"))
+            }
+            Some(secret) if secret == OLD_DEV_JWT_SECRET => {
+                return Err(ConfigError::new(
+                    "jwt_secret",
+                    "is the old built-in development secret, which is public: set a random one \
+                     (e.g. `openssl rand -hex 32`), or outside production unset it to have one generated",
+                ))
+            }
+            Some(secret)
+                if self.is_production() && secret.len() < MIN_PRODUCTION_SECRET_BYTES =>
+            {
+                return Err(ConfigError::new(
+                    "jwt_secret",
+                    format!(
+                        "must be at least {MIN_PRODUCTION_SECRET_BYTES} bytes when NODE_ENV=production, got {} \
+                         (e.g. `openssl rand -hex 32`)",
+                        secret.len()
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+        if let Some(aud) = &self.jwt_audience {
+            if aud.is_empty() {
+                return Err(ConfigError::new(
+                    "jwt_audience",
+                    "must not be empty (leave it unset to ignore aud)",
+                ));
+            }
+        }
+        if self.jwt_leeway_secs > MAX_JWT_LEEWAY_SECS {
+            return Err(ConfigError::new(
+                "jwt_leeway_secs",
+                format!(
+                    "must be at most {MAX_JWT_LEEWAY_SECS}, got {}",
+                    self.jwt_leeway_secs
+                ),
+            ));
         }
         Ok(())
     }
@@ -343,11 +400,6 @@ impl Config {
             return Err(ConfigError::new("event_retention", "must be at least 1m"));
         }
         Ok(d)
-    }
-
-    /// The HS256 secret in force: the configured one, or the development secret.
-    pub fn jwt_secret(&self) -> &str {
-        self.jwt_secret.as_deref().unwrap_or(DEV_JWT_SECRET)
     }
 
     /// The database in force: `DATABASE_URL`, else the local default
@@ -435,6 +487,36 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(c.validate().unwrap_err().key, "jwt_secret");
+    }
+
+    #[test]
+    fn production_refuses_short_secrets_and_everyone_refuses_the_old_public_one() {
+        let production = |secret: &str| Config {
+            node_env: "production".into(),
+            jwt_secret: Some(secret.into()),
+            ..Config::default()
+        };
+        let short = "x".repeat(MIN_PRODUCTION_SECRET_BYTES - 1);
+        assert_eq!(production(&short).validate().unwrap_err().key, "jwt_secret");
+        production(&"x".repeat(MIN_PRODUCTION_SECRET_BYTES))
+            .validate()
+            .unwrap();
+        for node_env in ["production", "development", "test"] {
+            let c = Config {
+                node_env: node_env.into(),
+                jwt_secret: Some(OLD_DEV_JWT_SECRET.into()),
+                ..Config::default()
+            };
+            let e = c.validate().unwrap_err();
+            assert!(e.problem.contains("public"), "{node_env}: {e}");
+        }
+        // Outside production a short secret is allowed (tests and local tools use them).
+        Config {
+            jwt_secret: Some("short".into()),
+            ..Config::default()
+        }
+        .validate()
+        .unwrap();
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //!   shares the listener's connection when the worker's budget is one connection).
 //! - [`server`]: accepts connections, with a header timeout and a cap on handshakes.
 //! - [`http`]: the routes; `/ws` authenticates ([`auth`]) and upgrades the socket.
+//!   [`secrets`] keeps the secrets pgchat generates for itself (the development JWT
+//!   secret, the private cluster's password) in the data directory.
 //! - [`session`]: one socket. Parses frames into [`protocol::Request`]s and runs them
 //!   through [`requests`], answering in order.
 //! - [`writer`]: a `send` is queued here, committed with the others beside it in one
@@ -46,6 +48,7 @@ pub mod presence;
 pub mod protocol;
 pub mod ratelimit;
 pub mod requests;
+pub mod secrets;
 pub mod server;
 pub mod session;
 pub mod store;

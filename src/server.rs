@@ -13,6 +13,10 @@
 //! - TCP_NODELAY on every socket: a session writes small frames back to back (an event,
 //!   then the reply), and the second would otherwise wait for the client's delayed ACK.
 //!
+//! - every request is logged at debug level with its method, path and status, never its
+//!   query string: browsers pass their token there (`/ws?token=…`), and a log line is read
+//!   by more people, and kept longer, than the token is valid.
+//!
 //! On shutdown the loop stops accepting and asks every connection still speaking HTTP to
 //! finish its request and close; upgraded sockets have left hyper by then (their sessions
 //! are tracked by the application).
@@ -90,6 +94,17 @@ pub async fn serve(
     }
 }
 
+/// The request target for a log line: the path, and of the query only its size. Not the
+/// parameters' names or values: a token may come as `?token=`, `?access_token=`, or
+/// percent-encoded under a name a filter would not recognise, and no list of names to
+/// redact would be sure to catch every way.
+fn loggable_target(uri: &hyper::Uri) -> String {
+    match uri.query() {
+        Some(q) => format!("{}?<query: {} bytes, not logged>", uri.path(), q.len()),
+        None => uri.path().to_string(),
+    }
+}
+
 /// One connection: HTTP/1.1 with upgrades, its handshake slot given back as soon as its
 /// first request's headers are in.
 async fn connection(
@@ -104,7 +119,20 @@ async fn connection(
         // The headers are read: the handshake is over for this connection.
         slot.lock().expect("handshake slot").take();
         let router = router.clone();
-        async move { Ok::<_, Infallible>(router.oneshot(request).await.unwrap_or_else(|e| match e {})) }
+        async move {
+            let started = std::time::Instant::now();
+            let method = request.method().clone();
+            let target = loggable_target(request.uri());
+            let response = router.oneshot(request).await.unwrap_or_else(|e| match e {});
+            tracing::debug!(
+                %method,
+                target,
+                status = response.status().as_u16(),
+                ms = started.elapsed().as_millis() as u64,
+                "request"
+            );
+            Ok::<_, Infallible>(response)
+        }
     });
     let mut builder = http1::Builder::new();
     builder

@@ -80,7 +80,7 @@ async fn supervise(
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("pgchat: {e}");
-            return ExitCode::from(1);
+            return ExitCode::from(e.exit_code());
         }
     };
     let exe = match std::env::current_exe() {

@@ -11,6 +11,7 @@ use super::{
     BenchError, ConnectOptions, DmOptions, GroupOptions, GrowthOptions, IdleOptions, Options,
     Report, Scenario,
 };
+use crate::auth::Authenticator;
 use crate::config::Config;
 
 /// Load a running pgchat server and report latency, throughput and every loss or error.
@@ -119,7 +120,7 @@ fn duration(s: &str) -> Result<Duration, String> {
 
 impl BenchArgs {
     /// The options of this command line, with the configuration's port and secret.
-    pub fn options(&self, config: &Config) -> Options {
+    pub fn options(&self, config: &Config, auth: Authenticator) -> Options {
         let urls = if self.urls.is_empty() {
             vec![format!("ws://127.0.0.1:{}/ws", config.port)]
         } else {
@@ -174,7 +175,7 @@ impl BenchArgs {
         };
         Options {
             urls,
-            secret: config.jwt_secret().to_string(),
+            auth,
             drain: self.drain.unwrap_or(Duration::from_secs(5)),
             quiet: self.quiet,
             threads: self.threads.unwrap_or(1),
@@ -184,7 +185,14 @@ impl BenchArgs {
 }
 
 pub fn main(args: BenchArgs, config: &Config) -> ExitCode {
-    let options = args.options(config);
+    let auth = match Authenticator::from_config(config) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("pgchat bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = args.options(config, auth);
     if let Err(e) = options.validate() {
         eprintln!("pgchat bench: {e}");
         return ExitCode::from(e.exit_code());

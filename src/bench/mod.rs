@@ -50,9 +50,9 @@ pub use report::{Errors, Report};
 pub struct Options {
     /// WebSocket URLs; one per worker when workers listen on their own ports, else one.
     pub urls: Vec<String>,
-    /// Signs the tokens: the server's `JWT_SECRET`.
+    /// Signs the tokens: the server's secret and `jwt_*` rules.
     #[serde(skip)]
-    pub secret: String,
+    pub auth: Authenticator,
     /// How long to wait at the end for acks and deliveries still on their way.
     #[serde(serialize_with = "human")]
     pub drain: Duration,
@@ -310,10 +310,15 @@ impl Ctx {
     fn new(options: &Options) -> Ctx {
         Ctx {
             urls: options.urls.clone(),
-            auth: Authenticator::new(&options.secret),
+            auth: options.auth.clone(),
             prefix: format!("bench{:08x}", rand::random::<u32>()),
             next_user: AtomicUsize::new(0),
-            ttl: Duration::from_secs(24 * 3600),
+            ttl: options
+                .auth
+                .max_ttl()
+                .map_or(Duration::from_secs(24 * 3600), |max| {
+                    max.min(Duration::from_secs(24 * 3600))
+                }),
             drain: options.drain,
             quiet: options.quiet,
             live: Live::default(),
@@ -384,7 +389,7 @@ mod tests {
     fn dm(rate: f64, cross: f64) -> Options {
         Options {
             urls: vec!["ws://127.0.0.1:3000/ws".into()],
-            secret: "s".into(),
+            auth: Authenticator::new("s"),
             drain: Duration::from_secs(1),
             quiet: true,
             threads: 1,

@@ -3,6 +3,16 @@
 //! PostgreSQL refuses to run as root, so as root every command goes through
 //! `runuser -u postgres`. The cluster listens on 127.0.0.1 and keeps its socket in its own
 //! directory, so it never touches the system's `/var/run/postgresql`.
+//!
+//! It admits only its own user: `initdb --auth=scram-sha-256` with a password generated on
+//! first start and kept beside the cluster (`<dir>_password`, i.e.
+//! `<data_dir>/postgres_password`, mode 0600). Without it anyone on the machine could
+//! connect to 127.0.0.1 as the superuser. SCRAM over TCP rather than a Unix socket alone:
+//! the workers of `serve --workers N` and the tests reach the cluster by URL like any
+//! other server, and a socket directory private to the `postgres` user would shut out a
+//! pgchat not running as root. A cluster made by an older pgchat (`--auth=trust`) is
+//! upgraded on its next start: the password is set, every `trust` line of `pg_hba.conf`
+//! becomes `scram-sha-256`, and the configuration is reloaded.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -58,6 +68,28 @@ pub struct Cluster {
     dir: PathBuf,
     port: u16,
     as_postgres: bool,
+    /// The `postgres` role's password (hex, so it needs no escaping in a URL or in SQL).
+    password: String,
+}
+
+/// Where the password of the cluster in `dir` is kept: beside it, outside the directory
+/// that `initdb` wants empty and the `postgres` user owns.
+pub fn password_path(dir: &Path) -> PathBuf {
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    dir.with_file_name(format!("{name}_password"))
+}
+
+/// The URL of database `db` on the private cluster in `dir`, started earlier (by this
+/// process or another) on `port`.
+pub fn url_for(dir: &Path, port: u16, db: &str) -> Result<String, String> {
+    let password = crate::secrets::load_or_create(&password_path(dir))
+        .map_err(|e| e.to_string())?
+        .value;
+    Ok(local_url(&password, port, db))
+}
+
+fn local_url(password: &str, port: u16, db: &str) -> String {
+    format!("postgres://postgres:{password}@127.0.0.1:{port}/{db}")
 }
 
 impl Cluster {
@@ -65,12 +97,16 @@ impl Cluster {
     pub async fn start(bindir: &Path, dir: &Path, port: u16) -> Result<Cluster, String> {
         let bindir = bindir.to_path_buf();
         let dir = std::path::absolute(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        tokio::task::spawn_blocking(move || {
+        let cluster = tokio::task::spawn_blocking(move || {
+            let password = crate::secrets::load_or_create(&password_path(&dir))
+                .map_err(|e| e.to_string())?
+                .value;
             let cluster = Cluster {
                 as_postgres: is_root(),
                 bindir,
                 dir,
                 port,
+                password,
             };
             cluster.init()?;
             cluster.run(
@@ -93,15 +129,62 @@ impl Cluster {
                 ],
             )?;
             tracing::info!(dir = %cluster.dir.display(), port, "private PostgreSQL cluster started");
-            Ok(cluster)
+            Ok::<_, String>(cluster)
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())??;
+        cluster.require_password().await?;
+        Ok(cluster)
     }
 
-    /// The URL of database `db` on this cluster.
+    /// The URL of database `db` on this cluster, with its password.
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+        local_url(&self.password, self.port, db)
+    }
+
+    /// Upgrades a cluster made by an older pgchat with `--auth=trust`: sets the password,
+    /// then makes every `trust` rule of `pg_hba.conf` ask for it. Safe to repeat after a
+    /// crash half-way: the password file was written first, and setting it again is harmless.
+    async fn require_password(&self) -> Result<(), String> {
+        let hba = self.dir.join("pg_hba.conf");
+        let text = std::fs::read_to_string(&hba).map_err(|e| format!("{}: {e}", hba.display()))?;
+        let Some(upgraded) = without_trust(&text) else {
+            return Ok(());
+        };
+        tracing::warn!(
+            dir = %self.dir.display(),
+            "the private cluster admits local users without a password (made by an older \
+             pgchat): setting a password and switching pg_hba.conf to scram-sha-256"
+        );
+        let mut pg = tokio_postgres::Config::new();
+        pg.host("127.0.0.1")
+            .port(self.port)
+            .user("postgres")
+            .dbname("postgres")
+            .connect_timeout(Duration::from_secs(10));
+        let (client, conn) = pg
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| format!("connecting to upgrade authentication: {e}"))?;
+        let driver = tokio::spawn(conn);
+        // The password is hex: it cannot break out of the literal.
+        let sql = format!(
+            "SET password_encryption = 'scram-sha-256'; ALTER ROLE postgres PASSWORD '{}'",
+            self.password
+        );
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| format!("setting the password: {e}"))?;
+        // Truncate and rewrite in place: the file keeps its owner (postgres) and mode.
+        std::fs::write(&hba, upgraded).map_err(|e| format!("{}: {e}", hba.display()))?;
+        client
+            .batch_execute("SELECT pg_reload_conf()")
+            .await
+            .map_err(|e| format!("reloading pg_hba.conf: {e}"))?;
+        drop(client);
+        let _ = driver.await;
+        Ok(())
     }
 
     fn init(&self) -> Result<(), String> {
@@ -109,34 +192,51 @@ impl Cluster {
             return Ok(());
         }
         std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
-        if self.as_postgres {
-            let status = Command::new("chown")
-                .args(["postgres:postgres", &self.dir.to_string_lossy()])
-                .status()
-                .map_err(|e| format!("chown: {e}"))?;
-            if !status.success() {
-                return Err(format!("chown postgres {} failed", self.dir.display()));
-            }
-        }
+        self.give_to_postgres(&self.dir)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700));
         }
-        self.run(
-            "initdb",
-            &[
-                "-D",
-                &self.dir.to_string_lossy(),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-locale",
-                "--no-sync",
-            ],
-        )
+        // initdb reads the password from a file, which the postgres user must be able to
+        // read: a private copy beside the cluster, removed as soon as initdb is done.
+        let pwfile = crate::secrets::temporary_name(&password_path(&self.dir));
+        crate::secrets::write_private(&pwfile, &self.password)
+            .map_err(|e| format!("{}: {e}", pwfile.display()))?;
+        let init = self.give_to_postgres(&pwfile).and_then(|()| {
+            self.run(
+                "initdb",
+                &[
+                    "-D",
+                    &self.dir.to_string_lossy(),
+                    "-U",
+                    "postgres",
+                    "--auth=scram-sha-256",
+                    &format!("--pwfile={}", pwfile.display()),
+                    "-E",
+                    "UTF8",
+                    "--no-locale",
+                    "--no-sync",
+                ],
+            )
+        });
+        let _ = std::fs::remove_file(&pwfile);
+        init
+    }
+
+    /// As root, hands `path` to the postgres user that runs the cluster.
+    fn give_to_postgres(&self, path: &Path) -> Result<(), String> {
+        if !self.as_postgres {
+            return Ok(());
+        }
+        let status = Command::new("chown")
+            .args(["postgres:postgres", &path.to_string_lossy()])
+            .status()
+            .map_err(|e| format!("chown: {e}"))?;
+        if !status.success() {
+            return Err(format!("chown postgres {} failed", path.display()));
+        }
+        Ok(())
     }
 
     fn run(&self, program: &str, args: &[&str]) -> Result<(), String> {
@@ -179,6 +279,28 @@ impl Cluster {
     }
 }
 
+/// `pg_hba.conf` with every `trust` rule asking for a SCRAM password instead, or `None`
+/// when no rule trusts.
+fn without_trust(text: &str) -> Option<String> {
+    let mut changed = false;
+    let mut out = String::with_capacity(text.len() + 64);
+    for line in text.lines() {
+        let rule = line.split('#').next().unwrap_or_default();
+        // The method is the last field of a rule (trust takes no options).
+        if rule.split_whitespace().last() == Some("trust") {
+            let at = rule.rfind("trust").expect("found above");
+            out.push_str(&line[..at]);
+            out.push_str("scram-sha-256");
+            out.push_str(&line[at + "trust".len()..]);
+            changed = true;
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    changed.then_some(out)
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         match self.stop() {
@@ -187,5 +309,23 @@ impl Drop for Cluster {
             }
             Err(e) => tracing::warn!(error = %e, "stopping the private PostgreSQL cluster"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_trust_rules_are_rewritten() {
+        let hba = "# trust is a word in comments\nlocal all all trust\n\
+                   host all all 127.0.0.1/32 trust # trust me\nhost all all ::1/128 scram-sha-256\n";
+        let new = without_trust(hba).unwrap();
+        assert_eq!(
+            new,
+            "# trust is a word in comments\nlocal all all scram-sha-256\n\
+             host all all 127.0.0.1/32 scram-sha-256 # trust me\nhost all all ::1/128 scram-sha-256\n"
+        );
+        assert_eq!(without_trust(&new), None);
     }
 }

@@ -41,6 +41,20 @@ pub enum StartupError {
     Embedded(String),
     #[error("{0}")]
     Bind(String),
+    #[error("JWT secret: {0}")]
+    Secret(String),
+    #[error("DATABASE_URL is unset and nothing answers at {url}: with NODE_ENV=production pgchat never starts its private PostgreSQL cluster; set DATABASE_URL to your database")]
+    EmbeddedInProduction { url: String },
+}
+
+impl StartupError {
+    /// The process's exit code: 2 for what the configuration must fix, else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartupError::EmbeddedInProduction { .. } => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// The database handle every component shares: where queries run (a pool, or the
@@ -248,6 +262,9 @@ async fn locate(config: &Config) -> Result<(String, Option<embedded::Cluster>), 
     let port = config.embedded_port;
     if !config.embedded_postgres || embedded::server_answers("127.0.0.1", port).await {
         return Ok((url, None));
+    }
+    if config.is_production() {
+        return Err(StartupError::EmbeddedInProduction { url: redact(&url) });
     }
     let bindir = match embedded::find_bindir() {
         Some(dir) => dir,

@@ -54,20 +54,29 @@ fn start_private_cluster() -> String {
     );
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pgchat-test-cluster");
     let port = 55432;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        if !pgchat::db::embedded::server_answers("127.0.0.1", port).await {
-            let cluster = pgchat::db::embedded::Cluster::start(&bindir, &dir, port)
-                .await
-                .expect("private test cluster");
-            // Left running on purpose: later test binaries and runs reuse it.
-            std::mem::forget(cluster);
-        }
+    // On a thread of its own: the first caller is usually inside a test's runtime, where
+    // a second runtime may not block.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if !pgchat::db::embedded::server_answers("127.0.0.1", port).await {
+                    let cluster = pgchat::db::embedded::Cluster::start(&bindir, &dir, port)
+                        .await
+                        .expect("private test cluster");
+                    // Left running on purpose: later test binaries and runs reuse it.
+                    std::mem::forget(cluster);
+                }
+            })
+        })
+        .join()
+        .expect("private test cluster")
     });
-    format!("postgres://postgres@127.0.0.1:{port}/postgres")
+    // The cluster asks for its password, kept beside it (by this run or an earlier one).
+    pgchat::db::embedded::url_for(&dir, port, "postgres").expect("the test cluster's password")
 }
 
 fn with_db(url: &str, db: &str) -> String {
@@ -303,6 +312,8 @@ pub fn test_config(db: &TestDb) -> Config {
         node_env: "test".into(),
         database_url: Some(db.url.clone()),
         jwt_secret: Some(SECRET.into()),
+        // Tests that let tokens expire do not wait out a clock leeway.
+        jwt_leeway_secs: 0,
         embedded_postgres: false,
         db_max_connections: 6,
         db_min_connections: 1,
