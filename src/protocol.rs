@@ -123,6 +123,11 @@ checked_string!(
     ClientMsgId,
     |s| bounded_text("client_msg_id", s, MAX_ID_CHARS)
 );
+checked_string!(
+    /// The client's idempotency key for a `group_create`: 1..64 characters.
+    ClientOpId,
+    |s| bounded_text("client_op_id", s, MAX_ID_CHARS)
+);
 
 /// A message body. Its length limit is configurable, so it is checked where the
 /// configuration is known ([`Request::parse`]), not on deserialising.
@@ -181,10 +186,13 @@ pub enum Request {
     GroupCreate {
         name: GroupName,
         members: Vec<UserId>,
+        client_op_id: Option<ClientOpId>,
     },
     GroupAdd {
         conversation: ConversationId,
         users: Vec<UserId>,
+        /// Also make the users admins (only an admin may).
+        admin: bool,
     },
     GroupRemove {
         conversation: ConversationId,
@@ -255,12 +263,14 @@ struct HistoryFields {
 struct GroupCreateFields {
     name: GroupName,
     members: Vec<Value>,
+    client_op_id: Option<ClientOpId>,
 }
 
 #[derive(Deserialize)]
 struct GroupUsersFields {
     conversation: ConversationId,
     users: Vec<Value>,
+    admin: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -438,6 +448,7 @@ impl Request {
                 Ok(Request::GroupCreate {
                     name: f.name,
                     members,
+                    client_op_id: f.client_op_id,
                 })
             }
             "group_add" | "group_remove" => {
@@ -452,6 +463,7 @@ impl Request {
                     Request::GroupAdd {
                         conversation: f.conversation,
                         users,
+                        admin: f.admin.unwrap_or(false),
                     }
                 } else {
                     Request::GroupRemove {
