@@ -53,7 +53,7 @@ CREATE UNIQUE INDEX conversations_by_op ON pgchat.conversations (created_by, cli
 
 -- Membership, and each member's read marker: it never moves backwards, and moves to every
 -- message the member sends, so that a conversation's unread count is last_cseq - read_cseq.
--- admin: may remove other members and name admins (a group's creator is one).
+-- admin: may remove other members (a group's creator is one, and names the others).
 CREATE TABLE pgchat.members (
     conversation_id text NOT NULL REFERENCES pgchat.conversations (id),
     user_id         text NOT NULL REFERENCES pgchat.users (id),
@@ -269,8 +269,8 @@ $$;
 -- created; the others still commit.
 --
 -- Who may do what in a group: any member may add members and leave; only an admin (the
--- creator, and those an admin names with group_add's admin flag) may remove others or name
--- admins; nobody but the creator can take the creator out of the group.
+-- creator, and those the creator names with group_add's admin flag) may remove others;
+-- only the creator names admins; nobody but the creator can take the creator out.
 --
 -- Lock order, the same in every transaction that allocates seq or cseq (so concurrent
 -- batches never deadlock): new users rows (by id), new direct conversations (by key), the
@@ -663,9 +663,9 @@ BEGIN
                 o_code[pos] := 'bad_request';
                 o_detail[pos] := format('%s: %s is a direct conversation; its members are fixed',
                                       c_kind[pos], to_json(cid));
-            ELSIF c_kind[pos] = 'group_add' AND c_num[pos] = 1 AND NOT crow.admin THEN
+            ELSIF c_kind[pos] = 'group_add' AND c_num[pos] = 1 AND crow.created_by IS DISTINCT FROM actor THEN
                 o_code[pos] := 'forbidden';
-                o_detail[pos] := format('group_add: only an admin of %s may name admins', to_json(cid));
+                o_detail[pos] := format('group_add: only the creator of %s may name admins', to_json(cid));
             ELSIF c_kind[pos] = 'group_add' THEN
                 members_now := ARRAY(SELECT m.user_id FROM pgchat.members m
                                      WHERE m.conversation_id = cid);

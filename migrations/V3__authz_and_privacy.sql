@@ -127,8 +127,8 @@ $$;
 -- created; the others still commit.
 --
 -- Who may do what in a group: any member may add members and leave; only an admin (the
--- creator, and those an admin names with group_add's admin flag) may remove others or name
--- admins; nobody but the creator can take the creator out of the group.
+-- creator, and those the creator names with group_add's admin flag) may remove others;
+-- only the creator names admins; nobody but the creator can take the creator out.
 --
 -- Lock order, the same in every transaction that allocates seq or cseq (so concurrent
 -- batches never deadlock): new users rows (by id), new direct conversations (by key), the
@@ -521,9 +521,9 @@ BEGIN
                 o_code[pos] := 'bad_request';
                 o_detail[pos] := format('%s: %s is a direct conversation; its members are fixed',
                                       c_kind[pos], to_json(cid));
-            ELSIF c_kind[pos] = 'group_add' AND c_num[pos] = 1 AND NOT crow.admin THEN
+            ELSIF c_kind[pos] = 'group_add' AND c_num[pos] = 1 AND crow.created_by IS DISTINCT FROM actor THEN
                 o_code[pos] := 'forbidden';
-                o_detail[pos] := format('group_add: only an admin of %s may name admins', to_json(cid));
+                o_detail[pos] := format('group_add: only the creator of %s may name admins', to_json(cid));
             ELSIF c_kind[pos] = 'group_add' THEN
                 members_now := ARRAY(SELECT m.user_id FROM pgchat.members m
                                      WHERE m.conversation_id = cid);

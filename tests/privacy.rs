@@ -173,6 +173,12 @@ async fn only_admins_remove_others_and_anyone_may_leave() {
         "forbidden",
     )
     .await;
+    // Only the creator names admins.
+    bob.err(
+        json!({"type": "group_add", "conversation": g, "users": ["dave"], "admin": true}),
+        "forbidden",
+    )
+    .await;
 
     // Anyone may leave, by group_leave or by removing only themself.
     let mut dave = app.connect("dave").await;

@@ -161,11 +161,15 @@ pub const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 /// subscriber): `(subscriber, users[])`. Per user, its memberships by the user index, each
 /// probed for the subscriber by primary key, stopping at the first shared one.
 pub const SHARING: &str = "SELECT k.u FROM unnest($2::text[]) AS k(u)
-     WHERE k.u = $1 OR EXISTS (
+     CROSS JOIN LATERAL (
          SELECT 1 FROM pgchat.members mu
          WHERE mu.user_id = k.u
-           AND EXISTS (SELECT 1 FROM pgchat.members me
-                       WHERE me.conversation_id = mu.conversation_id AND me.user_id = $1))";
+           AND (SELECT 1 FROM pgchat.members me
+                WHERE me.conversation_id = mu.conversation_id AND me.user_id = $1
+                LIMIT 1) IS NOT NULL
+         LIMIT 1) shared
+     UNION
+     SELECT $1 WHERE $1 = ANY ($2::text[])";
 
 /// Presence: when users were last seen: `(users[])`.
 pub const LAST_SEEN: &str = "SELECT k.u, (SELECT last_seen FROM pgchat.users WHERE id = k.u)
