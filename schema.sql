@@ -1,4 +1,4 @@
--- pgchat schema: the whole of what pgchat stores, at the current version (2).
+-- pgchat schema: the whole of what pgchat stores, at the current version (3).
 --
 -- A new database is built from this file; an existing one is brought here by the
 -- migrations in migrations/ (each run once, in order, under an advisory lock). A test
@@ -44,16 +44,22 @@ CREATE TABLE pgchat.conversations (
     version    bigint NOT NULL DEFAULT 0,
     created_by text REFERENCES pgchat.users (id),
     created_at timestamptz NOT NULL DEFAULT now(),
+    client_op_id text,
     CHECK ((kind = 'direct') = (direct_key IS NOT NULL))
 );
+-- group_create's idempotency key: the same creator and client_op_id find the same group.
+CREATE UNIQUE INDEX conversations_by_op ON pgchat.conversations (created_by, client_op_id)
+    WHERE client_op_id IS NOT NULL;
 
 -- Membership, and each member's read marker: it never moves backwards, and moves to every
 -- message the member sends, so that a conversation's unread count is last_cseq - read_cseq.
+-- admin: may remove other members (a group's creator is one, and names the others).
 CREATE TABLE pgchat.members (
     conversation_id text NOT NULL REFERENCES pgchat.conversations (id),
     user_id         text NOT NULL REFERENCES pgchat.users (id),
     read_cseq       bigint NOT NULL DEFAULT 0,
     joined_at       timestamptz NOT NULL DEFAULT now(),
+    admin           boolean NOT NULL DEFAULT false,
     PRIMARY KEY (conversation_id, user_id)
 );
 CREATE INDEX members_by_user ON pgchat.members (user_id, conversation_id);
@@ -74,10 +80,11 @@ CREATE TABLE pgchat.messages (
 
 -- The durable per-user event stream (the seed's event_queue). A message event points at
 -- its message instead of copying it, so a group message is stored once however many
--- members it reaches. A conversation event points at its conversation and is rendered
--- with the conversation's current name and members when replayed (a group of 1000 would
--- otherwise store 1000 copies of a 1000-member list); removed and read events carry their
--- few fields in payload. message_id has no foreign key on purpose: the writer inserts both
+-- members it reaches. A conversation event points at the conversation's state right after
+-- the change (conversation_states, by conversation_version), stored once per change
+-- however many members it reaches, so that a replay shows what the member saw then and
+-- never who joined after they left; removed and read events carry their few fields in
+-- payload. message_id has no foreign key on purpose: the writer inserts both
 -- in one transaction, messages are never deleted, and a key would cost an index lookup per
 -- fanned-out row. created_at is indexed for retention, which deletes the oldest rows in
 -- bounded batches (pgchat.prune_events).
@@ -89,9 +96,23 @@ CREATE TABLE pgchat.event_queue (
     conversation_id text,
     payload         jsonb,
     created_at      timestamptz NOT NULL DEFAULT now(),
+    conversation_version bigint,
     PRIMARY KEY (user_id, seq)
 );
 CREATE INDEX event_queue_by_age ON pgchat.event_queue (created_at);
+
+-- A conversation as the wire showed it right after each change of its name or members
+-- (conversation_json), what its `conversation` events show when replayed. Written in the
+-- transaction of its events, with the same created_at; retention deletes a state once no
+-- event can point at it (older than every event left).
+CREATE TABLE pgchat.conversation_states (
+    conversation_id text NOT NULL,
+    version         bigint NOT NULL,
+    state           jsonb NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (conversation_id, version)
+);
+CREATE INDEX conversation_states_by_age ON pgchat.conversation_states (created_at);
 
 -- How far retention pruned each stream: a resume from before `through` gets
 -- resync_required. Kept apart from users so that pruning never locks a row writers lock.
@@ -130,23 +151,30 @@ CREATE TABLE pgchat.settings (
 );
 INSERT INTO pgchat.settings DEFAULT VALUES;
 
--- A conversation as the wire shows it: {"id","kind","name","members"}.
+-- A conversation as the wire shows it: {"id","kind","name","members"}, and for a group
+-- "admins" (the members who may remove others and name admins).
 CREATE FUNCTION pgchat.conversation_json(p_id text) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object(
         'id', c.id, 'kind', c.kind, 'name', c.name,
         'members', coalesce((SELECT jsonb_agg(m.user_id ORDER BY m.user_id)
                              FROM pgchat.members m WHERE m.conversation_id = c.id), '[]'))
+        || CASE WHEN c.kind = 'group' THEN jsonb_build_object(
+               'admins', coalesce((SELECT jsonb_agg(m.user_id ORDER BY m.user_id)
+                                   FROM pgchat.members m
+                                   WHERE m.conversation_id = c.id AND m.admin), '[]'))
+           ELSE '{}' END
     FROM pgchat.conversations c WHERE c.id = p_id
 $$;
 
 -- Appends one event to each of p_users' streams (their rows are locked by the caller,
 -- seq = head + 1) and to the caller's lists of events (e_*), which it returns extended.
+-- p_version: the conversation_states version a conversation event shows.
 CREATE FUNCTION pgchat.append_events(
     INOUT e_user text[], INOUT e_seq bigint[], INOUT e_cmd integer[], INOUT e_kind text[],
     INOUT e_fields jsonb[],
     p_users text[], p_kind text, p_conversation text, p_payload jsonb, p_fields jsonb,
-    p_cmd integer)
+    p_cmd integer, p_version bigint DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 DECLARE
     users text[];
@@ -157,8 +185,9 @@ BEGIN
         WHERE u.id = ANY (p_users)
         RETURNING u.id, u.head
     ), ins AS (
-        INSERT INTO pgchat.event_queue (user_id, seq, kind, conversation_id, payload)
-        SELECT id, head, p_kind, p_conversation, p_payload FROM up
+        INSERT INTO pgchat.event_queue (user_id, seq, kind, conversation_id, payload,
+                                        conversation_version)
+        SELECT id, head, p_kind, p_conversation, p_payload, p_version FROM up
     )
     SELECT coalesce(array_agg(id ORDER BY id), '{}'), coalesce(array_agg(head ORDER BY id), '{}')
     INTO users, seqs FROM up;
@@ -170,19 +199,25 @@ BEGIN
 END
 $$;
 
--- Tells every member of conversation p_id its state now (a `conversation` event each);
--- returns that state.
+-- Tells every member of conversation p_id its state now (a `conversation` event each),
+-- records that state once for replays (conversation_states, at the conversation's
+-- version, which the caller has just bumped); returns that state.
 CREATE FUNCTION pgchat.announce(
     INOUT e_user text[], INOUT e_seq bigint[], INOUT e_cmd integer[], INOUT e_kind text[],
     INOUT e_fields jsonb[], p_id text, p_cmd integer, OUT conversation jsonb)
 LANGUAGE plpgsql AS $$
+DECLARE
+    v bigint;
 BEGIN
     conversation := pgchat.conversation_json(p_id);
+    SELECT c.version INTO v FROM pgchat.conversations c WHERE c.id = p_id;
+    INSERT INTO pgchat.conversation_states (conversation_id, version, state)
+    VALUES (p_id, v, conversation);
     SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields
     FROM pgchat.append_events(e_user, e_seq, e_cmd, e_kind, e_fields,
                               ARRAY(SELECT jsonb_array_elements_text(conversation -> 'members')),
                               'conversation', p_id, NULL,
-                              jsonb_build_object('conversation', conversation), p_cmd);
+                              jsonb_build_object('conversation', conversation), p_cmd, v);
 END
 $$;
 
@@ -224,13 +259,18 @@ $$;
 --   c_conv   the conversation (send, group_add/remove/leave, read)
 --   c_to     the recipient of a direct send (instead of c_conv)
 --   c_text   the body (send) or the name (group_create)
---   c_key    the client_msg_id (send)
---   c_num    the cseq (read)
+--   c_key    the client_msg_id (send), or the optional client_op_id (group_create)
+--   c_num    the cseq (read); 1 for a group_add that also makes the users admins
 --   u_cmd, u_user: the user lists of group_create/add/remove as (command index, user).
 -- Inputs are validated by the caller (ids, lengths), which also never puts two sends with
 -- the same (sender, client_msg_id) in one batch; what needs the database (existence,
--- membership, sizes, a key already stored) is checked here. A refused command gets o_code/o_detail and changes
--- nothing; the others still commit.
+-- membership, admin rights, sizes, a key already stored) is checked here. A refused command
+-- gets o_code/o_detail and changes nothing, not even the users rows its ids would have
+-- created; the others still commit.
+--
+-- Who may do what in a group: any member may add members and leave; only an admin (the
+-- creator, and those the creator names with group_add's admin flag) may remove others;
+-- only the creator names admins; nobody but the creator can take the creator out.
 --
 -- Lock order, the same in every transaction that allocates seq or cseq (so concurrent
 -- batches never deadlock): new users rows (by id), new direct conversations (by key), the
@@ -276,6 +316,7 @@ DECLARE
     keys text[];
     missing text[] := '{}';
     new_directs text[] := '{}';
+    fresh_users text[] := '{}';
     lockset text[];
     pos integer;
     upto integer;
@@ -285,8 +326,11 @@ DECLARE
     listed text[];
     members_now text[];
     gone text[];
+    promoted text[];
+    retried boolean;
     cj jsonb;
     payload jsonb;
+    stamp timestamptz;
     s_i integer[]; s_code text[]; s_detail text[]; s_id bigint[]; s_conv text[]; s_cseq bigint[];
     s_at timestamptz[]; s_name text[]; s_body text[];
     s_e_user text[]; s_e_seq bigint[]; s_e_cmd integer[];
@@ -312,19 +356,24 @@ BEGIN
     IF cardinality(array_remove(c_to, NULL)) > 0 THEN
         SELECT array_agg(coalesce(z.c, d.id) ORDER BY z.k),
                array_agg(DISTINCT z.key) FILTER (WHERE z.key IS NOT NULL AND z.c IS NULL
-                                                 AND d.id IS NULL),
+                                                 AND d.id IS NULL AND p.id IS NULL),
                array_agg(z.key ORDER BY z.k)
         INTO conv_of, missing, keys
-        FROM (SELECT z.c, z.k, CASE WHEN z.t IS NULL THEN NULL
+        FROM (SELECT z.c, z.k, z.a, z.ck, CASE WHEN z.t IS NULL THEN NULL
                                     WHEN z.a <= z.t THEN z.a || E'\n' || z.t
                                     ELSE z.t || E'\n' || z.a END AS key
-              FROM unnest(c_conv, c_actor, c_to) WITH ORDINALITY AS z(c, a, t, k)) z
+              FROM unnest(c_conv, c_actor, c_to, c_key) WITH ORDINALITY AS z(c, a, t, ck, k)) z
         LEFT JOIN LATERAL (SELECT c.id FROM pgchat.conversations c
-                           WHERE z.key IS NOT NULL AND c.direct_key = z.key LIMIT 1) d ON true;
+                           WHERE z.key IS NOT NULL AND c.direct_key = z.key LIMIT 1) d ON true
+        -- A retried send (its key is stored) returns its first message: it creates nothing.
+        LEFT JOIN LATERAL (SELECT m.id FROM pgchat.messages m
+                           WHERE z.key IS NOT NULL AND d.id IS NULL
+                             AND m.sender_id = z.a AND m.client_msg_id = z.ck LIMIT 1) p ON true;
     END IF;
 
     -- 2. New users get a stream (lock order 1): the two of a new direct conversation, and
-    -- those named by group commands.
+    -- those named by group commands. Those that no command ends up using (a refused
+    -- group_add, a group_create retried) are deleted again before the end (step 8).
     IF cardinality(missing) > 0 OR array_position(c_kind, 'group_create') IS NOT NULL
        OR array_position(c_kind, 'group_add') IS NOT NULL THEN
         named := ARRAY(
@@ -336,8 +385,12 @@ BEGIN
                 UNION ALL
                 SELECT t.a FROM unnest(c_kind, c_actor) AS t(k, a) WHERE t.k = 'group_create'
             ) s ORDER BY x);
-        INSERT INTO pgchat.users (id) SELECT x FROM unnest(named) AS x ORDER BY x
-        ON CONFLICT (id) DO NOTHING;
+        WITH ins AS (
+            INSERT INTO pgchat.users (id) SELECT x FROM unnest(named) AS x ORDER BY x
+            ON CONFLICT (id) DO NOTHING
+            RETURNING id
+        )
+        SELECT coalesce(array_agg(id), '{}') INTO fresh_users FROM ins;
     END IF;
 
     -- 3. New direct conversations, created in key order (lock order 2), with their members
@@ -404,6 +457,10 @@ BEGIN
             WHILE upto < ncmds AND c_kind[upto + 1] = 'send' LOOP
                 upto := upto + 1;
             END LOOP;
+            -- The messages' time: the database's clock now, under the conversations' locks,
+            -- so that created_at follows cseq in each conversation (now() is when the
+            -- transaction began, which may be before an earlier message's commit).
+            stamp := clock_timestamp();
             -- The run pos..upto, in one statement: each send is checked (the conversation
             -- exists, the sender is a member), deduplicated by (sender, client_msg_id)
             -- against what is stored, numbered (cseq per
@@ -444,7 +501,7 @@ BEGIN
             ), stored AS (
                 INSERT INTO pgchat.messages (id, conversation_id, cseq, sender_id, body, client_msg_id,
                                              created_at)
-                SELECT id, conv, cseq, sender, body, ckey, now() FROM ids WHERE fresh
+                SELECT id, conv, cseq, sender, body, ckey, stamp FROM ids WHERE fresh
             ), recipients AS (
                 SELECT f.i, f.id, f.conv, m.user_id FROM ids f
                 CROSS JOIN LATERAL (SELECT user_id FROM pgchat.members
@@ -497,7 +554,7 @@ BEGIN
                     array_agg(coalesce(p_id, id)),
                     array_agg(CASE WHEN p_id IS NOT NULL THEN p_conv WHEN fresh THEN conv END),
                     array_agg(coalesce(p_cseq, cseq)),
-                    array_agg(CASE WHEN p_id IS NOT NULL THEN p_at WHEN fresh THEN now() END),
+                    array_agg(CASE WHEN p_id IS NOT NULL THEN p_at WHEN fresh THEN stamp END),
                     array_agg(sender_name),
                     array_agg(p_body)
                 FROM (SELECT * FROM ids ORDER BY i) x
@@ -542,20 +599,42 @@ BEGIN
         cid := conv_of[pos];
         listed := ARRAY(SELECT DISTINCT t.u FROM unnest(u_cmd, u_user) AS t(ci, u)
                         WHERE t.ci = pos ORDER BY t.u);
-        IF c_kind[pos] = 'group_create' THEN
+        cid := CASE WHEN c_kind[pos] = 'group_create' AND c_key[pos] IS NOT NULL THEN
+                   (SELECT c.id FROM pgchat.conversations c
+                    WHERE c.created_by = actor AND c.client_op_id = c_key[pos])
+               ELSE cid END;
+        retried := c_kind[pos] = 'group_create' AND cid IS NOT NULL;
+        IF retried THEN
+            -- A retry (the same creator and client_op_id): the group as the first reply
+            -- showed it, with nothing created; once that state is past retention, the group
+            -- now, if the creator still belongs to it.
+            o_conv[pos] := (SELECT s.state FROM pgchat.conversation_states s
+                            WHERE s.conversation_id = cid AND s.version = 1);
+            IF o_conv[pos] IS NULL THEN
+                IF EXISTS (SELECT 1 FROM pgchat.members m
+                           WHERE m.conversation_id = cid AND m.user_id = actor) THEN
+                    o_conv[pos] := pgchat.conversation_json(cid);
+                ELSE
+                    o_code[pos] := 'forbidden';
+                    o_detail[pos] := format('group_create: client_op_id %s made group %s, which you have left',
+                                          to_json(c_key[pos]), to_json(cid));
+                END IF;
+            END IF;
+        ELSIF c_kind[pos] = 'group_create' THEN
             cid := 'g' || nextval('pgchat.conversation_ids');
-            INSERT INTO pgchat.conversations (id, kind, name, created_by, version)
-            VALUES (cid, 'group', c_text[pos], actor, 1);
-            INSERT INTO pgchat.members (conversation_id, user_id)
-            SELECT DISTINCT cid, x FROM unnest(listed || actor) AS x;
+            INSERT INTO pgchat.conversations (id, kind, name, created_by, version, client_op_id)
+            VALUES (cid, 'group', c_text[pos], actor, 1, c_key[pos]);
+            INSERT INTO pgchat.members (conversation_id, user_id, admin)
+            SELECT DISTINCT cid, x, x = actor FROM unnest(listed || actor) AS x;
             SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields, cj
             FROM pgchat.announce(e_user, e_seq, e_cmd, e_kind, e_fields, cid, pos);
             o_conv[pos] := cj;
         ELSE
-            SELECT c.kind, c.last_cseq, c.version, m.read_cseq AS marker
+            SELECT c.kind, c.last_cseq, c.version, c.created_by, m.read_cseq AS marker,
+                   m.admin
             INTO crow
             FROM pgchat.conversations c
-            LEFT JOIN LATERAL (SELECT m.read_cseq FROM pgchat.members m
+            LEFT JOIN LATERAL (SELECT m.read_cseq, m.admin FROM pgchat.members m
                                WHERE m.conversation_id = c.id AND m.user_id = actor LIMIT 1) m ON true
             WHERE c.id = cid;
             IF NOT FOUND THEN
@@ -584,17 +663,28 @@ BEGIN
                 o_code[pos] := 'bad_request';
                 o_detail[pos] := format('%s: %s is a direct conversation; its members are fixed',
                                       c_kind[pos], to_json(cid));
+            ELSIF c_kind[pos] = 'group_add' AND c_num[pos] = 1 AND crow.created_by IS DISTINCT FROM actor THEN
+                o_code[pos] := 'forbidden';
+                o_detail[pos] := format('group_add: only the creator of %s may name admins', to_json(cid));
             ELSIF c_kind[pos] = 'group_add' THEN
                 members_now := ARRAY(SELECT m.user_id FROM pgchat.members m
                                      WHERE m.conversation_id = cid);
+                -- With the admin flag, members not yet admins become admins.
+                promoted := CASE WHEN c_num[pos] = 1 THEN
+                            ARRAY(SELECT m.user_id FROM pgchat.members m
+                                  WHERE m.conversation_id = cid AND m.user_id = ANY (listed)
+                                    AND NOT m.admin)
+                        ELSE '{}' END;
                 listed := ARRAY(SELECT x FROM unnest(listed) AS x WHERE x <> ALL (members_now));
                 IF cardinality(members_now) + cardinality(listed) > p_max_members THEN
                     o_code[pos] := 'too_large';
                     o_detail[pos] := format('group_add: the group would have %s members; the limit is %s',
                                           cardinality(members_now) + cardinality(listed), p_max_members);
-                ELSIF cardinality(listed) > 0 THEN
-                    INSERT INTO pgchat.members (conversation_id, user_id)
-                    SELECT cid, x FROM unnest(listed) AS x;
+                ELSIF cardinality(listed) + cardinality(promoted) > 0 THEN
+                    INSERT INTO pgchat.members (conversation_id, user_id, admin)
+                    SELECT cid, x, coalesce(c_num[pos] = 1, false) FROM unnest(listed) AS x;
+                    UPDATE pgchat.members SET admin = true
+                    WHERE conversation_id = cid AND user_id = ANY (promoted);
                     UPDATE pgchat.conversations SET version = version + 1 WHERE id = cid;
                     SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields, cj
                     FROM pgchat.announce(e_user, e_seq, e_cmd, e_kind, e_fields, cid, pos);
@@ -612,7 +702,16 @@ BEGIN
                                   WHERE m.conversation_id = cid AND m.user_id = ANY (listed)
                                   ORDER BY m.user_id);
                 END IF;
-                IF cardinality(gone) > 0 THEN
+                IF gone <> ARRAY[actor] AND cardinality(gone) > 0 AND NOT crow.admin THEN
+                    o_code[pos] := 'forbidden';
+                    o_detail[pos] := format('group_remove: only an admin of %s may remove others; '
+                                          'anyone may leave', to_json(cid));
+                ELSIF crow.created_by = ANY (gone) AND crow.created_by <> actor THEN
+                    o_code[pos] := 'forbidden';
+                    o_detail[pos] := format('group_remove: %s created %s: only they can take '
+                                          'themself out (group_leave)', to_json(crow.created_by),
+                                          to_json(cid));
+                ELSIF cardinality(gone) > 0 THEN
                     DELETE FROM pgchat.members
                     WHERE conversation_id = cid AND user_id = ANY (gone);
                     UPDATE pgchat.conversations SET version = version + 1 WHERE id = cid;
@@ -623,13 +722,13 @@ BEGIN
                     SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields, cj
                     FROM pgchat.announce(e_user, e_seq, e_cmd, e_kind, e_fields, cid, pos);
                 END IF;
-                IF c_kind[pos] = 'group_remove' THEN
+                IF c_kind[pos] = 'group_remove' AND o_code[pos] IS NULL THEN
                     o_conv[pos] := pgchat.conversation_json(cid);
                 END IF;
             END IF;
         END IF;
         -- The conversation's state after a group command, for the caller's cache.
-        IF o_code[pos] IS NULL AND c_kind[pos] <> 'read' THEN
+        IF o_code[pos] IS NULL AND c_kind[pos] <> 'read' AND NOT retried THEN
             SELECT c.version, c.last_cseq INTO crow FROM pgchat.conversations c WHERE c.id = cid;
             v_id := v_id || cid;
             v_version := v_version || crow.version;
@@ -639,7 +738,14 @@ BEGIN
         pos := pos + 1;
     END LOOP;
 
-    -- 8. One notification for the whole batch, delivered at commit.
+    -- 8. Users this batch created for commands that were refused (no event reached them,
+    -- so nothing refers to them) go again: a refused command stores nothing. Rows this
+    -- transaction inserted: no one else has seen or locked them.
+    IF cardinality(fresh_users) > 0 THEN
+        DELETE FROM pgchat.users u WHERE u.id = ANY (fresh_users) AND u.head = 0;
+    END IF;
+
+    -- 9. One notification for the whole batch, delivered at commit.
     IF cardinality(e_user) > 0 OR cardinality(v_id) > 0 THEN
         PERFORM pg_notify('pgchat', pgchat.events_notice(p_worker, e_user, e_seq, v_id, v_version));
     END IF;
@@ -762,7 +868,9 @@ RETURNS jsonb LANGUAGE sql AS $$
 $$;
 
 -- Retention: deletes up to p_limit events older than p_older_than, oldest first, and
--- records how far each stream was pruned. Returns how many it deleted, or -1 when another
+-- records how far each stream was pruned; then up to p_limit conversation states older
+-- than every event left (none can point at them: a state and its events share their
+-- transaction's created_at). Returns how many rows it deleted, or -1 when another
 -- process is pruning (one at a time, by an advisory lock held to commit). Bounded and
 -- keyed (the created_at index, then the rows' ctids), so it never scans a table, and it
 -- touches only rows that no writer touches, so it never stalls one.
@@ -787,8 +895,19 @@ BEGIN
         ON CONFLICT (user_id) DO UPDATE SET through = greatest(p.through, EXCLUDED.through)
     )
     SELECT count(*) INTO deleted FROM gone;
+    WITH gone AS (
+        DELETE FROM pgchat.conversation_states s
+        WHERE s.ctid = ANY (ARRAY(
+            SELECT x.ctid FROM pgchat.conversation_states x
+            WHERE x.created_at < now() - p_older_than
+              AND x.created_at < coalesce((SELECT min(e.created_at) FROM pgchat.event_queue e),
+                                          'infinity')
+            ORDER BY x.created_at LIMIT p_limit))
+        RETURNING 1
+    )
+    SELECT deleted + count(*) INTO deleted FROM gone;
     RETURN deleted;
 END
 $$;
 
-INSERT INTO public.pgchat_schema (version) VALUES (1), (2);
+INSERT INTO public.pgchat_schema (version) VALUES (1), (2), (3);

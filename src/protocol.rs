@@ -125,6 +125,11 @@ checked_string!(
     ClientMsgId,
     |s| bounded_text("client_msg_id", s, MAX_ID_CHARS)
 );
+checked_string!(
+    /// The client's idempotency key for a `group_create`: 1..64 characters.
+    ClientOpId,
+    |s| bounded_text("client_op_id", s, MAX_ID_CHARS)
+);
 
 /// A message body. Its length limit is configurable, so it is checked where the
 /// configuration is known ([`Request::parse`]), not on deserialising.
@@ -189,10 +194,13 @@ pub enum Request {
     GroupCreate {
         name: GroupName,
         members: Vec<UserId>,
+        client_op_id: Option<ClientOpId>,
     },
     GroupAdd {
         conversation: ConversationId,
         users: Vec<UserId>,
+        /// Also make the users admins (only an admin may).
+        admin: bool,
     },
     GroupRemove {
         conversation: ConversationId,
@@ -270,12 +278,14 @@ struct MembersFields {
 struct GroupCreateFields {
     name: GroupName,
     members: Vec<Value>,
+    client_op_id: Option<ClientOpId>,
 }
 
 #[derive(Deserialize)]
 struct GroupUsersFields {
     conversation: ConversationId,
     users: Vec<Value>,
+    admin: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -467,6 +477,7 @@ impl Request {
                 Ok(Request::GroupCreate {
                     name: f.name,
                     members,
+                    client_op_id: f.client_op_id,
                 })
             }
             "group_add" | "group_remove" => {
@@ -481,6 +492,7 @@ impl Request {
                     Request::GroupAdd {
                         conversation: f.conversation,
                         users,
+                        admin: f.admin.unwrap_or(false),
                     }
                 } else {
                     Request::GroupRemove {

@@ -32,18 +32,25 @@ pub async fn handle(app: &App, user: &UserId, request: Request) -> Result<Value,
                 client_msg_id,
             }
         }
-        Request::GroupCreate { name, members } => Command::GroupCreate {
+        Request::GroupCreate {
+            name,
+            members,
+            client_op_id,
+        } => Command::GroupCreate {
             creator: user.clone(),
             name,
             members,
+            client_op_id,
         },
         Request::GroupAdd {
             conversation,
             users,
+            admin,
         } => Command::GroupAdd {
             actor: user.clone(),
             conversation,
             users,
+            admin,
         },
         Request::GroupRemove {
             conversation,

@@ -52,6 +52,8 @@ enum End {
     Expired,
     TooBig,
     Overflow,
+    /// Events after the cursor were pruned by retention before this session sent them.
+    Pruned,
     Dead,
     Internal,
 }
@@ -202,6 +204,7 @@ pub async fn run(socket: WebSocket, app: App, identity: Identity, sub: Subscript
         identity,
         sub,
         cursor: head,
+        stalled: false,
         pending: FuturesOrdered::new(),
         typing: HashMap::new(),
         watching: HashSet::new(),
@@ -255,6 +258,9 @@ struct Session {
     sub: Subscription,
     /// The last seq this session has queued for its client.
     cursor: i64,
+    /// A resume was answered `resync_required`: no events go out until the next resume
+    /// succeeds (the client is fetching its state afresh).
+    stalled: bool,
     pending: FuturesOrdered<BoxFuture<'static, Reply>>,
     outbox: Outbox,
     /// Reading stops until then: the client's pings and pongs ran out of rate.
@@ -491,7 +497,22 @@ impl Session {
     }
 
     /// `presence_subscribe`: watch `users` (adding to what this session already watches).
-    async fn watch(&mut self, users: Vec<UserId>) -> Result<serde_json::Value, ApiError> {
+    /// Unless presence is open, only users who share a conversation with this one (checked
+    /// now) are watched; the others are reported `unknown` and never announced.
+    async fn watch(&mut self, requested: Vec<UserId>) -> Result<serde_json::Value, ApiError> {
+        let visible: HashSet<String> = if self.app.config.presence_open {
+            requested.iter().map(|u| u.as_str().to_string()).collect()
+        } else {
+            store::sharing_a_conversation(&self.app.db, &self.identity.user, &requested)
+                .await?
+                .into_iter()
+                .collect()
+        };
+        let users: Vec<UserId> = requested
+            .iter()
+            .filter(|u| visible.contains(u.as_str()))
+            .cloned()
+            .collect();
         let max = self.app.config.max_presence_users;
         let new = users
             .iter()
@@ -508,12 +529,21 @@ impl Session {
         }
         self.watching
             .extend(users.iter().map(|u| u.as_str().to_string()));
-        let snapshot = self
+        let mut snapshot = self
             .app
             .presence
             .subscribe(self.sub.session, &self.sub.ephemeral_tx, &users)
-            .await?;
-        Ok(json!({ "presence": snapshot }))
+            .await?
+            .into_iter();
+        // In the order asked, the hidden ones as `unknown`.
+        let presence: Vec<serde_json::Value> = requested
+            .iter()
+            .map(|u| match visible.contains(u.as_str()) {
+                true => snapshot.next().unwrap_or_default(),
+                false => json!({ "user": u, "status": "unknown" }),
+            })
+            .collect();
+        Ok(json!({ "presence": presence }))
     }
 
     /// Replays every event after `after`, then reports the head reached.
@@ -523,12 +553,7 @@ impl Session {
             Err(e) => return Ok(Err(e.into())),
         };
         if after < pruned {
-            return Ok(Err(ApiError::new(
-                Code::ResyncRequired,
-                format!(
-                    "events up to seq {pruned} were pruned: fetch conversations and history afresh, then resume from head"
-                ),
-            )));
+            return Ok(Err(resync_required(after)));
         }
         if after > head {
             return Ok(Err(ApiError::bad_request(format!(
@@ -536,9 +561,15 @@ impl Session {
             ))));
         }
         self.cursor = after;
+        self.stalled = false;
         match self.advance(head, true).await {
             Ok(()) => Ok(Ok(json!({ "head": self.cursor }))),
             Err(End::Internal) => Ok(Err(ApiError::unavailable())),
+            Err(End::Pruned) => {
+                // Pruned while this replay ran: never jump over the gap.
+                self.stalled = true;
+                Ok(Err(resync_required(self.cursor)))
+            }
             Err(end) => Err(end),
         }
     }
@@ -547,7 +578,7 @@ impl Session {
     /// where it has them and from the table where it does not. `wait`: wait for room in
     /// the outbound queue (replay) instead of treating a full queue as overflow (live).
     async fn advance(&mut self, target: i64, wait: bool) -> Result<(), End> {
-        while self.cursor < target {
+        while self.cursor < target && !self.stalled {
             let mut frames = self.sub.feed.frames_after(self.cursor, 256);
             if frames.is_empty() {
                 let rows = store::events_after(
@@ -561,12 +592,12 @@ impl Session {
                     tracing::warn!(error = %e, "reading events for a session failed");
                     End::Internal
                 })?;
-                if rows.is_empty() {
-                    // Committed events always exist up to head; none means they were pruned
-                    // under us. Skip to the target rather than spin.
-                    tracing::warn!(user = %self.identity.user, cursor = self.cursor, target, "events missing from the stream");
-                    self.cursor = target;
-                    break;
+                if rows.first().is_none_or(|(seq, _)| *seq != self.cursor + 1) {
+                    // Committed events always exist up to head, so the next one is missing
+                    // only if retention pruned it before this session sent it. Jumping
+                    // over it would lose events silently: the client must resync.
+                    tracing::info!(user = %self.identity.user, cursor = self.cursor, target, "a session fell behind retention");
+                    return Err(End::Pruned);
                 }
                 self.app.metrics.replayed_events.inc_by(rows.len() as u64);
                 frames = rows
@@ -615,6 +646,10 @@ impl Session {
                 )
             }
             End::Internal => (close::INTERNAL, "internal error: reconnect and resume"),
+            End::Pruned => (
+                close::TRY_AGAIN_LATER,
+                "events you had not received were pruned: reconnect; resume will answer resync_required",
+            ),
         };
         if let Some(tx) = self.outbox.close_now.take() {
             let _ = tx.send(CloseFrame {
@@ -623,6 +658,16 @@ impl Session {
             });
         }
     }
+}
+
+/// The answer to a resume that cannot continue from where the client is.
+fn resync_required(after: i64) -> ApiError {
+    ApiError::new(
+        Code::ResyncRequired,
+        format!(
+            "events after seq {after} were pruned before you received them: fetch conversations and history afresh, then resume from head"
+        ),
+    )
 }
 
 fn reply_frame(

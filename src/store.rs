@@ -139,14 +139,9 @@ fn event_from_row(row: &Row) -> (String, i64, String) {
             event_frame(kind, seq, &object_fields(&json!({"message": m.to_json()})))
         }
         EventKind::Conversation => {
-            // Rendered as the conversation is now (see schema.sql).
-            let members: Vec<String> = row.get::<_, Option<Vec<String>>>(15).unwrap_or_default();
-            let conversation = json!({"conversation": {
-                "id": row.get::<_, Option<String>>(12),
-                "kind": row.get::<_, Option<String>>(13),
-                "name": row.get::<_, Option<String>>(14),
-                "members": members,
-            }});
+            // The state the event was written with (see queries::EVENTS_AFTER).
+            let state: Option<Value> = row.get(12);
+            let conversation = json!({ "conversation": state });
             event_frame(kind, seq, &object_fields(&conversation))
         }
         EventKind::Removed | EventKind::Read => {
@@ -217,6 +212,23 @@ pub async fn stream_bounds(db: &Database, user: &UserId) -> Result<(i64, i64), D
         .await?
         .map(|r| (r.get(0), r.get(1)))
         .unwrap_or((0, 0)))
+}
+
+/// Which of `users` share a conversation with `user` (and `user` itself, if named).
+pub async fn sharing_a_conversation(
+    db: &Database,
+    user: &UserId,
+    users: &[UserId],
+) -> Result<Vec<String>, DbError> {
+    let ids: Vec<&str> = users.iter().map(UserId::as_str).collect();
+    let client = db.client().await?;
+    let stmt = client.prepare_cached(queries::SHARING).await?;
+    Ok(client
+        .query(&stmt, &[&user.as_str(), &ids])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }
 
 /// One page of a conversation's history.
@@ -322,18 +334,23 @@ pub async fn conversations(
         .iter()
         .map(|row| {
             let last_message = row
-                .get::<_, Option<i64>>(5)
-                .map(|_| Message::from_row(row, 5).to_json());
+                .get::<_, Option<i64>>(6)
+                .map(|_| Message::from_row(row, 6).to_json());
             let members: Vec<String> = row.get::<_, Option<Vec<String>>>(3).unwrap_or_default();
-            json!({
+            let mut c = json!({
                 "id": row.get::<_, String>(0),
                 "kind": row.get::<_, String>(1),
                 "name": row.get::<_, Option<String>>(2),
                 "members": members,
-                "member_count": row.get::<_, Option<i64>>(13).unwrap_or(0),
+                "member_count": row.get::<_, Option<i64>>(14).unwrap_or(0),
                 "last_message": last_message,
-                "unread": row.get::<_, i64>(4),
-            })
+                "unread": row.get::<_, i64>(5),
+            });
+            // Groups name their admins, as in `conversation` events.
+            if let Some(admins) = row.get::<_, Option<Vec<String>>>(4) {
+                c["admins"] = admins.into();
+            }
+            c
         })
         .collect())
 }

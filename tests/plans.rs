@@ -316,6 +316,7 @@ async fn every_statement(s: &mut Explained, n: i64) -> Vec<(String, Vec<Value>)>
     ));
 
     // Presence.
+    out.push(("sharing".into(), s.run(q::SHARING, &[&heavy, &users]).await));
     out.push(("last_seen".into(), s.run(q::LAST_SEEN, &[&users]).await));
     let now = chrono::Utc::now();
     out.push((

@@ -122,7 +122,7 @@ async fn schema_sql_and_the_migrations_build_the_same_database() {
         "schema.sql and the migrations differ:\nonly from schema.sql: {only_fresh:#?}\nonly from the migrations: {only_upgraded:#?}"
     );
     let expected = (
-        vec![1, pgchat::db::SCHEMA_VERSION],
+        (1..=pgchat::db::SCHEMA_VERSION).collect::<Vec<i32>>(),
         pgchat::db::SCHEMA_VERSION,
     );
     assert_eq!(versions(&fresh).await, expected);
@@ -139,7 +139,7 @@ async fn workers_starting_together_on_an_old_database_migrate_it_once() {
     assert_eq!(
         versions(&db).await,
         (
-            vec![1, pgchat::db::SCHEMA_VERSION],
+            (1..=pgchat::db::SCHEMA_VERSION).collect::<Vec<i32>>(),
             pgchat::db::SCHEMA_VERSION
         )
     );
@@ -202,7 +202,7 @@ async fn a_database_built_by_pgchat_0_1_upgrades_in_place_with_its_data_intact()
     assert_eq!(
         versions(&app.db).await,
         (
-            vec![1, pgchat::db::SCHEMA_VERSION],
+            (1..=pgchat::db::SCHEMA_VERSION).collect::<Vec<i32>>(),
             pgchat::db::SCHEMA_VERSION
         )
     );

@@ -21,11 +21,15 @@ macro_rules! event_columns {
         "e.user_id, e.seq, e.kind, e.payload,
          m.id, m.conversation_id, m.cseq, m.sender_id, m.sender_name, m.body,
          m.client_msg_id, m.created_at,
-         c.id, c.kind, c.name, c.members"
+         c.state"
     };
 }
 
-/// The message or conversation an event shows, one primary-key probe each.
+/// The message or conversation an event shows, one primary-key probe each. A conversation
+/// event shows the state it was written with (`conversation_states`), never the current
+/// one: a member who left must not learn who joined later. Events written before schema
+/// version 3 have no state: they show the conversation now to its members, and without
+/// its members to those who left.
 macro_rules! event_joins {
     () => {
         "LEFT JOIN LATERAL (
@@ -34,11 +38,19 @@ macro_rules! event_joins {
                     m.body, m.client_msg_id, m.created_at
              FROM pgchat.messages m WHERE m.id = e.message_id LIMIT 1) m ON true
          LEFT JOIN LATERAL (
-             SELECT c.id, c.kind, c.name,
-                    ARRAY(SELECT x.user_id FROM pgchat.members x
-                          WHERE x.conversation_id = c.id ORDER BY x.user_id) AS members
-             FROM pgchat.conversations c
-             WHERE e.kind = 'conversation' AND c.id = e.conversation_id LIMIT 1) c ON true"
+             SELECT coalesce(
+                 (SELECT s.state FROM pgchat.conversation_states s
+                  WHERE s.conversation_id = e.conversation_id
+                    AND s.version = e.conversation_version),
+                 CASE WHEN EXISTS (SELECT 1 FROM pgchat.members x
+                                   WHERE x.conversation_id = e.conversation_id
+                                     AND x.user_id = e.user_id)
+                      THEN pgchat.conversation_json(e.conversation_id)
+                      ELSE (SELECT jsonb_build_object('id', c.id, 'kind', c.kind,
+                                                      'name', c.name, 'members', '[]'::jsonb)
+                            FROM pgchat.conversations c WHERE c.id = e.conversation_id)
+                 END) AS state
+             WHERE e.kind = 'conversation') c ON true"
     };
 }
 
@@ -119,6 +131,10 @@ pub const MEMBERS: &str = "SELECT ARRAY(SELECT user_id FROM pgchat.members
 /// moves to every message they send, so the unread messages are exactly those after it.
 pub const CONVERSATIONS: &str = "SELECT c.id, c.kind, c.name,
             c.members[1:$2] AS members,
+            CASE WHEN c.kind = 'group' THEN
+                ARRAY(SELECT x.user_id FROM pgchat.members x
+                      WHERE x.conversation_id = c.id AND x.admin ORDER BY x.user_id)
+            END AS admins,
             c.last_cseq - me.read_cseq AS unread,
             lm.id, lm.conversation_id, lm.cseq, lm.sender_id, lm.sender_name, lm.body,
             lm.client_msg_id, lm.created_at,
@@ -146,6 +162,20 @@ pub const PRUNE_EVENTS: &str = "SELECT pgchat.prune_events(make_interval(secs =>
 
 /// What workers tell each other: `(channel, payload)`.
 pub const NOTIFY: &str = "SELECT pg_notify($1, $2)";
+
+/// Presence: which of the users share a conversation with the subscriber (or are the
+/// subscriber): `(subscriber, users[])`. Per user, its memberships by the user index, each
+/// probed for the subscriber by primary key, stopping at the first shared one.
+pub const SHARING: &str = "SELECT k.u FROM unnest($2::text[]) AS k(u)
+     CROSS JOIN LATERAL (
+         SELECT 1 FROM pgchat.members mu
+         WHERE mu.user_id = k.u
+           AND (SELECT 1 FROM pgchat.members me
+                WHERE me.conversation_id = mu.conversation_id AND me.user_id = $1
+                LIMIT 1) IS NOT NULL
+         LIMIT 1) shared
+     UNION
+     SELECT $1 WHERE $1 = ANY ($2::text[])";
 
 /// Presence: when users were last seen: `(users[])`.
 pub const LAST_SEEN: &str = "SELECT k.u, (SELECT last_seen FROM pgchat.users WHERE id = k.u)

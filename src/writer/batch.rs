@@ -43,15 +43,57 @@ pub struct Committed {
 }
 
 impl Committed {
-    /// `n` commands that all failed with `error`: nothing committed.
-    pub fn failed(n: usize, error: ApiError) -> Committed {
+    /// `commands` that all failed with `failure`: nothing committed, or (the connection
+    /// lost once the statement was sent) nobody knows.
+    pub fn failed(commands: &[&Command], failure: Failed) -> Committed {
+        let unknown = failure.sent && failure.error.is_unavailable();
+        let error = ApiError::from(failure.error);
         Committed {
-            outcomes: vec![Err(error); n],
+            outcomes: commands
+                .iter()
+                .map(|c| {
+                    Err(if unknown {
+                        outcome_unknown(c)
+                    } else {
+                        error.clone()
+                    })
+                })
+                .collect(),
             events: Vec::new(),
             conversations: Vec::new(),
             stored: 0,
         }
     }
+}
+
+/// A batch that did not commit, as far as this worker knows.
+pub struct Failed {
+    pub error: DbError,
+    /// The statement had been sent: if the connection broke, the batch may have committed
+    /// (PostgreSQL commits before it answers) and only the answer was lost.
+    pub sent: bool,
+}
+
+impl Failed {
+    fn before_sending(error: impl Into<DbError>) -> Failed {
+        Failed {
+            error: error.into(),
+            sent: false,
+        }
+    }
+}
+
+/// `unavailable` for a command whose commit may or may not have happened, saying whether
+/// a retry is safe: it is where the command is idempotent.
+pub fn outcome_unknown(command: &Command) -> ApiError {
+    let lost = "the connection to the database broke before the commit was confirmed";
+    let advice = match command {
+        Command::Send { .. } => "the message may or may not be stored; retrying with the same client_msg_id is safe: it is stored once at most".to_string(),
+        Command::GroupCreate { client_op_id: Some(_), .. } => "the group may or may not have been created; retrying with the same client_op_id is safe: it returns the same group".to_string(),
+        Command::GroupCreate { client_op_id: None, .. } => "the group may or may not have been created, and a retry without client_op_id may create a second one: check `conversations` first (send client_op_id to make retries safe)".to_string(),
+        c => format!("the {} may or may not have been applied; retrying is safe: applying it again changes nothing more", c.kind()),
+    };
+    ApiError::new(Code::Unavailable, format!("{lost}: {advice}"))
 }
 
 /// The commands as the function's parallel arrays (one element per command; the user
@@ -94,8 +136,10 @@ impl<'a> Args<'a> {
                     creator,
                     name,
                     members,
+                    client_op_id,
                 } => {
                     text = Some(name.as_str());
+                    key = client_op_id.as_ref().map(|k| k.as_str());
                     list = members;
                     creator
                 }
@@ -103,8 +147,15 @@ impl<'a> Args<'a> {
                     actor,
                     conversation,
                     users,
+                    admin,
+                } => {
+                    conv = Some(conversation.as_str());
+                    // apply_batch's flag for "make them admins too".
+                    num = admin.then_some(1);
+                    list = users;
+                    actor
                 }
-                | Command::GroupRemove {
+                Command::GroupRemove {
                     actor,
                     conversation,
                     users,
@@ -153,7 +204,7 @@ pub async fn commit(
     commands: &[&Command],
     max_group_members: usize,
     worker: &str,
-) -> Result<Committed, DbError> {
+) -> Result<Committed, Failed> {
     let a = Args::new(commands);
     let max_members = max_group_members as i32;
     let params: [&(dyn ToSql + Sync); 11] = [
@@ -169,9 +220,15 @@ pub async fn commit(
         &a.list_cmd,
         &a.list_user,
     ];
-    let client = db.client().await?;
-    let stmt = client.prepare_cached(APPLY_BATCH).await?;
-    let row = client.query_one(&stmt, &params).await?;
+    let client = db.client().await.map_err(Failed::before_sending)?;
+    let stmt = client
+        .prepare_cached(APPLY_BATCH)
+        .await
+        .map_err(Failed::before_sending)?;
+    let row = client.query_one(&stmt, &params).await.map_err(|e| Failed {
+        error: e.into(),
+        sent: true,
+    })?;
     drop(client);
     Ok(decode(&row, commands))
 }

@@ -29,10 +29,10 @@ use tokio_util::task::TaskTracker;
 use crate::cache::ConversationCache;
 use crate::config::Config;
 use crate::db::Database;
-use crate::error::{ApiError, Code, DbError};
+use crate::error::{ApiError, Code};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::protocol::{Body, ClientMsgId, ConversationId, GroupName, Target, UserId};
+use crate::protocol::{Body, ClientMsgId, ClientOpId, ConversationId, GroupName, Target, UserId};
 use crate::store::{event_frame, Message};
 
 /// One write, as validated at the edge. Every variant names the user acting.
@@ -48,11 +48,13 @@ pub enum Command {
         creator: UserId,
         name: GroupName,
         members: Vec<UserId>,
+        client_op_id: Option<ClientOpId>,
     },
     GroupAdd {
         actor: UserId,
         conversation: ConversationId,
         users: Vec<UserId>,
+        admin: bool,
     },
     GroupRemove {
         actor: UserId,
@@ -225,7 +227,7 @@ impl Batcher {
         }
     }
 
-    async fn commit(&self, commands: &[&Command]) -> Result<batch::Committed, DbError> {
+    async fn commit(&self, commands: &[&Command]) -> Result<batch::Committed, batch::Failed> {
         batch::commit(&self.db, commands, self.max_group_members, &self.worker).await
     }
 
@@ -238,8 +240,8 @@ impl Batcher {
         // cheap: the retry sees what the other transaction committed.
         for _ in 0..3 {
             match &attempt {
-                Err(e) if e.is_retryable() => {
-                    tracing::warn!(error = %e, "batch met a concurrent one; retrying");
+                Err(f) if f.error.is_retryable() => {
+                    tracing::warn!(error = %f.error, "batch met a concurrent one; retrying");
                     attempt = self.commit(&commands).await;
                 }
                 _ => break,
@@ -247,19 +249,19 @@ impl Batcher {
         }
         let committed = match attempt {
             Ok(done) => vec![done],
-            Err(e) if e.is_unavailable() || jobs.len() == 1 => {
-                vec![batch::Committed::failed(jobs.len(), ApiError::from(e))]
+            Err(f) if f.error.is_unavailable() || jobs.len() == 1 => {
+                vec![batch::Committed::failed(&commands, f)]
             }
-            Err(e) => {
+            Err(f) => {
                 // One command may have tripped something unexpected: retry each alone so
                 // that it cannot take the rest of the batch down with it.
-                tracing::warn!(error = %e, size = jobs.len(), "batch failed; retrying its commands one by one");
+                tracing::warn!(error = %f.error, size = jobs.len(), "batch failed; retrying its commands one by one");
                 let mut each = Vec::with_capacity(jobs.len());
                 for c in &commands {
                     each.push(
                         self.commit(&[*c])
                             .await
-                            .unwrap_or_else(|e| batch::Committed::failed(1, ApiError::from(e))),
+                            .unwrap_or_else(|f| batch::Committed::failed(&[*c], f)),
                     );
                 }
                 each

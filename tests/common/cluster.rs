@@ -62,6 +62,7 @@ impl Cluster {
             .env("PGCHAT_CONFIG", "/nonexistent/pgchat.toml")
             .env("PORT", base_port.to_string())
             .env("PGCHAT_HOST", "127.0.0.1")
+            .env("PGCHAT_PRESENCE_OPEN", "true")
             .env("DATABASE_URL", &db.url)
             .env("JWT_SECRET", SECRET)
             .env(

@@ -318,6 +318,9 @@ pub fn test_config(db: &TestDb) -> Config {
         db_max_connections: 6,
         db_min_connections: 1,
         shutdown_timeout_ms: 5_000,
+        // The presence tests watch users they share no conversation with; tests/privacy.rs
+        // checks the default (closed).
+        presence_open: true,
         ..Config::default()
     }
 }

@@ -1,0 +1,656 @@
+-- Migration 3: authorization and privacy, and idempotent group creation.
+--
+-- - A `conversation` event shows the conversation as it was right after the change it
+--   announces, never as it is at replay: a member removed from a group must not learn who
+--   joined after they left. The state is stored once per change (conversation_states) and
+--   each event row names its version. Events written before this migration keep rendering
+--   the conversation as it is now for those still members, and without members for those
+--   who left (what they saw then is unknown).
+-- - Group admins (members.admin): the creator, and whom an admin names, may remove others;
+--   anyone may leave. The creators of existing groups become their admins.
+-- - group_create's optional client_op_id (conversations.client_op_id): a retry with the same
+--   creator and key returns the same group.
+-- - Users rows are created only for commands that succeed, messages are stamped with the
+--   database's clock under the conversation's lock: in apply_batch.
+
+ALTER TABLE pgchat.members ADD COLUMN admin boolean NOT NULL DEFAULT false;
+UPDATE pgchat.members m SET admin = true
+FROM pgchat.conversations c
+WHERE c.id = m.conversation_id AND c.kind = 'group' AND c.created_by = m.user_id;
+
+ALTER TABLE pgchat.conversations ADD COLUMN client_op_id text;
+CREATE UNIQUE INDEX conversations_by_op ON pgchat.conversations (created_by, client_op_id)
+    WHERE client_op_id IS NOT NULL;
+
+ALTER TABLE pgchat.event_queue ADD COLUMN conversation_version bigint;
+
+CREATE TABLE pgchat.conversation_states (
+    conversation_id text NOT NULL,
+    version         bigint NOT NULL,
+    state           jsonb NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (conversation_id, version)
+);
+CREATE INDEX conversation_states_by_age ON pgchat.conversation_states (created_at);
+
+-- append_events takes the version its conversation events show.
+DROP FUNCTION pgchat.append_events(text[], bigint[], integer[], text[], jsonb[], text[], text,
+                                   text, jsonb, jsonb, integer);
+
+-- A conversation as the wire shows it: {"id","kind","name","members"}, and for a group
+-- "admins" (the members who may remove others and name admins).
+CREATE OR REPLACE FUNCTION pgchat.conversation_json(p_id text) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'id', c.id, 'kind', c.kind, 'name', c.name,
+        'members', coalesce((SELECT jsonb_agg(m.user_id ORDER BY m.user_id)
+                             FROM pgchat.members m WHERE m.conversation_id = c.id), '[]'))
+        || CASE WHEN c.kind = 'group' THEN jsonb_build_object(
+               'admins', coalesce((SELECT jsonb_agg(m.user_id ORDER BY m.user_id)
+                                   FROM pgchat.members m
+                                   WHERE m.conversation_id = c.id AND m.admin), '[]'))
+           ELSE '{}' END
+    FROM pgchat.conversations c WHERE c.id = p_id
+$$;
+
+-- Appends one event to each of p_users' streams (their rows are locked by the caller,
+-- seq = head + 1) and to the caller's lists of events (e_*), which it returns extended.
+-- p_version: the conversation_states version a conversation event shows.
+CREATE FUNCTION pgchat.append_events(
+    INOUT e_user text[], INOUT e_seq bigint[], INOUT e_cmd integer[], INOUT e_kind text[],
+    INOUT e_fields jsonb[],
+    p_users text[], p_kind text, p_conversation text, p_payload jsonb, p_fields jsonb,
+    p_cmd integer, p_version bigint DEFAULT NULL)
+LANGUAGE plpgsql AS $$
+DECLARE
+    users text[];
+    seqs bigint[];
+BEGIN
+    WITH up AS (
+        UPDATE pgchat.users u SET head = u.head + 1
+        WHERE u.id = ANY (p_users)
+        RETURNING u.id, u.head
+    ), ins AS (
+        INSERT INTO pgchat.event_queue (user_id, seq, kind, conversation_id, payload,
+                                        conversation_version)
+        SELECT id, head, p_kind, p_conversation, p_payload, p_version FROM up
+    )
+    SELECT coalesce(array_agg(id ORDER BY id), '{}'), coalesce(array_agg(head ORDER BY id), '{}')
+    INTO users, seqs FROM up;
+    e_user := e_user || users;
+    e_seq := e_seq || seqs;
+    e_cmd := e_cmd || array_fill(p_cmd, ARRAY[cardinality(users)]);
+    e_kind := e_kind || array_fill(p_kind, ARRAY[cardinality(users)]);
+    e_fields := e_fields || array_fill(p_fields, ARRAY[cardinality(users)]);
+END
+$$;
+
+-- Tells every member of conversation p_id its state now (a `conversation` event each),
+-- records that state once for replays (conversation_states, at the conversation's
+-- version, which the caller has just bumped); returns that state.
+CREATE OR REPLACE FUNCTION pgchat.announce(
+    INOUT e_user text[], INOUT e_seq bigint[], INOUT e_cmd integer[], INOUT e_kind text[],
+    INOUT e_fields jsonb[], p_id text, p_cmd integer, OUT conversation jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v bigint;
+BEGIN
+    conversation := pgchat.conversation_json(p_id);
+    SELECT c.version INTO v FROM pgchat.conversations c WHERE c.id = p_id;
+    INSERT INTO pgchat.conversation_states (conversation_id, version, state)
+    VALUES (p_id, v, conversation);
+    SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields
+    FROM pgchat.append_events(e_user, e_seq, e_cmd, e_kind, e_fields,
+                              ARRAY(SELECT jsonb_array_elements_text(conversation -> 'members')),
+                              'conversation', p_id, NULL,
+                              jsonb_build_object('conversation', conversation), p_cmd, v);
+END
+$$;
+
+-- The write path: applies a batch of commands in order, in the caller's transaction, and
+-- notifies the other workers once. Called by pgchat's batcher as a single statement (so
+-- the statement, its transaction and its commit are one round trip), and by pgchat.send.
+--
+-- Commands are parallel arrays, one element per command, in order:
+--   c_kind   'send' | 'group_create' | 'group_add' | 'group_remove' | 'group_leave' | 'read'
+--   c_actor  the user acting
+--   c_conv   the conversation (send, group_add/remove/leave, read)
+--   c_to     the recipient of a direct send (instead of c_conv)
+--   c_text   the body (send) or the name (group_create)
+--   c_key    the client_msg_id (send), or the optional client_op_id (group_create)
+--   c_num    the cseq (read); 1 for a group_add that also makes the users admins
+--   u_cmd, u_user: the user lists of group_create/add/remove as (command index, user).
+-- Inputs are validated by the caller (ids, lengths), which also never puts two sends with
+-- the same (sender, client_msg_id) in one batch; what needs the database (existence,
+-- membership, admin rights, sizes, a key already stored) is checked here. A refused command
+-- gets o_code/o_detail and changes nothing, not even the users rows its ids would have
+-- created; the others still commit.
+--
+-- Who may do what in a group: any member may add members and leave; only an admin (the
+-- creator, and those the creator names with group_add's admin flag) may remove others;
+-- only the creator names admins; nobody but the creator can take the creator out.
+--
+-- Lock order, the same in every transaction that allocates seq or cseq (so concurrent
+-- batches never deadlock): new users rows (by id), new direct conversations (by key), the
+-- touched conversations (by id), the users rows whose streams may grow (by id). Rows are
+-- locked FOR NO KEY UPDATE, which does not conflict with the KEY SHARE locks that foreign
+-- keys take.
+--
+-- Every statement reaches rows by key. Hash and merge joins and sequential scans are
+-- switched off for this function: it touches a few hundred rows by key per call, so index
+-- probes are always right, and no statistics can make the planner think otherwise (an
+-- UPDATE ... FROM of a few hundred keys is otherwise planned as a hash join over a full
+-- scan once the table is large enough). Plans are generic: the statements' shapes never
+-- change, and planning the statement of sends anew costs more than running it for one
+-- send.
+--
+-- Outputs: per command (o_*): an error code and message, or the message the send resolved
+-- to (o_msg_body only for a send that returned an earlier message), or the conversation of
+-- a group command. Per event (e_*): who got which seq, from which command, of which kind,
+-- with the live fields for non-message events. Per changed conversation (v_*): its state
+-- after each change, for the caller's cache (members: null after sends, which change no
+-- membership and whose events name every member).
+CREATE OR REPLACE FUNCTION pgchat.apply_batch(
+    p_worker text,
+    p_max_members integer,
+    c_kind text[], c_actor text[], c_conv text[], c_to text[], c_text text[], c_key text[],
+    c_num bigint[], u_cmd integer[], u_user text[],
+    OUT o_code text[], OUT o_detail text[],
+    OUT o_msg_id bigint[], OUT o_msg_conv text[], OUT o_msg_cseq bigint[],
+    OUT o_msg_at timestamptz[], OUT o_msg_name text[], OUT o_msg_body text[],
+    OUT o_conv jsonb[],
+    OUT e_user text[], OUT e_seq bigint[], OUT e_cmd integer[], OUT e_kind text[],
+    OUT e_fields jsonb[],
+    OUT v_id text[], OUT v_version bigint[], OUT v_last_cseq bigint[], OUT v_members jsonb[]
+)
+LANGUAGE plpgsql
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+SET plan_cache_mode = force_generic_plan
+AS $fn$
+DECLARE
+    ncmds integer := coalesce(array_length(c_kind, 1), 0);
+    conv_of text[] := c_conv;
+    named text[] := '{}';
+    keys text[];
+    missing text[] := '{}';
+    new_directs text[] := '{}';
+    fresh_users text[] := '{}';
+    lockset text[];
+    pos integer;
+    upto integer;
+    crow record;
+    actor text;
+    cid text;
+    listed text[];
+    members_now text[];
+    gone text[];
+    promoted text[];
+    retried boolean;
+    cj jsonb;
+    payload jsonb;
+    stamp timestamptz;
+    s_i integer[]; s_code text[]; s_detail text[]; s_id bigint[]; s_conv text[]; s_cseq bigint[];
+    s_at timestamptz[]; s_name text[]; s_body text[];
+    s_e_user text[]; s_e_seq bigint[]; s_e_cmd integer[];
+    s_v_id text[]; s_v_version bigint[]; s_v_last_cseq bigint[]; s_v_members jsonb[];
+BEGIN
+    o_code := array_fill(NULL::text, ARRAY[ncmds]);
+    o_detail := o_code;
+    o_msg_id := array_fill(NULL::bigint, ARRAY[ncmds]);
+    o_msg_conv := o_code;
+    o_msg_cseq := o_msg_id;
+    o_msg_at := array_fill(NULL::timestamptz, ARRAY[ncmds]);
+    o_msg_name := o_code;
+    o_msg_body := o_code;
+    o_conv := array_fill(NULL::jsonb, ARRAY[ncmds]);
+    e_user := '{}'; e_seq := '{}'; e_cmd := '{}'; e_kind := '{}'; e_fields := '{}';
+    v_id := '{}'; v_version := '{}'; v_last_cseq := '{}'; v_members := '{}';
+    IF ncmds = 0 THEN
+        RETURN;
+    END IF;
+
+    -- 1. Direct sends find their conversation by key (the two users, sorted). Reading
+    -- takes no lock; what is missing is created below, in lock order.
+    IF cardinality(array_remove(c_to, NULL)) > 0 THEN
+        SELECT array_agg(coalesce(z.c, d.id) ORDER BY z.k),
+               array_agg(DISTINCT z.key) FILTER (WHERE z.key IS NOT NULL AND z.c IS NULL
+                                                 AND d.id IS NULL AND p.id IS NULL),
+               array_agg(z.key ORDER BY z.k)
+        INTO conv_of, missing, keys
+        FROM (SELECT z.c, z.k, z.a, z.ck, CASE WHEN z.t IS NULL THEN NULL
+                                    WHEN z.a <= z.t THEN z.a || E'\n' || z.t
+                                    ELSE z.t || E'\n' || z.a END AS key
+              FROM unnest(c_conv, c_actor, c_to, c_key) WITH ORDINALITY AS z(c, a, t, ck, k)) z
+        LEFT JOIN LATERAL (SELECT c.id FROM pgchat.conversations c
+                           WHERE z.key IS NOT NULL AND c.direct_key = z.key LIMIT 1) d ON true
+        -- A retried send (its key is stored) returns its first message: it creates nothing.
+        LEFT JOIN LATERAL (SELECT m.id FROM pgchat.messages m
+                           WHERE z.key IS NOT NULL AND d.id IS NULL
+                             AND m.sender_id = z.a AND m.client_msg_id = z.ck LIMIT 1) p ON true;
+    END IF;
+
+    -- 2. New users get a stream (lock order 1): the two of a new direct conversation, and
+    -- those named by group commands. Those that no command ends up using (a refused
+    -- group_add, a group_create retried) are deleted again before the end (step 8).
+    IF cardinality(missing) > 0 OR array_position(c_kind, 'group_create') IS NOT NULL
+       OR array_position(c_kind, 'group_add') IS NOT NULL THEN
+        named := ARRAY(
+            SELECT DISTINCT x FROM (
+                SELECT unnest(string_to_array(key, E'\n')) AS x FROM unnest(missing) AS key
+                UNION ALL
+                SELECT t.u FROM unnest(u_cmd, u_user) AS t(ci, u)
+                WHERE c_kind[t.ci] IN ('group_create', 'group_add')
+                UNION ALL
+                SELECT t.a FROM unnest(c_kind, c_actor) AS t(k, a) WHERE t.k = 'group_create'
+            ) s ORDER BY x);
+        WITH ins AS (
+            INSERT INTO pgchat.users (id) SELECT x FROM unnest(named) AS x ORDER BY x
+            ON CONFLICT (id) DO NOTHING
+            RETURNING id
+        )
+        SELECT coalesce(array_agg(id), '{}') INTO fresh_users FROM ins;
+    END IF;
+
+    -- 3. New direct conversations, created in key order (lock order 2), with their members
+    -- at once; they are announced to them once their streams are locked.
+    IF cardinality(missing) > 0 THEN
+        WITH made AS (
+            INSERT INTO pgchat.conversations (id, kind, direct_key, version)
+            SELECT 'd' || nextval('pgchat.conversation_ids'), 'direct', w.key, 1
+            FROM unnest(missing) AS w(key)
+            ORDER BY w.key
+            ON CONFLICT (direct_key) DO NOTHING
+            RETURNING id, direct_key
+        ), pairs AS (
+            INSERT INTO pgchat.members (conversation_id, user_id)
+            SELECT DISTINCT made.id, x FROM made
+            CROSS JOIN LATERAL unnest(string_to_array(made.direct_key, E'\n')) AS x
+        )
+        SELECT coalesce(array_agg(id ORDER BY id), '{}') INTO new_directs FROM made;
+        -- Created here, or by another batch that committed first.
+        conv_of := ARRAY(
+            SELECT coalesce(z.c, d.id)
+            FROM unnest(conv_of, keys) WITH ORDINALITY AS z(c, key, k)
+            LEFT JOIN LATERAL (SELECT c.id FROM pgchat.conversations c
+                               WHERE z.c IS NULL AND c.direct_key = z.key LIMIT 1) d ON true
+            ORDER BY z.k);
+    END IF;
+
+    -- 4. Lock the conversations the commands name, by id (lock order 3).
+    PERFORM 1 FROM (SELECT DISTINCT x FROM unnest(conv_of) AS x WHERE x IS NOT NULL
+                    ORDER BY x) t
+    CROSS JOIN LATERAL (SELECT 1 FROM pgchat.conversations c WHERE c.id = t.x
+                        FOR NO KEY UPDATE) l;
+
+    -- 5. Lock every stream that may grow, by id (lock order 4): the members of those
+    -- conversations and the users named. Membership cannot change meanwhile: it changes
+    -- only under the conversation's lock. A batch of sends to existing conversations skips
+    -- this: its one statement of sends locks the streams it grows itself, in the same
+    -- order; other commands, and announcements of new conversations, grow streams one
+    -- command at a time, so their rows are all locked here first.
+    IF cardinality(new_directs) > 0 OR cardinality(array_remove(c_kind, 'send')) > 0 THEN
+        lockset := ARRAY(
+            SELECT DISTINCT x FROM (
+                SELECT m.user_id AS x
+                FROM (SELECT DISTINCT c FROM unnest(conv_of) AS c WHERE c IS NOT NULL) t
+                CROSS JOIN LATERAL (SELECT user_id FROM pgchat.members
+                                    WHERE conversation_id = t.c OFFSET 0) m
+                UNION ALL SELECT unnest(named)
+            ) s ORDER BY x);
+        PERFORM 1 FROM unnest(lockset) AS t(id)
+        CROSS JOIN LATERAL (SELECT 1 FROM pgchat.users u WHERE u.id = t.id FOR NO KEY UPDATE) l;
+    END IF;
+
+    -- 6. New direct conversations are announced to their members before any message.
+    FOREACH cid IN ARRAY new_directs LOOP
+        SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields, cj
+        FROM pgchat.announce(e_user, e_seq, e_cmd, e_kind, e_fields, cid, 0);
+    END LOOP;
+
+    -- 7. The commands, in order: each run of sends at once, other commands one by one.
+    pos := 1;
+    WHILE pos <= ncmds LOOP
+        IF c_kind[pos] = 'send' THEN
+            upto := pos;
+            WHILE upto < ncmds AND c_kind[upto + 1] = 'send' LOOP
+                upto := upto + 1;
+            END LOOP;
+            -- The messages' time: the database's clock now, under the conversations' locks,
+            -- so that created_at follows cseq in each conversation (now() is when the
+            -- transaction began, which may be before an earlier message's commit).
+            stamp := clock_timestamp();
+            -- The run pos..upto, in one statement: each send is checked (the conversation
+            -- exists, the sender is a member), deduplicated by (sender, client_msg_id)
+            -- against what is stored, numbered (cseq per
+            -- conversation, seq per recipient, in command order) and stored with an event
+            -- per member; the counters and the senders' read markers move once per row.
+            WITH cmd AS (
+                SELECT k AS i, c_actor[k] AS sender, conv_of[k] AS conv, c_text[k] AS body,
+                       c_key[k] AS ckey
+                FROM generate_series(pos, upto) AS k
+            ), chk AS (
+                SELECT cmd.*, cv.id IS NOT NULL AS conv_found, cv.last_cseq, cv.version,
+                       mb.ok IS NOT NULL AS member, sn.name AS sender_name,
+                       pr.id AS p_id, pr.conversation_id AS p_conv, pr.cseq AS p_cseq,
+                       pr.body AS p_body, pr.created_at AS p_at
+                FROM cmd
+                LEFT JOIN LATERAL (SELECT c.id, c.last_cseq, c.version FROM pgchat.conversations c
+                                   WHERE c.id = cmd.conv LIMIT 1) cv ON true
+                LEFT JOIN LATERAL (SELECT 1 AS ok FROM pgchat.members m
+                                   WHERE m.conversation_id = cmd.conv AND m.user_id = cmd.sender
+                                   LIMIT 1) mb ON true
+                LEFT JOIN LATERAL (SELECT m.id, m.conversation_id, m.cseq, m.body, m.created_at
+                                   FROM pgchat.messages m
+                                   WHERE m.sender_id = cmd.sender AND m.client_msg_id = cmd.ckey
+                                   LIMIT 1) pr ON true
+                LEFT JOIN LATERAL (SELECT u.name FROM pgchat.users u WHERE u.id = cmd.sender
+                                   LIMIT 1) sn ON true
+            ), ids AS (
+                -- A send stores a message when its conversation exists, its sender is a
+                -- member and its (sender, client_msg_id) is new: numbered in command order
+                -- within its conversation. (The writer never puts two sends with one key in
+                -- a batch: the later waits for the next.)
+                SELECT chk.*, fresh,
+                       CASE WHEN fresh THEN chk.last_cseq + row_number() OVER (
+                           PARTITION BY chk.conv, fresh ORDER BY chk.i) END AS cseq,
+                       CASE WHEN fresh THEN nextval('pgchat.messages_id_seq') END AS id
+                FROM chk, LATERAL (SELECT chk.p_id IS NULL AND chk.conv_found AND chk.member
+                                   AS fresh) f
+            ), stored AS (
+                INSERT INTO pgchat.messages (id, conversation_id, cseq, sender_id, body, client_msg_id,
+                                             created_at)
+                SELECT id, conv, cseq, sender, body, ckey, stamp FROM ids WHERE fresh
+            ), recipients AS (
+                SELECT f.i, f.id, f.conv, m.user_id FROM ids f
+                CROSS JOIN LATERAL (SELECT user_id FROM pgchat.members
+                                    WHERE conversation_id = f.conv OFFSET 0) m
+                WHERE f.fresh
+            ), streams AS (
+                -- Each recipient's stream grows by one event per message, in command order
+                -- (the arrays keep the order of their sorted input). Sorted by user, so that
+                -- the update below locks the rows in the global order.
+                SELECT user_id, count(*) AS n, array_agg(id) AS msgs, array_agg(i) AS cmds
+                FROM (SELECT * FROM recipients ORDER BY user_id, i) r
+                GROUP BY user_id ORDER BY user_id
+            ), heads AS (
+                -- Locks each stream's counter and moves it on; the events take the seqs between.
+                UPDATE pgchat.users u SET head = u.head + s.n FROM streams s
+                WHERE u.id = s.user_id
+                RETURNING u.id, u.head - s.n AS base, s.msgs, s.cmds
+            ), numbered AS (
+                SELECT h.id AS user_id, h.base + t.k AS seq, t.m AS id, t.c AS i
+                FROM heads h, unnest(h.msgs, h.cmds) WITH ORDINALITY AS t(m, c, k)
+            ), events AS (
+                INSERT INTO pgchat.event_queue (user_id, seq, kind, message_id)
+                SELECT user_id, seq, 'message', id FROM numbered
+            ), counters AS (
+                UPDATE pgchat.conversations c SET last_cseq = x.cseq, version = c.version + 1
+                FROM (SELECT conv, max(cseq) AS cseq FROM ids WHERE fresh GROUP BY conv) x
+                WHERE c.id = x.conv
+                RETURNING c.id, c.version, c.last_cseq
+            ), markers AS (
+                UPDATE pgchat.members m SET read_cseq = x.cseq
+                FROM (SELECT conv, sender, max(cseq) AS cseq FROM ids WHERE fresh
+                      GROUP BY conv, sender) x
+                WHERE m.conversation_id = x.conv AND m.user_id = x.sender AND m.read_cseq < x.cseq
+            )
+            SELECT r.*, e.*, v.*
+            INTO s_i, s_code, s_detail, s_id, s_conv, s_cseq, s_at, s_name, s_body,
+                 s_e_user, s_e_seq, s_e_cmd, s_v_id, s_v_version, s_v_last_cseq
+            FROM (
+                -- One sorted input, so that the arrays keep its order (checked below).
+                SELECT
+                    array_agg(i),
+                    array_agg(CASE WHEN p_id IS NOT NULL OR fresh THEN NULL
+                                   WHEN NOT conv_found THEN 'not_found' ELSE 'forbidden' END),
+                    array_agg(CASE WHEN p_id IS NOT NULL OR fresh THEN NULL
+                                   WHEN NOT conv_found
+                                   THEN format('conversation %s does not exist', to_json(conv))
+                                   ELSE format('you are not a member of conversation %s',
+                                               to_json(conv))
+                              END),
+                    array_agg(coalesce(p_id, id)),
+                    array_agg(CASE WHEN p_id IS NOT NULL THEN p_conv WHEN fresh THEN conv END),
+                    array_agg(coalesce(p_cseq, cseq)),
+                    array_agg(CASE WHEN p_id IS NOT NULL THEN p_at WHEN fresh THEN stamp END),
+                    array_agg(sender_name),
+                    array_agg(p_body)
+                FROM (SELECT * FROM ids ORDER BY i) x
+            ) r, (
+                SELECT coalesce(array_agg(user_id), '{}'), coalesce(array_agg(seq), '{}'),
+                       coalesce(array_agg(i), '{}')
+                FROM (SELECT * FROM numbered ORDER BY i, user_id) x
+            ) e, (
+                SELECT coalesce(array_agg(id), '{}'), coalesce(array_agg(version), '{}'),
+                       coalesce(array_agg(last_cseq), '{}')
+                FROM counters
+            ) v;
+            IF cardinality(s_i) <> upto - pos + 1 OR s_i[1] <> pos
+               OR s_i[cardinality(s_i)] <> upto THEN
+                RAISE EXCEPTION 'pgchat.apply_batch: the sends came back out of order';
+            END IF;
+            -- A send changes no conversation's members: the caller reads them off the
+            -- events (every member gets each message).
+            s_v_members := array_fill(NULL::jsonb, ARRAY[cardinality(s_v_id)]);
+            o_code[pos:upto] := s_code;
+            o_detail[pos:upto] := s_detail;
+            o_msg_id[pos:upto] := s_id;
+            o_msg_conv[pos:upto] := s_conv;
+            o_msg_cseq[pos:upto] := s_cseq;
+            o_msg_at[pos:upto] := s_at;
+            o_msg_name[pos:upto] := s_name;
+            o_msg_body[pos:upto] := s_body;
+            e_user := e_user || s_e_user;
+            e_seq := e_seq || s_e_seq;
+            e_cmd := e_cmd || s_e_cmd;
+            e_kind := e_kind || array_fill('message'::text, ARRAY[cardinality(s_e_user)]);
+            e_fields := e_fields || array_fill(NULL::jsonb, ARRAY[cardinality(s_e_user)]);
+            v_id := v_id || s_v_id;
+            v_version := v_version || s_v_version;
+            v_last_cseq := v_last_cseq || s_v_last_cseq;
+            v_members := v_members || s_v_members;
+            pos := upto + 1;
+            CONTINUE;
+        END IF;
+
+        actor := c_actor[pos];
+        cid := conv_of[pos];
+        listed := ARRAY(SELECT DISTINCT t.u FROM unnest(u_cmd, u_user) AS t(ci, u)
+                        WHERE t.ci = pos ORDER BY t.u);
+        cid := CASE WHEN c_kind[pos] = 'group_create' AND c_key[pos] IS NOT NULL THEN
+                   (SELECT c.id FROM pgchat.conversations c
+                    WHERE c.created_by = actor AND c.client_op_id = c_key[pos])
+               ELSE cid END;
+        retried := c_kind[pos] = 'group_create' AND cid IS NOT NULL;
+        IF retried THEN
+            -- A retry (the same creator and client_op_id): the group as the first reply
+            -- showed it, with nothing created; once that state is past retention, the group
+            -- now, if the creator still belongs to it.
+            o_conv[pos] := (SELECT s.state FROM pgchat.conversation_states s
+                            WHERE s.conversation_id = cid AND s.version = 1);
+            IF o_conv[pos] IS NULL THEN
+                IF EXISTS (SELECT 1 FROM pgchat.members m
+                           WHERE m.conversation_id = cid AND m.user_id = actor) THEN
+                    o_conv[pos] := pgchat.conversation_json(cid);
+                ELSE
+                    o_code[pos] := 'forbidden';
+                    o_detail[pos] := format('group_create: client_op_id %s made group %s, which you have left',
+                                          to_json(c_key[pos]), to_json(cid));
+                END IF;
+            END IF;
+        ELSIF c_kind[pos] = 'group_create' THEN
+            cid := 'g' || nextval('pgchat.conversation_ids');
+            INSERT INTO pgchat.conversations (id, kind, name, created_by, version, client_op_id)
+            VALUES (cid, 'group', c_text[pos], actor, 1, c_key[pos]);
+            INSERT INTO pgchat.members (conversation_id, user_id, admin)
+            SELECT DISTINCT cid, x, x = actor FROM unnest(listed || actor) AS x;
+            SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields, cj
+            FROM pgchat.announce(e_user, e_seq, e_cmd, e_kind, e_fields, cid, pos);
+            o_conv[pos] := cj;
+        ELSE
+            SELECT c.kind, c.last_cseq, c.version, c.created_by, m.read_cseq AS marker,
+                   m.admin
+            INTO crow
+            FROM pgchat.conversations c
+            LEFT JOIN LATERAL (SELECT m.read_cseq, m.admin FROM pgchat.members m
+                               WHERE m.conversation_id = c.id AND m.user_id = actor LIMIT 1) m ON true
+            WHERE c.id = cid;
+            IF NOT FOUND THEN
+                o_code[pos] := 'not_found';
+                o_detail[pos] := format('conversation %s does not exist', to_json(cid));
+            ELSIF crow.marker IS NULL THEN
+                o_code[pos] := 'forbidden';
+                o_detail[pos] := format('you are not a member of conversation %s', to_json(cid));
+            ELSIF c_kind[pos] = 'read' THEN
+                IF c_num[pos] > crow.last_cseq THEN
+                    o_code[pos] := 'bad_request';
+                    o_detail[pos] := format('read: cseq %s does not exist in %s (its last is %s)',
+                                          c_num[pos], to_json(cid), crow.last_cseq);
+                ELSIF c_num[pos] > crow.marker THEN
+                    -- Markers never move backwards; the other members are told.
+                    UPDATE pgchat.members SET read_cseq = c_num[pos]
+                    WHERE conversation_id = cid AND user_id = actor;
+                    payload := jsonb_build_object('conversation', cid, 'user', actor, 'cseq', c_num[pos]);
+                    SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields
+                    FROM pgchat.append_events(e_user, e_seq, e_cmd, e_kind, e_fields,
+                        ARRAY(SELECT m.user_id FROM pgchat.members m
+                              WHERE m.conversation_id = cid AND m.user_id <> actor),
+                        'read', cid, payload, payload, pos);
+                END IF;
+            ELSIF crow.kind <> 'group' THEN
+                o_code[pos] := 'bad_request';
+                o_detail[pos] := format('%s: %s is a direct conversation; its members are fixed',
+                                      c_kind[pos], to_json(cid));
+            ELSIF c_kind[pos] = 'group_add' AND c_num[pos] = 1 AND crow.created_by IS DISTINCT FROM actor THEN
+                o_code[pos] := 'forbidden';
+                o_detail[pos] := format('group_add: only the creator of %s may name admins', to_json(cid));
+            ELSIF c_kind[pos] = 'group_add' THEN
+                members_now := ARRAY(SELECT m.user_id FROM pgchat.members m
+                                     WHERE m.conversation_id = cid);
+                -- With the admin flag, members not yet admins become admins.
+                promoted := CASE WHEN c_num[pos] = 1 THEN
+                            ARRAY(SELECT m.user_id FROM pgchat.members m
+                                  WHERE m.conversation_id = cid AND m.user_id = ANY (listed)
+                                    AND NOT m.admin)
+                        ELSE '{}' END;
+                listed := ARRAY(SELECT x FROM unnest(listed) AS x WHERE x <> ALL (members_now));
+                IF cardinality(members_now) + cardinality(listed) > p_max_members THEN
+                    o_code[pos] := 'too_large';
+                    o_detail[pos] := format('group_add: the group would have %s members; the limit is %s',
+                                          cardinality(members_now) + cardinality(listed), p_max_members);
+                ELSIF cardinality(listed) + cardinality(promoted) > 0 THEN
+                    INSERT INTO pgchat.members (conversation_id, user_id, admin)
+                    SELECT cid, x, coalesce(c_num[pos] = 1, false) FROM unnest(listed) AS x;
+                    UPDATE pgchat.members SET admin = true
+                    WHERE conversation_id = cid AND user_id = ANY (promoted);
+                    UPDATE pgchat.conversations SET version = version + 1 WHERE id = cid;
+                    SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields, cj
+                    FROM pgchat.announce(e_user, e_seq, e_cmd, e_kind, e_fields, cid, pos);
+                    o_conv[pos] := cj;
+                ELSE
+                    o_conv[pos] := pgchat.conversation_json(cid);
+                END IF;
+            ELSE
+                -- group_remove or group_leave: who leaves gets `removed`, the rest the new
+                -- membership.
+                IF c_kind[pos] = 'group_leave' THEN
+                    gone := ARRAY[actor];
+                ELSE
+                    gone := ARRAY(SELECT m.user_id FROM pgchat.members m
+                                  WHERE m.conversation_id = cid AND m.user_id = ANY (listed)
+                                  ORDER BY m.user_id);
+                END IF;
+                IF gone <> ARRAY[actor] AND cardinality(gone) > 0 AND NOT crow.admin THEN
+                    o_code[pos] := 'forbidden';
+                    o_detail[pos] := format('group_remove: only an admin of %s may remove others; '
+                                          'anyone may leave', to_json(cid));
+                ELSIF crow.created_by = ANY (gone) AND crow.created_by <> actor THEN
+                    o_code[pos] := 'forbidden';
+                    o_detail[pos] := format('group_remove: %s created %s: only they can take '
+                                          'themself out (group_leave)', to_json(crow.created_by),
+                                          to_json(cid));
+                ELSIF cardinality(gone) > 0 THEN
+                    DELETE FROM pgchat.members
+                    WHERE conversation_id = cid AND user_id = ANY (gone);
+                    UPDATE pgchat.conversations SET version = version + 1 WHERE id = cid;
+                    payload := jsonb_build_object('conversation', cid);
+                    SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields
+                    FROM pgchat.append_events(e_user, e_seq, e_cmd, e_kind, e_fields, gone,
+                                              'removed', cid, payload, payload, pos);
+                    SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields, cj
+                    FROM pgchat.announce(e_user, e_seq, e_cmd, e_kind, e_fields, cid, pos);
+                END IF;
+                IF c_kind[pos] = 'group_remove' AND o_code[pos] IS NULL THEN
+                    o_conv[pos] := pgchat.conversation_json(cid);
+                END IF;
+            END IF;
+        END IF;
+        -- The conversation's state after a group command, for the caller's cache.
+        IF o_code[pos] IS NULL AND c_kind[pos] <> 'read' AND NOT retried THEN
+            SELECT c.version, c.last_cseq INTO crow FROM pgchat.conversations c WHERE c.id = cid;
+            v_id := v_id || cid;
+            v_version := v_version || crow.version;
+            v_last_cseq := v_last_cseq || crow.last_cseq;
+            v_members := v_members || (coalesce(o_conv[pos], pgchat.conversation_json(cid)) -> 'members');
+        END IF;
+        pos := pos + 1;
+    END LOOP;
+
+    -- 8. Users this batch created for commands that were refused (no event reached them,
+    -- so nothing refers to them) go again: a refused command stores nothing. Rows this
+    -- transaction inserted: no one else has seen or locked them.
+    IF cardinality(fresh_users) > 0 THEN
+        DELETE FROM pgchat.users u WHERE u.id = ANY (fresh_users) AND u.head = 0;
+    END IF;
+
+    -- 9. One notification for the whole batch, delivered at commit.
+    IF cardinality(e_user) > 0 OR cardinality(v_id) > 0 THEN
+        PERFORM pg_notify('pgchat', pgchat.events_notice(p_worker, e_user, e_seq, v_id, v_version));
+    END IF;
+END
+$fn$;
+
+-- Retention: deletes up to p_limit events older than p_older_than, oldest first, and
+-- records how far each stream was pruned; then up to p_limit conversation states older
+-- than every event left (none can point at them: a state and its events share their
+-- transaction's created_at). Returns how many rows it deleted, or -1 when another
+-- process is pruning (one at a time, by an advisory lock held to commit). Bounded and
+-- keyed (the created_at index, then the rows' ctids), so it never scans a table, and it
+-- touches only rows that no writer touches, so it never stalls one.
+CREATE OR REPLACE FUNCTION pgchat.prune_events(p_older_than interval, p_limit integer) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    deleted bigint;
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(hashtext('pgchat_prune')) THEN
+        RETURN -1;
+    END IF;
+    WITH gone AS (
+        DELETE FROM pgchat.event_queue e
+        WHERE e.ctid = ANY (ARRAY(
+            SELECT x.ctid FROM pgchat.event_queue x
+            WHERE x.created_at < now() - p_older_than
+            ORDER BY x.created_at LIMIT p_limit))
+        RETURNING e.user_id, e.seq
+    ), marks AS (
+        INSERT INTO pgchat.stream_pruned AS p (user_id, through)
+        SELECT user_id, max(seq) FROM gone GROUP BY user_id ORDER BY user_id
+        ON CONFLICT (user_id) DO UPDATE SET through = greatest(p.through, EXCLUDED.through)
+    )
+    SELECT count(*) INTO deleted FROM gone;
+    WITH gone AS (
+        DELETE FROM pgchat.conversation_states s
+        WHERE s.ctid = ANY (ARRAY(
+            SELECT x.ctid FROM pgchat.conversation_states x
+            WHERE x.created_at < now() - p_older_than
+              AND x.created_at < coalesce((SELECT min(e.created_at) FROM pgchat.event_queue e),
+                                          'infinity')
+            ORDER BY x.created_at LIMIT p_limit))
+        RETURNING 1
+    )
+    SELECT deleted + count(*) INTO deleted FROM gone;
+    RETURN deleted;
+END
+$$;
+
+INSERT INTO public.pgchat_schema (version) VALUES (3);
