@@ -40,6 +40,8 @@ pub struct Committed {
     pub conversations: Vec<Snapshot>,
     /// Messages this batch stored (a retried send returns an older one instead).
     pub stored: usize,
+    /// The batch may have committed without this worker hearing of it.
+    pub outcome_unknown: bool,
 }
 
 impl Committed {
@@ -62,6 +64,7 @@ impl Committed {
             events: Vec::new(),
             conversations: Vec::new(),
             stored: 0,
+            outcome_unknown: unknown,
         }
     }
 }
@@ -393,5 +396,6 @@ fn decode(row: &Row, commands: &[&Command]) -> Committed {
         events,
         conversations,
         stored: count,
+        outcome_unknown: false,
     }
 }

@@ -274,6 +274,15 @@ impl Batcher {
     /// After commit: refresh the cache, deliver, then acknowledge, in that order, so that
     /// whoever gets an ack can already read and see what it acknowledged.
     fn finish(&self, jobs: Vec<Job>, committed: Vec<batch::Committed>) {
+        if committed.iter().any(|c| c.outcome_unknown) {
+            // The batch may have committed, and its notification is one this worker skips
+            // as its own: bring this worker's sessions up to the stored heads by itself.
+            tokio::spawn(resync_after_unknown_outcome(
+                self.db.clone(),
+                self.hub.clone(),
+                self.cache.clone(),
+            ));
+        }
         let mut outcomes = Vec::with_capacity(jobs.len());
         for c in committed {
             self.metrics.messages_stored.inc_by(c.stored as u64);
@@ -293,6 +302,26 @@ impl Batcher {
                     .observe(job.queued_at.elapsed().as_secs_f64());
             }
             let _ = job.reply.send(outcome);
+        }
+    }
+}
+
+/// After a batch whose outcome is unknown: once the database answers again, forget the
+/// cache (it may lack that batch's changes) and move every local user's feed to the head
+/// stored, so that sessions read from the table whatever the batch committed. Gives up
+/// after a minute of outage: by then the listener has reconnected and caught up anyway.
+async fn resync_after_unknown_outcome(db: Database, hub: Arc<Hub>, cache: Arc<ConversationCache>) {
+    for _ in 0..120 {
+        let users = hub.local_users();
+        match crate::store::heads(&db, &users).await {
+            Ok(heads) => {
+                cache.clear();
+                for (user, head) in heads {
+                    hub.advance(&user, head);
+                }
+                return;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
         }
     }
 }
