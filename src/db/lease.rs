@@ -128,6 +128,14 @@ pub enum Lease {
 }
 
 impl Lease {
+    /// Drops a connection that failed at the connection level instead of giving it back:
+    /// the pool would lend it again before noticing that it is closed.
+    pub fn discard(self) {
+        if let Lease::Pooled(o) = self {
+            drop(Object::take(o));
+        }
+    }
+
     pub async fn prepare_cached(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
         match self {
             Lease::Pooled(o) => o.prepare_cached(sql).await,

@@ -228,10 +228,24 @@ pub async fn commit(
         .prepare_cached(APPLY_BATCH)
         .await
         .map_err(Failed::before_sending)?;
-    let row = client.query_one(&stmt, &params).await.map_err(|e| Failed {
-        error: e.into(),
-        sent: true,
-    })?;
+    // A connection the server ended while it sat in the pool (its backend terminated,
+    // a failover) may be lent before its end is noticed. Known closed now, nothing can
+    // have been sent on it: say so, rather than leave the outcome in doubt.
+    if client.is_closed() {
+        return Err(Failed::before_sending(DbError::Down(
+            "the database connection was closed",
+        )));
+    }
+    let row = match client.query_one(&stmt, &params).await {
+        Ok(row) => row,
+        Err(e) => {
+            let error = DbError::from(e);
+            if error.is_unavailable() {
+                client.discard();
+            }
+            return Err(Failed { error, sent: true });
+        }
+    };
     drop(client);
     Ok(decode(&row, commands))
 }

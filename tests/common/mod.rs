@@ -134,24 +134,29 @@ async fn template() -> String {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs();
+        // A template carries its build time as its comment: one built in the last hour may
+        // belong to another checkout's run on this server, which still clones it.
         let stale: Vec<String> = admin
             .query(
-                "SELECT datname FROM pg_database
+                "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database
                  WHERE datname LIKE 'pgchat\\_tmpl\\_%' OR datname LIKE 'pgchat\\_test\\_%'",
                 &[],
             )
             .await
             .unwrap()
             .iter()
-            .map(|r| r.get::<_, String>(0))
-            .filter(|d| match d.strip_prefix("pgchat_test_") {
-                Some(rest) => rest
-                    .split('_')
-                    .next()
-                    .and_then(|t| t.parse::<u64>().ok())
-                    .is_none_or(|t| t + 3600 < now),
-                None => !d.ends_with("_building"),
+            .map(|r| (r.get::<_, String>(0), r.get::<_, Option<String>>(1)))
+            .filter(|(d, comment)| {
+                let old = |t: Option<&str>| {
+                    t.and_then(|t| t.parse::<u64>().ok())
+                        .is_none_or(|t| t + 3600 < now)
+                };
+                match d.strip_prefix("pgchat_test_") {
+                    Some(rest) => old(rest.split('_').next()),
+                    None => !d.ends_with("_building") && old(comment.as_deref()),
+                }
             })
+            .map(|(d, _)| d)
             .collect();
         for d in stale {
             let _ = admin
@@ -174,7 +179,10 @@ async fn template() -> String {
             .expect("schema.sql applies to an empty database");
         // Renaming only after the schema is in makes a half-built template impossible.
         admin
-            .batch_execute(&format!("ALTER DATABASE {building} RENAME TO {name}"))
+            .batch_execute(&format!(
+                "ALTER DATABASE {building} RENAME TO {name};
+                 COMMENT ON DATABASE {name} IS '{now}'"
+            ))
             .await
             .unwrap();
     }
