@@ -189,21 +189,25 @@ fn probe_often(c: &mut Config) {
     c.listener_probe_timeout_ms = 500;
 }
 
-/// This process's TCP sockets with their keepalive timer, from /proc/net/tcp: local port
-/// → seconds until the next keepalive probe (None when another timer, or none, runs).
-fn keepalive_timers() -> std::collections::HashMap<u16, Option<f64>> {
+/// The TCP sockets connected to `server_port`, with their keepalive timer, from
+/// /proc/net/tcp: local port → seconds until the next keepalive probe (None when another
+/// timer, or none, runs).
+fn keepalive_timers(server_port: u16) -> std::collections::HashMap<u16, Option<f64>> {
     let table = std::fs::read_to_string("/proc/self/net/tcp").unwrap();
+    let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next().unwrap(), 16).unwrap();
     table
         .lines()
         .skip(1)
         .filter_map(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
-            let port = u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok()?;
+            if port(f[2]) != server_port {
+                return None;
+            }
             let (timer, when) = f[5].split_once(':')?;
             // Timer 2 is keepalive; `when` is in USER_HZ (100 a second) ticks.
             let secs =
                 (timer == "02").then(|| u64::from_str_radix(when, 16).unwrap() as f64 / 100.0);
-            Some((port, secs))
+            Some((port(f[1]), secs))
         })
         .collect()
 }
@@ -229,11 +233,16 @@ async fn every_database_connection_has_keepalives_and_a_user_timeout() {
         .map(|r| r.get::<_, i32>(0) as u16)
         .collect();
     assert!(ports.len() >= 2, "the listener and the pool: {ports:?}");
+    let server_port = admin
+        .query_one("SELECT inet_server_port()", &[])
+        .await
+        .unwrap()
+        .get::<_, i32>(0) as u16;
     // Without pgchat's settings the kernel would first probe after two hours.
     eventually(
         "every pgchat connection probes within 7 s of silence",
         || async {
-            let timers = keepalive_timers();
+            let timers = keepalive_timers(server_port);
             ports
                 .iter()
                 .all(|p| timers.get(p).copied().flatten().is_some_and(|s| s <= 7.0))
@@ -443,19 +452,11 @@ async fn reads_are_served_while_every_writer_waits_on_a_lock() {
     )
     .await
     .unwrap();
-    for (client, key) in [(&mut alice, "2"), (&mut alice2, "3")] {
-        client
-            .send_text(
-                json!({"type": "send", "to": "bob", "body": key, "client_msg_id": key, "ref": key})
-                    .to_string(),
-            )
-            .await;
-    }
-    // Every batcher this worker runs now waits on the lock, holding its connection.
+    // Each send waits on the lock in a batch of its own, while batchers are free.
     let batchers = app.app.writer.batchers() as i64;
     let watcher = app.db.client().await;
-    eventually("every batcher waits on the lock", || async {
-        let waiting: i64 = watcher
+    let waiting = || async {
+        watcher
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity
                  WHERE datname = current_database() AND application_name = 'pgchat'
@@ -464,10 +465,26 @@ async fn reads_are_served_while_every_writer_waits_on_a_lock() {
             )
             .await
             .unwrap()
-            .get(0);
-        waiting == batchers
-    })
-    .await;
+            .get::<_, i64>(0)
+    };
+    for (n, (client, key)) in [(&mut alice, "2"), (&mut alice2, "3")]
+        .into_iter()
+        .enumerate()
+    {
+        client
+            .send_text(
+                json!({"type": "send", "to": "bob", "body": key, "client_msg_id": key, "ref": key})
+                    .to_string(),
+            )
+            .await;
+        let expected = (n as i64 + 1).min(batchers);
+        eventually("the send's batch waits on the lock", || async {
+            waiting().await == expected
+        })
+        .await;
+    }
+    // Every batcher this worker runs now waits on the lock, holding its connection.
+    assert_eq!(waiting().await, batchers);
     // A socket still connects (its user is read and recorded) and resumes (a read).
     let mut carol = app
         .try_connect(Some(&app.token("carol")))
