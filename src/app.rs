@@ -46,6 +46,8 @@ pub struct AppInner {
     open_sockets: AtomicUsize,
     next_session: AtomicU64,
     pub listener: ListenerState,
+    /// The cached database probe of `/health` and `/ready`.
+    pub health: crate::http::HealthProbe,
     /// One token bucket per user, shared by the user's sessions and the HTTP API.
     pub rate_limits: UserLimits,
 }
@@ -178,7 +180,13 @@ impl Application {
             .ok()
             .and_then(|a| a.as_socket())
             .expect("a bound TCP socket has an address");
-        let worker_id = format!("{}-{}", hostname(), std::process::id());
+        // Unique across the cluster: the host, the process, and which of the process's
+        // applications (tests run several in one process, as workers of one database).
+        static BUILT: AtomicUsize = AtomicUsize::new(0);
+        let worker_id = match BUILT.fetch_add(1, Ordering::Relaxed) {
+            0 => format!("{}-{}", hostname(), std::process::id()),
+            n => format!("{}-{}-{n}", hostname(), std::process::id()),
+        };
         let metrics = Arc::new(Metrics::new());
         let hub = Hub::new(
             FeedLimits {
@@ -226,6 +234,7 @@ impl Application {
             config.rate_limit_per_sec,
             config.rate_limit_burst,
         );
+        let config_health_cache_ms = config.health_cache_ms;
         let app = App(Arc::new(AppInner {
             auth,
             config,
@@ -242,6 +251,7 @@ impl Application {
             open_sockets: AtomicUsize::new(0),
             next_session: AtomicU64::new(1),
             listener: ListenerState::default(),
+            health: crate::http::HealthProbe::new(Duration::from_millis(config_health_cache_ms)),
             rate_limits,
         }));
         let background = TaskTracker::new();

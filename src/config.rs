@@ -59,6 +59,14 @@ pub struct Config {
     pub db_acquire_timeout_ms: u64,
     pub db_idle_timeout_ms: u64,
     pub db_statement_timeout_ms: u64,
+    pub db_keepalive_idle_ms: u64,
+    pub db_keepalive_interval_ms: u64,
+    pub db_keepalive_retries: u32,
+    pub db_tcp_user_timeout_ms: u64,
+    pub listener_probe_interval_ms: u64,
+    pub listener_probe_timeout_ms: u64,
+    pub listener_queue: usize,
+    pub health_cache_ms: u64,
     pub embedded_postgres: bool,
     pub embedded_port: u16,
     pub data_dir: PathBuf,
@@ -122,6 +130,14 @@ impl Default for Config {
             db_acquire_timeout_ms: 2_000,
             db_idle_timeout_ms: 30_000,
             db_statement_timeout_ms: 30_000,
+            db_keepalive_idle_ms: 30_000,
+            db_keepalive_interval_ms: 10_000,
+            db_keepalive_retries: 3,
+            db_tcp_user_timeout_ms: 60_000,
+            listener_probe_interval_ms: 10_000,
+            listener_probe_timeout_ms: 5_000,
+            listener_queue: 1_024,
+            health_cache_ms: 1_000,
             embedded_postgres: true,
             embedded_port: 5432,
             data_dir: PathBuf::from("data"),
@@ -238,6 +254,28 @@ impl Config {
             ));
         }
         at_least("db_acquire_timeout_ms", self.db_acquire_timeout_ms, 1)?;
+        at_least("db_keepalive_idle_ms", self.db_keepalive_idle_ms, 1_000)?;
+        at_least(
+            "db_keepalive_interval_ms",
+            self.db_keepalive_interval_ms,
+            1_000,
+        )?;
+        at_least("db_keepalive_retries", self.db_keepalive_retries as u64, 1)?;
+        if self.db_tcp_user_timeout_ms != 0 {
+            at_least("db_tcp_user_timeout_ms", self.db_tcp_user_timeout_ms, 1_000)?;
+        }
+        at_least(
+            "listener_probe_interval_ms",
+            self.listener_probe_interval_ms,
+            100,
+        )?;
+        at_least(
+            "listener_probe_timeout_ms",
+            self.listener_probe_timeout_ms,
+            100,
+        )?;
+        at_least("listener_queue", self.listener_queue as u64, 1)?;
+        at_least("health_cache_ms", self.health_cache_ms, 10)?;
         at_least("max_connections", self.max_connections as u64, 1)?;
         at_least("max_sockets_per_user", self.max_sockets_per_user as u64, 1)?;
         at_least("header_read_timeout_ms", self.header_read_timeout_ms, 100)?;

@@ -2,7 +2,7 @@
 //! endpoints (`/health`, `/ready`, `/live`, `/metrics`).
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::ws::WebSocketUpgrade;
@@ -234,6 +234,41 @@ async fn live() -> impl IntoResponse {
     Json(json!({"status": "live"}))
 }
 
+/// The database probe behind `/health` and `/ready`: at most one `SELECT 1` per
+/// `health_cache_ms`, whatever the number of requests, so that a flood of them (a
+/// misconfigured load balancer, an attacker) cannot take the pool's connections. While a
+/// probe runs, the requests that arrive wait for its answer instead of starting their own.
+pub struct HealthProbe {
+    max_age: Duration,
+    /// A tokio mutex, held across the probe on purpose: that is what makes it one probe.
+    last: tokio::sync::Mutex<Option<(Instant, bool)>>,
+}
+
+impl HealthProbe {
+    pub fn new(max_age: Duration) -> HealthProbe {
+        HealthProbe {
+            max_age,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// True when the database answered the latest probe (run now if the last is stale).
+    pub async fn database_up(&self, app: &App) -> bool {
+        let mut last = self.last.lock().await;
+        if let Some((at, up)) = *last {
+            if at.elapsed() < self.max_age {
+                return up;
+            }
+        }
+        app.metrics.health_probes.inc();
+        let up = tokio::time::timeout(Duration::from_secs(2), app.db.ping())
+            .await
+            .unwrap_or(false);
+        *last = Some((Instant::now(), up));
+        up
+    }
+}
+
 async fn ready(State(app): State<App>) -> Response {
     if app.shutdown.is_cancelled() {
         return (
@@ -242,9 +277,7 @@ async fn ready(State(app): State<App>) -> Response {
         )
             .into_response();
     }
-    let db = tokio::time::timeout(Duration::from_secs(2), app.db.ping())
-        .await
-        .unwrap_or(false);
+    let db = app.health.database_up(&app).await;
     let listening = app.listener.is_up();
     let ready = db && listening;
     (
@@ -264,9 +297,7 @@ async fn ready(State(app): State<App>) -> Response {
 
 async fn health(State(app): State<App>) -> Response {
     let pool = app.db.pool_status();
-    let db = tokio::time::timeout(Duration::from_secs(2), app.db.ping())
-        .await
-        .unwrap_or(false);
+    let db = app.health.database_up(&app).await;
     Json(json!({
         "status": if db { "ok" } else { "degraded" },
         "worker": app.worker_id,
@@ -280,6 +311,8 @@ async fn health(State(app): State<App>) -> Response {
         "database": {
             "up": db,
             "share": app.db.share,
+            "writers": app.writer.batchers(),
+            "probes": app.metrics.health_probes.get(),
             "pool": {
                 "max_size": pool.max_size,
                 "size": pool.size,
@@ -294,6 +327,9 @@ async fn health(State(app): State<App>) -> Response {
             "up": app.listener.is_up(),
             "connects": app.metrics.listener_connects.get(),
             "notifications": app.metrics.notifications.get(),
+            "overflows": app.metrics.listener_overflows.get(),
+            // A stable code, never the driver's text (it may name hosts and users); the
+            // detail is in the log.
             "last_error": app.listener.last_error(),
         },
         "counters": app.metrics.summary(),

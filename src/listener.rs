@@ -14,11 +14,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
@@ -36,7 +36,9 @@ const FETCH_WINDOW: i64 = 256;
 #[derive(Default)]
 pub struct ListenerState {
     up: AtomicBool,
-    last_error: Mutex<Option<String>>,
+    /// Why it last went down, as a stable code (the driver's text is only logged: it may
+    /// name hosts, users or addresses).
+    last_error: Mutex<Option<&'static str>>,
 }
 
 impl ListenerState {
@@ -45,28 +47,67 @@ impl ListenerState {
         self.up.load(Ordering::Acquire)
     }
 
-    pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().expect("listener state").clone()
+    /// `connect_failed`, `connection_lost` or `unresponsive`, or none yet.
+    pub fn last_error(&self) -> Option<&'static str> {
+        *self.last_error.lock().expect("listener state")
     }
 
-    fn set_down(&self, why: String) {
+    fn set_down(&self, why: &'static str) {
         self.up.store(false, Ordering::Release);
         *self.last_error.lock().expect("listener state") = Some(why);
     }
 }
 
-/// Listens until `stop`, reconnecting with backoff (100 ms doubling to 5 s).
+/// Why a connection's life ended.
+enum Down {
+    /// Connecting, or LISTEN, failed.
+    Connect(DbError),
+    /// The connection broke (the server closed it, a query on it failed).
+    Lost(DbError),
+    /// It did not answer the liveness probe in time: half-open, or stalled.
+    Unresponsive,
+}
+
+impl Down {
+    fn code(&self) -> &'static str {
+        match self {
+            Down::Connect(_) => "connect_failed",
+            Down::Lost(_) => "connection_lost",
+            Down::Unresponsive => "unresponsive",
+        }
+    }
+}
+
+impl std::fmt::Display for Down {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Down::Connect(e) => write!(f, "connecting failed: {e}"),
+            Down::Lost(e) => write!(f, "the connection broke: {e}"),
+            Down::Unresponsive => f.write_str("the connection did not answer its probe in time"),
+        }
+    }
+}
+
+/// Listens until `stop`, reconnecting with backoff (100 ms doubling to 5 s, and back to
+/// 100 ms once a connection came up).
 pub async fn run(app: App, stop: CancellationToken) {
-    let mut backoff = Duration::from_millis(100);
+    const FIRST: Duration = Duration::from_millis(100);
+    let mut backoff = FIRST;
     loop {
         let result = listen(&app, &stop).await;
         app.db.source.set_shared(None);
+        let was_up = app.listener.is_up();
         match result {
             Ok(()) => return, // stopped
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "notification listener down");
-                app.listener.set_down(e.to_string());
+                app.listener.set_down(e.code());
             }
+        }
+        if was_up {
+            // A connection that worked is retried at once: a restart or failover of the
+            // server should cost readiness as little as possible.
+            backoff = FIRST;
         }
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -77,23 +118,37 @@ pub async fn run(app: App, stop: CancellationToken) {
 }
 
 /// One connection's life: connect, LISTEN, catch up, then handle notifications until the
-/// connection ends (an error) or `stop` (Ok).
-async fn listen(app: &App, stop: &CancellationToken) -> Result<(), DbError> {
-    let (client, mut connection) = app.db.connect_dedicated().await?;
-    let (tx, mut rx) = mpsc::channel::<String>(1024);
-    let driver = tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(message) = messages.next().await {
-            match message {
-                Ok(AsyncMessage::Notification(n)) => {
-                    if tx.send(n.payload().to_string()).await.is_err() {
+/// connection ends or stops answering (an error) or `stop` (Ok).
+async fn listen(app: &App, stop: &CancellationToken) -> Result<(), Down> {
+    let (client, mut connection) = app
+        .db
+        .connect_dedicated()
+        .await
+        .map_err(|e| Down::Connect(e.into()))?;
+    let (tx, mut rx) = mpsc::channel::<String>(app.config.listener_queue);
+    // Set by the driver when the queue was full and it dropped a notification: the
+    // listener then catches up from the tables instead.
+    let overflow = Arc::new(Notify::new());
+    let driver = tokio::spawn({
+        let overflow = overflow.clone();
+        async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    // Never wait for room: while this task waits, the connection is not
+                    // read, and the listener, whose queries (all of the worker's, when
+                    // its share is one connection) answer on it, would wait forever.
+                    Ok(AsyncMessage::Notification(n)) => match tx.try_send(n.payload().to_string())
+                    {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => overflow.notify_one(),
+                        Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    },
+                    Ok(_) => {} // server notices
+                    Err(e) => {
+                        tracing::debug!(error = %e, "listener connection ended");
                         return;
                     }
-                }
-                Ok(_) => {} // server notices
-                Err(e) => {
-                    tracing::debug!(error = %e, "listener connection ended");
-                    return;
                 }
             }
         }
@@ -101,35 +156,75 @@ async fn listen(app: &App, stop: &CancellationToken) -> Result<(), DbError> {
     // Whatever happens below, the driver goes with this function.
     let _driver = AbortOnDrop(driver);
     let shared = SharedConn::new(client);
-    shared
-        .client
-        .batch_execute(&format!("LISTEN {CHANNEL}"))
-        .await?;
-    app.db.source.set_shared(Some(shared.clone()));
-    app.metrics.listener_connects.inc();
-    // Listening already, so nothing committed from here on is missed; now read what may
-    // have been missed before.
-    catch_up(app).await?;
-    app.listener.up.store(true, Ordering::Release);
-    tracing::info!("listening for notifications");
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            payload = rx.recv() => {
-                let Some(first) = payload else {
-                    return Err(DbError::Down("the listener's connection closed"));
-                };
-                // Take whatever else is waiting: one fetch serves them all.
-                let mut payloads = vec![first];
-                while payloads.len() < 256 {
-                    match rx.try_recv() {
-                        Ok(p) => payloads.push(p),
-                        Err(_) => break,
-                    }
+    // From here on the connection proves itself alive every probe interval, whatever the
+    // listener is doing meanwhile (LISTEN, catching up, fetching): a half-open connection
+    // would otherwise leave every one of those waiting forever.
+    let probe = probe(
+        shared.clone(),
+        Duration::from_millis(app.config.listener_probe_interval_ms),
+        Duration::from_millis(app.config.listener_probe_timeout_ms),
+    );
+    tokio::pin!(probe);
+    let work = async {
+        shared
+            .client
+            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .await
+            .map_err(|e| Down::Connect(e.into()))?;
+        app.db.source.set_shared(Some(shared.clone()));
+        app.metrics.listener_connects.inc();
+        // Listening already, so nothing committed from here on is missed; now read what may
+        // have been missed before.
+        catch_up(app).await.map_err(Down::Lost)?;
+        app.listener.up.store(true, Ordering::Release);
+        tracing::info!("listening for notifications");
+        loop {
+            tokio::select! {
+                biased;
+                _ = overflow.notified() => {
+                    // Some notifications were dropped, and what is queued is older than
+                    // what the tables hold: drop it too and catch up from the tables.
+                    app.metrics.listener_overflows.inc();
+                    while rx.try_recv().is_ok() {}
+                    tracing::debug!("notifications outpaced the listener: catching up from the tables");
+                    recover(app).await.map_err(Down::Lost)?;
                 }
-                app.metrics.notifications.inc_by(payloads.len() as u64);
-                handle(app, payloads).await;
+                payload = rx.recv() => {
+                    let Some(first) = payload else {
+                        return Err(Down::Lost(DbError::Down("the listener's connection closed")));
+                    };
+                    // Take whatever else is waiting: one fetch serves them all.
+                    let mut payloads = vec![first];
+                    while payloads.len() < 256 {
+                        match rx.try_recv() {
+                            Ok(p) => payloads.push(p),
+                            Err(_) => break,
+                        }
+                    }
+                    app.metrics.notifications.inc_by(payloads.len() as u64);
+                    handle(app, payloads).await;
+                }
             }
+        }
+    };
+    tokio::select! {
+        _ = stop.cancelled() => Ok(()),
+        down = &mut probe => Err(down),
+        result = work => result,
+    }
+}
+
+/// Resolves when the connection fails to answer `SELECT 1` within `timeout`, tried every
+/// `every`. The probe takes the connection's read gate like any query, so it never runs
+/// inside a transaction that holds the connection alone; waiting for that gate counts
+/// against the timeout.
+async fn probe(conn: Arc<SharedConn>, every: Duration, timeout: Duration) -> Down {
+    loop {
+        tokio::time::sleep(every).await;
+        match tokio::time::timeout(timeout, conn.probe()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Down::Lost(e.into()),
+            Err(_) => return Down::Unresponsive,
         }
     }
 }
@@ -147,6 +242,7 @@ async fn handle(app: &App, payloads: Vec<String>) {
     let mut grew: HashMap<String, i64> = HashMap::new();
     let mut all_streams = false;
     let mut all_conversations = false;
+    let mut reload_presence = false;
     for payload in payloads {
         let notice: Notice = match serde_json::from_str(&payload) {
             Ok(n) => n,
@@ -174,11 +270,18 @@ async fn handle(app: &App, payloads: Vec<String>) {
             Notice::Typing { c, u, s, m, .. } => {
                 crate::requests::remote_typing(app, c, u, s, m).await
             }
+            Notice::Gone { all: true, .. } => reload_presence = true,
             other => app.presence.on_notice(other),
         }
     }
     if all_conversations {
         app.cache.clear();
+    }
+    if reload_presence {
+        // Workers too many to list are gone: the table says who is still online.
+        if let Err(e) = app.presence.reload().await {
+            tracing::warn!(error = %e, "reloading presence after a pointer notification failed");
+        }
     }
     if all_streams {
         // A batch too large to list: check every user held here.
@@ -199,12 +302,20 @@ fn note_growth(app: &App, grew: &mut HashMap<String, i64>, user: String, seq: i6
     }
 }
 
-/// After a (re)connection: forgets the cache and reloads presence (changes may have been
-/// missed), then catches the streams up.
+/// After a (re)connection: what [`recover`] does, and this worker's presence recorded
+/// again (if the outage outlasted the heartbeat, the other workers reaped it).
 async fn catch_up(app: &App) -> Result<(), DbError> {
+    recover(app).await?;
+    app.presence.reassert();
+    Ok(())
+}
+
+/// After notifications were missed: forgets the cache and reloads presence (changes may
+/// have been missed), then catches the streams up. Typing notices missed stay missed
+/// (they are at most once).
+async fn recover(app: &App) -> Result<(), DbError> {
     app.cache.clear();
     app.presence.reload().await?;
-    app.presence.reassert();
     catch_up_streams(app, HashMap::new()).await
 }
 

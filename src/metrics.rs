@@ -29,6 +29,8 @@ pub struct Metrics {
     pub listener_up: Gauge,
     pub listener_connects: Counter,
     pub notifications: Counter,
+    pub listener_overflows: Counter,
+    pub health_probes: Counter,
     pub db_share: Gauge,
     pub pool_size: Gauge,
     pub pool_available: Gauge,
@@ -124,6 +126,16 @@ impl Metrics {
             notifications: reg!(
                 "notifications_received",
                 "Notifications received from the cluster (this worker's own included)",
+                Counter::default()
+            ),
+            listener_overflows: reg!(
+                "listener_overflows",
+                "Times notifications outpaced the listener and it caught up from the tables instead",
+                Counter::default()
+            ),
+            health_probes: reg!(
+                "health_probes",
+                "Database probes run for /health and /ready (at most one per health_cache_ms)",
                 Counter::default()
             ),
             db_share: reg!(

@@ -48,9 +48,14 @@ pub enum Notice {
     #[serde(rename = "g")]
     Gone {
         w: String,
+        #[serde(default)]
         dead: Vec<String>,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         graceful: bool,
+        /// Set instead of `dead` when the list would not fit: some workers are gone;
+        /// receivers reload presence from the `presence` table.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        all: bool,
     },
     /// `u` started or stopped typing in conversation `c`, whose members are `m` (left out
     /// when the list would not fit: receivers look the members up).
@@ -108,6 +113,25 @@ impl Notice {
             *all_c = true;
         }
         encode(&notice)
+    }
+
+    /// Workers found gone: the list, or a pointer when it would not fit.
+    pub fn gone_payload(worker: &str, dead: &[String], graceful: bool) -> String {
+        let mut notice = Notice::Gone {
+            w: worker.to_string(),
+            dead: dead.to_vec(),
+            graceful,
+            all: false,
+        };
+        let text = serde_json::to_string(&notice).expect("notices serialise");
+        if text.len() <= MAX_PAYLOAD {
+            return text;
+        }
+        if let Notice::Gone { dead, all, .. } = &mut notice {
+            dead.clear();
+            *all = true;
+        }
+        serde_json::to_string(&notice).expect("notices serialise")
     }
 
     /// A typing notice, with the members when they fit.
@@ -210,6 +234,18 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn many_dead_workers_become_a_pointer() {
+        let few = Notice::gone_payload("w1", &["w2".into()], false);
+        assert_eq!(few, r#"{"k":"g","w":"w1","dead":["w2"]}"#);
+        let many: Vec<String> = (0..500)
+            .map(|i| format!("{}-{i}", "h".repeat(60)))
+            .collect();
+        let big = Notice::gone_payload("w1", &many, false);
+        assert!(big.len() <= MAX_PAYLOAD);
+        assert_eq!(big, r#"{"k":"g","w":"w1","dead":[],"all":true}"#);
     }
 
     #[test]

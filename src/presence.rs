@@ -215,6 +215,8 @@ impl Presence {
                     }
                 }
             }
+            // A pointer: the listener reloads presence from the table instead.
+            Notice::Gone { all: true, .. } => {}
             Notice::Gone { dead, graceful, .. } => {
                 let dead: HashSet<String> = dead.into_iter().collect();
                 let offline = Self::drop_workers(&mut state, &dead, !graceful);
@@ -482,6 +484,7 @@ impl Presence {
             w: self.worker.clone(),
             dead,
             graceful: false,
+            all: false,
         });
         Ok(())
     }
@@ -496,12 +499,9 @@ impl Presence {
     ) -> Result<(), DbError> {
         let stmt = tx.prepare_cached(queries::FORGET_WORKERS).await?;
         tx.execute(&stmt, &[&workers]).await?;
-        let payload = serde_json::to_string(&Notice::Gone {
-            w: self.worker.clone(),
-            dead: workers.to_vec(),
-            graceful,
-        })
-        .expect("notices serialise");
+        // Hundreds of dead workers (a crashed deployment's worth, say) would not fit in a
+        // notification, and a NOTIFY that fails would fail the reap with it.
+        let payload = Notice::gone_payload(&self.worker, workers, graceful);
         tx.execute(queries::NOTIFY, &[&CHANNEL, &payload]).await?;
         Ok(())
     }

@@ -35,6 +35,12 @@ impl SharedConn {
         })
     }
 
+    /// One round trip (`SELECT 1`), between transactions (it takes the read gate).
+    pub async fn probe(&self) -> Result<(), tokio_postgres::Error> {
+        let _gate = self.gate.read().await;
+        self.client.simple_query("SELECT 1").await.map(|_| ())
+    }
+
     async fn prepare_cached(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
         if let Some(s) = self.statements.lock().expect("statement cache").get(sql) {
             return Ok(s.clone());

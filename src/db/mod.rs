@@ -86,7 +86,7 @@ impl Database {
     /// listener, or none, the listener's connection serving queries too.
     pub async fn open(config: &Config, plan: Plan) -> Result<Database, StartupError> {
         let (url, cluster) = locate(config).await?;
-        let pg_config = pg_config(config, &url);
+        let pg_config = connection_config(config, &url);
         if plan.setup {
             ensure_database(&pg_config, &url).await?;
             migrate(&pg_config, &url, Some(sql_limits(config))).await?;
@@ -135,7 +135,8 @@ impl Database {
         }
     }
 
-    /// Opens one connection outside the pool, driven by the caller (for LISTEN).
+    /// Opens one connection outside the pool, driven by the caller (for LISTEN). Its
+    /// `application_name` ends in ` listener`, so that pg_stat_activity tells it apart.
     pub async fn connect_dedicated(
         &self,
     ) -> Result<
@@ -145,7 +146,13 @@ impl Database {
         ),
         tokio_postgres::Error,
     > {
-        self.pg_config.connect(NoTls).await
+        let mut config = self.pg_config.clone();
+        let name = format!(
+            "{} listener",
+            self.pg_config.get_application_name().unwrap_or("pgchat")
+        );
+        config.application_name(name);
+        config.connect(NoTls).await
     }
 
     /// True when a connection answers `SELECT 1` within the acquire timeout.
@@ -199,7 +206,7 @@ impl Database {
 }
 
 /// The connection settings: the URL plus pgchat's session settings.
-fn pg_config(config: &Config, url: &str) -> tokio_postgres::Config {
+pub fn connection_config(config: &Config, url: &str) -> tokio_postgres::Config {
     let mut pg_config: tokio_postgres::Config = url.parse().expect("validated in Config");
     pg_config.options(format!(
         "-c statement_timeout={}",
@@ -211,6 +218,17 @@ fn pg_config(config: &Config, url: &str) -> tokio_postgres::Config {
     if pg_config.get_application_name().is_none() {
         pg_config.application_name("pgchat");
     }
+    // A server that vanished without closing (a failover, a cut network) would otherwise
+    // leave a connection waiting forever: keepalives notice an idle one, the user timeout
+    // one with data unacknowledged.
+    pg_config
+        .keepalives(true)
+        .keepalives_idle(Duration::from_millis(config.db_keepalive_idle_ms))
+        .keepalives_interval(Duration::from_millis(config.db_keepalive_interval_ms))
+        .keepalives_retries(config.db_keepalive_retries);
+    if config.db_tcp_user_timeout_ms > 0 {
+        pg_config.tcp_user_timeout(Duration::from_millis(config.db_tcp_user_timeout_ms));
+    }
     pg_config
 }
 
@@ -218,7 +236,7 @@ fn pg_config(config: &Config, url: &str) -> tokio_postgres::Config {
 /// returns the URL the workers should use (a private cluster's, if one was started).
 pub async fn setup(config: &Config) -> Result<(String, Option<embedded::Cluster>), StartupError> {
     let (url, cluster) = locate(config).await?;
-    let pg_config = pg_config(config, &url);
+    let pg_config = connection_config(config, &url);
     ensure_database(&pg_config, &url).await?;
     migrate(&pg_config, &url, Some(sql_limits(config))).await?;
     Ok((url, cluster))

@@ -122,6 +122,7 @@ struct Job {
 #[derive(Clone)]
 pub struct Writer {
     queue: mpsc::Sender<Job>,
+    batchers: usize,
 }
 
 impl Writer {
@@ -142,7 +143,15 @@ impl Writer {
         } = outputs;
         let (tx, rx) = mpsc::channel(config.write_queue);
         let rx = Arc::new(Mutex::new(rx));
-        for _ in 0..config.writers {
+        let batchers = batchers(config.writers, &db);
+        if batchers < config.writers {
+            tracing::info!(
+                writers = config.writers,
+                batchers,
+                "fewer batchers than `writers`: one pooled connection stays for reads"
+            );
+        }
+        for _ in 0..batchers {
             let batcher = Batcher {
                 db: db.clone(),
                 hub: hub.clone(),
@@ -156,7 +165,15 @@ impl Writer {
             let stop = stop.clone();
             tracker.spawn(async move { batcher.run(rx, stop).await });
         }
-        Writer { queue: tx }
+        Writer {
+            queue: tx,
+            batchers,
+        }
+    }
+
+    /// The batchers committing concurrently at most (see [`batchers`]).
+    pub fn batchers(&self) -> usize {
+        self.batchers
     }
 
     /// Commits one command; returns its outcome once committed. A failure stores nothing.
@@ -175,6 +192,22 @@ impl Writer {
             )
         })?;
         rx.await.map_err(|_| ApiError::internal())?
+    }
+}
+
+/// How many batchers a worker runs: `writers`, but never so many that they could hold
+/// every pooled connection: each holds one while it commits, and a batch that waits on a
+/// lock holds it that long, so with as many batchers as connections, reads (`history`,
+/// `resume`, a connecting socket) would wait for the writes. One connection's worth of
+/// reads is always left, except in a pool of one, which writes and reads take in turn
+/// (its waiters are served first come, first served). On the listener's shared
+/// connection, queries are pipelined, so batchers never keep reads out.
+fn batchers(writers: usize, db: &Database) -> usize {
+    match &db.source {
+        crate::db::Source::Pool(pool) => {
+            writers.min(pool.status().max_size.saturating_sub(1)).max(1)
+        }
+        crate::db::Source::Shared(_) => writers,
     }
 }
 

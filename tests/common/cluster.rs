@@ -19,10 +19,14 @@ pub struct Cluster {
     supervisor: Option<tokio::process::Child>,
 }
 
-/// A base port with `n` free ports above it.
-fn free_ports(n: usize) -> u16 {
+/// A base port with `n` free ports above it, below the kernel's range of ephemeral ports:
+/// a port inside that range, free when checked, may be taken by any outgoing connection
+/// (to PostgreSQL, a test client) before the worker binds it; the worker then cannot
+/// start and never answers /ready.
+pub fn free_ports(n: usize) -> u16 {
+    let (low, high) = unassigned_ports();
     for _ in 0..200 {
-        let base: u16 = 20_000 + rand::random::<u16>() % 30_000;
+        let base: u16 = low + rand::random::<u16>() % (high - low - n as u16);
         let free =
             (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i as u16)).is_ok());
         if free {
@@ -30,6 +34,20 @@ fn free_ports(n: usize) -> u16 {
         }
     }
     panic!("no run of {n} free ports");
+}
+
+/// Ports the kernel never hands to outgoing connections: from 10000 up to the start of
+/// `ip_local_port_range` (32768 by default).
+fn unassigned_ports() -> (u16, u16) {
+    let start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if start > 12_000 {
+        (10_000, start)
+    } else {
+        (20_000, 32_768) // an unusual range: the old guess
+    }
 }
 
 impl Cluster {
@@ -80,7 +98,7 @@ impl Cluster {
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
         }
         let supervisor = cmd.spawn().expect("start pgchat serve");
-        let cluster = Cluster {
+        let mut cluster = Cluster {
             db,
             base_port,
             workers: n,
@@ -88,7 +106,7 @@ impl Cluster {
             supervisor: Some(supervisor),
         };
         for i in 0..cluster.ports() {
-            cluster.wait_ready(i).await;
+            cluster.wait_started(i).await;
         }
         // Formed: every worker has heard the others' heartbeats (every 2 s).
         if per_worker {
@@ -127,6 +145,29 @@ impl Cluster {
 
     pub fn http(&self, worker: usize, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port(worker))
+    }
+
+    /// Waits for worker `worker`'s /ready to answer 200; fails at once, saying so, if
+    /// `pgchat serve` exits first.
+    async fn wait_started(&mut self, worker: usize) {
+        let url = self.http(worker, "/ready");
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Ok(r) = reqwest::get(&url).await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            let child = self.supervisor.as_mut().expect("running");
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("pgchat serve exited ({status}) before {url} answered 200; TEST_LOG=1 shows why");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{url} did not answer 200 in time"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn wait_ready(&self, worker: usize) {

@@ -201,7 +201,17 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new() -> TestDb {
-        Self::create(Some(&template().await)).await
+        // A run of another schema on the same server (another checkout) removes this
+        // one's template while building its own: then build it again.
+        for _ in 0..3 {
+            match Self::try_create(Some(&template().await)).await {
+                Ok(db) => return db,
+                Err(e)
+                    if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_DATABASE) => {}
+                Err(e) => panic!("create a test database: {e}"),
+            }
+        }
+        panic!("the template database kept disappearing");
     }
 
     /// A fresh database with nothing in it.
@@ -210,6 +220,12 @@ impl TestDb {
     }
 
     async fn create(template: Option<&str>) -> TestDb {
+        Self::try_create(template)
+            .await
+            .expect("create a test database")
+    }
+
+    async fn try_create(template: Option<&str>) -> Result<TestDb, tokio_postgres::Error> {
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -219,12 +235,11 @@ impl TestDb {
         let from = template.map_or("template0".to_string(), str::to_string);
         admin
             .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {from}"))
-            .await
-            .expect("create a test database");
-        TestDb {
+            .await?;
+        Ok(TestDb {
             url: with_db(server_url(), &name),
             name,
-        }
+        })
     }
 
     /// One number from the database (`SELECT count(*) …` and the like).
