@@ -1310,3 +1310,55 @@ async fn hostile_http_requests_get_their_documented_status_and_store_nothing() {
     bob.send_dm("alice", "still here", "h-end").await;
     while alice.event_of("message").await["message"]["body"] != "still here" {}
 }
+
+/// Frames that break RFC 6455 end the socket, since the stream cannot be read past them,
+/// with the close code that says why; the server goes on serving everyone else.
+#[tokio::test]
+async fn websocket_protocol_violations_close_with_1002_or_1007() {
+    let app = spawn().await;
+    let mut bob = app.connect("bob").await;
+    let raw = |op: Data, data: &[u8], fin: bool| {
+        Message::Frame(Frame::message(data.to_vec(), OpCode::Data(op), fin))
+    };
+    let cases: Vec<(&str, Vec<Message>, u16)> = vec![
+        (
+            "invalid UTF-8",
+            vec![raw(Data::Text, b"{\xff}", true)],
+            1007,
+        ),
+        (
+            "UTF-8 cut between fragments and never finished",
+            vec![
+                raw(Data::Text, b"{\"type\":\"\xe2\x82", false),
+                raw(Data::Continue, b"\"}", true),
+            ],
+            1007,
+        ),
+        (
+            "a continuation with nothing to continue",
+            vec![raw(Data::Continue, b"x", true)],
+            1002,
+        ),
+        (
+            "a new text frame inside a fragmented one",
+            vec![raw(Data::Text, b"{", false), raw(Data::Text, b"{}", true)],
+            1002,
+        ),
+        (
+            "a reserved opcode",
+            vec![raw(Data::Reserved(3), b"x", true)],
+            1002,
+        ),
+    ];
+    for (what, frames, code) in cases {
+        let mut c = app.connect("alice").await;
+        for f in frames {
+            c.send_raw(f).await;
+        }
+        assert_eq!(c.close_code().await, Some(code), "{what}");
+        bob.ok(json!({"type": "ping"})).await;
+    }
+    let mut alice = app.connect("alice").await;
+    alice.send_dm("bob", "fine", "v-1").await;
+    assert_eq!(bob.event_of("message").await["message"]["body"], "fine");
+}
