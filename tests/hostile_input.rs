@@ -44,16 +44,35 @@ async fn rows(app: &TestApp) -> Vec<i64> {
     (0..5).map(|i| row.get(i)).collect()
 }
 
-/// The next reply (`ok` or `error`), keeping nothing else.
-async fn next_reply(c: &mut Client) -> Value {
-    loop {
-        let f = c
-            .recv()
-            .await
-            .expect("the socket stays open after a bad request");
-        if f["type"] == "ok" || f["type"] == "error" {
-            return f;
+/// What a corpus found wrong, all of it reported at the end rather than the first only.
+struct Tally {
+    rows: Vec<i64>,
+    wrong: Vec<String>,
+}
+
+impl Tally {
+    async fn new(app: &TestApp) -> Tally {
+        Tally {
+            rows: rows(app).await,
+            wrong: Vec::new(),
         }
+    }
+
+    /// Notes `what` if the row counts changed since the last case (users aside when
+    /// `users_may_change`).
+    async fn stored_nothing(&mut self, app: &TestApp, what: &str, users_may_change: bool) {
+        let now = rows(app).await;
+        let skip = usize::from(users_may_change);
+        if now[skip..] != self.rows[skip..] {
+            self.wrong
+                .push(format!("{what} stored rows: {:?} -> {now:?}", self.rows));
+        }
+        self.rows = now;
+    }
+
+    fn finish(self) {
+        let n = self.wrong.len();
+        assert!(n == 0, "{n} wrong:\n{}", self.wrong.join("\n"));
     }
 }
 
@@ -112,28 +131,18 @@ struct Arena {
     foreign_group: String,
 }
 
+async fn group_of(c: &mut Client, name: &str, other: &str) -> Value {
+    c.ok(json!({"type": "group_create", "name": name, "members": [other]}))
+        .await
+}
+
 async fn arena(app: &TestApp, alice: &mut Client, bob: &mut Client) -> Arena {
-    let direct = alice.send_dm("bob", "hello", "setup-1").await["conversation"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let group = alice
-        .ok(json!({"type": "group_create", "name": "team", "members": ["bob"]}))
-        .await["conversation"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = |v: &Value| v.as_str().expect("a conversation id").to_string();
+    let direct = id(&alice.send_dm("bob", "hello", "setup-1").await["conversation"]);
+    let group = id(&group_of(alice, "team", "bob").await["conversation"]["id"]);
     let mut carol = app.connect("carol").await;
-    let foreign = carol.send_dm("dave", "private", "setup-2").await["conversation"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let foreign_group = carol
-        .ok(json!({"type": "group_create", "name": "secret", "members": ["dave"]}))
-        .await["conversation"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let foreign = id(&carol.send_dm("dave", "private", "setup-2").await["conversation"]);
+    let foreign_group = id(&group_of(&mut carol, "secret", "dave").await["conversation"]["id"]);
     // Both saw the setup; what they get later is checked against nothing else arriving.
     for c in [alice, bob] {
         while c
@@ -453,8 +462,7 @@ async fn every_hostile_frame_gets_its_documented_error_and_the_socket_goes_on() 
     let a = arena(&app, &mut alice, &mut bob).await;
     let cases = socket_corpus(&a);
     assert!(cases.len() >= 150, "{} socket cases", cases.len());
-    let mut before = rows(&app).await;
-    let mut wrong = Vec::new();
+    let mut tally = Tally::new(&app).await;
     for (i, case) in cases.iter().enumerate() {
         let shown = match &case.send {
             Send::Text(t) => t.chars().take(200).collect::<String>(),
@@ -464,7 +472,7 @@ async fn every_hostile_frame_gets_its_documented_error_and_the_socket_goes_on() 
             Send::Text(t) => alice.send_text(t.clone()).await,
             Send::Binary(b) => alice.send_raw(Message::binary(b.clone())).await,
         }
-        let reply = next_reply(&mut alice).await;
+        let reply = alice.next_reply().await;
         let expected = match case.code {
             Some(code) => {
                 reply["type"] == "error"
@@ -474,7 +482,7 @@ async fn every_hostile_frame_gets_its_documented_error_and_the_socket_goes_on() 
             None => reply["type"] == "ok",
         };
         if !expected {
-            wrong.push(format!(
+            tally.wrong.push(format!(
                 "case {i} {shown:?}: expected {:?}, got {reply}",
                 case.code
             ));
@@ -483,31 +491,30 @@ async fn every_hostile_frame_gets_its_documented_error_and_the_socket_goes_on() 
         alice
             .ok(json!({"type": "ping", "ref": format!("after-{i}")}))
             .await;
-        let now = rows(&app).await;
-        let skip = usize::from(case.creates_users_today);
-        if now[skip..] != before[skip..] {
-            wrong.push(format!(
-                "case {i} {shown:?} stored rows: {before:?} -> {now:?}"
-            ));
-        }
-        before = now;
+        let what = format!("case {i} {shown:?}");
+        tally
+            .stored_nothing(&app, &what, case.creates_users_today)
+            .await;
     }
-    assert!(
-        wrong.is_empty(),
-        "{} wrong:\n{}",
-        wrong.len(),
-        wrong.join("\n")
-    );
+    tally.finish();
     // bob was told nothing, and is served as before.
     assert!(
         bob.recv_within(Duration::from_millis(300)).await.is_err(),
         "bob received something from refused requests"
     );
-    let sent = alice.send_dm("bob", "after the corpus", "end-1").await;
-    let got = bob.event_of("message").await;
-    assert_eq!(got["message"]["id"], sent["id"]);
-    bob.send_dm("alice", "still here", "end-2").await;
-    while alice.event_of("message").await["message"]["body"] != "still here" {}
+    both_still_served(&mut alice, &mut bob).await;
+}
+
+/// Each of two sessions sends to the other, who receives it: nothing that happened on
+/// the server before harmed either.
+async fn both_still_served(alice: &mut Client, bob: &mut Client) {
+    async fn one_way(from: &mut Client, to: &mut Client, key: &str) {
+        let to_user = to.hello["user"].as_str().unwrap().to_string();
+        let sent = from.send_dm(&to_user, "still served", key).await;
+        while to.event_of("message").await["message"]["id"] != sent["id"] {}
+    }
+    one_way(alice, bob, "end-1").await;
+    one_way(bob, alice, "end-2").await;
 }
 
 /// Strings that look like attacks, and every kind of odd character except NUL, are data:
@@ -548,12 +555,7 @@ async fn strings_that_look_like_attacks_are_stored_and_returned_verbatim() {
     let page = alice
         .ok(json!({"type": "history", "conversation": conversation, "limit": 100}))
         .await;
-    let bodies: Vec<&str> = page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["body"].as_str().unwrap())
-        .collect();
+    let bodies = common::bodies(&page);
     let mut expected: Vec<&str> = strings.to_vec();
     expected.push("last");
     assert_eq!(bodies, expected);
@@ -601,7 +603,7 @@ async fn frames_past_the_limit_close_with_1009_whole_or_in_fragments() {
     for m in fragments(&request, 300) {
         alice.send_raw(m).await;
     }
-    let reply = next_reply(&mut alice).await;
+    let reply = alice.next_reply().await;
     assert_eq!(reply["type"], "ok", "{reply}");
     assert_eq!(reply["ref"], "frag");
 
@@ -650,7 +652,7 @@ async fn frames_past_the_limit_close_with_1009_whole_or_in_fragments() {
             true,
         )))
         .await;
-    let reply = next_reply(&mut alice).await;
+    let reply = alice.next_reply().await;
     assert_eq!(reply["code"], "bad_request", "{reply}");
     alice.ok(json!({"type": "ping"})).await;
     // Nothing stored, and bob is served.
@@ -1250,6 +1252,10 @@ fn http_corpus(a: &Arena) -> Vec<HttpCase> {
     cases
 }
 
+async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 #[tokio::test]
 async fn hostile_http_requests_get_their_documented_status_and_store_nothing() {
     let app = spawn().await;
@@ -1259,8 +1265,7 @@ async fn hostile_http_requests_get_their_documented_status_and_store_nothing() {
     let token = app.token("alice");
     let http = reqwest::Client::new();
     let cases = http_corpus(&a);
-    let mut before = rows(&app).await;
-    let mut wrong = Vec::new();
+    let mut tally = Tally::new(&app).await;
     for (i, c) in cases.iter().enumerate() {
         let url = app.http(&c.path);
         let mut r = match c.method {
@@ -1279,51 +1284,35 @@ async fn hostile_http_requests_get_their_documented_status_and_store_nothing() {
             || body["error"]["code"] != c.code
             || !body["error"]["message"].is_string()
         {
-            wrong.push(format!(
+            tally.wrong.push(format!(
                 "case {i}: {} {}: expected {} {}, got {status} {text:?}",
                 c.method, c.path, c.status, c.code
             ));
         }
-        let now = rows(&app).await;
-        if now != before {
-            wrong.push(format!("case {i}: {} {} stored rows", c.method, c.path));
-        }
-        before = now;
+        let what = format!("case {i}: {} {}", c.method, c.path);
+        tally.stored_nothing(&app, &what, false).await;
     }
-    assert!(
-        wrong.is_empty(),
-        "{} wrong:\n{}",
-        wrong.len(),
-        wrong.join("\n")
-    );
+    tally.finish();
     // Verbatim through HTTP too, and the socket sees it.
     let odd = "'; DROP TABLE messages; -- \u{202e}\u{200b}\u{1}";
-    let sent: Value = http
-        .post(app.http(&format!("/api/conversations/{}/messages", a.direct)))
-        .header("authorization", format!("Bearer {token}"))
-        .json(&json!({"body": odd, "client_msg_id": odd}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let auth = format!("Bearer {token}");
+    let path = format!("/api/conversations/{}/messages", a.direct);
+    let sent = json_of(
+        http.post(app.http(&path))
+            .header("authorization", &auth)
+            .json(&json!({"body": odd, "client_msg_id": odd})),
+    )
+    .await;
     assert_eq!(sent["message"]["body"], odd, "{sent}");
     assert_eq!(bob.event_of("message").await["message"]["body"], odd);
-    let page: Value = http
-        .get(app.http(&format!("/api/conversations/{}/messages?limit=1", a.direct)))
-        .header("authorization", format!("Bearer {token}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = json_of(
+        http.get(app.http(&format!("{path}?limit=1")))
+            .header("authorization", &auth),
+    )
+    .await;
     assert_eq!(page["messages"][0]["client_msg_id"], odd, "{page}");
     // The sockets were untouched by all of it.
-    alice.ok(json!({"type": "ping"})).await;
-    bob.send_dm("alice", "still here", "h-end").await;
-    while alice.event_of("message").await["message"]["body"] != "still here" {}
+    both_still_served(&mut alice, &mut bob).await;
 }
 
 /// Frames that break RFC 6455 end the socket, since the stream cannot be read past them,
@@ -1483,7 +1472,7 @@ fn random_frames_over_a_socket_each_get_one_documented_reply_in_order() {
                 }
                 let mut all_refused = true;
                 for (r, sent) in refs {
-                    let reply = next_reply(&mut alice).await;
+                    let reply = alice.next_reply().await;
                     prop_assert_eq!(&reply["ref"], &json!(r), "{} -> {}", sent, reply);
                     if reply["type"] == "ok" {
                         all_refused = false;
