@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -21,6 +22,8 @@ use crate::protocol::{ConversationId, Request};
 use crate::{requests, session, store};
 
 pub fn router(app: App) -> Router {
+    // A request body carries what one socket frame would, so it has the same limit.
+    let body_limit = DefaultBodyLimit::max(app.config.max_frame_bytes);
     Router::new()
         .route("/ws", get(upgrade))
         .route("/api/conversations", get(api_conversations))
@@ -37,7 +40,14 @@ pub fn router(app: App) -> Router {
                 "no such endpoint: see PROTOCOL.md for /ws, /api, /health, /ready, /live, /metrics",
             )
         })
+        .layer(body_limit)
         .with_state(app)
+}
+
+/// An extractor's refusal (a path segment or query that is not valid UTF-8, a repeated
+/// query parameter, a request to /ws that is not an upgrade) as a documented error.
+fn refused(what: &str, detail: String) -> ApiError {
+    ApiError::bad_request(format!("{what}: {detail}"))
 }
 
 /// The token from `Authorization: Bearer …`, or from `?token=` for browsers.
@@ -70,16 +80,24 @@ fn authenticate(
 async fn upgrade(
     State(app): State<App>,
     headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
-    ws: WebSocketUpgrade,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let refuse = |app: &App, e: ApiError| {
         app.metrics.refused_connections.inc();
         e.into_response()
     };
+    let query = match query {
+        Ok(Query(q)) => q,
+        Err(e) => return refuse(&app, refused("query", e.body_text())),
+    };
     let identity = match authenticate(&app, &headers, &query) {
         Ok(id) => id,
         Err(e) => return refuse(&app, e),
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => return refuse(&app, refused("/ws", e.body_text())),
     };
     if app.shutdown.is_cancelled() {
         return refuse(
@@ -188,10 +206,12 @@ fn parse_int(name: &str, v: Option<&String>) -> Result<Option<i64>, ApiError> {
 async fn api_history(
     State(app): State<App>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-    Query(q): Query<HistoryQuery>,
+    id: Result<Path<String>, PathRejection>,
+    q: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let ident = api_identity(&app, &headers).await?;
+    let Path(id) = id.map_err(|e| refused("conversation id", e.body_text()))?;
+    let Query(q) = q.map_err(|e| refused("query", e.body_text()))?;
     // Build the same JSON a socket would send, so both go through one parser.
     let mut frame = json!({"type": "history", "conversation": id});
     if let Some(b) = parse_int("before_cseq", q.before_cseq.as_ref())? {
@@ -213,11 +233,24 @@ struct SendBody {
 async fn api_send(
     State(app): State<App>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     body: Result<Json<SendBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let ident = api_identity(&app, &headers).await?;
-    let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Path(id) = id.map_err(|e| refused("conversation id", e.body_text()))?;
+    let Json(body) = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                Code::TooLarge,
+                format!(
+                    "the request body is over max_frame_bytes ({} bytes)",
+                    app.config.max_frame_bytes
+                ),
+            )
+        } else {
+            ApiError::bad_request(e.body_text())
+        }
+    })?;
     let frame = json!({
         "type": "send",
         "conversation": ConversationId::parse(&id).map_err(ApiError::bad_request)?,

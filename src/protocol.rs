@@ -110,16 +110,32 @@ checked_string!(
     |s| bounded_text("a conversation id", s, MAX_ID_CHARS)
 );
 checked_string!(
-    /// A group's name: 1..100 characters, not only whitespace.
+    /// A group's name: 1..100 characters, not only whitespace or other invisible ones.
     GroupName,
     |s| {
         bounded_text("name", s, MAX_NAME_CHARS)?;
-        if s.trim().is_empty() {
-            return Err("name must not be blank".into());
+        if s.chars().all(invisible) {
+            return Err(
+                "name must not be blank (only spaces, control, zero-width or direction characters)"
+                    .into(),
+            );
         }
         Ok(())
     }
 );
+
+/// A character that shows nothing by itself: whitespace, a control character, or one of
+/// the zero-width, direction and filler characters a blank-looking name could be made of.
+pub fn invisible(c: char) -> bool {
+    c.is_whitespace()
+        || c.is_control()
+        || matches!(c,
+            '\u{00ad}' | '\u{034f}' | '\u{061c}' | '\u{115f}' | '\u{1160}' | '\u{17b4}'
+            | '\u{17b5}' | '\u{180b}'..='\u{180f}' | '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{3164}'
+            | '\u{fe00}'..='\u{fe0f}' | '\u{feff}' | '\u{ffa0}' | '\u{fff0}'..='\u{fff8}'
+            | '\u{1d173}'..='\u{1d17a}' | '\u{e0000}'..='\u{e0fff}')
+}
 checked_string!(
     /// The client's idempotency key for a send: 1..64 characters.
     ClientMsgId,
@@ -310,6 +326,42 @@ struct PresenceFields {
     users: Vec<Value>,
 }
 
+const DUPLICATE: &str = "duplicate field";
+
+/// A frame's top-level object, refused if a key appears twice: which of the two would count
+/// depends on the parser reading it (serde_json keeps the last, others the first), so a
+/// proxy or logger could see a different request than the one run.
+struct UniqueKeys(Map<String, Value>);
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Keys;
+        impl<'de> serde::de::Visitor<'de> for Keys {
+            type Value = UniqueKeys;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> Result<UniqueKeys, A::Error> {
+                let mut map = Map::new();
+                while let Some(key) = access.next_key::<String>()? {
+                    if map.contains_key(&key) {
+                        return Err(serde::de::Error::custom(format!("{DUPLICATE} {key:?}")));
+                    }
+                    let value = access.next_value()?;
+                    map.insert(key, value);
+                }
+                Ok(UniqueKeys(map))
+            }
+        }
+        d.deserialize_map(Keys)
+    }
+}
+
 /// Limits that parsing needs from the configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -351,19 +403,17 @@ impl Request {
     /// Parses one text frame. The envelope is returned even when the request is invalid,
     /// so the error reply carries the `ref`.
     pub fn parse(text: &str, limits: Limits) -> (Envelope, Result<Request, ApiError>) {
-        let mut map: Map<String, Value> = match serde_json::from_str(text) {
-            Ok(Value::Object(map)) => map,
-            Ok(_) => {
-                return (
-                    Envelope::default(),
-                    Err(ApiError::bad_request("a request must be a JSON object")),
-                )
-            }
+        let mut map = match serde_json::from_str::<UniqueKeys>(text) {
+            Ok(UniqueKeys(map)) => map,
             Err(e) => {
-                return (
-                    Envelope::default(),
-                    Err(ApiError::bad_request(format!("not valid JSON: {e}"))),
-                )
+                let why = if !e.is_data() {
+                    format!("not valid JSON: {e}")
+                } else if e.to_string().starts_with(DUPLICATE) {
+                    e.to_string()
+                } else {
+                    "a request must be a JSON object".to_string()
+                };
+                return (Envelope::default(), Err(ApiError::bad_request(why)));
             }
         };
         let mut envelope = Envelope::default();

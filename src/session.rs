@@ -33,6 +33,8 @@ use crate::store;
 /// Close codes of PROTOCOL.md.
 pub mod close {
     pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const INVALID_DATA: u16 = 1007;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL: u16 = 1011;
@@ -51,6 +53,10 @@ enum End {
     Shutdown,
     Expired,
     TooBig,
+    /// A text frame that is not UTF-8.
+    NotUtf8,
+    /// A frame sequence RFC 6455 forbids (a stray continuation, a reserved opcode, …).
+    Violation,
     Overflow,
     /// Events after the cursor were pruned by retention before this session sent them.
     Pruned,
@@ -355,15 +361,7 @@ impl Session {
                 }
                 return Ok(());
             }
-            Some(Err(e)) => {
-                let text = e.to_string();
-                // tungstenite: "Space limit exceeded: Message too long: N > M"
-                if text.contains("too long") || text.contains("Space limit") {
-                    return Err(End::TooBig);
-                }
-                tracing::debug!(error = %text, "socket read failed");
-                return Err(End::ClientGone);
-            }
+            Some(Err(e)) => return Err(read_failure(e)),
         };
         let app = &self.app;
         app.metrics.requests.inc();
@@ -638,6 +636,8 @@ impl Session {
             }
             End::Expired => (close::POLICY, "token expired: reconnect with a new token"),
             End::TooBig => (close::TOO_BIG, "frame larger than max_frame_bytes"),
+            End::NotUtf8 => (close::INVALID_DATA, "a text frame must be UTF-8"),
+            End::Violation => (close::PROTOCOL_ERROR, "WebSocket protocol violation"),
             End::Overflow => {
                 self.app.metrics.outbound_overflows.inc();
                 (
@@ -668,6 +668,23 @@ fn resync_required(after: i64) -> ApiError {
             "events after seq {after} were pruned before you received them: fetch conversations and history afresh, then resume from head"
         ),
     )
+}
+
+/// Why reading the socket failed, as the way the session ends: a frame past the limit,
+/// invalid UTF-8 and protocol violations get their close codes (RFC 6455 section 7.4.1),
+/// so that a client can tell its own bug from a network failure.
+fn read_failure(e: axum::Error) -> End {
+    use tokio_tungstenite::tungstenite::error::{Error, ProtocolError};
+    let e = e.into_inner();
+    let end = match e.downcast_ref::<Error>() {
+        Some(Error::Capacity(_)) => End::TooBig,
+        Some(Error::Utf8(_)) => End::NotUtf8,
+        Some(Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => End::ClientGone,
+        Some(Error::Protocol(_)) => End::Violation,
+        _ => End::ClientGone,
+    };
+    tracing::debug!(error = %e, ?end, "socket read failed");
+    end
 }
 
 fn reply_frame(

@@ -10,15 +10,7 @@ use tokio_tungstenite::tungstenite::Message;
 /// Sends `text` raw and returns the single reply.
 async fn reply_to_raw(c: &mut common::Client, text: &str) -> Value {
     c.send_text(text).await;
-    loop {
-        let f = c
-            .recv()
-            .await
-            .expect("the socket stays open after a bad request");
-        if f["type"] == "ok" || f["type"] == "error" {
-            return f;
-        }
-    }
+    c.next_reply().await
 }
 
 #[tokio::test]

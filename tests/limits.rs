@@ -205,12 +205,7 @@ async fn the_first_page_of_history_comes_from_memory_and_the_cache_is_bounded() 
         .ok(json!({"type": "history", "conversation": conv, "limit": 3}))
         .await;
     assert_eq!(hits(&health(&app).await), before + 1, "served from memory");
-    let bodies: Vec<&str> = page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["body"].as_str().unwrap())
-        .collect();
+    let bodies = common::bodies(&page);
     assert_eq!(bodies, vec!["3", "4", "5"]);
     assert_eq!(page["has_more"], true);
     assert_eq!(page["total"], 5);

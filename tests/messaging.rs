@@ -276,12 +276,7 @@ async fn history_pages_backwards_with_has_more_and_total() {
     let page = alice
         .ok(json!({"type": "history", "conversation": conversation, "limit": 2}))
         .await;
-    let bodies: Vec<&str> = page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["body"].as_str().unwrap())
-        .collect();
+    let bodies = common::bodies(&page);
     assert_eq!(bodies, vec!["m4", "m5"], "the newest page, oldest first");
     assert_eq!(page["has_more"], true);
     assert_eq!(page["total"], 5);

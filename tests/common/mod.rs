@@ -644,6 +644,20 @@ impl Client {
         }
     }
 
+    /// The next reply (`ok` or `error`), dropping events before it: for raw frames that
+    /// carry no ref.
+    pub async fn next_reply(&mut self) -> Value {
+        loop {
+            let f = self
+                .recv()
+                .await
+                .expect("the socket stays open after a bad request");
+            if f["type"] == "ok" || f["type"] == "error" {
+                return f;
+            }
+        }
+    }
+
     /// Events already received and kept.
     pub fn buffered(&mut self) -> Vec<Value> {
         self.events.drain(..).collect()
@@ -659,6 +673,16 @@ impl Client {
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }
+}
+
+/// The bodies of a `history` page's messages, oldest first.
+pub fn bodies(page: &Value) -> Vec<&str> {
+    page["messages"]
+        .as_array()
+        .expect("a history page")
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect()
 }
 
 /// Polls a `/ready` URL until it answers 200; panics after PATIENCE.
