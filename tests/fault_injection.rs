@@ -8,114 +8,13 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::checker::{Checker, Counts};
+use common::checker::Checker;
 use common::cluster::Cluster;
-use common::load::{self, Fleet, Stall};
-use common::pg::{PrivatePg, Stop};
-use common::TestDb;
+use common::load::{rig, Stall, GROUP, USERS};
+use common::pg::Stop;
 use nix::sys::signal::Signal;
-use serde_json::Value;
-
-const USERS: usize = 12;
-const GROUP: usize = 6;
-/// Each client sends one message this often (12 clients: about 100 sends/s in all).
-const INTERVAL: Duration = Duration::from_millis(120);
-const BEFORE_FAULT: Duration = Duration::from_secs(3);
-const AFTER_FAULT: Duration = Duration::from_secs(4);
-
-/// Limits the load needs: the default per-socket rate would refuse it.
-const LOAD_ENV: [(&str, &str); 2] = [
-    ("PGCHAT_RATE_LIMIT_PER_SEC", "1000"),
-    ("PGCHAT_RATE_LIMIT_BURST", "1000"),
-];
-
-struct Rig {
-    // Field order is drop order: the workers stop before their database.
-    cluster: Cluster,
-    pg: PrivatePg,
-}
-
-async fn rig(extra_env: &[(&str, &str)]) -> Rig {
-    let pg = PrivatePg::start().await;
-    let db = TestDb::on_private_cluster(pg.url("pgchat"), "pgchat");
-    let mut env = LOAD_ENV.to_vec();
-    env.extend_from_slice(extra_env);
-    let cluster = Cluster::start_on(db, 3, &env).await;
-    Rig { cluster, pg }
-}
-
-impl Rig {
-    /// Load, `fault`, more load, then the checker's verdict; panics on any violation, and
-    /// on any difference between the acked messages and the stored ones.
-    async fn under_load<F: std::future::Future<Output = ()>>(
-        &self,
-        name: &str,
-        specs: Vec<load::Spec>,
-        checker: Arc<Checker>,
-        fault: F,
-    ) -> Counts {
-        self.under_load_at(INTERVAL, name, specs, checker, fault)
-            .await
-    }
-
-    async fn under_load_at<F: std::future::Future<Output = ()>>(
-        &self,
-        interval: Duration,
-        name: &str,
-        specs: Vec<load::Spec>,
-        checker: Arc<Checker>,
-        fault: F,
-    ) -> Counts {
-        let fleet = Fleet::start(&self.cluster, checker.clone(), specs, interval);
-        tokio::time::sleep(BEFORE_FAULT).await;
-        fault.await;
-        tokio::time::sleep(AFTER_FAULT).await;
-        let verdict = fleet.finish().await;
-        let counts = match verdict {
-            Ok(c) => c,
-            Err(report) => panic!("{name}: the checker found violations:\n{report}"),
-        };
-        println!("{name}: {counts}");
-        // The final consistency check: what was acked is exactly what is stored.
-        let stored = self.stored_ids().await;
-        assert_eq!(
-            stored,
-            checker.acked_ids(),
-            "{name}: stored messages differ from acked ones"
-        );
-        assert!(counts.acked > 0 && counts.delivered > 0, "{name}: {counts}");
-        counts
-    }
-
-    async fn stored_ids(&self) -> std::collections::BTreeSet<i64> {
-        let db = self.cluster.db.client().await;
-        db.query("SELECT id FROM messages", &[])
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get::<_, i64>(0))
-            .collect()
-    }
-
-    async fn standard_load(&self) -> (Vec<load::Spec>, Arc<Checker>) {
-        let checker = Arc::new(Checker::new());
-        let specs = load::plan(&self.cluster, &checker, USERS, GROUP).await;
-        (specs, checker)
-    }
-
-    /// How many times each worker's listener has connected (1 until a fault).
-    async fn listener_connects(&self) -> Vec<u64> {
-        let mut out = Vec::new();
-        for w in 0..self.cluster.workers {
-            let h: Value = self.cluster.health(w).await;
-            out.push(h["listener"]["connects"].as_u64().unwrap_or(0));
-        }
-        out
-    }
-}
 
 #[tokio::test]
 async fn a_worker_killed_with_sigkill_under_load_loses_and_duplicates_nothing() {
@@ -279,4 +178,86 @@ async fn overflows(cluster: &Cluster) -> u64 {
             .sum::<f64>() as u64;
     }
     total
+}
+
+/// The checker itself: given observations that break the guarantee, it says so. (Without
+/// this, a checker that accepts everything would make every test above pass.)
+#[test]
+fn the_checker_flags_loss_duplicates_gaps_disorder_and_phantoms() {
+    use common::checker::Target;
+    use serde_json::json;
+    let msg = |seq: i64, id: i64, cseq: i64, sender: &str, cmid: &str| {
+        json!({"type": "message", "seq": seq, "message": {"id": id, "conversation": "d1",
+               "cseq": cseq, "sender": {"id": sender}, "body": cmid, "client_msg_id": cmid}})
+    };
+    let ack = |id: i64, cseq: i64| json!({"id": id, "conversation": "d1", "cseq": cseq});
+    let to_b = Target::User("b".into());
+    // A clean run: a sends two messages to b; both streams have them; passes.
+    let clean = || {
+        let c = Checker::new();
+        for (i, cmid) in ["m1", "m2"].iter().enumerate() {
+            c.sent("a", cmid, &to_b, cmid);
+            c.acked("a", cmid, &ack(i as i64 + 1, i as i64 + 1));
+        }
+        c
+    };
+    let c = clean();
+    for user in ["a", "b"] {
+        let conn = c.connected(user);
+        c.received(conn, &msg(1, 1, 1, "a", "m1"));
+        c.received(conn, &msg(2, 2, 2, "a", "m2"));
+        c.received(conn, &msg(2, 2, 2, "a", "m2")); // a duplicate by seq: dropped
+    }
+    let counts = c.verify().expect("a clean run passes");
+    assert_eq!((counts.delivered, counts.duplicates_dropped_by_seq), (4, 2));
+
+    let fails = |c: Checker, what: &str| {
+        let report = c.verify().expect_err(what);
+        assert!(report.contains(what), "expected {what:?} in:\n{report}");
+    };
+    // b never gets m2.
+    let c = clean();
+    let (a, b) = (c.connected("a"), c.connected("b"));
+    for (conn, n) in [(a, 2), (b, 1)] {
+        for i in 1..=n {
+            c.received(conn, &msg(i, i, i, "a", &format!("m{i}")));
+        }
+    }
+    fails(c, "b: never received message 2");
+    // b gets m2 twice, under two seqs.
+    let c = clean();
+    let (a, b) = (c.connected("a"), c.connected("b"));
+    for conn in [a, b] {
+        c.received(conn, &msg(1, 1, 1, "a", "m1"));
+        c.received(conn, &msg(2, 2, 2, "a", "m2"));
+    }
+    c.received(b, &msg(3, 2, 2, "a", "m2"));
+    fails(c, "b: message 2 delivered at seq 2 and 3");
+    // b's stream skips a seq, and a live connection delivers out of order.
+    let c = clean();
+    let (a, b) = (c.connected("a"), c.connected("b"));
+    c.resumed(b, 0);
+    for conn in [a, b] {
+        c.received(conn, &msg(1, 1, 1, "a", "m1"));
+    }
+    c.received(a, &msg(2, 2, 2, "a", "m2"));
+    c.received(b, &msg(3, 2, 2, "a", "m2"));
+    fails(c, "b: seq 2..2 missing");
+    // A send retried after `unavailable` that became two messages.
+    let c = clean();
+    c.sent("a", "m3", &to_b, "m3");
+    c.unavailable("a", "m3");
+    c.sent("a", "m3", &to_b, "m3");
+    c.acked("a", "m3", &ack(3, 3));
+    c.acked("a", "m3", &ack(4, 4));
+    fails(c, "a/m3: acked as different messages");
+    // A message nobody sent, and a send never acked.
+    let c = clean();
+    c.sent("a", "m9", &to_b, "m9");
+    let b = c.connected("b");
+    c.received(b, &msg(1, 7, 1, "x", "zz"));
+    fails(c, "b: message 7 that no client sent");
+    let c = clean();
+    c.sent("a", "m9", &to_b, "m9");
+    fails(c, "a/m9: never acked");
 }

@@ -19,6 +19,8 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::checker::{Checker, Counts, Target};
 use super::cluster::Cluster;
+use super::pg::PrivatePg;
+use super::TestDb;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Phase {
@@ -429,5 +431,109 @@ fn describe(e: tokio_tungstenite::tungstenite::Error) -> String {
             "error {}",
             other.to_string().split(':').next().unwrap_or("")
         ),
+    }
+}
+
+pub const USERS: usize = 12;
+pub const GROUP: usize = 6;
+/// Each client sends one message this often (12 clients: about 100 sends/s in all).
+pub const INTERVAL: Duration = Duration::from_millis(120);
+const BEFORE_FAULT: Duration = Duration::from_secs(3);
+const AFTER_FAULT: Duration = Duration::from_secs(4);
+
+/// Limits the load needs: the default per-socket rate would refuse it.
+const LOAD_ENV: [(&str, &str); 2] = [
+    ("PGCHAT_RATE_LIMIT_PER_SEC", "1000"),
+    ("PGCHAT_RATE_LIMIT_BURST", "1000"),
+];
+
+pub struct Rig {
+    // Field order is drop order: the workers stop before their database.
+    pub cluster: Cluster,
+    pub pg: PrivatePg,
+}
+
+/// A private PostgreSQL cluster and `pgchat serve --workers 3` on it, with `extra_env`.
+pub async fn rig(extra_env: &[(&str, &str)]) -> Rig {
+    let pg = PrivatePg::start().await;
+    let db = TestDb::on_private_cluster(pg.url("pgchat"), "pgchat");
+    let mut env = LOAD_ENV.to_vec();
+    env.extend_from_slice(extra_env);
+    let cluster = Cluster::start_on(db, 3, &env).await;
+    Rig { cluster, pg }
+}
+
+impl Rig {
+    /// Load, `fault`, more load, then the checker's verdict; panics on any violation, and
+    /// on any difference between the acked messages and the stored ones.
+    pub async fn under_load<F: std::future::Future<Output = ()>>(
+        &self,
+        name: &str,
+        specs: Vec<Spec>,
+        checker: Arc<Checker>,
+        fault: F,
+    ) -> Counts {
+        self.under_load_at(INTERVAL, name, specs, checker, fault)
+            .await
+    }
+
+    pub async fn under_load_at<F: std::future::Future<Output = ()>>(
+        &self,
+        interval: Duration,
+        name: &str,
+        specs: Vec<Spec>,
+        checker: Arc<Checker>,
+        fault: F,
+    ) -> Counts {
+        let fleet = Fleet::start(&self.cluster, checker.clone(), specs, interval);
+        tokio::time::sleep(BEFORE_FAULT).await;
+        fault.await;
+        tokio::time::sleep(AFTER_FAULT).await;
+        let verdict = fleet.finish().await;
+        let counts = match verdict {
+            Ok(c) => c,
+            Err(report) => panic!("{name}: the checker found violations:\n{report}"),
+        };
+        println!("{name}: {counts}");
+        // None of these faults is internal to pgchat: no session may end with 1011.
+        assert!(
+            !counts.closes.contains_key("close 1011"),
+            "{name}: sessions closed as if by an internal fault: {counts}"
+        );
+        // The final consistency check: what was acked is exactly what is stored.
+        let stored = self.stored_ids().await;
+        assert_eq!(
+            stored,
+            checker.acked_ids(),
+            "{name}: stored messages differ from acked ones"
+        );
+        assert!(counts.acked > 0 && counts.delivered > 0, "{name}: {counts}");
+        counts
+    }
+
+    pub async fn stored_ids(&self) -> std::collections::BTreeSet<i64> {
+        let db = self.cluster.db.client().await;
+        db.query("SELECT id FROM messages", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, i64>(0))
+            .collect()
+    }
+
+    pub async fn standard_load(&self) -> (Vec<Spec>, Arc<Checker>) {
+        let checker = Arc::new(Checker::new());
+        let specs = plan(&self.cluster, &checker, USERS, GROUP).await;
+        (specs, checker)
+    }
+
+    /// How many times each worker's listener has connected (1 until a fault).
+    pub async fn listener_connects(&self) -> Vec<u64> {
+        let mut out = Vec::new();
+        for w in 0..self.cluster.workers {
+            let h: Value = self.cluster.health(w).await;
+            out.push(h["listener"]["connects"].as_u64().unwrap_or(0));
+        }
+        out
     }
 }
