@@ -1,9 +1,14 @@
-//! 10,000 clients dropped at once and reconnected within seconds, each to another worker
-//! than before, while the steady DM and group load of tests/fault_injection.rs runs and its
+//! 10,000 clients dropped at once and reconnected as fast as they can (the 200 watched
+//! first), each to another worker than before, while the steady DM and group load of tests/fault_injection.rs runs and its
 //! checker judges delivery. A subscriber watching 200 of those users sees no presence
 //! change for any user back within the grace period, and the workers' memory returns to
 //! where it was with the 10,000 connected. A separate test binary: it holds 10,000
-//! sockets and takes longer than the others (CI may run it as a step of its own).
+//! sockets and takes about 2 minutes on 2 cores, so it is ignored by a plain `cargo test`
+//! and run by CI (.ci/run) as a step of its own:
+//! `cargo test --test fault_reconnect_storm -- --ignored --nocapture` (prints its figures).
+//!
+//! A check of the check: with `PGCHAT_PRESENCE_GRACE_MS=100` the test fails, listing the
+//! watched users' offline/online flaps.
 
 mod common;
 
@@ -105,6 +110,8 @@ async fn connect_all(
 }
 
 #[tokio::test]
+#[ignore = "holds 10,000 sockets for about 2 minutes: .ci/run runs it as a step of its own \
+            (cargo test --test fault_reconnect_storm -- --ignored)"]
 async fn ten_thousand_clients_dropped_and_reconnected_flap_no_presence_and_leak_no_memory() {
     raise_open_files_limit();
     let rig = rig(&[]).await;
