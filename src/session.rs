@@ -62,7 +62,14 @@ enum End {
     Pruned,
     Dead,
     Internal,
+    /// The database could not be reached (or no pooled connection was free in time) while
+    /// reading this session's events: not an end. The session stays open and tries again
+    /// ([`CATCH_UP_RETRY`]); its events wait in the stream.
+    DbUnavailable,
 }
+
+/// How soon a session whose events could not be read tries again.
+const CATCH_UP_RETRY: Duration = Duration::from_millis(250);
 
 /// What a finished request hands back to the loop, in request order.
 enum Reply {
@@ -214,6 +221,7 @@ pub async fn run(socket: WebSocket, app: App, identity: Identity, sub: Subscript
         pending: FuturesOrdered::new(),
         typing: HashMap::new(),
         watching: HashSet::new(),
+        catch_up_at: None,
     };
     let user = session.identity.user.clone();
     let _online = Online::new(&app, &user);
@@ -275,6 +283,9 @@ struct Session {
     typing: HashMap<ConversationId, Instant>,
     /// Users this session watches the presence of.
     watching: HashSet<String>,
+    /// When to try again to queue events the database could not give us (see
+    /// [`End::DbUnavailable`]).
+    catch_up_at: Option<Instant>,
 }
 
 impl Session {
@@ -310,9 +321,12 @@ impl Session {
                     self.on_reply(reply).await
                 }
                 changed = self.sub.wake.changed() => match changed {
-                    Ok(()) => self.advance(self.sub.feed.head(), false).await,
+                    Ok(()) => self.catch_up().await,
                     Err(_) => Err(End::Internal),
                 },
+                _ = sleep_until_some(self.catch_up_at), if self.catch_up_at.is_some() => {
+                    self.catch_up().await
+                }
                 Some(frame) = self.sub.ephemeral.recv() => self.outbox.push(frame),
                 _ = sleep_until_first(&self.typing), if !self.typing.is_empty() => {
                     self.expire_typing().await;
@@ -568,7 +582,28 @@ impl Session {
                 self.stalled = true;
                 Ok(Err(resync_required(self.cursor)))
             }
+            Err(End::DbUnavailable) => {
+                // Live events after the cursor still come once the database answers.
+                self.catch_up_at = Some(Instant::now() + CATCH_UP_RETRY);
+                Ok(Err(ApiError::unavailable()))
+            }
             Err(end) => Err(end),
+        }
+    }
+
+    /// Queues the live events up to the feed's head. A database that cannot be reached
+    /// for the events the feed no longer holds delays them, never ends the session: a
+    /// restart or failover of PostgreSQL, or a pool busy with a reconnect storm, would
+    /// otherwise close every session that is behind at that moment (and send them all
+    /// back at once).
+    async fn catch_up(&mut self) -> Result<(), End> {
+        self.catch_up_at = None;
+        match self.advance(self.sub.feed.head(), false).await {
+            Err(End::DbUnavailable) => {
+                self.catch_up_at = Some(Instant::now() + CATCH_UP_RETRY);
+                Ok(())
+            }
+            other => other,
         }
     }
 
@@ -588,7 +623,11 @@ impl Session {
                 .await
                 .map_err(|e| {
                     tracing::warn!(error = %e, "reading events for a session failed");
-                    End::Internal
+                    if e.is_unavailable() {
+                        End::DbUnavailable
+                    } else {
+                        End::Internal
+                    }
                 })?;
                 if rows.first().is_none_or(|(seq, _)| *seq != self.cursor + 1) {
                     // Committed events always exist up to head, so the next one is missing
@@ -650,6 +689,9 @@ impl Session {
                 close::TRY_AGAIN_LATER,
                 "events you had not received were pruned: reconnect; resume will answer resync_required",
             ),
+            End::DbUnavailable => {
+                (close::INTERNAL, "internal error: reconnect and resume")
+            }
         };
         if let Some(tx) = self.outbox.close_now.take() {
             let _ = tx.send(CloseFrame {

@@ -212,12 +212,12 @@ async fn terminating_the_listener_connection_mid_traffic_loses_nothing() {
         }
         alice
     });
-    // Terminate every listener (the connections that ran LISTEN) while messages flow.
+    // Terminate every listener (their connections are named "… listener") while messages flow.
     tokio::time::sleep(Duration::from_millis(80)).await;
     let killed: i64 = admin
         .query_one(
             "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-             WHERE datname = current_database() AND query LIKE 'LISTEN%') t",
+             WHERE datname = current_database() AND application_name LIKE '% listener') t",
             &[],
         )
         .await

@@ -201,3 +201,60 @@ async fn a_session_that_cannot_read_its_stream_is_closed_with_1011() {
         .collect();
     assert_eq!(seqs, vec![1, 2]);
 }
+
+#[tokio::test]
+async fn a_session_whose_events_cannot_be_read_waits_for_the_database_instead_of_closing() {
+    // A feed that keeps one frame: a DM's two events must be read from the table.
+    let db = common::TestDb::new().await;
+    let role = db.url_for_role("pgchat_outage").await;
+    // (Roles are the server's: undo what a failed earlier run may have left.)
+    db.client()
+        .await
+        .batch_execute("ALTER ROLE pgchat_outage CONNECTION LIMIT -1")
+        .await
+        .unwrap();
+    let app = TestApp::spawn_on(db, |c| {
+        c.database_url = Some(role.clone());
+        c.recent_events_per_user = 1;
+        c.db_acquire_timeout_ms = 300;
+    })
+    .await;
+    let admin = app.db.client().await;
+    let mut bob = app.connect("bob").await;
+    // The database refuses the server every new connection (SQLSTATE 53300, transient),
+    // and its pooled ones are gone; only the listener's connection stays.
+    admin
+        .batch_execute(
+            "ALTER ROLE pgchat_outage CONNECTION LIMIT 1;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE usename = 'pgchat_outage' AND application_name NOT LIKE '% listener';",
+        )
+        .await
+        .unwrap();
+    // The application's backend sends bob a message from SQL meanwhile.
+    admin
+        .batch_execute(
+            "SELECT pgchat.ensure_user('carol', 'Carol');
+             SELECT pgchat.send_direct('carol', 'bob', 'while down', 'k1');",
+        )
+        .await
+        .unwrap();
+    // Bob's session cannot read the two events; it waits rather than closing (1011).
+    match bob.recv_within(Duration::from_secs(2)).await {
+        Err(()) => {} // nothing arrived, and the socket stayed open
+        Ok(None) => panic!("the session was closed while the database was unreachable"),
+        Ok(Some(f)) => panic!("nothing can arrive yet: {f}"),
+    }
+    admin
+        .batch_execute("ALTER ROLE pgchat_outage CONNECTION LIMIT -1")
+        .await
+        .unwrap();
+    let conversation = bob.event().await;
+    assert_eq!(
+        (conversation["type"].as_str(), conversation["seq"].as_i64()),
+        (Some("conversation"), Some(1))
+    );
+    let message = bob.event().await;
+    assert_eq!(message["seq"], 2);
+    assert_eq!(message["message"]["body"], "while down");
+}

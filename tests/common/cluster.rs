@@ -62,6 +62,12 @@ impl Cluster {
         Self::launch(db, n, per_worker, env).await
     }
 
+    /// Starts `n` workers, port per worker, on `db` (a private cluster's database).
+    pub async fn start_on(db: TestDb, n: usize, env: &[(&str, &str)]) -> Cluster {
+        super::init_logging();
+        Self::launch(std::sync::Arc::new(db), n, true, env).await
+    }
+
     /// Another deployment (another `serve`, as if on another host) on this one's database.
     pub async fn join(&self, n: usize) -> Cluster {
         Self::launch(self.db.clone(), n, true, &[]).await

@@ -7,7 +7,10 @@
 
 #![allow(dead_code)]
 
+pub mod checker;
 pub mod cluster;
+pub mod load;
+pub mod pg;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -197,6 +200,8 @@ async fn template() -> String {
 pub struct TestDb {
     pub name: String,
     pub url: String,
+    /// Dropped with the test: false for a database on a private cluster of the test's own.
+    owned: bool,
 }
 
 impl TestDb {
@@ -239,7 +244,18 @@ impl TestDb {
         Ok(TestDb {
             url: with_db(server_url(), &name),
             name,
+            owned: true,
         })
+    }
+
+    /// Database `name` at `url` (on a private cluster that goes away with the test): not
+    /// created here (pgchat creates it at start), never dropped.
+    pub fn on_private_cluster(url: String, name: &str) -> TestDb {
+        TestDb {
+            url,
+            name: name.to_string(),
+            owned: false,
+        }
     }
 
     /// One number from the database (`SELECT count(*) …` and the like).
@@ -293,6 +309,9 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         let name = self.name.clone();
         // Drop runs inside the test's runtime: use a thread with its own.
         let _ = std::thread::spawn(move || {
