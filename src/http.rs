@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::app::App;
 use crate::auth::Identity;
-use crate::error::{ApiError, Code};
+use crate::error::{ApiError, Code, DbError};
 use crate::protocol::{ConversationId, Request};
 use crate::{requests, session, store};
 
@@ -138,11 +138,18 @@ async fn upgrade(
     let head = match store::touch_user(&app.db, &identity.user, identity.name.as_deref()).await {
         Ok(h) => h,
         Err(e) => {
-            tracing::warn!(error = %e, "database unreachable at connect");
-            return refuse(
-                &app,
-                ApiError::new(Code::NotReady, "the database is unreachable: retry shortly"),
-            );
+            tracing::warn!(error = %e, "no database answer at connect");
+            // A pool that lent no connection in time means a busy worker (a reconnect
+            // storm), not a database that is down: say which, so nobody pages for it.
+            let message = match e {
+                DbError::Pool(deadpool_postgres::PoolError::Timeout(_)) => {
+                    "this worker's database connections are all busy: retry shortly"
+                }
+                _ => "the database is unreachable: retry shortly",
+            };
+            let mut e = ApiError::new(Code::NotReady, message);
+            e.retry_after_ms = Some(1_000);
+            return refuse(&app, e);
         }
     };
     // The feed starts at what the session starts from, so that another worker's
