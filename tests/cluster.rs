@@ -214,31 +214,11 @@ async fn terminating_the_listener_connection_mid_traffic_loses_nothing() {
     });
     // Terminate every listener (their connections are named "… listener") while messages flow.
     tokio::time::sleep(Duration::from_millis(80)).await;
-    let killed: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-             WHERE datname = current_database() AND application_name LIKE '% listener') t",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let killed = common::terminate_listeners(&admin).await;
     assert!(killed >= 1, "found the listeners");
     let _alice = sender.await.unwrap();
     // Bob receives every message, in order, exactly as numbered, live.
-    let mut bodies = Vec::new();
-    while bodies.len() < total {
-        let e = bob.event().await;
-        if e["type"] == "message" {
-            bodies.push(
-                e["message"]["body"]
-                    .as_str()
-                    .unwrap()
-                    .parse::<usize>()
-                    .unwrap(),
-            );
-        }
-    }
+    let bodies = bob.numbered_bodies(total).await;
     assert_eq!(bodies, (0..total).collect::<Vec<usize>>());
     let h = cluster.health(1).await;
     assert!(h["listener"]["connects"].as_u64().unwrap() >= 2, "{h}");

@@ -405,19 +405,7 @@ async fn a_worker_on_one_connection_keeps_up_when_notifications_outpace_its_list
     )
     .await
     .unwrap();
-    let mut bodies = Vec::new();
-    while bodies.len() < total {
-        let e = bob.event().await;
-        if e["type"] == "message" {
-            bodies.push(
-                e["message"]["body"]
-                    .as_str()
-                    .unwrap()
-                    .parse::<usize>()
-                    .unwrap(),
-            );
-        }
-    }
+    let bodies = bob.numbered_bodies(total).await;
     assert_eq!(bodies, (0..total).collect::<Vec<_>>());
     assert!(
         worker.app.metrics.listener_overflows.get() >= 1,

@@ -32,27 +32,21 @@ async fn a_worker_killed_with_sigkill_under_load_loses_and_duplicates_nothing() 
 
 #[tokio::test]
 async fn postgres_restarted_in_fast_mode_under_load_loses_and_duplicates_nothing() {
-    let rig = rig(&[]).await;
-    let (specs, checker) = rig.standard_load().await;
-    rig.under_load("PostgreSQL fast restart", specs, checker, async {
-        rig.pg.stop(Stop::Fast).await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        rig.pg.restart().await;
-    })
-    .await;
-    let connects = rig.listener_connects().await;
-    assert!(
-        connects.iter().all(|&c| c >= 2),
-        "listeners reconnected: {connects:?}"
-    );
+    restart_under_load("PostgreSQL fast restart", Stop::Fast).await;
 }
 
 #[tokio::test]
 async fn postgres_restarted_in_immediate_mode_under_load_loses_and_duplicates_nothing() {
+    restart_under_load("PostgreSQL immediate restart", Stop::Immediate).await;
+}
+
+/// Stops PostgreSQL in `mode` during the load, restarts it a second later, and checks
+/// that every listener reconnected.
+async fn restart_under_load(what: &str, mode: Stop) {
     let rig = rig(&[]).await;
     let (specs, checker) = rig.standard_load().await;
-    rig.under_load("PostgreSQL immediate restart", specs, checker, async {
-        rig.pg.stop(Stop::Immediate).await;
+    rig.under_load(what, specs, checker, async {
+        rig.pg.stop(mode).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         rig.pg.restart().await;
     })
@@ -70,15 +64,7 @@ async fn listener_connections_terminated_under_load_lose_nothing() {
     let (specs, checker) = rig.standard_load().await;
     let admin = rig.cluster.db.client().await;
     rig.under_load("listeners terminated", specs, checker, async {
-        let killed: i64 = admin
-            .query_one(
-                "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                 WHERE datname = current_database() AND application_name LIKE '% listener') t",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let killed = common::terminate_listeners(&admin).await;
         assert_eq!(killed, 3, "one listener per worker");
     })
     .await;

@@ -705,6 +705,34 @@ pub fn bodies(page: &Value) -> Vec<&str> {
 }
 
 /// Polls a `/ready` URL until it answers 200; panics after PATIENCE.
+/// Terminates every pgchat listener connection on the current database (they are named
+/// "… listener"); how many.
+pub async fn terminate_listeners(admin: &tokio_postgres::Client) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name LIKE '% listener') t",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+impl Client {
+    /// The bodies of the next `total` message events, as the numbers they were sent as.
+    pub async fn numbered_bodies(&mut self, total: usize) -> Vec<usize> {
+        let mut bodies = Vec::new();
+        while bodies.len() < total {
+            let e = self.event().await;
+            if e["type"] == "message" {
+                bodies.push(e["message"]["body"].as_str().unwrap().parse().unwrap());
+            }
+        }
+        bodies
+    }
+}
+
 pub async fn wait_ready(url: &str) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
