@@ -25,6 +25,11 @@ start)
     chmod 700 "$DIR"
     as_pg "$BIN/initdb" -D "$DIR" -U postgres --auth=trust -E UTF8 --no-locale >/dev/null
   fi
+  # Already running (a second start, or a soak after a benchmark): just say where.
+  if as_pg "$BIN/pg_ctl" -D "$DIR" status >/dev/null 2>&1; then
+    echo "postgres://postgres@127.0.0.1:$PORT/pgchat"
+    exit 0
+  fi
   as_pg "$BIN/pg_ctl" -D "$DIR" -l "$DIR/log" -w start -o "-p $PORT -k $DIR \
     -c listen_addresses=127.0.0.1 -c shared_preload_libraries=pg_stat_statements \
     -c pg_stat_statements.track=all -c max_connections=100" >/dev/null
