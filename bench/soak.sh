@@ -78,22 +78,35 @@ sample &
 SAMPLER=$!
 
 wait $DM $GROUP $CHURN
-# One last sample after the load, once the sockets have closed.
-sleep 12
-wait $SAMPLER || true
+kill $SAMPLER 2>/dev/null || true
+wait $SAMPLER 2>/dev/null || true
+# One last sample 15 s after the load, once its sockets have closed: back to baseline?
+sleep 15
+for pid in $(pgrep -P "$SERVER"); do
+  rss=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+  fds=$(ls "/proc/$pid/fd" 2>/dev/null | wc -l)
+  echo "after,$pid,$rss,$fds" >>"$OUT/samples.csv"
+done
 
 python3 - "$OUT/samples.csv" <<'EOF'
 import csv, sys, collections
 rows = list(csv.DictReader(open(sys.argv[1])))
 by = collections.defaultdict(list)
+after = {}
 for r in rows:
-    by[r["worker"]].append((int(r["t"]), int(r["rss_kib"]), int(r["fds"])))
-print("worker   samples  rss first/last/max (MiB)   fds first/last/max")
+    if r["t"] == "after":
+        after[r["worker"]] = (int(r["rss_kib"]) / 1024, int(r["fds"]))
+    else:
+        by[r["worker"]].append((int(r["t"]), int(r["rss_kib"]) / 1024, int(r["fds"])))
+# Under load: the first sample a minute in, the last one, and the highest; then after.
+print("worker   rss MiB: before  1 min  last  max  after    fds: before  max  after")
 for w, s in sorted(by.items()):
-    rss = [x[1] / 1024 for x in s]
+    minute = next((x for x in s if x[0] >= 60), s[-1])
+    rss = [x[1] for x in s]
     fds = [x[2] for x in s]
-    print(f"{w:>7} {len(s):>8}  {rss[0]:6.1f} / {rss[-1]:6.1f} / {max(rss):6.1f}      "
-          f"{fds[0]:5d} / {fds[-1]:5d} / {max(fds):5d}")
+    a = after.get(w, (float("nan"), -1))
+    print(f"{w:>7}  {s[0][1]:13.1f} {minute[1]:6.1f} {s[-1][1]:5.1f} {max(rss):5.1f} {a[0]:6.1f}"
+          f"    {fds[0]:11d} {max(fds):5d} {a[1]:6d}")
 EOF
 status=0
 for f in dm group connect idle; do
