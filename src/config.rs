@@ -444,10 +444,14 @@ impl Config {
     /// the CPUs shared out among the workers (at least one each), so that N workers do
     /// not run N times as many threads as there are CPUs.
     pub fn runtime_threads(&self) -> usize {
+        self.runtime_threads_of(available_parallelism())
+    }
+
+    fn runtime_threads_of(&self, cpus: usize) -> usize {
         if self.runtime_threads > 0 {
             return self.runtime_threads;
         }
-        (available_parallelism() / self.worker_count()).max(1)
+        (cpus / self.worker_count()).max(1)
     }
 
     pub fn is_production(&self) -> bool {
@@ -646,6 +650,24 @@ mod tests {
         check_platform(env(&[("DYNO", "web.1"), ("PGCHAT_PORT", "5000")])).unwrap();
         // Off Heroku the default port stands.
         check_platform(env(&[])).unwrap();
+    }
+
+    #[test]
+    fn workers_share_the_cpus_out_among_their_runtimes() {
+        let workers = |workers, runtime_threads| Config {
+            workers,
+            runtime_threads,
+            ..Config::default()
+        };
+        assert_eq!(workers(1, 0).runtime_threads_of(8), 8);
+        assert_eq!(workers(3, 0).runtime_threads_of(8), 2);
+        assert_eq!(workers(8, 0).runtime_threads_of(2), 1);
+        assert_eq!(workers(3, 5).runtime_threads_of(8), 5);
+        let too_many = Config {
+            blocking_threads: 65,
+            ..Config::default()
+        };
+        assert_eq!(too_many.validate().unwrap_err().key, "blocking_threads");
     }
 
     #[test]
