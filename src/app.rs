@@ -332,6 +332,7 @@ impl Application {
             }
         };
         tracing::info!(addr = %local_addr, worker = %app.worker_id, "pgchat listening");
+        crate::systemd::announce_when_ready(app.clone(), local_addr, token.clone());
         // Stop on the signal, or when something else already cancelled the token (then
         // `shutdown` may have completed above and must not be polled again).
         tokio::spawn({
@@ -343,6 +344,7 @@ impl Application {
                     _ = shutdown => {}
                 }
                 tracing::info!("shutting down: no new connections; draining sessions");
+                crate::systemd::stopping();
                 token.cancel();
             }
         });

@@ -2,7 +2,8 @@
 //! `pgchat bench <scenario>` (its options and exit codes are in [`crate::bench::cli`]).
 //!
 //! Exit codes: 0 after a clean shutdown, 1 when start-up fails (the database cannot be
-//! reached, …), 2 for an invalid configuration or command line.
+//! reached, …), 2 for an invalid configuration or command line, 3 when the supervisor
+//! gave up on a worker that kept dying. `pgchat health`: 0 when the server answers 200.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +56,12 @@ enum Command {
     },
     /// Print the effective configuration, secrets redacted.
     Config,
+    /// Ask the server on this host (127.0.0.1:PORT) for PATH; exit 0 on 200, else 1.
+    /// For a container's HEALTHCHECK, so the image needs no curl.
+    Health {
+        #[arg(long, default_value = "/ready")]
+        path: String,
+    },
     /// Print a token for USER signed with the configured JWT secret.
     Token {
         user: String,
@@ -88,6 +95,10 @@ pub fn main() -> ExitCode {
         listen: None,
     });
     if let Command::Serve { workers, listen } = &command {
+        if let Err(e) = crate::config::check_platform(|k| std::env::var(k).ok()) {
+            eprintln!("pgchat: {e}");
+            return ExitCode::from(2);
+        }
         if let Some(n) = workers {
             config.workers = *n;
         }
@@ -137,6 +148,7 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Bench(args) => crate::bench::cli::main(args, &config),
+        Command::Health { path } => crate::probe::main(&config, &path),
         Command::Serve { .. } => {
             init_logging(&config);
             // Before any worker starts, so that the first start generates the development
@@ -202,11 +214,16 @@ fn serve(
     role: impl FnOnce(&Config) -> Role,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> ExitCode {
+    // Capped: tokio's blocking pool grows to 512 threads by default, and a Heroku dyno
+    // allows 256 processes plus threads in all.
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.runtime_threads())
+        .max_blocking_threads(config.blocking_threads)
         .enable_all()
         .build()
         .expect("tokio runtime");
     let code = runtime.block_on(async move {
+        crate::systemd::spawn_watchdog();
         let role = role(&config);
         let app = match crate::Application::build_as(config, role).await {
             Ok(app) => app,

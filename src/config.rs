@@ -108,6 +108,8 @@ pub struct Config {
 
     pub workers: usize,
     pub listen: String,
+    pub runtime_threads: usize,
+    pub blocking_threads: usize,
 
     pub shutdown_timeout_ms: u64,
     pub log_format: String,
@@ -176,6 +178,8 @@ impl Default for Config {
             write_queue: 4_096,
             workers: 0,
             listen: "shared".into(),
+            runtime_threads: 0,
+            blocking_threads: 8,
             shutdown_timeout_ms: 10_000,
             log_format: "text".into(),
         }
@@ -329,6 +333,19 @@ impl Config {
             ));
         }
         at_least("write_queue", self.write_queue as u64, 1)?;
+        at_least("blocking_threads", self.blocking_threads as u64, 1)?;
+        if self.runtime_threads > 64 || self.blocking_threads > 64 {
+            return Err(ConfigError::new(
+                if self.runtime_threads > 64 { "runtime_threads" } else { "blocking_threads" },
+                "must be at most 64 (Heroku allows 256 processes plus threads per dyno, across all workers)",
+            ));
+        }
+        if self.shutdown_timeout_ms > 600_000 {
+            return Err(ConfigError::new(
+                "shutdown_timeout_ms",
+                format!("must be at most 600000, got {}", self.shutdown_timeout_ms),
+            ));
+        }
         self.retention()?;
         one_of(
             "node_env",
@@ -417,11 +434,24 @@ impl Config {
             return self.workers;
         }
         if self.is_production() {
-            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-            cpus.min(8).min(self.db_max_connections)
+            available_parallelism().min(8).min(self.db_max_connections)
         } else {
             1
         }
+    }
+
+    /// The tokio worker threads of each worker process: `runtime_threads`, or when it is 0
+    /// the CPUs shared out among the workers (at least one each), so that N workers do
+    /// not run N times as many threads as there are CPUs.
+    pub fn runtime_threads(&self) -> usize {
+        self.runtime_threads_of(available_parallelism())
+    }
+
+    fn runtime_threads_of(&self, cpus: usize) -> usize {
+        if self.runtime_threads > 0 {
+            return self.runtime_threads;
+        }
+        (cpus / self.worker_count()).max(1)
     }
 
     pub fn is_production(&self) -> bool {
@@ -467,6 +497,35 @@ impl Config {
         }
         toml_string(&shown)
     }
+}
+
+/// The CPUs this process may use: Heroku's `HEROKU_AVAILABLE_PARALLELISM` when set (a
+/// dyno sees the host's CPUs, not its share of them), else what the OS and cgroups allow.
+pub fn available_parallelism() -> usize {
+    std::env::var("HEROKU_AVAILABLE_PARALLELISM")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Checks what the platform promises before `serve` starts. On Heroku (`DYNO` is set) the
+/// router sends a web process its traffic on `$PORT` and nowhere else, so a `serve`
+/// without `PORT` would listen on 3000 where nothing arrives and the dyno would fail
+/// with R10 a minute later: stop at once instead, naming the fix.
+pub fn check_platform(env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    if let Some(dyno) = env("DYNO") {
+        if env("PORT").is_none() && env("PGCHAT_PORT").is_none() {
+            return Err(ConfigError::new(
+                "port",
+                format!(
+                    "PORT is not set on Heroku (DYNO={dyno}): start `pgchat serve` from \
+                     the Procfile's `web:` line, the process Heroku gives a PORT"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn toml_string(config: &Config) -> String {
@@ -573,6 +632,42 @@ mod tests {
             redact_url_password("postgres://u@h/db"),
             "postgres://u@h/db"
         );
+    }
+
+    #[test]
+    fn a_heroku_process_without_port_is_refused() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(name, _)| *name == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let e = check_platform(env(&[("DYNO", "web.1")])).unwrap_err();
+        assert_eq!(e.key, "port");
+        assert!(e.problem.contains("Procfile"), "{e}");
+        check_platform(env(&[("DYNO", "web.1"), ("PORT", "5000")])).unwrap();
+        check_platform(env(&[("DYNO", "web.1"), ("PGCHAT_PORT", "5000")])).unwrap();
+        // Off Heroku the default port stands.
+        check_platform(env(&[])).unwrap();
+    }
+
+    #[test]
+    fn workers_share_the_cpus_out_among_their_runtimes() {
+        let workers = |workers, runtime_threads| Config {
+            workers,
+            runtime_threads,
+            ..Config::default()
+        };
+        assert_eq!(workers(1, 0).runtime_threads_of(8), 8);
+        assert_eq!(workers(3, 0).runtime_threads_of(8), 2);
+        assert_eq!(workers(8, 0).runtime_threads_of(2), 1);
+        assert_eq!(workers(3, 5).runtime_threads_of(8), 5);
+        let too_many = Config {
+            blocking_threads: 65,
+            ..Config::default()
+        };
+        assert_eq!(too_many.validate().unwrap_err().key, "blocking_threads");
     }
 
     #[test]

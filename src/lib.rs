@@ -27,6 +27,8 @@
 //!   for its own users and publishes them to its hub, as above.
 //! - [`supervisor`]: `serve --workers N` runs N such workers, sharing only PostgreSQL.
 //! - [`metrics`]: counters for `/metrics` and `/health`.
+//! - [`systemd`]: `Type=notify` for systemd (ready, watchdog, stopping); [`probe`] is
+//!   `pgchat health`, a container's health check.
 //!
 //! Beside the server, [`bench`] is `pgchat bench`: a load tool that speaks the protocol
 //! to a running server and reports latency, and what was lost.
@@ -45,6 +47,7 @@ pub mod listener;
 pub mod metrics;
 pub mod notify;
 pub mod presence;
+pub mod probe;
 pub mod protocol;
 pub mod ratelimit;
 pub mod requests;
@@ -53,6 +56,7 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod supervisor;
+pub mod systemd;
 pub mod writer;
 
 pub use app::{App, Application};

@@ -1,7 +1,10 @@
 //! The supervisor of `pgchat serve --workers N`: sets the database up once, starts N
 //! worker processes with their share of the connection budget, restarts one that dies
 //! (with backoff, giving up if they keep dying), and on SIGTERM forwards it and waits for
-//! the workers to drain.
+//! the workers to drain. Under systemd it speaks for the workers ([`crate::systemd::Relay`]).
+//!
+//! Exit codes: those of the CLI, and [`GAVE_UP`] when a worker kept dying: a restart by
+//! systemd or a container runtime would only repeat it (`RestartPreventExitStatus=`).
 //!
 //! The budget: `db_max_connections` split as evenly as it goes (with 10 and 3 workers:
 //! 4, 3, 3). Each worker spends one on its notification listener and the rest on its
@@ -32,6 +35,8 @@ pub enum Listen {
 /// A worker that died this many times within [`DEATH_WINDOW`] is not restarted again.
 const MAX_DEATHS: usize = 5;
 const DEATH_WINDOW: Duration = Duration::from_secs(60);
+/// The exit code after giving up on a worker that keeps dying.
+pub const GAVE_UP: u8 = 3;
 
 /// The connections each of `workers` may hold, summing to at most `budget`.
 pub fn shares(budget: usize, workers: usize) -> Vec<usize> {
@@ -61,6 +66,7 @@ pub fn run(
     config_path: Option<PathBuf>,
 ) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .max_blocking_threads(config.blocking_threads)
         .enable_all()
         .build()
         .expect("tokio runtime");
@@ -112,8 +118,23 @@ async fn supervise(
         shares = ?workers.iter().map(|w| w.share).collect::<Vec<_>>(),
         "starting workers"
     );
+    let relay = match crate::systemd::Relay::start(n) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pgchat: cannot relay the workers' notices to systemd: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let spawn = |w: &mut Worker| -> std::io::Result<()> {
         let mut cmd = Command::new(&exe);
+        match &relay {
+            Some(relay) => relay.worker_env(w.index, &mut cmd),
+            None => {
+                cmd.env_remove("NOTIFY_SOCKET")
+                    .env_remove("WATCHDOG_USEC")
+                    .env_remove("WATCHDOG_PID");
+            }
+        }
         if let Some(p) = &config_path {
             cmd.arg("--config").arg(p);
         }
@@ -124,6 +145,8 @@ async fn supervise(
             .arg(w.share.to_string())
             .args((listen == Listen::Shared).then_some("--reuse-port"))
             .env("PORT", w.port.to_string())
+            // So that each worker sizes its runtime for its share of the CPUs.
+            .env("PGCHAT_WORKERS", n.to_string())
             .env("DATABASE_URL", &url)
             // The worker exits when this pipe closes: it never outlives the supervisor.
             .stdin(Stdio::piped())
@@ -157,6 +180,9 @@ async fn supervise(
                 })
                 .collect();
             tokio::select! {
+                // A signal first: Heroku and `docker stop` signal the workers too, and
+                // a worker that drained must not be restarted.
+                biased;
                 _ = &mut shutdown => None,
                 Some(exit) = waits.next() => Some(Some(exit)),
                 _ = sleep_until(next_restart) => Some(None),
@@ -179,7 +205,7 @@ async fn supervise(
                         DEATH_WINDOW.as_secs()
                     );
                     stop_all(&mut workers, &config).await;
-                    return ExitCode::from(1);
+                    return ExitCode::from(GAVE_UP);
                 }
                 let backoff = Duration::from_millis(250) * 2u32.pow(w.deaths.len() as u32 - 1);
                 tracing::warn!(worker = index, ?status, restart_in = ?backoff, "worker died; restarting");
@@ -200,6 +226,7 @@ async fn supervise(
         }
     }
     tracing::info!("forwarding shutdown to the workers");
+    crate::systemd::stopping();
     stop_all(&mut workers, &config).await;
     ExitCode::SUCCESS
 }

@@ -376,7 +376,7 @@ async fn a_worker_that_keeps_dying_makes_the_supervisor_give_up_with_an_error() 
         .await
         .expect("the supervisor gives up")
         .unwrap();
-    assert_eq!(status.code(), Some(1));
+    assert_eq!(status.code(), Some(pgchat::supervisor::GAVE_UP.into()));
     // It restarted the worker with backoff before giving up (250 ms doubling, 5 deaths).
     assert!(
         started.elapsed() >= Duration::from_secs(3),

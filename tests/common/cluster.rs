@@ -50,6 +50,37 @@ fn unassigned_ports() -> (u16, u16) {
     }
 }
 
+/// `pgchat serve --workers n` on `db_url` from `base_port`, with a clean environment
+/// and the test secret; its output is shown only with `TEST_LOG`.
+pub fn serve_command(
+    db_url: &str,
+    base_port: u16,
+    n: usize,
+    per_worker: bool,
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgchat"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PGCHAT_CONFIG", "/nonexistent/pgchat.toml")
+        .env("PORT", base_port.to_string())
+        .env("PGCHAT_HOST", "127.0.0.1")
+        .env("PGCHAT_PRESENCE_OPEN", "true")
+        .env("DATABASE_URL", db_url)
+        .env("JWT_SECRET", SECRET)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .args(["serve", "--workers", &n.to_string()])
+        .args(["--listen", if per_worker { "per-worker" } else { "shared" }])
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    if std::env::var_os("TEST_LOG").is_none() {
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    }
+    cmd
+}
+
 impl Cluster {
     /// Starts `n` workers, port per worker, and waits until each is ready.
     pub async fn start(n: usize, env: &[(&str, &str)]) -> Cluster {
@@ -80,28 +111,9 @@ impl Cluster {
         env: &[(&str, &str)],
     ) -> Cluster {
         let base_port = free_ports(n);
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgchat"));
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("PGCHAT_CONFIG", "/nonexistent/pgchat.toml")
-            .env("PORT", base_port.to_string())
-            .env("PGCHAT_HOST", "127.0.0.1")
-            .env("PGCHAT_PRESENCE_OPEN", "true")
-            .env("DATABASE_URL", &db.url)
-            .env("JWT_SECRET", SECRET)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .args(["serve", "--workers", &n.to_string()])
-            .args(["--listen", if per_worker { "per-worker" } else { "shared" }])
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
+        let mut cmd = serve_command(&db.url, base_port, n, per_worker);
         for (k, v) in env {
             cmd.env(k, v);
-        }
-        if std::env::var_os("TEST_LOG").is_none() {
-            cmd.stdout(Stdio::null()).stderr(Stdio::null());
         }
         let supervisor = cmd.spawn().expect("start pgchat serve");
         let mut cluster = Cluster {
