@@ -66,10 +66,11 @@ churn() {
   local round=0
   while [ "$(date +%s)" -lt "$end" ]; do
     round=$((round + 1))
+    # A failing round is recorded (and fails the soak) but does not spin: wait a little.
     $B bench $W --quiet connect --count 500 --concurrency 50 >>"$OUT/connect.txt" 2>&1 ||
-      echo "round $round: exit $?" >>"$OUT/connect.txt"
+      { echo "round $round: exit $?" >>"$OUT/connect.txt"; sleep 5; }
     $B bench $W --quiet idle --connections 1500 --hold 20s >>"$OUT/idle.txt" 2>&1 ||
-      echo "round $round: exit $?" >>"$OUT/idle.txt"
+      { echo "round $round: exit $?" >>"$OUT/idle.txt"; sleep 5; }
   done
 }
 churn &

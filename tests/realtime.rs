@@ -226,3 +226,38 @@ async fn presence_subscriptions_are_bounded() {
     )
     .await;
 }
+
+/// Hundreds of users leaving at once (a load balancer's restart, a crowd closing) all get
+/// their `last_seen` stored: the flusher writes them in one transaction instead of each
+/// user taking a pooled connection of its own, which a small pool could not lend in time.
+#[tokio::test]
+async fn a_crowd_leaving_at_once_has_every_last_seen_stored() {
+    let app = TestApp::spawn_with(|c| {
+        c.presence_grace_ms = 200;
+        c.db_max_connections = 3;
+        c.db_min_connections = 1;
+        c.writers = 1;
+        c.db_acquire_timeout_ms = 20;
+    })
+    .await;
+    let mut crowd = Vec::new();
+    for i in 0..300 {
+        crowd.push(app.connect(&format!("crowd{i:03}")).await);
+    }
+    futures_util::future::join_all(crowd.into_iter().map(Client::close)).await;
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    loop {
+        let stored = app
+            .db
+            .count("SELECT count(*) FROM users WHERE id LIKE 'crowd%' AND last_seen IS NOT NULL")
+            .await;
+        if stored == 300 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {stored} of 300 last_seen stored"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -277,10 +277,10 @@ impl Batcher {
                     tracing::warn!(error = %f.error, "batch met a concurrent one; retrying");
                     attempt = self.commit(&commands).await;
                 }
-                // Nothing was sent: the pool lent a connection that had died meanwhile.
-                // Another may be alive (the pool drops the dead one on its return).
+                // Nothing was sent: the pool lent a connection that had died meanwhile
+                // (another may be alive: the dead one is dropped), or lent none in time.
                 Err(f) if !f.sent && f.error.is_unavailable() => {
-                    tracing::warn!(error = %f.error, "batch found its connection closed; retrying");
+                    tracing::warn!(error = %f.error, "batch got no usable connection; retrying");
                     attempt = self.commit(&commands).await;
                 }
                 _ => break,
