@@ -74,8 +74,8 @@ async fn catalog(db: &TestDb) -> Vec<String> {
 }
 
 async fn migrate(db: &TestDb) -> Result<(), pgchat::db::StartupError> {
-    let config: tokio_postgres::Config = db.url.parse().unwrap();
-    pgchat::db::migrate(&config, &db.url, None).await
+    let target = pgchat::db::Endpoint::parse(&db.url, false).unwrap();
+    pgchat::db::migrate(&target, None).await
 }
 
 async fn built_by_pgchat_0_1(data: &str) -> TestDb {

@@ -8,6 +8,7 @@ pub mod embedded;
 pub mod lease;
 pub mod queries;
 pub mod schema;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +16,9 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 pub use lease::{Lease, SharedConn, Source, Tx};
 pub use schema::{migrate, SqlLimits, SCHEMA_VERSION};
-use tokio_postgres::NoTls;
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::Socket;
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -23,20 +26,27 @@ use crate::config::Config;
 /// Start-up failures of the database layer, each with what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("cannot reach PostgreSQL at {url}: {source}; set DATABASE_URL to a running server")]
-    Unreachable {
+    /// PostgreSQL's own message (or the driver's, for a network or TLS failure), and what
+    /// to do about it when that is clear.
+    #[error("cannot connect to PostgreSQL at {url} ({setting}): {cause}")]
+    Connect {
+        setting: &'static str,
         url: String,
-        source: tokio_postgres::Error,
+        cause: String,
+    },
+    /// A connection setting pgchat cannot use (an unknown sslmode, an unreadable
+    /// sslrootcert, …).
+    #[error("{setting}: {problem}")]
+    Setting {
+        setting: &'static str,
+        problem: String,
     },
     #[error("the database has schema version {found}, newer than this pgchat's {SCHEMA_VERSION}: upgrade pgchat")]
     NewerSchema { found: i32 },
     #[error("migrating the database schema failed: {0}")]
     Schema(String),
-    #[error("creating database {name:?} failed: {source}")]
-    CreateDatabase {
-        name: String,
-        source: tokio_postgres::Error,
-    },
+    #[error("creating database {name:?} failed: {cause}")]
+    CreateDatabase { name: String, cause: String },
     #[error("private PostgreSQL cluster: {0}")]
     Embedded(String),
     #[error("{0}")]
@@ -51,10 +61,152 @@ impl StartupError {
     /// The process's exit code: 2 for what the configuration must fix, else 1.
     pub fn exit_code(&self) -> u8 {
         match self {
-            StartupError::EmbeddedInProduction { .. } => 2,
+            StartupError::EmbeddedInProduction { .. } | StartupError::Setting { .. } => 2,
             _ => 1,
         }
     }
+}
+
+/// A connection to PostgreSQL, as the driver hands it out: TLS or not, one type.
+pub type Connection =
+    tokio_postgres::Connection<Socket, <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream>;
+
+/// One place pgchat connects to: the driver's settings, the TLS to use, and where the
+/// URL came from, for messages.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub pg: tokio_postgres::Config,
+    pub tls: tls::Tls,
+    /// The URL with its password replaced.
+    pub shown: String,
+    /// The setting the URL came from (`DATABASE_URL`, `DATABASE_LISTEN_URL`).
+    pub setting: &'static str,
+}
+
+impl Endpoint {
+    /// `url` as it stands (its `sslmode` and `sslrootcert` honoured), without pgchat's
+    /// session settings.
+    pub fn parse(url: &str, production: bool) -> Result<Endpoint, StartupError> {
+        Self::from_setting("DATABASE_URL", url, production)
+    }
+
+    /// Whether `url` can be used for `setting`: the problem, in words, if not.
+    pub fn check(setting: &'static str, url: &str, production: bool) -> Result<(), String> {
+        match Self::from_setting(setting, url, production) {
+            Ok(_) => Ok(()),
+            Err(StartupError::Setting { problem, .. }) => Err(problem),
+            Err(other) => Err(other.to_string()),
+        }
+    }
+
+    fn from_setting(
+        setting: &'static str,
+        url: &str,
+        production: bool,
+    ) -> Result<Endpoint, StartupError> {
+        let problem = |problem: String| StartupError::Setting { setting, problem };
+        let (rest, params) = tls::split(url).map_err(|e| problem(e.to_string()))?;
+        let mut pg: tokio_postgres::Config = rest
+            .parse()
+            .map_err(|e| problem(describe(&e).replace("invalid connection string: ", "")))?;
+        let tls =
+            tls::configure(&mut pg, &params, production).map_err(|e| problem(e.to_string()))?;
+        Ok(Endpoint {
+            pg,
+            tls,
+            shown: redact(url),
+            setting,
+        })
+    }
+
+    /// Opens a connection; the caller drives it.
+    pub async fn connect(
+        &self,
+    ) -> Result<(tokio_postgres::Client, Connection), tokio_postgres::Error> {
+        self.pg.connect(self.tls.connector.clone()).await
+    }
+
+    /// The start-up error for `e`: the server's or the driver's own words, once, and what
+    /// to do about them when that is clear.
+    pub fn refused(&self, e: &tokio_postgres::Error) -> StartupError {
+        let mut cause = describe(e);
+        if let Some(hint) = self.hint(e) {
+            cause = format!("{cause}; {hint}");
+        }
+        StartupError::Connect {
+            setting: self.setting,
+            url: self.shown.clone(),
+            cause,
+        }
+    }
+
+    fn hint(&self, e: &tokio_postgres::Error) -> Option<String> {
+        let setting = self.setting;
+        if let Some(db) = e.as_db_error() {
+            let code = db.code().code();
+            return Some(match code {
+                _ if code.starts_with("28") && db.message().contains("no encryption") => format!(
+                    "the server accepts this connection only over TLS: set sslmode=require (or verify-full) in {setting}"
+                ),
+                _ if code.starts_with("28") => {
+                    format!("check the user name and password in {setting}")
+                }
+                "3D000" => format!("create the database, or correct its name in {setting}"),
+                "53300" => "the server has no connection slot left: lower DB_MAX_CONNECTIONS or raise the server's max_connections".into(),
+                _ => return None,
+            });
+        }
+        let host = self
+            .pg
+            .get_hosts()
+            .first()
+            .map(|h| match h {
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            })
+            .unwrap_or_default();
+        if let Some(hint) = tls::hint(e, &self.tls, &host) {
+            return Some(hint);
+        }
+        let text = e.to_string();
+        (text.starts_with("error connecting") || text.starts_with("timeout")).then(|| {
+            format!("is the server running, and are the host and port in {setting} right?")
+        })
+    }
+}
+
+/// A driver error in full: PostgreSQL's message with its SQLSTATE, detail and hint, or
+/// the driver's words followed by their causes (tokio-postgres prints only "db error" or
+/// "error connecting to server" and keeps the rest in its sources).
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    use std::error::Error as _;
+    if let Some(db) = e.as_db_error() {
+        let mut text = format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        );
+        if let Some(detail) = db.detail() {
+            text.push_str(&format!("; DETAIL: {detail}"));
+        }
+        if let Some(hint) = db.hint() {
+            text.push_str(&format!("; HINT: {hint}"));
+        }
+        return text;
+    }
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// The database handle every component shares: where queries run (a pool, or the
@@ -63,7 +215,11 @@ impl StartupError {
 #[derive(Clone)]
 pub struct Database {
     pub source: Source,
-    pub pg_config: tokio_postgres::Config,
+    /// Where queries go: `DATABASE_URL`.
+    pub endpoint: Endpoint,
+    /// Where the listener connects (and set-up runs): `DATABASE_LISTEN_URL`, else
+    /// `DATABASE_URL`.
+    pub listen: Endpoint,
     /// The connections this worker may hold, its listener included.
     pub share: usize,
     acquire_timeout: Duration,
@@ -86,19 +242,21 @@ impl Database {
     /// listener, or none, the listener's connection serving queries too.
     pub async fn open(config: &Config, plan: Plan) -> Result<Database, StartupError> {
         let (url, cluster) = locate(config).await?;
-        let pg_config = connection_config(config, &url);
+        let endpoint = connection_config(config, &url)?;
+        let listen = listen_endpoint(config, &endpoint)?;
         if plan.setup {
-            ensure_database(&pg_config, &url).await?;
-            migrate(&pg_config, &url, Some(sql_limits(config))).await?;
+            ensure_database(&listen).await?;
+            migrate(&listen, Some(sql_limits(config))).await?;
         }
         let source = if plan.share >= 2 {
-            Source::Pool(build_pool(config, pg_config.clone(), plan.share - 1))
+            Source::Pool(build_pool(config, &endpoint, plan.share - 1))
         } else {
             Source::shared()
         };
         Ok(Database {
             source,
-            pg_config,
+            endpoint,
+            listen,
             share: plan.share,
             acquire_timeout: Duration::from_millis(config.db_acquire_timeout_ms),
             _cluster: cluster.map(Arc::new),
@@ -135,24 +293,19 @@ impl Database {
         }
     }
 
-    /// Opens one connection outside the pool, driven by the caller (for LISTEN). Its
-    /// `application_name` ends in ` listener`, so that pg_stat_activity tells it apart.
+    /// Opens one connection outside the pool, driven by the caller (for LISTEN), to
+    /// `DATABASE_LISTEN_URL` if set. Its `application_name` ends in ` listener`, so that
+    /// pg_stat_activity tells it apart.
     pub async fn connect_dedicated(
         &self,
-    ) -> Result<
-        (
-            tokio_postgres::Client,
-            tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
-        ),
-        tokio_postgres::Error,
-    > {
-        let mut config = self.pg_config.clone();
+    ) -> Result<(tokio_postgres::Client, Connection), tokio_postgres::Error> {
+        let mut listen = self.listen.clone();
         let name = format!(
             "{} listener",
-            self.pg_config.get_application_name().unwrap_or("pgchat")
+            listen.pg.get_application_name().unwrap_or("pgchat")
         );
-        config.application_name(name);
-        config.connect(NoTls).await
+        listen.pg.application_name(name);
+        listen.connect().await
     }
 
     /// True when a connection answers `SELECT 1` within the acquire timeout.
@@ -205,9 +358,27 @@ impl Database {
     }
 }
 
-/// The connection settings: the URL plus pgchat's session settings.
-pub fn connection_config(config: &Config, url: &str) -> tokio_postgres::Config {
-    let mut pg_config: tokio_postgres::Config = url.parse().expect("validated in Config");
+/// Where queries go: `url` (`DATABASE_URL`, or a private cluster's) with pgchat's
+/// session settings.
+pub fn connection_config(config: &Config, url: &str) -> Result<Endpoint, StartupError> {
+    endpoint_for(config, "DATABASE_URL", url)
+}
+
+/// Where the listener connects and set-up runs: `DATABASE_LISTEN_URL`, else `queries`.
+fn listen_endpoint(config: &Config, queries: &Endpoint) -> Result<Endpoint, StartupError> {
+    match &config.database_listen_url {
+        Some(url) => endpoint_for(config, "DATABASE_LISTEN_URL", url),
+        None => Ok(queries.clone()),
+    }
+}
+
+fn endpoint_for(
+    config: &Config,
+    setting: &'static str,
+    url: &str,
+) -> Result<Endpoint, StartupError> {
+    let mut endpoint = Endpoint::from_setting(setting, url, config.is_production())?;
+    let pg_config = &mut endpoint.pg;
     pg_config.options(format!(
         "-c statement_timeout={}",
         config.db_statement_timeout_ms
@@ -229,16 +400,16 @@ pub fn connection_config(config: &Config, url: &str) -> tokio_postgres::Config {
     if config.db_tcp_user_timeout_ms > 0 {
         pg_config.tcp_user_timeout(Duration::from_millis(config.db_tcp_user_timeout_ms));
     }
-    pg_config
+    Ok(endpoint)
 }
 
 /// Creates the database if missing and migrates it, once, before workers start;
 /// returns the URL the workers should use (a private cluster's, if one was started).
 pub async fn setup(config: &Config) -> Result<(String, Option<embedded::Cluster>), StartupError> {
     let (url, cluster) = locate(config).await?;
-    let pg_config = connection_config(config, &url);
-    ensure_database(&pg_config, &url).await?;
-    migrate(&pg_config, &url, Some(sql_limits(config))).await?;
+    let listen = listen_endpoint(config, &connection_config(config, &url)?)?;
+    ensure_database(&listen).await?;
+    migrate(&listen, Some(sql_limits(config))).await?;
     Ok((url, cluster))
 }
 
@@ -249,10 +420,10 @@ fn sql_limits(config: &Config) -> SqlLimits {
     }
 }
 
-fn build_pool(config: &Config, pg_config: tokio_postgres::Config, size: usize) -> Pool {
+fn build_pool(config: &Config, endpoint: &Endpoint, size: usize) -> Pool {
     let manager = Manager::from_config(
-        pg_config,
-        NoTls,
+        endpoint.pg.clone(),
+        endpoint.tls.connector.clone(),
         ManagerConfig {
             // Fast: a connection that broke is noticed by the query that hits it (and
             // reported as `unavailable`), instead of a round trip before every checkout.
@@ -300,51 +471,42 @@ async fn locate(config: &Config) -> Result<(String, Option<embedded::Cluster>), 
     Ok((cluster.url("pgchat"), Some(cluster)))
 }
 
-/// Creates the database named in `pg_config` if the server does not have it yet.
-async fn ensure_database(
-    pg_config: &tokio_postgres::Config,
-    url: &str,
-) -> Result<(), StartupError> {
-    match pg_config.connect(NoTls).await {
+/// Creates the database named in `target` if the server does not have it yet.
+async fn ensure_database(target: &Endpoint) -> Result<(), StartupError> {
+    match target.connect().await {
         Ok(_) => Ok(()),
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) => {
-            let name = pg_config.get_dbname().unwrap_or("postgres").to_string();
-            let mut admin = pg_config.clone();
-            admin.dbname("postgres");
-            let (client, driver) = connect_once(&admin, url).await?;
+            let name = target.pg.get_dbname().unwrap_or("postgres").to_string();
+            let mut admin = target.clone();
+            admin.pg.dbname("postgres");
+            let (client, driver) = connect_once(&admin).await?;
             let sql = format!("CREATE DATABASE {}", quote_ident(&name));
             match client.batch_execute(&sql).await {
                 Ok(()) => tracing::info!(database = %name, "created database"),
                 // Another process created it first.
                 Err(e)
                     if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}
-                Err(source) => return Err(StartupError::CreateDatabase { name, source }),
+                Err(e) => {
+                    return Err(StartupError::CreateDatabase {
+                        name,
+                        cause: describe(&e),
+                    })
+                }
             }
             drop(client);
             let _ = driver.await;
             Ok(())
         }
-        Err(source) => Err(StartupError::Unreachable {
-            url: redact(url),
-            source,
-        }),
+        Err(e) => Err(target.refused(&e)),
     }
 }
 
 /// A short-lived connection for set-up; await the handle after dropping the client to
 /// know the connection is closed.
 pub(crate) async fn connect_once(
-    pg_config: &tokio_postgres::Config,
-    url: &str,
+    target: &Endpoint,
 ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), StartupError> {
-    let (client, conn) =
-        pg_config
-            .connect(NoTls)
-            .await
-            .map_err(|source| StartupError::Unreachable {
-                url: redact(url),
-                source,
-            })?;
+    let (client, conn) = target.connect().await.map_err(|e| target.refused(&e))?;
     let driver = tokio::spawn(async move {
         let _ = conn.await;
     });
