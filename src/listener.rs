@@ -285,7 +285,13 @@ async fn self_test(
         };
         let listen = &app.db.listen;
         return Err(Down::NotReceiving(format!(
-            "a test notification sent through {queries} did not reach the listener's              connection ({listen_setting}) within {timeout:?}{databases}, so notifications              from other workers would be lost. The listener needs a session of its own on the              same database: if {queries} goes through a pooler in transaction mode (PgBouncer,              Supavisor, a cloud provider's pooler), set DATABASE_LISTEN_URL to a direct              connection to that database; if DATABASE_LISTEN_URL is set, it must reach the same              database as DATABASE_URL, without a pooler",
+            "a test notification sent through {queries} did not reach the listener \
+             ({listen_setting}) within {timeout:?}{databases}: notifications from other workers \
+             would be lost. The listener needs a session of its own on the same database as \
+             DATABASE_URL: if DATABASE_URL goes through a pooler in transaction mode (PgBouncer, \
+             Supavisor, a cloud provider's pooler), set DATABASE_LISTEN_URL to a direct \
+             connection to that database; if DATABASE_LISTEN_URL is set, make it reach that \
+             database without a pooler",
             queries = app.db.endpoint.setting,
             listen_setting = listen.setting,
         )));

@@ -90,7 +90,7 @@ pub enum TlsError {
     Unsupported(String),
     #[error("sslrootcert {path:?}: {problem}")]
     RootCert { path: PathBuf, problem: String },
-    #[error("sslmode={0} needs trusted CA certificates and the system has none (install the ca-certificates package) : set sslrootcert=PATH to the CA's PEM file, or use sslmode=require to encrypt without verifying")]
+    #[error("sslmode={0} needs trusted CA certificates and the system has none (install the ca-certificates package): set sslrootcert=PATH to the CA's PEM file, or use sslmode=require to encrypt without verifying")]
     NoSystemRoots(&'static str),
 }
 
