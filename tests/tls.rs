@@ -374,6 +374,34 @@ async fn sslmode_disable_against_a_server_that_demands_tls_says_to_require_it() 
     build(&url).await.expect("admitted over TLS");
 }
 
+#[tokio::test]
+async fn in_production_a_remote_host_without_sslmode_gets_tls_and_a_local_one_stays_plain() {
+    let server = tls_server();
+    let production = |url: String| {
+        move |c: &mut pgchat::Config| {
+            c.node_env = "production".into();
+            c.jwt_secret = Some("p".repeat(40));
+            c.database_url = Some(url);
+        }
+    };
+    // A name that is not this machine's (the socket still goes to 127.0.0.1): TLS,
+    // although the URL does not ask for it; the TLS-only database admits it.
+    let remote = server
+        .0
+        .url("db.example.test", TLS_ONLY_DB, "hostaddr=127.0.0.1");
+    let app = TestApp::spawn_with(production(remote)).await;
+    let tls = pgchat_connections_use_tls(&server.0, TLS_ONLY_DB).await;
+    assert!(!tls.is_empty() && tls.iter().all(|ssl| *ssl), "{tls:?}");
+    drop(app);
+
+    // By its loopback address the server is reached as before: in plain text.
+    let db = fresh_db();
+    let local = server.0.url("127.0.0.1", &db, "");
+    let _app = TestApp::spawn_with(production(local)).await;
+    let tls = pgchat_connections_use_tls(&server.0, &db).await;
+    assert!(!tls.is_empty() && tls.iter().all(|ssl| !ssl), "{tls:?}");
+}
+
 /// Runs `pgchat serve` on `database_url` and returns its exit code and stderr.
 async fn serve_fails(database_url: &str) -> (Option<i32>, String) {
     let data = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))

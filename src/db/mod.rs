@@ -483,9 +483,12 @@ async fn ensure_database(target: &Endpoint) -> Result<(), StartupError> {
             let sql = format!("CREATE DATABASE {}", quote_ident(&name));
             match client.batch_execute(&sql).await {
                 Ok(()) => tracing::info!(database = %name, "created database"),
-                // Another process created it first.
+                // Another process created it first: before this CREATE began (42P04), or
+                // while it ran (the catalog's unique index, 23505).
                 Err(e)
-                    if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}
+                    if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE)
+                        || e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                }
                 Err(e) => {
                     return Err(StartupError::CreateDatabase {
                         name,
