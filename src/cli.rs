@@ -228,7 +228,7 @@ fn serve(
         let app = match crate::Application::build_as(config, role).await {
             Ok(app) => app,
             Err(e) => {
-                tracing::error!("{e}");
+                // Once, on stderr: a log line as well would say it twice.
                 eprintln!("pgchat: {e}");
                 return ExitCode::from(e.exit_code());
             }

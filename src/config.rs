@@ -27,6 +27,7 @@ pub const MAX_JWT_LEEWAY_SECS: u64 = 300;
 const BARE_ENV: &[&str] = &[
     "PORT",
     "DATABASE_URL",
+    "DATABASE_LISTEN_URL",
     "MAX_CONNECTIONS",
     "DB_MAX_CONNECTIONS",
     "DB_MIN_CONNECTIONS",
@@ -48,6 +49,7 @@ pub struct Config {
     pub port: u16,
     pub node_env: String,
     pub database_url: Option<String>,
+    pub database_listen_url: Option<String>,
     pub jwt_secret: Option<String>,
     pub jwt_audience: Option<String>,
     pub jwt_leeway_secs: u64,
@@ -66,6 +68,7 @@ pub struct Config {
     pub listener_probe_interval_ms: u64,
     pub listener_probe_timeout_ms: u64,
     pub listener_queue: usize,
+    pub listener_selftest_timeout_ms: u64,
     pub health_cache_ms: u64,
     pub embedded_postgres: bool,
     pub embedded_port: u16,
@@ -122,6 +125,7 @@ impl Default for Config {
             port: 3000,
             node_env: "development".into(),
             database_url: None,
+            database_listen_url: None,
             jwt_secret: None,
             jwt_audience: None,
             jwt_leeway_secs: 30,
@@ -139,6 +143,7 @@ impl Default for Config {
             listener_probe_interval_ms: 10_000,
             listener_probe_timeout_ms: 5_000,
             listener_queue: 1_024,
+            listener_selftest_timeout_ms: 5_000,
             health_cache_ms: 1_000,
             embedded_postgres: true,
             embedded_port: 5432,
@@ -279,6 +284,11 @@ impl Config {
             100,
         )?;
         at_least("listener_queue", self.listener_queue as u64, 1)?;
+        at_least(
+            "listener_selftest_timeout_ms",
+            self.listener_selftest_timeout_ms,
+            100,
+        )?;
         at_least("health_cache_ms", self.health_cache_ms, 10)?;
         at_least("max_connections", self.max_connections as u64, 1)?;
         at_least("max_sockets_per_user", self.max_sockets_per_user as u64, 1)?;
@@ -366,9 +376,19 @@ impl Config {
         if self.listen == "per_worker" && (self.port as usize) + self.worker_count() > 65536 {
             return Err(ConfigError::new("port", "port + workers exceeds 65535"));
         }
-        if let Some(url) = &self.database_url {
-            url.parse::<tokio_postgres::Config>()
-                .map_err(|e| ConfigError::new("database_url", e.to_string()))?;
+        // The whole URL as start-up will read it: sslmode, sslrootcert (read now) and all.
+        for (key, setting, url) in [
+            ("database_url", "DATABASE_URL", &self.database_url),
+            (
+                "database_listen_url",
+                "DATABASE_LISTEN_URL",
+                &self.database_listen_url,
+            ),
+        ] {
+            if let Some(url) = url {
+                crate::db::Endpoint::check(setting, url, self.is_production())
+                    .map_err(|problem| ConfigError::new(key, problem))?;
+            }
         }
         self.validate_jwt()?;
         Ok(())
@@ -489,9 +509,13 @@ impl Config {
         if shown.jwt_secret.is_some() {
             shown.jwt_secret = Some("<redacted>".into());
         }
-        for url in [&mut shown.database_url, &mut shown.redis_url]
-            .into_iter()
-            .flatten()
+        for url in [
+            &mut shown.database_url,
+            &mut shown.database_listen_url,
+            &mut shown.redis_url,
+        ]
+        .into_iter()
+        .flatten()
         {
             *url = redact_url_password(url);
         }

@@ -7,6 +7,13 @@
 //! gone for good, so after every (re)connection the worker first catches up: it reads the
 //! heads of all its users and fetches what it missed, and only then reports ready.
 //!
+//! Before it reports ready, the listener proves that it hears what the worker's query
+//! path sends: it LISTENs on a channel of its own, sends one notification to it through
+//! the pool (`DATABASE_URL`), and waits up to `listener_selftest_timeout_ms`. A listener
+//! behind a transaction pooler, or one that `DATABASE_LISTEN_URL` points at another
+//! database, would otherwise hear nothing, silently; it stays down instead, saying why
+//! (`not_receiving`), and tries again with backoff.
+//!
 //! pooled connections cannot receive notifications (deadpool drives them itself), so
 //! this connection is driven here with `poll_message`. When the worker's share of the
 //! connection budget is one connection, it also carries the worker's queries
@@ -47,7 +54,7 @@ impl ListenerState {
         self.up.load(Ordering::Acquire)
     }
 
-    /// `connect_failed`, `connection_lost` or `unresponsive`, or none yet.
+    /// `connect_failed`, `connection_lost`, `unresponsive` or `not_receiving`, or none yet.
     pub fn last_error(&self) -> Option<&'static str> {
         *self.last_error.lock().expect("listener state")
     }
@@ -66,6 +73,9 @@ enum Down {
     Lost(DbError),
     /// It did not answer the liveness probe in time: half-open, or stalled.
     Unresponsive,
+    /// Its own test notification, sent through the query path, never arrived; the text
+    /// says why that may be and what to do.
+    NotReceiving(String),
 }
 
 impl Down {
@@ -74,6 +84,7 @@ impl Down {
             Down::Connect(_) => "connect_failed",
             Down::Lost(_) => "connection_lost",
             Down::Unresponsive => "unresponsive",
+            Down::NotReceiving(_) => "not_receiving",
         }
     }
 }
@@ -84,6 +95,7 @@ impl std::fmt::Display for Down {
             Down::Connect(e) => write!(f, "connecting failed: {e}"),
             Down::Lost(e) => write!(f, "the connection broke: {e}"),
             Down::Unresponsive => f.write_str("the connection did not answer its probe in time"),
+            Down::NotReceiving(why) => f.write_str(why),
         }
     }
 }
@@ -99,6 +111,10 @@ pub async fn run(app: App, stop: CancellationToken) {
         let was_up = app.listener.is_up();
         match result {
             Ok(()) => return, // stopped
+            Err(e @ Down::NotReceiving(_)) => {
+                tracing::error!(retry_in = ?backoff, "notification listener not ready: {e}");
+                app.listener.set_down(e.code());
+            }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "notification listener down");
                 app.listener.set_down(e.code());
@@ -129,12 +145,20 @@ async fn listen(app: &App, stop: &CancellationToken) -> Result<(), Down> {
     // Set by the driver when the queue was full and it dropped a notification: the
     // listener then catches up from the tables instead.
     let overflow = Arc::new(Notify::new());
+    // This connection's own channel for the self-test, and the signal that it was heard.
+    let selftest = format!("pgchat_selftest_{:016x}", rand::random::<u64>());
+    let heard = Arc::new(Notify::new());
     let driver = tokio::spawn({
         let overflow = overflow.clone();
+        let heard = heard.clone();
+        let selftest = selftest.clone();
         async move {
             let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
             while let Some(message) = messages.next().await {
                 match message {
+                    Ok(AsyncMessage::Notification(n)) if n.channel() == selftest => {
+                        heard.notify_one()
+                    }
                     // Never wait for room: while this task waits, the connection is not
                     // read, and the listener, whose queries (all of the worker's, when
                     // its share is one connection) answer on it, would wait forever.
@@ -168,11 +192,12 @@ async fn listen(app: &App, stop: &CancellationToken) -> Result<(), Down> {
     let work = async {
         shared
             .client
-            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {selftest}"))
             .await
             .map_err(|e| Down::Connect(e.into()))?;
         app.db.source.set_shared(Some(shared.clone()));
         app.metrics.listener_connects.inc();
+        self_test(app, &shared, &selftest, &heard).await?;
         // Listening already, so nothing committed from here on is missed; now read what may
         // have been missed before.
         catch_up(app).await.map_err(Down::Lost)?;
@@ -227,6 +252,66 @@ async fn probe(conn: Arc<SharedConn>, every: Duration, timeout: Duration) -> Dow
             Err(_) => return Down::Unresponsive,
         }
     }
+}
+
+/// Sends a notification to `channel` through the worker's query path (the pool, or in
+/// shared mode this very connection) and waits for `heard`; then stops listening to it.
+async fn self_test(
+    app: &App,
+    conn: &SharedConn,
+    channel: &str,
+    heard: &Notify,
+) -> Result<(), Down> {
+    let timeout = Duration::from_millis(app.config.listener_selftest_timeout_ms);
+    // A simple query: no prepared statement, which a transaction pooler may not keep.
+    let notify = format!("NOTIFY {channel}");
+    let sender = app.db.client().await.map_err(Down::Lost)?;
+    sender
+        .simple_query(&notify)
+        .await
+        .map_err(|e| Down::Lost(e.into()))?;
+    if tokio::time::timeout(timeout, heard.notified())
+        .await
+        .is_err()
+    {
+        let databases = match (
+            current_database(&sender).await,
+            current_database(&conn.client).await,
+        ) {
+            (Some(a), Some(b)) if a != b => {
+                format!(" (queries reach database {a:?}, the listener reaches {b:?})")
+            }
+            _ => String::new(),
+        };
+        let listen = &app.db.listen;
+        return Err(Down::NotReceiving(format!(
+            "a test notification sent through {queries} did not reach the listener \
+             ({listen_setting}) within {timeout:?}{databases}: notifications from other workers \
+             would be lost. The listener needs a session of its own on the same database as \
+             DATABASE_URL: if DATABASE_URL goes through a pooler in transaction mode (PgBouncer, \
+             Supavisor, a cloud provider's pooler), set DATABASE_LISTEN_URL to a direct \
+             connection to that database; if DATABASE_LISTEN_URL is set, make it reach that \
+             database without a pooler",
+            queries = app.db.endpoint.setting,
+            listen_setting = listen.setting,
+        )));
+    }
+    drop(sender);
+    conn.client
+        .batch_execute(&format!("UNLISTEN {channel}"))
+        .await
+        .map_err(|e| Down::Lost(e.into()))
+}
+
+async fn current_database(client: &tokio_postgres::Client) -> Option<String> {
+    let rows = client
+        .simple_query("SELECT current_database()")
+        .await
+        .ok()?;
+    rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    })
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -84,7 +84,7 @@ async fn supervise(
     let (url, _cluster) = match crate::db::setup(&config).await {
         Ok(x) => x,
         Err(e) => {
-            tracing::error!("{e}");
+            // Once, on stderr: a log line as well would say it twice.
             eprintln!("pgchat: {e}");
             return ExitCode::from(e.exit_code());
         }

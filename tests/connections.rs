@@ -255,7 +255,9 @@ async fn every_database_connection_has_keepalives_and_a_user_timeout() {
     config.db_tcp_user_timeout_ms = 9_000;
     config.db_keepalive_interval_ms = 3_000;
     config.db_keepalive_retries = 4;
-    let pg = pgchat::db::connection_config(&config, &app.db.url);
+    let pg = pgchat::db::connection_config(&config, &app.db.url)
+        .unwrap()
+        .pg;
     assert_eq!(pg.get_tcp_user_timeout(), Some(&Duration::from_secs(9)));
     assert!(pg.get_keepalives());
     assert_eq!(pg.get_keepalives_interval(), Some(Duration::from_secs(3)));

@@ -74,8 +74,8 @@ async fn catalog(db: &TestDb) -> Vec<String> {
 }
 
 async fn migrate(db: &TestDb) -> Result<(), pgchat::db::StartupError> {
-    let config: tokio_postgres::Config = db.url.parse().unwrap();
-    pgchat::db::migrate(&config, &db.url, None).await
+    let target = pgchat::db::Endpoint::parse(&db.url, false).unwrap();
+    pgchat::db::migrate(&target, None).await
 }
 
 async fn built_by_pgchat_0_1(data: &str) -> TestDb {
@@ -206,4 +206,28 @@ async fn a_database_built_by_pgchat_0_1_upgrades_in_place_with_its_data_intact()
             pgchat::db::SCHEMA_VERSION
         )
     );
+}
+
+#[tokio::test]
+async fn deployments_starting_together_on_a_missing_database_create_it_once() {
+    let db = TestDb::new().await; // for the server's address; the new databases are beside it
+    let admin = db.client().await;
+    // A few rounds: the race is between one CREATE DATABASE's check and its commit.
+    for round in 0..3 {
+        let name = format!("{}_new{round}", db.name);
+        let config = pgchat::Config {
+            database_url: Some(db.url.replace(&db.name, &name)),
+            embedded_postgres: false,
+            ..pgchat::Config::default()
+        };
+        let results =
+            futures_util::future::join_all((0..4).map(|_| pgchat::db::setup(&config))).await;
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await
+            .unwrap();
+        for r in results {
+            r.expect("every starting deployment succeeds");
+        }
+    }
 }

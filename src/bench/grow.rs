@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::BenchError;
 
@@ -53,7 +53,8 @@ FROM m, LATERAL (VALUES ('a'), ('b')) v(s)";
 /// A connection to the database the server uses.
 pub struct Db {
     client: Client,
-    url: String,
+    /// Where the database is, its sslmode and sslrootcert honoured as the server does.
+    target: crate::db::Endpoint,
     /// Pairs grown so far in this run, so that every chunk adds new users.
     grown_pairs: i64,
     prefix: String,
@@ -61,13 +62,18 @@ pub struct Db {
 
 impl Db {
     pub async fn connect(url: &str, prefix: &str) -> Result<Db, BenchError> {
-        let (client, connection) = tokio_postgres::connect(url, NoTls)
+        let setup = |e: String| BenchError::Setup(format!("--database-url: {e}"));
+        // The production default (TLS to a remote host) would be a surprise in a load test:
+        // the URL says what it wants.
+        let target = crate::db::Endpoint::parse(url, false).map_err(|e| setup(e.to_string()))?;
+        let (client, connection) = target
+            .connect()
             .await
-            .map_err(|e| BenchError::Setup(format!("--database-url: {e}")))?;
+            .map_err(|e| setup(crate::db::describe(&e)))?;
         tokio::spawn(connection);
         Ok(Db {
             client,
-            url: url.to_string(),
+            target,
             grown_pairs: 0,
             prefix: format!("{prefix}grown"),
         })
@@ -78,9 +84,7 @@ impl Db {
     /// exits at the latest, and this count (a scan) must not be taken for the round's.
     pub async fn event_rows(&self) -> Result<i64, BenchError> {
         let err = |e: tokio_postgres::Error| BenchError::Setup(format!("counting events: {e}"));
-        let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
-            .await
-            .map_err(err)?;
+        let (client, connection) = self.target.connect().await.map_err(err)?;
         let driver = tokio::spawn(connection);
         let row = client
             .query_one(

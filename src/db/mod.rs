@@ -5,17 +5,19 @@
 //! `db_idle_timeout_ms`, a 2 s acquire timeout and a 30 s statement_timeout.
 
 pub mod embedded;
+mod endpoint;
 pub mod lease;
 pub mod queries;
 pub mod schema;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+pub use endpoint::{describe, Connection, Endpoint};
 pub use lease::{Lease, SharedConn, Source, Tx};
 pub use schema::{migrate, SqlLimits, SCHEMA_VERSION};
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -23,20 +25,27 @@ use crate::config::Config;
 /// Start-up failures of the database layer, each with what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("cannot reach PostgreSQL at {url}: {source}; set DATABASE_URL to a running server")]
-    Unreachable {
+    /// PostgreSQL's own message (or the driver's, for a network or TLS failure), and what
+    /// to do about it when that is clear.
+    #[error("cannot connect to PostgreSQL at {url} ({setting}): {cause}")]
+    Connect {
+        setting: &'static str,
         url: String,
-        source: tokio_postgres::Error,
+        cause: String,
+    },
+    /// A connection setting pgchat cannot use (an unknown sslmode, an unreadable
+    /// sslrootcert, …).
+    #[error("{setting}: {problem}")]
+    Setting {
+        setting: &'static str,
+        problem: String,
     },
     #[error("the database has schema version {found}, newer than this pgchat's {SCHEMA_VERSION}: upgrade pgchat")]
     NewerSchema { found: i32 },
     #[error("migrating the database schema failed: {0}")]
     Schema(String),
-    #[error("creating database {name:?} failed: {source}")]
-    CreateDatabase {
-        name: String,
-        source: tokio_postgres::Error,
-    },
+    #[error("creating database {name:?} failed: {cause}")]
+    CreateDatabase { name: String, cause: String },
     #[error("private PostgreSQL cluster: {0}")]
     Embedded(String),
     #[error("{0}")]
@@ -51,7 +60,7 @@ impl StartupError {
     /// The process's exit code: 2 for what the configuration must fix, else 1.
     pub fn exit_code(&self) -> u8 {
         match self {
-            StartupError::EmbeddedInProduction { .. } => 2,
+            StartupError::EmbeddedInProduction { .. } | StartupError::Setting { .. } => 2,
             _ => 1,
         }
     }
@@ -63,7 +72,11 @@ impl StartupError {
 #[derive(Clone)]
 pub struct Database {
     pub source: Source,
-    pub pg_config: tokio_postgres::Config,
+    /// Where queries go: `DATABASE_URL`.
+    pub endpoint: Endpoint,
+    /// Where the listener connects (and set-up runs): `DATABASE_LISTEN_URL`, else
+    /// `DATABASE_URL`.
+    pub listen: Endpoint,
     /// The connections this worker may hold, its listener included.
     pub share: usize,
     acquire_timeout: Duration,
@@ -86,19 +99,21 @@ impl Database {
     /// listener, or none, the listener's connection serving queries too.
     pub async fn open(config: &Config, plan: Plan) -> Result<Database, StartupError> {
         let (url, cluster) = locate(config).await?;
-        let pg_config = connection_config(config, &url);
+        let endpoint = connection_config(config, &url)?;
+        let listen = listen_endpoint(config, &endpoint)?;
         if plan.setup {
-            ensure_database(&pg_config, &url).await?;
-            migrate(&pg_config, &url, Some(sql_limits(config))).await?;
+            ensure_database(&listen).await?;
+            migrate(&listen, Some(sql_limits(config))).await?;
         }
         let source = if plan.share >= 2 {
-            Source::Pool(build_pool(config, pg_config.clone(), plan.share - 1))
+            Source::Pool(build_pool(config, &endpoint, plan.share - 1))
         } else {
             Source::shared()
         };
         Ok(Database {
             source,
-            pg_config,
+            endpoint,
+            listen,
             share: plan.share,
             acquire_timeout: Duration::from_millis(config.db_acquire_timeout_ms),
             _cluster: cluster.map(Arc::new),
@@ -135,24 +150,19 @@ impl Database {
         }
     }
 
-    /// Opens one connection outside the pool, driven by the caller (for LISTEN). Its
-    /// `application_name` ends in ` listener`, so that pg_stat_activity tells it apart.
+    /// Opens one connection outside the pool, driven by the caller (for LISTEN), to
+    /// `DATABASE_LISTEN_URL` if set. Its `application_name` ends in ` listener`, so that
+    /// pg_stat_activity tells it apart.
     pub async fn connect_dedicated(
         &self,
-    ) -> Result<
-        (
-            tokio_postgres::Client,
-            tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
-        ),
-        tokio_postgres::Error,
-    > {
-        let mut config = self.pg_config.clone();
+    ) -> Result<(tokio_postgres::Client, Connection), tokio_postgres::Error> {
+        let mut listen = self.listen.clone();
         let name = format!(
             "{} listener",
-            self.pg_config.get_application_name().unwrap_or("pgchat")
+            listen.pg.get_application_name().unwrap_or("pgchat")
         );
-        config.application_name(name);
-        config.connect(NoTls).await
+        listen.pg.application_name(name);
+        listen.connect().await
     }
 
     /// True when a connection answers `SELECT 1` within the acquire timeout.
@@ -205,9 +215,27 @@ impl Database {
     }
 }
 
-/// The connection settings: the URL plus pgchat's session settings.
-pub fn connection_config(config: &Config, url: &str) -> tokio_postgres::Config {
-    let mut pg_config: tokio_postgres::Config = url.parse().expect("validated in Config");
+/// Where queries go: `url` (`DATABASE_URL`, or a private cluster's) with pgchat's
+/// session settings.
+pub fn connection_config(config: &Config, url: &str) -> Result<Endpoint, StartupError> {
+    endpoint_for(config, "DATABASE_URL", url)
+}
+
+/// Where the listener connects and set-up runs: `DATABASE_LISTEN_URL`, else `queries`.
+fn listen_endpoint(config: &Config, queries: &Endpoint) -> Result<Endpoint, StartupError> {
+    match &config.database_listen_url {
+        Some(url) => endpoint_for(config, "DATABASE_LISTEN_URL", url),
+        None => Ok(queries.clone()),
+    }
+}
+
+fn endpoint_for(
+    config: &Config,
+    setting: &'static str,
+    url: &str,
+) -> Result<Endpoint, StartupError> {
+    let mut endpoint = Endpoint::from_setting(setting, url, config.is_production())?;
+    let pg_config = &mut endpoint.pg;
     pg_config.options(format!(
         "-c statement_timeout={}",
         config.db_statement_timeout_ms
@@ -229,16 +257,16 @@ pub fn connection_config(config: &Config, url: &str) -> tokio_postgres::Config {
     if config.db_tcp_user_timeout_ms > 0 {
         pg_config.tcp_user_timeout(Duration::from_millis(config.db_tcp_user_timeout_ms));
     }
-    pg_config
+    Ok(endpoint)
 }
 
 /// Creates the database if missing and migrates it, once, before workers start;
 /// returns the URL the workers should use (a private cluster's, if one was started).
 pub async fn setup(config: &Config) -> Result<(String, Option<embedded::Cluster>), StartupError> {
     let (url, cluster) = locate(config).await?;
-    let pg_config = connection_config(config, &url);
-    ensure_database(&pg_config, &url).await?;
-    migrate(&pg_config, &url, Some(sql_limits(config))).await?;
+    let listen = listen_endpoint(config, &connection_config(config, &url)?)?;
+    ensure_database(&listen).await?;
+    migrate(&listen, Some(sql_limits(config))).await?;
     Ok((url, cluster))
 }
 
@@ -249,10 +277,10 @@ fn sql_limits(config: &Config) -> SqlLimits {
     }
 }
 
-fn build_pool(config: &Config, pg_config: tokio_postgres::Config, size: usize) -> Pool {
+fn build_pool(config: &Config, endpoint: &Endpoint, size: usize) -> Pool {
     let manager = Manager::from_config(
-        pg_config,
-        NoTls,
+        endpoint.pg.clone(),
+        endpoint.tls.connector.clone(),
         ManagerConfig {
             // Fast: a connection that broke is noticed by the query that hits it (and
             // reported as `unavailable`), instead of a round trip before every checkout.
@@ -300,51 +328,45 @@ async fn locate(config: &Config) -> Result<(String, Option<embedded::Cluster>), 
     Ok((cluster.url("pgchat"), Some(cluster)))
 }
 
-/// Creates the database named in `pg_config` if the server does not have it yet.
-async fn ensure_database(
-    pg_config: &tokio_postgres::Config,
-    url: &str,
-) -> Result<(), StartupError> {
-    match pg_config.connect(NoTls).await {
+/// Creates the database named in `target` if the server does not have it yet.
+async fn ensure_database(target: &Endpoint) -> Result<(), StartupError> {
+    match target.connect().await {
         Ok(_) => Ok(()),
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) => {
-            let name = pg_config.get_dbname().unwrap_or("postgres").to_string();
-            let mut admin = pg_config.clone();
-            admin.dbname("postgres");
-            let (client, driver) = connect_once(&admin, url).await?;
+            let name = target.pg.get_dbname().unwrap_or("postgres").to_string();
+            let mut admin = target.clone();
+            admin.pg.dbname("postgres");
+            let (client, driver) = connect_once(&admin).await?;
             let sql = format!("CREATE DATABASE {}", quote_ident(&name));
             match client.batch_execute(&sql).await {
                 Ok(()) => tracing::info!(database = %name, "created database"),
-                // Another process created it first.
+                // Another process created it first: before this CREATE began (42P04), or
+                // while it ran (the catalog's unique index, 23505).
                 Err(e)
-                    if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {}
-                Err(source) => return Err(StartupError::CreateDatabase { name, source }),
+                    if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE)
+                        || e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                }
+                Err(e) => {
+                    return Err(StartupError::CreateDatabase {
+                        name,
+                        cause: describe(&e),
+                    })
+                }
             }
             drop(client);
             let _ = driver.await;
             Ok(())
         }
-        Err(source) => Err(StartupError::Unreachable {
-            url: redact(url),
-            source,
-        }),
+        Err(e) => Err(target.refused(&e)),
     }
 }
 
 /// A short-lived connection for set-up; await the handle after dropping the client to
 /// know the connection is closed.
 pub(crate) async fn connect_once(
-    pg_config: &tokio_postgres::Config,
-    url: &str,
+    target: &Endpoint,
 ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), StartupError> {
-    let (client, conn) =
-        pg_config
-            .connect(NoTls)
-            .await
-            .map_err(|source| StartupError::Unreachable {
-                url: redact(url),
-                source,
-            })?;
+    let (client, conn) = target.connect().await.map_err(|e| target.refused(&e))?;
     let driver = tokio::spawn(async move {
         let _ = conn.await;
     });

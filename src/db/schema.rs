@@ -10,7 +10,7 @@
 
 use refinery::Target;
 
-use super::{connect_once, StartupError};
+use super::{connect_once, describe, Endpoint, StartupError};
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -47,13 +47,9 @@ pub struct SqlLimits {
 /// pgchat may then run as a role that uses the tables but does not own them), the missing
 /// migrations otherwise, and [`StartupError::NewerSchema`] for a newer database. With
 /// `limits`, records them for `pgchat.send`.
-pub async fn migrate(
-    pg_config: &tokio_postgres::Config,
-    url: &str,
-    limits: Option<SqlLimits>,
-) -> Result<(), StartupError> {
-    let (mut client, driver) = connect_once(pg_config, url).await?;
-    let schema = |e: tokio_postgres::Error| StartupError::Schema(e.to_string());
+pub async fn migrate(target: &Endpoint, limits: Option<SqlLimits>) -> Result<(), StartupError> {
+    let (mut client, driver) = connect_once(target).await?;
+    let schema = |e: tokio_postgres::Error| StartupError::Schema(describe(&e));
     client
         .batch_execute("SELECT pg_advisory_lock(hashtext('pgchat_schema'))")
         .await

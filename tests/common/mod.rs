@@ -176,8 +176,8 @@ async fn template() -> String {
             .await
             .unwrap();
         let url = with_db(server_url(), &building);
-        let config: tokio_postgres::Config = url.parse().unwrap();
-        pgchat::db::migrate(&config, &url, None)
+        let target = pgchat::db::Endpoint::parse(&url, false).unwrap();
+        pgchat::db::migrate(&target, None)
             .await
             .expect("schema.sql applies to an empty database");
         // Renaming only after the schema is in makes a half-built template impossible.
