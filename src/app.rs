@@ -50,6 +50,8 @@ pub struct AppInner {
     pub health: crate::http::HealthProbe,
     /// One token bucket per user, shared by the user's sessions and the HTTP API.
     pub rate_limits: UserLimits,
+    /// This process's CPU use, for `/health`'s utilisation figures.
+    pub cpu: crate::stats::CpuMeter,
 }
 
 impl std::ops::Deref for App {
@@ -187,7 +189,7 @@ impl Application {
             0 => format!("{}-{}", hostname(), std::process::id()),
             n => format!("{}-{}-{n}", hostname(), std::process::id()),
         };
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new(&db.round_trips));
         let hub = Hub::new(
             FeedLimits {
                 frames_per_user: config.recent_events_per_user,
@@ -253,6 +255,7 @@ impl Application {
             listener: ListenerState::default(),
             health: crate::http::HealthProbe::new(Duration::from_millis(config_health_cache_ms)),
             rate_limits,
+            cpu: crate::stats::CpuMeter::default(),
         }));
         let background = TaskTracker::new();
         let background_stop = CancellationToken::new();
@@ -331,7 +334,7 @@ impl Application {
                 return;
             }
         };
-        tracing::info!(addr = %local_addr, worker = %app.worker_id, "pgchat listening");
+        tracing::info!(addr = %local_addr, worker_id = %app.worker_id, "pgchat listening");
         // Stop on the signal, or when something else already cancelled the token (then
         // `shutdown` may have completed above and must not be polled again).
         tokio::spawn({

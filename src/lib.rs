@@ -26,7 +26,8 @@
 //!   names the streams that grew; every other worker's listener fetches those events
 //!   for its own users and publishes them to its hub, as above.
 //! - [`supervisor`]: `serve --workers N` runs N such workers, sharing only PostgreSQL.
-//! - [`metrics`]: counters for `/metrics` and `/health`.
+//! - [`metrics`]: counters for `/metrics` and `/health`; [`stats`]: the utilisation
+//!   figures of `/health` and the periodic stats line; [`logging`]: the log lines.
 //!
 //! Beside the server, [`bench`] is `pgchat bench`: a load tool that speaks the protocol
 //! to a running server and reports latency, and what was lost.
@@ -42,6 +43,7 @@ pub mod error;
 pub mod http;
 pub mod hub;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod presence;
@@ -51,6 +53,7 @@ pub mod requests;
 pub mod secrets;
 pub mod server;
 pub mod session;
+pub mod stats;
 pub mod store;
 pub mod supervisor;
 pub mod writer;

@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -112,6 +113,9 @@ async fn supervise(
         shares = ?workers.iter().map(|w| w.share).collect::<Vec<_>>(),
         "starting workers"
     );
+    // Each worker's connections as it last reported them on its stdout (see
+    // `stats::spawn_reporter`); None until it reports, and once it exits.
+    let reported: Arc<Mutex<Vec<Option<u64>>>> = Arc::new(Mutex::new(vec![None; n]));
     let spawn = |w: &mut Worker| -> std::io::Result<()> {
         let mut cmd = Command::new(&exe);
         if let Some(p) = &config_path {
@@ -127,9 +131,13 @@ async fn supervise(
             .env("DATABASE_URL", &url)
             // The worker exits when this pipe closes: it never outlives the supervisor.
             .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
             .kill_on_drop(true);
         let mut child = cmd.spawn()?;
         w._stdin = child.stdin.take();
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(read_reports(out, w.index, reported.clone()));
+        }
         w.child = Some(child);
         w.restart_at = None;
         Ok(())
@@ -143,6 +151,10 @@ async fn supervise(
 
     let shutdown = crate::cli::shutdown_signal();
     tokio::pin!(shutdown);
+    let mut stats = (config.stats_interval_ms > 0).then(|| {
+        let every = Duration::from_millis(config.stats_interval_ms);
+        tokio::time::interval_at(tokio::time::Instant::now() + every, every)
+    });
     loop {
         // Wait for a signal, a worker's exit, or a restart that is due.
         let next_restart = workers.iter().filter_map(|w| w.restart_at).min();
@@ -160,6 +172,10 @@ async fn supervise(
                 _ = &mut shutdown => None,
                 Some(exit) = waits.next() => Some(Some(exit)),
                 _ = sleep_until(next_restart) => Some(None),
+                _ = tick(&mut stats) => {
+                    log_distribution(&reported.lock().expect("reports"));
+                    continue;
+                }
             }
         };
         match exited {
@@ -173,7 +189,7 @@ async fn supervise(
                     w.deaths.pop_front();
                 }
                 if w.deaths.len() >= MAX_DEATHS {
-                    tracing::error!(worker = index, ?status, "worker keeps dying; giving up");
+                    tracing::error!(of_worker = index, ?status, "worker keeps dying; giving up");
                     eprintln!(
                         "pgchat: worker {index} died {MAX_DEATHS} times within {}s; stopping",
                         DEATH_WINDOW.as_secs()
@@ -182,7 +198,7 @@ async fn supervise(
                     return ExitCode::from(1);
                 }
                 let backoff = Duration::from_millis(250) * 2u32.pow(w.deaths.len() as u32 - 1);
-                tracing::warn!(worker = index, ?status, restart_in = ?backoff, "worker died; restarting");
+                tracing::warn!(of_worker = index, ?status, restart_in = ?backoff, "worker died; restarting");
                 w.restart_at = Some(tokio::time::Instant::now() + backoff);
             }
             Some(None) => {
@@ -192,7 +208,7 @@ async fn supervise(
                     .filter(|w| w.restart_at.is_some_and(|t| t <= now))
                 {
                     if let Err(e) = spawn(w) {
-                        tracing::error!(worker = w.index, error = %e, "restarting worker failed");
+                        tracing::error!(of_worker = w.index, error = %e, "restarting worker failed");
                         w.restart_at = Some(now + Duration::from_secs(1));
                     }
                 }
@@ -202,6 +218,49 @@ async fn supervise(
     tracing::info!("forwarding shutdown to the workers");
     stop_all(&mut workers, &config).await;
     ExitCode::SUCCESS
+}
+
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads a worker's reports (`{"connections":N}` lines) until it exits.
+async fn read_reports(
+    out: tokio::process::ChildStdout,
+    index: usize,
+    reported: Arc<Mutex<Vec<Option<u64>>>>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(out).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let connections = serde_json::from_str::<serde_json::Value>(&line)
+            .ok()
+            .and_then(|v| v["connections"].as_u64());
+        if let Some(c) = connections {
+            reported.lock().expect("reports")[index] = Some(c);
+        }
+    }
+    reported.lock().expect("reports")[index] = None;
+}
+
+/// The supervisor's stats line: how the connections spread over the workers, as each
+/// last reported them (`null`: not reported yet, or not running).
+fn log_distribution(reported: &[Option<u64>]) {
+    let known: Vec<u64> = reported.iter().flatten().copied().collect();
+    let total: u64 = known.iter().sum();
+    let (min, max) = (known.iter().min(), known.iter().max());
+    tracing::info!(
+        connections = %serde_json::to_string(reported).expect("numbers serialise"),
+        total,
+        min = min.copied().unwrap_or(0),
+        max = max.copied().unwrap_or(0),
+        "connections per worker"
+    );
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
@@ -223,7 +282,10 @@ async fn stop_all(workers: &mut [Worker], config: &Config) {
     for w in workers.iter_mut() {
         if let Some(child) = w.child.as_mut() {
             if tokio::time::timeout(deadline, child.wait()).await.is_err() {
-                tracing::warn!(worker = w.index, "worker did not drain in time; killing it");
+                tracing::warn!(
+                    of_worker = w.index,
+                    "worker did not drain in time; killing it"
+                );
                 let _ = child.kill().await;
             }
         }

@@ -67,6 +67,8 @@ pub struct Database {
     /// The connections this worker may hold, its listener included.
     pub share: usize,
     acquire_timeout: Duration,
+    /// Round-trip histograms, registered in the worker's metrics.
+    pub round_trips: crate::metrics::RoundTrips,
     /// Keeps a private cluster alive as long as any handle exists; stopped on drop.
     _cluster: Option<Arc<embedded::Cluster>>,
 }
@@ -101,6 +103,7 @@ impl Database {
             pg_config,
             share: plan.share,
             acquire_timeout: Duration::from_millis(config.db_acquire_timeout_ms),
+            round_trips: crate::metrics::RoundTrips::default(),
             _cluster: cluster.map(Arc::new),
         })
     }
@@ -161,6 +164,31 @@ impl Database {
             Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
             Err(_) => false,
         }
+    }
+
+    /// `pg_notification_queue_usage()` (0..1), or `None` when the database does not
+    /// answer within the acquire timeout: the health probe, which also samples the fill
+    /// of the NOTIFY queue (when it fills, every notifying commit fails).
+    pub async fn notification_queue_usage(&self) -> Option<f64> {
+        let client = self.client().await.ok()?;
+        let rows = client
+            .simple_query("SELECT pg_notification_queue_usage()")
+            .await
+            .ok()?;
+        rows.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0)?.parse().ok(),
+            _ => None,
+        })
+    }
+
+    /// Runs one read query and records its round trip.
+    pub async fn timed_read<T>(&self, query: impl std::future::Future<Output = T>) -> T {
+        let started = std::time::Instant::now();
+        let out = query.await;
+        self.round_trips
+            .read
+            .observe(started.elapsed().as_secs_f64());
+        out
     }
 
     /// Keeps `min` pooled connections open and closes those idle longer than `idle`,
