@@ -74,6 +74,18 @@ async fn supervise(
     listen: Listen,
     config_path: Option<PathBuf>,
 ) -> ExitCode {
+    // The ports before anything else: one in use (another program, or another `serve`
+    // whose workers would otherwise be joined through SO_REUSEPORT) stops start-up.
+    let ports = match listen {
+        Listen::Shared => vec![config.port],
+        Listen::PerWorker => (0..n).map(|i| config.port + i as u16).collect(),
+    };
+    for port in ports {
+        if let Err(e) = crate::app::check_port(&config.host, port) {
+            eprintln!("pgchat: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    }
     // Set up once, so that workers do not race to, and no set-up connection overlaps
     // theirs. A private cluster, if one is started, lives as long as the supervisor.
     let (url, _cluster) = match crate::db::setup(&config).await {
@@ -183,6 +195,13 @@ async fn supervise(
             Some(Some((index, status))) => {
                 let w = &mut workers[index];
                 w.child = None;
+                // Exit code 2: what the configuration must fix (its port is taken, …), said
+                // by the worker on stderr. Restarting would only say it again.
+                if status.as_ref().is_ok_and(|s| s.code() == Some(2)) {
+                    tracing::error!(of_worker = index, "worker cannot start; stopping");
+                    stop_all(&mut workers, &config).await;
+                    return ExitCode::from(2);
+                }
                 let now = Instant::now();
                 w.deaths.push_back(now);
                 while w.deaths.front().is_some_and(|t| now - *t > DEATH_WINDOW) {

@@ -51,7 +51,8 @@ impl StartupError {
     /// The process's exit code: 2 for what the configuration must fix, else 1.
     pub fn exit_code(&self) -> u8 {
         match self {
-            StartupError::EmbeddedInProduction { .. } => 2,
+            // A port in use or not allowed does not free itself: retrying will not help.
+            StartupError::EmbeddedInProduction { .. } | StartupError::Bind(_) => 2,
             _ => 1,
         }
     }
@@ -306,7 +307,40 @@ async fn locate(config: &Config) -> Result<(String, Option<embedded::Cluster>), 
     }
     let url = config.database_url();
     let port = config.embedded_port;
-    if !config.embedded_postgres || embedded::server_answers("127.0.0.1", port).await {
+    let dir = config.data_dir.join("postgres");
+    if !config.embedded_postgres {
+        return Ok((url, None));
+    }
+    if embedded::server_answers("127.0.0.1", port).await {
+        // Our own private cluster, still running? Left by a pgchat that was killed, it is
+        // adopted (and stopped on exit); run by a pgchat still running, it is shared.
+        let ours = embedded::running_postmaster(&dir, port);
+        let bindir = embedded::find_bindir();
+        if let (Some(pid), Some(bindir), false) = (ours, bindir, config.is_production()) {
+            return match embedded::Cluster::adopt(&bindir, &dir, port)
+                .map_err(StartupError::Embedded)?
+            {
+                embedded::Found::Adopted(cluster) => {
+                    tracing::warn!(
+                        dir = %dir.display(),
+                        port,
+                        postmaster = pid,
+                        "the private PostgreSQL cluster was left running by a pgchat that \
+                         did not stop cleanly: adopting it (it is stopped on exit)"
+                    );
+                    Ok((cluster.url("pgchat"), Some(cluster)))
+                }
+                embedded::Found::InUse(url) => {
+                    tracing::info!(
+                        dir = %dir.display(),
+                        port,
+                        "using the private PostgreSQL cluster of the pgchat that is running \
+                         it (it stops it)"
+                    );
+                    Ok((url, None))
+                }
+            };
+        }
         return Ok((url, None));
     }
     if config.is_production() {
@@ -316,7 +350,6 @@ async fn locate(config: &Config) -> Result<(String, Option<embedded::Cluster>), 
         Some(dir) => dir,
         None => return Ok((url, None)), // nothing to start: the connect error will say so
     };
-    let dir = config.data_dir.join("postgres");
     tracing::warn!(
         dir = %dir.display(),
         port,
