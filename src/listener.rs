@@ -250,7 +250,7 @@ async fn handle(app: &App, payloads: Vec<String>) {
         let notice: Notice = match serde_json::from_str(&payload) {
             Ok(n) => n,
             Err(e) => {
-                tracing::warn!(error = %e, payload, "ignoring a notification pgchat cannot read");
+                tracing::warn!(error = %e, bytes = payload.len(), "ignoring a notification pgchat cannot read");
                 continue;
             }
         };
