@@ -238,7 +238,7 @@ fn serve(
         let app = match crate::Application::build_as(config, role).await {
             Ok(app) => app,
             Err(e) => {
-                tracing::error!("{e}");
+                // Logs go to stderr too: one line there, not the same twice.
                 eprintln!("pgchat: {e}");
                 return ExitCode::from(e.exit_code());
             }

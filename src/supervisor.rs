@@ -91,7 +91,7 @@ async fn supervise(
     let (url, _cluster) = match crate::db::setup(&config).await {
         Ok(x) => x,
         Err(e) => {
-            tracing::error!("{e}");
+            // Logs go to stderr too: one line there, not the same twice.
             eprintln!("pgchat: {e}");
             return ExitCode::from(e.exit_code());
         }
@@ -141,6 +141,8 @@ async fn supervise(
             .args((listen == Listen::Shared).then_some("--reuse-port"))
             .env("PORT", w.port.to_string())
             .env("DATABASE_URL", &url)
+            // So that a worker knows its share of memory_limit_mb.
+            .env("PGCHAT_WORKERS", n.to_string())
             // The worker exits when this pipe closes: it never outlives the supervisor.
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

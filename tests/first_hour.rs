@@ -18,7 +18,7 @@ fn pgchat() -> tokio::process::Command {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("PGCHAT_CONFIG", "/nonexistent/pgchat.toml")
         .env("PGCHAT_HOST", "127.0.0.1")
-        .env("JWT_SECRET", "first-hour-secret")
+        .env("JWT_SECRET", "first-hour-secret-first-hour-secret-0123")
         .stdin(Stdio::null())
         .kill_on_drop(true);
     c
@@ -57,12 +57,18 @@ async fn a_port_in_use_stops_serve_at_once_with_one_line() {
             pgchat()
                 .env("PORT", port.to_string())
                 .env("DATABASE_URL", &db.url)
-                .env("RUST_LOG", "off")
+                .env("RUST_LOG", "info")
                 .arg("serve")
                 .args(&args),
         )
         .await;
         assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr.matches("in use").count(),
+            1,
+            "said once, with logging on: {stderr}"
+        );
         let line = one_line(&out);
         assert!(
             line.contains(&format!(

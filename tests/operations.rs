@@ -417,3 +417,23 @@ async fn configuration_errors_speak_plainly() {
         );
     }
 }
+
+#[tokio::test]
+async fn health_hints_scale_out_when_memory_passes_its_limit() {
+    let app = TestApp::spawn_with(|c| c.memory_limit_mb = 1).await;
+    let health: Value = reqwest::get(app.http("/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let memory = &health["utilisation"]["memory"];
+    assert_eq!(memory["limit_bytes"], json!(1024 * 1024), "{health}");
+    assert!(memory["percent"].as_f64().unwrap() > 80.0, "{health}");
+    assert!(
+        health["scale_out"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|t| t == "memory")),
+        "{health}"
+    );
+}
