@@ -50,6 +50,8 @@ pub struct AppInner {
     pub health: crate::http::HealthProbe,
     /// One token bucket per user, shared by the user's sessions and the HTTP API.
     pub rate_limits: UserLimits,
+    /// This process's CPU use, for `/health`'s utilisation figures.
+    pub cpu: crate::stats::CpuMeter,
 }
 
 impl std::ops::Deref for App {
@@ -152,13 +154,10 @@ impl Application {
     pub async fn build_as(config: Config, role: Role) -> Result<Application, StartupError> {
         let auth =
             Authenticator::from_config(&config).map_err(|e| StartupError::Secret(e.to_string()))?;
+        // The port first: a port in use is found before the database is touched.
+        let socket = bind(&config.host, config.port, role.reuse_port)
+            .map_err(|e| bind_error(&config.host, config.port, &e))?;
         let db = Database::open(&config, role.plan).await?;
-        let socket = bind(&config.host, config.port, role.reuse_port).map_err(|e| {
-            StartupError::Bind(format!(
-                "cannot listen on {}:{}: {e}",
-                config.host, config.port
-            ))
-        })?;
         Ok(Self::with_parts(
             config,
             auth,
@@ -187,7 +186,7 @@ impl Application {
             0 => format!("{}-{}", hostname(), std::process::id()),
             n => format!("{}-{}-{n}", hostname(), std::process::id()),
         };
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new(&db.round_trips));
         let hub = Hub::new(
             FeedLimits {
                 frames_per_user: config.recent_events_per_user,
@@ -253,6 +252,7 @@ impl Application {
             listener: ListenerState::default(),
             health: crate::http::HealthProbe::new(Duration::from_millis(config_health_cache_ms)),
             rate_limits,
+            cpu: crate::stats::CpuMeter::default(),
         }));
         let background = TaskTracker::new();
         let background_stop = CancellationToken::new();
@@ -331,7 +331,7 @@ impl Application {
                 return;
             }
         };
-        tracing::info!(addr = %local_addr, worker = %app.worker_id, "pgchat listening");
+        tracing::info!(addr = %local_addr, worker_id = %app.worker_id, "pgchat listening");
         crate::systemd::announce_when_ready(app.clone(), local_addr, token.clone());
         // Stop on the signal, or when something else already cancelled the token (then
         // `shutdown` may have completed above and must not be polled again).
@@ -415,6 +415,26 @@ fn spawn_pruner(db: Database, config: &Config, shutdown: CancellationToken) {
             }
         }
     });
+}
+
+/// Fails when `host:port` cannot be bound without SO_REUSEPORT: another program holds
+/// it, or another `pgchat serve` whose workers share it (with SO_REUSEPORT they would
+/// let a second deployment join silently, doubling the database connections).
+pub fn check_port(host: &str, port: u16) -> Result<(), StartupError> {
+    bind(host, port, false)
+        .map(drop)
+        .map_err(|e| bind_error(host, port, &e))
+}
+
+/// A bind failure as one line that says what to do.
+fn bind_error(host: &str, port: u16, e: &std::io::Error) -> StartupError {
+    StartupError::Bind(match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "cannot listen on {host}:{port}: the port is in use (by another pgchat serve, or \
+             another program): stop that one or set PORT to a free port"
+        ),
+        _ => format!("cannot listen on {host}:{port}: {e} (check HOST and PORT)"),
+    })
 }
 
 /// Binds `host:port` (not yet listening), with SO_REUSEPORT when several workers share

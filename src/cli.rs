@@ -90,6 +90,9 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Read here, once: a supervisor's workers inherit the environment, and one warning
+    // per variable is enough.
+    let unknown_env = Config::unknown_env();
     let command = cli.command.unwrap_or(Command::Serve {
         workers: None,
         listen: None,
@@ -109,6 +112,16 @@ pub fn main() -> ExitCode {
             eprintln!("pgchat: {e}");
             return ExitCode::from(2);
         }
+    }
+    match &command {
+        Command::Config | Command::Token { .. } | Command::Bench(_) => {
+            for (name, close) in &unknown_env {
+                eprintln!(
+                    "pgchat: warning: {name} is not a setting (did you mean {close}?); ignored"
+                );
+            }
+        }
+        _ => {}
     }
     match command {
         Command::Config => {
@@ -150,7 +163,20 @@ pub fn main() -> ExitCode {
         Command::Bench(args) => crate::bench::cli::main(args, &config),
         Command::Health { path } => crate::probe::main(&config, &path),
         Command::Serve { .. } => {
-            init_logging(&config);
+            let n = config.worker_count();
+            let who = if n > 1 {
+                crate::logging::Who::Supervisor
+            } else {
+                crate::logging::Who::Single
+            };
+            crate::logging::init(&config, who);
+            for (name, close) in &unknown_env {
+                tracing::warn!(
+                    variable = %name,
+                    closest = %close,
+                    "{name} is not a setting (did you mean {close}?); ignored"
+                );
+            }
             // Before any worker starts, so that the first start generates the development
             // secret once and every worker reads the same file.
             if let Err(e) = crate::secrets::jwt_secret(&config) {
@@ -158,7 +184,6 @@ pub fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
             warn_about(&config);
-            let n = config.worker_count();
             if n > 1 {
                 let listen = if config.listen == "per_worker" {
                     crate::supervisor::Listen::PerWorker
@@ -167,15 +192,15 @@ pub fn main() -> ExitCode {
                 };
                 return crate::supervisor::run(config, n, listen, cli.config);
             }
-            serve(config, Role::single, shutdown_signal())
+            serve(config, Role::single, shutdown_signal(), false)
         }
         Command::Worker {
             index,
             share,
             reuse_port,
         } => {
-            init_logging(&config);
-            tracing::info!(worker = index, share, "worker starting");
+            crate::logging::init(&config, crate::logging::Who::Worker(index));
+            tracing::info!(share, "worker starting");
             let role = Role {
                 plan: Plan {
                     share,
@@ -184,7 +209,7 @@ pub fn main() -> ExitCode {
                 reuse_port,
                 listen_when_ready: true,
             };
-            serve(config, move |_| role, stop_on_signal_or_orphaned())
+            serve(config, move |_| role, stop_on_signal_or_orphaned(), true)
         }
     }
 }
@@ -208,11 +233,13 @@ fn warn_about(config: &Config) {
     }
 }
 
-/// Runs one worker until `stop` resolves.
+/// Runs one worker until `stop` resolves; a `supervised` one reports its connections to
+/// the supervisor on stdout.
 fn serve(
     config: Config,
     role: impl FnOnce(&Config) -> Role,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
+    supervised: bool,
 ) -> ExitCode {
     // Capped: tokio's blocking pool grows to 512 threads by default, and a Heroku dyno
     // allows 256 processes plus threads in all.
@@ -233,6 +260,7 @@ fn serve(
                 return ExitCode::from(e.exit_code());
             }
         };
+        crate::stats::spawn_reporter(app.app(), supervised);
         app.run_until_stopped(stop).await;
         ExitCode::SUCCESS
     });
@@ -257,17 +285,6 @@ async fn stop_on_signal_or_orphaned() {
     tokio::select! {
         _ = shutdown_signal() => {}
         _ = orphaned => {}
-    }
-}
-
-fn init_logging(config: &Config) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if config.log_format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }
 

@@ -116,6 +116,8 @@ pub struct Config {
 
     pub shutdown_timeout_ms: u64,
     pub log_format: String,
+    pub stats_interval_ms: u64,
+    pub memory_limit_mb: u64,
 }
 
 impl Default for Config {
@@ -186,7 +188,9 @@ impl Default for Config {
             runtime_threads: 0,
             blocking_threads: 8,
             shutdown_timeout_ms: 10_000,
-            log_format: "text".into(),
+            log_format: "auto".into(),
+            stats_interval_ms: 60_000,
+            memory_limit_mb: 0,
         }
     }
 }
@@ -215,21 +219,42 @@ impl Config {
             .map(Path::to_path_buf)
             .or_else(|| std::env::var_os("PGCHAT_CONFIG").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("config.toml"));
+        // Unknown PGCHAT_ variables are left out here (and reported by `unknown_env`): an
+        // unrelated variable in a shared environment must not take a deployment down. A
+        // config file is pgchat's alone, so an unknown key there is refused.
+        let keys = known_keys();
         let figment = Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::file(&path))
             .merge(Env::raw().only(BARE_ENV))
-            .merge(Env::prefixed("PGCHAT_").ignore(&["CONFIG"]));
-        let config: Config = figment.extract().map_err(|e| {
-            let key = e.path.join(".");
-            let key = if key.is_empty() {
-                "config".to_string()
-            } else {
-                key
-            };
-            ConfigError::new(&key, e.kind.to_string())
-        })?;
+            .merge(
+                Env::prefixed("PGCHAT_")
+                    .ignore(&["CONFIG"])
+                    .filter(move |k| {
+                        keys.iter()
+                            .any(|known| k.as_str().eq_ignore_ascii_case(known))
+                    }),
+            );
+        let config: Config = figment.extract().map_err(plain_error)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The environment's `PGCHAT_` variables that name no setting, each with the known
+    /// variable closest to it (for a warning: they are ignored).
+    pub fn unknown_env() -> Vec<(String, String)> {
+        let keys = known_keys();
+        let mut unknown: Vec<(String, String)> = std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .filter_map(|name| {
+                let key = name.strip_prefix("PGCHAT_")?.to_ascii_lowercase();
+                (key != "config" && !keys.contains(&key)).then(|| {
+                    let close = format!("PGCHAT_{}", closest(&key, &keys).to_ascii_uppercase());
+                    (name, close)
+                })
+            })
+            .collect();
+        unknown.sort();
+        unknown
     }
 
     /// Checks ranges and relations that the types alone cannot express.
@@ -363,7 +388,10 @@ impl Config {
             &["production", "development", "test"],
         )?;
         one_of("listen", &self.listen, &["shared", "per_worker"])?;
-        one_of("log_format", &self.log_format, &["text", "json"])?;
+        one_of("log_format", &self.log_format, &["auto", "text", "json"])?;
+        if self.stats_interval_ms != 0 {
+            at_least("stats_interval_ms", self.stats_interval_ms, 100)?;
+        }
         if self.workers > 8 || self.workers > self.db_max_connections {
             return Err(ConfigError::new(
                 "workers",
@@ -552,6 +580,96 @@ pub fn check_platform(env: impl Fn(&str) -> Option<String>) -> Result<(), Config
     Ok(())
 }
 
+/// Every setting's name, in declaration order.
+pub fn known_keys() -> Vec<String> {
+    match serde_json::to_value(Config::default()).expect("config serialises") {
+        serde_json::Value::Object(map) => map.keys().cloned().collect(),
+        _ => unreachable!("a struct serialises to an object"),
+    }
+}
+
+/// The known key nearest to `key` by edit distance (ties: the first declared).
+fn closest<'a>(key: &str, known: &'a [String]) -> &'a str {
+    known
+        .iter()
+        .min_by_key(|k| edit_distance(key, k))
+        .map(String::as_str)
+        .unwrap_or_default()
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// figment's error in words a person configuring a server uses: no Rust type names, and
+/// for an unknown key the one it most likely meant rather than the whole list.
+fn plain_error(e: figment::Error) -> ConfigError {
+    use figment::error::{Actual, Kind};
+    let key = e.path.join(".");
+    let got = |actual: &Actual| match actual {
+        Actual::Str(s) => format!("{s:?}"),
+        Actual::Unsigned(n) => n.to_string(),
+        Actual::Signed(n) => n.to_string(),
+        Actual::Float(n) => n.to_string(),
+        Actual::Bool(b) => b.to_string(),
+        other => other.to_string(),
+    };
+    let (key, problem) = match &e.kind {
+        Kind::UnknownField(name, _) => {
+            let keys = known_keys();
+            let place = e
+                .metadata
+                .as_ref()
+                .and_then(|m| m.source.as_ref())
+                .map(|s| format!(" in {s}"))
+                .unwrap_or_default();
+            (
+                name.clone(),
+                format!(
+                    "not a known setting{place}; did you mean {}? (every key is listed in config.toml)",
+                    closest(name, &keys)
+                ),
+            )
+        }
+        Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => (
+            key,
+            format!("must be {}, got {}", plain_type(expected), got(actual)),
+        ),
+        other => (key, other.to_string()),
+    };
+    let key = if key.is_empty() { "config".into() } else { key };
+    ConfigError::new(&key, problem)
+}
+
+/// What serde calls a type, as a phrase.
+fn plain_type(expected: &str) -> String {
+    let whole = |max: u128| format!("a whole number between 0 and {max}");
+    match expected {
+        "u8" => whole(u8::MAX.into()),
+        "u16" => whole(u16::MAX.into()),
+        "u32" => whole(u32::MAX.into()),
+        "u64" | "usize" => whole(u64::MAX.into()),
+        "i32" | "i64" | "isize" => "a whole number".into(),
+        "a boolean" | "bool" => "true or false".into(),
+        "a string" | "a path" => "text".into(),
+        other => other.into(),
+    }
+}
+
 fn toml_string(config: &Config) -> String {
     // figment's Value serialises to TOML through serde_json's shape; keep it simple and
     // stable by printing `key = value` lines in declaration order.
@@ -692,6 +810,20 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(too_many.validate().unwrap_err().key, "blocking_threads");
+    }
+
+    #[test]
+    fn the_closest_key_is_named() {
+        let keys = known_keys();
+        assert_eq!(closest("max_conections", &keys), "max_connections");
+        assert_eq!(closest("prot", &keys), "port");
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn type_errors_speak_plainly() {
+        assert_eq!(plain_type("u16"), "a whole number between 0 and 65535");
+        assert_eq!(plain_type("a boolean"), "true or false");
     }
 
     #[test]

@@ -274,7 +274,8 @@ async fn live() -> impl IntoResponse {
     Json(json!({"status": "live"}))
 }
 
-/// The database probe behind `/health` and `/ready`: at most one `SELECT 1` per
+/// The database probe behind `/health`, `/ready` and `/metrics`'s NOTIFY queue figure: at
+/// most one `SELECT pg_notification_queue_usage()` per
 /// `health_cache_ms`, whatever the number of requests, so that a flood of them (a
 /// misconfigured load balancer, an attacker) cannot take the pool's connections. While a
 /// probe runs, the requests that arrive wait for its answer instead of starting their own.
@@ -301,9 +302,14 @@ impl HealthProbe {
             }
         }
         app.metrics.health_probes.inc();
-        let up = tokio::time::timeout(Duration::from_secs(2), app.db.ping())
+        let usage = tokio::time::timeout(Duration::from_secs(2), app.db.notification_queue_usage())
             .await
-            .unwrap_or(false);
+            .ok()
+            .flatten();
+        if let Some(usage) = usage {
+            app.metrics.notification_queue_usage.set(usage);
+        }
+        let up = usage.is_some();
         *last = Some((Instant::now(), up));
         up
     }
@@ -338,6 +344,7 @@ async fn ready(State(app): State<App>) -> Response {
 async fn health(State(app): State<App>) -> Response {
     let pool = app.db.pool_status();
     let db = app.health.database_up(&app).await;
+    let (utilisation, scale_out) = crate::stats::utilisation(&app);
     Json(json!({
         "status": if db { "ok" } else { "degraded" },
         "worker": app.worker_id,
@@ -348,6 +355,8 @@ async fn health(State(app): State<App>) -> Response {
         "users_online_here": app.hub.users_online(),
         "cached_conversations": app.cache.len(),
         "memory": memory(),
+        "utilisation": utilisation,
+        "scale_out": scale_out,
         "database": {
             "up": db,
             "share": app.db.share,
@@ -377,28 +386,21 @@ async fn health(State(app): State<App>) -> Response {
     .into_response()
 }
 
-async fn metrics(State(app): State<App>) -> Response {
+async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
     app.metrics.listener_up.set(i64::from(app.listener.is_up()));
     app.metrics.db_share.set(app.db.share as i64);
-    let text = app.metrics.render(&app.db.pool_status());
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
+    // The cached probe samples pg_notification_queue_usage(): a scrape flood costs at
+    // most one query per health_cache_ms.
+    app.health.database_up(&app).await;
+    let format = crate::metrics::Format::from_accept(
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
+    );
+    let text = app.metrics.render(&app.db.pool_status(), format);
+    ([(header::CONTENT_TYPE, format.content_type())], text).into_response()
 }
 
 /// Resident and virtual memory of this process, from /proc (Linux).
 fn memory() -> serde_json::Value {
-    let page = 4096u64;
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let mut fields = statm
-        .split_whitespace()
-        .map(|f| f.parse::<u64>().unwrap_or(0));
-    let virt = fields.next().unwrap_or(0) * page;
-    let rss = fields.next().unwrap_or(0) * page;
+    let (rss, virt) = crate::stats::memory();
     json!({"rss_bytes": rss, "virtual_bytes": virt})
 }

@@ -26,7 +26,8 @@
 //!   names the streams that grew; every other worker's listener fetches those events
 //!   for its own users and publishes them to its hub, as above.
 //! - [`supervisor`]: `serve --workers N` runs N such workers, sharing only PostgreSQL.
-//! - [`metrics`]: counters for `/metrics` and `/health`.
+//! - [`metrics`]: counters for `/metrics` and `/health`; [`stats`]: the utilisation
+//!   figures of `/health` and the periodic stats line; [`logging`]: the log lines.
 //! - [`systemd`]: `Type=notify` for systemd (ready, watchdog, stopping); [`probe`] is
 //!   `pgchat health`, a container's health check.
 //!
@@ -44,6 +45,7 @@ pub mod error;
 pub mod http;
 pub mod hub;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod presence;
@@ -54,6 +56,7 @@ pub mod requests;
 pub mod secrets;
 pub mod server;
 pub mod session;
+pub mod stats;
 pub mod store;
 pub mod supervisor;
 pub mod systemd;

@@ -196,6 +196,9 @@ async fn listen(app: &App, stop: &CancellationToken) -> Result<(), Down> {
             .await
             .map_err(|e| Down::Connect(e.into()))?;
         app.db.source.set_shared(Some(shared.clone()));
+        if app.metrics.listener_connects.get() > 0 {
+            app.metrics.listener_reconnects.inc();
+        }
         app.metrics.listener_connects.inc();
         self_test(app, &shared, &selftest, &heard).await?;
         // Listening already, so nothing committed from here on is missed; now read what may
@@ -332,7 +335,7 @@ async fn handle(app: &App, payloads: Vec<String>) {
         let notice: Notice = match serde_json::from_str(&payload) {
             Ok(n) => n,
             Err(e) => {
-                tracing::warn!(error = %e, payload, "ignoring a notification pgchat cannot read");
+                tracing::warn!(error = %e, bytes = payload.len(), "ignoring a notification pgchat cannot read");
                 continue;
             }
         };
@@ -435,7 +438,15 @@ async fn fetch(app: &App, grew: HashMap<String, i64>) {
     if !ranges.is_empty() {
         match store::events_in(&app.db, &ranges).await {
             Ok(rows) => {
-                for (user, seq, frame) in rows {
+                // Commit to delivery, across workers: the event's time is its transaction's
+                // (database clock), now is this worker's; on other hosts their clocks'
+                // difference is part of the figure.
+                let now = chrono::Utc::now();
+                for (user, seq, frame, at) in rows {
+                    let lag = (now - at).to_std().unwrap_or_default();
+                    app.metrics
+                        .notification_lag_seconds
+                        .observe(lag.as_secs_f64());
                     app.hub.publish(&user, seq, move || frame);
                 }
             }

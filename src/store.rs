@@ -162,8 +162,8 @@ pub async fn events_after(
 ) -> Result<Vec<(i64, String)>, DbError> {
     let client = db.client().await?;
     let stmt = client.prepare_cached(queries::EVENTS_AFTER).await?;
-    let rows = client
-        .query(&stmt, &[&user.as_str(), &after, &limit])
+    let rows = db
+        .timed_read(client.query(&stmt, &[&user.as_str(), &after, &limit]))
         .await?;
     Ok(rows
         .iter()
@@ -181,22 +181,30 @@ pub async fn events_after(
 pub async fn events_in(
     db: &Database,
     ranges: &[(String, i64, i64)],
-) -> Result<Vec<(String, i64, String)>, DbError> {
+) -> Result<Vec<(String, i64, String, DateTime<Utc>)>, DbError> {
     let client = db.client().await?;
     let stmt = client.prepare_cached(queries::EVENTS_IN).await?;
     let users: Vec<&str> = ranges.iter().map(|r| r.0.as_str()).collect();
     let after: Vec<i64> = ranges.iter().map(|r| r.1).collect();
     let upto: Vec<i64> = ranges.iter().map(|r| r.2).collect();
-    let rows = client.query(&stmt, &[&users, &after, &upto]).await?;
-    Ok(rows.iter().map(event_from_row).collect())
+    let rows = db
+        .timed_read(client.query(&stmt, &[&users, &after, &upto]))
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let (user, seq, frame) = event_from_row(row);
+            (user, seq, frame, row.get("event_at"))
+        })
+        .collect())
 }
 
 /// The stream heads of `users` (one primary-key probe each).
 pub async fn heads(db: &Database, users: &[String]) -> Result<Vec<(String, i64)>, DbError> {
     let client = db.client().await?;
     let stmt = client.prepare_cached(queries::HEADS).await?;
-    Ok(client
-        .query(&stmt, &[&users])
+    Ok(db
+        .timed_read(client.query(&stmt, &[&users]))
         .await?
         .iter()
         .filter_map(|r| Some((r.get(0), r.get::<_, Option<i64>>(1)?)))
@@ -207,8 +215,8 @@ pub async fn heads(db: &Database, users: &[String]) -> Result<Vec<(String, i64)>
 pub async fn stream_bounds(db: &Database, user: &UserId) -> Result<(i64, i64), DbError> {
     let client = db.client().await?;
     let stmt = client.prepare_cached(queries::STREAM_BOUNDS).await?;
-    Ok(client
-        .query_opt(&stmt, &[&user.as_str()])
+    Ok(db
+        .timed_read(client.query_opt(&stmt, &[&user.as_str()]))
         .await?
         .map(|r| (r.get(0), r.get(1)))
         .unwrap_or((0, 0)))
@@ -223,8 +231,8 @@ pub async fn sharing_a_conversation(
     let ids: Vec<&str> = users.iter().map(UserId::as_str).collect();
     let client = db.client().await?;
     let stmt = client.prepare_cached(queries::SHARING).await?;
-    Ok(client
-        .query(&stmt, &[&user.as_str(), &ids])
+    Ok(db
+        .timed_read(client.query(&stmt, &[&user.as_str(), &ids]))
         .await?
         .iter()
         .map(|r| r.get(0))
@@ -265,11 +273,16 @@ pub async fn history(
     let (cid, uid) = (conversation.as_str(), user.as_str());
     let access_params: [&(dyn ToSql + Sync); 2] = [&cid, &uid];
     let page_params: [&(dyn ToSql + Sync); 3] = [&cid, &before, &fetch];
-    let (access, rows) = tokio::try_join!(
-        client.query_opt(&access, &access_params),
-        client.query(&page, &page_params),
-    )
-    .map_err(DbError::from)?;
+    // Pipelined: one round trip for both.
+    let (access, rows) = db
+        .timed_read(async {
+            tokio::try_join!(
+                client.query_opt(&access, &access_params),
+                client.query(&page, &page_params),
+            )
+        })
+        .await
+        .map_err(DbError::from)?;
     let access = access.ok_or_else(|| no_such_conversation(conversation))?;
     if !access.get::<_, bool>(1) {
         return Err(not_a_member(conversation));
@@ -293,8 +306,8 @@ pub async fn members(
 ) -> Result<Option<Vec<String>>, DbError> {
     let client = db.client().await?;
     let stmt = client.prepare_cached(queries::MEMBERS).await?;
-    Ok(client
-        .query_opt(&stmt, &[&conversation.as_str()])
+    Ok(db
+        .timed_read(client.query_opt(&stmt, &[&conversation.as_str()]))
         .await?
         .map(|r| r.get(0)))
 }
@@ -327,8 +340,8 @@ pub async fn conversations(
 ) -> Result<Vec<Value>, DbError> {
     let client = db.client().await?;
     let stmt = client.prepare_cached(queries::CONVERSATIONS).await?;
-    let rows = client
-        .query(&stmt, &[&user.as_str(), &members_listed])
+    let rows = db
+        .timed_read(client.query(&stmt, &[&user.as_str(), &members_listed]))
         .await?;
     Ok(rows
         .iter()

@@ -14,6 +14,7 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -79,6 +80,18 @@ async fn supervise(
     listen: Listen,
     config_path: Option<PathBuf>,
 ) -> ExitCode {
+    // The ports before anything else: one in use (another program, or another `serve`
+    // whose workers would otherwise be joined through SO_REUSEPORT) stops start-up.
+    let ports = match listen {
+        Listen::Shared => vec![config.port],
+        Listen::PerWorker => (0..n).map(|i| config.port + i as u16).collect(),
+    };
+    for port in ports {
+        if let Err(e) = crate::app::check_port(&config.host, port) {
+            eprintln!("pgchat: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    }
     // Set up once, so that workers do not race to, and no set-up connection overlaps
     // theirs. A private cluster, if one is started, lives as long as the supervisor.
     let (url, _cluster) = match crate::db::setup(&config).await {
@@ -125,6 +138,9 @@ async fn supervise(
             return ExitCode::from(1);
         }
     };
+    // Each worker's connections as it last reported them on its stdout (see
+    // `stats::spawn_reporter`); None until it reports, and once it exits.
+    let reported: Arc<Mutex<Vec<Option<u64>>>> = Arc::new(Mutex::new(vec![None; n]));
     let spawn = |w: &mut Worker| -> std::io::Result<()> {
         let mut cmd = Command::new(&exe);
         match &relay {
@@ -148,11 +164,17 @@ async fn supervise(
             // So that each worker sizes its runtime for its share of the CPUs.
             .env("PGCHAT_WORKERS", n.to_string())
             .env("DATABASE_URL", &url)
+            // So that a worker knows its share of memory_limit_mb.
+            .env("PGCHAT_WORKERS", n.to_string())
             // The worker exits when this pipe closes: it never outlives the supervisor.
             .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
             .kill_on_drop(true);
         let mut child = cmd.spawn()?;
         w._stdin = child.stdin.take();
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(read_reports(out, w.index, reported.clone()));
+        }
         w.child = Some(child);
         w.restart_at = None;
         Ok(())
@@ -166,6 +188,10 @@ async fn supervise(
 
     let shutdown = crate::cli::shutdown_signal();
     tokio::pin!(shutdown);
+    let mut stats = (config.stats_interval_ms > 0).then(|| {
+        let every = Duration::from_millis(config.stats_interval_ms);
+        tokio::time::interval_at(tokio::time::Instant::now() + every, every)
+    });
     loop {
         // Wait for a signal, a worker's exit, or a restart that is due.
         let next_restart = workers.iter().filter_map(|w| w.restart_at).min();
@@ -186,6 +212,10 @@ async fn supervise(
                 _ = &mut shutdown => None,
                 Some(exit) = waits.next() => Some(Some(exit)),
                 _ = sleep_until(next_restart) => Some(None),
+                _ = tick(&mut stats) => {
+                    log_distribution(&reported.lock().expect("reports"));
+                    continue;
+                }
             }
         };
         match exited {
@@ -193,13 +223,20 @@ async fn supervise(
             Some(Some((index, status))) => {
                 let w = &mut workers[index];
                 w.child = None;
+                // Exit code 2: what the configuration must fix (its port is taken, …), said
+                // by the worker on stderr. Restarting would only say it again.
+                if status.as_ref().is_ok_and(|s| s.code() == Some(2)) {
+                    tracing::error!(of_worker = index, "worker cannot start; stopping");
+                    stop_all(&mut workers, &config).await;
+                    return ExitCode::from(2);
+                }
                 let now = Instant::now();
                 w.deaths.push_back(now);
                 while w.deaths.front().is_some_and(|t| now - *t > DEATH_WINDOW) {
                     w.deaths.pop_front();
                 }
                 if w.deaths.len() >= MAX_DEATHS {
-                    tracing::error!(worker = index, ?status, "worker keeps dying; giving up");
+                    tracing::error!(of_worker = index, ?status, "worker keeps dying; giving up");
                     eprintln!(
                         "pgchat: worker {index} died {MAX_DEATHS} times within {}s; stopping",
                         DEATH_WINDOW.as_secs()
@@ -208,7 +245,7 @@ async fn supervise(
                     return ExitCode::from(GAVE_UP);
                 }
                 let backoff = Duration::from_millis(250) * 2u32.pow(w.deaths.len() as u32 - 1);
-                tracing::warn!(worker = index, ?status, restart_in = ?backoff, "worker died; restarting");
+                tracing::warn!(of_worker = index, ?status, restart_in = ?backoff, "worker died; restarting");
                 w.restart_at = Some(tokio::time::Instant::now() + backoff);
             }
             Some(None) => {
@@ -218,7 +255,7 @@ async fn supervise(
                     .filter(|w| w.restart_at.is_some_and(|t| t <= now))
                 {
                     if let Err(e) = spawn(w) {
-                        tracing::error!(worker = w.index, error = %e, "restarting worker failed");
+                        tracing::error!(of_worker = w.index, error = %e, "restarting worker failed");
                         w.restart_at = Some(now + Duration::from_secs(1));
                     }
                 }
@@ -229,6 +266,49 @@ async fn supervise(
     crate::systemd::stopping();
     stop_all(&mut workers, &config).await;
     ExitCode::SUCCESS
+}
+
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads a worker's reports (`{"connections":N}` lines) until it exits.
+async fn read_reports(
+    out: tokio::process::ChildStdout,
+    index: usize,
+    reported: Arc<Mutex<Vec<Option<u64>>>>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(out).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let connections = serde_json::from_str::<serde_json::Value>(&line)
+            .ok()
+            .and_then(|v| v["connections"].as_u64());
+        if let Some(c) = connections {
+            reported.lock().expect("reports")[index] = Some(c);
+        }
+    }
+    reported.lock().expect("reports")[index] = None;
+}
+
+/// The supervisor's stats line: how the connections spread over the workers, as each
+/// last reported them (`null`: not reported yet, or not running).
+fn log_distribution(reported: &[Option<u64>]) {
+    let known: Vec<u64> = reported.iter().flatten().copied().collect();
+    let total: u64 = known.iter().sum();
+    let (min, max) = (known.iter().min(), known.iter().max());
+    tracing::info!(
+        connections = %serde_json::to_string(reported).expect("numbers serialise"),
+        total,
+        min = min.copied().unwrap_or(0),
+        max = max.copied().unwrap_or(0),
+        "connections per worker"
+    );
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
@@ -250,7 +330,10 @@ async fn stop_all(workers: &mut [Worker], config: &Config) {
     for w in workers.iter_mut() {
         if let Some(child) = w.child.as_mut() {
             if tokio::time::timeout(deadline, child.wait()).await.is_err() {
-                tracing::warn!(worker = w.index, "worker did not drain in time; killing it");
+                tracing::warn!(
+                    of_worker = w.index,
+                    "worker did not drain in time; killing it"
+                );
                 let _ = child.kill().await;
             }
         }

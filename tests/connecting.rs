@@ -166,7 +166,13 @@ async fn health_ready_live_and_metrics_answer() {
     assert_eq!(health["database"]["pool"]["max_size"], 5);
     assert_eq!(health["counters"]["messages_sent"], 1);
 
-    let metrics = http.get(app.http("/metrics")).send().await.unwrap();
+    // As Prometheus asks (without it: the classic format, see tests/operations.rs).
+    let metrics = http
+        .get(app.http("/metrics"))
+        .header("accept", "application/openmetrics-text; version=1.0.0")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(metrics.status(), 200);
     let ctype = metrics.headers()["content-type"]
         .to_str()

@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use nix::fcntl::{Flock, FlockArg};
+
 /// True when something accepts TCP connections at host:port within a second.
 pub async fn server_answers(host: &str, port: u16) -> bool {
     matches!(
@@ -70,6 +72,48 @@ pub struct Cluster {
     as_postgres: bool,
     /// The `postgres` role's password (hex, so it needs no escaping in a URL or in SQL).
     password: String,
+    /// An exclusive flock on `<dir>.lock`, held as long as this process runs the cluster:
+    /// how a later start tells a cluster left running by a killed pgchat (the kernel
+    /// released its lock) from one another pgchat is running now.
+    _owner: Option<Flock<std::fs::File>>,
+}
+
+/// A private cluster found running at start.
+pub enum Found {
+    /// Left running by a pgchat that is gone (killed): now this process's, stopped on exit.
+    Adopted(Cluster),
+    /// Run by another pgchat that is still running: used, and left to it (the URL).
+    InUse(String),
+}
+
+/// Takes the owner's lock of the cluster in `dir`; `None` when another process holds it.
+fn owner_lock(dir: &Path) -> Result<Option<Flock<std::fs::File>>, String> {
+    let path = dir.with_extension("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(format!("locking {}: {e}", path.display())),
+    }
+}
+
+/// The pid of the postmaster serving the cluster in `dir` on `port`, if one is alive
+/// (from `postmaster.pid`: the pid on its first line, the port on its fourth).
+pub fn running_postmaster(dir: &Path, port: u16) -> Option<i32> {
+    let text = std::fs::read_to_string(dir.join("postmaster.pid")).ok()?;
+    let lines: Vec<&str> = text.lines().collect();
+    let pid: i32 = lines.first()?.trim().parse().ok()?;
+    let its_port: u16 = lines.get(3)?.trim().parse().ok()?;
+    let alive = matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Ok(()) | Err(nix::errno::Errno::EPERM)
+    );
+    (its_port == port && alive).then_some(pid)
 }
 
 /// Where the password of the cluster in `dir` is kept: beside it, outside the directory
@@ -93,6 +137,26 @@ fn local_url(password: &str, port: u16, db: &str) -> String {
 }
 
 impl Cluster {
+    /// Takes over the cluster in `dir`, found running on `port`, if the pgchat that
+    /// started it is gone; else leaves it to that pgchat and only uses it.
+    pub fn adopt(bindir: &Path, dir: &Path, port: u16) -> Result<Found, String> {
+        let dir = std::path::absolute(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let password = crate::secrets::load_or_create(&password_path(&dir))
+            .map_err(|e| e.to_string())?
+            .value;
+        match owner_lock(&dir)? {
+            None => Ok(Found::InUse(local_url(&password, port, "pgchat"))),
+            Some(lock) => Ok(Found::Adopted(Cluster {
+                bindir: bindir.to_path_buf(),
+                dir,
+                port,
+                as_postgres: is_root(),
+                password,
+                _owner: Some(lock),
+            })),
+        }
+    }
+
     /// Initialises `dir` if it holds no cluster yet, then starts the server on `port`.
     pub async fn start(bindir: &Path, dir: &Path, port: u16) -> Result<Cluster, String> {
         let bindir = bindir.to_path_buf();
@@ -101,12 +165,15 @@ impl Cluster {
             let password = crate::secrets::load_or_create(&password_path(&dir))
                 .map_err(|e| e.to_string())?
                 .value;
+            // Taken before the server starts, so that no other start adopts it meanwhile.
+            let owner = owner_lock(&dir)?;
             let cluster = Cluster {
                 as_postgres: is_root(),
                 bindir,
                 dir,
                 port,
                 password,
+                _owner: owner,
             };
             cluster.init()?;
             cluster.run(

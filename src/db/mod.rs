@@ -60,7 +60,10 @@ impl StartupError {
     /// The process's exit code: 2 for what the configuration must fix, else 1.
     pub fn exit_code(&self) -> u8 {
         match self {
-            StartupError::EmbeddedInProduction { .. } | StartupError::Setting { .. } => 2,
+            // A port in use or not allowed does not free itself: retrying will not help.
+            StartupError::EmbeddedInProduction { .. }
+            | StartupError::Setting { .. }
+            | StartupError::Bind(_) => 2,
             _ => 1,
         }
     }
@@ -80,6 +83,8 @@ pub struct Database {
     /// The connections this worker may hold, its listener included.
     pub share: usize,
     acquire_timeout: Duration,
+    /// Round-trip histograms, registered in the worker's metrics.
+    pub round_trips: crate::metrics::RoundTrips,
     /// Keeps a private cluster alive as long as any handle exists; stopped on drop.
     _cluster: Option<Arc<embedded::Cluster>>,
 }
@@ -116,6 +121,7 @@ impl Database {
             listen,
             share: plan.share,
             acquire_timeout: Duration::from_millis(config.db_acquire_timeout_ms),
+            round_trips: crate::metrics::RoundTrips::default(),
             _cluster: cluster.map(Arc::new),
         })
     }
@@ -171,6 +177,31 @@ impl Database {
             Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
             Err(_) => false,
         }
+    }
+
+    /// `pg_notification_queue_usage()` (0..1), or `None` when the database does not
+    /// answer within the acquire timeout: the health probe, which also samples the fill
+    /// of the NOTIFY queue (when it fills, every notifying commit fails).
+    pub async fn notification_queue_usage(&self) -> Option<f64> {
+        let client = self.client().await.ok()?;
+        let rows = client
+            .simple_query("SELECT pg_notification_queue_usage()")
+            .await
+            .ok()?;
+        rows.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0)?.parse().ok(),
+            _ => None,
+        })
+    }
+
+    /// Runs one read query and records its round trip.
+    pub async fn timed_read<T>(&self, query: impl std::future::Future<Output = T>) -> T {
+        let started = std::time::Instant::now();
+        let out = query.await;
+        self.round_trips
+            .read
+            .observe(started.elapsed().as_secs_f64());
+        out
     }
 
     /// Keeps `min` pooled connections open and closes those idle longer than `idle`,
@@ -306,7 +337,40 @@ async fn locate(config: &Config) -> Result<(String, Option<embedded::Cluster>), 
     }
     let url = config.database_url();
     let port = config.embedded_port;
-    if !config.embedded_postgres || embedded::server_answers("127.0.0.1", port).await {
+    let dir = config.data_dir.join("postgres");
+    if !config.embedded_postgres {
+        return Ok((url, None));
+    }
+    if embedded::server_answers("127.0.0.1", port).await {
+        // Our own private cluster, still running? Left by a pgchat that was killed, it is
+        // adopted (and stopped on exit); run by a pgchat still running, it is shared.
+        let ours = embedded::running_postmaster(&dir, port);
+        let bindir = embedded::find_bindir();
+        if let (Some(pid), Some(bindir), false) = (ours, bindir, config.is_production()) {
+            return match embedded::Cluster::adopt(&bindir, &dir, port)
+                .map_err(StartupError::Embedded)?
+            {
+                embedded::Found::Adopted(cluster) => {
+                    tracing::warn!(
+                        dir = %dir.display(),
+                        port,
+                        postmaster = pid,
+                        "the private PostgreSQL cluster was left running by a pgchat that \
+                         did not stop cleanly: adopting it (it is stopped on exit)"
+                    );
+                    Ok((cluster.url("pgchat"), Some(cluster)))
+                }
+                embedded::Found::InUse(url) => {
+                    tracing::info!(
+                        dir = %dir.display(),
+                        port,
+                        "using the private PostgreSQL cluster of the pgchat that is running \
+                         it (it stops it)"
+                    );
+                    Ok((url, None))
+                }
+            };
+        }
         return Ok((url, None));
     }
     if config.is_production() {
@@ -316,7 +380,6 @@ async fn locate(config: &Config) -> Result<(String, Option<embedded::Cluster>), 
         Some(dir) => dir,
         None => return Ok((url, None)), // nothing to start: the connect error will say so
     };
-    let dir = config.data_dir.join("postgres");
     tracing::warn!(
         dir = %dir.display(),
         port,

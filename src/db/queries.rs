@@ -70,7 +70,7 @@ pub const EVENTS_AFTER: &str = concat!(
 pub const EVENTS_IN: &str = concat!(
     "SELECT ",
     event_columns!(),
-    " FROM unnest($1::text[], $2::int8[], $3::int8[]) AS k(u, a, b)
+    ", e.created_at AS event_at FROM unnest($1::text[], $2::int8[], $3::int8[]) AS k(u, a, b)
       CROSS JOIN LATERAL (SELECT * FROM pgchat.event_queue
                           WHERE user_id = k.u AND seq > k.a AND seq <= k.b
                           ORDER BY seq OFFSET 0) e ",

@@ -236,7 +236,12 @@ pub async fn commit(
             "the database connection was closed",
         )));
     }
-    let row = match client.query_one(&stmt, &params).await {
+    let started = std::time::Instant::now();
+    let result = client.query_one(&stmt, &params).await;
+    db.round_trips
+        .batch
+        .observe(started.elapsed().as_secs_f64());
+    let row = match result {
         Ok(row) => row,
         Err(e) => {
             let error = DbError::from(e);
