@@ -807,10 +807,7 @@ async fn sleep_until_some(until: Option<Instant>) {
 
 /// Resolves when the earliest typing timer is due.
 async fn sleep_until_first(typing: &HashMap<ConversationId, Instant>) {
-    match typing.values().min() {
-        Some(deadline) => tokio::time::sleep_until(*deadline).await,
-        None => std::future::pending().await,
-    }
+    sleep_until_some(typing.values().min().copied()).await
 }
 
 fn random_id() -> String {

@@ -14,18 +14,8 @@ use pgchat::auth::Authenticator;
 use pgchat::protocol::UserId;
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pgchat");
-
-/// The binary with a clean environment (no inherited PGCHAT_*, JWT_SECRET or PORT) and no
-/// config file.
 fn pgchat() -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(BIN);
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("PGCHAT_CONFIG", "/nonexistent/pgchat.toml")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    c
+    common::pgchat_command()
 }
 
 /// A fresh directory under the target directory, removed on drop.

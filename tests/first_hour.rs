@@ -9,18 +9,11 @@ use std::process::Stdio;
 use common::cluster::{free_ports, Cluster};
 use common::{TestDb, PATIENCE};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pgchat");
-
-/// The binary with a clean environment and no config file.
+/// The binary with a clean environment and no config file, bound to 127.0.0.1.
 fn pgchat() -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(BIN);
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("PGCHAT_CONFIG", "/nonexistent/pgchat.toml")
-        .env("PGCHAT_HOST", "127.0.0.1")
-        .env("JWT_SECRET", "first-hour-secret-first-hour-secret-0123")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
+    let mut c = common::pgchat_command();
+    c.env("PGCHAT_HOST", "127.0.0.1")
+        .env("JWT_SECRET", "first-hour-secret-first-hour-secret-0123");
     c
 }
 

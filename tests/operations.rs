@@ -13,17 +13,8 @@ use common::cluster::{free_ports, Cluster};
 use common::{TestApp, TestDb, PATIENCE, SECRET};
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pgchat");
-
-/// The binary with a clean environment and no config file.
 fn pgchat() -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(BIN);
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("PGCHAT_CONFIG", "/nonexistent/pgchat.toml")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    c
+    common::pgchat_command()
 }
 
 fn scratch(what: &str) -> PathBuf {

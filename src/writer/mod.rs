@@ -151,12 +151,23 @@ impl Writer {
                 "fewer batchers than `writers`: one pooled connection stays for reads"
             );
         }
+        // One resync task for all batchers: a burst of batches whose outcome is unknown
+        // (an outage) asks for it many times, and it runs once per burst.
+        let resync = Arc::new(tokio::sync::Notify::new());
+        tracker.spawn(resync_after_unknown_outcomes(
+            db.clone(),
+            hub.clone(),
+            cache.clone(),
+            resync.clone(),
+            stop.clone(),
+        ));
         for _ in 0..batchers {
             let batcher = Batcher {
                 db: db.clone(),
                 hub: hub.clone(),
                 cache: cache.clone(),
                 metrics: metrics.clone(),
+                resync: resync.clone(),
                 batch_max: config.write_batch_max,
                 max_group_members: config.max_group_members,
                 worker: worker.to_string(),
@@ -216,6 +227,8 @@ struct Batcher {
     hub: Arc<Hub>,
     cache: Arc<ConversationCache>,
     metrics: Arc<Metrics>,
+    /// Wakes [`resync_after_unknown_outcomes`].
+    resync: Arc<tokio::sync::Notify>,
     batch_max: usize,
     max_group_members: usize,
     /// Named in notifications, so this worker can skip its own.
@@ -316,11 +329,7 @@ impl Batcher {
         if committed.iter().any(|c| c.outcome_unknown) {
             // The batch may have committed, and its notification is one this worker skips
             // as its own: bring this worker's sessions up to the stored heads by itself.
-            tokio::spawn(resync_after_unknown_outcome(
-                self.db.clone(),
-                self.hub.clone(),
-                self.cache.clone(),
-            ));
+            self.resync.notify_one();
         }
         let mut outcomes = Vec::with_capacity(jobs.len());
         for c in committed {
@@ -345,22 +354,38 @@ impl Batcher {
     }
 }
 
-/// After a batch whose outcome is unknown: once the database answers again, forget the
-/// cache (it may lack that batch's changes) and move every local user's feed to the head
-/// stored, so that sessions read from the table whatever the batch committed. Gives up
-/// after a minute of outage: by then the listener has reconnected and caught up anyway.
-async fn resync_after_unknown_outcome(db: Database, hub: Arc<Hub>, cache: Arc<ConversationCache>) {
-    for _ in 0..120 {
-        let users = hub.local_users();
-        match crate::store::heads(&db, &users).await {
-            Ok(heads) => {
-                cache.clear();
-                for (user, head) in heads {
-                    hub.advance(&user, head);
+/// After batches whose outcome is unknown: once the database answers again, forget the
+/// cache (it may lack those batches' changes) and move every local user's feed to the head
+/// stored, so that sessions read from the table whatever the batches committed. Requests
+/// that come while it runs are served by one more pass after it (`Notify` keeps a permit).
+async fn resync_after_unknown_outcomes(
+    db: Database,
+    hub: Arc<Hub>,
+    cache: Arc<ConversationCache>,
+    wake: Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = wake.notified() => {}
+        }
+        // Until it succeeds: the listener also catches up once it reconnects, but it skips
+        // this worker's own notifications, so only this pass covers them.
+        loop {
+            match crate::store::heads(&db, &hub.local_users()).await {
+                Ok(heads) => {
+                    cache.clear();
+                    for (user, head) in heads {
+                        hub.advance(&user, head);
+                    }
+                    break;
                 }
-                return;
+                Err(_) => tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                },
             }
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
         }
     }
 }

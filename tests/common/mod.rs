@@ -705,6 +705,18 @@ pub fn bodies(page: &Value) -> Vec<&str> {
 }
 
 /// Polls a `/ready` URL until it answers 200; panics after PATIENCE.
+/// The pgchat binary with a clean environment (no inherited PGCHAT_*, JWT_SECRET or PORT)
+/// and no config file, killed when dropped.
+pub fn pgchat_command() -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgchat"));
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PGCHAT_CONFIG", "/nonexistent/pgchat.toml")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    c
+}
+
 /// Terminates every pgchat listener connection on the current database (they are named
 /// "… listener"); how many.
 pub async fn terminate_listeners(admin: &tokio_postgres::Client) -> i64 {
