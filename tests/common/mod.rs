@@ -10,6 +10,7 @@
 pub mod checker;
 pub mod cluster;
 pub mod load;
+pub mod node;
 pub mod pg;
 
 use std::collections::VecDeque;
