@@ -1,5 +1,6 @@
-//! The HTTP surface: the WebSocket upgrade, the REST API beside it, and the operational
-//! endpoints (`/health`, `/ready`, `/live`, `/metrics`).
+//! The HTTP surface: the WebSocket upgrade, the REST API beside it, the operational
+//! endpoints (`/health`, `/ready`, `/live`, `/metrics`), and outside production the
+//! browser demo ([`crate::demo`]).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -24,7 +25,7 @@ use crate::{requests, session, store};
 pub fn router(app: App) -> Router {
     // A request body carries what one socket frame would, so it has the same limit.
     let body_limit = DefaultBodyLimit::max(app.config.max_frame_bytes);
-    Router::new()
+    let mut router = Router::new()
         .route("/ws", get(upgrade))
         .route("/api/conversations", get(api_conversations))
         .route(
@@ -34,7 +35,12 @@ pub fn router(app: App) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/live", get(live))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics));
+    // The browser demo and its sign-in, outside production only (see demo.rs).
+    if !app.config.is_production() {
+        router = router.merge(crate::demo::router());
+    }
+    router
         .fallback(|| async {
             ApiError::not_found(
                 "no such endpoint: see PROTOCOL.md for /ws, /api, /health, /ready, /live, /metrics",
