@@ -2,7 +2,8 @@
 // process): two headless Chromium pages sign in through the UI as alice and bob and chat.
 //
 // Environment: PGCHAT_URL (http://127.0.0.1:PORT), CHROMIUM (the browser's path),
-// SCREENSHOTS (paths to write the screenshot to, separated by ':').
+// SCREENSHOTS (paths to write the screenshot to, separated by ':'; the first one's folder
+// also gets reconnecting.png, bob's page while it is cut off).
 // Control: a line `@@control kill` / `@@control start` on stdout asks the Rust side to
 // kill (SIGKILL) or start again the server; it answers `ok` on stdin.
 
@@ -19,6 +20,7 @@ const SCREENSHOTS = (process.env.SCREENSHOTS || '').split(':').filter(Boolean);
 const WAIT = 20_000;
 const XSS = '<img src=x onerror=alert(1)>';
 assert.ok(BASE && CHROMIUM, 'PGCHAT_URL and CHROMIUM must be set');
+for (const path of SCREENSHOTS) mkdirSync(dirname(path), { recursive: true });
 
 const started = Date.now();
 const step = (what) => console.log(`[${((Date.now() - started) / 1000).toFixed(1)} s] ${what}`);
@@ -192,6 +194,7 @@ try {
     ws.close({ code: 1006, reason: 'offline' });
   }
   await bob.waitForSelector('#banner.warn:has-text("Reconnecting")');
+  if (SCREENSHOTS[0]) await bob.screenshot({ path: `${dirname(SCREENSHOTS[0])}/reconnecting.png` });
   await alice.waitForSelector(item('bob') + ' .dot.offline');
   step('bob is cut off: his page says it is reconnecting; alice sees him offline');
   for (const n of [1, 2, 3]) await send(alice, `While you were away ${n}`);
@@ -278,8 +281,6 @@ try {
   await openConv(bob, 'alice');
   await send(bob, 'Sounds good, see you Saturday!');
   await alice.waitForSelector(item('bob') + ' .badge:text-is("1")');
-  await bob.click('#composer-input');
-  await bob.keyboard.type('Also', { delay: 20 });
   await openConv(alice, 'Weekend trip');
   await carol.typing(trip.id, 'start');
   await alice.waitForSelector('#typing.on:has-text("Carol is typing")');
@@ -288,7 +289,6 @@ try {
 
   await alice.mouse.move(0, 0);
   for (const path of SCREENSHOTS) {
-    mkdirSync(dirname(path), { recursive: true });
     await alice.screenshot({ path });
     step(`screenshot: ${path}`);
   }

@@ -1,8 +1,8 @@
 // pgchat's browser demo: a small chat application on the JavaScript client (/pgchat.js).
 // No build step and no framework. Everything shown is built with textContent and
-// createElement: no user data ever goes through innerHTML, so a message body of
-// `<img src=x onerror=alert(1)>` is text (and the page's Content-Security-Policy forbids
-// inline script besides).
+// createElement: nothing is ever parsed as HTML (tests/demo.rs checks that no HTML sink
+// appears in this file), so a message body of `<img src=x onerror=alert(1)>` is text; the
+// page's Content-Security-Policy forbids inline script besides.
 
 import { PgChat } from '/pgchat.js';
 
@@ -56,6 +56,7 @@ function blank(id) {
     id, kind: null, name: null, members: [], member_count: 0, admins: [],
     last: null, unread: 0, msgs: new Map(), pending: new Map(), loaded: false,
     hasMore: false, loading: false, reads: new Map(), typing: new Map(), myRead: 0,
+    notes: [], // {after: cseq, text}: membership changes seen live, shown in the timeline
   };
 }
 
@@ -248,6 +249,7 @@ function start(user, name, minted) {
 
 function onState({ state, attempt, delayMs }) {
   document.body.dataset.state = state;
+  renderMyState();
   if (state === 'open') {
     const recovered = S.everOpen;
     S.everOpen = true;
@@ -377,7 +379,16 @@ function onMessage(m) {
 
 function onConversation(w) {
   const fresh = !S.convs.has(w.id);
+  const before = fresh ? null : new Set(S.convs.get(w.id).members);
   const c = merge(conv(w.id), w);
+  if (before && c.kind === 'group' && Array.isArray(w.members)) {
+    const after = new Set(w.members);
+    const joined = w.members.filter((u) => !before.has(u));
+    const left = [...before].filter((u) => !after.has(u));
+    const at = c.last?.cseq ?? 0;
+    if (joined.length) c.notes.push({ after: at, text: `${joined.map(nameOf).join(', ')} joined` });
+    if (left.length) c.notes.push({ after: at, text: `${left.map(nameOf).join(', ')} left` });
+  }
   // The direct conversation a draft was waiting for: open it in the draft's place.
   const peer = c.members.length === 1 ? c.members[0] : others(c)[0];
   if (S.draftTo && !S.openId && c.kind === 'direct' && peer === S.draftTo) {
@@ -643,9 +654,8 @@ function addPeople() {
       const list = parseUsers(users);
       if (!list.length) throw new Error('Enter at least one user name.');
       const r = await S.client.addToGroup(c.id, list);
-      if (r?.conversation) merge(c, r.conversation);
-      await watchPresence();
-      renderPane();
+      // The reply shows the group as the event will: whichever comes first tells.
+      if (r?.conversation) onConversation(r.conversation);
     },
   });
 }
@@ -706,9 +716,20 @@ function renderMe() {
   $('me').replaceChildren(
     avatar(label, S.me, { size: 'md' }),
     h('div', { class: 'me-text' },
-      h('strong', { text: label }),
-      h('span', { class: 'muted', text: S.myName ? `@${S.me}` : 'signed in' })),
+      h('strong', { text: label, title: `@${S.me}` }),
+      h('span', { id: 'me-status', class: 'muted me-status' })),
   );
+  renderMyState();
+}
+
+const STATE_TEXT = { idle: 'offline', connecting: 'connecting…', open: 'online', reconnecting: 'reconnecting…', closed: 'offline' };
+
+function renderMyState() {
+  const el = $('me-status');
+  if (!el) return;
+  const state = S.client?.state || 'connecting';
+  el.className = `muted me-status ${state}`;
+  el.textContent = `${S.myName ? `@${S.me} · ` : ''}${STATE_TEXT[state] || state}`;
 }
 
 function sortedConversations() {
@@ -786,9 +807,10 @@ function renderHeader() {
     sub.textContent = `${c.member_count} members · ${shown}${more}`;
   } else if (peer && peer !== S.me) {
     const typing = c && c.typing.size;
-    sub.textContent = typing ? 'typing…' : lastSeen(S.presence.get(peer)) || `@${peer}`;
+    const connected = S.client?.state === 'open';
+    sub.textContent = typing ? 'typing…' : (connected && lastSeen(S.presence.get(peer))) || `@${peer}`;
     if (typing) sub.className = 'accent';
-    else if (S.presence.get(peer)?.status === 'online') sub.className = 'online';
+    else if (connected && S.presence.get(peer)?.status === 'online') sub.className = 'online';
   } else {
     sub.textContent = 'Notes to yourself';
   }
@@ -892,7 +914,10 @@ function renderMessages({ toBottom = false, keepFromBottom = false } = {}) {
       showSender: c.kind === 'group' && first,
       seenBy: !m.pending && m.cseq === seenAt ? seenText : null,
     }));
+    if (!m.pending) for (const n of c.notes) if (n.after === m.cseq) items.push(note(n.text));
   });
+  // A change before any message goes first.
+  items.unshift(...c.notes.filter((n) => n.after === 0).map((n) => note(n.text)));
   if (!items.length && !c.loading) items.push(h('li', { class: 'empty-conv', text: c.loaded ? 'No messages yet. Say hi.' : '' }));
   $('message-list').replaceChildren(...items);
   renderHistoryStatus();
@@ -900,6 +925,10 @@ function renderMessages({ toBottom = false, keepFromBottom = false } = {}) {
   else if (keepFromBottom) box.scrollTop = box.scrollHeight - fromBottom;
   // A first page that does not fill the pane: fetch more now, not on a scroll that cannot happen.
   if (c.loaded && c.hasMore && !c.loading && box.scrollHeight <= box.clientHeight + 10) loadOlder(c);
+}
+
+function note(text) {
+  return h('li', { class: 'note' }, h('span', { text }));
 }
 
 function renderTyping() {
