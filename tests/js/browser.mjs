@@ -277,6 +277,8 @@ try {
   await alice.waitForSelector('#conv-subtitle:has-text("4 members")');
   await bob.waitForSelector(item('Weekend trip'));
   await waitForBody(alice, 'Perfect, save me a seat.');
+  await waitForBody(bob, 'Great - I will bring snacks and the map. Dave wants to come too, adding him now.');
+  await alice.waitForSelector('#message-list .seen:text-is("Seen by Bob")');
   // Bob writes to alice meanwhile: her list shows it unread.
   await openConv(bob, 'alice');
   await send(bob, 'Sounds good, see you Saturday!');
@@ -284,7 +286,6 @@ try {
   await openConv(alice, 'Weekend trip');
   await carol.typing(trip.id, 'start');
   await alice.waitForSelector('#typing.on:has-text("Carol is typing")');
-  await alice.waitForSelector('#message-list .seen');
   step('a group created and grown through the UI, with three people talking');
 
   await alice.mouse.move(0, 0);

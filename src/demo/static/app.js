@@ -76,7 +76,11 @@ function merge(c, wire) {
     const m = wire.last_message;
     if (m && (!c.last || m.cseq >= c.last.cseq)) c.last = m;
   }
-  if (typeof wire.unread === 'number') c.unread = S.openId === c.id && visible() ? 0 : wire.unread;
+  if (typeof wire.unread === 'number') {
+    c.unread = S.openId === c.id && visible() ? 0 : wire.unread;
+    // Unread messages are those after this user's read marker.
+    if (c.last) c.myRead = Math.max(c.myRead, c.last.cseq - wire.unread);
+  }
   return c;
 }
 
@@ -88,6 +92,11 @@ function title(c) {
   if (c.kind !== 'direct') return c.name || 'Conversation';
   const peer = others(c)[0];
   return peer ? nameOf(peer) : `${S.myName || S.me} (you)`;
+}
+
+/** The name an avatar's initials come from: the title, or for notes to oneself one's name. */
+function avatarLabel(c, label) {
+  return c.kind === 'direct' && !peerOf(c) ? S.myName || S.me : label;
 }
 
 function peerOf(c) {
@@ -147,9 +156,11 @@ function hue(s) {
 }
 
 function initials(text) {
-  const words = text.trim().split(/[\s._@:-]+/).filter(Boolean);
-  const letters = words.length > 1 ? [words[0], words[1]] : [words[0] || '?'];
-  return letters.map((w) => Array.from(w)[0].toUpperCase()).join('').slice(0, 2) || '?';
+  // The first letter or digit of the first two words.
+  const firsts = text.split(/[\s._@:()-]+/)
+    .map((w) => Array.from(w).find((ch) => /[\p{L}\p{N}]/u.test(ch)))
+    .filter(Boolean);
+  return firsts.slice(0, 2).join('').toUpperCase() || '?';
 }
 
 /** A round avatar with initials; a presence dot for a user (`user` given). */
@@ -604,8 +615,9 @@ function newDirect() {
     fields: [{ name: 'user', label: 'User name', placeholder: 'bob' }],
     ok: 'Start',
     run: async ({ user }) => {
-      const [peer] = parseUsers(user);
+      const peer = user.trim();
       if (!peer) throw new Error('Enter a user name.');
+      if (!USER_ID.test(peer)) throw new Error(`“${peer}” is not a user name: 1–64 characters of A–Z a–z 0–9 _ . @ : -`);
       const existing = [...S.convs.values()].find((c) => c.kind === 'direct'
         && (peer === S.me ? c.members.length === 1 && c.members[0] === S.me : c.members.includes(peer)));
       if (existing) return openConversation(existing.id);
@@ -761,7 +773,7 @@ function renderList() {
         dataset: { conversation: c.id, title: label, kind: c.kind || '', peer: peer || '' },
         onclick: () => openConversation(c.id),
       },
-      avatar(label, c.kind === 'group' ? c.id : peer || S.me, { user: peer, group: c.kind === 'group' }),
+      avatar(avatarLabel(c, label), c.kind === 'group' ? c.id : peer || S.me, { user: peer, group: c.kind === 'group' }),
       h('span', { class: 'conv-text' },
         h('span', { class: 'conv-line' },
           h('span', { class: 'conv-title', text: label }),
@@ -797,7 +809,7 @@ function renderHeader() {
   const peer = c ? peerOf(c) : S.draftTo;
   const group = c?.kind === 'group';
   const label = c ? title(c) : nameOf(S.draftTo);
-  $('conv-avatar').replaceChildren(avatar(label, group ? c.id : peer || S.me, { user: peer, size: 'lg', group }));
+  $('conv-avatar').replaceChildren(avatar(c ? avatarLabel(c, label) : label, group ? c.id : peer || S.me, { user: peer, size: 'lg', group }));
   $('conv-title').textContent = label;
   const sub = $('conv-subtitle');
   sub.className = '';
@@ -882,7 +894,8 @@ function renderMessages({ toBottom = false, keepFromBottom = false } = {}) {
   const msgs = [...c.msgs.values()].sort((a, b) => a.cseq - b.cseq);
   const pend = [...c.pending.values()].map((p) => ({ ...p, sender: { id: S.me }, pending: true }));
   const all = [...msgs, ...pend];
-  // The "seen" line goes under my latest message that someone has read.
+  // The "seen" line goes under my latest message that someone has read (the ticks say
+  // more: ✓✓ once every other member has read it).
   let seenAt = null;
   let seenText = null;
   for (let i = msgs.length - 1; i >= 0; i -= 1) {
@@ -892,8 +905,8 @@ function renderMessages({ toBottom = false, keepFromBottom = false } = {}) {
     if (r.readers.length) {
       seenAt = m.cseq;
       seenText = c.kind === 'direct' ? 'Seen' : `Seen by ${r.readers.map(nameOf).join(', ')}`;
+      break;
     }
-    break;
   }
   const items = [];
   let prevDay = null;
