@@ -73,7 +73,9 @@ enum Connect {
 
 impl Rec {
     async fn try_connect(app: &TestApp, cap: &Shared, label: &str, token: &str) -> Connect {
-        let mut request = format!("ws://{}/ws", app.addr).into_client_request().unwrap();
+        let mut request = format!("ws://{}/ws", app.addr)
+            .into_client_request()
+            .unwrap();
         request
             .headers_mut()
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
@@ -88,7 +90,15 @@ impl Rec {
         let path = request.uri().path().to_string();
         match tokio_tungstenite::connect_async(request).await {
             Ok((ws, response)) => {
-                record_http(cap, "GET", &path, response.status().as_u16(), None, None, None);
+                record_http(
+                    cap,
+                    "GET",
+                    &path,
+                    response.status().as_u16(),
+                    None,
+                    None,
+                    None,
+                );
                 let mut rec = Rec {
                     ws,
                     cap: cap.clone(),
@@ -156,7 +166,10 @@ impl Rec {
             "invalid"
         };
         self.log(json!({"dir": "client", "kind": "text", "frame": frame, "expect": expect}));
-        self.ws.send(Message::text(frame.to_string())).await.unwrap();
+        self.ws
+            .send(Message::text(frame.to_string()))
+            .await
+            .unwrap();
     }
 
     /// Sends a frame that is not a JSON request (not JSON, binary, broken WebSocket);
@@ -188,7 +201,9 @@ impl Rec {
                 Message::Close(frame) => {
                     let code = frame.as_ref().map(|f| u16::from(f.code));
                     let reason = frame.as_ref().map(|f| f.reason.to_string());
-                    self.log(json!({"dir": "server", "kind": "close", "code": code, "reason": reason}));
+                    self.log(
+                        json!({"dir": "server", "kind": "close", "code": code, "reason": reason}),
+                    );
                     return Ok(None);
                 }
                 _ => continue,
@@ -206,7 +221,7 @@ impl Rec {
     async fn request(&mut self, mut frame: Value, expect: Expect) -> Value {
         self.next_ref += 1;
         // Both kinds of ref: strings and integers.
-        let r = if self.next_ref % 2 == 0 {
+        let r = if self.next_ref.is_multiple_of(2) {
             json!(self.next_ref)
         } else {
             json!(format!("r{}", self.next_ref))
@@ -215,7 +230,10 @@ impl Rec {
         self.send(&frame, expect).await;
         loop {
             let f = self.recv().await.unwrap_or_else(|| {
-                panic!("{}: socket closed awaiting the reply to {frame}", self.label)
+                panic!(
+                    "{}: socket closed awaiting the reply to {frame}",
+                    self.label
+                )
             });
             if f["type"] == "ok" || f["type"] == "error" {
                 assert_eq!(f["ref"], r, "replies come in order");
@@ -227,7 +245,11 @@ impl Rec {
 
     async fn ok(&mut self, frame: Value) -> Value {
         let reply = self.request(frame.clone(), Expect::Valid).await;
-        assert_eq!(reply["type"], "ok", "{}: {frame} failed: {reply}", self.label);
+        assert_eq!(
+            reply["type"], "ok",
+            "{}: {frame} failed: {reply}",
+            self.label
+        );
         reply
     }
 
@@ -413,23 +435,22 @@ async fn until(what: &str, mut cond: impl FnMut() -> bool) {
 /// database away and give it back).
 async fn maintenance(db_url: &str) -> tokio_postgres::Client {
     let (base, _) = db_url.rsplit_once('/').unwrap();
-    let (client, conn) = tokio_postgres::connect(&format!("{base}/postgres"), tokio_postgres::NoTls)
-        .await
-        .unwrap();
+    let (client, conn) =
+        tokio_postgres::connect(&format!("{base}/postgres"), tokio_postgres::NoTls)
+            .await
+            .unwrap();
     tokio::spawn(conn);
     client
 }
 
 #[tokio::test]
 async fn the_specs_are_valid_and_describe_every_frame_the_server_sends() {
-    // 1. Both documents pass the official parsers.
-    let out = common::node::node("validate-specs.mjs")
-        .output()
-        .await
+    // 1. Both documents pass the official parsers (checked while the scenarios run).
+    let validation = common::node::node("validate-specs.mjs")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("node runs");
-    print!("{}", String::from_utf8_lossy(&out.stdout));
-    eprint!("{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "validate-specs.mjs failed");
 
     // 2. A server to capture from, running as a role of its own (so that a privilege can
     // be taken away), with limits small enough to reach quickly.
@@ -473,7 +494,10 @@ async fn the_specs_are_valid_and_describe_every_frame_the_server_sends() {
     let sent = alice
         .ok(json!({"type": "send", "to": "bob", "body": "hi bob", "client_msg_id": "m1"}))
         .await;
-    let dm = sent["message"]["conversation"].as_str().unwrap().to_string();
+    let dm = sent["message"]["conversation"]
+        .as_str()
+        .unwrap()
+        .to_string();
     bob.event_of("conversation").await;
     bob.event_of("message").await;
     alice
@@ -542,7 +566,10 @@ async fn the_specs_are_valid_and_describe_every_frame_the_server_sends() {
         .ok(json!({"type": "auth", "token": app.token("alice")}))
         .await;
     alice
-        .refused(json!({"type": "auth", "token": app.token("bob")}), "forbidden")
+        .refused(
+            json!({"type": "auth", "token": app.token("bob")}),
+            "forbidden",
+        )
         .await;
     let forged = Authenticator::new("another-secret").mint(
         &UserId::parse("alice").unwrap(),
@@ -552,6 +579,9 @@ async fn the_specs_are_valid_and_describe_every_frame_the_server_sends() {
     alice
         .refused(json!({"type": "auth", "token": forged}), "unauthorized")
         .await;
+    alice
+        .invalid(json!({"type": "auth", "token": ""}), "bad_request")
+        .await;
 
     // ---- requests the server refuses.
     alice
@@ -560,14 +590,27 @@ async fn the_specs_are_valid_and_describe_every_frame_the_server_sends() {
             "bad_request",
         )
         .await;
+    // A ref of the wrong type: the error cannot echo it.
     alice
-        .invalid(json!({"type": "ping", "ref": {"not": "a ref"}}), "bad_request")
+        .send(
+            &json!({"type": "ping", "ref": {"not": "a ref"}}),
+            Expect::Invalid,
+        )
         .await;
+    let e = alice.next_reply().await;
+    assert_eq!(
+        (&e["code"], e.get("ref")),
+        (&json!("bad_request"), None),
+        "{e}"
+    );
     alice
         .invalid(json!({"type": "send", "to": "bob", "conversation": dm, "body": "x", "client_msg_id": "m3"}), "bad_request")
         .await;
     alice
-        .invalid(json!({"type": "read", "conversation": dm, "cseq": "2"}), "bad_request")
+        .invalid(
+            json!({"type": "read", "conversation": dm, "cseq": "2"}),
+            "bad_request",
+        )
         .await;
     // Well-formed, refused by the state of things.
     alice
@@ -583,10 +626,7 @@ async fn the_specs_are_valid_and_describe_every_frame_the_server_sends() {
         )
         .await;
     alice
-        .refused(
-            json!({"type": "resume", "after": 1_000_000}),
-            "bad_request",
-        )
+        .refused(json!({"type": "resume", "after": 1_000_000}), "bad_request")
         .await;
     alice
         .send_raw(Message::text("{not json"), "not JSON", true)
@@ -604,9 +644,7 @@ async fn the_specs_are_valid_and_describe_every_frame_the_server_sends() {
         .send_raw(Message::binary(vec![1u8, 2, 3]), "a binary frame", true)
         .await;
     assert_eq!(alice.next_reply().await["code"], "bad_request");
-    alice
-        .invalid(json!({"type": "nope"}), "unknown_type")
-        .await;
+    alice.invalid(json!({"type": "nope"}), "unknown_type").await;
     alice
         .refused(
             json!({"type": "history", "conversation": "no-such"}),
@@ -647,20 +685,22 @@ async fn the_specs_are_valid_and_describe_every_frame_the_server_sends() {
         }
         api_429 |= http.get("/api/conversations", Some(&flood_token)).await.0 == 429;
         history_429 |= http.get(&flood_path, Some(&flood_token)).await.0 == 429;
-        post_429 |= http
-            .post_json(
+        post_429 |=
+            http.post_json(
                 &flood_path,
                 Some(&flood_token),
                 &json!({"body": "x", "client_msg_id": "f1"}),
             )
             .await
-            .0
-            == 429;
+            .0 == 429;
         if socket_429 && api_429 && history_429 && post_429 {
             break;
         }
     }
-    assert!(socket_429 && api_429 && history_429 && post_429, "the flood was not limited");
+    assert!(
+        socket_429 && api_429 && history_429 && post_429,
+        "the flood was not limited"
+    );
     flood.close().await;
 
     // ---- resync_required: events retention pruned before oscar resumed from 0.
@@ -719,16 +759,25 @@ async fn the_specs_are_valid_and_describe_every_frame_the_server_sends() {
     // ---- frames that end the session: 1009, 1007, 1002.
     let mut big = Rec::connect(&app, &cap, "ivan1").await;
     big.send_raw(
-        Message::text(format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(70_000))),
+        Message::text(format!(
+            r#"{{"type":"ping","pad":"{}"}}"#,
+            "x".repeat(70_000)
+        )),
         "a frame over max_frame_bytes",
         false,
     )
     .await;
     assert_eq!(big.close_code().await, Some(1009));
-    let raw = |op: Data, data: &[u8]| Message::Frame(Frame::message(data.to_vec(), OpCode::Data(op), true));
+    let raw = |op: Data, data: &[u8]| {
+        Message::Frame(Frame::message(data.to_vec(), OpCode::Data(op), true))
+    };
     let mut utf = Rec::connect(&app, &cap, "ivan2").await;
-    utf.send_raw(raw(Data::Text, b"{\xff}"), "a text frame that is not UTF-8", false)
-        .await;
+    utf.send_raw(
+        raw(Data::Text, b"{\xff}"),
+        "a text frame that is not UTF-8",
+        false,
+    )
+    .await;
     assert_eq!(utf.close_code().await, Some(1007));
     let mut opcode = Rec::connect(&app, &cap, "ivan3").await;
     opcode
@@ -738,11 +787,16 @@ async fn the_specs_are_valid_and_describe_every_frame_the_server_sends() {
 
     // ---- frank's short token: the warning came after hello, the close at expiry.
     let warning = frank.event_of("token_expiring").await;
-    assert!(warning["expires_in_ms"].as_u64().unwrap() <= 2_000, "{warning}");
+    assert!(
+        warning["expires_in_ms"].as_u64().unwrap() <= 2_000,
+        "{warning}"
+    );
     assert_eq!(frank.close_code().await, Some(1008));
 
     // ---- refusals before the upgrade.
-    let no_token = format!("ws://{}/ws", app.addr).into_client_request().unwrap();
+    let no_token = format!("ws://{}/ws", app.addr)
+        .into_client_request()
+        .unwrap();
     match Rec::try_request(&cap, "anonymous", no_token).await {
         Connect::Refused(401, _) => {}
         _ => panic!("a socket without a token is refused with 401"),
@@ -783,7 +837,10 @@ async fn the_specs_are_valid_and_describe_every_frame_the_server_sends() {
         f.close().await;
     }
     let server = app.app.clone();
-    until("the fillers' sockets are released", || server.open_sockets() < 12).await;
+    until("the fillers' sockets are released", || {
+        server.open_sockets() < 12
+    })
+    .await;
     // Not a WebSocket upgrade: 400 once the token is checked.
     let alice_token = app.token("alice");
     http.get("/ws", Some(&alice_token)).await;
@@ -794,25 +851,50 @@ async fn the_specs_are_valid_and_describe_every_frame_the_server_sends() {
     let mallory_token = app.token("mallory");
     http.get("/api/conversations", Some(&alice_token)).await;
     http.get("/api/conversations", None).await;
-    http.get(&format!("{messages}?limit=1"), Some(&alice_token)).await;
-    http.get(&format!("{messages}?limit=0"), Some(&alice_token)).await;
-    http.get(&format!("{messages}?limit=1&limit=2"), Some(&alice_token)).await;
+    http.get(&format!("{messages}?limit=1"), Some(&alice_token))
+        .await;
+    http.get(&format!("{messages}?limit=0"), Some(&alice_token))
+        .await;
+    http.get(&format!("{messages}?limit=1&limit=2"), Some(&alice_token))
+        .await;
     http.get(&messages, None).await;
     http.get(&group_messages, Some(&mallory_token)).await;
-    http.get("/api/conversations/no-such/messages", Some(&alice_token)).await;
+    http.get("/api/conversations/no-such/messages", Some(&alice_token))
+        .await;
     let send = |id: &str| json!({"body": "over HTTP", "client_msg_id": id});
-    http.post_json(&messages, Some(&alice_token), &send("h1")).await;
-    http.post_json(&messages, Some(&alice_token), &send("h1")).await;
-    http.call("POST", &messages, Some(&alice_token), &[], Some(send("h2").to_string()))
+    http.post_json(&messages, Some(&alice_token), &send("h1"))
         .await;
-    http.post_json(&messages, Some(&alice_token), &json!({"body": "x".repeat(4001), "client_msg_id": "h3"}))
+    http.post_json(&messages, Some(&alice_token), &send("h1"))
         .await;
-    http.post_json(&messages, Some(&alice_token), &json!({"body": "x".repeat(70_000), "client_msg_id": "h4"}))
-        .await;
+    http.call(
+        "POST",
+        &messages,
+        Some(&alice_token),
+        &[],
+        Some(send("h2").to_string()),
+    )
+    .await;
+    http.post_json(
+        &messages,
+        Some(&alice_token),
+        &json!({"body": "x".repeat(4001), "client_msg_id": "h3"}),
+    )
+    .await;
+    http.post_json(
+        &messages,
+        Some(&alice_token),
+        &json!({"body": "x".repeat(70_000), "client_msg_id": "h4"}),
+    )
+    .await;
     http.post_json(&messages, None, &send("h5")).await;
-    http.post_json(&group_messages, Some(&mallory_token), &send("h6")).await;
-    http.post_json("/api/conversations/no-such/messages", Some(&alice_token), &send("h7"))
+    http.post_json(&group_messages, Some(&mallory_token), &send("h6"))
         .await;
+    http.post_json(
+        "/api/conversations/no-such/messages",
+        Some(&alice_token),
+        &send("h7"),
+    )
+    .await;
     http.get("/health", None).await;
     http.get("/ready", None).await;
     http.get("/live", None).await;
@@ -826,11 +908,21 @@ async fn the_specs_are_valid_and_describe_every_frame_the_server_sends() {
     )
     .await;
     http.get("/no/such/path", None).await;
-    http.call("DELETE", "/api/conversations", Some(&alice_token), &[], None)
-        .await;
+    http.call(
+        "DELETE",
+        "/api/conversations",
+        Some(&alice_token),
+        &[],
+        None,
+    )
+    .await;
     // The development sign-in route (the demo's).
     let (status, _) = http
-        .post_json("/dev/token", None, &json!({"user": "alice", "name": "Alice"}))
+        .post_json(
+            "/dev/token",
+            None,
+            &json!({"user": "alice", "name": "Alice"}),
+        )
         .await;
     if status == 404 {
         cap.lock().unwrap().skipped.insert(
@@ -854,8 +946,10 @@ async fn the_specs_are_valid_and_describe_every_frame_the_server_sends() {
         )
         .await;
     http.get("/api/conversations", Some(&alice_token)).await;
-    http.get(&format!("{messages}?before_cseq=2"), Some(&alice_token)).await;
-    http.post_json(&messages, Some(&alice_token), &send("h8")).await;
+    http.get(&format!("{messages}?before_cseq=2"), Some(&alice_token))
+        .await;
+    http.post_json(&messages, Some(&alice_token), &send("h8"))
+        .await;
     admin
         .batch_execute("ALTER TABLE messages_elsewhere RENAME TO messages")
         .await
@@ -880,8 +974,10 @@ async fn the_specs_are_valid_and_describe_every_frame_the_server_sends() {
         .await;
     assert_eq!(unavailable["code"], "unavailable", "{unavailable}");
     http.get("/api/conversations", Some(&alice_token)).await;
-    http.get(&format!("{messages}?before_cseq=2"), Some(&alice_token)).await;
-    http.post_json(&messages, Some(&alice_token), &send("h9")).await;
+    http.get(&format!("{messages}?before_cseq=2"), Some(&alice_token))
+        .await;
+    http.post_json(&messages, Some(&alice_token), &send("h9"))
+        .await;
     http.get("/ready", None).await;
     http.get("/health", None).await;
     match Rec::try_connect(&app, &cap, "carol", &app.token("carol")).await {
@@ -889,7 +985,9 @@ async fn the_specs_are_valid_and_describe_every_frame_the_server_sends() {
         _ => panic!("a socket is refused while the database is unreachable"),
     }
     maint
-        .batch_execute(&format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true"))
+        .batch_execute(&format!(
+            "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true"
+        ))
         .await
         .unwrap();
 
@@ -899,6 +997,11 @@ async fn the_specs_are_valid_and_describe_every_frame_the_server_sends() {
     assert_eq!(alice.close_code().await, Some(1001));
     drop(bob);
     drop(mallory);
+
+    let out = validation.wait_with_output().await.expect("node runs");
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "validate-specs.mjs failed");
 
     // 3. Every captured frame and response against the specs.
     let capture = {

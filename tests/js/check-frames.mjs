@@ -302,7 +302,7 @@ for (const code of errorCodes) if (!seenCodes.has(code)) missing.push(`socket er
 for (const code of closeCodes) if (!seenClose.has(code)) missing.push(`close code ${code}`);
 const httpCodes = openapi.components.schemas.ErrorCode.enum;
 for (const code of httpCodes) {
-  if (!seenHttpCodes.has(code) && !seenCodes.has(code)) missing.push(`error code ${code} (HTTP or socket)`);
+  if (!seenHttpCodes.has(code) && !errorCodes.includes(code)) missing.push(`HTTP error code ${code}`);
 }
 const skipped = capture.skipped ?? {};
 for (const [p, item] of Object.entries(openapi.paths)) {
