@@ -383,6 +383,7 @@ impl Http<'_> {
         };
         let content_type = header("content-type");
         let retry_after = header("retry-after");
+        let etag = header("etag");
         let text = resp.text().await.unwrap();
         let body = if text.is_empty() {
             Value::Null
@@ -403,6 +404,9 @@ impl Http<'_> {
             retry_after,
             Some(body.clone()),
         );
+        if let Some(etag) = etag {
+            self.cap.lock().unwrap().http.last_mut().unwrap()["etag"] = json!(etag);
+        }
         (status, body)
     }
 
@@ -926,7 +930,7 @@ async fn the_specs_are_valid_and_describe_every_frame_the_server_sends() {
         None,
     )
     .await;
-    // The development sign-in route (the demo's).
+    // The browser demo and its sign-in (development only).
     let (status, _) = http
         .post_json(
             "/dev/token",
@@ -935,13 +939,33 @@ async fn the_specs_are_valid_and_describe_every_frame_the_server_sends() {
         )
         .await;
     if status == 404 {
-        cap.lock().unwrap().skipped.insert(
-            "POST /dev/token".into(),
-            "the route is not on this build (it comes with the browser demo)".into(),
-        );
+        let why = "the route is not on this build (it comes with the browser demo)";
+        let mut c = cap.lock().unwrap();
+        for what in [
+            "POST /dev/token",
+            "GET /",
+            "GET /app.js",
+            "GET /app.css",
+            "GET /icon.svg",
+            "GET /pgchat.js",
+        ] {
+            c.skipped.insert(what.into(), why.into());
+        }
     } else {
         http.post_json("/dev/token", None, &json!({"user": "not a user id"}))
             .await;
+        http.post_json("/dev/token", None, &json!({"user": "x".repeat(70_000)}))
+            .await;
+        for path in ["/", "/app.js", "/app.css", "/icon.svg", "/pgchat.js"] {
+            let etag = {
+                http.get(path, None).await;
+                let c = cap.lock().unwrap();
+                c.http.last().unwrap()["etag"].as_str().map(str::to_string)
+            };
+            let etag = etag.unwrap_or_else(|| panic!("{path} has no ETag"));
+            http.call("GET", path, None, &[("if-none-match", &etag)], None)
+                .await;
+        }
     }
 
     // ---- internal: a table renamed behind the server's back.
