@@ -1,5 +1,7 @@
-//! The application: one handle to everything a worker shares, and its lifecycle
-//! (`Application::build` → `port()` → `run_until_stopped(shutdown)`).
+//! A worker's lifecycle: `Application::build` → `local_addr()` →
+//! `run_until_stopped(shutdown)`, which serves and then drains in a fixed order. What the
+//! worker shares while it serves is [`crate::state::App`]; when to stop is
+//! [`crate::shutdown`].
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,90 +16,15 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Authenticator;
 use crate::cache::ConversationCache;
 use crate::config::Config;
+use crate::db::HealthProbe;
 use crate::db::{Database, Plan, StartupError};
 use crate::hub::{FeedLimits, Hub};
-use crate::listener::ListenerState;
-use crate::metrics::Metrics;
+use crate::listener::{self, Listener, ListenerState};
+use crate::metrics::{CpuMeter, Metrics};
 use crate::presence::Presence;
-use crate::protocol::Limits;
 use crate::ratelimit::UserLimits;
+use crate::state::{App, AppInner};
 use crate::writer::{Outputs, Writer};
-
-/// The shared state of one worker. Cheap to clone (one `Arc`).
-#[derive(Clone)]
-pub struct App(Arc<AppInner>);
-
-pub struct AppInner {
-    pub config: Config,
-    pub db: Database,
-    pub hub: Arc<Hub>,
-    pub cache: Arc<ConversationCache>,
-    pub presence: Arc<Presence>,
-    pub writer: Writer,
-    pub auth: Authenticator,
-    pub metrics: Arc<Metrics>,
-    /// Cancelled when the worker starts shutting down; every session watches it.
-    pub shutdown: CancellationToken,
-    /// Every WebSocket session, so shutdown can wait for them (axum does not).
-    pub sessions: TaskTracker,
-    pub worker_id: String,
-    pub started: Instant,
-    /// Sockets held now, checked against `max_connections` before each upgrade.
-    open_sockets: AtomicUsize,
-    next_session: AtomicU64,
-    pub listener: ListenerState,
-    /// The cached database probe of `/health` and `/ready`.
-    pub health: crate::http::HealthProbe,
-    /// One token bucket per user, shared by the user's sessions and the HTTP API.
-    pub rate_limits: UserLimits,
-    /// This process's CPU use, for `/health`'s utilisation figures.
-    pub cpu: crate::stats::CpuMeter,
-}
-
-impl std::ops::Deref for App {
-    type Target = AppInner;
-    fn deref(&self) -> &AppInner {
-        &self.0
-    }
-}
-
-impl App {
-    pub fn limits(&self) -> Limits {
-        Limits {
-            max_message_chars: self.config.max_message_chars,
-            max_group_members: self.config.max_group_members,
-            max_presence_users: self.config.max_presence_users,
-        }
-    }
-
-    /// Takes a socket slot if this worker holds fewer than `max_connections`.
-    pub fn try_take_slot(&self) -> Option<SocketSlot> {
-        self.open_sockets
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.config.max_connections).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| SocketSlot(self.clone()))
-    }
-
-    /// A session id unique within this worker.
-    pub fn next_session_id(&self) -> u64 {
-        self.next_session.fetch_add(1, Ordering::Relaxed)
-    }
-
-    pub fn open_sockets(&self) -> usize {
-        self.open_sockets.load(Ordering::Acquire)
-    }
-}
-
-/// One of `max_connections` socket slots; released on drop.
-pub struct SocketSlot(App);
-
-impl Drop for SocketSlot {
-    fn drop(&mut self) {
-        self.0.open_sockets.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 /// A built worker, bound to its port but not yet serving.
 pub struct Application {
@@ -183,8 +110,8 @@ impl Application {
         // applications (tests run several in one process, as workers of one database).
         static BUILT: AtomicUsize = AtomicUsize::new(0);
         let worker_id = match BUILT.fetch_add(1, Ordering::Relaxed) {
-            0 => format!("{}-{}", hostname(), std::process::id()),
-            n => format!("{}-{}-{n}", hostname(), std::process::id()),
+            0 => format!("{}-{}", crate::presence::hostname(), std::process::id()),
+            n => format!("{}-{}-{n}", crate::presence::hostname(), std::process::id()),
         };
         let metrics = Arc::new(Metrics::new(&db.round_trips));
         let hub = Hub::new(
@@ -234,7 +161,7 @@ impl Application {
             config.rate_limit_burst,
         );
         let config_health_cache_ms = config.health_cache_ms;
-        let app = App(Arc::new(AppInner {
+        let app = App::new(AppInner {
             auth,
             config,
             db,
@@ -249,11 +176,11 @@ impl Application {
             started: Instant::now(),
             open_sockets: AtomicUsize::new(0),
             next_session: AtomicU64::new(1),
-            listener: ListenerState::default(),
-            health: crate::http::HealthProbe::new(Duration::from_millis(config_health_cache_ms)),
+            listener: Arc::new(ListenerState::default()),
+            health: HealthProbe::new(Duration::from_millis(config_health_cache_ms)),
             rate_limits,
-            cpu: crate::stats::CpuMeter::default(),
-        }));
+            cpu: CpuMeter::default(),
+        });
         let background = TaskTracker::new();
         let background_stop = CancellationToken::new();
         // Presence stops first (its last act writes to the database), then the listener,
@@ -261,11 +188,10 @@ impl Application {
         let presence_stop = background_stop.child_token();
         let listener_stop = CancellationToken::new();
         let presence_done = background.spawn(app.presence.clone().run(presence_stop));
-        background.spawn({
-            let app = app.clone();
-            let stop = listener_stop.clone();
-            async move { crate::listener::run(app, stop).await }
-        });
+        background.spawn(crate::listener::run(
+            listener_of(&app),
+            listener_stop.clone(),
+        ));
         background.spawn(async move {
             let _ = presence_done.await;
             listener_stop.cancel();
@@ -417,6 +343,26 @@ fn spawn_pruner(db: Database, config: &Config, shutdown: CancellationToken) {
     });
 }
 
+/// The notification listener's handles, taken from the worker's.
+fn listener_of(app: &App) -> Listener {
+    let config = &app.config;
+    Listener {
+        db: app.db.clone(),
+        hub: app.hub.clone(),
+        cache: app.cache.clone(),
+        presence: app.presence.clone(),
+        metrics: app.metrics.clone(),
+        state: app.listener.clone(),
+        worker_id: app.worker_id.clone(),
+        settings: listener::Settings {
+            queue: config.listener_queue,
+            probe_interval: Duration::from_millis(config.listener_probe_interval_ms),
+            probe_timeout: Duration::from_millis(config.listener_probe_timeout_ms),
+            selftest_timeout: Duration::from_millis(config.listener_selftest_timeout_ms),
+        },
+    }
+}
+
 /// Fails when `host:port` cannot be bound without SO_REUSEPORT: another program holds
 /// it, or another `pgchat serve` whose workers share it (with SO_REUSEPORT they would
 /// let a second deployment join silently, doubling the database connections).
@@ -452,13 +398,4 @@ fn bind(host: &str, port: u16, reuse_port: bool) -> std::io::Result<socket2::Soc
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(socket)
-}
-
-/// This machine's name, for worker ids and the `workers` table.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "pgchat".into())
 }

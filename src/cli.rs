@@ -192,7 +192,7 @@ pub fn main() -> ExitCode {
                 };
                 return crate::supervisor::run(config, n, listen, cli.config);
             }
-            serve(config, Role::single, shutdown_signal(), false)
+            serve(config, Role::single, crate::shutdown::signal(), false)
         }
         Command::Worker {
             index,
@@ -209,7 +209,12 @@ pub fn main() -> ExitCode {
                 reuse_port,
                 listen_when_ready: true,
             };
-            serve(config, move |_| role, stop_on_signal_or_orphaned(), true)
+            serve(
+                config,
+                move |_| role,
+                crate::shutdown::signal_or_orphaned(),
+                true,
+            )
         }
     }
 }
@@ -252,7 +257,7 @@ fn serve(
     let code = runtime.block_on(async move {
         crate::systemd::spawn_watchdog();
         let role = role(&config);
-        let app = match crate::Application::build_as(config, role).await {
+        let app = match crate::app::Application::build_as(config, role).await {
             Ok(app) => app,
             Err(e) => {
                 // Once, on stderr: a log line as well would say it twice.
@@ -267,45 +272,4 @@ fn serve(
     // Everything has drained; do not wait for a blocking read of stdin that never ends.
     runtime.shutdown_timeout(Duration::from_secs(1));
     code
-}
-
-/// A worker stops on SIGTERM, or when its supervisor is gone (its stdin closes).
-async fn stop_on_signal_or_orphaned() {
-    let orphaned = async {
-        use tokio::io::AsyncReadExt;
-        let mut stdin = tokio::io::stdin();
-        let mut buf = [0u8; 64];
-        while let Ok(n) = stdin.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-        }
-        tracing::warn!("the supervisor is gone: shutting down");
-    };
-    tokio::select! {
-        _ = shutdown_signal() => {}
-        _ = orphaned => {}
-    }
-}
-
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
 }

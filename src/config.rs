@@ -416,7 +416,7 @@ impl Config {
             ),
         ] {
             if let Some(url) = url {
-                crate::db::Endpoint::check(setting, url, self.is_production())
+                crate::endpoint::Endpoint::check(setting, url, self.is_production())
                     .map_err(|problem| ConfigError::new(key, problem))?;
             }
         }
@@ -547,7 +547,7 @@ impl Config {
         .into_iter()
         .flatten()
         {
-            *url = redact_url_password(url);
+            *url = crate::endpoint::redact_url_password(url);
         }
         toml_string(&shown)
     }
@@ -688,35 +688,10 @@ fn toml_string(config: &Config) -> String {
     out
 }
 
-/// The URL or connection string with its password replaced, for logs and messages.
-pub fn redact_url_password(url: &str) -> String {
-    // postgres://user:password@host/db -> postgres://user:<redacted>@host/db
-    if let Some((scheme, rest)) = url.split_once("://") {
-        if let Some((userinfo, host)) = rest.rsplit_once('@') {
-            if let Some((user, _)) = userinfo.split_once(':') {
-                return format!("{scheme}://{user}:<redacted>@{host}");
-            }
-        }
-    }
-    if url.contains("password=") {
-        return url
-            .split_whitespace()
-            .map(|kv| {
-                if kv.starts_with("password=") {
-                    "password=<redacted>"
-                } else {
-                    kv
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(" ");
-    }
-    url.to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::endpoint::redact_url_password;
 
     #[test]
     fn defaults_are_valid() {

@@ -3,7 +3,6 @@
 //! browser demo ([`crate::demo`]).
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -16,10 +15,10 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::app::App;
 use crate::auth::Identity;
 use crate::error::{ApiError, Code, DbError};
 use crate::protocol::{ConversationId, Request};
+use crate::state::App;
 use crate::{requests, session, store};
 
 pub fn router(app: App) -> Router {
@@ -205,7 +204,7 @@ async fn api_identity(app: &App, headers: &HeaderMap) -> Result<Identity, ApiErr
     let identity = authenticate(app, headers, &HashMap::new())?;
     app.rate_limits
         .take(identity.user.as_str())
-        .map_err(|ms| crate::ratelimit::rate_limited(app, ms))?;
+        .map_err(|ms| app.rate_limits.refusal(&app.metrics, ms))?;
     store::touch_user(&app.db, &identity.user, identity.name.as_deref()).await?;
     Ok(identity)
 }
@@ -300,47 +299,6 @@ async fn live() -> impl IntoResponse {
     Json(json!({"status": "live"}))
 }
 
-/// The database probe behind `/health`, `/ready` and `/metrics`'s NOTIFY queue figure: at
-/// most one `SELECT pg_notification_queue_usage()` per
-/// `health_cache_ms`, whatever the number of requests, so that a flood of them (a
-/// misconfigured load balancer, an attacker) cannot take the pool's connections. While a
-/// probe runs, the requests that arrive wait for its answer instead of starting their own.
-pub struct HealthProbe {
-    max_age: Duration,
-    /// A tokio mutex, held across the probe on purpose: that is what makes it one probe.
-    last: tokio::sync::Mutex<Option<(Instant, bool)>>,
-}
-
-impl HealthProbe {
-    pub fn new(max_age: Duration) -> HealthProbe {
-        HealthProbe {
-            max_age,
-            last: tokio::sync::Mutex::new(None),
-        }
-    }
-
-    /// True when the database answered the latest probe (run now if the last is stale).
-    pub async fn database_up(&self, app: &App) -> bool {
-        let mut last = self.last.lock().await;
-        if let Some((at, up)) = *last {
-            if at.elapsed() < self.max_age {
-                return up;
-            }
-        }
-        app.metrics.health_probes.inc();
-        let usage = tokio::time::timeout(Duration::from_secs(2), app.db.notification_queue_usage())
-            .await
-            .ok()
-            .flatten();
-        if let Some(usage) = usage {
-            app.metrics.notification_queue_usage.set(usage);
-        }
-        let up = usage.is_some();
-        *last = Some((Instant::now(), up));
-        up
-    }
-}
-
 async fn ready(State(app): State<App>) -> Response {
     if app.shutdown.is_cancelled() {
         return (
@@ -349,7 +307,7 @@ async fn ready(State(app): State<App>) -> Response {
         )
             .into_response();
     }
-    let db = app.health.database_up(&app).await;
+    let db = app.health.database_up(&app.db, &app.metrics).await;
     let listening = app.listener.is_up();
     let ready = db && listening;
     (
@@ -369,7 +327,7 @@ async fn ready(State(app): State<App>) -> Response {
 
 async fn health(State(app): State<App>) -> Response {
     let pool = app.db.pool_status();
-    let db = app.health.database_up(&app).await;
+    let db = app.health.database_up(&app.db, &app.metrics).await;
     let (utilisation, scale_out) = crate::stats::utilisation(&app);
     Json(json!({
         "status": if db { "ok" } else { "degraded" },
@@ -417,7 +375,7 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
     app.metrics.db_share.set(app.db.share as i64);
     // The cached probe samples pg_notification_queue_usage(): a scrape flood costs at
     // most one query per health_cache_ms.
-    app.health.database_up(&app).await;
+    app.health.database_up(&app.db, &app.metrics).await;
     let format = crate::metrics::Format::from_accept(
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
     );

@@ -29,15 +29,42 @@ use tokio::sync::{mpsc, Notify};
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
-use crate::db::SharedConn;
+use crate::cache::ConversationCache;
+use crate::db::{Database, SharedConn};
 use crate::error::DbError;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::notify::{Notice, CHANNEL};
+use crate::presence::Presence;
 use crate::store;
 
 /// Events fetched per user per notification at most; a user further behind is only told
 /// the new head, and their sessions page through the table themselves.
 const FETCH_WINDOW: i64 = 256;
+
+/// The listener's handles: what it reads, what it feeds, and what it reports to.
+pub struct Listener {
+    pub db: Database,
+    pub hub: Arc<Hub>,
+    pub cache: Arc<ConversationCache>,
+    pub presence: Arc<Presence>,
+    pub metrics: Arc<Metrics>,
+    /// Shared with `/ready` and `/health`.
+    pub state: Arc<ListenerState>,
+    /// Notices this worker sent itself are skipped: their events were published at commit.
+    pub worker_id: String,
+    pub settings: Settings,
+}
+
+/// The listener's settings (`listener_*` in the configuration).
+pub struct Settings {
+    /// Notifications queued between the connection and the listener before it drops
+    /// them and catches up from the tables.
+    pub queue: usize,
+    pub probe_interval: Duration,
+    pub probe_timeout: Duration,
+    pub selftest_timeout: Duration,
+}
 
 /// What `/ready` and `/health` report about the listener (its counts are in metrics).
 #[derive(Default)]
@@ -102,22 +129,22 @@ impl std::fmt::Display for Down {
 
 /// Listens until `stop`, reconnecting with backoff (100 ms doubling to 5 s, and back to
 /// 100 ms once a connection came up).
-pub async fn run(app: App, stop: CancellationToken) {
+pub async fn run(ln: Listener, stop: CancellationToken) {
     const FIRST: Duration = Duration::from_millis(100);
     let mut backoff = FIRST;
     loop {
-        let result = listen(&app, &stop).await;
-        app.db.source.set_shared(None);
-        let was_up = app.listener.is_up();
+        let result = listen(&ln, &stop).await;
+        ln.db.source.set_shared(None);
+        let was_up = ln.state.is_up();
         match result {
             Ok(()) => return, // stopped
             Err(e @ Down::NotReceiving(_)) => {
                 tracing::error!(retry_in = ?backoff, "notification listener not ready: {e}");
-                app.listener.set_down(e.code());
+                ln.state.set_down(e.code());
             }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "notification listener down");
-                app.listener.set_down(e.code());
+                ln.state.set_down(e.code());
             }
         }
         if was_up {
@@ -135,13 +162,13 @@ pub async fn run(app: App, stop: CancellationToken) {
 
 /// One connection's life: connect, LISTEN, catch up, then handle notifications until the
 /// connection ends or stops answering (an error) or `stop` (Ok).
-async fn listen(app: &App, stop: &CancellationToken) -> Result<(), Down> {
-    let (client, mut connection) = app
+async fn listen(ln: &Listener, stop: &CancellationToken) -> Result<(), Down> {
+    let (client, mut connection) = ln
         .db
         .connect_dedicated()
         .await
         .map_err(|e| Down::Connect(e.into()))?;
-    let (tx, mut rx) = mpsc::channel::<String>(app.config.listener_queue);
+    let (tx, mut rx) = mpsc::channel::<String>(ln.settings.queue);
     // Set by the driver when the queue was full and it dropped a notification: the
     // listener then catches up from the tables instead.
     let overflow = Arc::new(Notify::new());
@@ -185,8 +212,8 @@ async fn listen(app: &App, stop: &CancellationToken) -> Result<(), Down> {
     // would otherwise leave every one of those waiting forever.
     let probe = probe(
         shared.clone(),
-        Duration::from_millis(app.config.listener_probe_interval_ms),
-        Duration::from_millis(app.config.listener_probe_timeout_ms),
+        ln.settings.probe_interval,
+        ln.settings.probe_timeout,
     );
     tokio::pin!(probe);
     let work = async {
@@ -195,16 +222,16 @@ async fn listen(app: &App, stop: &CancellationToken) -> Result<(), Down> {
             .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {selftest}"))
             .await
             .map_err(|e| Down::Connect(e.into()))?;
-        app.db.source.set_shared(Some(shared.clone()));
-        if app.metrics.listener_connects.get() > 0 {
-            app.metrics.listener_reconnects.inc();
+        ln.db.source.set_shared(Some(shared.clone()));
+        if ln.metrics.listener_connects.get() > 0 {
+            ln.metrics.listener_reconnects.inc();
         }
-        app.metrics.listener_connects.inc();
-        self_test(app, &shared, &selftest, &heard).await?;
+        ln.metrics.listener_connects.inc();
+        self_test(ln, &shared, &selftest, &heard).await?;
         // Listening already, so nothing committed from here on is missed; now read what may
         // have been missed before.
-        catch_up(app).await.map_err(Down::Lost)?;
-        app.listener.up.store(true, Ordering::Release);
+        catch_up(ln).await.map_err(Down::Lost)?;
+        ln.state.up.store(true, Ordering::Release);
         tracing::info!("listening for notifications");
         loop {
             tokio::select! {
@@ -212,10 +239,10 @@ async fn listen(app: &App, stop: &CancellationToken) -> Result<(), Down> {
                 _ = overflow.notified() => {
                     // Some notifications were dropped, and what is queued is older than
                     // what the tables hold: drop it too and catch up from the tables.
-                    app.metrics.listener_overflows.inc();
+                    ln.metrics.listener_overflows.inc();
                     while rx.try_recv().is_ok() {}
                     tracing::debug!("notifications outpaced the listener: catching up from the tables");
-                    recover(app).await.map_err(Down::Lost)?;
+                    recover(ln).await.map_err(Down::Lost)?;
                 }
                 payload = rx.recv() => {
                     let Some(first) = payload else {
@@ -229,8 +256,8 @@ async fn listen(app: &App, stop: &CancellationToken) -> Result<(), Down> {
                             Err(_) => break,
                         }
                     }
-                    app.metrics.notifications.inc_by(payloads.len() as u64);
-                    handle(app, payloads).await;
+                    ln.metrics.notifications.inc_by(payloads.len() as u64);
+                    handle(ln, payloads).await;
                 }
             }
         }
@@ -260,15 +287,15 @@ async fn probe(conn: Arc<SharedConn>, every: Duration, timeout: Duration) -> Dow
 /// Sends a notification to `channel` through the worker's query path (the pool, or in
 /// shared mode this very connection) and waits for `heard`; then stops listening to it.
 async fn self_test(
-    app: &App,
+    ln: &Listener,
     conn: &SharedConn,
     channel: &str,
     heard: &Notify,
 ) -> Result<(), Down> {
-    let timeout = Duration::from_millis(app.config.listener_selftest_timeout_ms);
+    let timeout = ln.settings.selftest_timeout;
     // A simple query: no prepared statement, which a transaction pooler may not keep.
     let notify = format!("NOTIFY {channel}");
-    let sender = app.db.client().await.map_err(Down::Lost)?;
+    let sender = ln.db.client().await.map_err(Down::Lost)?;
     sender
         .simple_query(&notify)
         .await
@@ -286,7 +313,7 @@ async fn self_test(
             }
             _ => String::new(),
         };
-        let listen = &app.db.listen;
+        let listen = &ln.db.listen;
         return Err(Down::NotReceiving(format!(
             "a test notification sent through {queries} did not reach the listener \
              ({listen_setting}) within {timeout:?}{databases}: notifications from other workers \
@@ -295,7 +322,7 @@ async fn self_test(
              Supavisor, a cloud provider's pooler), set DATABASE_LISTEN_URL to a direct \
              connection to that database; if DATABASE_LISTEN_URL is set, make it reach that \
              database without a pooler",
-            queries = app.db.endpoint.setting,
+            queries = ln.db.endpoint.setting,
             listen_setting = listen.setting,
         )));
     }
@@ -326,7 +353,7 @@ impl Drop for AbortOnDrop {
 }
 
 /// Applies notifications from other workers.
-async fn handle(app: &App, payloads: Vec<String>) {
+async fn handle(ln: &Listener, payloads: Vec<String>) {
     let mut grew: HashMap<String, i64> = HashMap::new();
     let mut all_streams = false;
     let mut all_conversations = false;
@@ -339,7 +366,7 @@ async fn handle(app: &App, payloads: Vec<String>) {
                 continue;
             }
         };
-        if notice.from_worker() == app.worker_id {
+        if notice.from_worker() == ln.worker_id {
             continue; // published locally at commit already
         }
         match notice {
@@ -349,42 +376,42 @@ async fn handle(app: &App, payloads: Vec<String>) {
                 all_streams |= all;
                 all_conversations |= all_c;
                 for (user, seq) in u {
-                    note_growth(app, &mut grew, user, seq);
+                    note_growth(ln, &mut grew, user, seq);
                 }
                 for (conversation, version) in c {
-                    app.cache.invalidate_older(&conversation, version);
+                    ln.cache.invalidate_older(&conversation, version);
                 }
             }
             Notice::Typing { c, u, s, m, .. } => {
-                crate::requests::remote_typing(app, c, u, s, m).await
+                crate::typing::remote(&ln.hub, &ln.metrics, (&ln.cache, &ln.db), c, u, s, m).await
             }
             Notice::Gone { all: true, .. } => reload_presence = true,
-            other => app.presence.on_notice(other),
+            other => ln.presence.on_notice(other),
         }
     }
     if all_conversations {
-        app.cache.clear();
+        ln.cache.clear();
     }
     if reload_presence {
         // Workers too many to list are gone: the table says who is still online.
-        if let Err(e) = app.presence.reload().await {
+        if let Err(e) = ln.presence.reload().await {
             tracing::warn!(error = %e, "reloading presence after a pointer notification failed");
         }
     }
     if all_streams {
         // A batch too large to list: check every user held here.
-        if let Err(e) = catch_up_streams(app, grew).await {
+        if let Err(e) = catch_up_streams(ln, grew).await {
             tracing::warn!(error = %e, "catching up after a pointer notification failed");
         }
     } else if !grew.is_empty() {
-        fetch(app, grew).await;
+        fetch(ln, grew).await;
     }
 }
 
 /// Records that `user`'s stream reached `seq`, if the user has a session here that has
 /// not seen it yet.
-fn note_growth(app: &App, grew: &mut HashMap<String, i64>, user: String, seq: i64) {
-    if app.hub.head_of(&user).is_some_and(|h| seq > h) {
+fn note_growth(ln: &Listener, grew: &mut HashMap<String, i64>, user: String, seq: i64) {
+    if ln.hub.head_of(&user).is_some_and(|h| seq > h) {
         let e = grew.entry(user).or_insert(seq);
         *e = (*e).max(seq);
     }
@@ -392,32 +419,32 @@ fn note_growth(app: &App, grew: &mut HashMap<String, i64>, user: String, seq: i6
 
 /// After a (re)connection: what [`recover`] does, and this worker's presence recorded
 /// again (if the outage outlasted the heartbeat, the other workers reaped it).
-async fn catch_up(app: &App) -> Result<(), DbError> {
-    recover(app).await?;
-    app.presence.reassert();
+async fn catch_up(ln: &Listener) -> Result<(), DbError> {
+    recover(ln).await?;
+    ln.presence.reassert();
     Ok(())
 }
 
 /// After notifications were missed: forgets the cache and reloads presence (changes may
 /// have been missed), then catches the streams up. Typing notices missed stay missed
 /// (they are at most once).
-async fn recover(app: &App) -> Result<(), DbError> {
-    app.cache.clear();
-    app.presence.reload().await?;
-    catch_up_streams(app, HashMap::new()).await
+async fn recover(ln: &Listener) -> Result<(), DbError> {
+    ln.cache.clear();
+    ln.presence.reload().await?;
+    catch_up_streams(ln, HashMap::new()).await
 }
 
 /// Reads the heads of every user with a session here and fetches what grew (with
 /// `grew`, what notifications already announced).
-async fn catch_up_streams(app: &App, mut grew: HashMap<String, i64>) -> Result<(), DbError> {
-    let users = app.hub.local_users();
+async fn catch_up_streams(ln: &Listener, mut grew: HashMap<String, i64>) -> Result<(), DbError> {
+    let users = ln.hub.local_users();
     if !users.is_empty() {
-        for (user, head) in store::heads(&app.db, &users).await? {
-            note_growth(app, &mut grew, user, head);
+        for (user, head) in store::heads(&ln.db, &users).await? {
+            note_growth(ln, &mut grew, user, head);
         }
     }
     if !grew.is_empty() {
-        fetch(app, grew).await;
+        fetch(ln, grew).await;
     }
     Ok(())
 }
@@ -425,10 +452,10 @@ async fn catch_up_streams(app: &App, mut grew: HashMap<String, i64>) -> Result<(
 /// Fetches the events between each user's known head and the announced one, in one
 /// query, and publishes them to the hub; then moves the heads, so sessions fetch for
 /// themselves anything the query did not bring.
-async fn fetch(app: &App, grew: HashMap<String, i64>) {
+async fn fetch(ln: &Listener, grew: HashMap<String, i64>) {
     let mut ranges = Vec::new();
     for (user, upto) in &grew {
-        let Some(known) = app.hub.head_of(user) else {
+        let Some(known) = ln.hub.head_of(user) else {
             continue;
         };
         if upto - known <= FETCH_WINDOW {
@@ -436,7 +463,7 @@ async fn fetch(app: &App, grew: HashMap<String, i64>) {
         }
     }
     if !ranges.is_empty() {
-        match store::events_in(&app.db, &ranges).await {
+        match store::events_in(&ln.db, &ranges).await {
             Ok(rows) => {
                 // Commit to delivery, across workers: the event's time is its transaction's
                 // (database clock), now is this worker's; on other hosts their clocks'
@@ -444,16 +471,16 @@ async fn fetch(app: &App, grew: HashMap<String, i64>) {
                 let now = chrono::Utc::now();
                 for (user, seq, frame, at) in rows {
                     let lag = (now - at).to_std().unwrap_or_default();
-                    app.metrics
+                    ln.metrics
                         .notification_lag_seconds
                         .observe(lag.as_secs_f64());
-                    app.hub.publish(&user, seq, move || frame);
+                    ln.hub.publish(&user, seq, move || frame);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "fetching announced events failed"),
         }
     }
     for (user, upto) in grew {
-        app.hub.advance(&user, upto);
+        ln.hub.advance(&user, upto);
     }
 }

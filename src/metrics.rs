@@ -14,6 +14,8 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 pub struct Metrics {
     registry: Registry,
@@ -297,6 +299,62 @@ impl Metrics {
             "refused_connections": self.refused_connections.get(),
         })
     }
+}
+
+/// CPU use between calls, over at least a second (a burst of /health requests reuses the
+/// last figure rather than measuring over microseconds).
+pub struct CpuMeter {
+    /// A std mutex: nothing awaits while it is held.
+    last: Mutex<CpuSample>,
+}
+
+struct CpuSample {
+    at: Instant,
+    cpu: f64,
+    /// The share of the available CPUs used over the last interval (0..1).
+    share: f64,
+}
+
+impl Default for CpuMeter {
+    fn default() -> Self {
+        CpuMeter {
+            last: Mutex::new(CpuSample {
+                at: Instant::now(),
+                cpu: cpu_seconds().unwrap_or(0.0),
+                share: 0.0,
+            }),
+        }
+    }
+}
+
+impl CpuMeter {
+    /// The share of the CPUs available to this process it used lately (0..1).
+    pub fn share(&self) -> f64 {
+        let mut last = self.last.lock().expect("cpu meter");
+        let elapsed = last.at.elapsed();
+        if elapsed >= Duration::from_secs(1) {
+            if let Some(cpu) = cpu_seconds() {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+                last.share = ((cpu - last.cpu) / elapsed.as_secs_f64() / cores).max(0.0);
+                last.cpu = cpu;
+                last.at = Instant::now();
+            }
+        }
+        last.share
+    }
+}
+
+/// CPU seconds this process has used (user + system), from /proc/self/stat.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may hold spaces and parentheses: count fields after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name; in
+    // USER_HZ, which Linux fixes at 100 for /proc.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }
 
 #[cfg(test)]

@@ -463,7 +463,7 @@ impl Presence {
     async fn heartbeat(self: &Arc<Self>) -> Result<(), DbError> {
         let client = self.db.client().await?;
         let beat = client.prepare_cached(queries::HEARTBEAT).await?;
-        let host = crate::app::hostname();
+        let host = hostname();
         client
             .execute(&beat, &[&self.worker, &host, &(std::process::id() as i32)])
             .await?;
@@ -527,4 +527,13 @@ impl Presence {
         tx.execute(&stmt, &[&self.worker]).await?;
         tx.commit().await
     }
+}
+
+/// This machine's name, for worker ids and the `workers` table.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "pgchat".into())
 }

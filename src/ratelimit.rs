@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use lru::LruCache;
 use tokio::time::Instant;
 
-use crate::app::App;
 use crate::error::{ApiError, Code};
+use crate::metrics::Metrics;
 
 /// A token bucket: `rate` requests per second, saving up to `burst`.
 pub struct TokenBucket {
@@ -76,18 +76,18 @@ impl UserLimits {
         buckets.put(user.to_string(), b);
         result
     }
-}
 
-/// The `rate_limited` error, counted.
-pub fn rate_limited(app: &App, retry_after_ms: u64) -> ApiError {
-    app.metrics.rate_limited.inc();
-    let mut e = ApiError::new(
-        Code::RateLimited,
-        format!(
-            "more than {} requests per second: wait {retry_after_ms} ms",
-            app.config.rate_limit_per_sec
-        ),
-    );
-    e.retry_after_ms = Some(retry_after_ms);
-    e
+    /// The `rate_limited` error, counted.
+    pub fn refusal(&self, metrics: &Metrics, retry_after_ms: u64) -> ApiError {
+        metrics.rate_limited.inc();
+        let mut e = ApiError::new(
+            Code::RateLimited,
+            format!(
+                "more than {} requests per second: wait {retry_after_ms} ms",
+                self.rate
+            ),
+        );
+        e.retry_after_ms = Some(retry_after_ms);
+        e
+    }
 }

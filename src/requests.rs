@@ -5,14 +5,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::Utf8Bytes;
 use serde_json::{json, Value};
 
-use crate::app::App;
 use crate::cache::Page;
-use crate::error::{ApiError, DbError};
-use crate::notify::{Notice, CHANNEL};
+use crate::error::ApiError;
 use crate::protocol::{ConversationId, Request, TypingState, UserId};
+use crate::state::App;
 use crate::store;
 use crate::writer::Command;
 
@@ -151,27 +149,13 @@ async fn history(
     }))
 }
 
-/// The members of a conversation, from the cache or the database.
-async fn members_of(
-    app: &App,
-    conversation: &ConversationId,
-) -> Result<Arc<Vec<String>>, ApiError> {
-    if let Some(m) = app.cache.members(conversation.as_str()) {
-        return Ok(m);
-    }
-    let members = store::members(&app.db, conversation)
-        .await?
-        .ok_or_else(|| store::no_such_conversation(conversation))?;
-    Ok(Arc::new(members))
-}
-
 /// The members of a conversation that `user` belongs to.
 async fn members_for(
     app: &App,
     user: &UserId,
     conversation: &ConversationId,
 ) -> Result<Arc<Vec<String>>, ApiError> {
-    let members = members_of(app, conversation).await?;
+    let members = crate::typing::members_of(&app.cache, &app.db, conversation).await?;
     if members
         .binary_search_by(|m| m.as_str().cmp(user.as_str()))
         .is_err()
@@ -190,7 +174,7 @@ pub async fn typing_allowed(
     members_for(app, user, conversation).await.map(|_| ())
 }
 
-/// Tells the other members' live sessions on this worker that `user` is typing (or
+/// Tells the other members' live sessions (on every worker) that `user` is typing (or
 /// stopped). Nothing is stored.
 pub async fn typing(
     app: &App,
@@ -199,68 +183,11 @@ pub async fn typing(
     state: TypingState,
 ) -> Result<(), ApiError> {
     let members = members_for(app, user, conversation).await?;
-    deliver_typing(
-        app,
-        conversation.as_str(),
-        user.as_str(),
-        state.as_str(),
-        &members,
-    );
+    let (c, u, s) = (conversation.as_str(), user.as_str(), state.as_str());
+    crate::typing::deliver(&app.hub, &app.metrics, c, u, s, &members);
     if app.presence.peers() > 0 {
         // Other workers hold sessions too. Typing is ephemeral: if this fails, it is lost.
-        let payload = Notice::typing_payload(
-            &app.worker_id,
-            conversation.as_str(),
-            user.as_str(),
-            state.as_str(),
-            &members,
-        );
-        let client = app.db.client().await?;
-        client
-            .execute(crate::db::queries::NOTIFY, &[&CHANNEL, &payload])
-            .await
-            .map_err(DbError::from)?;
+        crate::typing::announce(&app.db, &app.worker_id, c, u, s, &members).await?;
     }
     Ok(())
-}
-
-/// Pushes a typing frame to the live sessions here of every member but the typist.
-pub fn deliver_typing(app: &App, conversation: &str, user: &str, state: &str, members: &[String]) {
-    let frame: Utf8Bytes = json!({
-        "type": "typing",
-        "conversation": conversation,
-        "user": user,
-        "state": state,
-    })
-    .to_string()
-    .into();
-    for m in members.iter().filter(|m| m.as_str() != user) {
-        let dropped = app.hub.push(m, &frame);
-        app.metrics.ephemeral_dropped.inc_by(dropped as u64);
-    }
-}
-
-/// Another worker's typing notice: deliver it to the members' sessions here.
-pub async fn remote_typing(
-    app: &App,
-    conversation: String,
-    user: String,
-    state: String,
-    members: Option<Vec<String>>,
-) {
-    let members = match members {
-        Some(m) => m,
-        None => {
-            // The list did not fit in the notice. Typing is ephemeral: if the members
-            // cannot be found, the notice is dropped.
-            let Ok(id) = ConversationId::parse(&conversation) else {
-                return;
-            };
-            match members_of(app, &id).await {
-                Ok(m) => m.to_vec(),
-                Err(_) => return,
-            }
-        }
-    };
-    deliver_typing(app, &conversation, &user, &state, &members);
 }

@@ -19,7 +19,6 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::app::App;
 use crate::auth::Identity;
 use crate::error::{ApiError, Code};
 use crate::hub::Subscription;
@@ -27,8 +26,8 @@ use crate::protocol::{
     error_frame, ok_frame, rfc3339, BearerToken, ConversationId, Envelope, Request, TypingState,
     UserId,
 };
-use crate::ratelimit::rate_limited;
 use crate::requests;
+use crate::state::App;
 use crate::store;
 
 /// Close codes of PROTOCOL.md.
@@ -452,7 +451,10 @@ impl Session {
         app.metrics.requests.inc();
         let (envelope, request) = Request::parse(text.as_str(), app.limits());
         if let Err(retry_after_ms) = app.rate_limits.take(self.identity.user.as_str()) {
-            let e = rate_limited(&self.app, retry_after_ms);
+            let e = self
+                .app
+                .rate_limits
+                .refusal(&self.app.metrics, retry_after_ms);
             self.answer(envelope, Err(e));
             return Ok(());
         }

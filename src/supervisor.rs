@@ -186,7 +186,7 @@ async fn supervise(
         }
     }
 
-    let shutdown = crate::cli::shutdown_signal();
+    let shutdown = crate::shutdown::signal();
     tokio::pin!(shutdown);
     let mut stats = (config.stats_interval_ms > 0).then(|| {
         let every = Duration::from_millis(config.stats_interval_ms);

@@ -20,7 +20,7 @@ use tokio::net::UnixDatagram;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
+use crate::state::App;
 
 /// Sends `states` to `NOTIFY_SOCKET`, if set; a failure is logged, never fatal.
 pub fn notify(states: &[NotifyState]) {

@@ -6,16 +6,17 @@
 
 pub mod embedded;
 mod endpoint;
+mod health;
 pub mod lease;
 pub mod queries;
 pub mod schema;
-pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::endpoint::{describe, tls, Connection, Endpoint};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-pub use endpoint::{describe, Connection, Endpoint};
+pub use health::HealthProbe;
 pub use lease::{Lease, SharedConn, Source, Tx};
 pub use schema::{migrate, SqlLimits, SCHEMA_VERSION};
 use tokio_util::sync::CancellationToken;
@@ -441,5 +442,5 @@ pub fn quote_ident(name: &str) -> String {
 }
 
 fn redact(url: &str) -> String {
-    crate::config::redact_url_password(url)
+    crate::endpoint::redact_url_password(url)
 }

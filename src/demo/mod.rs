@@ -18,9 +18,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::app::App;
 use crate::error::{ApiError, Code};
 use crate::protocol::{UserId, MAX_NAME_CHARS};
+use crate::state::App;
 
 /// How long a development token lives (shorter if `jwt_max_lifetime_secs` says so). The
 /// demo asks for a new one before it expires, through the client's `getToken`.

@@ -1,0 +1,101 @@
+//! The shared state of one worker: the handles its sessions, requests and HTTP routes
+//! use. Built by [`crate::app::Application`], which owns the lifecycle.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Authenticator;
+use crate::cache::ConversationCache;
+use crate::config::Config;
+use crate::db::{Database, HealthProbe};
+use crate::hub::Hub;
+use crate::listener::ListenerState;
+use crate::metrics::{CpuMeter, Metrics};
+use crate::presence::Presence;
+use crate::protocol::Limits;
+use crate::ratelimit::UserLimits;
+use crate::writer::Writer;
+
+/// The shared state of one worker. Cheap to clone (one `Arc`).
+#[derive(Clone)]
+pub struct App(Arc<AppInner>);
+
+pub struct AppInner {
+    pub config: Config,
+    pub db: Database,
+    pub hub: Arc<Hub>,
+    pub cache: Arc<ConversationCache>,
+    pub presence: Arc<Presence>,
+    pub writer: Writer,
+    pub auth: Authenticator,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the worker starts shutting down; every session watches it.
+    pub shutdown: CancellationToken,
+    /// Every WebSocket session, so shutdown can wait for them (axum does not).
+    pub sessions: TaskTracker,
+    pub worker_id: String,
+    pub started: Instant,
+    /// Sockets held now, checked against `max_connections` before each upgrade.
+    pub(crate) open_sockets: AtomicUsize,
+    pub(crate) next_session: AtomicU64,
+    pub listener: Arc<ListenerState>,
+    /// The cached database probe of `/health` and `/ready`.
+    pub health: HealthProbe,
+    /// One token bucket per user, shared by the user's sessions and the HTTP API.
+    pub rate_limits: UserLimits,
+    /// This process's CPU use, for `/health`'s utilisation figures.
+    pub cpu: CpuMeter,
+}
+
+impl std::ops::Deref for App {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+impl App {
+    pub(crate) fn new(inner: AppInner) -> App {
+        App(Arc::new(inner))
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_message_chars: self.config.max_message_chars,
+            max_group_members: self.config.max_group_members,
+            max_presence_users: self.config.max_presence_users,
+        }
+    }
+
+    /// Takes a socket slot if this worker holds fewer than `max_connections`.
+    pub fn try_take_slot(&self) -> Option<SocketSlot> {
+        self.open_sockets
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.config.max_connections).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| SocketSlot(self.clone()))
+    }
+
+    /// A session id unique within this worker.
+    pub fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn open_sockets(&self) -> usize {
+        self.open_sockets.load(Ordering::Acquire)
+    }
+}
+
+/// One of `max_connections` socket slots; released on drop.
+pub struct SocketSlot(App);
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        self.0.open_sockets.fetch_sub(1, Ordering::AcqRel);
+    }
+}
