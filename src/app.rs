@@ -13,18 +13,18 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Authenticator;
-use crate::cache::ConversationCache;
-use crate::config::Config;
+use crate::cluster::hub::{FeedLimits, Hub};
+use crate::cluster::listener::{self, Listener, ListenerState};
+use crate::cluster::presence::Presence;
 use crate::db::HealthProbe;
 use crate::db::{Database, Plan, StartupError};
-use crate::hub::{FeedLimits, Hub};
-use crate::listener::{self, Listener, ListenerState};
-use crate::metrics::{CpuMeter, Metrics};
-use crate::presence::Presence;
-use crate::ratelimit::UserLimits;
+use crate::foundation::auth::Authenticator;
+use crate::foundation::config::Config;
+use crate::foundation::metrics::{CpuMeter, Metrics};
+use crate::foundation::ratelimit::UserLimits;
+use crate::read::cache::ConversationCache;
 use crate::state::{App, AppInner};
-use crate::writer::{Outputs, Writer};
+use crate::write::{Outputs, Writer};
 
 /// A built worker, bound to its port but not yet serving.
 pub struct Application {
@@ -110,8 +110,16 @@ impl Application {
         // applications (tests run several in one process, as workers of one database).
         static BUILT: AtomicUsize = AtomicUsize::new(0);
         let worker_id = match BUILT.fetch_add(1, Ordering::Relaxed) {
-            0 => format!("{}-{}", crate::presence::hostname(), std::process::id()),
-            n => format!("{}-{}-{n}", crate::presence::hostname(), std::process::id()),
+            0 => format!(
+                "{}-{}",
+                crate::cluster::presence::hostname(),
+                std::process::id()
+            ),
+            n => format!(
+                "{}-{}-{n}",
+                crate::cluster::presence::hostname(),
+                std::process::id()
+            ),
         };
         let metrics = Arc::new(Metrics::new(&db.round_trips));
         let hub = Hub::new(
@@ -188,7 +196,7 @@ impl Application {
         let presence_stop = background_stop.child_token();
         let listener_stop = CancellationToken::new();
         let presence_done = background.spawn(app.presence.clone().run(presence_stop));
-        background.spawn(crate::listener::run(
+        background.spawn(crate::cluster::listener::run(
             listener_of(&app),
             listener_stop.clone(),
         ));
@@ -231,7 +239,7 @@ impl Application {
             background,
             background_stop,
         } = self;
-        let router = crate::http::router(app.clone());
+        let router = crate::edge::http::router(app.clone());
         let token = app.shutdown.clone();
         let deadline = Duration::from_millis(app.config.shutdown_timeout_ms);
         let mut shutdown = Box::pin(shutdown);
@@ -258,7 +266,7 @@ impl Application {
             }
         };
         tracing::info!(addr = %local_addr, worker_id = %app.worker_id, "pgchat listening");
-        crate::systemd::announce_when_ready(app.clone(), local_addr, token.clone());
+        crate::ops::systemd::announce_when_ready(app.clone(), local_addr, token.clone());
         // Stop on the signal, or when something else already cancelled the token (then
         // `shutdown` may have completed above and must not be polled again).
         tokio::spawn({
@@ -270,15 +278,15 @@ impl Application {
                     _ = shutdown => {}
                 }
                 tracing::info!("shutting down: no new connections; draining sessions");
-                crate::systemd::stopping();
+                crate::ops::systemd::stopping();
                 token.cancel();
             }
         });
-        let limits = crate::server::Limits {
+        let limits = crate::edge::server::Limits {
             header_read_timeout: Duration::from_millis(app.config.header_read_timeout_ms),
             max_handshakes: app.config.max_handshakes,
         };
-        crate::server::serve(
+        crate::edge::server::serve(
             listener,
             router,
             limits,
@@ -330,7 +338,7 @@ fn spawn_pruner(db: Database, config: &Config, shutdown: CancellationToken) {
                 _ = tokio::time::sleep(wait) => {}
             }
             wait = every;
-            match crate::store::prune_events(&db, retention, batch).await {
+            match crate::read::store::prune_events(&db, retention, batch).await {
                 Ok(Some(n)) if n >= batch as u64 => {
                     tracing::debug!(deleted = n, "pruned events past retention; more to go");
                     wait = pause;

@@ -12,10 +12,10 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::app::Role;
-use crate::auth::Authenticator;
-use crate::config::Config;
 use crate::db::Plan;
-use crate::protocol::UserId;
+use crate::foundation::auth::Authenticator;
+use crate::foundation::config::Config;
+use crate::foundation::protocol::UserId;
 
 #[derive(Parser)]
 #[command(
@@ -98,7 +98,7 @@ pub fn main() -> ExitCode {
         listen: None,
     });
     if let Command::Serve { workers, listen } = &command {
-        if let Err(e) = crate::config::check_platform(|k| std::env::var(k).ok()) {
+        if let Err(e) = crate::foundation::config::check_platform(|k| std::env::var(k).ok()) {
             eprintln!("pgchat: {e}");
             return ExitCode::from(2);
         }
@@ -161,15 +161,15 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Bench(args) => crate::bench::cli::main(args, &config),
-        Command::Health { path } => crate::probe::main(&config, &path),
+        Command::Health { path } => crate::ops::probe::main(&config, &path),
         Command::Serve { .. } => {
             let n = config.worker_count();
             let who = if n > 1 {
-                crate::logging::Who::Supervisor
+                crate::foundation::logging::Who::Supervisor
             } else {
-                crate::logging::Who::Single
+                crate::foundation::logging::Who::Single
             };
-            crate::logging::init(&config, who);
+            crate::foundation::logging::init(&config, who);
             for (name, close) in &unknown_env {
                 tracing::warn!(
                     variable = %name,
@@ -179,7 +179,7 @@ pub fn main() -> ExitCode {
             }
             // Before any worker starts, so that the first start generates the development
             // secret once and every worker reads the same file.
-            if let Err(e) = crate::secrets::jwt_secret(&config) {
+            if let Err(e) = crate::foundation::secrets::jwt_secret(&config) {
                 eprintln!("pgchat: {e}");
                 return ExitCode::from(1);
             }
@@ -199,7 +199,10 @@ pub fn main() -> ExitCode {
             share,
             reuse_port,
         } => {
-            crate::logging::init(&config, crate::logging::Who::Worker(index));
+            crate::foundation::logging::init(
+                &config,
+                crate::foundation::logging::Who::Worker(index),
+            );
             tracing::info!(share, "worker starting");
             let role = Role {
                 plan: Plan {
@@ -225,15 +228,17 @@ fn warn_about(config: &Config) {
     }
     match &config.jwt_secret {
         None => tracing::info!(
-            file = %crate::secrets::jwt_secret_path(config).display(),
+            file = %crate::foundation::secrets::jwt_secret_path(config).display(),
             "JWT_SECRET is not set: using the generated development secret kept in the data \
              directory (production refuses to start without JWT_SECRET)"
         ),
-        Some(s) if s.len() < crate::config::MIN_PRODUCTION_SECRET_BYTES => tracing::warn!(
-            bytes = s.len(),
-            "JWT_SECRET is shorter than {} bytes: production would refuse it",
-            crate::config::MIN_PRODUCTION_SECRET_BYTES
-        ),
+        Some(s) if s.len() < crate::foundation::config::MIN_PRODUCTION_SECRET_BYTES => {
+            tracing::warn!(
+                bytes = s.len(),
+                "JWT_SECRET is shorter than {} bytes: production would refuse it",
+                crate::foundation::config::MIN_PRODUCTION_SECRET_BYTES
+            )
+        }
         Some(_) => {}
     }
 }
@@ -255,7 +260,7 @@ fn serve(
         .build()
         .expect("tokio runtime");
     let code = runtime.block_on(async move {
-        crate::systemd::spawn_watchdog();
+        crate::ops::systemd::spawn_watchdog();
         let role = role(&config);
         let app = match crate::app::Application::build_as(config, role).await {
             Ok(app) => app,
@@ -265,7 +270,7 @@ fn serve(
                 return ExitCode::from(e.exit_code());
             }
         };
-        crate::stats::spawn_reporter(app.app(), supervised);
+        crate::ops::stats::spawn_reporter(app.app(), supervised);
         app.run_until_stopped(stop).await;
         ExitCode::SUCCESS
     });

@@ -1,73 +1,66 @@
 //! pgchat: a chat server that needs nothing but PostgreSQL.
 //!
 //! # Layout
-//! Read the modules in the order a message travels:
+//! The folders are the layers a message crosses, bottom first; a module imports only
+//! from its own layer and those below (`tests/architecture.rs` checks it).
 //!
-//! - [`config`]: defaults < `config.toml` < environment, validated once.
+//! - [`foundation`]: [`config`](foundation::config) (defaults < `config.toml` <
+//!   environment, validated once), the [`protocol`](foundation::protocol)'s request
+//!   types, [`error`](foundation::error)s, [`metrics`](foundation::metrics),
+//!   [`secrets`](foundation::secrets), [`logging`](foundation::logging), the database
+//!   URLs ([`endpoint`](foundation::endpoint)), token checks ([`auth`](foundation::auth))
+//!   and the per-user token buckets ([`ratelimit`](foundation::ratelimit)).
 //! - [`db`]: finds (or starts) PostgreSQL, applies `schema.sql`, opens the pool (or
-//!   shares the listener's connection when the worker's budget is one connection).
-//! - [`server`]: accepts connections, with a header timeout and a cap on handshakes.
-//! - [`http`]: the routes; `/ws` authenticates ([`auth`]) and upgrades the socket;
-//!   [`demo`] is the browser demo at `/` and its development sign-in (not in production).
-//!   [`secrets`] keeps the secrets pgchat generates for itself (the development JWT
-//!   secret, the private cluster's password) in the data directory.
-//! - [`session`]: one socket. Parses frames into [`protocol::Request`]s and runs them
-//!   through [`requests`], answering in order.
-//! - [`writer`]: a `send` is queued here, committed with the others beside it in one
+//!   shares the listener's connection when the worker's budget is one connection); its
+//!   SQL is in `db::queries`.
+//! - [`read`]: the durable event stream and the queries of history, members and
+//!   conversations ([`store`](read::store)); the conversation [`cache`](read::cache).
+//! - [`cluster`]: after commit the writer publishes each event to the recipient's feed
+//!   in the [`hub`](cluster::hub); sessions wake and pull it. Between workers, one NOTIFY
+//!   per batch ([`notify`](cluster::notify)) names the streams that grew, and every
+//!   other worker's [`listener`](cluster::listener) fetches those events for its users.
+//!   [`presence`](cluster::presence) and [`typing`](cluster::typing) ride the same path.
+//! - [`write`]: a `send` is queued here, committed with the others beside it in one
 //!   transaction (allocating gap-free `seq`/`cseq`), and acknowledged after commit.
-//! - [`hub`]: after commit the writer publishes each event to the recipient's feed on
-//!   this worker; the recipient's sessions wake and pull it onto their sockets. Events a
-//!   feed no longer holds are read back from the durable stream ([`store`]).
-//! - [`cache`]: members and recent messages of the conversations in use, filled by the
-//!   writer; serves typing fan-out and the first page of history.
-//! - [`presence`]: who is online (with a grace period) and who watches them.
-//! - [`ratelimit`]: the token buckets of sessions and of HTTP API users.
-//! - [`app`]: the shared handle and the lifecycle (build, serve, drain on shutdown).
-//! - [`notify`] and [`listener`]: between workers. After commit, one NOTIFY per batch
-//!   names the streams that grew; every other worker's listener fetches those events
-//!   for its own users and publishes them to its hub, as above.
-//! - [`supervisor`]: `serve --workers N` runs N such workers, sharing only PostgreSQL.
-//! - [`metrics`]: counters for `/metrics` and `/health`; [`stats`]: the utilisation
-//!   figures of `/health` and the periodic stats line; [`logging`]: the log lines.
-//! - [`systemd`]: `Type=notify` for systemd (ready, watchdog, stopping); [`probe`] is
-//!   `pgchat health`, a container's health check.
+//! - [`state`]: the handles a worker shares ([`App`]).
+//! - [`requests`]: what each request does, shared by the socket and the HTTP API.
+//! - [`ops`]: utilisation and the stats line, systemd, `pgchat health`.
+//! - [`edge`]: accepting connections ([`server`](edge::server)), the routes
+//!   ([`http`](edge::http)), one WebSocket ([`session`](edge::session)), the browser
+//!   [`demo`](edge::demo).
+//! - [`app`]: a worker's lifecycle (build, serve, drain); [`shutdown`]: when to stop.
+//! - [`supervisor`]: `serve --workers N` runs N such workers, sharing only PostgreSQL;
+//!   [`cli`]: the command line, which `main.rs` hands over to.
 //!
 //! Beside the server, [`bench`] is `pgchat bench`: a load tool that speaks the protocol
 //! to a running server and reports latency, and what was lost.
 
-pub mod app;
-pub mod auth;
-pub mod bench;
-pub mod cache;
-pub mod cli;
-pub mod config;
+pub mod foundation;
+
 pub mod db;
-pub mod demo;
-pub mod endpoint;
-pub mod error;
-pub mod http;
-pub mod hub;
-pub mod listener;
-pub mod logging;
-pub mod metrics;
-pub mod notify;
-pub mod presence;
-pub mod probe;
-pub mod protocol;
-pub mod ratelimit;
-pub mod requests;
-pub mod secrets;
-pub mod server;
-pub mod session;
-pub mod shutdown;
+
+pub mod read;
+
+pub mod cluster;
+
+pub mod write;
+
 pub mod state;
-pub mod stats;
-pub mod store;
+
+pub mod requests;
+
+pub mod ops;
+
+pub mod edge;
+
+pub mod app;
+pub mod shutdown;
+
+pub mod bench;
 pub mod supervisor;
-pub mod systemd;
-pub mod typing;
-pub mod writer;
+
+pub mod cli;
 
 pub use app::Application;
-pub use config::Config;
+pub use foundation::config::Config;
 pub use state::App;

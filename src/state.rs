@@ -8,17 +8,17 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Authenticator;
-use crate::cache::ConversationCache;
-use crate::config::Config;
+use crate::cluster::hub::Hub;
+use crate::cluster::listener::ListenerState;
+use crate::cluster::presence::Presence;
 use crate::db::{Database, HealthProbe};
-use crate::hub::Hub;
-use crate::listener::ListenerState;
-use crate::metrics::{CpuMeter, Metrics};
-use crate::presence::Presence;
-use crate::protocol::Limits;
-use crate::ratelimit::UserLimits;
-use crate::writer::Writer;
+use crate::foundation::auth::Authenticator;
+use crate::foundation::config::Config;
+use crate::foundation::metrics::{CpuMeter, Metrics};
+use crate::foundation::protocol::Limits;
+use crate::foundation::ratelimit::UserLimits;
+use crate::read::cache::ConversationCache;
+use crate::write::Writer;
 
 /// The shared state of one worker. Cheap to clone (one `Arc`).
 #[derive(Clone)]

@@ -1,7 +1,7 @@
 //! The supervisor of `pgchat serve --workers N`: sets the database up once, starts N
 //! worker processes with their share of the connection budget, restarts one that dies
 //! (with backoff, giving up if they keep dying), and on SIGTERM forwards it and waits for
-//! the workers to drain. Under systemd it speaks for the workers ([`crate::systemd::Relay`]).
+//! the workers to drain. Under systemd it speaks for the workers ([`crate::ops::systemd::Relay`]).
 //!
 //! Exit codes: those of the CLI, and [`GAVE_UP`] when a worker kept dying: a restart by
 //! systemd or a container runtime would only repeat it (`RestartPreventExitStatus=`).
@@ -22,7 +22,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
-use crate::config::Config;
+use crate::foundation::config::Config;
 
 /// How the workers listen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,7 +131,7 @@ async fn supervise(
         shares = ?workers.iter().map(|w| w.share).collect::<Vec<_>>(),
         "starting workers"
     );
-    let relay = match crate::systemd::Relay::start(n) {
+    let relay = match crate::ops::systemd::Relay::start(n) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("pgchat: cannot relay the workers' notices to systemd: {e}");
@@ -263,7 +263,7 @@ async fn supervise(
         }
     }
     tracing::info!("forwarding shutdown to the workers");
-    crate::systemd::stopping();
+    crate::ops::systemd::stopping();
     stop_all(&mut workers, &config).await;
     ExitCode::SUCCESS
 }

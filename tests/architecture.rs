@@ -8,19 +8,17 @@ use std::path::{Path, PathBuf};
 /// The layers, bottom first. A module may use its own layer's modules and those below;
 /// never one above. Every top-level module of `src/` must be listed.
 const LAYERS: &[&[&str]] = &[
-    &["error", "endpoint"],
-    &["config", "secrets", "protocol", "metrics", "logging"],
+    &["foundation"],
     &["db"],
-    &["store", "cache"],
-    &["hub", "notify", "presence", "typing", "listener"],
-    &["writer"],
-    &["auth", "ratelimit"],
+    &["read"],
+    &["cluster"],
+    &["write"],
     &["state"],
     &["requests"],
-    &["stats", "systemd"],
-    &["server", "demo", "session", "http"],
+    &["ops"],
+    &["edge"],
     &["app", "shutdown"],
-    &["probe", "supervisor", "bench"],
+    &["supervisor", "bench"],
     &["cli"],
 ];
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::{TestApp, PATIENCE, SECRET};
 use jsonwebtoken::{encode, EncodingKey, Header};
-use pgchat::auth::Authenticator;
-use pgchat::protocol::UserId;
+use pgchat::foundation::auth::Authenticator;
+use pgchat::foundation::protocol::UserId;
 use serde_json::{json, Value};
 
 fn pgchat() -> tokio::process::Command {
@@ -132,7 +132,7 @@ async fn without_jwt_secret_a_random_one_is_generated_once_and_pgchat_token_sign
         let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
         assert_eq!(auth.verify(&token).unwrap().user.as_str(), user);
         assert!(
-            Authenticator::new(pgchat::config::OLD_DEV_JWT_SECRET)
+            Authenticator::new(pgchat::foundation::config::OLD_DEV_JWT_SECRET)
                 .verify(&token)
                 .is_err(),
             "not signed with the old public secret"
@@ -198,7 +198,7 @@ async fn the_supervisor_and_its_workers_share_the_generated_secret() {
 
 #[tokio::test]
 async fn production_refuses_a_missing_short_or_public_secret_with_exit_code_2() {
-    let old = pgchat::config::OLD_DEV_JWT_SECRET;
+    let old = pgchat::foundation::config::OLD_DEV_JWT_SECRET;
     let short = "s".repeat(31);
     for (secret, why) in [
         (None, "must be set"),

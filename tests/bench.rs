@@ -26,7 +26,7 @@ async fn server() -> TestApp {
 fn options(urls: Vec<String>, scenario: Scenario) -> Options {
     Options {
         urls,
-        auth: pgchat::auth::Authenticator::new(SECRET),
+        auth: pgchat::foundation::auth::Authenticator::new(SECRET),
         drain: Duration::from_secs(5),
         quiet: true,
         threads: 1,

@@ -24,8 +24,8 @@ async fn the_hello_names_the_user_session_worker_and_head() {
 #[tokio::test]
 async fn connections_without_a_valid_token_are_refused_with_401() {
     let app = TestApp::spawn().await;
-    let forged = pgchat::auth::Authenticator::new("another secret").mint(
-        &pgchat::protocol::UserId::parse("alice").unwrap(),
+    let forged = pgchat::foundation::auth::Authenticator::new("another secret").mint(
+        &pgchat::foundation::protocol::UserId::parse("alice").unwrap(),
         None,
         Duration::from_secs(60),
     );

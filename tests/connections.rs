@@ -381,8 +381,8 @@ async fn a_worker_on_one_connection_keeps_up_when_notifications_outpace_its_list
     let db = TestDb::new().await;
     // One connection for everything, and room for one notification.
     let worker = spawn_worker(&db, 1, |c| c.listener_queue = 1).await;
-    let token = pgchat::auth::Authenticator::new(common::SECRET).mint(
-        &pgchat::protocol::UserId::parse("bob").unwrap(),
+    let token = pgchat::foundation::auth::Authenticator::new(common::SECRET).mint(
+        &pgchat::foundation::protocol::UserId::parse("bob").unwrap(),
         None,
         Duration::from_secs(3600),
     );

@@ -171,7 +171,7 @@ async fn a_minted_token_connects_as_the_user_with_the_name() {
     assert_eq!(app.db.count("SELECT count(*) FROM users").await, 0);
 
     let token = body["token"].as_str().unwrap();
-    let identity = pgchat::auth::Authenticator::new(SECRET)
+    let identity = pgchat::foundation::auth::Authenticator::new(SECRET)
         .verify(token)
         .unwrap();
     assert_eq!(identity.user.as_str(), "alice");
@@ -191,7 +191,7 @@ async fn a_minted_token_connects_as_the_user_with_the_name() {
         assert_eq!(reply["name"], Value::Null, "{body}");
         let token = reply["token"].as_str().unwrap();
         assert_eq!(
-            pgchat::auth::Authenticator::new(SECRET)
+            pgchat::foundation::auth::Authenticator::new(SECRET)
                 .verify(token)
                 .unwrap()
                 .name,

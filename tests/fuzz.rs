@@ -8,9 +8,9 @@
 
 use std::time::Duration;
 
-use pgchat::auth::Authenticator;
-use pgchat::error::Code;
-use pgchat::protocol::{
+use pgchat::foundation::auth::Authenticator;
+use pgchat::foundation::error::Code;
+use pgchat::foundation::protocol::{
     Body, ClientMsgId, ClientOpId, ConversationId, GroupName, Limits, Request, Target, TypingState,
     UserId, MAX_HISTORY_LIMIT, MAX_MEMBERS_PAGE,
 };

@@ -112,7 +112,7 @@ fn token_prints_a_token_the_server_accepts() {
         .unwrap();
     assert!(out.status.success());
     let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let id = pgchat::auth::Authenticator::new("cli-secret")
+    let id = pgchat::foundation::auth::Authenticator::new("cli-secret")
         .verify(&token)
         .unwrap();
     assert_eq!(id.user.as_str(), "alice");
@@ -211,8 +211,8 @@ async fn the_binary_serves_and_drains_on_sigterm() {
     }
     assert!(up, "/ready answers 200");
 
-    let token = pgchat::auth::Authenticator::new(common::SECRET).mint(
-        &pgchat::protocol::UserId::parse("alice").unwrap(),
+    let token = pgchat::foundation::auth::Authenticator::new(common::SECRET).mint(
+        &pgchat::foundation::protocol::UserId::parse("alice").unwrap(),
         None,
         Duration::from_secs(60),
     );
@@ -280,8 +280,8 @@ async fn without_database_url_or_a_server_a_private_cluster_is_started_and_stopp
     }));
 
     common::wait_ready(&format!("http://{addr}/ready")).await;
-    let token = pgchat::auth::Authenticator::new(common::SECRET).mint(
-        &pgchat::protocol::UserId::parse("alice").unwrap(),
+    let token = pgchat::foundation::auth::Authenticator::new(common::SECRET).mint(
+        &pgchat::foundation::protocol::UserId::parse("alice").unwrap(),
         None,
         Duration::from_secs(60),
     );

@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use common::{TestApp, PATIENCE};
 use futures_util::{SinkExt, StreamExt};
-use pgchat::auth::Authenticator;
-use pgchat::protocol::UserId;
+use pgchat::foundation::auth::Authenticator;
+use pgchat::foundation::protocol::UserId;
 use serde_json::{json, Map, Value};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;

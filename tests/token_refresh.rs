@@ -125,8 +125,8 @@ async fn a_token_for_another_user_is_forbidden_and_changes_nothing() {
 async fn a_bad_token_is_unauthorized_and_the_session_stays_as_it_was() {
     let app = spawn_with_notice(60_000).await;
     let mut c = app.connect("alice").await;
-    let forged = pgchat::auth::Authenticator::new("another secret").mint(
-        &pgchat::protocol::UserId::parse("alice").unwrap(),
+    let forged = pgchat::foundation::auth::Authenticator::new("another secret").mint(
+        &pgchat::foundation::protocol::UserId::parse("alice").unwrap(),
         None,
         Duration::from_secs(3600),
     );

@@ -11,8 +11,8 @@ use super::{
     BenchError, ConnectOptions, DmOptions, GroupOptions, GrowthOptions, IdleOptions, Options,
     Report, Scenario,
 };
-use crate::auth::Authenticator;
-use crate::config::Config;
+use crate::foundation::auth::Authenticator;
+use crate::foundation::config::Config;
 
 /// Load a running pgchat server and report latency, throughput and every loss or error.
 ///

@@ -39,8 +39,8 @@ use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
-use crate::auth::Authenticator;
-use crate::protocol::UserId;
+use crate::foundation::auth::Authenticator;
+use crate::foundation::protocol::UserId;
 
 pub use report::{Errors, Report};
 

@@ -126,7 +126,7 @@ pub fn password_path(dir: &Path) -> PathBuf {
 /// The URL of database `db` on the private cluster in `dir`, started earlier (by this
 /// process or another) on `port`.
 pub fn url_for(dir: &Path, port: u16, db: &str) -> Result<String, String> {
-    let password = crate::secrets::load_or_create(&password_path(dir))
+    let password = crate::foundation::secrets::load_or_create(&password_path(dir))
         .map_err(|e| e.to_string())?
         .value;
     Ok(local_url(&password, port, db))
@@ -141,7 +141,7 @@ impl Cluster {
     /// started it is gone; else leaves it to that pgchat and only uses it.
     pub fn adopt(bindir: &Path, dir: &Path, port: u16) -> Result<Found, String> {
         let dir = std::path::absolute(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let password = crate::secrets::load_or_create(&password_path(&dir))
+        let password = crate::foundation::secrets::load_or_create(&password_path(&dir))
             .map_err(|e| e.to_string())?
             .value;
         match owner_lock(&dir)? {
@@ -162,7 +162,7 @@ impl Cluster {
         let bindir = bindir.to_path_buf();
         let dir = std::path::absolute(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let cluster = tokio::task::spawn_blocking(move || {
-            let password = crate::secrets::load_or_create(&password_path(&dir))
+            let password = crate::foundation::secrets::load_or_create(&password_path(&dir))
                 .map_err(|e| e.to_string())?
                 .value;
             // Taken before the server starts, so that no other start adopts it meanwhile.
@@ -267,8 +267,8 @@ impl Cluster {
         }
         // initdb reads the password from a file, which the postgres user must be able to
         // read: a private copy beside the cluster, removed as soon as initdb is done.
-        let pwfile = crate::secrets::temporary_name(&password_path(&self.dir));
-        crate::secrets::write_private(&pwfile, &self.password)
+        let pwfile = crate::foundation::secrets::temporary_name(&password_path(&self.dir));
+        crate::foundation::secrets::write_private(&pwfile, &self.password)
             .map_err(|e| format!("{}: {e}", pwfile.display()))?;
         let init = self.give_to_postgres(&pwfile).and_then(|()| {
             self.run(

@@ -1,7 +1,7 @@
 //! Connection failures put in PostgreSQL's own words, with what to do about them.
 
 use super::StartupError;
-use crate::endpoint::{describe, tls, Endpoint, SettingError};
+use crate::foundation::endpoint::{describe, tls, Endpoint, SettingError};
 
 impl From<SettingError> for StartupError {
     fn from(e: SettingError) -> StartupError {

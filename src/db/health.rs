@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use super::Database;
-use crate::metrics::Metrics;
+use crate::foundation::metrics::Metrics;
 
 /// The database probe behind `/health`, `/ready` and `/metrics`'s NOTIFY queue figure: at
 /// most one `SELECT pg_notification_queue_usage()` per

@@ -17,7 +17,7 @@ use deadpool_postgres::{Object, Pool};
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock as AsyncRwLock};
 use tokio_postgres::{Client, Statement};
 
-use crate::error::DbError;
+use crate::foundation::error::DbError;
 
 /// A connection shared by the listener and (in shared mode) every query of its worker.
 pub struct SharedConn {

@@ -14,14 +14,14 @@ pub mod schema;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use crate::endpoint::{describe, tls, Connection, Endpoint};
+pub use crate::foundation::endpoint::{describe, tls, Connection, Endpoint};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 pub use health::HealthProbe;
 pub use lease::{Lease, SharedConn, Source, Tx};
 pub use schema::{migrate, SqlLimits, SCHEMA_VERSION};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::foundation::config::Config;
 
 /// Start-up failures of the database layer, each with what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +85,7 @@ pub struct Database {
     pub share: usize,
     acquire_timeout: Duration,
     /// Round-trip histograms, registered in the worker's metrics.
-    pub round_trips: crate::metrics::RoundTrips,
+    pub round_trips: crate::foundation::metrics::RoundTrips,
     /// Keeps a private cluster alive as long as any handle exists; stopped on drop.
     _cluster: Option<Arc<embedded::Cluster>>,
 }
@@ -122,18 +122,18 @@ impl Database {
             listen,
             share: plan.share,
             acquire_timeout: Duration::from_millis(config.db_acquire_timeout_ms),
-            round_trips: crate::metrics::RoundTrips::default(),
+            round_trips: crate::foundation::metrics::RoundTrips::default(),
             _cluster: cluster.map(Arc::new),
         })
     }
 
     /// A connection for queries, within the acquire timeout.
-    pub async fn client(&self) -> Result<Lease, crate::error::DbError> {
+    pub async fn client(&self) -> Result<Lease, crate::foundation::error::DbError> {
         self.source.lease(self.acquire_timeout).await
     }
 
     /// A transaction on a connection of its own, within the acquire timeout.
-    pub async fn begin(&self) -> Result<Tx, crate::error::DbError> {
+    pub async fn begin(&self) -> Result<Tx, crate::foundation::error::DbError> {
         self.source.begin(self.acquire_timeout).await
     }
 
@@ -442,5 +442,5 @@ pub fn quote_ident(name: &str) -> String {
 }
 
 fn redact(url: &str) -> String {
-    crate::endpoint::redact_url_password(url)
+    crate::foundation::endpoint::redact_url_password(url)
 }

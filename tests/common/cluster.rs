@@ -4,8 +4,8 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use pgchat::auth::Authenticator;
-use pgchat::protocol::UserId;
+use pgchat::foundation::auth::Authenticator;
+use pgchat::foundation::protocol::UserId;
 use serde_json::Value;
 
 use super::{Client, TestDb, PATIENCE, SECRET};

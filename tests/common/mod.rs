@@ -19,8 +19,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use pgchat::auth::Authenticator;
-use pgchat::protocol::UserId;
+use pgchat::foundation::auth::Authenticator;
+use pgchat::foundation::protocol::UserId;
 use pgchat::{Application, Config};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;

@@ -51,7 +51,7 @@ pub struct Metrics {
 }
 
 /// The database round trips, timed where they run (the batcher and the read queries of
-/// [`crate::store`]); the [`crate::db::Database`] handle carries them there.
+/// [`crate::read::store`]); the [`crate::db::Database`] handle carries them there.
 #[derive(Clone)]
 pub struct RoundTrips {
     /// One write batch: its single statement (every command, the NOTIFY and the commit).

@@ -416,7 +416,7 @@ impl Config {
             ),
         ] {
             if let Some(url) = url {
-                crate::endpoint::Endpoint::check(setting, url, self.is_production())
+                crate::foundation::endpoint::Endpoint::check(setting, url, self.is_production())
                     .map_err(|problem| ConfigError::new(key, problem))?;
             }
         }
@@ -547,7 +547,7 @@ impl Config {
         .into_iter()
         .flatten()
         {
-            *url = crate::endpoint::redact_url_password(url);
+            *url = crate::foundation::endpoint::redact_url_password(url);
         }
         toml_string(&shown)
     }
@@ -691,7 +691,7 @@ fn toml_string(config: &Config) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::endpoint::redact_url_password;
+    use crate::foundation::endpoint::redact_url_password;
 
     #[test]
     fn defaults_are_valid() {

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::error::{ApiError, Code};
+use crate::foundation::error::{ApiError, Code};
 
 /// The longest user id, client message id or conversation id accepted.
 pub const MAX_ID_CHARS: usize = 64;

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use rand::RngCore;
 
-use crate::config::Config;
+use crate::foundation::config::Config;
 
 /// Bytes of randomness in a generated secret (written as twice as many hex characters).
 pub const GENERATED_BYTES: usize = 32;

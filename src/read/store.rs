@@ -1,6 +1,6 @@
 //! The read side of the database, and the JSON shapes rows become on the wire.
 //!
-//! Writes that allocate `seq`/`cseq` live in [`crate::writer`]; everything here only reads
+//! Writes that allocate `seq`/`cseq` live in [`crate::write`]; everything here only reads
 //! (or upserts a user's name), with parameterised statements cached per connection.
 
 use chrono::{DateTime, Utc};
@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 use tokio_postgres::Row;
 
 use crate::db::{queries, Database};
-use crate::error::{ApiError, DbError};
-use crate::protocol::{rfc3339, ConversationId, UserId};
+use crate::foundation::error::{ApiError, DbError};
+use crate::foundation::protocol::{rfc3339, ConversationId, UserId};
 
 /// A stored message, as sent on the wire inside `message` events and replies.
 #[derive(Debug, Clone)]

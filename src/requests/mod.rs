@@ -1,18 +1,18 @@
 //! What each request does, shared by the WebSocket session and the HTTP API.
 //!
 //! `resume` and `ping` are not here: they concern the socket itself and live in
-//! [`crate::session`].
+//! [`crate::edge::session`].
 
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use crate::cache::Page;
-use crate::error::ApiError;
-use crate::protocol::{ConversationId, Request, TypingState, UserId};
+use crate::foundation::error::ApiError;
+use crate::foundation::protocol::{ConversationId, Request, TypingState, UserId};
+use crate::read::cache::Page;
+use crate::read::store;
 use crate::state::App;
-use crate::store;
-use crate::writer::Command;
+use crate::write::Command;
 
 /// Runs one request for `user`; the result becomes the fields of the `ok` reply.
 pub async fn handle(app: &App, user: &UserId, request: Request) -> Result<Value, ApiError> {
@@ -155,7 +155,7 @@ async fn members_for(
     user: &UserId,
     conversation: &ConversationId,
 ) -> Result<Arc<Vec<String>>, ApiError> {
-    let members = crate::typing::members_of(&app.cache, &app.db, conversation).await?;
+    let members = crate::cluster::typing::members_of(&app.cache, &app.db, conversation).await?;
     if members
         .binary_search_by(|m| m.as_str().cmp(user.as_str()))
         .is_err()
@@ -184,10 +184,10 @@ pub async fn typing(
 ) -> Result<(), ApiError> {
     let members = members_for(app, user, conversation).await?;
     let (c, u, s) = (conversation.as_str(), user.as_str(), state.as_str());
-    crate::typing::deliver(&app.hub, &app.metrics, c, u, s, &members);
+    crate::cluster::typing::deliver(&app.hub, &app.metrics, c, u, s, &members);
     if app.presence.peers() > 0 {
         // Other workers hold sessions too. Typing is ephemeral: if this fails, it is lost.
-        crate::typing::announce(&app.db, &app.worker_id, c, u, s, &members).await?;
+        crate::cluster::typing::announce(&app.db, &app.worker_id, c, u, s, &members).await?;
     }
     Ok(())
 }

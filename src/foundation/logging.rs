@@ -19,7 +19,7 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::Config;
+use crate::foundation::config::Config;
 
 /// Which process of a deployment is logging.
 #[derive(Debug, Clone, Copy)]

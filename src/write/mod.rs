@@ -26,14 +26,16 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cache::ConversationCache;
-use crate::config::Config;
+use crate::cluster::hub::Hub;
 use crate::db::Database;
-use crate::error::{ApiError, Code};
-use crate::hub::Hub;
-use crate::metrics::Metrics;
-use crate::protocol::{Body, ClientMsgId, ClientOpId, ConversationId, GroupName, Target, UserId};
-use crate::store::{event_frame, Message};
+use crate::foundation::config::Config;
+use crate::foundation::error::{ApiError, Code};
+use crate::foundation::metrics::Metrics;
+use crate::foundation::protocol::{
+    Body, ClientMsgId, ClientOpId, ConversationId, GroupName, Target, UserId,
+};
+use crate::read::cache::ConversationCache;
+use crate::read::store::{event_frame, Message};
 
 /// One write, as validated at the edge. Every variant names the user acting.
 #[derive(Debug, Clone)]
@@ -373,7 +375,7 @@ async fn resync_after_unknown_outcomes(
         // Until it succeeds: the listener also catches up once it reconnects, but it skips
         // this worker's own notifications, so only this pass covers them.
         loop {
-            match crate::store::heads(&db, &hub.local_users()).await {
+            match crate::read::store::heads(&db, &hub.local_users()).await {
                 Ok(heads) => {
                     cache.clear();
                     for (user, head) in heads {
@@ -412,7 +414,7 @@ fn split_off_repeats(jobs: &mut Vec<Job>) -> Vec<Job> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{Body, ClientMsgId, Target, UserId};
+    use crate::foundation::protocol::{Body, ClientMsgId, Target, UserId};
 
     fn send(sender: &str, key: &str) -> Job {
         Job {

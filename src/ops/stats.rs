@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::config::Config;
+use crate::foundation::config::Config;
 use crate::state::App;
 
 const CPU_TRIGGER: f64 = 0.70;

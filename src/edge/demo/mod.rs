@@ -18,8 +18,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::error::{ApiError, Code};
-use crate::protocol::{UserId, MAX_NAME_CHARS};
+use crate::foundation::error::{ApiError, Code};
+use crate::foundation::protocol::{UserId, MAX_NAME_CHARS};
 use crate::state::App;
 
 /// How long a development token lives (shorter if `jwt_max_lifetime_secs` says so). The
@@ -76,7 +76,7 @@ asset!(APP_CSS, "static/app.css", "text/css; charset=utf-8", false);
 asset!(ICON, "static/icon.svg", "image/svg+xml", false);
 asset!(
     CLIENT,
-    "../../clients/js/pgchat.js",
+    "../../../clients/js/pgchat.js",
     "text/javascript; charset=utf-8",
     false
 );

@@ -1,6 +1,6 @@
 //! The HTTP surface: the WebSocket upgrade, the REST API beside it, the operational
 //! endpoints (`/health`, `/ready`, `/live`, `/metrics`), and outside production the
-//! browser demo ([`crate::demo`]).
+//! browser demo ([`crate::edge::demo`]).
 
 use std::collections::HashMap;
 
@@ -15,11 +15,13 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::auth::Identity;
-use crate::error::{ApiError, Code, DbError};
-use crate::protocol::{ConversationId, Request};
+use crate::edge::session;
+use crate::foundation::auth::Identity;
+use crate::foundation::error::{ApiError, Code, DbError};
+use crate::foundation::protocol::{ConversationId, Request};
+use crate::read::store;
+use crate::requests;
 use crate::state::App;
-use crate::{requests, session, store};
 
 pub fn router(app: App) -> Router {
     // A request body carries what one socket frame would, so it has the same limit.
@@ -37,7 +39,7 @@ pub fn router(app: App) -> Router {
         .route("/metrics", get(metrics));
     // The browser demo and its sign-in, outside production only (see demo.rs).
     if !app.config.is_production() {
-        router = router.merge(crate::demo::router());
+        router = router.merge(crate::edge::demo::router());
     }
     router
         .fallback(|| async {
@@ -328,7 +330,7 @@ async fn ready(State(app): State<App>) -> Response {
 async fn health(State(app): State<App>) -> Response {
     let pool = app.db.pool_status();
     let db = app.health.database_up(&app.db, &app.metrics).await;
-    let (utilisation, scale_out) = crate::stats::utilisation(&app);
+    let (utilisation, scale_out) = crate::ops::stats::utilisation(&app);
     Json(json!({
         "status": if db { "ok" } else { "degraded" },
         "worker": app.worker_id,
@@ -376,7 +378,7 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
     // The cached probe samples pg_notification_queue_usage(): a scrape flood costs at
     // most one query per health_cache_ms.
     app.health.database_up(&app.db, &app.metrics).await;
-    let format = crate::metrics::Format::from_accept(
+    let format = crate::foundation::metrics::Format::from_accept(
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
     );
     let text = app.metrics.render(&app.db.pool_status(), format);
@@ -385,6 +387,6 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
 
 /// Resident and virtual memory of this process, from /proc (Linux).
 fn memory() -> serde_json::Value {
-    let (rss, virt) = crate::stats::memory();
+    let (rss, virt) = crate::ops::stats::memory();
     json!({"rss_bytes": rss, "virtual_bytes": virt})
 }

@@ -17,12 +17,12 @@ use serde_json::{json, Value};
 use tokio_postgres::Row;
 
 use super::{Command, Outcome};
-use crate::cache::Snapshot;
 use crate::db::queries::APPLY_BATCH;
 use crate::db::Database;
-use crate::error::{ApiError, Code, DbError};
-use crate::protocol::Target;
-use crate::store::{object_fields, EventKind, Message};
+use crate::foundation::error::{ApiError, Code, DbError};
+use crate::foundation::protocol::Target;
+use crate::read::cache::Snapshot;
+use crate::read::store::{object_fields, EventKind, Message};
 
 /// An event to hand to the hub after commit: the frame is `{"type":kind,"seq":seq,` +
 /// `fields` + `}`, and `fields` is shared by every recipient of the same event.
@@ -119,7 +119,7 @@ impl<'a> Args<'a> {
         let mut a = Args::default();
         for (i, c) in commands.iter().enumerate() {
             let (mut conv, mut to, mut text, mut key, mut num) = (None, None, None, None, None);
-            let mut list: &[crate::protocol::UserId] = &[];
+            let mut list: &[crate::foundation::protocol::UserId] = &[];
             let actor = match c {
                 Command::Send {
                     sender,

@@ -13,10 +13,10 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::config::Config;
-use crate::error::{ApiError, Code};
-use crate::protocol::{UserId, MAX_NAME_CHARS};
-use crate::secrets::SecretError;
+use crate::foundation::config::Config;
+use crate::foundation::error::{ApiError, Code};
+use crate::foundation::protocol::{UserId, MAX_NAME_CHARS};
+use crate::foundation::secrets::SecretError;
 
 #[derive(Debug, Serialize)]
 struct MintedClaims<'a> {
@@ -118,7 +118,7 @@ impl Authenticator {
     /// The deployment's authenticator: its secret (`JWT_SECRET`, or the generated one in
     /// the data directory) and its `jwt_*` rules.
     pub fn from_config(config: &Config) -> Result<Self, SecretError> {
-        let secret = crate::secrets::jwt_secret(config)?;
+        let secret = crate::foundation::secrets::jwt_secret(config)?;
         Ok(Self::with_rules(&secret, Rules::from_config(config)))
     }
 

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
-use crate::store::Message;
+use crate::read::store::Message;
 
 /// A conversation's state right after a commit, as the writer saw it.
 #[derive(Debug, Clone)]

@@ -8,14 +8,14 @@ use std::sync::Arc;
 use axum::extract::ws::Utf8Bytes;
 use serde_json::json;
 
-use crate::cache::ConversationCache;
+use crate::cluster::hub::Hub;
+use crate::cluster::notify::{Notice, CHANNEL};
 use crate::db::Database;
-use crate::error::{ApiError, DbError};
-use crate::hub::Hub;
-use crate::metrics::Metrics;
-use crate::notify::{Notice, CHANNEL};
-use crate::protocol::ConversationId;
-use crate::store;
+use crate::foundation::error::{ApiError, DbError};
+use crate::foundation::metrics::Metrics;
+use crate::foundation::protocol::ConversationId;
+use crate::read::cache::ConversationCache;
+use crate::read::store;
 
 /// Pushes a typing frame to the live sessions here of every member but the typist.
 pub fn deliver(

@@ -1,7 +1,7 @@
 //! The notification listener: one dedicated connection per worker that LISTENs for what
 //! other workers committed, and brings this worker's feeds up to date from the tables.
 //!
-//! Notifications only say where to look (see [`crate::notify`]); the events are read
+//! Notifications only say where to look (see [`crate::cluster::notify`]); the events are read
 //! from `event_queue`, for all the users of a notification in one query, and published to
 //! the hub exactly as local commits are. Notifications sent while nobody listened are
 //! gone for good, so after every (re)connection the worker first catches up: it reads the
@@ -29,14 +29,14 @@ use tokio::sync::{mpsc, Notify};
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::ConversationCache;
+use crate::cluster::hub::Hub;
+use crate::cluster::notify::{Notice, CHANNEL};
+use crate::cluster::presence::Presence;
 use crate::db::{Database, SharedConn};
-use crate::error::DbError;
-use crate::hub::Hub;
-use crate::metrics::Metrics;
-use crate::notify::{Notice, CHANNEL};
-use crate::presence::Presence;
-use crate::store;
+use crate::foundation::error::DbError;
+use crate::foundation::metrics::Metrics;
+use crate::read::cache::ConversationCache;
+use crate::read::store;
 
 /// Events fetched per user per notification at most; a user further behind is only told
 /// the new head, and their sessions page through the table themselves.
@@ -383,7 +383,16 @@ async fn handle(ln: &Listener, payloads: Vec<String>) {
                 }
             }
             Notice::Typing { c, u, s, m, .. } => {
-                crate::typing::remote(&ln.hub, &ln.metrics, (&ln.cache, &ln.db), c, u, s, m).await
+                crate::cluster::typing::remote(
+                    &ln.hub,
+                    &ln.metrics,
+                    (&ln.cache, &ln.db),
+                    c,
+                    u,
+                    s,
+                    m,
+                )
+                .await
             }
             Notice::Gone { all: true, .. } => reload_presence = true,
             other => ln.presence.on_notice(other),

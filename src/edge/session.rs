@@ -19,16 +19,16 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::auth::Identity;
-use crate::error::{ApiError, Code};
-use crate::hub::Subscription;
-use crate::protocol::{
+use crate::cluster::hub::Subscription;
+use crate::foundation::auth::Identity;
+use crate::foundation::error::{ApiError, Code};
+use crate::foundation::protocol::{
     error_frame, ok_frame, rfc3339, BearerToken, ConversationId, Envelope, Request, TypingState,
     UserId,
 };
+use crate::read::store;
 use crate::requests;
 use crate::state::App;
-use crate::store;
 
 /// Close codes of PROTOCOL.md.
 pub mod close {

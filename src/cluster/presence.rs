@@ -20,11 +20,11 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::hub::SessionId;
+use crate::cluster::notify::{Notice, CHANNEL};
 use crate::db::{queries, Database};
-use crate::error::DbError;
-use crate::hub::SessionId;
-use crate::notify::{Notice, CHANNEL};
-use crate::protocol::{rfc3339, UserId};
+use crate::foundation::error::DbError;
+use crate::foundation::protocol::{rfc3339, UserId};
 
 /// How often a worker heartbeats and looks for dead workers.
 const HEARTBEAT: Duration = Duration::from_secs(2);

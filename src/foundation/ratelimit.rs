@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use lru::LruCache;
 use tokio::time::Instant;
 
-use crate::error::{ApiError, Code};
-use crate::metrics::Metrics;
+use crate::foundation::error::{ApiError, Code};
+use crate::foundation::metrics::Metrics;
 
 /// A token bucket: `rate` requests per second, saving up to `burst`.
 pub struct TokenBucket {

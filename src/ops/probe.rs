@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::foundation::config::Config;
 
 /// How long the whole probe may take; Docker's own default timeout is 30 s.
 const TIMEOUT: Duration = Duration::from_secs(3);
