@@ -356,7 +356,11 @@ export class PgChat {
     this.#lastFrameAt = Date.now();
     ws.addEventListener('message', (e) => { if (ws === this.#ws) this.#receive(e.data); });
     ws.addEventListener('close', (e) => { if (ws === this.#ws) this.#onClose(e.code, e.reason); });
-    ws.addEventListener('error', () => { /* a close event follows */ });
+    ws.addEventListener('error', () => {
+      // A close event should follow; Node 20's WebSocket (undici before nodejs/undici#3566)
+      // sends none when the connection could not be established: then this is the close.
+      setTimeout(() => { if (ws === this.#ws) this.#drop(1006, 'connection failed'); }, 100);
+    });
     clearTimeout(this.#connectTimer);
     this.#connectTimer = setTimeout(() => {
       if (ws === this.#ws && !this.#resumed) this.#drop(4000, 'no hello and resume in time');
@@ -381,7 +385,11 @@ export class PgChat {
   #drop(code, reason) {
     const ws = this.#ws;
     if (!ws) return;
-    try { ws.close(code, reason); } catch { /* not open yet */ }
+    try {
+      // close() takes only 1000 and 3000..4999.
+      if (code === 1000 || (code >= 3000 && code <= 4999)) ws.close(code, reason);
+      else ws.close();
+    } catch { /* not open yet */ }
     this.#onClose(code, reason);
   }
 

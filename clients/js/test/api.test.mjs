@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
 import { PgChat, PgChatError } from '../pgchat.js';
-import { Server, client, mintToken, record, uniqueUser, waitFor } from './helpers.mjs';
+import { Server, client, mintToken, record, track, uniqueUser, waitFor } from './helpers.mjs';
 
 const server = new Server({ PGCHAT_PRESENCE_GRACE_MS: '200' });
 before(() => server.start());
@@ -149,7 +149,7 @@ test('the options are checked, and close() is final', async () => {
   assert.throws(() => new PgChat({ token: 't' }), TypeError);
   assert.throws(() => new PgChat({ url: 'not a url', token: 't' }), TypeError);
   assert.throws(() => new PgChat({ url: 'ws://x/ws', token: 't', startAt: -1 }), TypeError);
-  const chat = new PgChat({ url: server.url, token: mintToken(uniqueUser('once')) });
+  const chat = track(new PgChat({ url: server.url, token: mintToken(uniqueUser('once')) }));
   await chat.connect();
   const waiting = chat.send({ to: 'nobody_at_all' }, 'x'.repeat(70000));
   await assert.rejects(waiting, (e) => e.code === 'too_large', 'a frame over max_frame_bytes is refused locally');

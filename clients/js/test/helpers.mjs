@@ -11,6 +11,7 @@ import { spawn } from 'node:child_process';
 import { createHmac, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
+import { after } from 'node:test';
 
 import { PgChat } from '../pgchat.js';
 
@@ -141,15 +142,27 @@ export class Server {
   }
 }
 
+const clients = new Set();
+// A failed test leaves its clients reconnecting; the file's run must still end.
+after(() => {
+  for (const c of clients) c.close();
+});
+
 /** A client for `user` on `server` with fast backoff (tests should not wait seconds). */
 export function client(server, user, options = {}) {
-  return new PgChat({
+  return track(new PgChat({
     url: server.url,
     getToken: () => mintToken(user),
     backoff: { initialMs: 50, maxMs: 400 },
     requestTimeoutMs: PATIENCE_MS,
     ...options,
-  });
+  }));
+}
+
+/** Closes `chat` when the file's tests end. */
+export function track(chat) {
+  clients.add(chat);
+  return chat;
 }
 
 /** Records every emission of `events` on `chat`, in order, as [event, ...args]. */
