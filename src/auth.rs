@@ -43,8 +43,7 @@ pub struct Identity {
 impl Identity {
     /// Time left before the token expires (zero if it already has).
     pub fn remaining(&self) -> Duration {
-        let now = now_secs() as u64;
-        Duration::from_secs(self.expires_at.saturating_sub(now))
+        Duration::from_secs_f64((self.expires_at as f64 - now_secs()).max(0.0))
     }
 }
 

@@ -25,6 +25,7 @@ pub struct Metrics {
     pub replayed_events: Counter,
     pub outbound_overflows: Counter,
     pub rate_limited: Counter,
+    pub token_refreshes: Counter,
     pub ephemeral_dropped: Counter,
     pub history_from_cache: Counter,
     pub requests: Counter,
@@ -149,6 +150,11 @@ impl Metrics {
             rate_limited: reg!(
                 "rate_limited",
                 "Requests refused with rate_limited",
+                Counter::default()
+            ),
+            token_refreshes: reg!(
+                "token_refreshes",
+                "Tokens replaced in place by an auth request",
                 Counter::default()
             ),
             ephemeral_dropped: reg!(
@@ -283,6 +289,7 @@ impl Metrics {
             "events_replayed": self.replayed_events.get(),
             "outbound_overflows": self.outbound_overflows.get(),
             "rate_limited": self.rate_limited.get(),
+            "token_refreshes": self.token_refreshes.get(),
             "ephemeral_dropped": self.ephemeral_dropped.get(),
             "history_from_cache": self.history_from_cache.get(),
             "requests": self.requests.get(),

@@ -236,7 +236,29 @@ pub enum Request {
     PresenceSubscribe {
         users: Vec<UserId>,
     },
+    /// Replaces the session's token with a newer one for the same user (v1.1).
+    Auth {
+        token: BearerToken,
+    },
     Ping,
+}
+
+/// A token as a client sent it, not yet verified. Its `Debug` hides it, so that a request
+/// printed in a log line never carries a credential.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct BearerToken(String);
+
+impl BearerToken {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BearerToken({} bytes)", self.0.len())
+    }
 }
 
 /// `typing`'s `state`.
@@ -261,6 +283,11 @@ impl TypingState {
 pub struct Envelope {
     /// Echoed back as given: a string or an integer.
     pub r#ref: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct AuthFields {
+    token: BearerToken,
 }
 
 #[derive(Deserialize)]
@@ -578,6 +605,13 @@ impl Request {
                 let f: PresenceFields = fields(kind, map)?;
                 let users = user_list(kind, "users", f.users, limits.max_presence_users)?;
                 Ok(Request::PresenceSubscribe { users })
+            }
+            "auth" => {
+                let f: AuthFields = fields(kind, map)?;
+                if f.token.0.is_empty() {
+                    return Err(ApiError::bad_request("auth: token must not be empty"));
+                }
+                Ok(Request::Auth { token: f.token })
             }
             "ping" => Ok(Request::Ping),
             other => Err(ApiError::new(

@@ -100,9 +100,12 @@ pub async fn handle(app: &App, user: &UserId, request: Request) -> Result<Value,
             }));
         }
         Request::Ping => return Ok(json!({})),
-        Request::Resume { .. } | Request::Typing { .. } | Request::PresenceSubscribe { .. } => {
+        Request::Resume { .. }
+        | Request::Typing { .. }
+        | Request::PresenceSubscribe { .. }
+        | Request::Auth { .. } => {
             return Err(ApiError::bad_request(
-                "resume, typing and presence_subscribe need a WebSocket",
+                "resume, typing, presence_subscribe and auth need a WebSocket",
             ))
         }
     };

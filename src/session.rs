@@ -24,7 +24,8 @@ use crate::auth::Identity;
 use crate::error::{ApiError, Code};
 use crate::hub::Subscription;
 use crate::protocol::{
-    error_frame, ok_frame, rfc3339, ConversationId, Envelope, Request, TypingState, UserId,
+    error_frame, ok_frame, rfc3339, BearerToken, ConversationId, Envelope, Request, TypingState,
+    UserId,
 };
 use crate::ratelimit::rate_limited;
 use crate::requests;
@@ -66,6 +67,11 @@ enum End {
     /// reading this session's events: not an end. The session stays open and tries again
     /// ([`CATCH_UP_RETRY`]); its events wait in the stream.
     DbUnavailable,
+}
+
+/// When to send `token_expiring` for a token that expires at `expires`.
+fn notice_time(expires: Instant, ahead: Duration) -> Instant {
+    expires.checked_sub(ahead).unwrap_or_else(Instant::now)
 }
 
 /// How soon a session whose events could not be read tries again.
@@ -222,6 +228,7 @@ pub async fn run(socket: WebSocket, app: App, identity: Identity, sub: Subscript
         typing: HashMap::new(),
         watching: HashSet::new(),
         catch_up_at: None,
+        token_replaced: false,
     };
     let user = session.identity.user.clone();
     let _online = Online::new(&app, &user);
@@ -286,6 +293,8 @@ struct Session {
     /// When to try again to queue events the database could not give us (see
     /// [`End::DbUnavailable`]).
     catch_up_at: Option<Instant>,
+    /// An `auth` request replaced the token: the expiry timers must be set afresh.
+    token_replaced: bool,
 }
 
 impl Session {
@@ -306,8 +315,14 @@ impl Session {
             return end;
         }
         let shutdown = self.app.shutdown.clone();
-        let expiry = tokio::time::sleep(self.identity.remaining());
-        tokio::pin!(expiry);
+        // The close at expiry (1008), and the `token_expiring` notice before it: once per
+        // token, `token_expiring_notice_ms` ahead (at once if less is left).
+        let notice_ahead = Duration::from_millis(self.app.config.token_expiring_notice_ms);
+        let expires = Instant::now() + self.identity.remaining();
+        let expiry = tokio::time::sleep_until(expires);
+        let notice = tokio::time::sleep_until(notice_time(expires, notice_ahead));
+        let mut noticed = false;
+        tokio::pin!(expiry, notice);
         let period = Duration::from_millis(self.app.config.ping_interval_ms);
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         let mut unanswered_pings = 0u32;
@@ -317,6 +332,10 @@ impl Session {
                 biased;
                 _ = shutdown.cancelled() => Err(End::Shutdown),
                 _ = &mut expiry => Err(End::Expired),
+                _ = &mut notice, if !noticed => {
+                    noticed = true;
+                    self.notice_expiry()
+                }
                 Some(reply) = self.pending.next(), if !self.pending.is_empty() => {
                     self.on_reply(reply).await
                 }
@@ -352,7 +371,59 @@ impl Session {
             if let Err(end) = result {
                 return end;
             }
+            if std::mem::take(&mut self.token_replaced) {
+                let expires = Instant::now() + self.identity.remaining();
+                expiry.as_mut().reset(expires);
+                notice.as_mut().reset(notice_time(expires, notice_ahead));
+                noticed = false;
+            }
         }
+    }
+
+    /// `{"type":"token_expiring","expires_in_ms":…}`: the time left until the 1008 close,
+    /// so that the client can send `auth` with a fresh token first.
+    fn notice_expiry(&mut self) -> Result<(), End> {
+        let left = self.identity.remaining().as_millis() as u64;
+        let frame = json!({"type": "token_expiring", "expires_in_ms": left});
+        self.outbox.push(frame.to_string().into())
+    }
+
+    /// `auth`: a newer token for the same user replaces the session's, so that its expiry
+    /// (and display name) are the new token's. A bad token changes nothing.
+    fn reauthenticate(&mut self, envelope: Envelope, token: &BearerToken) {
+        let identity = match self.app.auth.verify(token.as_str()) {
+            Ok(identity) => identity,
+            Err(e) => return self.answer(envelope, Err(e)),
+        };
+        if identity.user != self.identity.user {
+            let e = ApiError::new(
+                Code::Forbidden,
+                format!(
+                    "the token is for user {:?}, this socket is {:?}'s: connect a new socket for another user",
+                    identity.user.as_str(),
+                    self.identity.user.as_str()
+                ),
+            );
+            return self.answer(envelope, Err(e));
+        }
+        let renamed = identity.name.is_some() && identity.name != self.identity.name;
+        self.identity = identity;
+        self.token_replaced = true;
+        self.app.metrics.token_refreshes.inc();
+        if !renamed {
+            return self.answer(envelope, Ok(json!({})));
+        }
+        // The user's display name follows the token, as at connect.
+        let app = self.app.clone();
+        let user = self.identity.user.clone();
+        let name = self.identity.name.clone();
+        self.pending.push_back(Box::pin(async move {
+            let result = store::touch_user(&app.db, &user, name.as_deref())
+                .await
+                .map(|_| json!({}))
+                .map_err(ApiError::from);
+            Reply::Frame(reply_frame(&app, &envelope, result))
+        }));
     }
 
     fn on_frame(&mut self, frame: Option<Result<Message, axum::Error>>) -> Result<(), End> {
@@ -404,6 +475,7 @@ impl Session {
                 .pending
                 .push_back(Box::pin(async move { Reply::Presence { envelope, users } })),
             Ok(Request::Ping) => self.answer(envelope, Ok(json!({}))),
+            Ok(Request::Auth { token }) => self.reauthenticate(envelope, &token),
             Ok(request) => {
                 let app = app.clone();
                 let user = self.identity.user.clone();

@@ -166,6 +166,9 @@ fn request() -> impl Strategy<Value = Request> {
         }),
         unique_users(0..=LIMITS.max_presence_users)
             .prop_map(|users| Request::PresenceSubscribe { users }),
+        "[ -~]{1,300}".prop_map(|t| Request::Auth {
+            token: serde_json::from_value(json!(t)).unwrap()
+        }),
         Just(Request::Ping),
     ]
 }
@@ -234,6 +237,7 @@ fn encode(r: &Request) -> Value {
         Request::PresenceSubscribe { users } => {
             json!({"type": "presence_subscribe", "users": ids(users)})
         }
+        Request::Auth { token } => json!({"type": "auth", "token": token.as_str()}),
         Request::Ping => json!({"type": "ping"}),
     }
 }
@@ -277,7 +281,7 @@ fn frame() -> impl Strategy<Value = Map<String, Value>> {
     let kind = prop_oneof![
         9 => prop::sample::select(vec![
             "resume", "send", "history", "conversations", "group_create", "group_add",
-            "group_remove", "group_leave", "read", "typing", "presence_subscribe", "ping",
+            "group_remove", "group_leave", "read", "typing", "presence_subscribe", "auth", "ping",
         ])
         .prop_map(Value::from),
         1 => json_value(),
@@ -387,6 +391,7 @@ fn obeys_the_rules(r: &Request) -> bool {
         Request::Read { conversation, cseq } => is_id_text(conversation.as_str(), 64) && *cseq >= 1,
         Request::Typing { conversation, .. } => is_id_text(conversation.as_str(), 64),
         Request::PresenceSubscribe { users } => users_ok(users, LIMITS.max_presence_users),
+        Request::Auth { token } => !token.as_str().is_empty(),
         Request::Conversations | Request::Ping => true,
     }
 }

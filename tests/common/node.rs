@@ -26,7 +26,9 @@ pub fn js_dir() -> PathBuf {
                     .args(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"])
                     .current_dir(&dir)
                     .status()
-                    .expect("npm must be installed (Node.js >= 20 with npm) for the JavaScript tests");
+                    .expect(
+                        "npm must be installed (Node.js >= 20 with npm) for the JavaScript tests",
+                    );
                 assert!(status.success(), "npm ci in tests/js failed: {status}");
             }
             dir
