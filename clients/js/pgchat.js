@@ -133,6 +133,8 @@ export class PgChat {
   #url;
   #token;
   #getToken;
+  /** The token the current socket's session holds (connect, or the last `auth`). */
+  #sessionToken = null;
   #store;
   #startAt;
   #WebSocket;
@@ -338,6 +340,7 @@ export class PgChat {
       this.#final(new PgChatError('token', 'no token: pass options.token or options.getToken'));
       return;
     }
+    this.#sessionToken = token;
     const url = new URL(this.#url);
     url.searchParams.set('token', token);
     let ws;
@@ -726,17 +729,22 @@ export class PgChat {
         try {
           const token = await this.#currentToken();
           if (ws !== this.#ws) return;
-          await this.#request('auth', { token }, { internal: true, early: true, timeoutMs: Math.max(1000, Math.min(this.#requestTimeoutMs, expiresInMs)) });
-          this.#emit('token_refreshed', {});
-          return;
+          // The same token again extends nothing (and would only re-arm the notice).
+          if (token !== this.#sessionToken) {
+            await this.#request('auth', { token }, { internal: true, early: true, timeoutMs: Math.max(1000, Math.min(this.#requestTimeoutMs, expiresInMs)) });
+            if (ws !== this.#ws) return;
+            this.#sessionToken = token;
+            this.#emit('token_refreshed', {});
+            return;
+          }
         } catch (e) {
           if (ws !== this.#ws || e.code === 'closed') return;
           this.#emit('error', e instanceof PgChatError ? e : new PgChatError('token', `refreshing the token failed: ${e?.message ?? e}`, { cause: e }));
-          // Try again while there is time; at the 1008 close we reconnect with getToken().
-          const left = deadline - Date.now();
-          if (left < 2000) return;
-          await new Promise((r) => setTimeout(r, Math.min(5000, left / 2)));
         }
+        // Try again while there is time; after the 1008 close we reconnect with getToken().
+        const left = deadline - Date.now();
+        if (left < 1000) return;
+        await new Promise((r) => setTimeout(r, Math.min(5000, left / 2)));
       }
     } finally {
       if (ws === this.#ws) this.#refreshing = false;

@@ -204,3 +204,71 @@ export async function psql(sql) {
   if (code !== 0) throw new Error(`psql failed (${code}): ${err}`);
   return out.trim();
 }
+
+/**
+ * A TCP proxy in front of a server: cuts one client's connections (as a network failure
+ * would) and refuses new ones for a while, while the server and other clients go on.
+ * It relays bytes; it never speaks for the server.
+ */
+export class Proxy {
+  constructor(server) {
+    this.server = server;
+    this.refusing = false;
+    this.sockets = new Set();
+    this.accepted = 0;
+  }
+
+  get url() { return `ws://127.0.0.1:${this.port}/ws`; }
+
+  async start() {
+    this.listener = net.createServer((down) => {
+      if (this.refusing) {
+        down.destroy();
+        return;
+      }
+      this.accepted++;
+      const up = net.connect(this.server.port, '127.0.0.1');
+      for (const [a, b] of [[down, up], [up, down]]) {
+        this.sockets.add(a);
+        a.on('data', (d) => b.write(d));
+        a.on('error', () => b.destroy());
+        a.on('close', () => { this.sockets.delete(a); b.destroy(); });
+      }
+    });
+    this.port = await new Promise((resolve) => this.listener.listen(0, '127.0.0.1', () => resolve(this.listener.address().port)));
+    return this;
+  }
+
+  /** Drops every relayed connection at once (no close frame: the client sees 1006). */
+  cut() {
+    for (const s of this.sockets) s.destroy();
+  }
+
+  refuse(on = true) {
+    this.refusing = on;
+    if (on) this.cut();
+  }
+
+  close() {
+    this.refuse(true);
+    this.listener?.close();
+  }
+}
+
+/** A WebSocket that logs what it sends and receives, with times (for options.WebSocket). */
+export function spyWebSocket(log) {
+  return class SpyWebSocket extends globalThis.WebSocket {
+    constructor(url, protocols) {
+      super(url, protocols);
+      this.addEventListener('message', (e) => log.push({ t: performance.now(), dir: 'in', frame: safeParse(e.data) }));
+    }
+    send(data) {
+      log.push({ t: performance.now(), dir: 'out', frame: safeParse(data) });
+      super.send(data);
+    }
+  };
+}
+
+function safeParse(s) {
+  try { return JSON.parse(s); } catch { return s; }
+}
