@@ -1,0 +1,206 @@
+// Malformed frames: the client reports each as an 'error' (code 'bad_frame') and carries on.
+//
+// NOTE: the server in this file is NOT pgchat. pgchat never sends malformed frames, so to
+// test the client's parser a tiny WebSocket server is written here with node:http's
+// upgrade and raw RFC 6455 framing. It scripts a few protocol frames (hello, replies) and
+// the garbage; it stands in for no pgchat behaviour under test.
+
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import http from 'node:http';
+import { test } from 'node:test';
+
+import { PgChat } from '../pgchat.js';
+import { track, waitFor } from './helpers.mjs';
+
+const GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
+
+/** One raw WebSocket connection, server side. */
+class RawConnection {
+  constructor(socket) {
+    this.socket = socket;
+    this.buffer = Buffer.alloc(0);
+    this.received = [];
+    this.waiters = [];
+    socket.on('data', (d) => this.#onData(d));
+    socket.on('error', () => {});
+  }
+
+  #onData(data) {
+    this.buffer = Buffer.concat([this.buffer, data]);
+    for (;;) {
+      const b = this.buffer;
+      if (b.length < 2) return;
+      const opcode = b[0] & 0x0f;
+      let len = b[1] & 0x7f;
+      let offset = 2;
+      if (len === 126) { if (b.length < 4) return; len = b.readUInt16BE(2); offset = 4; }
+      else if (len === 127) { if (b.length < 10) return; len = Number(b.readBigUInt64BE(2)); offset = 10; }
+      const masked = (b[1] & 0x80) !== 0;
+      const mask = masked ? b.subarray(offset, offset + 4) : null;
+      if (masked) offset += 4;
+      if (b.length < offset + len) return;
+      const payload = Buffer.from(b.subarray(offset, offset + len));
+      if (mask) for (let i = 0; i < payload.length; i++) payload[i] ^= mask[i % 4];
+      this.buffer = b.subarray(offset + len);
+      if (opcode === 1) {
+        const frame = JSON.parse(payload.toString('utf8'));
+        const w = this.waiters.shift();
+        if (w) w(frame);
+        else this.received.push(frame);
+      } else if (opcode === 8) {
+        this.socket.end();
+      }
+    }
+  }
+
+  /** The client's next request. */
+  next() {
+    if (this.received.length) return Promise.resolve(this.received.shift());
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  frame(opcode, payload) {
+    const len = payload.length;
+    const head = len < 126 ? Buffer.from([0x80 | opcode, len])
+      : len < 65536 ? Buffer.from([0x80 | opcode, 126, len >> 8, len & 0xff])
+        : (() => { const h = Buffer.alloc(10); h[0] = 0x80 | opcode; h[1] = 127; h.writeBigUInt64BE(BigInt(len), 2); return h; })();
+    this.socket.write(Buffer.concat([head, payload]));
+  }
+
+  text(s) { this.frame(1, Buffer.from(typeof s === 'string' ? s : JSON.stringify(s), 'utf8')); }
+  binary(bytes) { this.frame(2, Buffer.from(bytes)); }
+
+  hello(user, head = 0) {
+    this.text({ type: 'hello', user, session: 's', worker: 'fake', head, server_time: new Date().toISOString() });
+  }
+
+  /** Answers the client's resume (asserting it is one) with `head`. */
+  async answerResume(head) {
+    const r = await this.next();
+    assert.equal(r.type, 'resume');
+    this.text({ type: 'ok', ref: r.ref, head });
+    return r;
+  }
+}
+
+/** A WebSocket server that hands each connection to the next of `scripts`. */
+async function fakeServer(scripts) {
+  const server = http.createServer((_, res) => res.writeHead(404).end());
+  const connections = [];
+  server.on('upgrade', (req, socket) => {
+    const accept = createHash('sha1').update(req.headers['sec-websocket-key'] + GUID).digest('base64');
+    socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
+    const conn = new RawConnection(socket);
+    connections.push(conn);
+    const script = scripts.shift();
+    if (script) script(conn).catch((e) => { conn.error = e; });
+  });
+  const port = await new Promise((r) => server.listen(0, '127.0.0.1', () => r(server.address().port)));
+  return {
+    url: `ws://127.0.0.1:${port}/ws`,
+    connections,
+    close: () => { for (const c of connections) c.socket.destroy(); server.close(); },
+  };
+}
+
+const message = (seq, id, body) => ({
+  type: 'message', seq,
+  message: { id, conversation: 'd1', cseq: id, sender: { id: 'eve', name: null }, body, client_msg_id: `c${id}`, created_at: new Date().toISOString() },
+});
+
+test('malformed frames are reported as bad_frame errors and skipped; the connection and the stream go on', async (t) => {
+  const garbage = [
+    'not json',
+    '[1,2,3]',
+    '{"no":"type"}',
+    '{"type":"message","seq":"7"}',
+    '{"type":"message","seq":-1,"message":{}}',
+    '{"type":"message","seq":1,"message":{"id":"not a number"}}',
+    '{"type":"ok"}',
+    '{"type":"typing","conversation":1}',
+    '{"type":"presence"}',
+    '{"type":"token_expiring","expires_in_ms":"soon"}',
+    '{"type":"hello","user":"mallory","head":0}',
+  ];
+  let done;
+  const finished = new Promise((r) => { done = r; });
+  const fake = await fakeServer([async (conn) => {
+    conn.hello('mallory');
+    await conn.answerResume(0);
+    for (const g of garbage) conn.text(g);
+    conn.binary([0xde, 0xad, 0xbe, 0xef]);
+    conn.text('{"type":"some_future_event","x":1}'); // unknown, no seq: ignored, not an error
+    conn.text(message(2, 2, 'valid'));
+    conn.text(message(2, 2, 'valid')); // a duplicate
+    conn.text({ type: 'read', seq: 3, conversation: 'd1', user: 'eve', cseq: 2 });
+    const ping = await conn.next();
+    conn.text({ type: 'ok', ref: ping.ref });
+    done();
+  }]);
+  t.after(() => fake.close());
+
+  const chat = track(new PgChat({ url: fake.url, token: 'x.y.z', backoff: { initialMs: 10, maxMs: 50 } }));
+  const errors = [];
+  chat.on('error', (e) => errors.push(e));
+  const got = [];
+  chat.on('message', (m) => got.push(m));
+  const reads = [];
+  chat.on('read', (e) => reads.push(e));
+  const states = [];
+  chat.on('state', (s) => states.push(s.state));
+  await chat.connect();
+  await waitFor(() => reads.length === 1, 'the read event after the garbage');
+  await chat.ping();
+  await finished;
+
+  assert.equal(errors.length, garbage.length + 1, errors.map((e) => e.message).join('\n'));
+  for (const e of errors) {
+    assert.equal(e.name, 'PgChatError');
+    assert.equal(e.code, 'bad_frame');
+    assert.ok(e.frame !== undefined, 'the offending frame is attached');
+  }
+  assert.deepEqual(got.map((m) => m.body), ['valid'], 'the valid message once');
+  assert.equal(chat.lastSeq, 3, 'seq 1 (malformed but numbered) counted, so no wait for it');
+  assert.equal(chat.stats.duplicates, 1);
+  assert.deepEqual(states, ['connecting', 'open'], 'never dropped the connection');
+  chat.close();
+});
+
+test('a bad hello, and a frame the WebSocket layer refuses (not UTF-8): reconnect and resume', async (t) => {
+  const resumes = [];
+  const fake = await fakeServer([
+    async (conn) => {
+      conn.text({ type: 'hello', user: 'mallory' }); // no head
+    },
+    async (conn) => {
+      conn.hello('mallory', 5);
+      resumes.push((await conn.answerResume(5)).after);
+      conn.text(message(6, 6, 'six'));
+      conn.frame(1, Buffer.from([0xff, 0xfe, 0xfd])); // invalid UTF-8 in a text frame
+    },
+    async (conn) => {
+      conn.hello('mallory', 7);
+      const r = await conn.next();
+      resumes.push(r.after);
+      conn.text(message(7, 7, 'seven'));
+      conn.text({ type: 'ok', ref: r.ref, head: 7 });
+    },
+  ]);
+  t.after(() => fake.close());
+  const chat = track(new PgChat({ url: fake.url, getToken: () => 'x.y.z', backoff: { initialMs: 10, maxMs: 50 } }));
+  const errors = [];
+  chat.on('error', (e) => errors.push(e));
+  const got = [];
+  chat.on('message', (m) => got.push(m.body));
+  const states = [];
+  chat.on('state', (s) => states.push(s));
+  await chat.connect();
+  await waitFor(() => got.length === 2, 'both messages');
+  assert.deepEqual(got, ['six', 'seven']);
+  assert.deepEqual(resumes, [5, 6], 'the second connection resumed from where the first stopped');
+  assert.equal(errors[0].code, 'bad_frame');
+  assert.ok(states.filter((s) => s.state === 'reconnecting').length >= 2);
+  assert.equal(chat.state, 'open');
+  chat.close();
+});
