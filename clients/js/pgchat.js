@@ -156,6 +156,7 @@ export class PgChat {
   #reconnectTimer = null;
   #connectTimer = null;
   #heartbeatTimer = null;
+  #pinging = false;
   #lastFrameAt = 0;
   #connectWaiters = [];
   /** Frames waiting while the hello is being handled (the store may be asynchronous). */
@@ -364,9 +365,18 @@ export class PgChat {
       // sends none when the connection could not be established: then this is the close.
       setTimeout(() => { if (ws === this.#ws) this.#drop(1006, 'connection failed'); }, 100);
     });
+    this.#armConnectTimer();
+  }
+
+  /**
+   * Until the resume is answered, a connection that makes no progress (no frame) for
+   * connectTimeoutMs is given up; a long replay that keeps coming is not.
+   */
+  #armConnectTimer() {
+    const ws = this.#ws;
     clearTimeout(this.#connectTimer);
     this.#connectTimer = setTimeout(() => {
-      if (ws === this.#ws && !this.#resumed) this.#drop(4000, 'no hello and resume in time');
+      if (ws === this.#ws && !this.#resumed) this.#drop(4000, 'no progress opening and resuming');
     }, this.#connectTimeoutMs);
   }
 
@@ -470,6 +480,7 @@ export class PgChat {
 
   #receive(data) {
     this.#lastFrameAt = Date.now();
+    if (!this.#resumed) this.#armConnectTimer();
     if (!isString(data)) {
       this.#badFrame('a binary frame: pgchat sends only JSON text frames', data);
       return;
@@ -556,7 +567,8 @@ export class PgChat {
   /** Sends `resume` from the last seq; the connection is open once it is answered. */
   #sendResume() {
     const ws = this.#ws;
-    this.#request('resume', { after: this.#lastSeq }, { internal: true, early: true, timeoutMs: this.#connectTimeoutMs })
+    // No timeout of its own: the connect timer watches for progress.
+    this.#request('resume', { after: this.#lastSeq }, { internal: true, early: true, timeoutMs: 0 })
       .then((ok) => {
         if (ws !== this.#ws) return;
         this.#resumed = true;
@@ -606,10 +618,12 @@ export class PgChat {
   }
 
   #heartbeat() {
-    if (!this.#resumed || Date.now() - this.#lastFrameAt < this.#heartbeatMs) return;
+    if (!this.#resumed || this.#pinging || Date.now() - this.#lastFrameAt < this.#heartbeatMs) return;
     const ws = this.#ws;
+    this.#pinging = true;
     this.#request('ping', {}, { internal: true, timeoutMs: Math.max(1000, this.#heartbeatMs / 2) })
-      .catch((e) => { if (ws === this.#ws && e.code === 'timeout') this.#drop(4000, 'heartbeat: no reply'); });
+      .catch((e) => { if (ws === this.#ws && e.code === 'timeout') this.#drop(4000, 'heartbeat: no reply'); })
+      .finally(() => { this.#pinging = false; });
   }
 
   #onFrame(frame) {

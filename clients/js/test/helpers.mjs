@@ -230,7 +230,7 @@ export class Proxy {
       const up = net.connect(this.server.port, '127.0.0.1');
       for (const [a, b] of [[down, up], [up, down]]) {
         this.sockets.add(a);
-        a.on('data', (d) => b.write(d));
+        a.on('data', (d) => { if (!a.frozen) b.write(d); });
         a.on('error', () => b.destroy());
         a.on('close', () => { this.sockets.delete(a); b.destroy(); });
       }
@@ -242,6 +242,11 @@ export class Proxy {
   /** Drops every relayed connection at once (no close frame: the client sees 1006). */
   cut() {
     for (const s of this.sockets) s.destroy();
+  }
+
+  /** Stops relaying on the current connections without closing them (a dead route). */
+  freeze() {
+    for (const s of this.sockets) s.frozen = true;
   }
 
   refuse(on = true) {

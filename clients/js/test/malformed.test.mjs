@@ -204,3 +204,23 @@ test('a bad hello, and a frame the WebSocket layer refuses (not UTF-8): reconnec
   assert.equal(chat.state, 'open');
   chat.close();
 });
+
+test('a server that upgrades but never says hello: given up after connectTimeoutMs, then the next works', async (t) => {
+  const fake = await fakeServer([
+    async () => {}, // silence
+    async (conn) => {
+      conn.hello('mallory', 0);
+      await conn.answerResume(0);
+    },
+  ]);
+  t.after(() => fake.close());
+  const chat = track(new PgChat({ url: fake.url, token: 'x.y.z', connectTimeoutMs: 300, backoff: { initialMs: 10, maxMs: 50 } }));
+  const states = [];
+  chat.on('state', (s) => states.push(s));
+  await chat.connect();
+  const drop = states.find((s) => s.state === 'reconnecting');
+  assert.equal(drop.code, 4000);
+  assert.match(drop.reason, /no progress/);
+  assert.equal(fake.connections.length, 2);
+  chat.close();
+});

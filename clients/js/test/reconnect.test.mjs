@@ -146,3 +146,26 @@ test('close 1001 (the server shutting down): a new session, resumed, and no erro
   assert.deepEqual(errors, []);
   chat.close();
 });
+
+test('a connection that silently stops carrying frames is found by the heartbeat and replaced', async () => {
+  const [a, b] = [uniqueUser('alice'), uniqueUser('bob')];
+  const proxy = await new Proxy(server).start();
+  const alice = client(server, a);
+  const bob = client(proxy, b, { heartbeatMs: 300 });
+  const seen = messages(bob);
+  const states = [];
+  bob.on('state', (s) => states.push(s));
+  await Promise.all([alice.connect(), bob.connect()]);
+  proxy.freeze(); // no close, no error: frames just stop
+  const { conversation } = await alice.send({ to: b }, 'while frozen');
+  await waitFor(() => seen.length === 1, 'the message, over a new connection');
+  const drop = states.find((s) => s.state === 'reconnecting');
+  assert.equal(drop.code, 4000);
+  assert.match(drop.reason, /heartbeat/);
+  assert.equal(proxy.accepted, 2);
+  await alice.send({ conversation }, 'after');
+  await waitFor(() => seen.length === 2, 'the next');
+  alice.close();
+  bob.close();
+  proxy.close();
+});
