@@ -26,6 +26,14 @@ const DEFAULT_MAX_OUTBOX = 1000;
 const DEFAULT_MAX_FRAME_BYTES = 65536;
 const DEFAULT_BACKOFF = { initialMs: 500, maxMs: 30000 };
 
+/**
+ * Close codes that ask for patience (PROTOCOL.md "Closing"): the backoff starts at this
+ * attempt instead of 0. 1013: try again later (a slow consumer; pruned events). 1011: an
+ * internal fault. 1002/1007/1009: this side broke the protocol (a bug here): do not hammer.
+ * 1001 (shutdown), 1012 (restart), 1006 (dropped) and 1008 (expired: new token) retry from 0.
+ */
+const CLOSE_MIN_ATTEMPT = { 1002: 3, 1007: 3, 1009: 3, 1011: 1, 1013: 3 };
+
 /** Errors after which a request may be sent again unchanged. */
 const RETRYABLE = new Set(['unavailable', 'rate_limited']);
 
@@ -417,6 +425,8 @@ export class PgChat {
         return;
       }
     }
+    const min = CLOSE_MIN_ATTEMPT[code];
+    if (min !== undefined) this.#attempt = Math.max(this.#attempt, min);
     this.#scheduleReconnect(`close ${code}${reason ? `: ${reason}` : ''}`, code);
   }
 

@@ -1,9 +1,11 @@
-// Malformed frames: the client reports each as an 'error' (code 'bad_frame') and carries on.
+// What pgchat itself never does, so a real server cannot show it: malformed frames (the
+// client reports each as an 'error', code 'bad_frame', and carries on), a bad hello, a
+// server that upgrades and then says nothing, and the close codes' backoff policy.
 //
-// NOTE: the server in this file is NOT pgchat. pgchat never sends malformed frames, so to
-// test the client's parser a tiny WebSocket server is written here with node:http's
-// upgrade and raw RFC 6455 framing. It scripts a few protocol frames (hello, replies) and
-// the garbage; it stands in for no pgchat behaviour under test.
+// NOTE: the server in this file is NOT pgchat. It is a tiny WebSocket server written here
+// with node:http's upgrade and raw RFC 6455 framing, to test the CLIENT's parser and
+// policies. It scripts a few protocol frames (hello, replies) around the garbage; it
+// stands in for no pgchat behaviour under test (every other test file runs real pgchat).
 
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
@@ -66,6 +68,15 @@ class RawConnection {
       : len < 65536 ? Buffer.from([0x80 | opcode, 126, len >> 8, len & 0xff])
         : (() => { const h = Buffer.alloc(10); h[0] = 0x80 | opcode; h[1] = 127; h.writeBigUInt64BE(BigInt(len), 2); return h; })();
     this.socket.write(Buffer.concat([head, payload]));
+  }
+
+  close(code, reason = '') {
+    const r = Buffer.from(reason, 'utf8');
+    const payload = Buffer.alloc(2 + r.length);
+    payload.writeUInt16BE(code, 0);
+    r.copy(payload, 2);
+    this.frame(8, payload);
+    this.socket.end();
   }
 
   text(s) { this.frame(1, Buffer.from(typeof s === 'string' ? s : JSON.stringify(s), 'utf8')); }
@@ -222,5 +233,24 @@ test('a server that upgrades but never says hello: given up after connectTimeout
   assert.equal(drop.code, 4000);
   assert.match(drop.reason, /no progress/);
   assert.equal(fake.connections.length, 2);
+  chat.close();
+});
+
+test('close codes: after 1013 (try again later) the backoff starts at attempt 3, after 1001 (going away) at 0', async (t) => {
+  const fake = await fakeServer([
+    async (conn) => { conn.hello('mallory', 0); await conn.answerResume(0); conn.close(1001, 'going away'); },
+    async (conn) => { conn.hello('mallory', 0); await conn.answerResume(0); conn.close(1013, 'try again later'); },
+    async (conn) => { conn.hello('mallory', 0); await conn.answerResume(0); },
+  ]);
+  t.after(() => fake.close());
+  const backoff = { initialMs: 10, maxMs: 1000 };
+  const chat = track(new PgChat({ url: fake.url, token: 'x.y.z', backoff }));
+  const drops = [];
+  chat.on('state', (s) => { if (s.state === 'reconnecting') drops.push(s); });
+  await chat.connect();
+  await waitFor(() => fake.connections.length === 3 && chat.state === 'open' && drops.length === 2, 'the third connection');
+  assert.deepEqual(drops.map((d) => [d.code, d.attempt]), [[1001, 0], [1013, 3]]);
+  assert.ok(drops[0].delayMs < backoff.initialMs);
+  assert.ok(drops[1].delayMs < backoff.initialMs * 8);
   chat.close();
 });
