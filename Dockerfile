@@ -12,6 +12,8 @@ RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && cargo build --release --locked \
     && rm -rf src
 COPY src src
+# The browser demo serves the JavaScript client from the binary (include_str!).
+COPY clients/js/pgchat.js clients/js/pgchat.js
 COPY migrations migrations
 COPY schema.sql config.toml ./
 # COPY keeps the files' own times, which may be older than the stubs' build: touch them

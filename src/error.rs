@@ -112,7 +112,7 @@ impl ApiError {
     pub fn unavailable() -> Self {
         Self::new(
             Code::Unavailable,
-            "the database is unreachable; nothing was stored: retry with the same client_msg_id",
+            "the database is unreachable; nothing was changed: retry (a send with the same client_msg_id)",
         )
     }
 

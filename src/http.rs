@@ -1,5 +1,6 @@
-//! The HTTP surface: the WebSocket upgrade, the REST API beside it, and the operational
-//! endpoints (`/health`, `/ready`, `/live`, `/metrics`).
+//! The HTTP surface: the WebSocket upgrade, the REST API beside it, the operational
+//! endpoints (`/health`, `/ready`, `/live`, `/metrics`), and outside production the
+//! browser demo ([`crate::demo`]).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -24,7 +25,7 @@ use crate::{requests, session, store};
 pub fn router(app: App) -> Router {
     // A request body carries what one socket frame would, so it has the same limit.
     let body_limit = DefaultBodyLimit::max(app.config.max_frame_bytes);
-    Router::new()
+    let mut router = Router::new()
         .route("/ws", get(upgrade))
         .route("/api/conversations", get(api_conversations))
         .route(
@@ -34,14 +35,40 @@ pub fn router(app: App) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/live", get(live))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics));
+    // The browser demo and its sign-in, outside production only (see demo.rs).
+    if !app.config.is_production() {
+        router = router.merge(crate::demo::router());
+    }
+    router
         .fallback(|| async {
             ApiError::not_found(
                 "no such endpoint: see PROTOCOL.md for /ws, /api, /health, /ready, /live, /metrics",
             )
         })
+        .layer(axum::middleware::map_response(method_not_allowed))
         .layer(body_limit)
         .with_state(app)
+}
+
+/// The router answers a known path asked with a method it does not serve with an empty
+/// 405; give it the error body every other refusal has, keeping its `Allow` header.
+async fn method_not_allowed(response: Response) -> Response {
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED {
+        return response;
+    }
+    let allow = response
+        .headers()
+        .get(header::ALLOW)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let e = ApiError::bad_request(format!("method not allowed on this path: it takes {allow}"));
+    let mut out = (StatusCode::METHOD_NOT_ALLOWED, axum::Json(e.body())).into_response();
+    if let Ok(v) = allow.parse() {
+        out.headers_mut().insert(header::ALLOW, v);
+    }
+    out
 }
 
 /// An extractor's refusal (a path segment or query that is not valid UTF-8, a repeated
@@ -100,13 +127,12 @@ async fn upgrade(
         Err(e) => return refuse(&app, refused("/ws", e.body_text())),
     };
     if app.shutdown.is_cancelled() {
-        return refuse(
-            &app,
-            ApiError::new(
-                Code::NotReady,
-                "this worker is shutting down: connect to another",
-            ),
+        let mut e = ApiError::new(
+            Code::NotReady,
+            "this worker is shutting down: connect to another",
         );
+        e.retry_after_ms = Some(1_000);
+        return refuse(&app, e);
     }
     let Some(slot) = app.try_take_slot() else {
         let mut e = ApiError::new(

@@ -7,7 +7,8 @@
 //! - [`db`]: finds (or starts) PostgreSQL, applies `schema.sql`, opens the pool (or
 //!   shares the listener's connection when the worker's budget is one connection).
 //! - [`server`]: accepts connections, with a header timeout and a cap on handshakes.
-//! - [`http`]: the routes; `/ws` authenticates ([`auth`]) and upgrades the socket.
+//! - [`http`]: the routes; `/ws` authenticates ([`auth`]) and upgrades the socket;
+//!   [`demo`] is the browser demo at `/` and its development sign-in (not in production).
 //!   [`secrets`] keeps the secrets pgchat generates for itself (the development JWT
 //!   secret, the private cluster's password) in the data directory.
 //! - [`session`]: one socket. Parses frames into [`protocol::Request`]s and runs them
@@ -41,6 +42,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod demo;
 pub mod error;
 pub mod http;
 pub mod hub;

@@ -248,9 +248,12 @@ for (const [i, rec] of (capture.http ?? []).entries()) {
   const operation = match && openapi.paths[match.template][rec.method.toLowerCase()];
   if (!match || !operation) {
     if (rec.status === 405 && match) {
-      // A known path asked with a method it does not serve: the router's 405, documented
-      // in info.description as having an empty body.
-      if (rec.body != null && rec.body !== '') fail(`${where}: 405 with a body: ${show(rec.body)}`);
+      // A known path asked with a method it does not serve: 405 with the error body
+      // (bad_request) and an Allow header, documented in info.description.
+      const v = compile(openapi.components.schemas.Error);
+      if (!v(rec.body) || rec.body.error.code !== 'bad_request') {
+        fail(`${where}: 405 without the bad_request error body: ${show(rec.body)}`);
+      }
       seenHttp.add(`${rec.method} ${pathOnly} 405`);
       continue;
     }

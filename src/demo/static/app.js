@@ -1,0 +1,999 @@
+// pgchat's browser demo: a small chat application on the JavaScript client (/pgchat.js).
+// No build step and no framework. Everything shown is built with textContent and
+// createElement: nothing is ever parsed as HTML (tests/demo.rs checks that no HTML sink
+// appears in this file), so a message body of `<img src=x onerror=alert(1)>` is text; the
+// page's Content-Security-Policy forbids inline script besides.
+
+import { PgChat } from '/pgchat.js';
+
+const PAGE = 30; // messages per history page
+const TYPING_REFRESH_MS = 3000; // a `start` is repeated this often while typing (server: 6 s)
+const TYPING_IDLE_MS = 2500; // `stop` after this long without a keystroke
+const USER_ID = /^[A-Za-z0-9_.@:-]{1,64}$/;
+const SESSION_KEY = 'pgchat.demo.session';
+
+const $ = (id) => document.getElementById(id);
+
+/** An element: props are className/text/dataset/attributes/on* listeners; children are
+ * nodes or strings (always text nodes). */
+function h(tag, props = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (v == null || v === false) continue;
+    if (k === 'class') el.className = v;
+    else if (k === 'text') el.textContent = v;
+    else if (k === 'dataset') Object.assign(el.dataset, v);
+    else if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+    else el.setAttribute(k, v === true ? '' : String(v));
+  }
+  for (const c of children.flat()) {
+    if (c == null || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+// ---------------------------------------------------------------------------------------
+// State
+
+const S = {
+  client: null,
+  me: null,
+  myName: null,
+  convs: new Map(), // id -> conversation (see blank())
+  openId: null,
+  draftTo: null, // a direct conversation not created yet: the user id it will go to
+  presence: new Map(), // user -> {status, last_seen}
+  watched: new Set(), // users whose presence this session subscribed to
+  names: new Map(), // user -> display name, learnt from messages
+  typingSent: null, // {conversation, at} while this user is typing
+  typingIdle: null,
+  everOpen: false,
+};
+
+function blank(id) {
+  return {
+    id, kind: null, name: null, members: [], member_count: 0, admins: [],
+    last: null, unread: 0, msgs: new Map(), pending: new Map(), loaded: false,
+    hasMore: false, loading: false, reads: new Map(), typing: new Map(), myRead: 0,
+    notes: [], // {after: cseq, text}: membership changes seen live, shown in the timeline
+  };
+}
+
+function conv(id) {
+  if (!S.convs.has(id)) S.convs.set(id, blank(id));
+  return S.convs.get(id);
+}
+
+function merge(c, wire) {
+  if (wire.kind) c.kind = wire.kind;
+  if ('name' in wire) c.name = wire.name;
+  if (Array.isArray(wire.members)) c.members = wire.members;
+  // `conversations` lists at most 100 members beside member_count; events list them all.
+  c.member_count = wire.member_count ?? (Array.isArray(wire.members) ? wire.members.length : c.member_count);
+  if (Array.isArray(wire.admins)) c.admins = wire.admins;
+  if ('last_message' in wire) {
+    const m = wire.last_message;
+    if (m && (!c.last || m.cseq >= c.last.cseq)) c.last = m;
+  }
+  if (typeof wire.unread === 'number') {
+    c.unread = S.openId === c.id && visible() ? 0 : wire.unread;
+    // Unread messages are those after this user's read marker.
+    if (c.last) c.myRead = Math.max(c.myRead, c.last.cseq - wire.unread);
+  }
+  return c;
+}
+
+const visible = () => document.visibilityState === 'visible';
+const others = (c) => c.members.filter((m) => m !== S.me);
+const nameOf = (user) => (user === S.me ? 'You' : S.names.get(user) || user);
+
+function title(c) {
+  if (c.kind !== 'direct') return c.name || 'Conversation';
+  const peer = others(c)[0];
+  return peer ? nameOf(peer) : `${S.myName || S.me} (you)`;
+}
+
+/** The name an avatar's initials come from: the title, or for notes to oneself one's name. */
+function avatarLabel(c, label) {
+  return c.kind === 'direct' && !peerOf(c) ? S.myName || S.me : label;
+}
+
+function peerOf(c) {
+  return c.kind === 'direct' ? others(c)[0] ?? null : null;
+}
+
+function learnName(sender) {
+  if (sender?.id && sender.name && S.names.get(sender.id) !== sender.name) {
+    S.names.set(sender.id, sender.name);
+    return true;
+  }
+  return false;
+}
+
+// ---------------------------------------------------------------------------------------
+// Formatting
+
+const timeFmt = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' });
+const dayFmt = new Intl.DateTimeFormat(undefined, { weekday: 'long', month: 'long', day: 'numeric' });
+const shortDayFmt = new Intl.DateTimeFormat(undefined, { month: 'short', day: 'numeric' });
+
+function dayKey(d) {
+  return `${d.getFullYear()}-${d.getMonth()}-${d.getDate()}`;
+}
+
+function dayLabel(d) {
+  const today = new Date();
+  const yesterday = new Date(today.getFullYear(), today.getMonth(), today.getDate() - 1);
+  if (dayKey(d) === dayKey(today)) return 'Today';
+  if (dayKey(d) === dayKey(yesterday)) return 'Yesterday';
+  return dayFmt.format(d);
+}
+
+function listTime(iso) {
+  if (!iso) return '';
+  const d = new Date(iso);
+  return dayKey(d) === dayKey(new Date()) ? timeFmt.format(d) : shortDayFmt.format(d);
+}
+
+function lastSeen(p) {
+  if (!p) return '';
+  if (p.status === 'online') return 'online';
+  if (p.status === 'offline' && p.last_seen) {
+    const d = new Date(p.last_seen);
+    const day = dayLabel(d);
+    return `last seen ${day === 'Today' ? 'today' : day === 'Yesterday' ? 'yesterday' : shortDayFmt.format(d)} at ${timeFmt.format(d)}`;
+  }
+  return p.status === 'offline' ? 'offline' : '';
+}
+
+const PALETTE = ['#e25b5b', '#e08a2c', '#c9a400', '#3fa34d', '#1f9e8f', '#2d8fd5', '#4f6bed', '#8a5cf5', '#c355c9', '#d6457b'];
+
+function hue(s) {
+  let x = 0;
+  for (const ch of s) x = (x * 31 + ch.codePointAt(0)) >>> 0;
+  return PALETTE[x % PALETTE.length];
+}
+
+function initials(text) {
+  // The first letter or digit of the first two words.
+  const firsts = text.split(/[\s._@:()-]+/)
+    .map((w) => Array.from(w).find((ch) => /[\p{L}\p{N}]/u.test(ch)))
+    .filter(Boolean);
+  return firsts.slice(0, 2).join('').toUpperCase() || '?';
+}
+
+/** A round avatar with initials; a presence dot for a user (`user` given). */
+function avatar(label, key, { user = null, size = 'md', group = false } = {}) {
+  const a = h('span', { class: `avatar ${size}${group ? ' group' : ''}`, 'aria-hidden': 'true' }, initials(label));
+  a.style.backgroundColor = hue(key);
+  if (user) {
+    const p = S.presence.get(user);
+    if (p && (p.status === 'online' || p.status === 'offline')) {
+      a.append(h('span', { class: `dot ${p.status}`, dataset: { presence: user, status: p.status } }));
+    }
+  }
+  return a;
+}
+
+// ---------------------------------------------------------------------------------------
+// Signing in
+
+async function mint(user, name) {
+  const r = await fetch('/dev/token', {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify(name ? { user, name } : { user }),
+  });
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(body?.error?.message || `the server answered ${r.status}`);
+  return body;
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  const user = $('signin-user').value.trim();
+  const name = $('signin-name').value.trim();
+  const error = $('signin-error');
+  error.textContent = '';
+  if (!user) {
+    error.textContent = 'Enter a user name.';
+    return;
+  }
+  const button = event.target.querySelector('button[type=submit]');
+  button.disabled = true;
+  try {
+    const minted = await mint(user, name || null);
+    sessionStorage.setItem(SESSION_KEY, JSON.stringify({ user: minted.user, name: minted.name }));
+    start(minted.user, minted.name, minted);
+  } catch (e) {
+    error.textContent = e.message;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function signOut() {
+  sessionStorage.removeItem(SESSION_KEY);
+  S.client?.close();
+  location.reload();
+}
+
+function start(user, name, minted) {
+  S.me = user;
+  S.myName = name;
+  if (name) S.names.set(user, name);
+  $('signin').hidden = true;
+  $('chat').hidden = false;
+  renderMe();
+  // A token is minted again when the client asks (each reconnect, and in place before
+  // expiry); the one from the sign-in serves while it has most of its life left.
+  let cached = minted ? { token: minted.token, until: Date.now() + (minted.expires_in * 1000) / 2 } : null;
+  const getToken = async () => {
+    if (cached && Date.now() < cached.until) return cached.token;
+    const m = await mint(user, name);
+    cached = { token: m.token, until: Date.now() + (m.expires_in * 1000) / 2 };
+    return m.token;
+  };
+  const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+  const client = new PgChat({
+    url: `${scheme}://${location.host}/ws`,
+    getToken,
+    backoff: { initialMs: 250, maxMs: 4000 },
+  });
+  S.client = client;
+  window.pgchat = client; // for the console
+  client.on('state', onState);
+  client.on('message', onMessage);
+  client.on('conversation', onConversation);
+  client.on('read', onRead);
+  client.on('typing', onTyping);
+  client.on('presence', onPresence);
+  client.on('resync', () => reload(true));
+  client.on('event', (e) => { if (e.type === 'removed') onRemoved(e.conversation); });
+  client.on('error', (e) => console.warn('pgchat:', e));
+  client.connect().catch((e) => banner('error', `Could not connect: ${e.message}`));
+}
+
+// ---------------------------------------------------------------------------------------
+// Connection state
+
+function onState({ state, attempt, delayMs }) {
+  document.body.dataset.state = state;
+  renderMyState();
+  if (state === 'open') {
+    const recovered = S.everOpen;
+    S.everOpen = true;
+    banner(recovered ? 'ok' : null, recovered ? 'Connected' : '');
+    // Typing that was on when the socket went is stale; presence watching belongs to a
+    // socket, so a new one watches again (and gets a fresh snapshot).
+    for (const c of S.convs.values()) for (const t of c.typing.values()) clearTimeout(t);
+    for (const c of S.convs.values()) c.typing.clear();
+    S.watched.clear();
+    reload(false);
+  } else if (state === 'connecting') {
+    banner('info', 'Connecting…');
+  } else if (state === 'reconnecting') {
+    const wait = delayMs != null ? ` · retrying in ${Math.max(1, Math.round(delayMs / 1000))} s` : '';
+    banner('warn', `Connection lost. Reconnecting…${attempt ? ` (attempt ${attempt})` : ''}${wait}`);
+  } else if (state === 'closed') {
+    banner(null, '');
+  }
+  renderPane();
+}
+
+let bannerTimer = null;
+function banner(kind, text) {
+  const b = $('banner');
+  clearTimeout(bannerTimer);
+  if (!kind) {
+    b.hidden = true;
+    return;
+  }
+  b.className = `banner ${kind}`;
+  b.textContent = text;
+  b.hidden = false;
+  if (kind === 'ok') bannerTimer = setTimeout(() => { b.hidden = true; }, 1500);
+}
+
+let toastTimer = null;
+function toast(text) {
+  const t = $('toast');
+  t.textContent = text;
+  t.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => { t.hidden = true; }, 3500);
+}
+
+/** Loads the conversation list (and, after a resync, the open history again). */
+async function reload(resync) {
+  const client = S.client;
+  let list;
+  try {
+    list = await client.conversations();
+  } catch (e) {
+    console.warn('conversations:', e);
+    return;
+  }
+  const seen = new Set();
+  for (const w of list) {
+    seen.add(w.id);
+    const c = merge(conv(w.id), w);
+    if (w.last_message) learnName(w.last_message.sender);
+    if (resync) {
+      c.msgs.clear();
+      c.loaded = false;
+    }
+  }
+  for (const id of [...S.convs.keys()]) if (!seen.has(id)) S.convs.delete(id);
+  if (S.openId && !S.convs.has(S.openId)) S.openId = null;
+  await watchPresence();
+  renderList();
+  if (S.openId) {
+    const c = S.convs.get(S.openId);
+    if (!c.loaded) await loadOlder(c);
+    markRead(c);
+  }
+  renderPane();
+}
+
+async function watchPresence() {
+  const users = new Set();
+  for (const c of S.convs.values()) for (const m of c.members) if (m !== S.me) users.add(m);
+  if (S.draftTo && S.draftTo !== S.me) users.add(S.draftTo);
+  const fresh = [...users].filter((u) => !S.watched.has(u)).slice(0, 1000 - S.watched.size);
+  if (!fresh.length) return;
+  for (const u of fresh) S.watched.add(u);
+  try {
+    const snapshot = await S.client.subscribePresence(fresh);
+    for (const p of snapshot) {
+      // `unknown`: someone this user shares no conversation with yet, so not watched;
+      // asked again once a conversation is shared.
+      if (p.status === 'unknown') S.watched.delete(p.user);
+      else S.presence.set(p.user, p);
+    }
+  } catch (e) {
+    for (const u of fresh) S.watched.delete(u);
+    console.warn('presence:', e);
+  }
+  renderPresence();
+}
+
+// ---------------------------------------------------------------------------------------
+// Events
+
+function onMessage(m) {
+  const named = learnName(m.sender);
+  const c = conv(m.conversation);
+  if (!c.kind || !c.members.length) reloadSoon();
+  c.msgs.set(m.cseq, m);
+  c.pending.delete(m.client_msg_id);
+  if (!c.last || m.cseq >= c.last.cseq) c.last = m;
+  const mine = m.sender.id === S.me;
+  if (mine) {
+    c.myRead = Math.max(c.myRead, m.cseq);
+  } else if (c.reads.get(m.sender.id) == null || c.reads.get(m.sender.id) < m.cseq) {
+    // A sender has read everything up to what they send.
+    c.reads.set(m.sender.id, m.cseq);
+  }
+  if (S.openId === c.id && visible()) {
+    markRead(c);
+  } else if (!mine && m.cseq > c.myRead) {
+    c.unread += 1;
+  }
+  // Whoever sends has stopped typing.
+  clearTyping(c, m.sender.id);
+  renderList();
+  if (S.openId === c.id) renderMessages();
+  else if (named) renderPane();
+}
+
+function onConversation(w) {
+  const fresh = !S.convs.has(w.id);
+  const before = fresh ? null : new Set(S.convs.get(w.id).members);
+  const c = merge(conv(w.id), w);
+  if (before && c.kind === 'group' && Array.isArray(w.members)) {
+    const after = new Set(w.members);
+    const joined = w.members.filter((u) => !before.has(u));
+    const left = [...before].filter((u) => !after.has(u));
+    const at = c.last?.cseq ?? 0;
+    if (joined.length) c.notes.push({ after: at, text: `${joined.map(nameOf).join(', ')} joined` });
+    if (left.length) c.notes.push({ after: at, text: `${left.map(nameOf).join(', ')} left` });
+  }
+  // The direct conversation a draft was waiting for: open it in the draft's place.
+  const peer = c.members.length === 1 ? c.members[0] : others(c)[0];
+  if (S.draftTo && !S.openId && c.kind === 'direct' && peer === S.draftTo) {
+    S.openId = c.id;
+    S.draftTo = null;
+    S.draftPending = null;
+  }
+  if (fresh) c.loaded = false;
+  watchPresence();
+  renderList();
+  if (S.openId === c.id) renderPane();
+}
+
+function onRemoved(id) {
+  const c = S.convs.get(id);
+  if (!c) return;
+  S.convs.delete(id);
+  if (S.openId === id) {
+    S.openId = null;
+    toast(`You left ${title(c)}`);
+  }
+  renderList();
+  renderPane();
+}
+
+function onRead(e) {
+  const c = S.convs.get(e.conversation);
+  if (!c) return;
+  if ((c.reads.get(e.user) ?? 0) < e.cseq) c.reads.set(e.user, e.cseq);
+  if (S.openId === c.id) renderMessages();
+}
+
+function onTyping(e) {
+  const c = S.convs.get(e.conversation);
+  if (!c || e.user === S.me) return;
+  clearTimeout(c.typing.get(e.user));
+  c.typing.delete(e.user);
+  // The server ends a typing it was not told to end after 6 s; this is a safety net.
+  if (e.state === 'start') c.typing.set(e.user, setTimeout(() => clearTyping(c, e.user), 8000));
+  renderTyping();
+  renderList();
+}
+
+function clearTyping(c, user) {
+  if (!c.typing.has(user)) return;
+  clearTimeout(c.typing.get(user));
+  c.typing.delete(user);
+  renderTyping();
+  renderList();
+}
+
+function onPresence(e) {
+  S.presence.set(e.user, { user: e.user, status: e.status, last_seen: e.last_seen });
+  renderPresence();
+}
+
+let reloadTimer = null;
+function reloadSoon() {
+  clearTimeout(reloadTimer);
+  reloadTimer = setTimeout(() => reload(false), 200);
+}
+
+// ---------------------------------------------------------------------------------------
+// Actions
+
+function markRead(c) {
+  if (!c?.last) return;
+  c.unread = 0;
+  const top = c.last.cseq;
+  if (top <= c.myRead) return;
+  c.myRead = top;
+  S.client.markRead(c.id, top).catch((e) => console.warn('read:', e));
+}
+
+async function openConversation(id) {
+  stopTyping();
+  S.openId = id;
+  S.draftTo = null;
+  const c = S.convs.get(id);
+  renderList();
+  renderPane(true);
+  $('composer-input').focus();
+  if (!c.loaded) await loadOlder(c);
+  markRead(c);
+  renderList();
+}
+
+/** Loads the page of history before the oldest message shown (the newest page first). */
+async function loadOlder(c) {
+  if (c.loading || (c.loaded && !c.hasMore)) return;
+  c.loading = true;
+  renderHistoryStatus();
+  const oldest = c.loaded ? Math.min(...c.msgs.keys()) : null;
+  try {
+    const opts = { limit: PAGE };
+    if (oldest != null && Number.isFinite(oldest)) opts.beforeCseq = oldest;
+    const page = await S.client.history(c.id, opts);
+    for (const m of page) {
+      learnName(m.sender);
+      c.msgs.set(m.cseq, m);
+      // Whoever sent a message had read everything before it.
+      if (m.sender.id !== S.me && (c.reads.get(m.sender.id) ?? 0) < m.cseq) c.reads.set(m.sender.id, m.cseq);
+      if (!c.last || m.cseq > c.last.cseq) c.last = m;
+    }
+    c.hasMore = page.length > 0 && Math.min(...page.map((m) => m.cseq)) > 1;
+    c.loaded = true;
+  } catch (e) {
+    console.warn('history:', e);
+  } finally {
+    c.loading = false;
+  }
+  if (S.openId === c.id) renderMessages({ keepFromBottom: oldest != null });
+}
+
+function composerTarget() {
+  if (S.openId) return { conversation: S.openId };
+  if (S.draftTo) return { to: S.draftTo };
+  return null;
+}
+
+async function submitMessage(event) {
+  event.preventDefault();
+  const input = $('composer-input');
+  const body = input.value;
+  const target = composerTarget();
+  if (!body.trim() || !target) return;
+  input.value = '';
+  autosize();
+  stopTyping();
+  const clientMsgId = `demo-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 10)}`;
+  const pending = { client_msg_id: clientMsgId, body, created_at: new Date().toISOString() };
+  let c = S.openId ? S.convs.get(S.openId) : null;
+  if (c) {
+    c.pending.set(clientMsgId, pending);
+    renderMessages({ toBottom: true });
+  } else {
+    S.draftPending = pending;
+    renderDraft();
+  }
+  try {
+    const m = await S.client.send(target, body, { clientMsgId });
+    c = conv(m.conversation);
+    if (target.to) {
+      S.draftTo = null;
+      S.draftPending = null;
+      if (!c.members.length) c.kind = 'direct';
+      S.openId = m.conversation;
+    }
+    learnName(m.sender);
+    c.pending.delete(clientMsgId);
+    c.msgs.set(m.cseq, m);
+    if (!c.last || m.cseq >= c.last.cseq) c.last = m;
+    c.myRead = Math.max(c.myRead, m.cseq);
+    if (!c.loaded && target.to) {
+      c.loaded = true;
+      c.hasMore = m.cseq > 1;
+    }
+    renderList();
+    if (S.openId === c.id) renderPane();
+  } catch (e) {
+    if (c) c.pending.delete(clientMsgId);
+    S.draftPending = null;
+    toast(`Not sent: ${e.message}`);
+    renderPane();
+  }
+}
+
+function onComposerInput() {
+  autosize();
+  if (!S.openId) return;
+  const now = Date.now();
+  const typing = S.typingSent;
+  if (!typing || typing.conversation !== S.openId || now - typing.at > TYPING_REFRESH_MS) {
+    if (typing && typing.conversation !== S.openId) stopTyping();
+    S.typingSent = { conversation: S.openId, at: now };
+    S.client.typing(S.openId, 'start').catch(() => {});
+  }
+  clearTimeout(S.typingIdle);
+  S.typingIdle = setTimeout(stopTyping, TYPING_IDLE_MS);
+}
+
+function stopTyping() {
+  clearTimeout(S.typingIdle);
+  const typing = S.typingSent;
+  S.typingSent = null;
+  if (typing && S.client?.state === 'open') S.client.typing(typing.conversation, 'stop').catch(() => {});
+}
+
+function autosize() {
+  const input = $('composer-input');
+  input.style.height = 'auto';
+  input.style.height = `${Math.min(input.scrollHeight, 160)}px`;
+}
+
+function onComposerKey(e) {
+  if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+    e.preventDefault();
+    $('composer').requestSubmit();
+  }
+}
+
+function parseUsers(text) {
+  const users = text.split(/[\s,]+/).map((s) => s.trim()).filter(Boolean);
+  const bad = users.find((u) => !USER_ID.test(u));
+  if (bad) throw new Error(`“${bad}” is not a user name: 1–64 characters of A–Z a–z 0–9 _ . @ : -`);
+  return [...new Set(users)];
+}
+
+function newDirect() {
+  ask({
+    title: 'New message',
+    text: 'Start a direct conversation. The other person does not need to have signed in yet.',
+    fields: [{ name: 'user', label: 'User name', placeholder: 'bob' }],
+    ok: 'Start',
+    run: async ({ user }) => {
+      const peer = user.trim();
+      if (!peer) throw new Error('Enter a user name.');
+      if (!USER_ID.test(peer)) throw new Error(`“${peer}” is not a user name: 1–64 characters of A–Z a–z 0–9 _ . @ : -`);
+      const existing = [...S.convs.values()].find((c) => c.kind === 'direct'
+        && (peer === S.me ? c.members.length === 1 && c.members[0] === S.me : c.members.includes(peer)));
+      if (existing) return openConversation(existing.id);
+      stopTyping();
+      S.openId = null;
+      S.draftTo = peer;
+      S.draftPending = null;
+      watchPresence();
+      renderList();
+      renderPane(true);
+      $('composer-input').focus();
+    },
+  });
+}
+
+function newGroup() {
+  ask({
+    title: 'New group',
+    text: 'Name the group and add people by user name (separated by spaces or commas).',
+    fields: [
+      { name: 'name', label: 'Group name', placeholder: 'Weekend trip' },
+      { name: 'members', label: 'Members', placeholder: 'bob, carol' },
+    ],
+    ok: 'Create group',
+    run: async ({ name, members }) => {
+      if (!name.trim()) throw new Error('Give the group a name.');
+      const users = parseUsers(members).filter((u) => u !== S.me);
+      const opId = `demo-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
+      const g = await S.client.createGroup(name.trim(), users, { clientOpId: opId });
+      merge(conv(g.id), g);
+      await watchPresence();
+      await openConversation(g.id);
+    },
+  });
+}
+
+function addPeople() {
+  const c = S.convs.get(S.openId);
+  if (!c) return;
+  ask({
+    title: `Add people to ${title(c)}`,
+    text: 'User names, separated by spaces or commas.',
+    fields: [{ name: 'users', label: 'People', placeholder: 'dave, erin' }],
+    ok: 'Add',
+    run: async ({ users }) => {
+      const list = parseUsers(users);
+      if (!list.length) throw new Error('Enter at least one user name.');
+      const r = await S.client.addToGroup(c.id, list);
+      // The reply shows the group as the event will: whichever comes first tells.
+      if (r?.conversation) onConversation(r.conversation);
+    },
+  });
+}
+
+function leave() {
+  const c = S.convs.get(S.openId);
+  if (!c) return;
+  ask({
+    title: `Leave ${title(c)}?`,
+    text: 'You will no longer receive its messages. Someone in the group can add you again.',
+    fields: [],
+    ok: 'Leave group',
+    danger: true,
+    run: async () => {
+      await S.client.leaveGroup(c.id);
+      onRemoved(c.id);
+    },
+  });
+}
+
+/** A small form in the dialog; `run` gets the fields' values; its error is shown. */
+function ask({ title: heading, text, fields, ok, run, danger = false }) {
+  const dialog = $('dialog');
+  $('dialog-title').textContent = heading;
+  $('dialog-text').textContent = text;
+  $('dialog-error').textContent = '';
+  const box = $('dialog-fields');
+  box.replaceChildren(...fields.map((f, i) => h('label', { class: 'field' },
+    h('span', {}, f.label),
+    h('input', { name: f.name, placeholder: f.placeholder, autocomplete: 'off', spellcheck: 'false', autofocus: i === 0 }))));
+  const okButton = $('dialog-ok');
+  okButton.textContent = ok;
+  okButton.className = danger ? 'primary danger' : 'primary';
+  const form = $('dialog-form');
+  form.onsubmit = async (e) => {
+    e.preventDefault();
+    const values = Object.fromEntries(fields.map((f) => [f.name, form.elements[f.name].value]));
+    okButton.disabled = true;
+    try {
+      await run(values);
+      dialog.close();
+    } catch (err) {
+      $('dialog-error').textContent = err.message;
+    } finally {
+      okButton.disabled = false;
+    }
+  };
+  $('dialog-cancel').onclick = () => dialog.close();
+  dialog.showModal();
+  box.querySelector('input')?.focus();
+}
+
+// ---------------------------------------------------------------------------------------
+// Rendering
+
+function renderMe() {
+  const label = S.myName || S.me;
+  $('me').replaceChildren(
+    avatar(label, S.me, { size: 'md' }),
+    h('div', { class: 'me-text' },
+      h('strong', { text: label, title: `@${S.me}` }),
+      h('span', { id: 'me-status', class: 'muted me-status' })),
+  );
+  renderMyState();
+}
+
+const STATE_TEXT = { idle: 'offline', connecting: 'connecting…', open: 'online', reconnecting: 'reconnecting…', closed: 'offline' };
+
+function renderMyState() {
+  const el = $('me-status');
+  if (!el) return;
+  const state = S.client?.state || 'connecting';
+  el.className = `muted me-status ${state}`;
+  el.textContent = `${S.myName ? `@${S.me} · ` : ''}${STATE_TEXT[state] || state}`;
+}
+
+function sortedConversations() {
+  const at = (c) => c.last?.created_at || '';
+  return [...S.convs.values()].sort((a, b) => (at(b) > at(a) ? 1 : at(b) < at(a) ? -1 : a.id < b.id ? -1 : 1));
+}
+
+function preview(c) {
+  const typers = [...c.typing.keys()];
+  if (typers.length) {
+    const who = c.kind === 'group' ? `${nameOf(typers[0])} is typing…` : 'typing…';
+    return h('span', { class: 'preview typing-preview', text: who });
+  }
+  const m = c.last;
+  if (!m) return h('span', { class: 'preview muted', text: c.kind === 'group' ? `${c.member_count} members` : 'No messages yet' });
+  const who = m.sender.id === S.me ? 'You: ' : c.kind === 'group' ? `${nameOf(m.sender.id)}: ` : '';
+  return h('span', { class: 'preview' }, h('span', { class: 'preview-who', text: who }), m.body.replace(/\s+/g, ' '));
+}
+
+function renderList() {
+  const list = $('conversations');
+  const items = sortedConversations().map((c) => {
+    const peer = peerOf(c);
+    const label = title(c);
+    return h('li', {},
+      h('button', {
+        type: 'button',
+        class: `conv-item${c.id === S.openId ? ' active' : ''}${c.unread ? ' has-unread' : ''}`,
+        dataset: { conversation: c.id, title: label, kind: c.kind || '', peer: peer || '' },
+        onclick: () => openConversation(c.id),
+      },
+      avatar(avatarLabel(c, label), c.kind === 'group' ? c.id : peer || S.me, { user: peer, group: c.kind === 'group' }),
+      h('span', { class: 'conv-text' },
+        h('span', { class: 'conv-line' },
+          h('span', { class: 'conv-title', text: label }),
+          h('span', { class: 'conv-time', text: listTime(c.last?.created_at) })),
+        h('span', { class: 'conv-line' },
+          preview(c),
+          c.unread ? h('span', { class: 'badge', 'aria-label': `${c.unread} unread`, text: c.unread > 99 ? '99+' : String(c.unread) }) : null))));
+  });
+  list.replaceChildren(...items);
+  $('no-conversations').hidden = items.length > 0 || S.draftTo != null;
+}
+
+function renderPresence() {
+  renderList();
+  renderHeader();
+}
+
+function renderPane(scrollToEnd = false) {
+  const c = S.openId ? S.convs.get(S.openId) : null;
+  const open = !!c || S.draftTo != null;
+  $('placeholder').hidden = open;
+  $('conversation').hidden = !open;
+  if (!open) return;
+  renderHeader();
+  if (c) renderMessages({ toBottom: scrollToEnd });
+  else renderDraft();
+  renderTyping();
+}
+
+function renderHeader() {
+  const c = S.openId ? S.convs.get(S.openId) : null;
+  if (!c && S.draftTo == null) return;
+  const peer = c ? peerOf(c) : S.draftTo;
+  const group = c?.kind === 'group';
+  const label = c ? title(c) : nameOf(S.draftTo);
+  $('conv-avatar').replaceChildren(avatar(c ? avatarLabel(c, label) : label, group ? c.id : peer || S.me, { user: peer, size: 'lg', group }));
+  $('conv-title').textContent = label;
+  const sub = $('conv-subtitle');
+  sub.className = '';
+  if (group) {
+    const shown = c.members.slice(0, 6).map(nameOf).join(', ');
+    const more = c.member_count > 6 ? ` and ${c.member_count - 6} more` : '';
+    sub.textContent = `${c.member_count} members · ${shown}${more}`;
+  } else if (peer && peer !== S.me) {
+    const typing = c && c.typing.size;
+    const connected = S.client?.state === 'open';
+    sub.textContent = typing ? 'typing…' : (connected && lastSeen(S.presence.get(peer))) || `@${peer}`;
+    if (typing) sub.className = 'accent';
+    else if (connected && S.presence.get(peer)?.status === 'online') sub.className = 'online';
+  } else {
+    sub.textContent = 'Notes to yourself';
+  }
+  $('conv-add').hidden = !group;
+  $('conv-leave').hidden = !group;
+}
+
+function renderHistoryStatus() {
+  const c = S.openId ? S.convs.get(S.openId) : null;
+  const el = $('history-status');
+  if (!c) {
+    el.textContent = '';
+    return;
+  }
+  if (c.loading) el.textContent = 'Loading earlier messages…';
+  else if (c.loaded && !c.hasMore && c.msgs.size) el.textContent = c.kind === 'group' ? `${title(c)} was created` : 'This is the beginning of your conversation';
+  else el.textContent = '';
+}
+
+function renderDraft() {
+  const list = $('message-list');
+  const p = S.draftPending;
+  list.replaceChildren(p ? bubble({ body: p.body, created_at: p.created_at, sender: { id: S.me } }, { pending: true, first: true, last: true }) : h('li', { class: 'empty-conv', text: `Say hi to ${nameOf(S.draftTo)}.` }));
+  $('history-status').textContent = '';
+}
+
+function receipt(c, m) {
+  // Who of the others has read this message (their marker at or past it).
+  const readers = others(c).filter((u) => (c.reads.get(u) ?? 0) >= m.cseq);
+  const all = others(c).length > 0 && readers.length === others(c).length;
+  return { readers, all };
+}
+
+function bubble(m, { pending = false, first = true, last = true, c = null, seenBy = null, showSender = false } = {}) {
+  const mine = m.sender.id === S.me;
+  const li = h('li', {
+    class: `msg ${mine ? 'mine' : 'theirs'}${first ? ' first' : ''}${last ? ' last' : ''}${pending ? ' pending' : ''}`,
+    dataset: pending ? { pending: m.client_msg_id || '' } : { cseq: String(m.cseq), sender: m.sender.id },
+  });
+  if (showSender && !mine) {
+    li.append(h('div', { class: 'sender' }, h('span', { class: 'sender-name', text: nameOf(m.sender.id) })));
+    li.querySelector('.sender-name').style.color = hue(m.sender.id);
+  }
+  const row = h('div', { class: 'row' });
+  if (c?.kind === 'group' && !mine) {
+    row.append(last ? avatar(nameOf(m.sender.id), m.sender.id, { size: 'sm' }) : h('span', { class: 'avatar-space' }));
+  }
+  const meta = h('span', { class: 'meta' }, h('time', { datetime: m.created_at, text: timeFmt.format(new Date(m.created_at)) }));
+  if (mine) {
+    if (pending) {
+      meta.append(h('span', { class: 'tick pending', title: 'Sending…', text: '◷' }));
+    } else {
+      const r = c ? receipt(c, m) : { all: false };
+      meta.append(h('span', { class: `tick${r.all ? ' read' : ''}`, title: r.all ? 'Read' : 'Sent', text: r.all ? '✓✓' : '✓' }));
+    }
+  }
+  row.append(h('div', { class: 'bubble' }, h('span', { class: 'body', text: m.body }), meta));
+  li.append(row);
+  if (seenBy) li.append(h('div', { class: 'seen', text: seenBy }));
+  return li;
+}
+
+function renderMessages({ toBottom = false, keepFromBottom = false } = {}) {
+  const c = S.openId ? S.convs.get(S.openId) : null;
+  if (!c) return;
+  const box = $('messages');
+  const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 80;
+  const fromBottom = box.scrollHeight - box.scrollTop;
+  const msgs = [...c.msgs.values()].sort((a, b) => a.cseq - b.cseq);
+  const pend = [...c.pending.values()].map((p) => ({ ...p, sender: { id: S.me }, pending: true }));
+  const all = [...msgs, ...pend];
+  // The "seen" line goes under my latest message that someone has read (the ticks say
+  // more: ✓✓ once every other member has read it).
+  let seenAt = null;
+  let seenText = null;
+  for (let i = msgs.length - 1; i >= 0; i -= 1) {
+    const m = msgs[i];
+    if (m.sender.id !== S.me) continue;
+    const r = receipt(c, m);
+    if (r.readers.length) {
+      seenAt = m.cseq;
+      seenText = c.kind === 'direct' ? 'Seen' : `Seen by ${r.readers.map(nameOf).join(', ')}`;
+      break;
+    }
+  }
+  const items = [];
+  let prevDay = null;
+  all.forEach((m, i) => {
+    const d = new Date(m.created_at);
+    if (dayKey(d) !== prevDay) {
+      prevDay = dayKey(d);
+      items.push(h('li', { class: 'day' }, h('span', { text: dayLabel(d) })));
+    }
+    const prev = all[i - 1];
+    const next = all[i + 1];
+    const near = (a, b) => a && b && a.sender.id === b.sender.id && Math.abs(new Date(a.created_at) - new Date(b.created_at)) < 5 * 60 * 1000
+      && dayKey(new Date(a.created_at)) === dayKey(new Date(b.created_at));
+    const first = !near(prev, m);
+    const last = !near(m, next);
+    items.push(bubble(m, {
+      pending: !!m.pending, first, last, c,
+      showSender: c.kind === 'group' && first,
+      seenBy: !m.pending && m.cseq === seenAt ? seenText : null,
+    }));
+    if (!m.pending) for (const n of c.notes) if (n.after === m.cseq) items.push(note(n.text));
+  });
+  // A change before any message goes first.
+  items.unshift(...c.notes.filter((n) => n.after === 0).map((n) => note(n.text)));
+  if (!items.length && !c.loading) items.push(h('li', { class: 'empty-conv', text: c.loaded ? 'No messages yet. Say hi.' : '' }));
+  $('message-list').replaceChildren(...items);
+  renderHistoryStatus();
+  if (toBottom || (atBottom && !keepFromBottom)) box.scrollTop = box.scrollHeight;
+  else if (keepFromBottom) box.scrollTop = box.scrollHeight - fromBottom;
+  // A first page that does not fill the pane: fetch more now, not on a scroll that cannot happen.
+  if (c.loaded && c.hasMore && !c.loading && box.scrollHeight <= box.clientHeight + 10) loadOlder(c);
+}
+
+function note(text) {
+  return h('li', { class: 'note' }, h('span', { text }));
+}
+
+function renderTyping() {
+  const c = S.openId ? S.convs.get(S.openId) : null;
+  const el = $('typing');
+  const typers = c ? [...c.typing.keys()].map(nameOf) : [];
+  if (!typers.length) {
+    el.replaceChildren();
+    el.classList.remove('on');
+  } else {
+    const who = typers.length === 1 ? `${typers[0]} is typing` : typers.length === 2 ? `${typers[0]} and ${typers[1]} are typing` : 'Several people are typing';
+    el.replaceChildren(h('span', { class: 'dots', 'aria-hidden': 'true' }, h('i'), h('i'), h('i')), h('span', { text: who }));
+    el.classList.add('on');
+  }
+  renderHeader();
+}
+
+// ---------------------------------------------------------------------------------------
+// Start
+
+function init() {
+  $('signin-form').addEventListener('submit', signIn);
+  $('signout').addEventListener('click', signOut);
+  $('new-direct').addEventListener('click', newDirect);
+  $('new-group').addEventListener('click', newGroup);
+  $('conv-add').addEventListener('click', addPeople);
+  $('conv-leave').addEventListener('click', leave);
+  $('composer').addEventListener('submit', submitMessage);
+  $('composer-input').addEventListener('input', onComposerInput);
+  $('composer-input').addEventListener('keydown', onComposerKey);
+  $('composer-input').addEventListener('blur', stopTyping);
+  $('messages').addEventListener('scroll', () => {
+    const c = S.openId ? S.convs.get(S.openId) : null;
+    if (c && $('messages').scrollTop < 120) loadOlder(c);
+  });
+  document.addEventListener('visibilitychange', () => {
+    if (visible() && S.openId) {
+      markRead(S.convs.get(S.openId));
+      renderList();
+    }
+  });
+  // Minutes pass: "last seen" and day labels stay right.
+  setInterval(() => { if (S.me) renderList(); }, 60_000);
+
+  let saved = null;
+  try { saved = JSON.parse(sessionStorage.getItem(SESSION_KEY) || 'null'); } catch { saved = null; }
+  if (saved?.user) {
+    start(saved.user, saved.name || null, null);
+  } else {
+    $('signin').hidden = false;
+    $('signin-user').focus();
+  }
+}
+
+init();
