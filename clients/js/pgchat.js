@@ -577,31 +577,35 @@ export class PgChat {
   /** Sends `resume` from the last seq; the connection is open once it is answered. */
   #sendResume() {
     const ws = this.#ws;
-    // No timeout of its own: the connect timer watches for progress.
-    this.#request('resume', { after: this.#lastSeq }, { internal: true, early: true, timeoutMs: 0 })
-      .then((ok) => {
-        if (ws !== this.#ws) return;
-        this.#resumed = true;
-        this.#resyncs = 0;
-        this.#attempt = 0;
-        clearTimeout(this.#connectTimer);
-        this.#connectTimer = null;
-        this.#setState('open', { head: ok.head });
-        for (const w of this.#connectWaiters.splice(0)) w.resolve();
-        this.#afterResume();
-      }, (e) => {
-        if (ws !== this.#ws) return;
-        if (e.code === 'resync_required' && this.#resyncs++ === 0) {
-          // Resume from this connection's head; the application reloads what came before.
-          this.#resync(this.#hello.head, e.message);
-          this.#sendResume();
-        } else if (RETRYABLE.has(e.code)) {
-          const delay = e.retryAfterMs ?? backoffDelay(0, this.#backoff);
-          this.#resumeRetryTimer = setTimeout(() => { if (ws === this.#ws) this.#sendResume(); }, delay);
-        } else if (e.code !== 'closed') {
-          this.#drop(4000, `resume failed: ${e.code}`);
-        }
-      });
+    // No timeout of its own: the connect timer watches for progress. Handled as its reply
+    // is read, not a microtask later: frames read in the same tick come after the resume.
+    const onSettle = (e, ok) => (e ? failed(e) : resumed(ok));
+    const resumed = (ok) => {
+      if (ws !== this.#ws) return;
+      this.#resumed = true;
+      this.#resyncs = 0;
+      this.#attempt = 0;
+      clearTimeout(this.#connectTimer);
+      this.#connectTimer = null;
+      this.#setState('open', { head: ok.head });
+      for (const w of this.#connectWaiters.splice(0)) w.resolve();
+      this.#afterResume();
+    };
+    const failed = (e) => {
+      if (ws !== this.#ws) return;
+      if (e.code === 'resync_required' && this.#resyncs++ === 0) {
+        // Resume from this connection's head; the application reloads what came before.
+        this.#resync(this.#hello.head, e.message);
+        this.#sendResume();
+      } else if (RETRYABLE.has(e.code)) {
+        const delay = e.retryAfterMs ?? backoffDelay(0, this.#backoff);
+        this.#resumeRetryTimer = setTimeout(() => { if (ws === this.#ws) this.#sendResume(); }, delay);
+      } else if (e.code !== 'closed') {
+        this.#drop(4000, `resume failed: ${e.code}`);
+      }
+    };
+    this.#request('resume', { after: this.#lastSeq }, { internal: true, early: true, timeoutMs: 0, onSettle })
+      .catch(() => { /* handled by onSettle */ });
   }
 
   #resync(head, reason) {
@@ -781,11 +785,11 @@ export class PgChat {
    * One request. `internal`: belongs to this connection (never re-sent on another);
    * `early`: may go before the resume is answered.
    */
-  #request(type, fields, { internal = false, early = false, idempotent, timeoutMs = this.#requestTimeoutMs } = {}) {
+  #request(type, fields, { internal = false, early = false, idempotent, timeoutMs = this.#requestTimeoutMs, onSettle } = {}) {
     if (this.#state === 'closed') return Promise.reject(new PgChatError('closed', 'the client was closed'));
     return new Promise((resolve, reject) => {
       const entry = {
-        kind: 'request', type, fields, resolve, reject, internal, early, ref: null, done: false,
+        kind: 'request', type, fields, resolve, reject, internal, early, ref: null, done: false, onSettle,
         idempotent: idempotent ?? (IDEMPOTENT.has(type) || (type === 'group_create' && fields.client_op_id !== undefined) || (type === 'send' && fields.client_msg_id !== undefined)),
         timer: null,
       };
@@ -807,6 +811,7 @@ export class PgChat {
     if (entry.done) return;
     entry.done = true;
     clearTimeout(entry.timer);
+    entry.onSettle?.(error, value);
     if (error) entry.reject(error);
     else entry.resolve(value);
   }

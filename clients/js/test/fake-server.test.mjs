@@ -12,7 +12,7 @@ import { createHash } from 'node:crypto';
 import http from 'node:http';
 import { test } from 'node:test';
 
-import { PgChat } from '../pgchat.js';
+import { MemoryStore, PgChat } from '../pgchat.js';
 import { track, waitFor } from './helpers.mjs';
 
 const GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
@@ -252,5 +252,45 @@ test('close codes: after 1013 (try again later) the backoff starts at attempt 3,
   assert.deepEqual(drops.map((d) => [d.code, d.attempt]), [[1001, 0], [1013, 3]]);
   assert.ok(drops[0].delayMs < backoff.initialMs);
   assert.ok(drops[1].delayMs < backoff.initialMs * 8);
+  chat.close();
+});
+
+test('ordering: live events ahead of the replay are held back, and a gap after the resume is asked for again', async (t) => {
+  const asked = [];
+  const fake = await fakeServer([async (conn) => {
+    conn.hello('mallory', 5);
+    const resume = await conn.next(); // after 2, from the store
+    asked.push(resume.after);
+    // As pgchat may: live events from the hello's head come before the replay ...
+    conn.text(message(6, 6, 'six'));
+    // ... then the replay from the resume's point, then its reply.
+    for (const n of [3, 4, 5, 6]) conn.text(message(n, n, ['', '', '', 'three', 'four', 'five', 'six'][n]));
+    conn.text({ type: 'ok', ref: resume.ref, head: 6 });
+    // pgchat never skips within a session; if a seq jumps anyway, the client asks again.
+    conn.text(message(8, 8, 'eight'));
+    const again = await conn.next();
+    asked.push(again.after);
+    assert.equal(again.type, 'resume');
+    conn.text(message(7, 7, 'seven'));
+    conn.text(message(8, 8, 'eight'));
+    conn.text({ type: 'ok', ref: again.ref, head: 8 });
+    conn.text(message(8, 8, 'eight')); // and a duplicate
+    const ping = await conn.next();
+    conn.text({ type: 'ok', ref: ping.ref });
+  }]);
+  t.after(() => fake.close());
+  const store = new MemoryStore();
+  store.set('pgchat:lastSeq:mallory', '2');
+  const chat = track(new PgChat({ url: fake.url, token: 'x.y.z', store }));
+  const got = [];
+  chat.on('message', (m) => got.push(m.body));
+  await chat.connect();
+  await waitFor(() => got.length === 6, 'six messages');
+  await chat.ping();
+  assert.deepEqual(got, ['three', 'four', 'five', 'six', 'seven', 'eight']);
+  assert.deepEqual(asked, [2, 6]);
+  assert.equal(chat.stats.heldBack, 2, "'six' before the replay, 'eight' before 'seven'");
+  assert.equal(chat.stats.duplicates, 1, "the last 'eight'");
+  assert.equal(store.get('pgchat:lastSeq:mallory'), '8');
   chat.close();
 });
