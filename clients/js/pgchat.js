@@ -128,6 +128,7 @@ function validConversation(c) {
 
 /** What a durable event of each known type must hold, beyond its `seq`. */
 const DURABLE_SHAPES = {
+  __proto__: null,
   message: (f) => validMessage(f.message),
   conversation: (f) => validConversation(f.conversation),
   removed: (f) => isString(f.conversation),
@@ -666,7 +667,7 @@ export class PgChat {
         } else this.#onTokenExpiring(frame.expires_in_ms);
         return;
       default:
-        if ('seq' in frame || frame.type in DURABLE_SHAPES) this.#onDurable(frame);
+        if ('seq' in frame || Object.hasOwn(DURABLE_SHAPES, frame.type)) this.#onDurable(frame);
         // Other types without seq: from a newer server; ignored.
     }
   }

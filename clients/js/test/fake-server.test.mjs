@@ -142,6 +142,7 @@ test('malformed frames are reported as bad_frame errors and skipped; the connect
     for (const g of garbage) conn.text(g);
     conn.binary([0xde, 0xad, 0xbe, 0xef]);
     conn.text('{"type":"some_future_event","x":1}'); // unknown, no seq: ignored, not an error
+    conn.text('{"type":"constructor"}'); // a name on Object.prototype is no known type either
     conn.text(message(2, 2, 'valid'));
     conn.text(message(2, 2, 'valid')); // a duplicate
     conn.text({ type: 'read', seq: 3, conversation: 'd1', user: 'eve', cseq: 2 });
