@@ -42,11 +42,12 @@ async fn run_group(mut cmd: tokio::process::Command, patience: Duration) -> bool
     let group = child.id().expect("a running child");
     let outcome = tokio::time::timeout(patience, child.wait_with_output()).await;
     // Whatever happened, nothing of the group may outlive the test (its servers hold
-    // connections to the database the test drops).
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", &format!("-{group}")])
-        .stderr(Stdio::null())
-        .status();
+    // connections to the database the test drops). killpg(2) itself, never kill(1):
+    // procps-ng 4.0.2 reads `kill -KILL -<pgid>` as `kill(-1, SIGKILL)`, every process.
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(group as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
     match outcome {
         Ok(output) => {
             let output = output.expect("wait for node");
