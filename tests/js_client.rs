@@ -44,8 +44,10 @@ async fn run_group(mut cmd: tokio::process::Command, patience: Duration) -> bool
     // Whatever happened, nothing of the group may outlive the test (its servers hold
     // connections to the database the test drops). killpg(2) itself, never kill(1):
     // procps-ng 4.0.2 reads `kill -KILL -<pgid>` as `kill(-1, SIGKILL)`, every process.
+    let group = i32::try_from(group).expect("a pid");
+    assert!(group > 1, "the child leads a process group of its own");
     let _ = nix::sys::signal::killpg(
-        nix::unistd::Pid::from_raw(group as i32),
+        nix::unistd::Pid::from_raw(group),
         nix::sys::signal::Signal::SIGKILL,
     );
     match outcome {
