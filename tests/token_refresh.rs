@@ -100,6 +100,20 @@ async fn each_token_gets_its_own_notice_and_the_new_expiry_is_kept() {
 }
 
 #[tokio::test]
+async fn the_same_token_again_is_accepted_without_a_second_notice() {
+    let app = spawn_with_notice(60_000).await;
+    let token = app.token_for("alice", None, Duration::from_secs(3));
+    let mut c = Client::connect(&app, &token).await;
+    c.event_of("token_expiring").await;
+    c.ok(json!({"type": "auth", "token": token})).await;
+    // Only the 1008 close follows: no notice loop for a client that has nothing newer.
+    assert!(c
+        .next_of("token_expiring", Duration::from_secs(10))
+        .await
+        .is_none());
+}
+
+#[tokio::test]
 async fn a_token_for_another_user_is_forbidden_and_changes_nothing() {
     let app = spawn_with_notice(60_000).await;
     let mut bob = app.connect("bob").await;

@@ -406,8 +406,10 @@ impl Session {
             return self.answer(envelope, Err(e));
         }
         let renamed = identity.name.is_some() && identity.name != self.identity.name;
+        // The same expiry (the same token sent again, as a client whose token source has
+        // nothing newer yet would): the notice already sent stands, and is not repeated.
+        self.token_replaced = identity.expires_at != self.identity.expires_at;
         self.identity = identity;
-        self.token_replaced = true;
         self.app.metrics.token_refreshes.inc();
         if !renamed {
             return self.answer(envelope, Ok(json!({})));

@@ -1,0 +1,352 @@
+// TypeScript declarations for pgchat.js, the JavaScript client of pgchat.
+// Field names follow the wire (docs/PROTOCOL.md): snake_case, as the server sends them.
+
+// ---- Wire objects -----------------------------------------------------------------------
+
+/** A user as a message's sender shows them. */
+export interface Sender {
+  id: string;
+  /** The display name from the sender's token, or null. */
+  name: string | null;
+}
+
+/** A stored message. `cseq` numbers messages within their conversation, 1, 2, 3, … */
+export interface Message {
+  id: number;
+  conversation: string;
+  cseq: number;
+  sender: Sender;
+  body: string;
+  client_msg_id: string;
+  /** RFC 3339, UTC, stamped by the database when stored. */
+  created_at: string;
+}
+
+export type ConversationKind = 'direct' | 'group';
+
+/** A conversation as `conversation` events and group replies show it. */
+export interface Conversation {
+  id: string;
+  kind: ConversationKind;
+  /** A group's name; null for direct conversations. */
+  name: string | null;
+  /** Member ids, by id. */
+  members: string[];
+  /** Groups only: the members who may remove others. */
+  admins?: string[];
+}
+
+/** An entry of `conversations()`. */
+export interface ConversationSummary extends Conversation {
+  /** All members (`members` lists at most the first 100; page with `members()`). */
+  member_count: number;
+  last_message: Message | null;
+  /** Messages after the user's read marker. */
+  unread: number;
+}
+
+export interface HistoryPage {
+  /** Oldest first. */
+  messages: Message[];
+  has_more: boolean;
+  total: number;
+}
+
+export interface MembersPage {
+  members: string[];
+  member_count: number;
+  has_more: boolean;
+}
+
+export type PresenceStatus = 'online' | 'offline' | 'unknown';
+
+export interface PresenceEntry {
+  user: string;
+  status: PresenceStatus;
+  /** When the user last went offline (null if never); absent for `unknown`. */
+  last_seen?: string | null;
+}
+
+// ---- Frames -----------------------------------------------------------------------------
+
+export interface HelloFrame {
+  type: 'hello';
+  user: string;
+  session: string;
+  worker: string;
+  /** The user's latest event seq when the socket opened. */
+  head: number;
+  server_time: string;
+}
+
+export interface MessageEvent {
+  type: 'message';
+  seq: number;
+  message: Message;
+}
+
+export interface ConversationEvent {
+  type: 'conversation';
+  seq: number;
+  conversation: Conversation;
+}
+
+export interface RemovedEvent {
+  type: 'removed';
+  seq: number;
+  conversation: string;
+}
+
+export interface ReadEvent {
+  type: 'read';
+  seq: number;
+  conversation: string;
+  user: string;
+  cseq: number;
+}
+
+/** A durable event of a type this client does not know yet (from a newer server). */
+export interface OtherDurableEvent {
+  type: string;
+  seq: number;
+  [field: string]: unknown;
+}
+
+/** Every event with a `seq`: the user's ordered, gap-free, replayable stream. */
+export type DurableEvent = MessageEvent | ConversationEvent | RemovedEvent | ReadEvent | OtherDurableEvent;
+
+export interface TypingEvent {
+  type: 'typing';
+  conversation: string;
+  user: string;
+  state: TypingState;
+}
+
+export interface PresenceEvent {
+  type: 'presence';
+  user: string;
+  status: PresenceStatus;
+  last_seen?: string | null;
+}
+
+export type TypingState = 'start' | 'stop';
+
+// ---- The client -------------------------------------------------------------------------
+
+export type ConnectionState = 'idle' | 'connecting' | 'open' | 'reconnecting' | 'closed';
+
+/** Where the last seen seq is kept between instances (page reloads, process restarts). */
+export interface SeqStore {
+  get(key: string): string | null | undefined | Promise<string | null | undefined>;
+  set(key: string, value: string): void | Promise<void>;
+}
+
+/** The default store: lives as long as the page or process. */
+export class MemoryStore implements SeqStore {
+  get(key: string): string | null;
+  set(key: string, value: string): void;
+}
+
+/** A store over Web Storage (`localStorage` by default): survives page reloads. */
+export class WebStorageStore implements SeqStore {
+  constructor(storage?: Pick<Storage, 'getItem' | 'setItem'>);
+  get(key: string): string | null;
+  set(key: string, value: string): void;
+}
+
+/** Protocol error codes (docs/PROTOCOL.md). */
+export type ProtocolErrorCode =
+  | 'bad_request' | 'unknown_type' | 'not_found' | 'forbidden' | 'too_large' | 'rate_limited'
+  | 'unavailable' | 'resync_required' | 'internal' | 'unauthorized';
+
+/** This client's own codes. */
+export type ClientErrorCode =
+  /** close() was called (or the client closed for good). */
+  | 'closed'
+  /** A frame from the server that is not what the protocol says; it was skipped. */
+  | 'bad_frame'
+  /** No reply within requestTimeoutMs. */
+  | 'timeout'
+  /** The socket dropped before a non-idempotent request was answered: outcome unknown. */
+  | 'disconnected'
+  /** maxOutbox sends wait already. */
+  | 'outbox_full'
+  /** The store's get or set failed. */
+  | 'store'
+  /** An event listener threw. */
+  | 'listener'
+  /** getToken() failed or returned no token. */
+  | 'token';
+
+export class PgChatError extends Error {
+  constructor(code: string, message: string, extra?: { frame?: unknown; retryAfterMs?: number; cause?: unknown });
+  readonly name: 'PgChatError';
+  code: ProtocolErrorCode | ClientErrorCode | (string & {});
+  /** The offending or error frame, when there is one. */
+  frame?: unknown;
+  /** The server's retry_after_ms, for rate_limited. */
+  retryAfterMs?: number;
+}
+
+export interface BackoffOptions {
+  /** The first retry waits up to this (default 500). */
+  initialMs?: number;
+  /** No retry waits longer (default 30000). */
+  maxMs?: number;
+}
+
+export interface PgChatOptions {
+  /** ws(s)://host/ws; the token is added as ?token=. */
+  url: string;
+  /** A fixed token: when it expires (close 1008) the client closes for good. */
+  token?: string;
+  /** Called at each (re)connect and to refresh the token in place before it expires. */
+  getToken?: () => string | Promise<string>;
+  /** Where the last seq is kept (key: storeKeyPrefix + user id). Default: a MemoryStore. */
+  store?: SeqStore;
+  /** Key prefix in the store (default 'pgchat:lastSeq:'). */
+  storeKeyPrefix?: string;
+  /** With nothing stored: 'head' (default: only events after the hello) or a seq to replay from. */
+  startAt?: 'head' | number;
+  /** A WebSocket constructor; default globalThis.WebSocket. */
+  WebSocket?: new (url: string) => WebSocket;
+  /** Full jitter: delay = random(0, min(maxMs, initialMs * 2^attempt)). */
+  backoff?: BackoffOptions;
+  /** How long non-send requests wait for a connection and their reply (default 15000). */
+  requestTimeoutMs?: number;
+  /** How long a connection may take to open, say hello and resume (default 15000). */
+  connectTimeoutMs?: number;
+  /** A ping after this long without frames; no answer in half the time reconnects (default 30000; 0: off). */
+  heartbeatMs?: number;
+  /** Sends waiting at most (default 1000); send() rejects with 'outbox_full' past it. */
+  maxOutbox?: number;
+  /** Frames larger than this are refused locally with 'too_large' (default 65536, the server's). */
+  maxFrameBytes?: number;
+}
+
+export interface StateChange {
+  state: ConnectionState;
+  /** 'connecting', 'reconnecting': consecutive failures so far (0 after a connection that worked). */
+  attempt?: number;
+  /** 'reconnecting': how long until the next try. */
+  delayMs?: number;
+  /** 'reconnecting', 'closed': why. */
+  reason?: string;
+  /** 'reconnecting' after a close: the close code (1001 shutdown, 1006 dropped, 1008 expired, …). */
+  code?: number;
+  /** 'open': the stream's head after the resume. */
+  head?: number;
+}
+
+export interface ResyncInfo {
+  /** The seq the client resumes from; events after it follow. */
+  head: number;
+  reason: string;
+}
+
+export interface ClientStats {
+  /** Durable events dropped because their seq was already seen. */
+  duplicates: number;
+  /** Events held back because an earlier one had not arrived (replayed in order after). */
+  heldBack: number;
+  reconnects: number;
+  badFrames: number;
+  resyncs: number;
+  /** Sends put on the wire again (after a drop, unavailable or rate_limited). */
+  retriedSends: number;
+}
+
+export interface PgChatEvents {
+  /** A new message (also the user's own, from any of their sessions). */
+  message: (message: Message, event: MessageEvent) => void;
+  /** A conversation the user joined, or whose name or members changed. */
+  conversation: (conversation: Conversation, event: ConversationEvent) => void;
+  /** The user left or was removed from a conversation. */
+  removed: (event: RemovedEvent) => void;
+  /** Another member's read marker moved. */
+  read: (event: ReadEvent) => void;
+  /** Ephemeral: lost while offline. */
+  typing: (event: TypingEvent) => void;
+  /** Ephemeral; after a reconnect the snapshot of watched users comes as presence events too. */
+  presence: (event: PresenceEvent) => void;
+  /** Every durable event, raw, in seq order, once (before its typed event). */
+  event: (event: DurableEvent) => void;
+  state: (change: StateChange) => void;
+  hello: (hello: HelloFrame) => void;
+  token_expiring: (info: { expiresInMs: number }) => void;
+  /** The token was replaced in place (`auth`). */
+  token_refreshed: (info: Record<string, never>) => void;
+  /**
+   * The server can no longer replay what this client missed: reload conversations and
+   * history. Events after `head` follow (they may already be in what you reload: merge
+   * messages by id).
+   */
+  resync: (info: ResyncInfo) => void;
+  /** Malformed frames ('bad_frame') and failures no promise reports. */
+  error: (error: PgChatError) => void;
+}
+
+export type PgChatEventName = keyof PgChatEvents;
+
+export type SendTarget = { conversation: string; to?: never } | { to: string; conversation?: never };
+
+/**
+ * A pgchat connection that reconnects, resumes, deduplicates and retries by itself.
+ * Nothing happens until connect(); sends and requests made before then wait.
+ */
+export class PgChat {
+  constructor(options: PgChatOptions);
+
+  readonly state: ConnectionState;
+  /** The user id from the hello (null before the first). */
+  readonly user: string | null;
+  /** The last durable seq handed to the application (-1 before the first hello). */
+  readonly lastSeq: number;
+  /** The current connection's hello, or null. */
+  readonly hello: HelloFrame | null;
+  /** Sends not yet acknowledged. */
+  readonly pendingSends: number;
+  readonly stats: ClientStats;
+  /** The store key of this user's position (null before the first hello). */
+  readonly storeKey: string | null;
+
+  /** Resolves once connected and resumed the first time; rejects if closed first. */
+  connect(): Promise<void>;
+  /** Final: pending sends and requests reject with code 'closed'. */
+  close(): void;
+
+  on<E extends PgChatEventName>(event: E, listener: PgChatEvents[E]): () => void;
+  off<E extends PgChatEventName>(event: E, listener: PgChatEvents[E]): void;
+
+  /**
+   * Resolves with the stored message exactly once, after any number of reconnects (the
+   * same client_msg_id is reused). Sends go out one at a time in the order made. Rejects on
+   * a permanent error (bad_request, forbidden, not_found, too_large), 'outbox_full' or
+   * close().
+   */
+  send(target: SendTarget, body: string, opts?: { clientMsgId?: string }): Promise<Message>;
+  history(conversation: string, opts?: { beforeCseq?: number; limit?: number }): Promise<Message[]>;
+  historyPage(conversation: string, opts?: { beforeCseq?: number; limit?: number }): Promise<HistoryPage>;
+  conversations(): Promise<ConversationSummary[]>;
+  members(conversation: string, opts?: { after?: string; limit?: number }): Promise<MembersPage>;
+  /** Idempotent: a clientOpId is generated when none is given, so retries create one group. */
+  createGroup(name: string, members: string[], opts?: { clientOpId?: string }): Promise<Conversation>;
+  addToGroup(conversation: string, users: string[], opts?: { admin?: boolean }): Promise<Conversation>;
+  removeFromGroup(conversation: string, users: string[]): Promise<Conversation>;
+  leaveGroup(conversation: string): Promise<void>;
+  markRead(conversation: string, cseq: number): Promise<void>;
+  typing(conversation: string, state: TypingState): Promise<void>;
+  /** Watches these users now and on every later connection; returns the snapshot. */
+  subscribePresence(users: string[]): Promise<PresenceEntry[]>;
+  ping(): Promise<void>;
+  /** Any request; resolves with the ok frame's fields (without type and ref). */
+  request(type: string, fields?: Record<string, unknown>): Promise<Record<string, any>>;
+}
+
+/** The reconnect delay after `attempt` consecutive failures (full jitter). */
+export function backoffDelay(attempt: number, options?: BackoffOptions, random?: () => number): number;
+
+/** A random 32-hex-digit id (for client_msg_id / client_op_id). */
+export function randomId(): string;
+
+export default PgChat;

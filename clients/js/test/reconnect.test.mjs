@@ -1,0 +1,171 @@
+// Reconnecting (backoff with full jitter), resuming after a disconnect (what was sent
+// meanwhile arrives after reconnecting, in order, once) and dropping duplicates by seq.
+
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+
+import { backoffDelay } from '../pgchat.js';
+import { Proxy, Server, client, fullHistory, messages, uniqueUser, waitFor } from './helpers.mjs';
+
+const server = new Server({ PGCHAT_RATE_LIMIT_PER_SEC: '100000', PGCHAT_RATE_LIMIT_BURST: '100000' });
+before(() => server.start());
+after(() => server.stop());
+
+test('backoffDelay is full jitter: uniform in [0, min(maxMs, initialMs * 2^attempt))', () => {
+  const opts = { initialMs: 100, maxMs: 1000 };
+  assert.equal(backoffDelay(0, opts, () => 0), 0);
+  assert.equal(backoffDelay(0, opts, () => 0.999999), 99);
+  assert.equal(backoffDelay(3, opts, () => 0.5), 400);
+  assert.equal(backoffDelay(4, opts, () => 0.999999), 999, 'capped at maxMs');
+  assert.equal(backoffDelay(60, opts, () => 0.5), 500, 'no overflow for large attempts');
+  // The real random source: spread over the whole range, not bunched at the cap.
+  const samples = Array.from({ length: 2000 }, () => backoffDelay(10, opts));
+  assert.ok(samples.every((d) => Number.isInteger(d) && d >= 0 && d < 1000));
+  const mean = samples.reduce((a, b) => a + b, 0) / samples.length;
+  assert.ok(mean > 400 && mean < 600, `mean ${mean} near 500`);
+  assert.ok(Math.min(...samples) < 50 && Math.max(...samples) > 950);
+});
+
+test('while the server is down the client retries with growing, jittered delays, then resumes', async (t) => {
+  const user = uniqueUser('patient');
+  const backoff = { initialMs: 40, maxMs: 320 };
+  const chat = client(server, user, { backoff });
+  const states = [];
+  chat.on('state', (s) => states.push({ ...s, at: performance.now() }));
+  await chat.connect();
+
+  await server.stop('SIGTERM');
+  await waitFor(() => states.filter((s) => s.state === 'reconnecting').length >= 7, 'seven retries');
+  await server.start();
+  await waitFor(() => chat.state === 'open', 'open again');
+
+  const retries = states.filter((s) => s.state === 'reconnecting');
+  t.diagnostic(`delays: ${retries.map((s) => s.delayMs).join(', ')} ms; reasons: ${[...new Set(retries.map((s) => s.reason))].join(' | ')}`);
+  assert.equal(retries[0].code, 1001, 'the server said it was going away');
+  retries.forEach((s, i) => {
+    assert.equal(s.attempt, i, 'attempts count up while every try fails');
+    const cap = Math.min(backoff.maxMs, backoff.initialMs * 2 ** i);
+    assert.ok(Number.isInteger(s.delayMs) && s.delayMs >= 0 && s.delayMs < cap, `delay ${s.delayMs} within [0, ${cap})`);
+  });
+  assert.ok(new Set(retries.map((s) => s.delayMs)).size > 1, 'jittered, not one fixed delay');
+  // Each try starts no sooner than its delay (timers may round by a millisecond).
+  for (let i = 0; i < states.length - 1; i++) {
+    if (states[i].state !== 'reconnecting') continue;
+    assert.equal(states[i + 1].state, 'connecting');
+    assert.ok(states[i + 1].at - states[i].at >= states[i].delayMs - 2, 'waited its delay');
+  }
+  assert.deepEqual(states.at(-1).state, 'open');
+
+  // Once open, the count starts again: the next drop retries within initialMs.
+  await server.restart('SIGKILL');
+  await waitFor(() => chat.state === 'open', 'open after the second restart');
+  const after = states.slice(states.findLastIndex((s) => s.state === 'open' && s !== states.at(-1)) + 1)
+    .filter((s) => s.state === 'reconnecting');
+  assert.equal(after[0].attempt, 0);
+  assert.equal(after[0].code, 1006, 'a killed server says nothing');
+  assert.ok(after[0].delayMs < backoff.initialMs);
+  chat.close();
+});
+
+test('messages sent while a client was cut off arrive after it reconnects, in order, once', async (t) => {
+  const [a, b] = [uniqueUser('alice'), uniqueUser('bob')];
+  const proxy = await new Proxy(server).start();
+  t.after(() => proxy.close());
+  const alice = client(server, a);
+  const bob = client(proxy, b);
+  const seen = messages(bob);
+  await Promise.all([alice.connect(), bob.connect()]);
+  const { conversation } = await alice.send({ to: b }, 'before');
+  await waitFor(() => seen.length === 1, 'the first message');
+
+  proxy.refuse(true); // bob's socket drops, and his reconnects fail for now
+  await waitFor(() => bob.state === 'reconnecting', 'bob reconnecting');
+  for (let i = 0; i < 30; i++) await alice.send({ conversation }, `offline ${i}`);
+  assert.equal(seen.length, 1, 'nothing reached bob while he was cut off');
+  proxy.refuse(false);
+  // More while he comes back: live events after his new hello race the replay.
+  const racing = [];
+  for (let i = 0; i < 30; i++) racing.push(alice.send({ conversation }, `racing ${i}`));
+  await Promise.all(racing);
+  await alice.send({ conversation }, 'end');
+  await waitFor(() => seen.at(-1)?.body === 'end', "bob's 'end'");
+  assert.deepEqual(seen.map((m) => m.body), [
+    'before',
+    ...Array.from({ length: 30 }, (_, i) => `offline ${i}`),
+    ...Array.from({ length: 30 }, (_, i) => `racing ${i}`),
+    'end',
+  ]);
+  assert.deepEqual(seen.map((m) => m.cseq), Array.from({ length: 62 }, (_, i) => i + 1));
+  t.diagnostic(`bob: ${JSON.stringify(bob.stats)}`);
+  alice.close();
+  bob.close();
+});
+
+test('duplicates are dropped by seq: a replay that overlaps what was seen shows nothing twice', async (t) => {
+  const [a, b] = [uniqueUser('alice'), uniqueUser('bob')];
+  const alice = client(server, a);
+  const bob = client(server, b);
+  const seen = messages(bob);
+  const events = [];
+  bob.on('event', (e) => events.push(e.seq));
+  await Promise.all([alice.connect(), bob.connect()]);
+  const { conversation } = await alice.send({ to: b }, 'm0');
+  for (let i = 1; i < 10; i++) await alice.send({ conversation }, `m${i}`);
+  await waitFor(() => seen.length === 10, 'ten messages');
+  const last = bob.lastSeq;
+  const before = bob.stats.duplicates;
+
+  // The real server replays the last 8 events again (resume moves its cursor back) ...
+  const replay = await bob.request('resume', { after: last - 8 });
+  assert.equal(replay.head, last);
+  // ... twice, concurrently, while a new message arrives.
+  const [second] = await Promise.all([
+    bob.request('resume', { after: last - 4 }),
+    alice.send({ conversation }, 'm10'),
+  ]);
+  assert.ok(second.head >= last);
+  await waitFor(() => seen.at(-1)?.body === 'm10', 'm10');
+  await bob.ping(); // every replayed frame is in before this reply
+  assert.ok(bob.stats.duplicates - before >= 12, `the replays' ${bob.stats.duplicates - before} events were dropped`);
+  assert.deepEqual(seen.map((m) => m.body), Array.from({ length: 11 }, (_, i) => `m${i}`));
+  assert.deepEqual(events, Array.from({ length: events.length }, (_, i) => events[0] + i), 'seq gap-free, each once');
+  assert.deepEqual((await fullHistory(bob, conversation)).map((m) => m.body), seen.map((m) => m.body));
+  alice.close();
+  bob.close();
+});
+
+test('close 1001 (the server shutting down): a new session, resumed, and no error reported', async () => {
+  const user = uniqueUser('closer');
+  const chat = client(server, user);
+  const errors = [];
+  chat.on('error', (e) => errors.push(e));
+  await chat.connect();
+  const hello1 = chat.hello.session;
+  await server.restart('SIGTERM');
+  await waitFor(() => chat.state === 'open' && chat.hello?.session !== hello1, 'a new session');
+  assert.deepEqual(errors, []);
+  chat.close();
+});
+
+test('a connection that silently stops carrying frames is found by the heartbeat and replaced', async () => {
+  const [a, b] = [uniqueUser('alice'), uniqueUser('bob')];
+  const proxy = await new Proxy(server).start();
+  const alice = client(server, a);
+  const bob = client(proxy, b, { heartbeatMs: 300 });
+  const seen = messages(bob);
+  const states = [];
+  bob.on('state', (s) => states.push(s));
+  await Promise.all([alice.connect(), bob.connect()]);
+  proxy.freeze(); // no close, no error: frames just stop
+  const { conversation } = await alice.send({ to: b }, 'while frozen');
+  await waitFor(() => seen.length === 1, 'the message, over a new connection');
+  const drop = states.find((s) => s.state === 'reconnecting');
+  assert.equal(drop.code, 4000);
+  assert.match(drop.reason, /heartbeat/);
+  assert.equal(proxy.accepted, 2);
+  await alice.send({ conversation }, 'after');
+  await waitFor(() => seen.length === 2, 'the next');
+  alice.close();
+  bob.close();
+  proxy.close();
+});

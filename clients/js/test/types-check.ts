@@ -1,0 +1,101 @@
+// Compiled (never run) with `tsc --noEmit --strict`: the declarations type real usage, and
+// wrong usage fails (the @ts-expect-error lines must stay errors).
+
+import PgChatDefault, {
+  MemoryStore, PgChat, PgChatError, WebStorageStore, backoffDelay, randomId,
+  type Conversation, type ConversationSummary, type DurableEvent, type Message, type PresenceEntry,
+  type SeqStore, type StateChange,
+} from '../pgchat.js';
+
+const asyncStore: SeqStore = {
+  async get(key: string) { return key.length ? '5' : null; },
+  async set(_key: string, _value: string) {},
+};
+
+const chat = new PgChat({
+  url: 'wss://chat.example.com/ws',
+  getToken: async () => 'jwt',
+  store: asyncStore,
+  startAt: 'head',
+  backoff: { initialMs: 250, maxMs: 10_000 },
+  requestTimeoutMs: 5000,
+});
+const other: PgChat = new PgChatDefault({ url: 'ws://localhost:3000/ws', token: 'jwt', store: new MemoryStore(), startAt: 0 });
+new WebStorageStore({ getItem: () => null, setItem: () => {} });
+
+async function main(): Promise<void> {
+  await chat.connect();
+  const state: 'idle' | 'connecting' | 'open' | 'reconnecting' | 'closed' = chat.state;
+  const seq: number = chat.lastSeq;
+  const user: string | null = chat.user;
+  void state; void seq; void user;
+
+  const m: Message = await chat.send({ to: 'bob' }, 'hi', { clientMsgId: 'k1' });
+  const cseq: number = m.cseq;
+  const senderName: string | null = m.sender.name;
+  await chat.send({ conversation: m.conversation }, 'again');
+  const list: ConversationSummary[] = await chat.conversations();
+  const unread: number = list[0].unread;
+  const last: Message | null = list[0].last_message;
+  const older: Message[] = await chat.history(m.conversation, { beforeCseq: cseq, limit: 50 });
+  const page = await chat.historyPage(m.conversation);
+  const more: boolean = page.has_more;
+  const g: Conversation = await chat.createGroup('Team', ['bob', 'carol'], { clientOpId: 'op1' });
+  const admins: string[] | undefined = g.admins;
+  await chat.addToGroup(g.id, ['dave'], { admin: true });
+  await chat.removeFromGroup(g.id, ['dave']);
+  const members = await chat.members(g.id, { after: 'bob', limit: 10 });
+  const count: number = members.member_count;
+  await chat.leaveGroup(g.id);
+  await chat.markRead(m.conversation, cseq);
+  await chat.typing(m.conversation, 'start');
+  const presence: PresenceEntry[] = await chat.subscribePresence(['bob']);
+  const raw = await chat.request('ping');
+  void senderName; void unread; void last; void older; void more; void admins; void count; void presence; void raw;
+
+  const offMessage = chat.on('message', (message, event) => {
+    const body: string = message.body;
+    const s: number = event.seq;
+    void body; void s;
+  });
+  offMessage();
+  chat.on('conversation', (c, e) => { const kind: 'direct' | 'group' = c.kind; void kind; void e.seq; });
+  chat.on('read', (e) => { const who: string = e.user; void who; });
+  chat.on('removed', (e) => { void e.conversation; });
+  chat.on('typing', (e) => { const st: 'start' | 'stop' = e.state; void st; });
+  chat.on('presence', (e) => { void e.status; void e.last_seen; });
+  chat.on('event', (e: DurableEvent) => { void e.seq; });
+  chat.on('state', (s: StateChange) => { if (s.state === 'reconnecting') void (s.delayMs ?? 0); });
+  chat.on('hello', (h) => { void h.head; });
+  chat.on('token_expiring', ({ expiresInMs }) => { void expiresInMs; });
+  chat.on('resync', ({ head }) => { void head; });
+  const onError = (e: PgChatError) => { if (e.code === 'bad_frame') void e.frame; };
+  chat.on('error', onError);
+  chat.off('error', onError);
+
+  try {
+    await chat.send({ to: 'bob' }, 'x');
+  } catch (e) {
+    if (e instanceof PgChatError && e.code === 'rate_limited') void e.retryAfterMs;
+  }
+
+  const d: number = backoffDelay(3, { initialMs: 100, maxMs: 1000 }, Math.random);
+  const id: string = randomId();
+  void d; void id;
+  other.close();
+
+  // @ts-expect-error: a target is a conversation or a user, not both
+  await chat.send({ to: 'bob', conversation: 'd1' }, 'x');
+  // @ts-expect-error: unknown event names are refused
+  chat.on('mesage', () => {});
+  // @ts-expect-error: a message listener gets a Message, not a string
+  chat.on('message', (body: string) => body);
+  // @ts-expect-error: typing states are start and stop
+  await chat.typing('d1', 'paused');
+  // @ts-expect-error: url is required
+  new PgChat({ token: 'jwt' });
+  // @ts-expect-error: state is read-only
+  chat.state = 'open';
+}
+
+void main;
