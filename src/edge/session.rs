@@ -547,17 +547,18 @@ impl Session {
                     e.retry_after_ms = Some(self.app.config.typing_timeout_ms);
                     return Err(e);
                 }
-                requests::typing(&self.app, &self.identity.user, &conversation, state).await?;
+                requests::typing::apply(&self.app, &self.identity.user, &conversation, state)
+                    .await?;
                 self.typing.insert(conversation, Instant::now() + timeout);
                 Ok(())
             }
             TypingState::Stop if was_typing => {
                 self.typing.remove(&conversation);
-                requests::typing(&self.app, &self.identity.user, &conversation, state).await
+                requests::typing::apply(&self.app, &self.identity.user, &conversation, state).await
             }
             // Not typing there: only check that the request was allowed.
             TypingState::Stop => {
-                requests::typing_allowed(&self.app, &self.identity.user, &conversation).await
+                requests::typing::allowed(&self.app, &self.identity.user, &conversation).await
             }
         }
     }
@@ -573,14 +574,16 @@ impl Session {
             .collect();
         for c in expired {
             self.typing.remove(&c);
-            let _ = requests::typing(&self.app, &self.identity.user, &c, TypingState::Stop).await;
+            let _ = requests::typing::apply(&self.app, &self.identity.user, &c, TypingState::Stop)
+                .await;
         }
     }
 
     /// On close: whoever saw this session typing sees it stop.
     async fn stop_typing_everywhere(&mut self) {
         for (c, _) in std::mem::take(&mut self.typing) {
-            let _ = requests::typing(&self.app, &self.identity.user, &c, TypingState::Stop).await;
+            let _ = requests::typing::apply(&self.app, &self.identity.user, &c, TypingState::Stop)
+                .await;
         }
     }
 

@@ -1,18 +1,190 @@
-//! What each request does, shared by the WebSocket session and the HTTP API.
+//! The requests, one file per kind: what each is (its fields), how it is validated, and
+//! how it is applied. A kind applied by the writer (`send`, `group_*`, `read`) becomes a
+//! [`Command`] here and is committed by `pgchat.apply_batch`; one that concerns the socket
+//! itself (`resume`, `presence_subscribe`, `auth`) is parsed here and applied by
+//! [`crate::edge::session`]. The HTTP API and the WebSocket share [`handle`].
 //!
-//! `resume` and `ping` are not here: they concern the socket itself and live in
-//! [`crate::edge::session`].
+//! Adding a kind: a variant of [`Request`], a file here (fields, `parse`, `apply`), its
+//! line in [`Request::parse`]'s table and in [`handle`], and, if the writer commits it, a
+//! [`Command`] variant and its branch in `schema.sql`'s `pgchat.apply_batch`.
+
+mod auth;
+mod conversations;
+mod group_add;
+mod group_create;
+mod group_leave;
+mod history;
+mod members;
+mod presence_subscribe;
+mod read;
+mod resume;
+mod send;
+pub mod typing;
 
 use std::sync::Arc;
 
-use serde_json::{json, Value};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
 
-use crate::foundation::error::ApiError;
-use crate::foundation::protocol::{ConversationId, Request, TypingState, UserId};
-use crate::read::cache::Page;
+use crate::foundation::error::{ApiError, Code};
+use crate::foundation::protocol::ConversationId;
+use crate::foundation::protocol::{Envelope, Limits, Request, UserId};
 use crate::read::store;
 use crate::state::App;
 use crate::write::Command;
+
+const DUPLICATE: &str = "duplicate field";
+
+/// A frame's top-level object, refused if a key appears twice: which of the two would count
+/// depends on the parser reading it (serde_json keeps the last, others the first), so a
+/// proxy or logger could see a different request than the one run.
+struct UniqueKeys(Map<String, Value>);
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Keys;
+        impl<'de> serde::de::Visitor<'de> for Keys {
+            type Value = UniqueKeys;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> Result<UniqueKeys, A::Error> {
+                let mut map = Map::new();
+                while let Some(key) = access.next_key::<String>()? {
+                    if map.contains_key(&key) {
+                        return Err(serde::de::Error::custom(format!("{DUPLICATE} {key:?}")));
+                    }
+                    let value = access.next_value()?;
+                    map.insert(key, value);
+                }
+                Ok(UniqueKeys(map))
+            }
+        }
+        d.deserialize_map(Keys)
+    }
+}
+
+impl Request {
+    /// Parses one text frame. The envelope is returned even when the request is invalid,
+    /// so the error reply carries the `ref`.
+    pub fn parse(text: &str, limits: Limits) -> (Envelope, Result<Request, ApiError>) {
+        let mut map = match serde_json::from_str::<UniqueKeys>(text) {
+            Ok(UniqueKeys(map)) => map,
+            Err(e) => {
+                let why = if !e.is_data() {
+                    format!("not valid JSON: {e}")
+                } else if e.to_string().starts_with(DUPLICATE) {
+                    e.to_string()
+                } else {
+                    "a request must be a JSON object".to_string()
+                };
+                return (Envelope::default(), Err(ApiError::bad_request(why)));
+            }
+        };
+        let mut envelope = Envelope::default();
+        match map.remove("ref") {
+            None | Some(Value::Null) => {}
+            Some(r @ Value::String(_)) => envelope.r#ref = Some(r),
+            Some(Value::Number(n)) if n.is_i64() || n.is_u64() => {
+                envelope.r#ref = Some(Value::Number(n))
+            }
+            Some(_) => {
+                return (
+                    envelope,
+                    Err(ApiError::bad_request("ref: must be a string or an integer")),
+                )
+            }
+        }
+        let kind = match map.remove("type") {
+            Some(Value::String(s)) => s,
+            Some(_) => {
+                return (
+                    envelope,
+                    Err(ApiError::bad_request("type: must be a string")),
+                )
+            }
+            None => return (envelope, Err(ApiError::bad_request("type: missing"))),
+        };
+        let request = Self::parse_body(&kind, map, limits);
+        (envelope, request)
+    }
+
+    /// The body of a request of type `kind`, by the kind's own file.
+    fn parse_body(
+        kind: &str,
+        map: Map<String, Value>,
+        limits: Limits,
+    ) -> Result<Request, ApiError> {
+        match kind {
+            "resume" => resume::parse(map),
+            "send" => send::parse(map, limits.max_message_chars),
+            "history" => history::parse(map),
+            "conversations" => Ok(Request::Conversations),
+            "members" => members::parse(map),
+            "group_create" => group_create::parse(map, limits.max_group_members),
+            "group_add" | "group_remove" => group_add::parse(kind, map, limits.max_group_members),
+            "group_leave" => group_leave::parse(map),
+            "read" => read::parse(map),
+            "typing" => typing::parse(map),
+            "presence_subscribe" => presence_subscribe::parse(map, limits.max_presence_users),
+            "auth" => auth::parse(map),
+            "ping" => Ok(Request::Ping),
+            other => Err(ApiError::new(
+                Code::UnknownType,
+                format!("unknown request type {other:?}"),
+            )),
+        }
+    }
+}
+
+/// A request's fields as `T`, with the field named in type errors.
+fn fields<T: DeserializeOwned>(kind: &str, map: Map<String, Value>) -> Result<T, ApiError> {
+    // serde_path_to_error names the field in type errors ("after: invalid type …").
+    serde_path_to_error::deserialize(Value::Object(map)).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." || inner.to_string().contains(&path) {
+            ApiError::bad_request(format!("{kind}: {inner}"))
+        } else {
+            ApiError::bad_request(format!("{kind}: {path}: {inner}"))
+        }
+    })
+}
+
+/// Parses a list of user ids: at most `max` (checked before parsing any, so a huge list
+/// costs nothing), each valid, duplicates removed, order kept.
+fn user_list(
+    kind: &str,
+    field: &str,
+    values: Vec<Value>,
+    max: usize,
+) -> Result<Vec<UserId>, ApiError> {
+    if values.len() > max {
+        return Err(ApiError::new(
+            Code::TooLarge,
+            format!("{kind}: {field}: at most {max} users, got {}", values.len()),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(values.len());
+    for (i, v) in values.into_iter().enumerate() {
+        let s = v.as_str().ok_or_else(|| {
+            ApiError::bad_request(format!("{kind}: {field}[{i}]: must be a user id string"))
+        })?;
+        let u = UserId::parse(s)
+            .map_err(|e| ApiError::bad_request(format!("{kind}: {field}[{i}]: {e}")))?;
+        if seen.insert(u.clone()) {
+            out.push(u);
+        }
+    }
+    Ok(out)
+}
 
 /// Runs one request for `user`; the result becomes the fields of the `ok` reply.
 pub async fn handle(app: &App, user: &UserId, request: Request) -> Result<Value, ApiError> {
@@ -21,15 +193,7 @@ pub async fn handle(app: &App, user: &UserId, request: Request) -> Result<Value,
             target,
             body,
             client_msg_id,
-        } => {
-            app.metrics.messages_received.inc();
-            Command::Send {
-                sender: user.clone(),
-                target,
-                body,
-                client_msg_id,
-            }
-        }
+        } => send::command(app, user, target, body, client_msg_id),
         Request::GroupCreate {
             name,
             members,
@@ -71,32 +235,13 @@ pub async fn handle(app: &App, user: &UserId, request: Request) -> Result<Value,
             conversation,
             before_cseq,
             limit,
-        } => return history(app, user, &conversation, before_cseq, limit).await,
-        Request::Conversations => {
-            let listed = app.config.conversation_members_listed as i32;
-            let list = store::conversations(&app.db, user, listed)
-                .await
-                .map_err(ApiError::from)?;
-            return Ok(json!({ "conversations": list }));
-        }
+        } => return history::apply(app, user, &conversation, before_cseq, limit).await,
+        Request::Conversations => return conversations::apply(app, user).await,
         Request::Members {
             conversation,
             after,
             limit,
-        } => {
-            let members = members_for(app, user, &conversation).await?;
-            let start = match &after {
-                Some(a) => members.partition_point(|m| m.as_str() <= a.as_str()),
-                None => 0,
-            };
-            let page: Vec<&String> = members.iter().skip(start).take(limit as usize).collect();
-            let has_more = start + page.len() < members.len();
-            return Ok(json!({
-                "members": page,
-                "member_count": members.len(),
-                "has_more": has_more,
-            }));
-        }
+        } => return members::apply(app, user, &conversation, after, limit).await,
         Request::Ping => return Ok(json!({})),
         Request::Resume { .. }
         | Request::Typing { .. }
@@ -108,45 +253,6 @@ pub async fn handle(app: &App, user: &UserId, request: Request) -> Result<Value,
         }
     };
     Ok(app.writer.run(command).await?.into_reply())
-}
-
-/// A page of history: the first page from the conversation cache when it holds enough,
-/// else from the database.
-async fn history(
-    app: &App,
-    user: &UserId,
-    conversation: &ConversationId,
-    before_cseq: Option<i64>,
-    limit: i64,
-) -> Result<Value, ApiError> {
-    let page = match before_cseq
-        .is_none()
-        .then(|| {
-            app.cache
-                .first_page(conversation.as_str(), user.as_str(), limit as usize)
-        })
-        .flatten()
-    {
-        Some(Page::NotAMember) => return Err(store::not_a_member(conversation)),
-        Some(Page::Messages {
-            messages,
-            has_more,
-            total,
-        }) => {
-            app.metrics.history_from_cache.inc();
-            store::HistoryPage {
-                messages,
-                has_more,
-                total,
-            }
-        }
-        None => store::history(&app.db, user, conversation, before_cseq, limit).await?,
-    };
-    Ok(json!({
-        "messages": page.messages.iter().map(store::Message::to_json).collect::<Vec<_>>(),
-        "has_more": page.has_more,
-        "total": page.total,
-    }))
 }
 
 /// The members of a conversation that `user` belongs to.
@@ -163,31 +269,4 @@ async fn members_for(
         return Err(store::not_a_member(conversation));
     }
     Ok(members)
-}
-
-/// Checks that `user` may send typing notices to `conversation`.
-pub async fn typing_allowed(
-    app: &App,
-    user: &UserId,
-    conversation: &ConversationId,
-) -> Result<(), ApiError> {
-    members_for(app, user, conversation).await.map(|_| ())
-}
-
-/// Tells the other members' live sessions (on every worker) that `user` is typing (or
-/// stopped). Nothing is stored.
-pub async fn typing(
-    app: &App,
-    user: &UserId,
-    conversation: &ConversationId,
-    state: TypingState,
-) -> Result<(), ApiError> {
-    let members = members_for(app, user, conversation).await?;
-    let (c, u, s) = (conversation.as_str(), user.as_str(), state.as_str());
-    crate::cluster::typing::deliver(&app.hub, &app.metrics, c, u, s, &members);
-    if app.presence.peers() > 0 {
-        // Other workers hold sessions too. Typing is ephemeral: if this fails, it is lost.
-        crate::cluster::typing::announce(&app.db, &app.worker_id, c, u, s, &members).await?;
-    }
-    Ok(())
 }

@@ -1,0 +1,21 @@
+//! `group_leave {conversation}`: the caller leaves a group; committed by the writer
+//! (`pgchat.apply_batch`'s `group_leave` branch).
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::fields;
+use crate::foundation::error::ApiError;
+use crate::foundation::protocol::{ConversationId, Request};
+
+#[derive(Deserialize)]
+struct Fields {
+    conversation: ConversationId,
+}
+
+pub(super) fn parse(map: Map<String, Value>) -> Result<Request, ApiError> {
+    let f: Fields = fields("group_leave", map)?;
+    Ok(Request::GroupLeave {
+        conversation: f.conversation,
+    })
+}

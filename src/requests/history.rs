@@ -1,0 +1,78 @@
+//! `history {conversation, before_cseq?, limit?}`: a page of a conversation's messages,
+//! newest first; the first page from the conversation cache when it holds enough.
+
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::fields;
+use crate::foundation::error::ApiError;
+use crate::foundation::protocol::{
+    ConversationId, Request, UserId, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT,
+};
+use crate::read::cache::Page;
+use crate::read::store;
+use crate::state::App;
+
+#[derive(Deserialize)]
+struct Fields {
+    conversation: ConversationId,
+    before_cseq: Option<i64>,
+    limit: Option<i64>,
+}
+
+pub(super) fn parse(map: Map<String, Value>) -> Result<Request, ApiError> {
+    let f: Fields = fields("history", map)?;
+    let limit = f.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
+    if !(1..=MAX_HISTORY_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "history: limit must be 1..{MAX_HISTORY_LIMIT}, got {limit}"
+        )));
+    }
+    if let Some(b) = f.before_cseq {
+        if b < 1 {
+            return Err(ApiError::bad_request("history: before_cseq must be >= 1"));
+        }
+    }
+    Ok(Request::History {
+        conversation: f.conversation,
+        before_cseq: f.before_cseq,
+        limit,
+    })
+}
+
+pub(super) async fn apply(
+    app: &App,
+    user: &UserId,
+    conversation: &ConversationId,
+    before_cseq: Option<i64>,
+    limit: i64,
+) -> Result<Value, ApiError> {
+    let page = match before_cseq
+        .is_none()
+        .then(|| {
+            app.cache
+                .first_page(conversation.as_str(), user.as_str(), limit as usize)
+        })
+        .flatten()
+    {
+        Some(Page::NotAMember) => return Err(store::not_a_member(conversation)),
+        Some(Page::Messages {
+            messages,
+            has_more,
+            total,
+        }) => {
+            app.metrics.history_from_cache.inc();
+            store::HistoryPage {
+                messages,
+                has_more,
+                total,
+            }
+        }
+        None => store::history(&app.db, user, conversation, before_cseq, limit).await?,
+    };
+    Ok(json!({
+        "messages": page.messages.iter().map(store::Message::to_json).collect::<Vec<_>>(),
+        "has_more": page.has_more,
+        "total": page.total,
+    }))
+}

@@ -1,0 +1,53 @@
+//! `members {conversation, after?, limit?}`: a page of a conversation's members, by id,
+//! for a member of it.
+
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::{fields, members_for};
+use crate::foundation::error::ApiError;
+use crate::foundation::protocol::{ConversationId, Request, UserId, MAX_MEMBERS_PAGE};
+use crate::state::App;
+
+#[derive(Deserialize)]
+struct Fields {
+    conversation: ConversationId,
+    after: Option<UserId>,
+    limit: Option<i64>,
+}
+
+pub(super) fn parse(map: Map<String, Value>) -> Result<Request, ApiError> {
+    let f: Fields = fields("members", map)?;
+    let limit = f.limit.unwrap_or(MAX_MEMBERS_PAGE);
+    if !(1..=MAX_MEMBERS_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "members: limit must be 1..{MAX_MEMBERS_PAGE}, got {limit}"
+        )));
+    }
+    Ok(Request::Members {
+        conversation: f.conversation,
+        after: f.after,
+        limit,
+    })
+}
+
+pub(super) async fn apply(
+    app: &App,
+    user: &UserId,
+    conversation: &ConversationId,
+    after: Option<UserId>,
+    limit: i64,
+) -> Result<Value, ApiError> {
+    let members = members_for(app, user, conversation).await?;
+    let start = match &after {
+        Some(a) => members.partition_point(|m| m.as_str() <= a.as_str()),
+        None => 0,
+    };
+    let page: Vec<&String> = members.iter().skip(start).take(limit as usize).collect();
+    let has_more = start + page.len() < members.len();
+    Ok(json!({
+        "members": page,
+        "member_count": members.len(),
+        "has_more": has_more,
+    }))
+}
