@@ -221,7 +221,7 @@ BEGIN
 END
 $$;
 
--- What the other workers are told after a batch (see src/notify.rs): the streams that grew
+-- What the other workers are told after a batch (see src/cluster/notify.rs): the streams that grew
 -- (user, newest seq) and the conversations that changed (id, version), or, when a list
 -- would not fit in NOTIFY's 8000 bytes, a pointer ("all") that makes them check everything.
 CREATE FUNCTION pgchat.events_notice(p_worker text, p_users text[], p_seqs bigint[],

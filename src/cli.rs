@@ -232,9 +232,9 @@ fn warn_about(config: &Config) {
             "JWT_SECRET is not set: using the generated development secret kept in the data \
              directory (production refuses to start without JWT_SECRET)"
         ),
-        Some(s) if s.len() < crate::foundation::config::MIN_PRODUCTION_SECRET_BYTES => {
+        Some(s) if s.expose().len() < crate::foundation::config::MIN_PRODUCTION_SECRET_BYTES => {
             tracing::warn!(
-                bytes = s.len(),
+                bytes = s.expose().len(),
                 "JWT_SECRET is shorter than {} bytes: production would refuse it",
                 crate::foundation::config::MIN_PRODUCTION_SECRET_BYTES
             )

@@ -82,15 +82,8 @@ async fn supervise(
 ) -> ExitCode {
     // The ports before anything else: one in use (another program, or another `serve`
     // whose workers would otherwise be joined through SO_REUSEPORT) stops start-up.
-    let ports = match listen {
-        Listen::Shared => vec![config.port],
-        Listen::PerWorker => (0..n).map(|i| config.port + i as u16).collect(),
-    };
-    for port in ports {
-        if let Err(e) = crate::app::check_port(&config.host, port) {
-            eprintln!("pgchat: {e}");
-            return ExitCode::from(e.exit_code());
-        }
+    if let Err(code) = check_ports(&config, n, listen) {
+        return code;
     }
     // Set up once, so that workers do not race to, and no set-up connection overlaps
     // theirs. A private cluster, if one is started, lives as long as the supervisor.
@@ -109,7 +102,63 @@ async fn supervise(
             return ExitCode::from(1);
         }
     };
-    let mut workers: Vec<Worker> = shares(config.db_max_connections, n)
+    let mut workers = plan(&config, n, listen);
+    tracing::info!(
+        workers = n,
+        ?listen,
+        shares = ?workers.iter().map(|w| w.share).collect::<Vec<_>>(),
+        "starting workers"
+    );
+    let relay = match crate::ops::systemd::Relay::start(n) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pgchat: cannot relay the workers' notices to systemd: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let launcher = Launcher {
+        exe,
+        relay,
+        config_path,
+        listen,
+        n,
+        url,
+        reported: Arc::new(Mutex::new(vec![None; n])),
+    };
+    for w in workers.iter_mut() {
+        if let Err(e) = launcher.spawn(w) {
+            eprintln!("pgchat: cannot start worker {}: {e}", w.index);
+            return ExitCode::from(1);
+        }
+    }
+    if let Err(code) = watch(&config, &mut workers, &launcher).await {
+        stop_all(&mut workers, &config).await;
+        return code;
+    }
+    tracing::info!("forwarding shutdown to the workers");
+    crate::ops::systemd::stopping();
+    stop_all(&mut workers, &config).await;
+    ExitCode::SUCCESS
+}
+
+/// Fails (with the exit code) when a port the workers need cannot be bound.
+fn check_ports(config: &Config, n: usize, listen: Listen) -> Result<(), ExitCode> {
+    let ports = match listen {
+        Listen::Shared => vec![config.port],
+        Listen::PerWorker => (0..n).map(|i| config.port + i as u16).collect(),
+    };
+    for port in ports {
+        if let Err(e) = crate::app::check_port(&config.host, port) {
+            eprintln!("pgchat: {e}");
+            return Err(ExitCode::from(e.exit_code()));
+        }
+    }
+    Ok(())
+}
+
+/// The workers to run, each with its share of the connections and its port; none started.
+fn plan(config: &Config, n: usize, listen: Listen) -> Vec<Worker> {
+    shares(config.db_max_connections, n)
         .into_iter()
         .enumerate()
         .map(|(index, share)| Worker {
@@ -124,26 +173,27 @@ async fn supervise(
             deaths: VecDeque::new(),
             restart_at: None,
         })
-        .collect();
-    tracing::info!(
-        workers = n,
-        ?listen,
-        shares = ?workers.iter().map(|w| w.share).collect::<Vec<_>>(),
-        "starting workers"
-    );
-    let relay = match crate::ops::systemd::Relay::start(n) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("pgchat: cannot relay the workers' notices to systemd: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    // Each worker's connections as it last reported them on its stdout (see
-    // `stats::spawn_reporter`); None until it reports, and once it exits.
-    let reported: Arc<Mutex<Vec<Option<u64>>>> = Arc::new(Mutex::new(vec![None; n]));
-    let spawn = |w: &mut Worker| -> std::io::Result<()> {
-        let mut cmd = Command::new(&exe);
-        match &relay {
+        .collect()
+}
+
+/// What starting a worker process takes.
+struct Launcher {
+    exe: PathBuf,
+    relay: Option<crate::ops::systemd::Relay>,
+    config_path: Option<PathBuf>,
+    listen: Listen,
+    n: usize,
+    url: String,
+    /// Each worker's connections as it last reported them on its stdout (see
+    /// `stats::spawn_reporter`); None until it reports, and once it exits.
+    reported: Arc<Mutex<Vec<Option<u64>>>>,
+}
+
+impl Launcher {
+    fn spawn(&self, w: &mut Worker) -> std::io::Result<()> {
+        let n = self.n;
+        let mut cmd = Command::new(&self.exe);
+        match &self.relay {
             Some(relay) => relay.worker_env(w.index, &mut cmd),
             None => {
                 cmd.env_remove("NOTIFY_SOCKET")
@@ -151,7 +201,7 @@ async fn supervise(
                     .env_remove("WATCHDOG_PID");
             }
         }
-        if let Some(p) = &config_path {
+        if let Some(p) = &self.config_path {
             cmd.arg("--config").arg(p);
         }
         cmd.arg("worker")
@@ -159,13 +209,12 @@ async fn supervise(
             .arg(w.index.to_string())
             .arg("--share")
             .arg(w.share.to_string())
-            .args((listen == Listen::Shared).then_some("--reuse-port"))
+            .args((self.listen == Listen::Shared).then_some("--reuse-port"))
             .env("PORT", w.port.to_string())
-            // So that each worker sizes its runtime for its share of the CPUs.
+            // So that each worker sizes its runtime for its share of the CPUs, and knows
+            // its share of memory_limit_mb.
             .env("PGCHAT_WORKERS", n.to_string())
-            .env("DATABASE_URL", &url)
-            // So that a worker knows its share of memory_limit_mb.
-            .env("PGCHAT_WORKERS", n.to_string())
+            .env("DATABASE_URL", &self.url)
             // The worker exits when this pipe closes: it never outlives the supervisor.
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -173,19 +222,21 @@ async fn supervise(
         let mut child = cmd.spawn()?;
         w._stdin = child.stdin.take();
         if let Some(out) = child.stdout.take() {
-            tokio::spawn(read_reports(out, w.index, reported.clone()));
+            tokio::spawn(read_reports(out, w.index, self.reported.clone()));
         }
         w.child = Some(child);
         w.restart_at = None;
         Ok(())
-    };
-    for w in workers.iter_mut() {
-        if let Err(e) = spawn(w) {
-            eprintln!("pgchat: cannot start worker {}: {e}", w.index);
-            return ExitCode::from(1);
-        }
     }
+}
 
+/// Restarts workers that die until a signal (Ok), or until one cannot start or keeps
+/// dying (the exit code; the caller stops the others).
+async fn watch(
+    config: &Config,
+    workers: &mut [Worker],
+    launcher: &Launcher,
+) -> Result<(), ExitCode> {
     let shutdown = crate::shutdown::signal();
     tokio::pin!(shutdown);
     let mut stats = (config.stats_interval_ms > 0).then(|| {
@@ -213,48 +264,21 @@ async fn supervise(
                 Some(exit) = waits.next() => Some(Some(exit)),
                 _ = sleep_until(next_restart) => Some(None),
                 _ = tick(&mut stats) => {
-                    log_distribution(&reported.lock().expect("reports"));
+                    log_distribution(&launcher.reported.lock().expect("reports"));
                     continue;
                 }
             }
         };
         match exited {
-            None => break,
-            Some(Some((index, status))) => {
-                let w = &mut workers[index];
-                w.child = None;
-                // Exit code 2: what the configuration must fix (its port is taken, …), said
-                // by the worker on stderr. Restarting would only say it again.
-                if status.as_ref().is_ok_and(|s| s.code() == Some(2)) {
-                    tracing::error!(of_worker = index, "worker cannot start; stopping");
-                    stop_all(&mut workers, &config).await;
-                    return ExitCode::from(2);
-                }
-                let now = Instant::now();
-                w.deaths.push_back(now);
-                while w.deaths.front().is_some_and(|t| now - *t > DEATH_WINDOW) {
-                    w.deaths.pop_front();
-                }
-                if w.deaths.len() >= MAX_DEATHS {
-                    tracing::error!(of_worker = index, ?status, "worker keeps dying; giving up");
-                    eprintln!(
-                        "pgchat: worker {index} died {MAX_DEATHS} times within {}s; stopping",
-                        DEATH_WINDOW.as_secs()
-                    );
-                    stop_all(&mut workers, &config).await;
-                    return ExitCode::from(GAVE_UP);
-                }
-                let backoff = Duration::from_millis(250) * 2u32.pow(w.deaths.len() as u32 - 1);
-                tracing::warn!(of_worker = index, ?status, restart_in = ?backoff, "worker died; restarting");
-                w.restart_at = Some(tokio::time::Instant::now() + backoff);
-            }
+            None => return Ok(()),
+            Some(Some((index, status))) => died(&mut workers[index], status)?,
             Some(None) => {
                 let now = tokio::time::Instant::now();
                 for w in workers
                     .iter_mut()
                     .filter(|w| w.restart_at.is_some_and(|t| t <= now))
                 {
-                    if let Err(e) = spawn(w) {
+                    if let Err(e) = launcher.spawn(w) {
                         tracing::error!(of_worker = w.index, error = %e, "restarting worker failed");
                         w.restart_at = Some(now + Duration::from_secs(1));
                     }
@@ -262,10 +286,36 @@ async fn supervise(
             }
         }
     }
-    tracing::info!("forwarding shutdown to the workers");
-    crate::ops::systemd::stopping();
-    stop_all(&mut workers, &config).await;
-    ExitCode::SUCCESS
+}
+
+/// A worker exited: schedules its restart with backoff, or gives up (the exit code) when
+/// it cannot start or keeps dying.
+fn died(w: &mut Worker, status: std::io::Result<std::process::ExitStatus>) -> Result<(), ExitCode> {
+    let index = w.index;
+    w.child = None;
+    // Exit code 2: what the configuration must fix (its port is taken, …), said by the
+    // worker on stderr. Restarting would only say it again.
+    if status.as_ref().is_ok_and(|s| s.code() == Some(2)) {
+        tracing::error!(of_worker = index, "worker cannot start; stopping");
+        return Err(ExitCode::from(2));
+    }
+    let now = Instant::now();
+    w.deaths.push_back(now);
+    while w.deaths.front().is_some_and(|t| now - *t > DEATH_WINDOW) {
+        w.deaths.pop_front();
+    }
+    if w.deaths.len() >= MAX_DEATHS {
+        tracing::error!(of_worker = index, ?status, "worker keeps dying; giving up");
+        eprintln!(
+            "pgchat: worker {index} died {MAX_DEATHS} times within {}s; stopping",
+            DEATH_WINDOW.as_secs()
+        );
+        return Err(ExitCode::from(GAVE_UP));
+    }
+    let backoff = Duration::from_millis(250) * 2u32.pow(w.deaths.len() as u32 - 1);
+    tracing::warn!(of_worker = index, ?status, restart_in = ?backoff, "worker died; restarting");
+    w.restart_at = Some(tokio::time::Instant::now() + backoff);
+    Ok(())
 }
 
 async fn tick(interval: &mut Option<tokio::time::Interval>) {

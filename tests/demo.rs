@@ -324,7 +324,7 @@ async fn minted_tokens_follow_the_deployments_token_rules() {
 async fn in_production_there_is_no_demo_and_no_sign_in() {
     let app = TestApp::spawn_with(|c| {
         c.node_env = "production".into();
-        c.jwt_secret = Some("p".repeat(40));
+        c.jwt_secret = Some("p".repeat(40).into());
     })
     .await;
     let http = reqwest::Client::new();

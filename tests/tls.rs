@@ -380,7 +380,7 @@ async fn in_production_a_remote_host_without_sslmode_gets_tls_and_a_local_one_st
     let production = |url: String| {
         move |c: &mut pgchat::Config| {
             c.node_env = "production".into();
-            c.jwt_secret = Some("p".repeat(40));
+            c.jwt_secret = Some("p".repeat(40).into());
             c.database_url = Some(url);
         }
     };

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::hub::Hub;
 use crate::cluster::notify::{Notice, CHANNEL};
 use crate::cluster::presence::Presence;
+use crate::cluster::typing::{self, RemoteTyping};
 use crate::db::{Database, SharedConn};
 use crate::foundation::error::DbError;
 use crate::foundation::metrics::Metrics;
@@ -383,16 +384,13 @@ async fn handle(ln: &Listener, payloads: Vec<String>) {
                 }
             }
             Notice::Typing { c, u, s, m, .. } => {
-                crate::cluster::typing::remote(
-                    &ln.hub,
-                    &ln.metrics,
-                    (&ln.cache, &ln.db),
-                    c,
-                    u,
-                    s,
-                    m,
-                )
-                .await
+                let notice = RemoteTyping {
+                    conversation: c,
+                    user: u,
+                    state: s,
+                    members: m,
+                };
+                typing::remote(&ln.hub, &ln.metrics, &ln.cache, &ln.db, notice).await
             }
             Notice::Gone { all: true, .. } => reload_presence = true,
             other => ln.presence.on_notice(other),

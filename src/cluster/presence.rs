@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use chrono::{DateTime, SubsecRound, Utc};
-use serde_json::{json, Value};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +23,7 @@ use crate::cluster::hub::SessionId;
 use crate::cluster::notify::{Notice, CHANNEL};
 use crate::db::{queries, Database};
 use crate::foundation::error::DbError;
+use crate::foundation::frames::{self, PresenceEntry, PresenceStatus};
 use crate::foundation::protocol::{rfc3339, UserId};
 
 /// How often a worker heartbeats and looks for dead workers.
@@ -76,17 +76,15 @@ impl State {
             || self.lingering.contains_key(user)
     }
 
-    fn announce(&self, user: &str, status: &str, last_seen: Option<DateTime<Utc>>) {
+    fn announce(&self, user: &str, status: PresenceStatus, last_seen: Option<DateTime<Utc>>) {
         let Some(watchers) = self.watchers.get(user) else {
             return;
         };
-        let frame: Utf8Bytes = json!({
-            "type": "presence",
-            "user": user,
-            "status": status,
-            "last_seen": last_seen.map(rfc3339),
+        let frame: Utf8Bytes = frames::encode(&frames::Presence {
+            user,
+            status,
+            last_seen: last_seen.map(rfc3339),
         })
-        .to_string()
         .into();
         for tx in watchers.values() {
             // Full: the frame is dropped for that session (ephemeral by definition).
@@ -126,7 +124,7 @@ impl Presence {
         );
         state.pending.insert(user.to_string(), None);
         if !was_online {
-            state.announce(user, "online", Some(Utc::now()));
+            state.announce(user, PresenceStatus::Online, Some(Utc::now()));
         }
         drop(state);
         self.flush.notify_one();
@@ -168,7 +166,7 @@ impl Presence {
             state.local.remove(user);
             state.pending.insert(user.to_string(), Some(now));
             if !state.online(user) {
-                state.announce(user, "offline", Some(now));
+                state.announce(user, PresenceStatus::Offline, Some(now));
                 state.last_seen.insert(user.to_string(), now);
             }
         }
@@ -195,7 +193,7 @@ impl Presence {
                         .or_default()
                         .insert(w.clone());
                     if !was {
-                        state.announce(&user, "online", Some(Utc::now()));
+                        state.announce(&user, PresenceStatus::Online, Some(Utc::now()));
                     }
                 }
                 for (user, at) in off {
@@ -204,7 +202,7 @@ impl Presence {
                         let at = DateTime::parse_from_rfc3339(&at)
                             .map(|t| t.with_timezone(&Utc))
                             .unwrap_or_else(|_| Utc::now());
-                        state.announce(&user, "offline", Some(at));
+                        state.announce(&user, PresenceStatus::Offline, Some(at));
                     }
                 }
             }
@@ -231,7 +229,7 @@ impl Presence {
                             if state.lingering.get(&user) == Some(&generation) {
                                 state.lingering.remove(&user);
                                 if !state.online(&user) {
-                                    state.announce(&user, "offline", Some(now));
+                                    state.announce(&user, PresenceStatus::Offline, Some(now));
                                 }
                             }
                         }
@@ -268,7 +266,7 @@ impl Presence {
             }
             if !state.online(&user) {
                 if announce {
-                    state.announce(&user, "offline", Some(now));
+                    state.announce(&user, PresenceStatus::Offline, Some(now));
                 }
                 offline.push(user);
             }
@@ -293,7 +291,7 @@ impl Presence {
             let was = state.local.contains_key(user) || old.contains_key(user);
             let is = state.online(user);
             if was != is {
-                state.announce(user, if is { "online" } else { "offline" }, Some(now));
+                state.announce(user, PresenceStatus::of(is), Some(now));
             }
         }
         Ok(())
@@ -322,7 +320,7 @@ impl Presence {
         session: SessionId,
         tx: &mpsc::Sender<Utf8Bytes>,
         users: &[UserId],
-    ) -> Result<Vec<Value>, DbError> {
+    ) -> Result<Vec<PresenceEntry>, DbError> {
         // Watch first, then read: a change in between is announced, not missed.
         {
             let mut state = self.state.lock().expect("presence lock");
@@ -348,11 +346,11 @@ impl Presence {
             .iter()
             .map(|u| {
                 let online = state.online(u.as_str());
-                json!({
-                    "user": u,
-                    "status": if online { "online" } else { "offline" },
-                    "last_seen": last_seen.get(u.as_str()).copied().flatten().map(rfc3339),
-                })
+                PresenceEntry {
+                    user: u.as_str().to_string(),
+                    status: PresenceStatus::of(online),
+                    last_seen: Some(last_seen.get(u.as_str()).copied().flatten().map(rfc3339)),
+                }
             })
             .collect())
     }

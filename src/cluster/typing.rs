@@ -6,12 +6,12 @@
 use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
-use serde_json::json;
 
 use crate::cluster::hub::Hub;
 use crate::cluster::notify::{Notice, CHANNEL};
 use crate::db::Database;
 use crate::foundation::error::{ApiError, DbError};
+use crate::foundation::frames;
 use crate::foundation::metrics::Metrics;
 use crate::foundation::protocol::ConversationId;
 use crate::read::cache::ConversationCache;
@@ -26,13 +26,11 @@ pub fn deliver(
     state: &str,
     members: &[String],
 ) {
-    let frame: Utf8Bytes = json!({
-        "type": "typing",
-        "conversation": conversation,
-        "user": user,
-        "state": state,
+    let frame: Utf8Bytes = frames::encode(&frames::Typing {
+        conversation,
+        user,
+        state,
     })
-    .to_string()
     .into();
     for m in members.iter().filter(|m| m.as_str() != user) {
         let dropped = hub.push(m, &frame);
@@ -73,21 +71,33 @@ pub async fn members_of(
     Ok(Arc::new(members))
 }
 
+/// Another worker's typing notice, as its NOTIFY carried it.
+pub struct RemoteTyping {
+    pub conversation: String,
+    pub user: String,
+    pub state: String,
+    /// `None` when the list did not fit in the notice.
+    pub members: Option<Vec<String>>,
+}
+
 /// Another worker's typing notice: deliver it to the members' sessions here.
 pub async fn remote(
     hub: &Hub,
     metrics: &Metrics,
-    (cache, db): (&ConversationCache, &Database),
-    conversation: String,
-    user: String,
-    state: String,
-    members: Option<Vec<String>>,
+    cache: &ConversationCache,
+    db: &Database,
+    notice: RemoteTyping,
 ) {
+    let RemoteTyping {
+        conversation,
+        user,
+        state,
+        members,
+    } = notice;
     let members = match members {
         Some(m) => m,
         None => {
-            // The list did not fit in the notice. Typing is ephemeral: if the members
-            // cannot be found, the notice is dropped.
+            // Typing is ephemeral: if the members cannot be found, the notice is dropped.
             let Ok(id) = ConversationId::parse(&conversation) else {
                 return;
             };

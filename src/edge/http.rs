@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Map};
 
 use crate::edge::session;
 use crate::foundation::auth::Identity;
@@ -246,16 +246,17 @@ async fn api_history(
     let ident = api_identity(&app, &headers).await?;
     let Path(id) = id.map_err(|e| refused("conversation id", e.body_text()))?;
     let Query(q) = q.map_err(|e| refused("query", e.body_text()))?;
-    // Build the same JSON a socket would send, so both go through one parser.
-    let mut frame = json!({"type": "history", "conversation": id});
+    // The fields a socket would send, through the same parser.
+    let mut fields = Map::new();
+    fields.insert("conversation".into(), id.into());
     if let Some(b) = parse_int("before_cseq", q.before_cseq.as_ref())? {
-        frame["before_cseq"] = b.into();
+        fields.insert("before_cseq".into(), b.into());
     }
     if let Some(l) = parse_int("limit", q.limit.as_ref())? {
-        frame["limit"] = l.into();
+        fields.insert("limit".into(), l.into());
     }
-    let (_, request) = Request::parse(&frame.to_string(), app.limits());
-    Ok(Json(requests::handle(&app, &ident.user, request?).await?))
+    let request = Request::parse_body("history", fields, app.limits())?;
+    Ok(Json(requests::handle(&app, &ident.user, request).await?))
 }
 
 #[derive(Deserialize)]
@@ -285,14 +286,12 @@ async fn api_send(
             ApiError::bad_request(e.body_text())
         }
     })?;
-    let frame = json!({
-        "type": "send",
-        "conversation": ConversationId::parse(&id).map_err(ApiError::bad_request)?,
-        "body": body.body,
-        "client_msg_id": body.client_msg_id,
-    });
-    let (_, request) = Request::parse(&frame.to_string(), app.limits());
-    let request = request?;
+    let conversation = ConversationId::parse(&id).map_err(ApiError::bad_request)?;
+    let mut fields = Map::new();
+    fields.insert("conversation".into(), conversation.as_str().into());
+    fields.insert("body".into(), body.body);
+    fields.insert("client_msg_id".into(), body.client_msg_id);
+    let request = Request::parse_body("send", fields, app.limits())?;
     let result = requests::handle(&app, &ident.user, request).await?;
     Ok((StatusCode::OK, Json(result)))
 }

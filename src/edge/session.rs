@@ -22,9 +22,9 @@ use tokio::time::Instant;
 use crate::cluster::hub::Subscription;
 use crate::foundation::auth::Identity;
 use crate::foundation::error::{ApiError, Code};
+use crate::foundation::frames::{self, PresenceEntry, PresenceStatus};
 use crate::foundation::protocol::{
-    error_frame, ok_frame, rfc3339, BearerToken, ConversationId, Envelope, Request, TypingState,
-    UserId,
+    rfc3339, BearerToken, ConversationId, Envelope, Request, TypingState, UserId,
 };
 use crate::read::store;
 use crate::requests;
@@ -302,15 +302,14 @@ impl Session {
         stream: &mut futures_util::stream::SplitStream<WebSocket>,
         head: i64,
     ) -> End {
-        let hello = json!({
-            "type": "hello",
-            "user": self.identity.user,
-            "session": random_id(),
-            "worker": self.app.worker_id,
-            "head": head,
-            "server_time": rfc3339(chrono::Utc::now()),
+        let hello = frames::encode(&frames::Hello {
+            user: self.identity.user.as_str(),
+            session: random_id(),
+            worker: &self.app.worker_id,
+            head,
+            server_time: rfc3339(chrono::Utc::now()),
         });
-        if let Err(end) = self.outbox.push(hello.to_string().into()) {
+        if let Err(end) = self.outbox.push(hello.into()) {
             return end;
         }
         let shutdown = self.app.shutdown.clone();
@@ -383,8 +382,10 @@ impl Session {
     /// so that the client can send `auth` with a fresh token first.
     fn notice_expiry(&mut self) -> Result<(), End> {
         let left = self.identity.remaining().as_millis() as u64;
-        let frame = json!({"type": "token_expiring", "expires_in_ms": left});
-        self.outbox.push(frame.to_string().into())
+        let frame = frames::encode(&frames::TokenExpiring {
+            expires_in_ms: left,
+        });
+        self.outbox.push(frame.into())
     }
 
     /// `auth`: a newer token for the same user replaces the session's, so that its expiry
@@ -627,11 +628,15 @@ impl Session {
             .await?
             .into_iter();
         // In the order asked, the hidden ones as `unknown`.
-        let presence: Vec<serde_json::Value> = requested
+        let presence: Vec<Option<PresenceEntry>> = requested
             .iter()
             .map(|u| match visible.contains(u.as_str()) {
-                true => snapshot.next().unwrap_or_default(),
-                false => json!({ "user": u, "status": "unknown" }),
+                true => snapshot.next(),
+                false => Some(PresenceEntry {
+                    user: u.as_str().to_string(),
+                    status: PresenceStatus::Unknown,
+                    last_seen: None,
+                }),
             })
             .collect();
         Ok(json!({ "presence": presence }))
@@ -814,10 +819,10 @@ fn reply_frame(
     result: Result<serde_json::Value, ApiError>,
 ) -> String {
     match result {
-        Ok(v) => ok_frame(envelope, v),
+        Ok(v) => frames::ok_frame(envelope, v),
         Err(e) => {
             app.metrics.request_errors.inc();
-            error_frame(envelope, &e)
+            frames::error_frame(envelope, &e)
         }
     }
 }

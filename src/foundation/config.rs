@@ -41,6 +41,43 @@ const BARE_ENV: &[&str] = &[
     "WORKERS",
 ];
 
+/// A secret setting. Its `Debug` and `Display` print `<redacted>`, so that a
+/// configuration in a log line or a panic message never carries it; [`Secret::expose`]
+/// is the one way to its text.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Secret {
+        Secret(s)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Secret {
+        Secret(s.to_string())
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// Every setting, with the meaning documented beside its default in `config.toml`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -50,7 +87,7 @@ pub struct Config {
     pub node_env: String,
     pub database_url: Option<String>,
     pub database_listen_url: Option<String>,
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
     pub jwt_audience: Option<String>,
     pub jwt_leeway_secs: u64,
     pub jwt_max_lifetime_secs: u64,
@@ -433,10 +470,10 @@ impl Config {
                 ))
             }
             None => {}
-            Some(secret) if secret.is_empty() => {
+            Some(secret) if secret.expose().is_empty() => {
                 return Err(ConfigError::new("jwt_secret", "must not be empty"))
             }
-            Some(secret) if secret == OLD_DEV_JWT_SECRET => {
+            Some(secret) if secret.expose() == OLD_DEV_JWT_SECRET => {
                 return Err(ConfigError::new(
                     "jwt_secret",
                     "is the old built-in development secret, which is public: set a random one \
@@ -444,14 +481,14 @@ impl Config {
                 ))
             }
             Some(secret)
-                if self.is_production() && secret.len() < MIN_PRODUCTION_SECRET_BYTES =>
+                if self.is_production() && secret.expose().len() < MIN_PRODUCTION_SECRET_BYTES =>
             {
                 return Err(ConfigError::new(
                     "jwt_secret",
                     format!(
                         "must be at least {MIN_PRODUCTION_SECRET_BYTES} bytes when NODE_ENV=production, got {} \
                          (e.g. `openssl rand -hex 32`)",
-                        secret.len()
+                        secret.expose().len()
                     ),
                 ))
             }
@@ -692,6 +729,23 @@ fn toml_string(config: &Config) -> String {
 mod tests {
     use super::*;
     use crate::foundation::endpoint::redact_url_password;
+
+    #[test]
+    fn a_secret_never_prints() {
+        let c = Config {
+            jwt_secret: Some("hunter2-hunter2".into()),
+            ..Config::default()
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert_eq!(
+            c.jwt_secret.as_ref().map(|s| s.to_string()).as_deref(),
+            Some("<redacted>")
+        );
+        assert_eq!(
+            c.jwt_secret.as_ref().map(Secret::expose),
+            Some("hunter2-hunter2")
+        );
+    }
 
     #[test]
     fn defaults_are_valid() {

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod endpoint;
 pub mod error;
+pub mod frames;
 pub mod logging;
 pub mod metrics;
 pub mod protocol;

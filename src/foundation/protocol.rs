@@ -5,7 +5,7 @@
 //! newtypes that can only hold valid values, so nothing past this module re-checks them.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::foundation::error::{ApiError, Code};
 
@@ -292,34 +292,6 @@ pub struct Limits {
     pub max_presence_users: usize,
 }
 
-/// `{"type":"ok","ref":…, …result}`. `result` must be a JSON object.
-pub fn ok_frame(envelope: &Envelope, result: Value) -> String {
-    let mut out = Map::new();
-    out.insert("type".into(), "ok".into());
-    if let Some(r) = &envelope.r#ref {
-        out.insert("ref".into(), r.clone());
-    }
-    if let Value::Object(fields) = result {
-        out.extend(fields);
-    }
-    Value::Object(out).to_string()
-}
-
-/// `{"type":"error","ref":…,"code":…,"message":…}`.
-pub fn error_frame(envelope: &Envelope, error: &ApiError) -> String {
-    let mut out = Map::new();
-    out.insert("type".into(), "error".into());
-    if let Some(r) = &envelope.r#ref {
-        out.insert("ref".into(), r.clone());
-    }
-    out.insert("code".into(), error.code.as_str().into());
-    out.insert("message".into(), error.message.clone().into());
-    if let Some(ms) = error.retry_after_ms {
-        out.insert("retry_after_ms".into(), ms.into());
-    }
-    Value::Object(out).to_string()
-}
-
 /// RFC 3339 in UTC with millisecond precision, the one time format on the wire.
 pub fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -401,16 +373,5 @@ mod tests {
             LIMITS,
         );
         assert_eq!(r.unwrap_err().code, Code::BadRequest);
-    }
-
-    #[test]
-    fn ok_frames_merge_the_result() {
-        let env = Envelope {
-            r#ref: Some("r".into()),
-        };
-        assert_eq!(
-            ok_frame(&env, serde_json::json!({"head": 3})),
-            r#"{"type":"ok","ref":"r","head":3}"#
-        );
     }
 }

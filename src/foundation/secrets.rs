@@ -140,7 +140,7 @@ pub fn jwt_secret_path(config: &Config) -> PathBuf {
 /// since logs travel further than a 0600 file.
 pub fn jwt_secret(config: &Config) -> Result<String, SecretError> {
     if let Some(secret) = &config.jwt_secret {
-        return Ok(secret.clone());
+        return Ok(secret.expose().to_string());
     }
     let path = jwt_secret_path(config);
     if config.is_production() {

@@ -1,7 +1,9 @@
-//! The read side of the database, and the JSON shapes rows become on the wire.
-//!
-//! Writes that allocate `seq`/`cseq` live in [`crate::write`]; everything here only reads
-//! (or upserts a user's name), with parameterised statements cached per connection.
+//! The read path's queries: the durable event stream (events after a cursor, the heads
+//! and bounds of streams), history, members and the conversation list, and the JSON
+//! shapes rows become on the wire. Writes that allocate `seq`/`cseq` live in
+//! [`crate::write`]; the writes here are a user's upsert ([`touch_user`]) and the pruning
+//! of events past `event_retention` ([`prune_events`]), with parameterised statements
+//! cached per connection.
 
 use chrono::{DateTime, Utc};
 use postgres_types::ToSql;
@@ -10,6 +12,9 @@ use tokio_postgres::Row;
 
 use crate::db::{queries, Database};
 use crate::foundation::error::{ApiError, DbError};
+use crate::foundation::frames::{
+    event_frame, ConversationFields, EventFields, MessageFields, MessageFrame, Sender,
+};
 use crate::foundation::protocol::{rfc3339, ConversationId, UserId};
 
 /// A stored message, as sent on the wire inside `message` events and replies.
@@ -41,15 +46,30 @@ impl Message {
         }
     }
 
+    /// The message as the wire shows it.
+    pub fn frame(&self) -> MessageFrame<'_> {
+        MessageFrame {
+            id: self.id,
+            conversation: &self.conversation,
+            cseq: self.cseq,
+            sender: Sender {
+                id: &self.sender,
+                name: self.sender_name.as_deref(),
+            },
+            body: &self.body,
+            client_msg_id: &self.client_msg_id,
+            created_at: rfc3339(self.created_at),
+        }
+    }
+
     pub fn to_json(&self) -> Value {
-        json!({
-            "id": self.id,
-            "conversation": self.conversation,
-            "cseq": self.cseq,
-            "sender": {"id": self.sender, "name": self.sender_name},
-            "body": self.body,
-            "client_msg_id": self.client_msg_id,
-            "created_at": rfc3339(self.created_at),
+        serde_json::to_value(self.frame()).expect("a message encodes")
+    }
+
+    /// The fields of this message's event (and of `send`'s reply), encoded once.
+    pub fn event_fields(&self) -> EventFields {
+        EventFields::encode(&MessageFields {
+            message: self.frame(),
         })
     }
 }
@@ -85,30 +105,6 @@ impl EventKind {
     }
 }
 
-/// Builds one event frame: `{"type":kind,"seq":seq,<fields>}`, where `fields` is the text
-/// of a JSON object's members without its braces. The fields are encoded once per event
-/// and shared by every recipient; only the `seq` differs.
-pub fn event_frame(kind: EventKind, seq: i64, fields: &str) -> String {
-    let mut s = String::with_capacity(fields.len() + 40);
-    s.push_str("{\"type\":\"");
-    s.push_str(kind.as_str());
-    s.push_str("\",\"seq\":");
-    s.push_str(&seq.to_string());
-    if !fields.is_empty() {
-        s.push(',');
-        s.push_str(fields);
-    }
-    s.push('}');
-    s
-}
-
-/// The members of a JSON object, without the surrounding braces.
-pub fn object_fields(v: &Value) -> String {
-    let s = v.to_string();
-    debug_assert!(s.starts_with('{') && s.ends_with('}'));
-    s[1..s.len() - 1].to_string()
-}
-
 /// Records the user (and their current display name); returns their stream head.
 /// Reads first so that an unchanged user costs no write.
 pub async fn touch_user(db: &Database, user: &UserId, name: Option<&str>) -> Result<i64, DbError> {
@@ -136,17 +132,20 @@ fn event_from_row(row: &Row) -> (String, i64, String) {
     let frame = match kind {
         EventKind::Message => {
             let m = Message::from_row(row, 4);
-            event_frame(kind, seq, &object_fields(&json!({"message": m.to_json()})))
+            event_frame(kind.as_str(), seq, m.event_fields().as_str())
         }
         EventKind::Conversation => {
             // The state the event was written with (see queries::EVENTS_AFTER).
             let state: Option<Value> = row.get(12);
-            let conversation = json!({ "conversation": state });
-            event_frame(kind, seq, &object_fields(&conversation))
+            let fields = EventFields::encode(&ConversationFields {
+                conversation: state.as_ref(),
+            });
+            event_frame(kind.as_str(), seq, fields.as_str())
         }
         EventKind::Removed | EventKind::Read => {
             let payload: Option<Value> = row.get(3);
-            event_frame(kind, seq, &object_fields(&payload.unwrap_or(json!({}))))
+            let payload = payload.unwrap_or_else(|| Value::Object(Default::default()));
+            event_frame(kind.as_str(), seq, EventFields::encode(&payload).as_str())
         }
     };
     (row.get(0), seq, frame)

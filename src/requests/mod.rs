@@ -115,8 +115,9 @@ impl Request {
         (envelope, request)
     }
 
-    /// The body of a request of type `kind`, by the kind's own file.
-    fn parse_body(
+    /// The body of a request of type `kind`, by the kind's own file. The HTTP API calls
+    /// this with the fields it gathered from the path, the query and the body.
+    pub fn parse_body(
         kind: &str,
         map: Map<String, Value>,
         limits: Limits,

@@ -13,16 +13,17 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use postgres_types::ToSql;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio_postgres::Row;
 
 use super::{Command, Outcome};
 use crate::db::queries::APPLY_BATCH;
 use crate::db::Database;
 use crate::foundation::error::{ApiError, Code, DbError};
+use crate::foundation::frames::EventFields;
 use crate::foundation::protocol::Target;
 use crate::read::cache::Snapshot;
-use crate::read::store::{object_fields, EventKind, Message};
+use crate::read::store::{EventKind, Message};
 
 /// An event to hand to the hub after commit: the frame is `{"type":kind,"seq":seq,` +
 /// `fields` + `}`, and `fields` is shared by every recipient of the same event.
@@ -258,6 +259,30 @@ pub async fn commit(
 /// The function's output (see its OUT parameters in schema.sql) as outcomes, events for
 /// the hub and snapshots for the cache.
 fn decode(row: &Row, commands: &[&Command]) -> Committed {
+    let (outcomes, stored, ids) = decode_outcomes(row, commands);
+    let (events, recipients) = decode_events(row, &ids, &stored);
+    let count = stored.len();
+    let conversations = decode_conversations(row, stored, &recipients);
+    Committed {
+        outcomes,
+        events,
+        conversations,
+        stored: count,
+        outcome_unknown: false,
+    }
+}
+
+/// Each command's outcome, the messages this batch stored (each once, by id), and the
+/// message id of each command (by position) that stored or found one.
+#[allow(clippy::type_complexity)]
+fn decode_outcomes(
+    row: &Row,
+    commands: &[&Command],
+) -> (
+    Vec<Result<Outcome, ApiError>>,
+    BTreeMap<i64, Message>,
+    Vec<Option<i64>>,
+) {
     let codes: Vec<Option<String>> = row.get("o_code");
     let details: Vec<Option<String>> = row.get("o_detail");
     let ids: Vec<Option<i64>> = row.get("o_msg_id");
@@ -268,7 +293,6 @@ fn decode(row: &Row, commands: &[&Command]) -> Committed {
     let bodies: Vec<Option<String>> = row.get("o_msg_body");
     let conversations: Vec<Option<Value>> = row.get("o_conv");
 
-    // Outcomes, and the messages this batch stored (each once, by id).
     let mut outcomes = Vec::with_capacity(commands.len());
     let mut stored: BTreeMap<i64, Message> = BTreeMap::new();
     for (i, command) in commands.iter().enumerate() {
@@ -313,22 +337,26 @@ fn decode(row: &Row, commands: &[&Command]) -> Committed {
         }));
     }
 
-    // Events: a message event's fields are its message, encoded once for all recipients.
+    (outcomes, stored, ids)
+}
+
+/// The events to publish, a message event's fields being its message, encoded once for
+/// all recipients; and who got each new message (its conversation's members), for the
+/// cache.
+fn decode_events(
+    row: &Row,
+    ids: &[Option<i64>],
+    stored: &BTreeMap<i64, Message>,
+) -> (Vec<Published>, HashMap<i64, Vec<String>>) {
     let message_fields: HashMap<i64, Arc<str>> = stored
         .values()
-        .map(|m| {
-            (
-                m.id,
-                object_fields(&json!({ "message": m.to_json() })).into(),
-            )
-        })
+        .map(|m| (m.id, String::from(m.event_fields()).into()))
         .collect();
     let users: Vec<String> = row.get("e_user");
     let seqs: Vec<i64> = row.get("e_seq");
     let cmds: Vec<i32> = row.get("e_cmd");
     let kinds: Vec<String> = row.get("e_kind");
     let fields: Vec<Option<Value>> = row.get("e_fields");
-    // Who got each new message: its conversation's members, for the cache.
     let mut recipients: HashMap<i64, Vec<String>> = HashMap::new();
     let events = users
         .into_iter()
@@ -344,7 +372,7 @@ fn decode(row: &Row, commands: &[&Command]) -> Committed {
                     recipients.entry(id).or_default().push(user.clone());
                     message_fields[&id].clone()
                 }
-                (_, Some(f)) => object_fields(&f).into(),
+                (_, Some(f)) => String::from(EventFields::encode(&f)).into(),
                 (_, None) => unreachable!("apply_batch gives every other event its fields"),
             };
             Published {
@@ -356,8 +384,16 @@ fn decode(row: &Row, commands: &[&Command]) -> Committed {
         })
         .collect();
 
-    // The conversations written, for the cache: the last state of each, with the messages
-    // this batch added to it.
+    (events, recipients)
+}
+
+/// The conversations written, for the cache: the last state of each, with the messages
+/// this batch added to it.
+fn decode_conversations(
+    row: &Row,
+    stored: BTreeMap<i64, Message>,
+    recipients: &HashMap<i64, Vec<String>>,
+) -> Vec<Snapshot> {
     let v_ids: Vec<String> = row.get("v_id");
     let v_versions: Vec<i64> = row.get("v_version");
     let v_last: Vec<i64> = row.get("v_last_cseq");
@@ -397,24 +433,16 @@ fn decode(row: &Row, commands: &[&Command]) -> Committed {
             }
         }
     }
-    let count = stored.len();
     for m in stored.into_values() {
         if let Some(s) = latest.get_mut(&m.conversation) {
             s.new_messages.push(m);
         }
     }
-    let conversations = latest
+    latest
         .into_values()
         .map(|mut s| {
             s.new_messages.sort_by_key(|m| m.cseq);
             s
         })
-        .collect();
-    Committed {
-        outcomes,
-        events,
-        conversations,
-        stored: count,
-        outcome_unknown: false,
-    }
+        .collect()
 }

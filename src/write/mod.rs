@@ -30,12 +30,13 @@ use crate::cluster::hub::Hub;
 use crate::db::Database;
 use crate::foundation::config::Config;
 use crate::foundation::error::{ApiError, Code};
+use crate::foundation::frames::event_frame;
 use crate::foundation::metrics::Metrics;
 use crate::foundation::protocol::{
     Body, ClientMsgId, ClientOpId, ConversationId, GroupName, Target, UserId,
 };
 use crate::read::cache::ConversationCache;
-use crate::read::store::{event_frame, Message};
+use crate::read::store::Message;
 
 /// One write, as validated at the edge. Every variant names the user acting.
 #[derive(Debug, Clone)]
@@ -340,8 +341,9 @@ impl Batcher {
                 self.cache.apply(snapshot);
             }
             for p in &c.events {
-                self.hub
-                    .publish(&p.user, p.seq, || event_frame(p.kind, p.seq, &p.fields));
+                self.hub.publish(&p.user, p.seq, || {
+                    event_frame(p.kind.as_str(), p.seq, &p.fields)
+                });
             }
             outcomes.extend(c.outcomes);
         }

@@ -1,0 +1,288 @@
+//! Every frame the server sends, as serde types: the one place the wire's shapes are
+//! written down (docs/asyncapi.yaml describes the same shapes; tests/spec.rs checks them
+//! against each other). Field order is declaration order and is part of the contract.
+//!
+//! Events are the hot path: a committed event goes to every member of a conversation, and
+//! only its `seq` differs between them. So an event's fields are encoded once
+//! ([`EventFields::encode`]) and each recipient's frame only wraps them in
+//! `{"type":…,"seq":N,…}` ([`event_frame`]).
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::error::ApiError;
+use super::protocol::Envelope;
+
+/// `hello`: the first frame of every socket.
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "hello")]
+pub struct Hello<'a> {
+    pub user: &'a str,
+    pub session: String,
+    pub worker: &'a str,
+    pub head: i64,
+    pub server_time: String,
+}
+
+/// `token_expiring`: the time left until the 1008 close.
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "token_expiring")]
+pub struct TokenExpiring {
+    pub expires_in_ms: u64,
+}
+
+/// `typing`: a member started or stopped typing.
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "typing")]
+pub struct Typing<'a> {
+    pub conversation: &'a str,
+    pub user: &'a str,
+    pub state: &'a str,
+}
+
+/// A user's presence, as the wire names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PresenceStatus {
+    Online,
+    Offline,
+    /// A user whose presence the caller may not see.
+    Unknown,
+}
+
+impl PresenceStatus {
+    pub fn of(online: bool) -> PresenceStatus {
+        if online {
+            PresenceStatus::Online
+        } else {
+            PresenceStatus::Offline
+        }
+    }
+}
+
+/// `presence`: a watched user came online or went offline.
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "presence")]
+pub struct Presence<'a> {
+    pub user: &'a str,
+    pub status: PresenceStatus,
+    pub last_seen: Option<String>,
+}
+
+/// One user in `presence_subscribe`'s reply: `last_seen` is absent for a user whose
+/// presence the caller may not see (`unknown`), and `null` for one never seen.
+#[derive(Debug, Clone, Serialize)]
+pub struct PresenceEntry {
+    pub user: String,
+    pub status: PresenceStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<Option<String>>,
+}
+
+/// `ok`: the reply to a request, echoing its `ref`; `result`'s fields follow.
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "ok")]
+struct OkFrame<'a, R: Serialize> {
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    r#ref: Option<&'a Value>,
+    #[serde(flatten)]
+    result: R,
+}
+
+/// `error`: a request refused, echoing its `ref`.
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "error")]
+struct ErrorFrame<'a> {
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    r#ref: Option<&'a Value>,
+    code: &'static str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u64>,
+}
+
+/// A frame as text. Encoding these types cannot fail (string keys, no maps of other keys).
+pub fn encode<T: Serialize>(frame: &T) -> String {
+    serde_json::to_string(frame).expect("a frame encodes")
+}
+
+/// `{"type":"ok","ref":…, …result}`. `result` must be a JSON object.
+pub fn ok_frame(envelope: &Envelope, result: Value) -> String {
+    let result = match result {
+        Value::Object(fields) => fields,
+        _ => serde_json::Map::new(),
+    };
+    encode(&OkFrame {
+        r#ref: envelope.r#ref.as_ref(),
+        result,
+    })
+}
+
+/// `{"type":"error","ref":…,"code":…,"message":…}`.
+pub fn error_frame(envelope: &Envelope, error: &ApiError) -> String {
+    encode(&ErrorFrame {
+        r#ref: envelope.r#ref.as_ref(),
+        code: error.code.as_str(),
+        message: &error.message,
+        retry_after_ms: error.retry_after_ms,
+    })
+}
+
+/// An event's fields, encoded once: the text of a JSON object's members without its
+/// braces, shared by every recipient's frame.
+pub struct EventFields(String);
+
+impl EventFields {
+    /// `fields` must serialize as a JSON object.
+    pub fn encode<T: Serialize>(fields: &T) -> EventFields {
+        let s = encode(fields);
+        debug_assert!(s.starts_with('{') && s.ends_with('}'));
+        EventFields(s[1..s.len() - 1].to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<EventFields> for String {
+    fn from(f: EventFields) -> String {
+        f.0
+    }
+}
+
+/// One event frame: `{"type":kind,"seq":seq,<fields>}`, `fields` as
+/// [`EventFields::encode`] made them.
+pub fn event_frame(kind: &str, seq: i64, fields: &str) -> String {
+    let mut s = String::with_capacity(fields.len() + 40);
+    s.push_str("{\"type\":\"");
+    s.push_str(kind);
+    s.push_str("\",\"seq\":");
+    s.push_str(&seq.to_string());
+    if !fields.is_empty() {
+        s.push(',');
+        s.push_str(fields);
+    }
+    s.push('}');
+    s
+}
+
+/// A message as the wire shows it, in `message` events and replies.
+#[derive(Serialize)]
+pub struct MessageFrame<'a> {
+    pub id: i64,
+    pub conversation: &'a str,
+    pub cseq: i64,
+    pub sender: Sender<'a>,
+    pub body: &'a str,
+    pub client_msg_id: &'a str,
+    pub created_at: String,
+}
+
+/// A message's sender: the id, and the display name their token carried (or `null`).
+#[derive(Serialize)]
+pub struct Sender<'a> {
+    pub id: &'a str,
+    pub name: Option<&'a str>,
+}
+
+/// The fields of a `message` event, and of `send`'s reply.
+#[derive(Serialize)]
+pub struct MessageFields<'a> {
+    pub message: MessageFrame<'a>,
+}
+
+/// The fields of a `conversation` event: the conversation's state as the writer stored it.
+#[derive(Serialize)]
+pub struct ConversationFields<'a> {
+    pub conversation: Option<&'a Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ok_frames_merge_the_result() {
+        let env = Envelope {
+            r#ref: Some("r".into()),
+        };
+        assert_eq!(
+            ok_frame(&env, json!({"head": 3})),
+            r#"{"type":"ok","ref":"r","head":3}"#
+        );
+    }
+
+    #[test]
+    fn ok_and_error_frames_keep_the_documented_order() {
+        let with_ref = Envelope {
+            r#ref: Some(json!("r1")),
+        };
+        assert_eq!(
+            ok_frame(&with_ref, json!({"head": 3, "a": {"b": null}})),
+            r#"{"type":"ok","ref":"r1","head":3,"a":{"b":null}}"#
+        );
+        assert_eq!(
+            ok_frame(&Envelope::default(), json!({})),
+            r#"{"type":"ok"}"#
+        );
+        let mut e = ApiError::bad_request("no");
+        assert_eq!(
+            error_frame(&with_ref, &e),
+            r#"{"type":"error","ref":"r1","code":"bad_request","message":"no"}"#
+        );
+        e.retry_after_ms = Some(5);
+        assert_eq!(
+            error_frame(&Envelope::default(), &e),
+            r#"{"type":"error","code":"bad_request","message":"no","retry_after_ms":5}"#
+        );
+    }
+
+    #[test]
+    fn events_share_their_fields_and_vary_only_type_and_seq() {
+        let fields = EventFields::encode(&ConversationFields { conversation: None });
+        assert_eq!(fields.as_str(), r#""conversation":null"#);
+        assert_eq!(
+            event_frame("conversation", 7, fields.as_str()),
+            r#"{"type":"conversation","seq":7,"conversation":null}"#
+        );
+        let empty = EventFields::encode(&json!({}));
+        assert_eq!(
+            event_frame("read", 1, empty.as_str()),
+            r#"{"type":"read","seq":1}"#
+        );
+    }
+
+    #[test]
+    fn ephemeral_frames_carry_their_type_first() {
+        let t = Typing {
+            conversation: "c",
+            user: "u",
+            state: "start",
+        };
+        assert_eq!(
+            encode(&t),
+            r#"{"type":"typing","conversation":"c","user":"u","state":"start"}"#
+        );
+        let p = Presence {
+            user: "u",
+            status: PresenceStatus::Offline,
+            last_seen: None,
+        };
+        assert_eq!(
+            encode(&p),
+            r#"{"type":"presence","user":"u","status":"offline","last_seen":null}"#
+        );
+        assert_eq!(
+            encode(&TokenExpiring { expires_in_ms: 9 }),
+            r#"{"type":"token_expiring","expires_in_ms":9}"#
+        );
+        let unknown = PresenceEntry {
+            user: "u".into(),
+            status: PresenceStatus::Unknown,
+            last_seen: None,
+        };
+        assert_eq!(encode(&unknown), r#"{"user":"u","status":"unknown"}"#);
+    }
+}
