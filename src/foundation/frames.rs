@@ -40,6 +40,40 @@ pub struct Typing<'a> {
     pub state: &'a str,
 }
 
+/// A conversation's kind, as the wire (and `conversations.kind`) names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConversationKind {
+    Direct,
+    Group,
+}
+
+impl ConversationKind {
+    pub fn parse(s: &str) -> Option<ConversationKind> {
+        match s {
+            "direct" => Some(ConversationKind::Direct),
+            "group" => Some(ConversationKind::Group),
+            _ => None,
+        }
+    }
+}
+
+/// One conversation in `conversations`' reply.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConversationEntry {
+    pub id: String,
+    pub kind: ConversationKind,
+    pub name: Option<String>,
+    /// The first `conversation_members_listed`, by id.
+    pub members: Vec<String>,
+    pub member_count: i64,
+    pub last_message: Option<Value>,
+    pub unread: i64,
+    /// Groups name their admins, as in `conversation` events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admins: Option<Vec<String>>,
+}
+
 /// A user's presence, as the wire names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

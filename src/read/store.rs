@@ -7,13 +7,14 @@
 
 use chrono::{DateTime, Utc};
 use postgres_types::ToSql;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio_postgres::Row;
 
 use crate::db::{queries, Database};
 use crate::foundation::error::{ApiError, DbError};
 use crate::foundation::frames::{
-    event_frame, ConversationFields, EventFields, MessageFields, MessageFrame, Sender,
+    event_frame, ConversationEntry, ConversationFields, ConversationKind, EventFields,
+    MessageFields, MessageFrame, Sender,
 };
 use crate::foundation::protocol::{rfc3339, ConversationId, UserId};
 
@@ -336,7 +337,7 @@ pub async fn conversations(
     db: &Database,
     user: &UserId,
     members_listed: i32,
-) -> Result<Vec<Value>, DbError> {
+) -> Result<Vec<ConversationEntry>, DbError> {
     let client = db.client().await?;
     let stmt = client.prepare_cached(queries::CONVERSATIONS).await?;
     let rows = db
@@ -348,21 +349,18 @@ pub async fn conversations(
             let last_message = row
                 .get::<_, Option<i64>>(6)
                 .map(|_| Message::from_row(row, 6).to_json());
-            let members: Vec<String> = row.get::<_, Option<Vec<String>>>(3).unwrap_or_default();
-            let mut c = json!({
-                "id": row.get::<_, String>(0),
-                "kind": row.get::<_, String>(1),
-                "name": row.get::<_, Option<String>>(2),
-                "members": members,
-                "member_count": row.get::<_, Option<i64>>(14).unwrap_or(0),
-                "last_message": last_message,
-                "unread": row.get::<_, i64>(5),
-            });
-            // Groups name their admins, as in `conversation` events.
-            if let Some(admins) = row.get::<_, Option<Vec<String>>>(4) {
-                c["admins"] = admins.into();
+            // The table's CHECK admits exactly the two kinds.
+            let kind = ConversationKind::parse(row.get(1)).expect("conversations.kind is checked");
+            ConversationEntry {
+                id: row.get(0),
+                kind,
+                name: row.get(2),
+                members: row.get::<_, Option<Vec<String>>>(3).unwrap_or_default(),
+                member_count: row.get::<_, Option<i64>>(14).unwrap_or(0),
+                last_message,
+                unread: row.get(5),
+                admins: row.get(4),
             }
-            c
         })
         .collect())
 }
