@@ -6,7 +6,8 @@
 //!
 //! - [`foundation`]: [`config`](foundation::config) (defaults < `config.toml` <
 //!   environment, validated once), the [`protocol`](foundation::protocol)'s request
-//!   types, [`error`](foundation::error)s, [`metrics`](foundation::metrics),
+//!   types, the [`frames`](foundation::frames) the server sends,
+//!   [`error`](foundation::error)s, [`metrics`](foundation::metrics),
 //!   [`secrets`](foundation::secrets), [`logging`](foundation::logging), the database
 //!   URLs ([`endpoint`](foundation::endpoint)), token checks ([`auth`](foundation::auth))
 //!   and the per-user token buckets ([`ratelimit`](foundation::ratelimit)).
@@ -23,7 +24,8 @@
 //! - [`write`]: a `send` is queued here, committed with the others beside it in one
 //!   transaction (allocating gap-free `seq`/`cseq`), and acknowledged after commit.
 //! - [`state`]: the handles a worker shares ([`App`]).
-//! - [`requests`]: what each request does, shared by the socket and the HTTP API.
+//! - [`requests`]: one file per request kind (its fields, validation and application),
+//!   shared by the socket and the HTTP API.
 //! - [`ops`]: utilisation and the stats line, systemd, `pgchat health`.
 //! - [`edge`]: accepting connections ([`server`](edge::server)), the routes
 //!   ([`http`](edge::http)), one WebSocket ([`session`](edge::session)), the browser
