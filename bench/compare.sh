@@ -6,6 +6,7 @@ set -u
 B=$1; L=$2; mkdir -p target/bench-compare; OUT=target/bench-compare/$L.txt
 export DATABASE_URL=postgres://postgres@127.0.0.1:5433/pgchat_cmp JWT_SECRET=bench-compare-secret-0123456789abcdef
 export PGCHAT_RATE_LIMIT_PER_SEC=100000 PGCHAT_RATE_LIMIT_BURST=100000 PGCHAT_CONFIG=/nonexistent PORT=3100
+psql -X -h 127.0.0.1 -p 5433 -U postgres -qc "CREATE DATABASE pgchat_cmp" 2>/dev/null || true
 W="--url ws://127.0.0.1:3100/ws --url ws://127.0.0.1:3101/ws"
 setsid "$B" serve --workers 2 --listen per-worker > target/bench-compare/server-$L.log 2>&1 < /dev/null &
 SRV=$!
