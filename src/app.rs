@@ -326,7 +326,7 @@ impl Application {
 /// bounded batches with a pause between them while a backlog lasts; one worker of the
 /// cluster at a time (the others find the advisory lock taken and wait for their turn).
 fn spawn_pruner(db: Database, config: &Config, shutdown: CancellationToken) {
-    let retention = config.retention().expect("validated");
+    let retention = config.event_retention.duration();
     let every = (retention / 24).clamp(Duration::from_secs(10), Duration::from_secs(3600));
     let batch = config.prune_batch as i32;
     let pause = Duration::from_millis(config.prune_pause_ms);

@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use crate::app::Role;
 use crate::db::Plan;
 use crate::foundation::auth::Authenticator;
-use crate::foundation::config::Config;
+use crate::foundation::config::{Config, Listen};
 use crate::foundation::protocol::UserId;
 
 #[derive(Parser)]
@@ -106,7 +106,11 @@ pub fn main() -> ExitCode {
             config.workers = *n;
         }
         if let Some(l) = listen {
-            config.listen = l.replace('-', "_");
+            // clap admits only these three names.
+            config.listen = match l.as_str() {
+                "shared" => Listen::Shared,
+                _ => Listen::PerWorker,
+            };
         }
         if let Err(e) = config.validate() {
             eprintln!("pgchat: {e}");
@@ -185,12 +189,7 @@ pub fn main() -> ExitCode {
             }
             warn_about(&config);
             if n > 1 {
-                let listen = if config.listen == "per_worker" {
-                    crate::supervisor::Listen::PerWorker
-                } else {
-                    crate::supervisor::Listen::Shared
-                };
-                return crate::supervisor::run(config, n, listen, cli.config);
+                return crate::supervisor::run(config, n, cli.config);
             }
             serve(config, Role::single, crate::shutdown::signal(), false)
         }

@@ -78,13 +78,117 @@ impl std::fmt::Display for Secret {
     }
 }
 
+/// A setting that takes one of a few names: an enum, parsed when the configuration is
+/// loaded; a name that is none of them is refused with the list of those that are.
+macro_rules! choice {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "&'static str")]
+        pub enum $name {
+            $($(#[$vdoc])* $variant),+
+        }
+
+        impl $name {
+            /// The name as written in the configuration.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(value: String) -> Result<Self, String> {
+                match value.as_str() {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(format!(
+                        "must be one of {}, got {value:?}",
+                        [$($text),+].join(", ")
+                    )),
+                }
+            }
+        }
+
+        impl From<$name> for &'static str {
+            fn from(choice: $name) -> &'static str {
+                choice.as_str()
+            }
+        }
+    };
+}
+
+choice! {
+    /// `node_env` (`NODE_ENV`): production requires a strong `jwt_secret`, TLS to remote
+    /// databases, and logs JSON lines by default.
+    NodeEnv {
+        Production = "production",
+        Development = "development",
+        Test = "test",
+    }
+}
+
+choice! {
+    /// `listen`: how several workers listen.
+    Listen {
+        /// All on `PORT` with SO_REUSEPORT: the kernel spreads connections (one Heroku dyno).
+        Shared = "shared",
+        /// Worker i on `PORT + i`, for a load balancer such as nginx with `ip_hash`.
+        PerWorker = "per_worker",
+    }
+}
+
+choice! {
+    /// `log_format`: JSON lines, readable text, or (auto) JSON in production only.
+    LogFormat {
+        Auto = "auto",
+        Text = "text",
+        Json = "json",
+    }
+}
+
+/// `event_retention`: how long events stay in the durable stream before they may be
+/// pruned, written as a duration (`"7d"`, `"12h"`) of at least a minute. It keeps its
+/// text, so that `pgchat config` prints it as it was given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Retention {
+    text: String,
+    duration: Duration,
+}
+
+impl Retention {
+    pub fn duration(&self) -> Duration {
+        self.duration
+    }
+}
+
+impl TryFrom<String> for Retention {
+    type Error = String;
+    fn try_from(text: String) -> Result<Retention, String> {
+        let duration = humantime::parse_duration(&text)
+            .map_err(|e| format!("{e} (use a duration like \"7d\" or \"12h\")"))?;
+        if duration < Duration::from_secs(60) {
+            return Err("must be at least 1m".into());
+        }
+        Ok(Retention { text, duration })
+    }
+}
+
+impl From<Retention> for String {
+    fn from(retention: Retention) -> String {
+        retention.text
+    }
+}
+
 /// Every setting, with the meaning documented beside its default in `config.toml`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub host: String,
     pub port: u16,
-    pub node_env: String,
+    pub node_env: NodeEnv,
     pub database_url: Option<String>,
     pub database_listen_url: Option<String>,
     pub jwt_secret: Option<Secret>,
@@ -126,7 +230,7 @@ pub struct Config {
     pub ws_read_buffer_bytes: usize,
     pub ping_interval_ms: u64,
     pub token_expiring_notice_ms: u64,
-    pub event_retention: String,
+    pub event_retention: Retention,
     pub prune_batch: usize,
     pub prune_pause_ms: u64,
     pub recent_events_per_user: usize,
@@ -148,12 +252,12 @@ pub struct Config {
     pub write_queue: usize,
 
     pub workers: usize,
-    pub listen: String,
+    pub listen: Listen,
     pub runtime_threads: usize,
     pub blocking_threads: usize,
 
     pub shutdown_timeout_ms: u64,
-    pub log_format: String,
+    pub log_format: LogFormat,
     pub stats_interval_ms: u64,
     pub memory_limit_mb: u64,
 }
@@ -163,7 +267,7 @@ impl Default for Config {
         Config {
             host: "0.0.0.0".into(),
             port: 3000,
-            node_env: "development".into(),
+            node_env: NodeEnv::Development,
             database_url: None,
             database_listen_url: None,
             jwt_secret: None,
@@ -203,7 +307,10 @@ impl Default for Config {
             ws_read_buffer_bytes: 4_096,
             ping_interval_ms: 25_000,
             token_expiring_notice_ms: 60_000,
-            event_retention: "7d".into(),
+            event_retention: Retention {
+                text: "7d".into(),
+                duration: Duration::from_secs(7 * 24 * 3600),
+            },
             prune_batch: 5_000,
             prune_pause_ms: 100,
             recent_events_per_user: 64,
@@ -223,11 +330,11 @@ impl Default for Config {
             writers: 2,
             write_queue: 4_096,
             workers: 0,
-            listen: "shared".into(),
+            listen: Listen::Shared,
             runtime_threads: 0,
             blocking_threads: 8,
             shutdown_timeout_ms: 10_000,
-            log_format: "auto".into(),
+            log_format: LogFormat::Auto,
             stats_interval_ms: 60_000,
             memory_limit_mb: 0,
         }
@@ -298,15 +405,6 @@ impl Config {
 
     /// Checks ranges and relations that the types alone cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fn one_of(key: &str, value: &str, allowed: &[&str]) -> Result<(), ConfigError> {
-            if allowed.contains(&value) {
-                return Ok(());
-            }
-            Err(ConfigError::new(
-                key,
-                format!("must be one of {}, got {value:?}", allowed.join(", ")),
-            ))
-        }
         fn at_least(key: &str, value: u64, min: u64) -> Result<(), ConfigError> {
             if value < min {
                 return Err(ConfigError::new(
@@ -420,14 +518,6 @@ impl Config {
                 format!("must be at most 600000, got {}", self.shutdown_timeout_ms),
             ));
         }
-        self.retention()?;
-        one_of(
-            "node_env",
-            &self.node_env,
-            &["production", "development", "test"],
-        )?;
-        one_of("listen", &self.listen, &["shared", "per_worker"])?;
-        one_of("log_format", &self.log_format, &["auto", "text", "json"])?;
         if self.stats_interval_ms != 0 {
             at_least("stats_interval_ms", self.stats_interval_ms, 100)?;
         }
@@ -440,7 +530,7 @@ impl Config {
                 ),
             ));
         }
-        if self.listen == "per_worker" && (self.port as usize) + self.worker_count() > 65536 {
+        if self.listen == Listen::PerWorker && (self.port as usize) + self.worker_count() > 65536 {
             return Err(ConfigError::new("port", "port + workers exceeds 65535"));
         }
         // The whole URL as start-up will read it: sslmode, sslrootcert (read now) and all.
@@ -542,21 +632,7 @@ impl Config {
     }
 
     pub fn is_production(&self) -> bool {
-        self.node_env == "production"
-    }
-
-    /// How long events stay in the durable stream before they may be pruned.
-    pub fn retention(&self) -> Result<Duration, ConfigError> {
-        let d = humantime::parse_duration(&self.event_retention).map_err(|e| {
-            ConfigError::new(
-                "event_retention",
-                format!("{e} (use a duration like \"7d\" or \"12h\")"),
-            )
-        })?;
-        if d < Duration::from_secs(60) {
-            return Err(ConfigError::new("event_retention", "must be at least 1m"));
-        }
-        Ok(d)
+        self.node_env == NodeEnv::Production
     }
 
     /// The database in force: `DATABASE_URL`, else the local default
@@ -755,7 +831,7 @@ mod tests {
     #[test]
     fn production_without_secret_is_refused() {
         let c = Config {
-            node_env: "production".into(),
+            node_env: NodeEnv::Production,
             ..Config::default()
         };
         assert_eq!(c.validate().unwrap_err().key, "jwt_secret");
@@ -764,7 +840,7 @@ mod tests {
     #[test]
     fn production_refuses_short_secrets_and_everyone_refuses_the_old_public_one() {
         let production = |secret: &str| Config {
-            node_env: "production".into(),
+            node_env: NodeEnv::Production,
             jwt_secret: Some(secret.into()),
             ..Config::default()
         };
@@ -773,14 +849,14 @@ mod tests {
         production(&"x".repeat(MIN_PRODUCTION_SECRET_BYTES))
             .validate()
             .unwrap();
-        for node_env in ["production", "development", "test"] {
+        for node_env in [NodeEnv::Production, NodeEnv::Development, NodeEnv::Test] {
             let c = Config {
-                node_env: node_env.into(),
+                node_env,
                 jwt_secret: Some(OLD_DEV_JWT_SECRET.into()),
                 ..Config::default()
             };
             let e = c.validate().unwrap_err();
-            assert!(e.problem.contains("public"), "{node_env}: {e}");
+            assert!(e.problem.contains("public"), "{node_env:?}: {e}");
         }
         // Outside production a short secret is allowed (tests and local tools use them).
         Config {
@@ -857,12 +933,53 @@ mod tests {
         assert_eq!(plain_type("a boolean"), "true or false");
     }
 
+    /// The defaults with `key = value` on top, as a file or the environment would set it.
+    fn load_with(key: &str, value: &str) -> Result<Config, ConfigError> {
+        Figment::from(Serialized::defaults(Config::default()))
+            .merge(Serialized::default(key, value))
+            .extract::<Config>()
+            .map_err(plain_error)
+    }
+
     #[test]
     fn bad_retention_names_its_key() {
-        let c = Config {
-            event_retention: "soon".into(),
-            ..Config::default()
-        };
-        assert_eq!(c.validate().unwrap_err().key, "event_retention");
+        for (value, problem) in [
+            ("soon", "(use a duration like \"7d\" or \"12h\")"),
+            ("30s", "must be at least 1m"),
+        ] {
+            let e = load_with("event_retention", value).unwrap_err();
+            assert_eq!(e.key, "event_retention");
+            assert!(e.problem.ends_with(problem), "{e}");
+        }
+        let c = load_with("event_retention", "12h").unwrap();
+        assert_eq!(c.event_retention.duration(), Duration::from_secs(12 * 3600));
+        assert!(toml_string(&c).contains("event_retention = \"12h\"\n"));
+    }
+
+    #[test]
+    fn a_choice_outside_its_names_is_refused_with_the_list() {
+        for (key, value, problem) in [
+            (
+                "node_env",
+                "prod",
+                "must be one of production, development, test, got \"prod\"",
+            ),
+            (
+                "listen",
+                "per-worker",
+                "must be one of shared, per_worker, got \"per-worker\"",
+            ),
+            (
+                "log_format",
+                "JSON",
+                "must be one of auto, text, json, got \"JSON\"",
+            ),
+        ] {
+            let e = load_with(key, value).unwrap_err();
+            assert_eq!((e.key.as_str(), e.problem.as_str()), (key, problem));
+        }
+        let c = load_with("listen", "per_worker").unwrap();
+        assert_eq!(c.listen, Listen::PerWorker);
+        assert!(toml_string(&Config::default()).contains("node_env = \"development\"\n"));
     }
 }

@@ -19,7 +19,7 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
-use crate::foundation::config::Config;
+use crate::foundation::config::{Config, LogFormat};
 
 /// Which process of a deployment is logging.
 #[derive(Debug, Clone, Copy)]
@@ -52,10 +52,10 @@ impl Who {
 
 /// True when log lines should be JSON: `log_format = "json"`, or `"auto"` in production.
 pub fn json_lines(config: &Config) -> bool {
-    match config.log_format.as_str() {
-        "json" => true,
-        "text" => false,
-        _ => config.is_production(),
+    match config.log_format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => config.is_production(),
     }
 }
 
