@@ -57,7 +57,7 @@ pub struct Role {
 
 impl Role {
     /// A single process: the whole connection budget, its own schema set-up.
-    pub fn single(config: &Config) -> Role {
+    pub(crate) fn single(config: &Config) -> Role {
         Role {
             plan: Plan {
                 share: config.db_max_connections,
@@ -374,7 +374,7 @@ fn listener_of(app: &App) -> Listener {
 /// Fails when `host:port` cannot be bound without SO_REUSEPORT: another program holds
 /// it, or another `pgchat serve` whose workers share it (with SO_REUSEPORT they would
 /// let a second deployment join silently, doubling the database connections).
-pub fn check_port(host: &str, port: u16) -> Result<(), StartupError> {
+pub(crate) fn check_port(host: &str, port: u16) -> Result<(), StartupError> {
     bind(host, port, false)
         .map(drop)
         .map_err(|e| bind_error(host, port, &e))

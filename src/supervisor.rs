@@ -31,7 +31,7 @@ const DEATH_WINDOW: Duration = Duration::from_secs(60);
 pub const GAVE_UP: u8 = 3;
 
 /// The connections each of `workers` may hold, summing to at most `budget`.
-pub fn shares(budget: usize, workers: usize) -> Vec<usize> {
+pub(crate) fn shares(budget: usize, workers: usize) -> Vec<usize> {
     let base = budget / workers;
     let extra = budget % workers;
     (0..workers)
@@ -52,7 +52,7 @@ struct Worker {
 }
 
 /// Runs `workers` worker processes, listening as `config.listen` says, until a signal.
-pub fn run(config: Config, workers: usize, config_path: Option<PathBuf>) -> ExitCode {
+pub(crate) fn run(config: Config, workers: usize, config_path: Option<PathBuf>) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(config.blocking_threads)
         .enable_all()

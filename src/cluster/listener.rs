@@ -44,27 +44,27 @@ use crate::read::store;
 const FETCH_WINDOW: i64 = 256;
 
 /// The listener's handles: what it reads, what it feeds, and what it reports to.
-pub struct Listener {
-    pub db: Database,
-    pub hub: Arc<Hub>,
-    pub cache: Arc<ConversationCache>,
-    pub presence: Arc<Presence>,
-    pub metrics: Arc<Metrics>,
+pub(crate) struct Listener {
+    pub(crate) db: Database,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) cache: Arc<ConversationCache>,
+    pub(crate) presence: Arc<Presence>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Shared with `/ready` and `/health`.
-    pub state: Arc<ListenerState>,
+    pub(crate) state: Arc<ListenerState>,
     /// Notices this worker sent itself are skipped: their events were published at commit.
-    pub worker_id: String,
-    pub settings: Settings,
+    pub(crate) worker_id: String,
+    pub(crate) settings: Settings,
 }
 
 /// The listener's settings (`listener_*` in the configuration).
-pub struct Settings {
+pub(crate) struct Settings {
     /// Notifications queued between the connection and the listener before it drops
     /// them and catches up from the tables.
-    pub queue: usize,
-    pub probe_interval: Duration,
-    pub probe_timeout: Duration,
-    pub selftest_timeout: Duration,
+    pub(crate) queue: usize,
+    pub(crate) probe_interval: Duration,
+    pub(crate) probe_timeout: Duration,
+    pub(crate) selftest_timeout: Duration,
 }
 
 /// What `/ready` and `/health` report about the listener (its counts are in metrics).
@@ -83,7 +83,7 @@ impl ListenerState {
     }
 
     /// `connect_failed`, `connection_lost`, `unresponsive` or `not_receiving`, or none yet.
-    pub fn last_error(&self) -> Option<&'static str> {
+    pub(crate) fn last_error(&self) -> Option<&'static str> {
         *self.last_error.lock().expect("listener state")
     }
 
@@ -130,7 +130,7 @@ impl std::fmt::Display for Down {
 
 /// Listens until `stop`, reconnecting with backoff (100 ms doubling to 5 s, and back to
 /// 100 ms once a connection came up).
-pub async fn run(ln: Listener, stop: CancellationToken) {
+pub(crate) async fn run(ln: Listener, stop: CancellationToken) {
     const FIRST: Duration = Duration::from_millis(100);
     let mut backoff = FIRST;
     loop {
@@ -367,7 +367,7 @@ async fn handle(ln: &Listener, payloads: Vec<String>) {
                 continue;
             }
         };
-        if notice.from_worker() == ln.worker_id {
+        if notice.sender() == ln.worker_id {
             continue; // published locally at commit already
         }
         match notice {

@@ -23,7 +23,7 @@ use crate::read::store;
 use crate::requests;
 use crate::state::App;
 
-pub fn router(app: App) -> Router {
+pub(crate) fn router(app: App) -> Router {
     // A request body carries what one socket frame would, so it has the same limit.
     let body_limit = DefaultBodyLimit::max(app.config.max_frame_bytes);
     let mut router = Router::new()

@@ -17,10 +17,10 @@ pub const OLD_DEV_JWT_SECRET: &str = "pgchat-development-secret-do-not-use-in-pr
 
 /// The shortest `JWT_SECRET` accepted with `NODE_ENV=production`: HS256 needs at least
 /// as many bytes of secret as its 256-bit output to be as strong as it claims.
-pub const MIN_PRODUCTION_SECRET_BYTES: usize = 32;
+pub(crate) const MIN_PRODUCTION_SECRET_BYTES: usize = 32;
 
 /// The largest clock leeway accepted for token times.
-pub const MAX_JWT_LEEWAY_SECS: u64 = 300;
+pub(crate) const MAX_JWT_LEEWAY_SECS: u64 = 300;
 
 /// Names read from the environment without the `PGCHAT_` prefix, for compatibility with
 /// the Node server's deployment files.
@@ -49,7 +49,7 @@ const BARE_ENV: &[&str] = &[
 pub struct Secret(String);
 
 impl Secret {
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -91,7 +91,7 @@ macro_rules! choice {
 
         impl $name {
             /// The name as written in the configuration.
-            pub fn as_str(self) -> &'static str {
+            pub(crate) fn as_str(self) -> &'static str {
                 match self {
                     $($name::$variant => $text),+
                 }
@@ -159,7 +159,7 @@ pub struct Retention {
 }
 
 impl Retention {
-    pub fn duration(&self) -> Duration {
+    pub(crate) fn duration(&self) -> Duration {
         self.duration
     }
 }
@@ -345,8 +345,8 @@ impl Default for Config {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {key}: {problem}")]
 pub struct ConfigError {
-    pub key: String,
-    pub problem: String,
+    pub(crate) key: String,
+    pub(crate) problem: String,
 }
 
 impl ConfigError {
@@ -360,7 +360,7 @@ impl ConfigError {
 
 impl Config {
     /// Loads defaults, then `path` (if it exists), then the environment, and validates.
-    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    pub(crate) fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let path = path
             .map(Path::to_path_buf)
             .or_else(|| std::env::var_os("PGCHAT_CONFIG").map(PathBuf::from))
@@ -387,7 +387,7 @@ impl Config {
 
     /// The environment's `PGCHAT_` variables that name no setting, each with the known
     /// variable closest to it (for a warning: they are ignored).
-    pub fn unknown_env() -> Vec<(String, String)> {
+    pub(crate) fn unknown_env() -> Vec<(String, String)> {
         let keys = known_keys();
         let mut unknown: Vec<(String, String)> = std::env::vars_os()
             .filter_map(|(k, _)| k.into_string().ok())
@@ -606,7 +606,7 @@ impl Config {
 
     /// The number of worker processes: `workers`, or when it is 0 (auto), 1 in
     /// development and min(CPUs, 8) in production, as the Node server did.
-    pub fn worker_count(&self) -> usize {
+    pub(crate) fn worker_count(&self) -> usize {
         if self.workers > 0 {
             return self.workers;
         }
@@ -620,7 +620,7 @@ impl Config {
     /// The tokio worker threads of each worker process: `runtime_threads`, or when it is 0
     /// the CPUs shared out among the workers (at least one each), so that N workers do
     /// not run N times as many threads as there are CPUs.
-    pub fn runtime_threads(&self) -> usize {
+    pub(crate) fn runtime_threads(&self) -> usize {
         self.runtime_threads_of(available_parallelism())
     }
 
@@ -631,13 +631,13 @@ impl Config {
         (cpus / self.worker_count()).max(1)
     }
 
-    pub fn is_production(&self) -> bool {
+    pub(crate) fn is_production(&self) -> bool {
         self.node_env == NodeEnv::Production
     }
 
     /// The database in force: `DATABASE_URL`, else the local default
     /// `postgres://postgres@127.0.0.1:<embedded_port>/pgchat`.
-    pub fn database_url(&self) -> String {
+    pub(crate) fn database_url(&self) -> String {
         self.database_url.clone().unwrap_or_else(|| {
             format!(
                 "postgres://postgres@127.0.0.1:{}/pgchat",
@@ -668,7 +668,7 @@ impl Config {
 
 /// The CPUs this process may use: Heroku's `HEROKU_AVAILABLE_PARALLELISM` when set (a
 /// dyno sees the host's CPUs, not its share of them), else what the OS and cgroups allow.
-pub fn available_parallelism() -> usize {
+pub(crate) fn available_parallelism() -> usize {
     std::env::var("HEROKU_AVAILABLE_PARALLELISM")
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok())
@@ -680,7 +680,7 @@ pub fn available_parallelism() -> usize {
 /// router sends a web process its traffic on `$PORT` and nowhere else, so a `serve`
 /// without `PORT` would listen on 3000 where nothing arrives and the dyno would fail
 /// with R10 a minute later: stop at once instead, naming the fix.
-pub fn check_platform(env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+pub(crate) fn check_platform(env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
     if let Some(dyno) = env("DYNO") {
         if env("PORT").is_none() && env("PGCHAT_PORT").is_none() {
             return Err(ConfigError::new(
@@ -696,7 +696,7 @@ pub fn check_platform(env: impl Fn(&str) -> Option<String>) -> Result<(), Config
 }
 
 /// Every setting's name, in declaration order.
-pub fn known_keys() -> Vec<String> {
+pub(crate) fn known_keys() -> Vec<String> {
     match serde_json::to_value(Config::default()).expect("config serialises") {
         serde_json::Value::Object(map) => map.keys().cloned().collect(),
         _ => unreachable!("a struct serialises to an object"),

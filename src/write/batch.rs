@@ -27,28 +27,28 @@ use crate::read::store::{EventKind, Message};
 
 /// An event to hand to the hub after commit: the frame is `{"type":kind,"seq":seq,` +
 /// `fields` + `}`, and `fields` is shared by every recipient of the same event.
-pub struct Published {
-    pub user: String,
-    pub seq: i64,
-    pub kind: EventKind,
-    pub fields: Arc<str>,
+pub(crate) struct Published {
+    pub(crate) user: String,
+    pub(crate) seq: i64,
+    pub(crate) kind: EventKind,
+    pub(crate) fields: Arc<str>,
 }
 
 /// What a committed batch hands back.
-pub struct Committed {
-    pub outcomes: Vec<Result<Outcome, ApiError>>,
-    pub events: Vec<Published>,
-    pub conversations: Vec<Snapshot>,
+pub(crate) struct Committed {
+    pub(crate) outcomes: Vec<Result<Outcome, ApiError>>,
+    pub(crate) events: Vec<Published>,
+    pub(crate) conversations: Vec<Snapshot>,
     /// Messages this batch stored (a retried send returns an older one instead).
-    pub stored: usize,
+    pub(crate) stored: usize,
     /// The batch may have committed without this worker hearing of it.
-    pub outcome_unknown: bool,
+    pub(crate) outcome_unknown: bool,
 }
 
 impl Committed {
     /// `commands` that all failed with `failure`: nothing committed, or (the connection
     /// lost once the statement was sent) nobody knows.
-    pub fn failed(commands: &[&Command], failure: Failed) -> Committed {
+    pub(crate) fn failed(commands: &[&Command], failure: Failed) -> Committed {
         let unknown = failure.sent && failure.error.is_unavailable();
         let error = ApiError::from(failure.error);
         Committed {
@@ -71,11 +71,11 @@ impl Committed {
 }
 
 /// A batch that did not commit, as far as this worker knows.
-pub struct Failed {
-    pub error: DbError,
+pub(crate) struct Failed {
+    pub(crate) error: DbError,
     /// The statement had been sent: if the connection broke, the batch may have committed
     /// (PostgreSQL commits before it answers) and only the answer was lost.
-    pub sent: bool,
+    pub(crate) sent: bool,
 }
 
 impl Failed {
@@ -89,7 +89,7 @@ impl Failed {
 
 /// `unavailable` for a command whose commit may or may not have happened, saying whether
 /// a retry is safe: it is where the command is idempotent.
-pub fn outcome_unknown(command: &Command) -> ApiError {
+pub(crate) fn outcome_unknown(command: &Command) -> ApiError {
     let lost = "the connection to the database broke before the commit was confirmed";
     let advice = match command {
         Command::Send { .. } => "the message may or may not be stored; retrying with the same client_msg_id is safe: it is stored once at most".to_string(),
@@ -203,7 +203,7 @@ impl<'a> Args<'a> {
 
 /// Commits `commands` in one statement. Refusals (not a member, no such conversation, a
 /// full group) are outcomes, not errors: they do not abort the others.
-pub async fn commit(
+pub(crate) async fn commit(
     db: &Database,
     commands: &[&Command],
     max_group_members: usize,
