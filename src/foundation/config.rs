@@ -403,17 +403,20 @@ impl Config {
         unknown
     }
 
-    /// Checks ranges and relations that the types alone cannot express.
+    /// Checks ranges and relations that the types alone cannot express, in the order of
+    /// `config.toml`'s sections; the first problem found is the one reported.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fn at_least(key: &str, value: u64, min: u64) -> Result<(), ConfigError> {
-            if value < min {
-                return Err(ConfigError::new(
-                    key,
-                    format!("must be at least {min}, got {value}"),
-                ));
-            }
-            Ok(())
-        }
+        self.validate_database()?;
+        self.validate_connections()?;
+        self.validate_streams()?;
+        self.validate_processes()?;
+        self.validate_urls()?;
+        self.validate_jwt()?;
+        Ok(())
+    }
+
+    /// The pool, its keepalives, the listener's probes and the health cache.
+    fn validate_database(&self) -> Result<(), ConfigError> {
         at_least("db_max_connections", self.db_max_connections as u64, 2)?;
         if self.db_min_connections > self.db_max_connections {
             return Err(ConfigError::new(
@@ -452,6 +455,11 @@ impl Config {
             100,
         )?;
         at_least("health_cache_ms", self.health_cache_ms, 10)?;
+        Ok(())
+    }
+
+    /// Sockets, frames, requests and the outbound queue.
+    fn validate_connections(&self) -> Result<(), ConfigError> {
         at_least("max_connections", self.max_connections as u64, 1)?;
         at_least("max_sockets_per_user", self.max_sockets_per_user as u64, 1)?;
         at_least("header_read_timeout_ms", self.header_read_timeout_ms, 100)?;
@@ -478,6 +486,11 @@ impl Config {
             512,
         )?;
         at_least("ping_interval_ms", self.ping_interval_ms, 100)?;
+        Ok(())
+    }
+
+    /// Pruning, the recent-event feeds, presence, rate limits, typing and the caches.
+    fn validate_streams(&self) -> Result<(), ConfigError> {
         at_least("prune_batch", self.prune_batch as u64, 1)?;
         if self.prune_batch > i32::MAX as usize {
             return Err(ConfigError::new("prune_batch", "must be below 2^31"));
@@ -493,6 +506,11 @@ impl Config {
         at_least("typing_timeout_ms", self.typing_timeout_ms, 100)?;
         at_least("ephemeral_queue", self.ephemeral_queue as u64, 1)?;
         at_least("cached_messages", self.cached_messages as u64, 1)?;
+        Ok(())
+    }
+
+    /// The writers, threads, shutdown, stats and workers.
+    fn validate_processes(&self) -> Result<(), ConfigError> {
         at_least("write_batch_max", self.write_batch_max as u64, 1)?;
         at_least("writers", self.writers as u64, 1)?;
         if self.writers >= self.db_max_connections {
@@ -533,7 +551,11 @@ impl Config {
         if self.listen == Listen::PerWorker && (self.port as usize) + self.worker_count() > 65536 {
             return Err(ConfigError::new("port", "port + workers exceeds 65535"));
         }
-        // The whole URL as start-up will read it: sslmode, sslrootcert (read now) and all.
+        Ok(())
+    }
+
+    /// The whole URL as start-up will read it: sslmode, sslrootcert (read now) and all.
+    fn validate_urls(&self) -> Result<(), ConfigError> {
         for (key, setting, url) in [
             ("database_url", "DATABASE_URL", &self.database_url),
             (
@@ -547,7 +569,6 @@ impl Config {
                     .map_err(|problem| ConfigError::new(key, problem))?;
             }
         }
-        self.validate_jwt()?;
         Ok(())
     }
 
@@ -664,6 +685,17 @@ impl Config {
         }
         toml_string(&shown)
     }
+}
+
+/// A setting below its least.
+fn at_least(key: &str, value: u64, min: u64) -> Result<(), ConfigError> {
+    if value < min {
+        return Err(ConfigError::new(
+            key,
+            format!("must be at least {min}, got {value}"),
+        ));
+    }
+    Ok(())
 }
 
 /// The CPUs this process may use: Heroku's `HEROKU_AVAILABLE_PARALLELISM` when set (a
