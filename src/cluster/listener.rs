@@ -33,7 +33,7 @@ use crate::cluster::hub::Hub;
 use crate::cluster::notify::{Notice, CHANNEL};
 use crate::cluster::presence::Presence;
 use crate::cluster::typing::{self, RemoteTyping};
-use crate::db::{Database, SharedConn};
+use crate::db::{Connection, Database, SharedConn};
 use crate::foundation::error::DbError;
 use crate::foundation::metrics::Metrics;
 use crate::read::cache::ConversationCache;
@@ -164,7 +164,7 @@ pub(crate) async fn run(ln: Listener, stop: CancellationToken) {
 /// One connection's life: connect, LISTEN, catch up, then handle notifications until the
 /// connection ends or stops answering (an error) or `stop` (Ok).
 async fn listen(ln: &Listener, stop: &CancellationToken) -> Result<(), Down> {
-    let (client, mut connection) = ln
+    let (client, connection) = ln
         .db
         .connect_dedicated()
         .await
@@ -176,35 +176,13 @@ async fn listen(ln: &Listener, stop: &CancellationToken) -> Result<(), Down> {
     // This connection's own channel for the self-test, and the signal that it was heard.
     let selftest = format!("pgchat_selftest_{:016x}", rand::random::<u64>());
     let heard = Arc::new(Notify::new());
-    let driver = tokio::spawn({
-        let overflow = overflow.clone();
-        let heard = heard.clone();
-        let selftest = selftest.clone();
-        async move {
-            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-            while let Some(message) = messages.next().await {
-                match message {
-                    Ok(AsyncMessage::Notification(n)) if n.channel() == selftest => {
-                        heard.notify_one()
-                    }
-                    // Never wait for room: while this task waits, the connection is not
-                    // read, and the listener, whose queries (all of the worker's, when
-                    // its share is one connection) answer on it, would wait forever.
-                    Ok(AsyncMessage::Notification(n)) => match tx.try_send(n.payload().to_string())
-                    {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(_)) => overflow.notify_one(),
-                        Err(mpsc::error::TrySendError::Closed(_)) => return,
-                    },
-                    Ok(_) => {} // server notices
-                    Err(e) => {
-                        tracing::debug!(error = %e, "listener connection ended");
-                        return;
-                    }
-                }
-            }
-        }
-    });
+    let driver = spawn_driver(
+        connection,
+        tx,
+        overflow.clone(),
+        selftest.clone(),
+        heard.clone(),
+    );
     // Whatever happens below, the driver goes with this function.
     let _driver = AbortOnDrop(driver);
     let shared = SharedConn::new(client);
@@ -218,55 +196,110 @@ async fn listen(ln: &Listener, stop: &CancellationToken) -> Result<(), Down> {
     );
     tokio::pin!(probe);
     let work = async {
-        shared
-            .client
-            .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {selftest}"))
-            .await
-            .map_err(|e| Down::Connect(e.into()))?;
-        ln.db.source.set_shared(Some(shared.clone()));
-        if ln.metrics.listener_connects.get() > 0 {
-            ln.metrics.listener_reconnects.inc();
-        }
-        ln.metrics.listener_connects.inc();
-        self_test(ln, &shared, &selftest, &heard).await?;
-        // Listening already, so nothing committed from here on is missed; now read what may
-        // have been missed before.
-        catch_up(ln).await.map_err(Down::Lost)?;
-        ln.state.up.store(true, Ordering::Release);
-        tracing::info!("listening for notifications");
-        loop {
-            tokio::select! {
-                biased;
-                _ = overflow.notified() => {
-                    // Some notifications were dropped, and what is queued is older than
-                    // what the tables hold: drop it too and catch up from the tables.
-                    ln.metrics.listener_overflows.inc();
-                    while rx.try_recv().is_ok() {}
-                    tracing::debug!("notifications outpaced the listener: catching up from the tables");
-                    recover(ln).await.map_err(Down::Lost)?;
-                }
-                payload = rx.recv() => {
-                    let Some(first) = payload else {
-                        return Err(Down::Lost(DbError::Down("the listener's connection closed")));
-                    };
-                    // Take whatever else is waiting: one fetch serves them all.
-                    let mut payloads = vec![first];
-                    while payloads.len() < 256 {
-                        match rx.try_recv() {
-                            Ok(p) => payloads.push(p),
-                            Err(_) => break,
-                        }
-                    }
-                    ln.metrics.notifications.inc_by(payloads.len() as u64);
-                    handle(ln, payloads).await;
-                }
-            }
-        }
+        start_listening(ln, &shared, &selftest, &heard).await?;
+        relay(ln, &mut rx, &overflow).await
     };
     tokio::select! {
         _ = stop.cancelled() => Ok(()),
         down = &mut probe => Err(down),
         result = work => result,
+    }
+}
+
+/// Reads the connection: queues notifications for the listener (never waiting for room:
+/// on a full queue it drops them and signals `overflow`), and signals `heard` when the
+/// self-test's notification arrives.
+fn spawn_driver(
+    mut connection: Connection,
+    tx: mpsc::Sender<String>,
+    overflow: Arc<Notify>,
+    selftest: String,
+    heard: Arc<Notify>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) if n.channel() == selftest => heard.notify_one(),
+                // Never wait for room: while this task waits, the connection is not
+                // read, and the listener, whose queries (all of the worker's, when
+                // its share is one connection) answer on it, would wait forever.
+                Ok(AsyncMessage::Notification(n)) => match tx.try_send(n.payload().to_string()) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => overflow.notify_one(),
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                },
+                Ok(_) => {} // server notices
+                Err(e) => {
+                    tracing::debug!(error = %e, "listener connection ended");
+                    return;
+                }
+            }
+        }
+    })
+}
+
+/// LISTEN, share the connection with the worker's queries, prove it hears itself, catch
+/// up on what was missed, and declare the listener up.
+async fn start_listening(
+    ln: &Listener,
+    shared: &Arc<SharedConn>,
+    selftest: &str,
+    heard: &Notify,
+) -> Result<(), Down> {
+    shared
+        .client
+        .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {selftest}"))
+        .await
+        .map_err(|e| Down::Connect(e.into()))?;
+    ln.db.source.set_shared(Some(shared.clone()));
+    if ln.metrics.listener_connects.get() > 0 {
+        ln.metrics.listener_reconnects.inc();
+    }
+    ln.metrics.listener_connects.inc();
+    self_test(ln, shared, selftest, heard).await?;
+    // Listening already, so nothing committed from here on is missed; now read what may
+    // have been missed before.
+    catch_up(ln).await.map_err(Down::Lost)?;
+    ln.state.up.store(true, Ordering::Release);
+    tracing::info!("listening for notifications");
+    Ok(())
+}
+
+/// Handles the queued notifications, several at once when they queue up, until the
+/// connection closes; after an overflow, drops the queue and catches up from the tables.
+async fn relay(
+    ln: &Listener,
+    rx: &mut mpsc::Receiver<String>,
+    overflow: &Notify,
+) -> Result<(), Down> {
+    loop {
+        tokio::select! {
+            biased;
+            _ = overflow.notified() => {
+                // Some notifications were dropped, and what is queued is older than
+                // what the tables hold: drop it too and catch up from the tables.
+                ln.metrics.listener_overflows.inc();
+                while rx.try_recv().is_ok() {}
+                tracing::debug!("notifications outpaced the listener: catching up from the tables");
+                recover(ln).await.map_err(Down::Lost)?;
+            }
+            payload = rx.recv() => {
+                let Some(first) = payload else {
+                    return Err(Down::Lost(DbError::Down("the listener's connection closed")));
+                };
+                // Take whatever else is waiting: one fetch serves them all.
+                let mut payloads = vec![first];
+                while payloads.len() < 256 {
+                    match rx.try_recv() {
+                        Ok(p) => payloads.push(p),
+                        Err(_) => break,
+                    }
+                }
+                ln.metrics.notifications.inc_by(payloads.len() as u64);
+                handle(ln, payloads).await;
+            }
+        }
     }
 }
 
