@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::cluster::hub::Subscription;
 use crate::foundation::auth::Identity;
 use crate::foundation::error::{ApiError, Code};
-use crate::foundation::frames::{self, PresenceEntry, PresenceStatus};
+use crate::foundation::frames::{self, results, PresenceEntry, PresenceStatus};
 use crate::foundation::protocol::{
     rfc3339, BearerToken, ConversationId, Envelope, Request, TypingState, UserId,
 };
@@ -645,7 +645,7 @@ impl Session {
                 }),
             })
             .collect();
-        Ok(json!({ "presence": presence }))
+        Ok(frames::result(&results::Presence { presence }))
     }
 
     /// Replays every event after `after`, then reports the head reached.
@@ -665,7 +665,7 @@ impl Session {
         self.cursor = after;
         self.stalled = false;
         match self.advance(head, true).await {
-            Ok(()) => Ok(Ok(json!({ "head": self.cursor }))),
+            Ok(()) => Ok(Ok(frames::result(&results::Head { head: self.cursor }))),
             Err(End::Internal) => Ok(Err(ApiError::unavailable())),
             Err(End::Pruned) => {
                 // Pruned while this replay ran: never jump over the gap.

@@ -113,6 +113,66 @@ pub(crate) struct PresenceEntry {
     pub(crate) last_seen: Option<Option<String>>,
 }
 
+/// The results of `ok` replies: the fields that follow `type` and `ref`. The reply paths
+/// (the socket and the HTTP API) carry them as a JSON object ([`result`]).
+pub(crate) mod results {
+    use serde::Serialize;
+    use serde_json::Value;
+
+    use super::{ConversationEntry, PresenceEntry};
+
+    /// `history`: a page of messages, oldest first.
+    #[derive(Serialize)]
+    pub(crate) struct History {
+        pub(crate) messages: Vec<Value>,
+        pub(crate) has_more: bool,
+        pub(crate) total: i64,
+    }
+
+    /// `members`: a page of a conversation's members, in order.
+    #[derive(Serialize)]
+    pub(crate) struct Members<'a> {
+        pub(crate) members: Vec<&'a String>,
+        pub(crate) member_count: usize,
+        pub(crate) has_more: bool,
+    }
+
+    /// `conversations`: the caller's, most recent first.
+    #[derive(Serialize)]
+    pub(crate) struct Conversations {
+        pub(crate) conversations: Vec<ConversationEntry>,
+    }
+
+    /// `presence`: one entry per user asked about, in the order asked.
+    #[derive(Serialize)]
+    pub(crate) struct Presence {
+        pub(crate) presence: Vec<Option<PresenceEntry>>,
+    }
+
+    /// `resume`: the head of the stream reached.
+    #[derive(Serialize)]
+    pub(crate) struct Head {
+        pub(crate) head: i64,
+    }
+
+    /// `send`: the message as stored.
+    #[derive(Serialize)]
+    pub(crate) struct Sent {
+        pub(crate) message: Value,
+    }
+
+    /// `group_create` (and the other group commands that return one): the conversation.
+    #[derive(Serialize)]
+    pub(crate) struct Conversation {
+        pub(crate) conversation: Value,
+    }
+}
+
+/// A result as the JSON object the reply paths carry.
+pub(crate) fn result<T: Serialize>(result: &T) -> Value {
+    serde_json::to_value(result).expect("a result encodes")
+}
+
 /// `ok`: the reply to a request, echoing its `ref`; `result`'s fields follow.
 #[derive(Serialize)]
 #[serde(tag = "type", rename = "ok")]

@@ -30,7 +30,7 @@ use crate::cluster::hub::Hub;
 use crate::db::Database;
 use crate::foundation::config::Config;
 use crate::foundation::error::{ApiError, Code};
-use crate::foundation::frames::event_frame;
+use crate::foundation::frames::{self, event_frame, results};
 use crate::foundation::metrics::Metrics;
 use crate::foundation::protocol::{
     Body, ClientMsgId, ClientOpId, ConversationId, GroupName, Target, UserId,
@@ -101,8 +101,10 @@ impl Outcome {
     /// The fields of the `ok` reply.
     pub(crate) fn into_reply(self) -> Value {
         match self {
-            Outcome::Message(m) => json!({ "message": m.to_json() }),
-            Outcome::Conversation(c) => json!({ "conversation": c }),
+            Outcome::Message(m) => frames::result(&results::Sent {
+                message: m.to_json(),
+            }),
+            Outcome::Conversation(c) => frames::result(&results::Conversation { conversation: c }),
             Outcome::Done => json!({}),
         }
     }
