@@ -21,6 +21,7 @@ use crate::db::{Database, Plan, StartupError};
 use crate::foundation::auth::Authenticator;
 use crate::foundation::config::Config;
 use crate::foundation::metrics::{CpuMeter, Metrics};
+use crate::foundation::protocol::WorkerId;
 use crate::foundation::ratelimit::UserLimits;
 use crate::read::cache::ConversationCache;
 use crate::state::{App, AppInner};
@@ -218,13 +219,13 @@ impl Application {
 
 /// Unique across the cluster: the host, the process, and which of the process's
 /// applications (tests run several in one process, as workers of one database).
-fn next_worker_id() -> String {
+fn next_worker_id() -> WorkerId {
     static BUILT: AtomicUsize = AtomicUsize::new(0);
     let host = crate::cluster::presence::hostname();
-    match BUILT.fetch_add(1, Ordering::Relaxed) {
+    WorkerId::new(match BUILT.fetch_add(1, Ordering::Relaxed) {
         0 => format!("{host}-{}", std::process::id()),
         n => format!("{host}-{}-{n}", std::process::id()),
-    }
+    })
 }
 
 /// The handles the worker shares, from its parts.
@@ -238,7 +239,7 @@ fn shared_state(
     writer: Writer,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-    worker_id: String,
+    worker_id: WorkerId,
 ) -> App {
     let presence = Presence::new(
         db.clone(),

@@ -15,7 +15,7 @@ use crate::db::{Database, HealthProbe};
 use crate::foundation::auth::Authenticator;
 use crate::foundation::config::Config;
 use crate::foundation::metrics::{CpuMeter, Metrics};
-use crate::foundation::protocol::Limits;
+use crate::foundation::protocol::{Limits, WorkerId};
 use crate::foundation::ratelimit::UserLimits;
 use crate::read::cache::ConversationCache;
 use crate::write::Writer;
@@ -37,7 +37,7 @@ pub struct AppInner {
     pub(crate) shutdown: CancellationToken,
     /// Every WebSocket session, so shutdown can wait for them (axum does not).
     pub(crate) sessions: TaskTracker,
-    pub(crate) worker_id: String,
+    pub(crate) worker_id: WorkerId,
     pub(crate) started: Instant,
     /// Sockets held now, checked against `max_connections` before each upgrade.
     pub(crate) open_sockets: AtomicUsize,

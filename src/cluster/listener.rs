@@ -36,6 +36,7 @@ use crate::cluster::typing::{self, RemoteTyping};
 use crate::db::{Connection, Database, SharedConn};
 use crate::foundation::error::DbError;
 use crate::foundation::metrics::Metrics;
+use crate::foundation::protocol::WorkerId;
 use crate::read::cache::ConversationCache;
 use crate::read::store;
 
@@ -53,7 +54,7 @@ pub(crate) struct Listener {
     /// Shared with `/ready` and `/health`.
     pub(crate) state: Arc<ListenerState>,
     /// Notices this worker sent itself are skipped: their events were published at commit.
-    pub(crate) worker_id: String,
+    pub(crate) worker_id: WorkerId,
     pub(crate) settings: Settings,
 }
 
@@ -400,7 +401,7 @@ async fn handle(ln: &Listener, payloads: Vec<String>) {
                 continue;
             }
         };
-        if notice.sender() == ln.worker_id {
+        if notice.sender() == ln.worker_id.as_str() {
             continue; // published locally at commit already
         }
         match notice {

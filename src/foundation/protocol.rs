@@ -48,6 +48,36 @@ impl UserId {
     }
 }
 
+/// A worker's id, unique across the cluster (host, process, and which of the process's
+/// applications): the sender named in notifications and presence rows, and `hello`'s
+/// `worker`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub(crate) struct WorkerId(String);
+
+impl WorkerId {
+    pub(crate) fn new(id: String) -> WorkerId {
+        WorkerId(id)
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for WorkerId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 impl std::fmt::Display for UserId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
