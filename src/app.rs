@@ -21,6 +21,7 @@ use crate::db::{Database, Plan, StartupError};
 use crate::foundation::auth::Authenticator;
 use crate::foundation::config::Config;
 use crate::foundation::metrics::{CpuMeter, Metrics};
+use crate::foundation::protocol::WorkerId;
 use crate::foundation::ratelimit::UserLimits;
 use crate::read::cache::ConversationCache;
 use crate::state::{App, AppInner};
@@ -57,7 +58,7 @@ pub struct Role {
 
 impl Role {
     /// A single process: the whole connection budget, its own schema set-up.
-    pub fn single(config: &Config) -> Role {
+    pub(crate) fn single(config: &Config) -> Role {
         Role {
             plan: Plan {
                 share: config.db_max_connections,
@@ -106,21 +107,7 @@ impl Application {
             .ok()
             .and_then(|a| a.as_socket())
             .expect("a bound TCP socket has an address");
-        // Unique across the cluster: the host, the process, and which of the process's
-        // applications (tests run several in one process, as workers of one database).
-        static BUILT: AtomicUsize = AtomicUsize::new(0);
-        let worker_id = match BUILT.fetch_add(1, Ordering::Relaxed) {
-            0 => format!(
-                "{}-{}",
-                crate::cluster::presence::hostname(),
-                std::process::id()
-            ),
-            n => format!(
-                "{}-{}-{n}",
-                crate::cluster::presence::hostname(),
-                std::process::id()
-            ),
-        };
+        let worker_id = next_worker_id();
         let metrics = Arc::new(Metrics::new(&db.round_trips));
         let hub = Hub::new(
             FeedLimits {
@@ -134,11 +121,6 @@ impl Application {
             config.conversation_cache,
             config.cached_messages,
             config.conversation_cache_bytes,
-        );
-        let presence = Presence::new(
-            db.clone(),
-            Duration::from_millis(config.presence_grace_ms),
-            &worker_id,
         );
         let writers = TaskTracker::new();
         let writers_stop = CancellationToken::new();
@@ -161,49 +143,10 @@ impl Application {
             shutdown.clone(),
         );
         spawn_pruner(db.clone(), &config, shutdown.clone());
-        // One bucket per recently active user; as many as sockets allowed is plenty.
-        let rate_limits = UserLimits::new(
-            // Every user with a socket here, and as many again on the HTTP API.
-            config.max_connections.saturating_mul(2),
-            config.rate_limit_per_sec,
-            config.rate_limit_burst,
+        let app = shared_state(
+            config, auth, db, hub, cache, writer, metrics, shutdown, worker_id,
         );
-        let config_health_cache_ms = config.health_cache_ms;
-        let app = App::new(AppInner {
-            auth,
-            config,
-            db,
-            hub,
-            cache,
-            presence,
-            writer,
-            metrics,
-            shutdown,
-            sessions: TaskTracker::new(),
-            worker_id,
-            started: Instant::now(),
-            open_sockets: AtomicUsize::new(0),
-            next_session: AtomicU64::new(1),
-            listener: Arc::new(ListenerState::default()),
-            health: HealthProbe::new(Duration::from_millis(config_health_cache_ms)),
-            rate_limits,
-            cpu: CpuMeter::default(),
-        });
-        let background = TaskTracker::new();
-        let background_stop = CancellationToken::new();
-        // Presence stops first (its last act writes to the database), then the listener,
-        // whose connection carries this worker's queries when its share is one.
-        let presence_stop = background_stop.child_token();
-        let listener_stop = CancellationToken::new();
-        let presence_done = background.spawn(app.presence.clone().run(presence_stop));
-        background.spawn(crate::cluster::listener::run(
-            listener_of(&app),
-            listener_stop.clone(),
-        ));
-        background.spawn(async move {
-            let _ = presence_done.await;
-            listener_stop.cancel();
-        });
+        let (background, background_stop) = spawn_background(&app);
         Application {
             app,
             socket,
@@ -244,44 +187,14 @@ impl Application {
         let deadline = Duration::from_millis(app.config.shutdown_timeout_ms);
         let mut shutdown = Box::pin(shutdown);
         if listen_when_ready {
-            loop {
-                tokio::select! {
-                    _ = &mut shutdown => token.cancel(),
-                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                }
-                if app.listener.is_up() || token.is_cancelled() {
-                    break;
-                }
-            }
+            wait_until_ready(&app, &mut shutdown, &token).await;
         }
-        let listener = match socket
-            .listen(1024)
-            .and_then(|()| TcpListener::from_std(socket.into()))
-        {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, addr = %local_addr, "cannot listen");
-                token.cancel();
-                return;
-            }
+        let Some(listener) = start_listening(socket, local_addr, &token) else {
+            return;
         };
         tracing::info!(addr = %local_addr, worker_id = %app.worker_id, "pgchat listening");
         crate::ops::systemd::announce_when_ready(app.clone(), local_addr, token.clone());
-        // Stop on the signal, or when something else already cancelled the token (then
-        // `shutdown` may have completed above and must not be polled again).
-        tokio::spawn({
-            let token = token.clone();
-            async move {
-                tokio::select! {
-                    biased;
-                    _ = token.cancelled() => {}
-                    _ = shutdown => {}
-                }
-                tracing::info!("shutting down: no new connections; draining sessions");
-                crate::ops::systemd::stopping();
-                token.cancel();
-            }
-        });
+        stop_on(shutdown, token.clone());
         let limits = crate::edge::server::Limits {
             header_read_timeout: Duration::from_millis(app.config.header_read_timeout_ms),
             max_handshakes: app.config.max_handshakes,
@@ -294,39 +207,190 @@ impl Application {
             deadline.mul_f32(0.2),
         )
         .await;
-        let started = Instant::now();
-        app.sessions.close();
-        if tokio::time::timeout(deadline.mul_f32(0.8), app.sessions.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                open = app.sessions.len(),
-                "sessions did not drain in time; closing the rest"
-            );
-        }
-        writers_stop.cancel();
-        writers.close();
-        let left = deadline.saturating_sub(started.elapsed());
-        if tokio::time::timeout(left, writers.wait()).await.is_err() {
-            tracing::warn!("writers did not finish in time");
-        }
-        background_stop.cancel();
-        background.close();
-        let left = deadline.saturating_sub(started.elapsed());
-        if tokio::time::timeout(left, background.wait()).await.is_err() {
-            tracing::warn!("listener or presence did not finish in time");
-        }
-        app.db.close();
-        tracing::info!("pgchat stopped");
+        drain(
+            &app,
+            deadline,
+            (writers, writers_stop),
+            (background, background_stop),
+        )
+        .await;
     }
+}
+
+/// Unique across the cluster: the host, the process, and which of the process's
+/// applications (tests run several in one process, as workers of one database).
+fn next_worker_id() -> WorkerId {
+    static BUILT: AtomicUsize = AtomicUsize::new(0);
+    let host = crate::cluster::presence::hostname();
+    WorkerId::new(match BUILT.fetch_add(1, Ordering::Relaxed) {
+        0 => format!("{host}-{}", std::process::id()),
+        n => format!("{host}-{}-{n}", std::process::id()),
+    })
+}
+
+/// The handles the worker shares, from its parts.
+#[allow(clippy::too_many_arguments)]
+fn shared_state(
+    config: Config,
+    auth: Authenticator,
+    db: Database,
+    hub: Arc<Hub>,
+    cache: Arc<ConversationCache>,
+    writer: Writer,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    worker_id: WorkerId,
+) -> App {
+    let presence = Presence::new(
+        db.clone(),
+        Duration::from_millis(config.presence_grace_ms),
+        &worker_id,
+    );
+    // One bucket per recently active user; as many as sockets allowed is plenty.
+    let rate_limits = UserLimits::new(
+        // Every user with a socket here, and as many again on the HTTP API.
+        config.max_connections.saturating_mul(2),
+        config.rate_limit_per_sec,
+        config.rate_limit_burst,
+    );
+    let health = HealthProbe::new(Duration::from_millis(config.health_cache_ms));
+    App::new(AppInner {
+        auth,
+        config,
+        db,
+        hub,
+        cache,
+        presence,
+        writer,
+        metrics,
+        shutdown,
+        sessions: TaskTracker::new(),
+        worker_id,
+        started: Instant::now(),
+        open_sockets: AtomicUsize::new(0),
+        next_session: AtomicU64::new(1),
+        listener: Arc::new(ListenerState::default()),
+        health,
+        rate_limits,
+        cpu: CpuMeter::default(),
+    })
+}
+
+/// Starts the presence recorder and the notification listener. Presence stops first (its
+/// last act writes to the database), then the listener, whose connection carries this
+/// worker's queries when its share is one.
+fn spawn_background(app: &App) -> (TaskTracker, CancellationToken) {
+    let background = TaskTracker::new();
+    let background_stop = CancellationToken::new();
+    let presence_stop = background_stop.child_token();
+    let listener_stop = CancellationToken::new();
+    let presence_done = background.spawn(app.presence.clone().run(presence_stop));
+    background.spawn(crate::cluster::listener::run(
+        listener_of(app),
+        listener_stop.clone(),
+    ));
+    background.spawn(async move {
+        let _ = presence_done.await;
+        listener_stop.cancel();
+    });
+    (background, background_stop)
+}
+
+/// Waits until the notification listener is up (or shutdown comes first, which cancels
+/// `token`).
+async fn wait_until_ready(
+    app: &App,
+    shutdown: &mut std::pin::Pin<Box<impl Future<Output = ()>>>,
+    token: &CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.as_mut() => token.cancel(),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+        if app.listener.is_up() || token.is_cancelled() {
+            break;
+        }
+    }
+}
+
+/// Listens on the bound socket; on failure logs it and cancels `token`.
+fn start_listening(
+    socket: socket2::Socket,
+    local_addr: SocketAddr,
+    token: &CancellationToken,
+) -> Option<TcpListener> {
+    match socket
+        .listen(1024)
+        .and_then(|()| TcpListener::from_std(socket.into()))
+    {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::error!(error = %e, addr = %local_addr, "cannot listen");
+            token.cancel();
+            None
+        }
+    }
+}
+
+/// Stops on the signal, or when something else already cancelled the token (then
+/// `shutdown` may have completed while waiting to be ready and must not be polled again).
+fn stop_on(
+    shutdown: std::pin::Pin<Box<impl Future<Output = ()> + Send + 'static>>,
+    token: CancellationToken,
+) {
+    tokio::spawn(async move {
+        tokio::select! {
+            biased;
+            _ = token.cancelled() => {}
+            _ = shutdown => {}
+        }
+        tracing::info!("shutting down: no new connections; draining sessions");
+        crate::ops::systemd::stopping();
+        token.cancel();
+    });
+}
+
+/// After serving: the sessions within 80% of `deadline`, then the writers' queued
+/// commits, then presence and the listener, then the pool, all within `deadline`.
+async fn drain(
+    app: &App,
+    deadline: Duration,
+    (writers, writers_stop): (TaskTracker, CancellationToken),
+    (background, background_stop): (TaskTracker, CancellationToken),
+) {
+    let started = Instant::now();
+    app.sessions.close();
+    if tokio::time::timeout(deadline.mul_f32(0.8), app.sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = app.sessions.len(),
+            "sessions did not drain in time; closing the rest"
+        );
+    }
+    writers_stop.cancel();
+    writers.close();
+    let left = deadline.saturating_sub(started.elapsed());
+    if tokio::time::timeout(left, writers.wait()).await.is_err() {
+        tracing::warn!("writers did not finish in time");
+    }
+    background_stop.cancel();
+    background.close();
+    let left = deadline.saturating_sub(started.elapsed());
+    if tokio::time::timeout(left, background.wait()).await.is_err() {
+        tracing::warn!("listener or presence did not finish in time");
+    }
+    app.db.close();
+    tracing::info!("pgchat stopped");
 }
 
 /// Deletes events older than `event_retention`, hourly (or more often for short ones), in
 /// bounded batches with a pause between them while a backlog lasts; one worker of the
 /// cluster at a time (the others find the advisory lock taken and wait for their turn).
 fn spawn_pruner(db: Database, config: &Config, shutdown: CancellationToken) {
-    let retention = config.retention().expect("validated");
+    let retention = config.event_retention.duration();
     let every = (retention / 24).clamp(Duration::from_secs(10), Duration::from_secs(3600));
     let batch = config.prune_batch as i32;
     let pause = Duration::from_millis(config.prune_pause_ms);
@@ -374,7 +438,7 @@ fn listener_of(app: &App) -> Listener {
 /// Fails when `host:port` cannot be bound without SO_REUSEPORT: another program holds
 /// it, or another `pgchat serve` whose workers share it (with SO_REUSEPORT they would
 /// let a second deployment join silently, doubling the database connections).
-pub fn check_port(host: &str, port: u16) -> Result<(), StartupError> {
+pub(crate) fn check_port(host: &str, port: u16) -> Result<(), StartupError> {
     bind(host, port, false)
         .map(drop)
         .map_err(|e| bind_error(host, port, &e))

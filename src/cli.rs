@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use crate::app::Role;
 use crate::db::Plan;
 use crate::foundation::auth::Authenticator;
-use crate::foundation::config::Config;
+use crate::foundation::config::{Config, Listen};
 use crate::foundation::protocol::UserId;
 
 #[derive(Parser)]
@@ -98,17 +98,7 @@ pub fn main() -> ExitCode {
         listen: None,
     });
     if let Command::Serve { workers, listen } = &command {
-        if let Err(e) = crate::foundation::config::check_platform(|k| std::env::var(k).ok()) {
-            eprintln!("pgchat: {e}");
-            return ExitCode::from(2);
-        }
-        if let Some(n) = workers {
-            config.workers = *n;
-        }
-        if let Some(l) = listen {
-            config.listen = l.replace('-', "_");
-        }
-        if let Err(e) = config.validate() {
+        if let Err(e) = serve_overrides(&mut config, *workers, listen.as_deref()) {
             eprintln!("pgchat: {e}");
             return ExitCode::from(2);
         }
@@ -128,72 +118,10 @@ pub fn main() -> ExitCode {
             print!("{}", config.redacted_toml());
             ExitCode::SUCCESS
         }
-        Command::Token { user, name, ttl } => {
-            let user = match UserId::parse(&user) {
-                Ok(u) => u,
-                Err(e) => {
-                    eprintln!("pgchat: user: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let ttl = match humantime::parse_duration(&ttl) {
-                Ok(t) if t >= Duration::from_secs(1) => t,
-                _ => {
-                    eprintln!("pgchat: --ttl: expected a duration like 30m, 1h or 7d, got {ttl:?}");
-                    return ExitCode::from(2);
-                }
-            };
-            let auth = match Authenticator::from_config(&config) {
-                Ok(a) => a,
-                Err(e) => {
-                    eprintln!("pgchat: {e}");
-                    return ExitCode::from(1);
-                }
-            };
-            if let Some(max) = auth.max_ttl().filter(|max| ttl > *max) {
-                eprintln!(
-                    "pgchat: --ttl: at most jwt_max_lifetime_secs ({} s), got {ttl:?}",
-                    max.as_secs()
-                );
-                return ExitCode::from(2);
-            }
-            println!("{}", auth.mint(&user, name.as_deref(), ttl));
-            ExitCode::SUCCESS
-        }
+        Command::Token { user, name, ttl } => token(&config, &user, name.as_deref(), &ttl),
         Command::Bench(args) => crate::bench::cli::main(args, &config),
         Command::Health { path } => crate::ops::probe::main(&config, &path),
-        Command::Serve { .. } => {
-            let n = config.worker_count();
-            let who = if n > 1 {
-                crate::foundation::logging::Who::Supervisor
-            } else {
-                crate::foundation::logging::Who::Single
-            };
-            crate::foundation::logging::init(&config, who);
-            for (name, close) in &unknown_env {
-                tracing::warn!(
-                    variable = %name,
-                    closest = %close,
-                    "{name} is not a setting (did you mean {close}?); ignored"
-                );
-            }
-            // Before any worker starts, so that the first start generates the development
-            // secret once and every worker reads the same file.
-            if let Err(e) = crate::foundation::secrets::jwt_secret(&config) {
-                eprintln!("pgchat: {e}");
-                return ExitCode::from(1);
-            }
-            warn_about(&config);
-            if n > 1 {
-                let listen = if config.listen == "per_worker" {
-                    crate::supervisor::Listen::PerWorker
-                } else {
-                    crate::supervisor::Listen::Shared
-                };
-                return crate::supervisor::run(config, n, listen, cli.config);
-            }
-            serve(config, Role::single, crate::shutdown::signal(), false)
-        }
+        Command::Serve { .. } => serve_command(config, cli.config, &unknown_env),
         Command::Worker {
             index,
             share,
@@ -220,6 +148,93 @@ pub fn main() -> ExitCode {
             )
         }
     }
+}
+
+/// `serve`'s options over the configuration, then the checks that depend on them.
+fn serve_overrides(
+    config: &mut Config,
+    workers: Option<usize>,
+    listen: Option<&str>,
+) -> Result<(), crate::foundation::config::ConfigError> {
+    crate::foundation::config::check_platform(|k| std::env::var(k).ok())?;
+    if let Some(n) = workers {
+        config.workers = n;
+    }
+    if let Some(l) = listen {
+        // clap admits only these three names.
+        config.listen = match l {
+            "shared" => Listen::Shared,
+            _ => Listen::PerWorker,
+        };
+    }
+    config.validate()
+}
+
+/// `pgchat token USER`: a token signed with the configured secret.
+fn token(config: &Config, user: &str, name: Option<&str>, ttl: &str) -> ExitCode {
+    let user = match UserId::parse(user) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("pgchat: user: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let ttl = match humantime::parse_duration(ttl) {
+        Ok(t) if t >= Duration::from_secs(1) => t,
+        _ => {
+            eprintln!("pgchat: --ttl: expected a duration like 30m, 1h or 7d, got {ttl:?}");
+            return ExitCode::from(2);
+        }
+    };
+    let auth = match Authenticator::from_config(config) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("pgchat: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(max) = auth.max_ttl().filter(|max| ttl > *max) {
+        eprintln!(
+            "pgchat: --ttl: at most jwt_max_lifetime_secs ({} s), got {ttl:?}",
+            max.as_secs()
+        );
+        return ExitCode::from(2);
+    }
+    println!("{}", auth.mint(&user, name, ttl));
+    ExitCode::SUCCESS
+}
+
+/// `pgchat serve`: one worker in this process, or a supervisor of several.
+fn serve_command(
+    config: Config,
+    config_path: Option<PathBuf>,
+    unknown_env: &[(String, String)],
+) -> ExitCode {
+    let n = config.worker_count();
+    let who = if n > 1 {
+        crate::foundation::logging::Who::Supervisor
+    } else {
+        crate::foundation::logging::Who::Single
+    };
+    crate::foundation::logging::init(&config, who);
+    for (name, close) in unknown_env {
+        tracing::warn!(
+            variable = %name,
+            closest = %close,
+            "{name} is not a setting (did you mean {close}?); ignored"
+        );
+    }
+    // Before any worker starts, so that the first start generates the development
+    // secret once and every worker reads the same file.
+    if let Err(e) = crate::foundation::secrets::jwt_secret(&config) {
+        eprintln!("pgchat: {e}");
+        return ExitCode::from(1);
+    }
+    warn_about(&config);
+    if n > 1 {
+        return crate::supervisor::run(config, n, config_path);
+    }
+    serve(config, Role::single, crate::shutdown::signal(), false)
 }
 
 fn warn_about(config: &Config) {

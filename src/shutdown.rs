@@ -3,7 +3,7 @@
 //! [`crate::app`]; this module only says when.
 
 /// A worker stops on SIGTERM, or when its supervisor is gone (its stdin closes).
-pub async fn signal_or_orphaned() {
+pub(crate) async fn signal_or_orphaned() {
     let orphaned = async {
         use tokio::io::AsyncReadExt;
         let mut stdin = tokio::io::stdin();
@@ -22,7 +22,7 @@ pub async fn signal_or_orphaned() {
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn signal() {
+pub(crate) async fn signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

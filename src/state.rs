@@ -15,7 +15,7 @@ use crate::db::{Database, HealthProbe};
 use crate::foundation::auth::Authenticator;
 use crate::foundation::config::Config;
 use crate::foundation::metrics::{CpuMeter, Metrics};
-use crate::foundation::protocol::Limits;
+use crate::foundation::protocol::{Limits, WorkerId};
 use crate::foundation::ratelimit::UserLimits;
 use crate::read::cache::ConversationCache;
 use crate::write::Writer;
@@ -26,29 +26,29 @@ pub struct App(Arc<AppInner>);
 
 pub struct AppInner {
     pub config: Config,
-    pub db: Database,
-    pub hub: Arc<Hub>,
-    pub cache: Arc<ConversationCache>,
-    pub presence: Arc<Presence>,
+    pub(crate) db: Database,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) cache: Arc<ConversationCache>,
+    pub(crate) presence: Arc<Presence>,
     pub writer: Writer,
-    pub auth: Authenticator,
+    pub(crate) auth: Authenticator,
     pub metrics: Arc<Metrics>,
     /// Cancelled when the worker starts shutting down; every session watches it.
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
     /// Every WebSocket session, so shutdown can wait for them (axum does not).
-    pub sessions: TaskTracker,
-    pub worker_id: String,
-    pub started: Instant,
+    pub(crate) sessions: TaskTracker,
+    pub(crate) worker_id: WorkerId,
+    pub(crate) started: Instant,
     /// Sockets held now, checked against `max_connections` before each upgrade.
     pub(crate) open_sockets: AtomicUsize,
     pub(crate) next_session: AtomicU64,
     pub listener: Arc<ListenerState>,
     /// The cached database probe of `/health` and `/ready`.
-    pub health: HealthProbe,
+    pub(crate) health: HealthProbe,
     /// One token bucket per user, shared by the user's sessions and the HTTP API.
-    pub rate_limits: UserLimits,
+    pub(crate) rate_limits: UserLimits,
     /// This process's CPU use, for `/health`'s utilisation figures.
-    pub cpu: CpuMeter,
+    pub(crate) cpu: CpuMeter,
 }
 
 impl std::ops::Deref for App {
@@ -63,7 +63,7 @@ impl App {
         App(Arc::new(inner))
     }
 
-    pub fn limits(&self) -> Limits {
+    pub(crate) fn limits(&self) -> Limits {
         Limits {
             max_message_chars: self.config.max_message_chars,
             max_group_members: self.config.max_group_members,
@@ -72,7 +72,7 @@ impl App {
     }
 
     /// Takes a socket slot if this worker holds fewer than `max_connections`.
-    pub fn try_take_slot(&self) -> Option<SocketSlot> {
+    pub(crate) fn try_take_slot(&self) -> Option<SocketSlot> {
         self.open_sockets
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.config.max_connections).then_some(n + 1)
@@ -82,7 +82,7 @@ impl App {
     }
 
     /// A session id unique within this worker.
-    pub fn next_session_id(&self) -> u64 {
+    pub(crate) fn next_session_id(&self) -> u64 {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
 
@@ -92,7 +92,7 @@ impl App {
 }
 
 /// One of `max_connections` socket slots; released on drop.
-pub struct SocketSlot(App);
+pub(crate) struct SocketSlot(App);
 
 impl Drop for SocketSlot {
     fn drop(&mut self) {

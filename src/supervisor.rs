@@ -22,16 +22,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
-use crate::foundation::config::Config;
-
-/// How the workers listen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Listen {
-    /// All on `PORT` with SO_REUSEPORT: the kernel spreads connections (one Heroku dyno).
-    Shared,
-    /// Worker i on `PORT + i`, for a load balancer such as nginx with `ip_hash`.
-    PerWorker,
-}
+use crate::foundation::config::{Config, Listen};
 
 /// A worker that died this many times within [`DEATH_WINDOW`] is not restarted again.
 const MAX_DEATHS: usize = 5;
@@ -40,7 +31,7 @@ const DEATH_WINDOW: Duration = Duration::from_secs(60);
 pub const GAVE_UP: u8 = 3;
 
 /// The connections each of `workers` may hold, summing to at most `budget`.
-pub fn shares(budget: usize, workers: usize) -> Vec<usize> {
+pub(crate) fn shares(budget: usize, workers: usize) -> Vec<usize> {
     let base = budget / workers;
     let extra = budget % workers;
     (0..workers)
@@ -60,26 +51,18 @@ struct Worker {
     restart_at: Option<tokio::time::Instant>,
 }
 
-pub fn run(
-    config: Config,
-    workers: usize,
-    listen: Listen,
-    config_path: Option<PathBuf>,
-) -> ExitCode {
+/// Runs `workers` worker processes, listening as `config.listen` says, until a signal.
+pub(crate) fn run(config: Config, workers: usize, config_path: Option<PathBuf>) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(config.blocking_threads)
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(supervise(config, workers, listen, config_path))
+    runtime.block_on(supervise(config, workers, config_path))
 }
 
-async fn supervise(
-    config: Config,
-    n: usize,
-    listen: Listen,
-    config_path: Option<PathBuf>,
-) -> ExitCode {
+async fn supervise(config: Config, n: usize, config_path: Option<PathBuf>) -> ExitCode {
+    let listen = config.listen;
     // The ports before anything else: one in use (another program, or another `serve`
     // whose workers would otherwise be joined through SO_REUSEPORT) stops start-up.
     if let Err(code) = check_ports(&config, n, listen) {

@@ -323,7 +323,7 @@ async fn minted_tokens_follow_the_deployments_token_rules() {
 #[tokio::test]
 async fn in_production_there_is_no_demo_and_no_sign_in() {
     let app = TestApp::spawn_with(|c| {
-        c.node_env = "production".into();
+        c.node_env = pgchat::foundation::config::NodeEnv::Production;
         c.jwt_secret = Some("p".repeat(40).into());
     })
     .await;

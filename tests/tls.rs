@@ -225,7 +225,7 @@ async fn build(url: &str) -> Result<Application, pgchat::db::StartupError> {
     let config = pgchat::Config {
         host: "127.0.0.1".into(),
         port: 0,
-        node_env: "test".into(),
+        node_env: pgchat::foundation::config::NodeEnv::Test,
         database_url: Some(url.to_string()),
         jwt_secret: Some(SECRET.into()),
         embedded_postgres: false,
@@ -379,7 +379,7 @@ async fn in_production_a_remote_host_without_sslmode_gets_tls_and_a_local_one_st
     let server = tls_server();
     let production = |url: String| {
         move |c: &mut pgchat::Config| {
-            c.node_env = "production".into();
+            c.node_env = pgchat::foundation::config::NodeEnv::Production;
             c.jwt_secret = Some("p".repeat(40).into());
             c.database_url = Some(url);
         }

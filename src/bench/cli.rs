@@ -19,7 +19,7 @@ use crate::foundation::config::Config;
 /// Tokens are signed with the configured JWT secret, so the server must run with the same
 /// configuration (or JWT_SECRET). Users get a random prefix per run.
 #[derive(Debug, Args)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     #[command(subcommand)]
     scenario: ScenarioArgs,
     /// Server WebSocket URL; repeat it for one URL per worker (`--listen per-worker`).
@@ -120,7 +120,7 @@ fn duration(s: &str) -> Result<Duration, String> {
 
 impl BenchArgs {
     /// The options of this command line, with the configuration's port and secret.
-    pub fn options(&self, config: &Config, auth: Authenticator) -> Options {
+    pub(crate) fn options(&self, config: &Config, auth: Authenticator) -> Options {
         let urls = if self.urls.is_empty() {
             vec![format!("ws://127.0.0.1:{}/ws", config.port)]
         } else {
@@ -184,7 +184,7 @@ impl BenchArgs {
     }
 }
 
-pub fn main(args: BenchArgs, config: &Config) -> ExitCode {
+pub(crate) fn main(args: BenchArgs, config: &Config) -> ExitCode {
     let auth = match Authenticator::from_config(config) {
         Ok(a) => a,
         Err(e) => {

@@ -27,9 +27,9 @@ use tokio_util::sync::CancellationToken;
 use super::report::Errors;
 use super::BenchError;
 
-pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-pub type Sink = SplitSink<Ws, Message>;
-pub type Stream = SplitStream<Ws>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Sink = SplitSink<Ws, Message>;
+pub(crate) type Stream = SplitStream<Ws>;
 
 /// A handshake that takes longer than this has failed (kind `timeout`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,26 +37,26 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// sockets would cost the tool more memory than the server. Frames here are small.
 const READ_BUFFER: usize = 8 * 1024;
 /// How long setup steps (warm-up, group creation) may take before the run gives up.
-pub const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The first frame of every session.
 #[derive(Debug, Deserialize)]
-pub struct Hello {
-    pub worker: String,
-    pub head: i64,
+pub(crate) struct Hello {
+    pub(crate) worker: String,
+    pub(crate) head: i64,
 }
 
 /// An open, authenticated socket, before a scenario splits it into its two halves.
-pub struct Conn {
-    pub ws: Ws,
-    pub user: String,
-    pub worker: String,
-    pub seq: SeqCheck,
+pub(crate) struct Conn {
+    pub(crate) ws: Ws,
+    pub(crate) user: String,
+    pub(crate) worker: String,
+    pub(crate) seq: SeqCheck,
 }
 
 /// Why a handshake failed; its `Display` is the key errors are counted under.
 #[derive(Debug)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     /// Refused before the upgrade: the HTTP status and the body's error code.
     Refused(u16, String),
     Io(std::io::ErrorKind),
@@ -99,7 +99,7 @@ impl From<tungstenite::Error> for ConnectError {
 }
 
 /// Connects to `url` as the holder of `token` and reads the hello.
-pub async fn connect(url: &str, token: &str) -> Result<(Ws, Hello), ConnectError> {
+pub(crate) async fn connect(url: &str, token: &str) -> Result<(Ws, Hello), ConnectError> {
     let mut request = url
         .into_client_request()
         .map_err(|e| ConnectError::Other(format!("bad url: {e}")))?;
@@ -132,7 +132,7 @@ pub async fn connect(url: &str, token: &str) -> Result<(Ws, Hello), ConnectError
 impl Conn {
     /// Waits for the first frame that `pick` accepts, checking `seq` on the way. Used in
     /// setup, before the socket is split.
-    pub async fn wait_for(
+    pub(crate) async fn wait_for(
         &mut self,
         what: &str,
         mut pick: impl FnMut(&Frame<'_>, &str) -> bool,
@@ -178,7 +178,7 @@ impl Conn {
         }
     }
 
-    pub async fn send_text(&mut self, text: String) -> Result<(), BenchError> {
+    pub(crate) async fn send_text(&mut self, text: String) -> Result<(), BenchError> {
         self.ws
             .send(Message::text(text))
             .await
@@ -186,7 +186,11 @@ impl Conn {
     }
 
     /// Sends a request and waits for its reply (by `ref`), which must be `ok`.
-    pub async fn request(&mut self, text: String, reference: i64) -> Result<String, BenchError> {
+    pub(crate) async fn request(
+        &mut self,
+        text: String,
+        reference: i64,
+    ) -> Result<String, BenchError> {
         self.send_text(text).await?;
         let mut failed = false;
         let reply = self
@@ -202,13 +206,13 @@ impl Conn {
         Ok(reply)
     }
 
-    pub fn split(self) -> (Sink, Stream, SeqCheck) {
+    pub(crate) fn split(self) -> (Sink, Stream, SeqCheck) {
         let (sink, stream) = self.ws.split();
         (sink, stream, self.seq)
     }
 
     /// Closes politely without waiting long for the server's answer.
-    pub async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.ws.close(None)).await;
     }
 }
@@ -218,30 +222,30 @@ fn setup(m: String) -> BenchError {
 }
 
 /// Sends a close frame on a sink whose stream half is done with.
-pub async fn close_sink(mut sink: Sink) {
+pub(crate) async fn close_sink(mut sink: Sink) {
     let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
 }
 
 /// A socket's view of its user's event stream: `seq` must go up by exactly one.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct SeqCheck {
+pub(crate) struct SeqCheck {
     last: i64,
     /// Events skipped over (seq jumped by more than one).
-    pub gaps: u64,
+    pub(crate) gaps: u64,
     /// Events whose seq was not above the last one.
-    pub duplicates: u64,
+    pub(crate) duplicates: u64,
 }
 
 impl SeqCheck {
     /// The stream as the hello left it: live events follow `head`.
-    pub fn new(head: i64) -> Self {
+    pub(crate) fn new(head: i64) -> Self {
         SeqCheck {
             last: head,
             ..Default::default()
         }
     }
 
-    pub fn see(&mut self, seq: i64) {
+    pub(crate) fn see(&mut self, seq: i64) {
         if seq == self.last + 1 {
             self.last = seq;
         } else if seq <= self.last {
@@ -255,23 +259,23 @@ impl SeqCheck {
 
 /// The fields of a server frame that the scenarios read; everything else is skipped.
 #[derive(Debug, Deserialize)]
-pub struct Frame<'a> {
+pub(crate) struct Frame<'a> {
     #[serde(rename = "type", borrow)]
-    pub kind: &'a str,
+    pub(crate) kind: &'a str,
     #[serde(default)]
-    pub seq: Option<i64>,
+    pub(crate) seq: Option<i64>,
     /// The tool's refs are integers: a message's number, or negative in setup.
     #[serde(rename = "ref", default)]
-    pub reference: Option<i64>,
+    pub(crate) reference: Option<i64>,
     #[serde(default, borrow)]
-    pub code: Option<&'a str>,
+    pub(crate) code: Option<&'a str>,
     #[serde(default, borrow)]
-    pub message: Option<MessageField<'a>>,
+    pub(crate) message: Option<MessageField<'a>>,
 }
 
 impl<'a> Frame<'a> {
     /// The `client_msg_id` of a `message` event or of a `send` reply.
-    pub fn client_msg_id(&self) -> Option<&'a str> {
+    pub(crate) fn client_msg_id(&self) -> Option<&'a str> {
         match &self.message {
             Some(MessageField::Message(m)) => m.client_msg_id,
             _ => None,
@@ -281,15 +285,15 @@ impl<'a> Frame<'a> {
 
 /// `message` is an object in events and `send` replies, and a string in error replies.
 #[derive(Debug)]
-pub enum MessageField<'a> {
+pub(crate) enum MessageField<'a> {
     Message(MessageRef<'a>),
     Text,
 }
 
 #[derive(Debug, Deserialize)]
-pub struct MessageRef<'a> {
+pub(crate) struct MessageRef<'a> {
     #[serde(default, borrow)]
-    pub client_msg_id: Option<&'a str>,
+    pub(crate) client_msg_id: Option<&'a str>,
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for MessageField<'a> {
@@ -313,12 +317,12 @@ impl<'de: 'a, 'a> Deserialize<'de> for MessageField<'a> {
 }
 
 /// How a read loop ended, when the server (not the tool) ended it.
-pub type Ended = Option<String>;
+pub(crate) type Ended = Option<String>;
 
 /// Reads `stream` until `stop` fires or the socket ends, checking `seq` and handing each
 /// frame, with the instant it was read, to `on_frame`. Error replies are counted in
 /// `errors` by code; a close by the server is returned as its kind (`close 1013`, …).
-pub async fn read_frames(
+pub(crate) async fn read_frames(
     stream: &mut Stream,
     seq: &mut SeqCheck,
     errors: &mut Errors,
@@ -353,14 +357,14 @@ pub async fn read_frames(
     }
 }
 
-pub fn close_kind(frame: Option<&tungstenite::protocol::CloseFrame>) -> String {
+pub(crate) fn close_kind(frame: Option<&tungstenite::protocol::CloseFrame>) -> String {
     match frame {
         Some(f) => format!("close {}", u16::from(f.code)),
         None => "close (no code)".into(),
     }
 }
 
-pub fn error_kind(e: &tungstenite::Error) -> String {
+pub(crate) fn error_kind(e: &tungstenite::Error) -> String {
     use tungstenite::Error as E;
     match e {
         E::Io(io) => format!("io: {}", io.kind()),
@@ -376,21 +380,21 @@ pub fn error_kind(e: &tungstenite::Error) -> String {
 
 /// What the bench reads off a worker's `GET /health`.
 #[derive(Debug, Clone, Deserialize)]
-pub struct Health {
-    pub worker: String,
-    pub pid: u32,
+pub(crate) struct Health {
+    pub(crate) worker: String,
+    pub(crate) pid: u32,
     #[serde(default)]
-    pub connections: u64,
-    pub memory: HealthMemory,
+    pub(crate) connections: u64,
+    pub(crate) memory: HealthMemory,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct HealthMemory {
-    pub rss_bytes: u64,
+pub(crate) struct HealthMemory {
+    pub(crate) rss_bytes: u64,
 }
 
 /// The `host:port` of a ws:// URL, and whether it is this machine.
-pub fn host_of(ws_url: &str) -> Result<(String, bool), String> {
+pub(crate) fn host_of(ws_url: &str) -> Result<(String, bool), String> {
     let uri: Uri = ws_url.parse().map_err(|e| format!("{ws_url}: {e}"))?;
     let host = uri.host().ok_or_else(|| format!("{ws_url}: no host"))?;
     let port = uri.port_u16().unwrap_or(80);
@@ -400,7 +404,7 @@ pub fn host_of(ws_url: &str) -> Result<(String, bool), String> {
 
 /// `GET /health` of the worker behind `ws_url` (same host and port, over plain HTTP/1.0,
 /// which needs no client library: one request, the body until the server closes).
-pub async fn health(ws_url: &str) -> Result<Health, String> {
+pub(crate) async fn health(ws_url: &str) -> Result<Health, String> {
     let (addr, _) = host_of(ws_url)?;
     let fetch = async {
         let mut tcp = TcpStream::connect(&addr).await.map_err(|e| e.to_string())?;
@@ -426,7 +430,7 @@ pub async fn health(ws_url: &str) -> Result<Health, String> {
 }
 
 /// Resident memory of a process on this machine, from `/proc/<pid>/status`.
-pub fn vm_rss(pid: u32) -> Option<u64> {
+pub(crate) fn vm_rss(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

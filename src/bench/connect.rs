@@ -16,7 +16,7 @@ use super::progress::{self, Progress, Shows};
 use super::report::{histogram, Errors, Handshakes, Latency, Report};
 use super::{micros, BenchError, ConnectOptions, Ctx, Live};
 
-pub async fn run(ctx: &Arc<Ctx>, o: &ConnectOptions) -> Result<Report, BenchError> {
+pub(crate) async fn run(ctx: &Arc<Ctx>, o: &ConnectOptions) -> Result<Report, BenchError> {
     let next = Arc::new(AtomicUsize::new(0));
     let latency = Arc::new(Mutex::new(histogram()));
     let progress = Progress::start(ctx, Instant::now(), None, Shows::Handshakes(o.count as u64));

@@ -25,15 +25,15 @@ const CROSS: usize = 1;
 
 /// The load that dm runs once and growth runs in rounds.
 #[derive(Debug, Clone, Copy)]
-pub struct Load {
-    pub rate: f64,
-    pub pairs: usize,
-    pub cross: f64,
-    pub round: Duration,
-    pub rounds: usize,
+pub(crate) struct Load {
+    pub(crate) rate: f64,
+    pub(crate) pairs: usize,
+    pub(crate) cross: f64,
+    pub(crate) round: Duration,
+    pub(crate) rounds: usize,
 }
 
-pub async fn run(ctx: &Arc<Ctx>, o: &DmOptions) -> Result<Report, BenchError> {
+pub(crate) async fn run(ctx: &Arc<Ctx>, o: &DmOptions) -> Result<Report, BenchError> {
     let load = Load {
         rate: o.rate,
         pairs: o.pairs,
@@ -48,7 +48,7 @@ pub async fn run(ctx: &Arc<Ctx>, o: &DmOptions) -> Result<Report, BenchError> {
 }
 
 /// Runs `load` for its rounds back to back on the same sockets.
-pub async fn run_rounds(
+pub(crate) async fn run_rounds(
     ctx: &Arc<Ctx>,
     scenario: &'static str,
     load: Load,

@@ -23,7 +23,7 @@ const WARM_UP_REF: i64 = -2;
 /// The `extra` histogram: send → the last recipient.
 const LAST: usize = 0;
 
-pub async fn run(ctx: &Arc<Ctx>, o: &GroupOptions) -> Result<Report, BenchError> {
+pub(crate) async fn run(ctx: &Arc<Ctx>, o: &GroupOptions) -> Result<Report, BenchError> {
     // Consecutive sockets are on different workers, so each group spans them.
     let mut sockets = pool::spread(ctx, o.groups * o.size).await?;
     let mut groups: Vec<Vec<Conn>> = Vec::with_capacity(o.groups);

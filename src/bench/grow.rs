@@ -15,7 +15,7 @@ use tokio_postgres::Client;
 use super::BenchError;
 
 /// The tables that grow with use.
-pub const GROWING: [&str; 5] = [
+pub(crate) const GROWING: [&str; 5] = [
     "conversations",
     "event_queue",
     "members",
@@ -51,7 +51,7 @@ SELECT $1 || '-' || split_part(m.client_msg_id, '-', 1) || s, m.cseq, 'message',
 FROM m, LATERAL (VALUES ('a'), ('b')) v(s)";
 
 /// A connection to the database the server uses.
-pub struct Db {
+pub(crate) struct Db {
     client: Client,
     /// Where the database is, its sslmode and sslrootcert honoured as the server does.
     target: crate::db::Endpoint,
@@ -61,7 +61,7 @@ pub struct Db {
 }
 
 impl Db {
-    pub async fn connect(url: &str, prefix: &str) -> Result<Db, BenchError> {
+    pub(crate) async fn connect(url: &str, prefix: &str) -> Result<Db, BenchError> {
         let setup = |e: String| BenchError::Setup(format!("--database-url: {e}"));
         // The production default (TLS to a remote host) would be a surprise in a load test:
         // the URL says what it wants.
@@ -82,7 +82,7 @@ impl Db {
     /// Rows in the event stream now (one count, between rounds). Counted on a connection
     /// of its own, closed before the round begins: a backend reports its scans when it
     /// exits at the latest, and this count (a scan) must not be taken for the round's.
-    pub async fn event_rows(&self) -> Result<i64, BenchError> {
+    pub(crate) async fn event_rows(&self) -> Result<i64, BenchError> {
         let err = |e: tokio_postgres::Error| BenchError::Setup(format!("counting events: {e}"));
         let (client, connection) = self.target.connect().await.map_err(err)?;
         let driver = tokio::spawn(connection);
@@ -113,7 +113,7 @@ impl Db {
     }
 
     /// Sequential scans of each growing table so far (PostgreSQL's cumulative counters).
-    pub async fn seq_scans(&self) -> Result<BTreeMap<String, i64>, BenchError> {
+    pub(crate) async fn seq_scans(&self) -> Result<BTreeMap<String, i64>, BenchError> {
         let rows = self
             .client
             .query(
@@ -128,7 +128,11 @@ impl Db {
 
     /// Adds about `events` event rows (and half as many messages), in chunks; `progress`
     /// hears the events added so far.
-    pub async fn grow(&mut self, events: u64, progress: impl Fn(u64)) -> Result<(), BenchError> {
+    pub(crate) async fn grow(
+        &mut self,
+        events: u64,
+        progress: impl Fn(u64),
+    ) -> Result<(), BenchError> {
         let mut added = 0;
         while added < events {
             let chunk = (events - added).min(CHUNK_EVENTS);
@@ -147,7 +151,7 @@ impl Db {
 }
 
 /// `after - before`, per table.
-pub fn delta(
+pub(crate) fn delta(
     before: &BTreeMap<String, i64>,
     after: &BTreeMap<String, i64>,
 ) -> BTreeMap<String, i64> {

@@ -14,7 +14,7 @@ use super::grow::{self, Db};
 use super::report::Report;
 use super::{BenchError, Ctx, GrowthOptions};
 
-pub async fn run(ctx: &Arc<Ctx>, o: &GrowthOptions) -> Result<Report, BenchError> {
+pub(crate) async fn run(ctx: &Arc<Ctx>, o: &GrowthOptions) -> Result<Report, BenchError> {
     let load = Load {
         rate: o.rate,
         pairs: o.pairs,

@@ -25,7 +25,7 @@ use super::{BenchError, Ctx, IdleOptions, Live};
 const HEALTH_QUIET: usize = 12;
 const HEALTH_TRIES: usize = 64;
 
-pub async fn run(ctx: &Arc<Ctx>, o: &IdleOptions) -> Result<Report, BenchError> {
+pub(crate) async fn run(ctx: &Arc<Ctx>, o: &IdleOptions) -> Result<Report, BenchError> {
     let before = snapshot(ctx).await;
     // No planned length: opening takes what it takes, then the hold.
     let progress = Progress::start(

@@ -26,21 +26,21 @@ use super::schedule::Schedule;
 use super::{micros, Ctx, Live};
 
 /// The body of every measured message: about the size of a chat line.
-pub const BODY: &str = "pgchat bench: a message about as long as a line of chat";
+pub(crate) const BODY: &str = "pgchat bench: a message about as long as a line of chat";
 
 const SENT: u8 = 1;
 const ACKED: u8 = 2;
 const FAILED: u8 = 4;
 
 /// What happened to each message of one sender.
-pub struct Track {
+pub(crate) struct Track {
     flags: Vec<AtomicU8>,
     /// Recipients that received the message (each counted once).
     deliveries: Vec<AtomicU32>,
 }
 
 impl Track {
-    pub fn new(count: u64) -> Arc<Track> {
+    pub(crate) fn new(count: u64) -> Arc<Track> {
         let n = count as usize;
         Arc::new(Track {
             flags: (0..n).map(|_| AtomicU8::new(0)).collect(),
@@ -58,16 +58,16 @@ impl Track {
 }
 
 /// Latency histograms of a run, per round, plus a scenario's own (`extra`).
-pub struct Recorder {
-    pub ack: Vec<Histogram<u64>>,
-    pub delivery: Vec<Histogram<u64>>,
+pub(crate) struct Recorder {
+    pub(crate) ack: Vec<Histogram<u64>>,
+    pub(crate) delivery: Vec<Histogram<u64>>,
     /// dm: delivery on the same worker, across workers; group: to the last recipient.
-    pub extra: Vec<Histogram<u64>>,
-    pub last_delivery: Option<Instant>,
+    pub(crate) extra: Vec<Histogram<u64>>,
+    pub(crate) last_delivery: Option<Instant>,
 }
 
 impl Recorder {
-    pub fn new(rounds: usize, extra: usize) -> Arc<Mutex<Recorder>> {
+    pub(crate) fn new(rounds: usize, extra: usize) -> Arc<Mutex<Recorder>> {
         Arc::new(Mutex::new(Recorder {
             ack: (0..rounds).map(|_| histogram()).collect(),
             delivery: (0..rounds).map(|_| histogram()).collect(),
@@ -76,7 +76,7 @@ impl Recorder {
         }))
     }
 
-    pub fn merged(hs: &[Histogram<u64>]) -> Histogram<u64> {
+    pub(crate) fn merged(hs: &[Histogram<u64>]) -> Histogram<u64> {
         let mut all = histogram();
         for h in hs {
             all.add(h).expect("histograms of the same bounds add up");
@@ -87,17 +87,17 @@ impl Recorder {
 
 /// What every task of a run shares.
 #[derive(Clone)]
-pub struct Run {
-    pub sched: Schedule,
-    pub rec: Arc<Mutex<Recorder>>,
-    pub ctx: Arc<Ctx>,
+pub(crate) struct Run {
+    pub(crate) sched: Schedule,
+    pub(crate) rec: Arc<Mutex<Recorder>>,
+    pub(crate) ctx: Arc<Ctx>,
     /// Stops the readers once the drain is over.
-    pub stop: CancellationToken,
+    pub(crate) stop: CancellationToken,
 }
 
 /// Writes the messages of sender `stream`, each when it is due, never waiting for an
 /// ack. `make(k)` is the frame of message `k`. Returns the sink, still open.
-pub async fn write_messages(
+pub(crate) async fn write_messages(
     mut sink: Sink,
     mut due: mpsc::UnboundedReceiver<u64>,
     track: Arc<Track>,
@@ -121,7 +121,7 @@ pub async fn write_messages(
 /// Starts a sender: its writer (each message when the clock says it is due) and the
 /// reader of its acks. Returns their handles.
 #[allow(clippy::too_many_arguments)]
-pub fn spawn_sender(
+pub(crate) fn spawn_sender(
     sink: Sink,
     stream: Stream,
     seq: SeqCheck,
@@ -137,10 +137,10 @@ pub fn spawn_sender(
 }
 
 /// What a reader hands back when it stops.
-pub struct ReaderEnd {
-    pub errors: Errors,
-    pub seq: SeqCheck,
-    pub duplicates: u64,
+pub(crate) struct ReaderEnd {
+    pub(crate) errors: Errors,
+    pub(crate) seq: SeqCheck,
+    pub(crate) duplicates: u64,
 }
 
 impl ReaderEnd {
@@ -169,7 +169,7 @@ impl ReaderEnd {
 }
 
 /// Reads a sender's socket: the replies to its messages (send → ack latency).
-pub async fn read_acks(
+pub(crate) async fn read_acks(
     mut stream: Stream,
     mut seq: SeqCheck,
     index: usize,
@@ -221,17 +221,17 @@ pub async fn read_acks(
 
 /// Where a recipient records a delivery besides the per-round histogram.
 #[derive(Debug, Clone, Copy)]
-pub struct Recipient {
+pub(crate) struct Recipient {
     /// How many recipients each message has (the last one completes it).
-    pub of: u32,
+    pub(crate) of: u32,
     /// An `extra` histogram for every delivery (dm: same or cross worker).
-    pub each: Option<usize>,
+    pub(crate) each: Option<usize>,
     /// An `extra` histogram for the last recipient of a message (group).
-    pub last: Option<usize>,
+    pub(crate) last: Option<usize>,
 }
 
 /// Reads a recipient's socket: the `message` events from sender `index`.
-pub async fn read_deliveries(
+pub(crate) async fn read_deliveries(
     mut stream: Stream,
     mut seq: SeqCheck,
     index: usize,
@@ -294,7 +294,7 @@ pub async fn read_deliveries(
 
 /// After the last send: waits until every sent message is answered and every acked one
 /// delivered `recipients` times, or until the drain period is over.
-pub async fn drain(ctx: &Ctx, recipients: u64) {
+pub(crate) async fn drain(ctx: &Ctx, recipients: u64) {
     let deadline = Instant::now() + ctx.drain;
     let l = &ctx.live;
     while Instant::now() < deadline {
@@ -312,7 +312,7 @@ pub async fn drain(ctx: &Ctx, recipients: u64) {
 }
 
 /// Counts, per round, what happened to every planned message of these senders.
-pub fn tally(sched: &Schedule, tracks: &[Arc<Track>], recipients: u64) -> Vec<Messages> {
+pub(crate) fn tally(sched: &Schedule, tracks: &[Arc<Track>], recipients: u64) -> Vec<Messages> {
     let mut rounds = vec![
         Messages {
             recipients,
@@ -342,7 +342,7 @@ pub fn tally(sched: &Schedule, tracks: &[Arc<Track>], recipients: u64) -> Vec<Me
 }
 
 /// The totals over all rounds.
-pub fn total(rounds: &[Messages]) -> Messages {
+pub(crate) fn total(rounds: &[Messages]) -> Messages {
     let mut t = Messages {
         recipients: rounds.first().map_or(0, |r| r.recipients),
         ..Default::default()
@@ -361,7 +361,7 @@ pub fn total(rounds: &[Messages]) -> Messages {
 }
 
 /// One row per round: its counts and its latencies.
-pub fn round_rows(rounds: &[Messages], rec: &Recorder) -> Vec<Round> {
+pub(crate) fn round_rows(rounds: &[Messages], rec: &Recorder) -> Vec<Round> {
     rounds
         .iter()
         .enumerate()
@@ -382,7 +382,7 @@ pub fn round_rows(rounds: &[Messages], rec: &Recorder) -> Vec<Round> {
 /// Messages and deliveries per second, from the first due time to the last send (for
 /// sends) and to the last delivery (for deliveries), but never over less than the
 /// scheduled length of the run.
-pub fn rates(
+pub(crate) fn rates(
     m: &mut Messages,
     sched: &Schedule,
     sends_done: Instant,

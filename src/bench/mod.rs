@@ -18,19 +18,19 @@
 //! a `current_thread` runtime unless told otherwise, and its hot path (a frame in, a
 //! frame out) parses borrowed fields and records into preallocated state.
 
-pub mod cli;
-pub mod client;
-pub mod connect;
-pub mod dm;
-pub mod group;
-pub mod grow;
-pub mod growth;
-pub mod idle;
-pub mod load;
-pub mod pool;
-pub mod progress;
-pub mod report;
-pub mod schedule;
+pub(crate) mod cli;
+pub(crate) mod client;
+pub(crate) mod connect;
+pub(crate) mod dm;
+pub(crate) mod group;
+pub(crate) mod grow;
+pub(crate) mod growth;
+pub(crate) mod idle;
+pub(crate) mod load;
+pub(crate) mod pool;
+pub(crate) mod progress;
+pub(crate) mod report;
+pub(crate) mod schedule;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -161,7 +161,7 @@ pub enum BenchError {
 }
 
 impl BenchError {
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         match self {
             BenchError::Options(_) => 2,
             _ => 1,
@@ -171,7 +171,7 @@ impl BenchError {
 
 impl Options {
     /// Rejects values no run can use (exit code 2 on the command line).
-    pub fn validate(&self) -> Result<(), BenchError> {
+    pub(crate) fn validate(&self) -> Result<(), BenchError> {
         let bad = |m: String| Err(BenchError::Options(m));
         if self.urls.is_empty() {
             return bad("--url: at least one".into());
@@ -268,40 +268,40 @@ pub async fn run(options: Options) -> Result<Report, BenchError> {
 
 /// What every part of a run shares: the server, the tokens, the live counters, and the
 /// tallies that tasks add to when they end.
-pub struct Ctx {
-    pub urls: Vec<String>,
+pub(crate) struct Ctx {
+    pub(crate) urls: Vec<String>,
     auth: Authenticator,
     /// Users are `<prefix>-<n>`: a random prefix per run, so runs never share a user.
-    pub prefix: String,
+    pub(crate) prefix: String,
     next_user: AtomicUsize,
     /// Tokens outlive the run by far: an expired token closes its socket with 1008.
     ttl: Duration,
-    pub drain: Duration,
-    pub quiet: bool,
-    pub live: Live,
+    pub(crate) drain: Duration,
+    pub(crate) quiet: bool,
+    pub(crate) live: Live,
     /// What the progress line says the run is doing ([`progress::SETUP`], …).
-    pub phase: AtomicU8,
+    pub(crate) phase: AtomicU8,
     /// std Mutexes: tasks add to these once, when they end, and never across an `.await`.
-    pub errors: Mutex<Errors>,
-    pub workers: Mutex<BTreeSet<String>>,
+    pub(crate) errors: Mutex<Errors>,
+    pub(crate) workers: Mutex<BTreeSet<String>>,
     notes: Mutex<Vec<String>>,
 }
 
 /// Counters the progress line reads while the run goes on.
 #[derive(Default)]
-pub struct Live {
-    pub sent: AtomicU64,
-    pub acked: AtomicU64,
-    pub failed: AtomicU64,
-    pub delivered: AtomicU64,
+pub(crate) struct Live {
+    pub(crate) sent: AtomicU64,
+    pub(crate) acked: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) delivered: AtomicU64,
 }
 
 impl Live {
-    pub fn add(counter: &AtomicU64, n: u64) {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub fn get(counter: &AtomicU64) -> u64 {
+    pub(crate) fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
 }
@@ -330,7 +330,7 @@ impl Ctx {
     }
 
     /// A fresh user of this run and a token for it.
-    pub fn new_user(&self) -> (String, String) {
+    pub(crate) fn new_user(&self) -> (String, String) {
         let n = self.next_user.fetch_add(1, Ordering::Relaxed);
         let user = format!("{}-{n}", self.prefix);
         let id = UserId::parse(&user).expect("bench user ids are valid");
@@ -338,27 +338,23 @@ impl Ctx {
         (user, token)
     }
 
-    pub fn set_phase(&self, phase: u8) {
+    pub(crate) fn set_phase(&self, phase: u8) {
         self.phase.store(phase, Ordering::Relaxed);
     }
 
-    pub fn note(&self, note: impl Into<String>) {
+    pub(crate) fn note(&self, note: impl Into<String>) {
         self.notes.lock().unwrap().push(note.into());
     }
 
-    pub fn notes(&self) -> Vec<String> {
+    pub(crate) fn notes(&self) -> Vec<String> {
         self.notes.lock().unwrap().clone()
     }
 
-    pub fn saw_worker(&self, worker: &str) {
+    pub(crate) fn saw_worker(&self, worker: &str) {
         let mut w = self.workers.lock().unwrap();
         if !w.contains(worker) {
             w.insert(worker.to_string());
         }
-    }
-
-    pub fn add_errors(&self, e: Errors) {
-        self.errors.lock().unwrap().merge(e);
     }
 }
 

@@ -21,7 +21,7 @@ const PLACEMENT_ROUNDS: usize = 20;
 
 /// Opens a socket as a fresh user on `ctx.urls[url]`. Failures are counted in the run's
 /// errors.
-pub async fn open_one(ctx: &Ctx, url: usize) -> Option<Conn> {
+pub(crate) async fn open_one(ctx: &Ctx, url: usize) -> Option<Conn> {
     let (user, token) = ctx.new_user();
     match connect(&ctx.urls[url], &token).await {
         Ok((ws, hello)) => {
@@ -109,16 +109,16 @@ impl Buckets {
 }
 
 /// A dm pair: the sender's socket and the receiver's, each its own user.
-pub struct Pair {
-    pub sender: Conn,
-    pub receiver: Conn,
+pub(crate) struct Pair {
+    pub(crate) sender: Conn,
+    pub(crate) receiver: Conn,
     /// Sender and receiver are on different workers.
-    pub cross: bool,
+    pub(crate) cross: bool,
 }
 
 /// Opens `n` pairs, `cross` of them (a fraction) with their two sockets on different
 /// workers. With one worker only, every pair is on it (and a note says so).
-pub async fn pairs(ctx: &Arc<Ctx>, n: usize, cross: f64) -> Result<Vec<Pair>, BenchError> {
+pub(crate) async fn pairs(ctx: &Arc<Ctx>, n: usize, cross: f64) -> Result<Vec<Pair>, BenchError> {
     let all: Vec<usize> = (0..ctx.urls.len()).collect();
     // One shared port: open a few more than needed, so that every worker shows up.
     let first = if cross > 0.0 && all.len() == 1 {
@@ -202,7 +202,7 @@ pub async fn pairs(ctx: &Arc<Ctx>, n: usize, cross: f64) -> Result<Vec<Pair>, Be
 
 /// Opens `n` sockets and orders them so that consecutive ones are on different workers
 /// (as far as the workers allow): chunks of them spread over the workers.
-pub async fn spread(ctx: &Arc<Ctx>, n: usize) -> Result<Vec<Conn>, BenchError> {
+pub(crate) async fn spread(ctx: &Arc<Ctx>, n: usize) -> Result<Vec<Conn>, BenchError> {
     let all: Vec<usize> = (0..ctx.urls.len()).collect();
     let mut b = Buckets::default();
     b.open(ctx, n, &all).await;

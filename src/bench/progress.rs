@@ -14,7 +14,7 @@ use super::{Ctx, Live};
 
 /// What the line counts.
 #[derive(Debug, Clone, Copy)]
-pub enum Shows {
+pub(crate) enum Shows {
     /// sent, acked, delivered; the rate is messages sent per second.
     Messages,
     /// handshakes done (acked) and failed, of `total`.
@@ -24,12 +24,12 @@ pub enum Shows {
 }
 
 /// The phase the line names; set by the scenario as it goes.
-pub const SETUP: u8 = 0;
-pub const RUN: u8 = 1;
-pub const DRAIN: u8 = 2;
-pub const HOLD: u8 = 3;
+pub(crate) const SETUP: u8 = 0;
+pub(crate) const RUN: u8 = 1;
+pub(crate) const DRAIN: u8 = 2;
+pub(crate) const HOLD: u8 = 3;
 
-pub struct Progress {
+pub(crate) struct Progress {
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
@@ -37,7 +37,7 @@ pub struct Progress {
 impl Progress {
     /// Starts drawing; the clock counts from `since` (it may lie ahead), up to `total`, the
     /// planned length of the measured phase if it has one.
-    pub fn start(
+    pub(crate) fn start(
         ctx: &Arc<Ctx>,
         since: Instant,
         total: Option<Duration>,
@@ -84,7 +84,7 @@ impl Progress {
     }
 
     /// Erases the line.
-    pub async fn finish(mut self) {
+    pub(crate) async fn finish(mut self) {
         self.stop.cancel();
         if let Some(t) = self.task.take() {
             let _ = t.await;

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::{Ctx, Options, Scenario};
 
 /// Counts by kind (an error code, a close code, …), sorted.
-pub type Counts = BTreeMap<String, u64>;
+pub(crate) type Counts = BTreeMap<String, u64>;
 
 /// Everything that went wrong that is not a lost message or a stream gap.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -18,31 +18,31 @@ pub struct Errors {
     /// Error replies, by code (`rate_limited`, `unavailable`, …).
     pub replies: Counts,
     /// Handshakes that failed, by kind (`http 503 at_capacity`, `io: connection refused`, …).
-    pub connects: Counts,
+    pub(crate) connects: Counts,
     /// Sockets the server closed (by close code) or dropped during the run.
-    pub closes: Counts,
+    pub(crate) closes: Counts,
     /// Anything else: unparsable frames, replies that match no request.
-    pub other: Counts,
+    pub(crate) other: Counts,
 }
 
 impl Errors {
-    pub fn reply(&mut self, code: &str) {
+    pub(crate) fn reply(&mut self, code: &str) {
         bump(&mut self.replies, code);
     }
 
-    pub fn connect(&mut self, kind: &str) {
+    pub(crate) fn connect(&mut self, kind: &str) {
         bump(&mut self.connects, kind);
     }
 
-    pub fn close(&mut self, kind: &str) {
+    pub(crate) fn close(&mut self, kind: &str) {
         bump(&mut self.closes, kind);
     }
 
-    pub fn other(&mut self, kind: &str) {
+    pub(crate) fn other(&mut self, kind: &str) {
         bump(&mut self.other, kind);
     }
 
-    pub fn merge(&mut self, other: Errors) {
+    pub(crate) fn merge(&mut self, other: Errors) {
         for (mine, theirs) in [
             (&mut self.replies, other.replies),
             (&mut self.connects, other.connects),
@@ -64,7 +64,7 @@ impl Errors {
 }
 
 /// `kind: n, kind: n`, for one line of text.
-pub fn list(map: &Counts) -> String {
+pub(crate) fn list(map: &Counts) -> String {
     let items: Vec<String> = map.iter().map(|(k, n)| format!("{k}: {n}")).collect();
     items.join(", ")
 }
@@ -79,25 +79,25 @@ fn bump(map: &mut Counts, key: &str) {
 }
 
 /// A latency histogram: microseconds, 1 µs to 1 hour, 3 significant digits.
-pub fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
 
 /// Percentiles of one latency, in microseconds.
 #[derive(Debug, Clone, Serialize)]
 pub struct Latency {
-    pub name: String,
+    pub(crate) name: String,
     pub count: u64,
-    pub p50_us: u64,
-    pub p90_us: u64,
-    pub p99_us: u64,
-    pub p999_us: u64,
-    pub max_us: u64,
-    pub mean_us: f64,
+    pub(crate) p50_us: u64,
+    pub(crate) p90_us: u64,
+    pub(crate) p99_us: u64,
+    pub(crate) p999_us: u64,
+    pub(crate) max_us: u64,
+    pub(crate) mean_us: f64,
 }
 
 impl Latency {
-    pub fn of(name: &str, h: &Histogram<u64>) -> Latency {
+    pub(crate) fn of(name: &str, h: &Histogram<u64>) -> Latency {
         let q = |p: f64| {
             if h.is_empty() {
                 0
@@ -144,8 +144,8 @@ pub struct Messages {
     pub lost: u64,
     /// `message` events a recipient received again.
     pub duplicates: u64,
-    pub sent_per_s: f64,
-    pub delivered_per_s: f64,
+    pub(crate) sent_per_s: f64,
+    pub(crate) delivered_per_s: f64,
 }
 
 /// Where the dm pairs' sockets landed.
@@ -166,7 +166,7 @@ pub struct StreamCheck {
 }
 
 impl StreamCheck {
-    pub fn add(&mut self, seq: &super::client::SeqCheck) {
+    pub(crate) fn add(&mut self, seq: &super::client::SeqCheck) {
         self.sockets += 1;
         self.seq_gaps += seq.gaps;
         self.seq_duplicates += seq.duplicates;
@@ -176,7 +176,7 @@ impl StreamCheck {
 /// One round of the growth scenario.
 #[derive(Debug, Clone, Serialize)]
 pub struct Round {
-    pub round: usize,
+    pub(crate) round: usize,
     /// growth with --grow-events: the rows in event_queue when the round began.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_rows: Option<i64>,
@@ -188,8 +188,8 @@ pub struct Round {
     pub acked: u64,
     pub delivered: u64,
     pub lost: u64,
-    pub ack: Latency,
-    pub delivery: Latency,
+    pub(crate) ack: Latency,
+    pub(crate) delivery: Latency,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -197,24 +197,24 @@ pub struct Handshakes {
     pub attempted: u64,
     pub succeeded: u64,
     pub failed: u64,
-    pub per_s: f64,
+    pub(crate) per_s: f64,
 }
 
 /// The idle scenario's sockets and the server's memory around them.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct IdleResult {
-    pub requested: u64,
+    pub(crate) requested: u64,
     pub opened: u64,
     pub failed: u64,
     /// Sockets the server closed or dropped while they were held.
     pub dropped: u64,
-    pub held_s: f64,
+    pub(crate) held_s: f64,
     /// `proc` (VmRSS of the worker pids, server on this machine), `health` (the workers'
     /// own figure from /health), or `none`.
     pub rss_source: String,
     pub servers: Vec<ServerMemory>,
-    pub rss_before_bytes: u64,
-    pub rss_after_bytes: u64,
+    pub(crate) rss_before_bytes: u64,
+    pub(crate) rss_after_bytes: u64,
     /// (after - before) / opened.
     pub rss_per_connection_bytes: Option<i64>,
     /// What the workers' /health counted after the hold.
@@ -223,22 +223,22 @@ pub struct IdleResult {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ServerMemory {
-    pub worker: String,
+    pub(crate) worker: String,
     pub pid: u32,
-    pub rss_before_bytes: u64,
-    pub rss_after_bytes: u64,
+    pub(crate) rss_before_bytes: u64,
+    pub(crate) rss_after_bytes: u64,
 }
 
 /// The result of one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    pub scenario: &'static str,
-    pub parameters: Option<Options>,
+    pub(crate) scenario: &'static str,
+    pub(crate) parameters: Option<Options>,
     /// The workers the sockets landed on (`hello.worker`).
     pub workers: Vec<String>,
     /// The measured phase: from the first due message to the end of the drain, or the
     /// whole connect run, or the hold.
-    pub elapsed_s: f64,
+    pub(crate) elapsed_s: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub messages: Option<Messages>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -247,7 +247,7 @@ pub struct Report {
     pub handshakes: Option<Handshakes>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle: Option<IdleResult>,
-    pub latency: Vec<Latency>,
+    pub(crate) latency: Vec<Latency>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rounds: Vec<Round>,
     /// growth: the last round's delivery p99 over the first's.
@@ -263,7 +263,7 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn new(scenario: &'static str) -> Report {
+    pub(crate) fn new(scenario: &'static str) -> Report {
         Report {
             scenario,
             parameters: None,
@@ -287,7 +287,7 @@ impl Report {
     /// Adds another run of the same load (a growth round run apart) and its row. Counts
     /// add up; percentiles of separate runs cannot be merged, so the overall latency table
     /// gives way to the rounds' rows.
-    pub fn add_round(&mut self, other: Report, row: Round) {
+    pub(crate) fn add_round(&mut self, other: Report, row: Round) {
         if let (Some(m), Some(o)) = (&mut self.messages, other.messages) {
             m.planned += o.planned;
             m.sent += o.sent;
@@ -353,7 +353,7 @@ impl Report {
     }
 
     /// The one-screen summary.
-    pub fn print(&self, out: &mut impl Write) -> io::Result<()> {
+    pub(crate) fn print(&self, out: &mut impl Write) -> io::Result<()> {
         writeln!(out, "pgchat bench {}: {}", self.scenario, self.describe())?;
         let w = &self.workers;
         if !w.is_empty() {

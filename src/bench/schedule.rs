@@ -13,8 +13,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy)]
-pub struct Schedule {
-    pub start: Instant,
+pub(crate) struct Schedule {
+    pub(crate) start: Instant,
     streams: u64,
     rate: f64,
     /// Messages in the whole run: those due before `start + length`.
@@ -25,7 +25,13 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    pub fn new(start: Instant, streams: usize, rate: f64, round: Duration, rounds: usize) -> Self {
+    pub(crate) fn new(
+        start: Instant,
+        streams: usize,
+        rate: f64,
+        round: Duration,
+        rounds: usize,
+    ) -> Self {
         let length = round.as_secs_f64() * rounds as f64;
         Schedule {
             start,
@@ -42,12 +48,12 @@ impl Schedule {
     }
 
     /// When message `k` of sender `stream` is due.
-    pub fn due(&self, stream: usize, k: u64) -> Instant {
+    pub(crate) fn due(&self, stream: usize, k: u64) -> Instant {
         self.start + Duration::from_secs_f64(self.number(stream, k) as f64 / self.rate)
     }
 
     /// How many messages sender `stream` sends in the run.
-    pub fn count(&self, stream: usize) -> u64 {
+    pub(crate) fn count(&self, stream: usize) -> u64 {
         let first = stream as u64;
         if first >= self.total {
             0
@@ -57,17 +63,17 @@ impl Schedule {
     }
 
     /// The round message `k` of sender `stream` belongs to (by its due time).
-    pub fn round_of(&self, stream: usize, k: u64) -> usize {
+    pub(crate) fn round_of(&self, stream: usize, k: u64) -> usize {
         let at = self.number(stream, k) as f64 / self.rate;
         ((at / self.round.as_secs_f64()) as usize).min(self.rounds - 1)
     }
 
-    pub fn rounds(&self) -> usize {
+    pub(crate) fn rounds(&self) -> usize {
         self.rounds
     }
 
     /// When the last message is due.
-    pub fn end(&self) -> Instant {
+    pub(crate) fn end(&self) -> Instant {
         self.start + self.round * self.rounds as u32
     }
 }
@@ -77,7 +83,7 @@ impl Schedule {
 /// a millisecond late, and that lateness would count as the server's latency; a thread
 /// sleeping on the OS's timer wakes within some tens of microseconds. One receiver per
 /// sender; each gets exactly its messages, in order. Ends with the run or with `stop`.
-pub fn tick(sched: Schedule, stop: CancellationToken) -> Vec<mpsc::UnboundedReceiver<u64>> {
+pub(crate) fn tick(sched: Schedule, stop: CancellationToken) -> Vec<mpsc::UnboundedReceiver<u64>> {
     let (txs, rxs): (Vec<_>, Vec<_>) = (0..sched.streams)
         .map(|_| mpsc::unbounded_channel())
         .unzip();

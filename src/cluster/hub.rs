@@ -20,7 +20,7 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{mpsc, watch};
 
 /// Users with live sessions on this worker. Shared by the writer (publish) and sessions.
-pub struct Hub {
+pub(crate) struct Hub {
     /// A std mutex: held only for a map lookup or insert, never across an await.
     feeds: Mutex<HashMap<String, Arc<Feed>>>,
     limits: FeedLimits,
@@ -33,17 +33,17 @@ pub struct Hub {
 /// and in bytes over all users, so that neither many users nor long messages can grow a
 /// worker's memory. What a feed does not keep, sessions read from the table.
 #[derive(Debug, Clone, Copy)]
-pub struct FeedLimits {
-    pub frames_per_user: usize,
-    pub bytes_per_user: usize,
-    pub bytes_total: usize,
+pub(crate) struct FeedLimits {
+    pub(crate) frames_per_user: usize,
+    pub(crate) bytes_per_user: usize,
+    pub(crate) bytes_total: usize,
 }
 
 /// A session's id on this worker.
-pub type SessionId = u64;
+pub(crate) type SessionId = u64;
 
 /// One user's live feed on this worker.
-pub struct Feed {
+pub(crate) struct Feed {
     head: watch::Sender<i64>,
     /// The newest frames, ascending by seq, within the hub's [`FeedLimits`]. std mutex: the
     /// critical sections are a push or a copy of a few `Utf8Bytes` handles.
@@ -78,7 +78,7 @@ impl Drop for Recent {
 
 impl Feed {
     /// The newest seq known to be committed for this user (0 before any publish).
-    pub fn head(&self) -> i64 {
+    pub(crate) fn head(&self) -> i64 {
         *self.head.borrow()
     }
 
@@ -94,7 +94,7 @@ impl Feed {
     }
 
     /// Frames with seq `after+1, after+2, …` as far as the feed holds them contiguously.
-    pub fn frames_after(&self, after: i64, max: usize) -> Vec<(i64, Utf8Bytes)> {
+    pub(crate) fn frames_after(&self, after: i64, max: usize) -> Vec<(i64, Utf8Bytes)> {
         let recent = self.recent.lock().expect("feed lock");
         let start = recent.frames.partition_point(|(s, _)| *s <= after);
         recent
@@ -110,16 +110,16 @@ impl Feed {
 }
 
 /// A session's subscription to its user's feed; unsubscribes on drop.
-pub struct Subscription {
+pub(crate) struct Subscription {
     hub: Arc<Hub>,
     user: String,
-    pub session: SessionId,
-    pub feed: Arc<Feed>,
-    pub wake: watch::Receiver<i64>,
+    pub(crate) session: SessionId,
+    pub(crate) feed: Arc<Feed>,
+    pub(crate) wake: watch::Receiver<i64>,
     /// Ephemeral frames for this session.
-    pub ephemeral: mpsc::Receiver<Utf8Bytes>,
+    pub(crate) ephemeral: mpsc::Receiver<Utf8Bytes>,
     /// The sending side of `ephemeral`, for registries that target this session alone.
-    pub ephemeral_tx: mpsc::Sender<Utf8Bytes>,
+    pub(crate) ephemeral_tx: mpsc::Sender<Utf8Bytes>,
 }
 
 impl Drop for Subscription {
@@ -129,7 +129,7 @@ impl Drop for Subscription {
 }
 
 impl Hub {
-    pub fn new(limits: FeedLimits, ephemeral_queue: usize) -> Arc<Hub> {
+    pub(crate) fn new(limits: FeedLimits, ephemeral_queue: usize) -> Arc<Hub> {
         Arc::new(Hub {
             feeds: Mutex::new(HashMap::new()),
             limits,
@@ -139,21 +139,23 @@ impl Hub {
     }
 
     /// Bytes of event frames the feeds hold now.
-    pub fn bytes_held(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn bytes_held(&self) -> usize {
         self.held.load(Ordering::Acquire)
     }
 
     /// Subscribes a new session of `user`. Subscribe *before* reading the user's head from
     /// the database: then every event committed after that read is published to a feed
     /// that already exists, and none falls between the two.
-    pub fn subscribe(self: &Arc<Hub>, user: &str, session: SessionId) -> Subscription {
+    #[cfg(test)]
+    pub(crate) fn subscribe(self: &Arc<Hub>, user: &str, session: SessionId) -> Subscription {
         self.try_subscribe(user, session, usize::MAX)
             .expect("no cap, no refusal")
     }
 
     /// Subscribes a new session of `user` unless the user already holds `max` sessions on
     /// this worker (checked and taken under one lock, so racing upgrades cannot pass it).
-    pub fn try_subscribe(
+    pub(crate) fn try_subscribe(
         self: &Arc<Hub>,
         user: &str,
         session: SessionId,
@@ -216,7 +218,7 @@ impl Hub {
 
     /// Pushes an ephemeral frame to `user`'s sessions here. Returns how many sessions had
     /// no room (the frame is dropped for them).
-    pub fn push(&self, user: &str, frame: &Utf8Bytes) -> usize {
+    pub(crate) fn push(&self, user: &str, frame: &Utf8Bytes) -> usize {
         let Some(feed) = self.feed(user) else {
             return 0;
         };
@@ -229,7 +231,7 @@ impl Hub {
 
     /// Hands a committed event to `user`'s sessions on this worker, if any. `frame` is
     /// called only when someone here listens, so other users' events cost one lookup.
-    pub fn publish(&self, user: &str, seq: i64, frame: impl FnOnce() -> String) {
+    pub(crate) fn publish(&self, user: &str, seq: i64, frame: impl FnOnce() -> String) {
         let Some(feed) = self.feed(user) else {
             return;
         };
@@ -261,20 +263,20 @@ impl Hub {
     }
 
     /// The newest seq this worker knows for `user`, if the user has a session here.
-    pub fn head_of(&self, user: &str) -> Option<i64> {
+    pub(crate) fn head_of(&self, user: &str) -> Option<i64> {
         self.feed(user).map(|f| f.head())
     }
 
     /// Tells `user`'s sessions here that their stream reached `seq`, without the frames:
     /// they read what the feed lacks from the table.
-    pub fn advance(&self, user: &str, seq: i64) {
+    pub(crate) fn advance(&self, user: &str, seq: i64) {
         if let Some(feed) = self.feed(user) {
             feed.raise(seq);
         }
     }
 
     /// Every user with a live session on this worker.
-    pub fn local_users(&self) -> Vec<String> {
+    pub(crate) fn local_users(&self) -> Vec<String> {
         self.feeds
             .lock()
             .expect("hub lock")
@@ -284,7 +286,7 @@ impl Hub {
     }
 
     /// Users with a live session on this worker.
-    pub fn users_online(&self) -> usize {
+    pub(crate) fn users_online(&self) -> usize {
         self.feeds.lock().expect("hub lock").len()
     }
 }

@@ -33,9 +33,10 @@ use crate::cluster::hub::Hub;
 use crate::cluster::notify::{Notice, CHANNEL};
 use crate::cluster::presence::Presence;
 use crate::cluster::typing::{self, RemoteTyping};
-use crate::db::{Database, SharedConn};
+use crate::db::{Connection, Database, SharedConn};
 use crate::foundation::error::DbError;
 use crate::foundation::metrics::Metrics;
+use crate::foundation::protocol::WorkerId;
 use crate::read::cache::ConversationCache;
 use crate::read::store;
 
@@ -44,27 +45,27 @@ use crate::read::store;
 const FETCH_WINDOW: i64 = 256;
 
 /// The listener's handles: what it reads, what it feeds, and what it reports to.
-pub struct Listener {
-    pub db: Database,
-    pub hub: Arc<Hub>,
-    pub cache: Arc<ConversationCache>,
-    pub presence: Arc<Presence>,
-    pub metrics: Arc<Metrics>,
+pub(crate) struct Listener {
+    pub(crate) db: Database,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) cache: Arc<ConversationCache>,
+    pub(crate) presence: Arc<Presence>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Shared with `/ready` and `/health`.
-    pub state: Arc<ListenerState>,
+    pub(crate) state: Arc<ListenerState>,
     /// Notices this worker sent itself are skipped: their events were published at commit.
-    pub worker_id: String,
-    pub settings: Settings,
+    pub(crate) worker_id: WorkerId,
+    pub(crate) settings: Settings,
 }
 
 /// The listener's settings (`listener_*` in the configuration).
-pub struct Settings {
+pub(crate) struct Settings {
     /// Notifications queued between the connection and the listener before it drops
     /// them and catches up from the tables.
-    pub queue: usize,
-    pub probe_interval: Duration,
-    pub probe_timeout: Duration,
-    pub selftest_timeout: Duration,
+    pub(crate) queue: usize,
+    pub(crate) probe_interval: Duration,
+    pub(crate) probe_timeout: Duration,
+    pub(crate) selftest_timeout: Duration,
 }
 
 /// What `/ready` and `/health` report about the listener (its counts are in metrics).
@@ -83,7 +84,7 @@ impl ListenerState {
     }
 
     /// `connect_failed`, `connection_lost`, `unresponsive` or `not_receiving`, or none yet.
-    pub fn last_error(&self) -> Option<&'static str> {
+    pub(crate) fn last_error(&self) -> Option<&'static str> {
         *self.last_error.lock().expect("listener state")
     }
 
@@ -130,7 +131,7 @@ impl std::fmt::Display for Down {
 
 /// Listens until `stop`, reconnecting with backoff (100 ms doubling to 5 s, and back to
 /// 100 ms once a connection came up).
-pub async fn run(ln: Listener, stop: CancellationToken) {
+pub(crate) async fn run(ln: Listener, stop: CancellationToken) {
     const FIRST: Duration = Duration::from_millis(100);
     let mut backoff = FIRST;
     loop {
@@ -164,7 +165,7 @@ pub async fn run(ln: Listener, stop: CancellationToken) {
 /// One connection's life: connect, LISTEN, catch up, then handle notifications until the
 /// connection ends or stops answering (an error) or `stop` (Ok).
 async fn listen(ln: &Listener, stop: &CancellationToken) -> Result<(), Down> {
-    let (client, mut connection) = ln
+    let (client, connection) = ln
         .db
         .connect_dedicated()
         .await
@@ -176,35 +177,13 @@ async fn listen(ln: &Listener, stop: &CancellationToken) -> Result<(), Down> {
     // This connection's own channel for the self-test, and the signal that it was heard.
     let selftest = format!("pgchat_selftest_{:016x}", rand::random::<u64>());
     let heard = Arc::new(Notify::new());
-    let driver = tokio::spawn({
-        let overflow = overflow.clone();
-        let heard = heard.clone();
-        let selftest = selftest.clone();
-        async move {
-            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-            while let Some(message) = messages.next().await {
-                match message {
-                    Ok(AsyncMessage::Notification(n)) if n.channel() == selftest => {
-                        heard.notify_one()
-                    }
-                    // Never wait for room: while this task waits, the connection is not
-                    // read, and the listener, whose queries (all of the worker's, when
-                    // its share is one connection) answer on it, would wait forever.
-                    Ok(AsyncMessage::Notification(n)) => match tx.try_send(n.payload().to_string())
-                    {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(_)) => overflow.notify_one(),
-                        Err(mpsc::error::TrySendError::Closed(_)) => return,
-                    },
-                    Ok(_) => {} // server notices
-                    Err(e) => {
-                        tracing::debug!(error = %e, "listener connection ended");
-                        return;
-                    }
-                }
-            }
-        }
-    });
+    let driver = spawn_driver(
+        connection,
+        tx,
+        overflow.clone(),
+        selftest.clone(),
+        heard.clone(),
+    );
     // Whatever happens below, the driver goes with this function.
     let _driver = AbortOnDrop(driver);
     let shared = SharedConn::new(client);
@@ -218,55 +197,110 @@ async fn listen(ln: &Listener, stop: &CancellationToken) -> Result<(), Down> {
     );
     tokio::pin!(probe);
     let work = async {
-        shared
-            .client
-            .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {selftest}"))
-            .await
-            .map_err(|e| Down::Connect(e.into()))?;
-        ln.db.source.set_shared(Some(shared.clone()));
-        if ln.metrics.listener_connects.get() > 0 {
-            ln.metrics.listener_reconnects.inc();
-        }
-        ln.metrics.listener_connects.inc();
-        self_test(ln, &shared, &selftest, &heard).await?;
-        // Listening already, so nothing committed from here on is missed; now read what may
-        // have been missed before.
-        catch_up(ln).await.map_err(Down::Lost)?;
-        ln.state.up.store(true, Ordering::Release);
-        tracing::info!("listening for notifications");
-        loop {
-            tokio::select! {
-                biased;
-                _ = overflow.notified() => {
-                    // Some notifications were dropped, and what is queued is older than
-                    // what the tables hold: drop it too and catch up from the tables.
-                    ln.metrics.listener_overflows.inc();
-                    while rx.try_recv().is_ok() {}
-                    tracing::debug!("notifications outpaced the listener: catching up from the tables");
-                    recover(ln).await.map_err(Down::Lost)?;
-                }
-                payload = rx.recv() => {
-                    let Some(first) = payload else {
-                        return Err(Down::Lost(DbError::Down("the listener's connection closed")));
-                    };
-                    // Take whatever else is waiting: one fetch serves them all.
-                    let mut payloads = vec![first];
-                    while payloads.len() < 256 {
-                        match rx.try_recv() {
-                            Ok(p) => payloads.push(p),
-                            Err(_) => break,
-                        }
-                    }
-                    ln.metrics.notifications.inc_by(payloads.len() as u64);
-                    handle(ln, payloads).await;
-                }
-            }
-        }
+        start_listening(ln, &shared, &selftest, &heard).await?;
+        relay(ln, &mut rx, &overflow).await
     };
     tokio::select! {
         _ = stop.cancelled() => Ok(()),
         down = &mut probe => Err(down),
         result = work => result,
+    }
+}
+
+/// Reads the connection: queues notifications for the listener (never waiting for room:
+/// on a full queue it drops them and signals `overflow`), and signals `heard` when the
+/// self-test's notification arrives.
+fn spawn_driver(
+    mut connection: Connection,
+    tx: mpsc::Sender<String>,
+    overflow: Arc<Notify>,
+    selftest: String,
+    heard: Arc<Notify>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) if n.channel() == selftest => heard.notify_one(),
+                // Never wait for room: while this task waits, the connection is not
+                // read, and the listener, whose queries (all of the worker's, when
+                // its share is one connection) answer on it, would wait forever.
+                Ok(AsyncMessage::Notification(n)) => match tx.try_send(n.payload().to_string()) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => overflow.notify_one(),
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                },
+                Ok(_) => {} // server notices
+                Err(e) => {
+                    tracing::debug!(error = %e, "listener connection ended");
+                    return;
+                }
+            }
+        }
+    })
+}
+
+/// LISTEN, share the connection with the worker's queries, prove it hears itself, catch
+/// up on what was missed, and declare the listener up.
+async fn start_listening(
+    ln: &Listener,
+    shared: &Arc<SharedConn>,
+    selftest: &str,
+    heard: &Notify,
+) -> Result<(), Down> {
+    shared
+        .client
+        .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {selftest}"))
+        .await
+        .map_err(|e| Down::Connect(e.into()))?;
+    ln.db.source.set_shared(Some(shared.clone()));
+    if ln.metrics.listener_connects.get() > 0 {
+        ln.metrics.listener_reconnects.inc();
+    }
+    ln.metrics.listener_connects.inc();
+    self_test(ln, shared, selftest, heard).await?;
+    // Listening already, so nothing committed from here on is missed; now read what may
+    // have been missed before.
+    catch_up(ln).await.map_err(Down::Lost)?;
+    ln.state.up.store(true, Ordering::Release);
+    tracing::info!("listening for notifications");
+    Ok(())
+}
+
+/// Handles the queued notifications, several at once when they queue up, until the
+/// connection closes; after an overflow, drops the queue and catches up from the tables.
+async fn relay(
+    ln: &Listener,
+    rx: &mut mpsc::Receiver<String>,
+    overflow: &Notify,
+) -> Result<(), Down> {
+    loop {
+        tokio::select! {
+            biased;
+            _ = overflow.notified() => {
+                // Some notifications were dropped, and what is queued is older than
+                // what the tables hold: drop it too and catch up from the tables.
+                ln.metrics.listener_overflows.inc();
+                while rx.try_recv().is_ok() {}
+                tracing::debug!("notifications outpaced the listener: catching up from the tables");
+                recover(ln).await.map_err(Down::Lost)?;
+            }
+            payload = rx.recv() => {
+                let Some(first) = payload else {
+                    return Err(Down::Lost(DbError::Down("the listener's connection closed")));
+                };
+                // Take whatever else is waiting: one fetch serves them all.
+                let mut payloads = vec![first];
+                while payloads.len() < 256 {
+                    match rx.try_recv() {
+                        Ok(p) => payloads.push(p),
+                        Err(_) => break,
+                    }
+                }
+                ln.metrics.notifications.inc_by(payloads.len() as u64);
+                handle(ln, payloads).await;
+            }
+        }
     }
 }
 
@@ -367,7 +401,7 @@ async fn handle(ln: &Listener, payloads: Vec<String>) {
                 continue;
             }
         };
-        if notice.from_worker() == ln.worker_id {
+        if notice.sender() == ln.worker_id.as_str() {
             continue; // published locally at commit already
         }
         match notice {

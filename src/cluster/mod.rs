@@ -3,8 +3,8 @@
 //! other workers' notices into this worker's feeds ([`listener`]), who is online
 //! ([`presence`]) and typing notices ([`typing`]).
 
-pub mod hub;
-pub mod listener;
-pub mod notify;
-pub mod presence;
-pub mod typing;
+pub(crate) mod hub;
+pub(crate) mod listener;
+pub(crate) mod notify;
+pub(crate) mod presence;
+pub(crate) mod typing;

@@ -9,14 +9,14 @@
 use serde::{Deserialize, Serialize};
 
 /// The channel every worker LISTENs on.
-pub const CHANNEL: &str = "pgchat";
+pub(crate) const CHANNEL: &str = "pgchat";
 
 /// The largest payload PostgreSQL accepts (8000 bytes fails).
-pub const MAX_PAYLOAD: usize = 7999;
+pub(crate) const MAX_PAYLOAD: usize = 7999;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "k")]
-pub enum Notice {
+pub(crate) enum Notice {
     /// A batch committed: these streams and conversations changed.
     #[serde(rename = "e")]
     Events {
@@ -72,7 +72,7 @@ pub enum Notice {
 
 impl Notice {
     /// The worker that sent it.
-    pub fn from_worker(&self) -> &str {
+    pub(crate) fn sender(&self) -> &str {
         match self {
             Notice::Events { w, .. }
             | Notice::Presence { w, .. }
@@ -83,7 +83,8 @@ impl Notice {
 
     /// The payload for a batch's changes: the full lists, or pointers for what does not
     /// fit (the users first: conversations are fewer and spare the caches).
-    pub fn events_payload(
+    #[cfg(test)]
+    pub(crate) fn events_payload(
         worker: &str,
         users: Vec<(String, i64)>,
         conversations: Vec<(String, i64)>,
@@ -116,7 +117,7 @@ impl Notice {
     }
 
     /// Workers found gone: the list, or a pointer when it would not fit.
-    pub fn gone_payload(worker: &str, dead: &[String], graceful: bool) -> String {
+    pub(crate) fn gone_payload(worker: &str, dead: &[String], graceful: bool) -> String {
         let mut notice = Notice::Gone {
             w: worker.to_string(),
             dead: dead.to_vec(),
@@ -135,7 +136,7 @@ impl Notice {
     }
 
     /// A typing notice, with the members when they fit.
-    pub fn typing_payload(
+    pub(crate) fn typing_payload(
         worker: &str,
         conversation: &str,
         user: &str,
@@ -160,7 +161,7 @@ impl Notice {
     }
 
     /// Presence changes, split over as many payloads as needed to stay under the limit.
-    pub fn presence_payloads(
+    pub(crate) fn presence_payloads(
         worker: &str,
         on: Vec<String>,
         off: Vec<(String, String)>,

@@ -31,7 +31,7 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 /// A worker whose heartbeat is older than this is dead.
 const DEAD_AFTER_SECS: f64 = 8.0;
 
-pub struct Presence {
+pub(crate) struct Presence {
     /// A std mutex: every critical section is a few map operations, never an await.
     state: Mutex<State>,
     grace: Duration,
@@ -94,7 +94,7 @@ impl State {
 }
 
 impl Presence {
-    pub fn new(db: Database, grace: Duration, worker: &str) -> Arc<Presence> {
+    pub(crate) fn new(db: Database, grace: Duration, worker: &str) -> Arc<Presence> {
         Arc::new(Presence {
             state: Mutex::new(State::default()),
             grace,
@@ -106,7 +106,7 @@ impl Presence {
     }
 
     /// A session of `user` opened here.
-    pub fn opened(&self, user: &str) {
+    pub(crate) fn opened(&self, user: &str) {
         let mut state = self.state.lock().expect("presence lock");
         if let Some(l) = state.local.get_mut(user) {
             // Already here, or back within the grace period: nothing changes.
@@ -131,7 +131,7 @@ impl Presence {
     }
 
     /// A session of `user` closed here. Starts the grace timer when it was the last.
-    pub fn closed(self: &Arc<Self>, user: &str) {
+    pub(crate) fn closed(self: &Arc<Self>, user: &str) {
         let generation = {
             let mut state = self.state.lock().expect("presence lock");
             let Some(l) = state.local.get_mut(user) else {
@@ -176,12 +176,12 @@ impl Presence {
     }
 
     /// Other live workers at the last heartbeat (at most 2 s old).
-    pub fn peers(&self) -> usize {
+    pub(crate) fn peers(&self) -> usize {
         self.peers.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Applies another worker's presence notice.
-    pub fn on_notice(self: &Arc<Self>, notice: Notice) {
+    pub(crate) fn on_notice(self: &Arc<Self>, notice: Notice) {
         let mut state = self.state.lock().expect("presence lock");
         match notice {
             Notice::Presence { w, on, off } => {
@@ -276,7 +276,7 @@ impl Presence {
 
     /// Rebuilds the view of the other workers from the `presence` table (at start, and
     /// after the listener reconnects: notices may have been missed), announcing changes.
-    pub async fn reload(&self) -> Result<(), DbError> {
+    pub(crate) async fn reload(&self) -> Result<(), DbError> {
         let client = self.db.client().await?;
         let stmt = client.prepare_cached(queries::REMOTE_PRESENCE).await?;
         let mut remote: HashMap<String, HashSet<String>> = HashMap::new();
@@ -299,7 +299,7 @@ impl Presence {
 
     /// Records again every user this worker holds (after the listener reconnects: if the
     /// outage outlasted the heartbeat, the other workers reaped this one's rows).
-    pub fn reassert(&self) {
+    pub(crate) fn reassert(&self) {
         let mut state = self.state.lock().expect("presence lock");
         let users: Vec<String> = state
             .local
@@ -315,7 +315,7 @@ impl Presence {
     }
 
     /// Registers `session` as a watcher of `users` and returns their current presence.
-    pub async fn subscribe(
+    pub(crate) async fn subscribe(
         &self,
         session: SessionId,
         tx: &mpsc::Sender<Utf8Bytes>,
@@ -356,7 +356,7 @@ impl Presence {
     }
 
     /// Removes `session` from the watchers of `users` (when it closes).
-    pub fn unsubscribe(&self, session: SessionId, users: impl IntoIterator<Item = String>) {
+    pub(crate) fn unsubscribe(&self, session: SessionId, users: impl IntoIterator<Item = String>) {
         let mut state = self.state.lock().expect("presence lock");
         for u in users {
             if let Some(w) = state.watchers.get_mut(&u) {
@@ -371,7 +371,7 @@ impl Presence {
     /// Writes this worker's presence changes and announces them, coalescing whatever
     /// piled up meanwhile into one transaction; heartbeats and reaps dead workers every
     /// 2 s. Runs until `stop`, then removes this worker's rows.
-    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+    pub(crate) async fn run(self: Arc<Self>, stop: CancellationToken) {
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -528,7 +528,7 @@ impl Presence {
 }
 
 /// This machine's name, for worker ids and the `workers` table.
-pub fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .ok()

@@ -18,7 +18,7 @@ use crate::read::cache::ConversationCache;
 use crate::read::store;
 
 /// Pushes a typing frame to the live sessions here of every member but the typist.
-pub fn deliver(
+pub(crate) fn deliver(
     hub: &Hub,
     metrics: &Metrics,
     conversation: &str,
@@ -39,7 +39,7 @@ pub fn deliver(
 }
 
 /// Tells the other workers: one NOTIFY that their listeners hand to [`deliver`].
-pub async fn announce(
+pub(crate) async fn announce(
     db: &Database,
     worker_id: &str,
     conversation: &str,
@@ -57,7 +57,7 @@ pub async fn announce(
 }
 
 /// The members of a conversation, from the cache or the database.
-pub async fn members_of(
+pub(crate) async fn members_of(
     cache: &ConversationCache,
     db: &Database,
     conversation: &ConversationId,
@@ -72,16 +72,16 @@ pub async fn members_of(
 }
 
 /// Another worker's typing notice, as its NOTIFY carried it.
-pub struct RemoteTyping {
-    pub conversation: String,
-    pub user: String,
-    pub state: String,
+pub(crate) struct RemoteTyping {
+    pub(crate) conversation: String,
+    pub(crate) user: String,
+    pub(crate) state: String,
     /// `None` when the list did not fit in the notice.
-    pub members: Option<Vec<String>>,
+    pub(crate) members: Option<Vec<String>>,
 }
 
 /// Another worker's typing notice: deliver it to the members' sessions here.
-pub async fn remote(
+pub(crate) async fn remote(
     hub: &Hub,
     metrics: &Metrics,
     cache: &ConversationCache,

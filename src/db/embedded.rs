@@ -79,7 +79,7 @@ pub struct Cluster {
 }
 
 /// A private cluster found running at start.
-pub enum Found {
+pub(crate) enum Found {
     /// Left running by a pgchat that is gone (killed): now this process's, stopped on exit.
     Adopted(Cluster),
     /// Run by another pgchat that is still running: used, and left to it (the URL).
@@ -104,7 +104,7 @@ fn owner_lock(dir: &Path) -> Result<Option<Flock<std::fs::File>>, String> {
 
 /// The pid of the postmaster serving the cluster in `dir` on `port`, if one is alive
 /// (from `postmaster.pid`: the pid on its first line, the port on its fourth).
-pub fn running_postmaster(dir: &Path, port: u16) -> Option<i32> {
+pub(crate) fn running_postmaster(dir: &Path, port: u16) -> Option<i32> {
     let text = std::fs::read_to_string(dir.join("postmaster.pid")).ok()?;
     let lines: Vec<&str> = text.lines().collect();
     let pid: i32 = lines.first()?.trim().parse().ok()?;
@@ -118,7 +118,7 @@ pub fn running_postmaster(dir: &Path, port: u16) -> Option<i32> {
 
 /// Where the password of the cluster in `dir` is kept: beside it, outside the directory
 /// that `initdb` wants empty and the `postgres` user owns.
-pub fn password_path(dir: &Path) -> PathBuf {
+pub(crate) fn password_path(dir: &Path) -> PathBuf {
     let name = dir.file_name().unwrap_or_default().to_string_lossy();
     dir.with_file_name(format!("{name}_password"))
 }
@@ -139,7 +139,7 @@ fn local_url(password: &str, port: u16, db: &str) -> String {
 impl Cluster {
     /// Takes over the cluster in `dir`, found running on `port`, if the pgchat that
     /// started it is gone; else leaves it to that pgchat and only uses it.
-    pub fn adopt(bindir: &Path, dir: &Path, port: u16) -> Result<Found, String> {
+    pub(crate) fn adopt(bindir: &Path, dir: &Path, port: u16) -> Result<Found, String> {
         let dir = std::path::absolute(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let password = crate::foundation::secrets::load_or_create(&password_path(&dir))
             .map_err(|e| e.to_string())?

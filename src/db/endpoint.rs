@@ -21,7 +21,7 @@ impl Endpoint {
 
     /// The start-up error for `e`: the server's or the driver's own words, once, and what
     /// to do about them when that is clear.
-    pub fn refused(&self, e: &tokio_postgres::Error) -> StartupError {
+    pub(crate) fn refused(&self, e: &tokio_postgres::Error) -> StartupError {
         let mut cause = describe(e);
         if let Some(hint) = self.hint(e) {
             cause = format!("{cause}; {hint}");

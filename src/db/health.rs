@@ -10,14 +10,14 @@ use crate::foundation::metrics::Metrics;
 /// `health_cache_ms`, whatever the number of requests, so that a flood of them (a
 /// misconfigured load balancer, an attacker) cannot take the pool's connections. While a
 /// probe runs, the requests that arrive wait for its answer instead of starting their own.
-pub struct HealthProbe {
+pub(crate) struct HealthProbe {
     max_age: Duration,
     /// A tokio mutex, held across the probe on purpose: that is what makes it one probe.
     last: tokio::sync::Mutex<Option<(Instant, bool)>>,
 }
 
 impl HealthProbe {
-    pub fn new(max_age: Duration) -> HealthProbe {
+    pub(crate) fn new(max_age: Duration) -> HealthProbe {
         HealthProbe {
             max_age,
             last: tokio::sync::Mutex::new(None),
@@ -25,7 +25,7 @@ impl HealthProbe {
     }
 
     /// True when the database answered the latest probe (run now if the last is stale).
-    pub async fn database_up(&self, db: &Database, metrics: &Metrics) -> bool {
+    pub(crate) async fn database_up(&self, db: &Database, metrics: &Metrics) -> bool {
         let mut last = self.last.lock().await;
         if let Some((at, up)) = *last {
             if at.elapsed() < self.max_age {

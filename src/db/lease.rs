@@ -20,14 +20,14 @@ use tokio_postgres::{Client, Statement};
 use crate::foundation::error::DbError;
 
 /// A connection shared by the listener and (in shared mode) every query of its worker.
-pub struct SharedConn {
-    pub client: Client,
+pub(crate) struct SharedConn {
+    pub(crate) client: Client,
     statements: Mutex<HashMap<String, Statement>>,
     gate: Arc<AsyncRwLock<()>>,
 }
 
 impl SharedConn {
-    pub fn new(client: Client) -> Arc<SharedConn> {
+    pub(crate) fn new(client: Client) -> Arc<SharedConn> {
         Arc::new(SharedConn {
             client,
             statements: Mutex::new(HashMap::new()),
@@ -36,7 +36,7 @@ impl SharedConn {
     }
 
     /// One round trip (`SELECT 1`), between transactions (it takes the read gate).
-    pub async fn probe(&self) -> Result<(), tokio_postgres::Error> {
+    pub(crate) async fn probe(&self) -> Result<(), tokio_postgres::Error> {
         let _gate = self.gate.read().await;
         self.client.simple_query("SELECT 1").await.map(|_| ())
     }
@@ -56,14 +56,14 @@ impl SharedConn {
 
 /// Where a worker's queries run.
 #[derive(Clone)]
-pub enum Source {
+pub(crate) enum Source {
     Pool(Pool),
     /// The listener's connection; `None` while it is down.
     Shared(Arc<RwLock<Option<Arc<SharedConn>>>>),
 }
 
 impl Source {
-    pub fn shared() -> Source {
+    pub(crate) fn shared() -> Source {
         Source::Shared(Arc::new(RwLock::new(None)))
     }
 
@@ -80,14 +80,14 @@ impl Source {
 
     /// Installs (or, with `None`, removes) the listener's connection as the query
     /// connection. A no-op for a pooled source.
-    pub fn set_shared(&self, conn: Option<Arc<SharedConn>>) {
+    pub(crate) fn set_shared(&self, conn: Option<Arc<SharedConn>>) {
         if let Source::Shared(slot) = self {
             *slot.write().expect("shared slot") = conn;
         }
     }
 
     /// A connection for queries (not transactions), waiting at most `timeout`.
-    pub async fn lease(&self, timeout: Duration) -> Result<Lease, DbError> {
+    pub(crate) async fn lease(&self, timeout: Duration) -> Result<Lease, DbError> {
         match self {
             Source::Pool(pool) => Ok(Lease::Pooled(pool.get().await?)),
             Source::Shared(_) => {
@@ -103,7 +103,7 @@ impl Source {
     }
 
     /// A connection alone, inside `BEGIN`; rolled back if dropped before `commit`.
-    pub async fn begin(&self, timeout: Duration) -> Result<Tx, DbError> {
+    pub(crate) async fn begin(&self, timeout: Duration) -> Result<Tx, DbError> {
         let lease = match self {
             Source::Pool(pool) => Exclusive::Pooled(pool.get().await?),
             Source::Shared(_) => {
@@ -124,7 +124,7 @@ impl Source {
 /// A connection for queries. Derefs to the client; `prepare_cached` caches per connection.
 // Short-lived and on the stack: boxing the pooled object would cost an allocation a query.
 #[allow(clippy::large_enum_variant)]
-pub enum Lease {
+pub(crate) enum Lease {
     Pooled(Object),
     /// The guard is held, not read: it keeps transactions off the connection meanwhile.
     Shared(
@@ -136,13 +136,16 @@ pub enum Lease {
 impl Lease {
     /// Drops a connection that failed at the connection level instead of giving it back:
     /// the pool would lend it again before noticing that it is closed.
-    pub fn discard(self) {
+    pub(crate) fn discard(self) {
         if let Lease::Pooled(o) = self {
             drop(Object::take(o));
         }
     }
 
-    pub async fn prepare_cached(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+    pub(crate) async fn prepare_cached(
+        &self,
+        sql: &str,
+    ) -> Result<Statement, tokio_postgres::Error> {
         match self {
             Lease::Pooled(o) => o.prepare_cached(sql).await,
             Lease::Shared(c, _) => c.prepare_cached(sql).await,
@@ -180,7 +183,7 @@ impl Exclusive {
 }
 
 /// A transaction on a leased connection.
-pub struct Tx {
+pub(crate) struct Tx {
     lease: Option<Exclusive>,
 }
 
@@ -189,14 +192,17 @@ impl Tx {
         self.lease.as_ref().expect("a live transaction")
     }
 
-    pub async fn prepare_cached(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+    pub(crate) async fn prepare_cached(
+        &self,
+        sql: &str,
+    ) -> Result<Statement, tokio_postgres::Error> {
         match self.exclusive() {
             Exclusive::Pooled(o) => o.prepare_cached(sql).await,
             Exclusive::Shared(c, _) => c.prepare_cached(sql).await,
         }
     }
 
-    pub async fn commit(mut self) -> Result<(), DbError> {
+    pub(crate) async fn commit(mut self) -> Result<(), DbError> {
         let lease = self.lease.take().expect("a live transaction");
         let result = lease.client().batch_execute("COMMIT").await;
         if result.is_err() {

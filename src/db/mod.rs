@@ -7,17 +7,18 @@
 pub mod embedded;
 mod endpoint;
 mod health;
-pub mod lease;
+pub(crate) mod lease;
 pub mod queries;
 pub mod schema;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use crate::foundation::endpoint::{describe, tls, Connection, Endpoint};
+pub use crate::foundation::endpoint::Endpoint;
+pub(crate) use crate::foundation::endpoint::{describe, Connection};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-pub use health::HealthProbe;
-pub use lease::{Lease, SharedConn, Source, Tx};
+pub(crate) use health::HealthProbe;
+pub(crate) use lease::{Lease, SharedConn, Source, Tx};
 pub use schema::{migrate, SqlLimits, SCHEMA_VERSION};
 use tokio_util::sync::CancellationToken;
 
@@ -59,7 +60,7 @@ pub enum StartupError {
 
 impl StartupError {
     /// The process's exit code: 2 for what the configuration must fix, else 1.
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         match self {
             // A port in use or not allowed does not free itself: retrying will not help.
             StartupError::EmbeddedInProduction { .. }
@@ -74,18 +75,18 @@ impl StartupError {
 /// listener's connection when the worker's share of the budget is one connection), and
 /// the settings to open the dedicated listener connection.
 #[derive(Clone)]
-pub struct Database {
-    pub source: Source,
+pub(crate) struct Database {
+    pub(crate) source: Source,
     /// Where queries go: `DATABASE_URL`.
-    pub endpoint: Endpoint,
+    pub(crate) endpoint: Endpoint,
     /// Where the listener connects (and set-up runs): `DATABASE_LISTEN_URL`, else
     /// `DATABASE_URL`.
-    pub listen: Endpoint,
+    pub(crate) listen: Endpoint,
     /// The connections this worker may hold, its listener included.
-    pub share: usize,
+    pub(crate) share: usize,
     acquire_timeout: Duration,
     /// Round-trip histograms, registered in the worker's metrics.
-    pub round_trips: crate::foundation::metrics::RoundTrips,
+    pub(crate) round_trips: crate::foundation::metrics::RoundTrips,
     /// Keeps a private cluster alive as long as any handle exists; stopped on drop.
     _cluster: Option<Arc<embedded::Cluster>>,
 }
@@ -103,7 +104,7 @@ impl Database {
     /// Finds or starts the server, creates the database and applies the schema (unless a
     /// supervisor did), and prepares the pool: `share - 1` connections beside the
     /// listener, or none, the listener's connection serving queries too.
-    pub async fn open(config: &Config, plan: Plan) -> Result<Database, StartupError> {
+    pub(crate) async fn open(config: &Config, plan: Plan) -> Result<Database, StartupError> {
         let (url, cluster) = locate(config).await?;
         let endpoint = connection_config(config, &url)?;
         let listen = listen_endpoint(config, &endpoint)?;
@@ -128,17 +129,17 @@ impl Database {
     }
 
     /// A connection for queries, within the acquire timeout.
-    pub async fn client(&self) -> Result<Lease, crate::foundation::error::DbError> {
+    pub(crate) async fn client(&self) -> Result<Lease, crate::foundation::error::DbError> {
         self.source.lease(self.acquire_timeout).await
     }
 
     /// A transaction on a connection of its own, within the acquire timeout.
-    pub async fn begin(&self) -> Result<Tx, crate::foundation::error::DbError> {
+    pub(crate) async fn begin(&self) -> Result<Tx, crate::foundation::error::DbError> {
         self.source.begin(self.acquire_timeout).await
     }
 
     /// The pool's figures (all zero when queries share the listener's connection).
-    pub fn pool_status(&self) -> deadpool_postgres::Status {
+    pub(crate) fn pool_status(&self) -> deadpool_postgres::Status {
         match &self.source {
             Source::Pool(p) => p.status(),
             Source::Shared(_) => deadpool_postgres::Status {
@@ -151,7 +152,7 @@ impl Database {
     }
 
     /// Closes the pool (the listener closes with its task).
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         if let Source::Pool(p) = &self.source {
             p.close();
         }
@@ -160,7 +161,7 @@ impl Database {
     /// Opens one connection outside the pool, driven by the caller (for LISTEN), to
     /// `DATABASE_LISTEN_URL` if set. Its `application_name` ends in ` listener`, so that
     /// pg_stat_activity tells it apart.
-    pub async fn connect_dedicated(
+    pub(crate) async fn connect_dedicated(
         &self,
     ) -> Result<(tokio_postgres::Client, Connection), tokio_postgres::Error> {
         let mut listen = self.listen.clone();
@@ -172,18 +173,10 @@ impl Database {
         listen.connect().await
     }
 
-    /// True when a connection answers `SELECT 1` within the acquire timeout.
-    pub async fn ping(&self) -> bool {
-        match self.client().await {
-            Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
-            Err(_) => false,
-        }
-    }
-
     /// `pg_notification_queue_usage()` (0..1), or `None` when the database does not
     /// answer within the acquire timeout: the health probe, which also samples the fill
     /// of the NOTIFY queue (when it fills, every notifying commit fails).
-    pub async fn notification_queue_usage(&self) -> Option<f64> {
+    pub(crate) async fn notification_queue_usage(&self) -> Option<f64> {
         let client = self.client().await.ok()?;
         let rows = client
             .simple_query("SELECT pg_notification_queue_usage()")
@@ -196,7 +189,7 @@ impl Database {
     }
 
     /// Runs one read query and records its round trip.
-    pub async fn timed_read<T>(&self, query: impl std::future::Future<Output = T>) -> T {
+    pub(crate) async fn timed_read<T>(&self, query: impl std::future::Future<Output = T>) -> T {
         let started = std::time::Instant::now();
         let out = query.await;
         self.round_trips
@@ -207,7 +200,7 @@ impl Database {
 
     /// Keeps `min` pooled connections open and closes those idle longer than `idle`,
     /// until `shutdown`. deadpool has neither setting built in.
-    pub fn maintain(&self, min: usize, idle: Duration, shutdown: CancellationToken) {
+    pub(crate) fn maintain(&self, min: usize, idle: Duration, shutdown: CancellationToken) {
         let Source::Pool(pool) = &self.source else {
             return; // the shared connection is the listener's: always open
         };
@@ -437,7 +430,7 @@ pub(crate) async fn connect_once(
     Ok((client, driver))
 }
 
-pub fn quote_ident(name: &str) -> String {
+pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 

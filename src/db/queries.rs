@@ -161,7 +161,7 @@ pub const CONVERSATIONS: &str = "SELECT c.id, c.kind, c.name,
 pub const PRUNE_EVENTS: &str = "SELECT pgchat.prune_events(make_interval(secs => $1), $2)";
 
 /// What workers tell each other: `(channel, payload)`.
-pub const NOTIFY: &str = "SELECT pg_notify($1, $2)";
+pub(crate) const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 
 /// Presence: which of the users share a conversation with the subscriber (or are the
 /// subscriber): `(subscriber, users[])`. Per user, its memberships by the user index, each
@@ -189,7 +189,7 @@ pub const STORE_LAST_SEEN: &str =
     "UPDATE pgchat.users SET last_seen = $2 WHERE id = ANY (ARRAY(SELECT unnest($1::text[])))";
 
 /// Presence: who is online on the other workers: `(this worker)`.
-pub const REMOTE_PRESENCE: &str =
+pub(crate) const REMOTE_PRESENCE: &str =
     "SELECT user_id, worker_id FROM pgchat.presence WHERE worker_id <> $1";
 
 /// Presence: users now held by this worker: `(users[], worker)`.
@@ -202,15 +202,15 @@ pub const PRESENCE_OFF: &str =
     "DELETE FROM pgchat.presence WHERE worker_id = $2 AND user_id = ANY($1)";
 
 /// A worker's heartbeat: `(id, host, pid)`.
-pub const HEARTBEAT: &str = "INSERT INTO pgchat.workers (id, host, pid) VALUES ($1, $2, $3)
+pub(crate) const HEARTBEAT: &str = "INSERT INTO pgchat.workers (id, host, pid) VALUES ($1, $2, $3)
      ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()";
 
 /// Other workers alive: `(this worker, dead after seconds)`.
-pub const PEERS: &str = "SELECT count(*) FROM pgchat.workers
+pub(crate) const PEERS: &str = "SELECT count(*) FROM pgchat.workers
      WHERE id <> $1 AND heartbeat_at >= now() - make_interval(secs => $2)";
 
 /// Workers silent too long: `(dead after seconds)` → their ids, deleted.
-pub const REAP_WORKERS: &str =
+pub(crate) const REAP_WORKERS: &str =
     "DELETE FROM pgchat.workers WHERE heartbeat_at < now() - make_interval(secs => $1)
      RETURNING id";
 
@@ -225,4 +225,4 @@ pub const FORGET_WORKERS: &str = "WITH gone AS (
                        WHERE p.user_id = u.id AND NOT p.worker_id = ANY($1))";
 
 /// A worker that leaves: `(id)`.
-pub const DELETE_WORKER: &str = "DELETE FROM pgchat.workers WHERE id = $1";
+pub(crate) const DELETE_WORKER: &str = "DELETE FROM pgchat.workers WHERE id = $1";

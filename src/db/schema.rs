@@ -20,7 +20,7 @@ mod embedded {
 pub const SCHEMA_VERSION: i32 = 3;
 
 /// The whole current schema, compiled in: what a new database is built from.
-pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
+pub(crate) const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 
 /// Where refinery keeps its history, beside pgchat's tables.
 const HISTORY_TABLE: &str = "pgchat.refinery_schema_history";
@@ -39,8 +39,8 @@ pub fn fingerprint() -> String {
 /// The limits pgchat enforces that `pgchat.send` must apply too (see `pgchat.settings`).
 #[derive(Debug, Clone, Copy)]
 pub struct SqlLimits {
-    pub max_message_chars: usize,
-    pub max_group_members: usize,
+    pub(crate) max_message_chars: usize,
+    pub(crate) max_group_members: usize,
 }
 
 /// Brings the database to [`SCHEMA_VERSION`]: nothing to do when it is there already (so

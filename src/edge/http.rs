@@ -15,15 +15,16 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Map};
 
+use crate::cluster::hub::Subscription;
 use crate::edge::session;
 use crate::foundation::auth::Identity;
 use crate::foundation::error::{ApiError, Code, DbError};
 use crate::foundation::protocol::{ConversationId, Request};
 use crate::read::store;
 use crate::requests;
-use crate::state::App;
+use crate::state::{App, SocketSlot};
 
-pub fn router(app: App) -> Router {
+pub(crate) fn router(app: App) -> Router {
     // A request body carries what one socket frame would, so it has the same limit.
     let body_limit = DefaultBodyLimit::max(app.config.max_frame_bytes);
     let mut router = Router::new()
@@ -115,69 +116,22 @@ async fn upgrade(
         app.metrics.refused_connections.inc();
         e.into_response()
     };
-    let query = match query {
-        Ok(Query(q)) => q,
-        Err(e) => return refuse(&app, refused("query", e.body_text())),
-    };
-    let identity = match authenticate(&app, &headers, &query) {
-        Ok(id) => id,
+    let (identity, ws) = match admit(&app, &headers, query, ws) {
+        Ok(admitted) => admitted,
         Err(e) => return refuse(&app, e),
     };
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(e) => return refuse(&app, refused("/ws", e.body_text())),
-    };
-    if app.shutdown.is_cancelled() {
-        let mut e = ApiError::new(
-            Code::NotReady,
-            "this worker is shutting down: connect to another",
-        );
-        e.retry_after_ms = Some(1_000);
-        return refuse(&app, e);
-    }
-    let Some(slot) = app.try_take_slot() else {
-        let mut e = ApiError::new(
-            Code::AtCapacity,
-            format!(
-                "this worker holds its limit of {} sockets: retry later or elsewhere",
-                app.config.max_connections
-            ),
-        );
-        e.retry_after_ms = Some(5_000);
-        return refuse(&app, e);
+    let slot = match take_slot(&app) {
+        Ok(slot) => slot,
+        Err(e) => return refuse(&app, e),
     };
     // Subscribe before reading the head, so no event falls between the two.
-    let max_sockets = app.config.max_sockets_per_user;
-    let Some(sub) =
-        app.hub
-            .try_subscribe(identity.user.as_str(), app.next_session_id(), max_sockets)
-    else {
-        let mut e = ApiError::new(
-            Code::RateLimited,
-            format!(
-                "you hold {max_sockets} sockets on this worker, the most one user may: close one first"
-            ),
-        );
-        e.retry_after_ms = Some(5_000);
-        app.metrics.rate_limited.inc();
-        return refuse(&app, e);
+    let sub = match subscribe(&app, &identity) {
+        Ok(sub) => sub,
+        Err(e) => return refuse(&app, e),
     };
-    let head = match store::touch_user(&app.db, &identity.user, identity.name.as_deref()).await {
-        Ok(h) => h,
-        Err(e) => {
-            tracing::warn!(error = %e, "no database answer at connect");
-            // A pool that lent no connection in time means a busy worker (a reconnect
-            // storm), not a database that is down: say which, so nobody pages for it.
-            let message = match e {
-                DbError::Pool(deadpool_postgres::PoolError::Timeout(_)) => {
-                    "this worker's database connections are all busy: retry shortly"
-                }
-                _ => "the database is unreachable: retry shortly",
-            };
-            let mut e = ApiError::new(Code::NotReady, message);
-            e.retry_after_ms = Some(1_000);
-            return refuse(&app, e);
-        }
+    let head = match head_at_connect(&app, &identity).await {
+        Ok(head) => head,
+        Err(e) => return refuse(&app, e),
     };
     // The feed starts at what the session starts from, so that another worker's
     // notification fetches only what is new.
@@ -197,6 +151,80 @@ async fn upgrade(
                 session::run(socket, app, identity, sub, head).await;
                 drop(slot);
             })
+        })
+}
+
+/// A well-formed upgrade with a valid token, to a worker that is not shutting down.
+fn admit(
+    app: &App,
+    headers: &HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<(Identity, WebSocketUpgrade), ApiError> {
+    let Query(query) = query.map_err(|e| refused("query", e.body_text()))?;
+    let identity = authenticate(app, headers, &query)?;
+    let ws = ws.map_err(|e| refused("/ws", e.body_text()))?;
+    if app.shutdown.is_cancelled() {
+        let mut e = ApiError::new(
+            Code::NotReady,
+            "this worker is shutting down: connect to another",
+        );
+        e.retry_after_ms = Some(1_000);
+        return Err(e);
+    }
+    Ok((identity, ws))
+}
+
+/// One of the worker's `max_connections` places.
+fn take_slot(app: &App) -> Result<SocketSlot, ApiError> {
+    app.try_take_slot().ok_or_else(|| {
+        let mut e = ApiError::new(
+            Code::AtCapacity,
+            format!(
+                "this worker holds its limit of {} sockets: retry later or elsewhere",
+                app.config.max_connections
+            ),
+        );
+        e.retry_after_ms = Some(5_000);
+        e
+    })
+}
+
+/// The user's feed in the hub, if the user holds fewer than `max_sockets_per_user` here.
+fn subscribe(app: &App, identity: &Identity) -> Result<Subscription, ApiError> {
+    let max_sockets = app.config.max_sockets_per_user;
+    app.hub
+        .try_subscribe(identity.user.as_str(), app.next_session_id(), max_sockets)
+        .ok_or_else(|| {
+            let mut e = ApiError::new(
+                Code::RateLimited,
+                format!(
+                    "you hold {max_sockets} sockets on this worker, the most one user may: close one first"
+                ),
+            );
+            e.retry_after_ms = Some(5_000);
+            app.metrics.rate_limited.inc();
+            e
+        })
+}
+
+/// Records the user (and display name) and reads the head of the user's stream.
+async fn head_at_connect(app: &App, identity: &Identity) -> Result<i64, ApiError> {
+    store::touch_user(&app.db, &identity.user, identity.name.as_deref())
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "no database answer at connect");
+            // A pool that lent no connection in time means a busy worker (a reconnect
+            // storm), not a database that is down: say which, so nobody pages for it.
+            let message = match e {
+                DbError::Pool(deadpool_postgres::PoolError::Timeout(_)) => {
+                    "this worker's database connections are all busy: retry shortly"
+                }
+                _ => "the database is unreachable: retry shortly",
+            };
+            let mut e = ApiError::new(Code::NotReady, message);
+            e.retry_after_ms = Some(1_000);
+            e
         })
 }
 

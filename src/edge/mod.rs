@@ -2,7 +2,7 @@
 //! them (the HTTP API, `/ws`, health and metrics), [`session`] runs one WebSocket, and
 //! [`demo`] is the browser demo.
 
-pub mod demo;
-pub mod http;
-pub mod server;
-pub mod session;
+pub(crate) mod demo;
+pub(crate) mod http;
+pub(crate) mod server;
+pub(crate) mod session;

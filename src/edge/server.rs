@@ -37,14 +37,14 @@ use tower::ServiceExt;
 
 /// How connections are accepted.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub header_read_timeout: Duration,
-    pub max_handshakes: usize,
+pub(crate) struct Limits {
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) max_handshakes: usize,
 }
 
 /// Serves `router` on `listener` until `stop` is cancelled, then waits (at most `grace`)
 /// for the connections still speaking HTTP to finish.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::cluster::hub::Subscription;
 use crate::foundation::auth::Identity;
 use crate::foundation::error::{ApiError, Code};
-use crate::foundation::frames::{self, PresenceEntry, PresenceStatus};
+use crate::foundation::frames::{self, results, PresenceEntry, PresenceStatus};
 use crate::foundation::protocol::{
     rfc3339, BearerToken, ConversationId, Envelope, Request, TypingState, UserId,
 };
@@ -31,14 +31,14 @@ use crate::requests;
 use crate::state::App;
 
 /// Close codes of PROTOCOL.md.
-pub mod close {
-    pub const GOING_AWAY: u16 = 1001;
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    pub const INVALID_DATA: u16 = 1007;
-    pub const POLICY: u16 = 1008;
-    pub const TOO_BIG: u16 = 1009;
-    pub const INTERNAL: u16 = 1011;
-    pub const TRY_AGAIN_LATER: u16 = 1013;
+pub(crate) mod close {
+    pub(crate) const GOING_AWAY: u16 = 1001;
+    pub(crate) const PROTOCOL_ERROR: u16 = 1002;
+    pub(crate) const INVALID_DATA: u16 = 1007;
+    pub(crate) const POLICY: u16 = 1008;
+    pub(crate) const TOO_BIG: u16 = 1009;
+    pub(crate) const INTERNAL: u16 = 1011;
+    pub(crate) const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 /// Events read from the database per round trip when the feed cannot serve them.
@@ -197,7 +197,13 @@ impl Outbox {
 }
 
 /// Runs a session until the client leaves, the token expires or the server shuts down.
-pub async fn run(socket: WebSocket, app: App, identity: Identity, sub: Subscription, head: i64) {
+pub(crate) async fn run(
+    socket: WebSocket,
+    app: App,
+    identity: Identity,
+    sub: Subscription,
+    head: i64,
+) {
     let config = &app.config;
     let (sink, mut stream) = socket.split();
     let (tx, rx) = mpsc::channel(config.outbound_max_frames);
@@ -639,7 +645,7 @@ impl Session {
                 }),
             })
             .collect();
-        Ok(json!({ "presence": presence }))
+        Ok(frames::result(&results::Presence { presence }))
     }
 
     /// Replays every event after `after`, then reports the head reached.
@@ -659,7 +665,7 @@ impl Session {
         self.cursor = after;
         self.stalled = false;
         match self.advance(head, true).await {
-            Ok(()) => Ok(Ok(json!({ "head": self.cursor }))),
+            Ok(()) => Ok(Ok(frames::result(&results::Head { head: self.cursor }))),
             Err(End::Internal) => Ok(Err(ApiError::unavailable())),
             Err(End::Pruned) => {
                 // Pruned while this replay ran: never jump over the gap.

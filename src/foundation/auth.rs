@@ -37,30 +37,30 @@ pub struct Identity {
     /// When the token stops being accepted, in seconds since the Unix epoch: its `exp`
     /// plus the leeway, so that a socket is closed (1008) exactly when a reconnect with
     /// the same token would be refused.
-    pub expires_at: u64,
+    pub(crate) expires_at: u64,
 }
 
 impl Identity {
     /// Time left before the token expires (zero if it already has).
-    pub fn remaining(&self) -> Duration {
+    pub(crate) fn remaining(&self) -> Duration {
         Duration::from_secs_f64((self.expires_at as f64 - now_secs()).max(0.0))
     }
 }
 
 /// What a token must satisfy besides its signature (`jwt_*` in the configuration).
 #[derive(Debug, Clone)]
-pub struct Rules {
+pub(crate) struct Rules {
     /// When set, `aud` is required and must name it; when unset, `aud` is ignored.
-    pub audience: Option<String>,
+    pub(crate) audience: Option<String>,
     /// Clock difference allowed on `exp` and `nbf`, in seconds.
-    pub leeway_secs: u64,
+    pub(crate) leeway_secs: u64,
     /// When set, `iat` is required and `exp - iat` may not exceed it, nor may the time
     /// left (`exp - now`), so that an `iat` in the future does not stretch a token.
-    pub max_lifetime_secs: Option<u64>,
+    pub(crate) max_lifetime_secs: Option<u64>,
 }
 
 impl Rules {
-    pub fn from_config(config: &Config) -> Rules {
+    pub(crate) fn from_config(config: &Config) -> Rules {
         Rules {
             audience: config.jwt_audience.clone(),
             leeway_secs: config.jwt_leeway_secs,
@@ -100,7 +100,7 @@ impl Authenticator {
         Self::with_rules(secret, Rules::default())
     }
 
-    pub fn with_rules(secret: &str, rules: Rules) -> Self {
+    pub(crate) fn with_rules(secret: &str, rules: Rules) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         // Signature and algorithm only: the claims are checked in `check_claims`.
         validation.set_required_spec_claims::<&str>(&[]);
@@ -117,7 +117,7 @@ impl Authenticator {
 
     /// The deployment's authenticator: its secret (`JWT_SECRET`, or the generated one in
     /// the data directory) and its `jwt_*` rules.
-    pub fn from_config(config: &Config) -> Result<Self, SecretError> {
+    pub(crate) fn from_config(config: &Config) -> Result<Self, SecretError> {
         let secret = crate::foundation::secrets::jwt_secret(config)?;
         Ok(Self::with_rules(&secret, Rules::from_config(config)))
     }
@@ -208,7 +208,7 @@ impl Authenticator {
     }
 
     /// The longest a minted token may live, when `jwt_max_lifetime_secs` is set.
-    pub fn max_ttl(&self) -> Option<Duration> {
+    pub(crate) fn max_ttl(&self) -> Option<Duration> {
         self.rules.max_lifetime_secs.map(Duration::from_secs)
     }
 

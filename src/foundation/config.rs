@@ -17,10 +17,10 @@ pub const OLD_DEV_JWT_SECRET: &str = "pgchat-development-secret-do-not-use-in-pr
 
 /// The shortest `JWT_SECRET` accepted with `NODE_ENV=production`: HS256 needs at least
 /// as many bytes of secret as its 256-bit output to be as strong as it claims.
-pub const MIN_PRODUCTION_SECRET_BYTES: usize = 32;
+pub(crate) const MIN_PRODUCTION_SECRET_BYTES: usize = 32;
 
 /// The largest clock leeway accepted for token times.
-pub const MAX_JWT_LEEWAY_SECS: u64 = 300;
+pub(crate) const MAX_JWT_LEEWAY_SECS: u64 = 300;
 
 /// Names read from the environment without the `PGCHAT_` prefix, for compatibility with
 /// the Node server's deployment files.
@@ -49,7 +49,7 @@ const BARE_ENV: &[&str] = &[
 pub struct Secret(String);
 
 impl Secret {
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -78,13 +78,117 @@ impl std::fmt::Display for Secret {
     }
 }
 
+/// A setting that takes one of a few names: an enum, parsed when the configuration is
+/// loaded; a name that is none of them is refused with the list of those that are.
+macro_rules! choice {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "&'static str")]
+        pub enum $name {
+            $($(#[$vdoc])* $variant),+
+        }
+
+        impl $name {
+            /// The name as written in the configuration.
+            pub(crate) fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(value: String) -> Result<Self, String> {
+                match value.as_str() {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(format!(
+                        "must be one of {}, got {value:?}",
+                        [$($text),+].join(", ")
+                    )),
+                }
+            }
+        }
+
+        impl From<$name> for &'static str {
+            fn from(choice: $name) -> &'static str {
+                choice.as_str()
+            }
+        }
+    };
+}
+
+choice! {
+    /// `node_env` (`NODE_ENV`): production requires a strong `jwt_secret`, TLS to remote
+    /// databases, and logs JSON lines by default.
+    NodeEnv {
+        Production = "production",
+        Development = "development",
+        Test = "test",
+    }
+}
+
+choice! {
+    /// `listen`: how several workers listen.
+    Listen {
+        /// All on `PORT` with SO_REUSEPORT: the kernel spreads connections (one Heroku dyno).
+        Shared = "shared",
+        /// Worker i on `PORT + i`, for a load balancer such as nginx with `ip_hash`.
+        PerWorker = "per_worker",
+    }
+}
+
+choice! {
+    /// `log_format`: JSON lines, readable text, or (auto) JSON in production only.
+    LogFormat {
+        Auto = "auto",
+        Text = "text",
+        Json = "json",
+    }
+}
+
+/// `event_retention`: how long events stay in the durable stream before they may be
+/// pruned, written as a duration (`"7d"`, `"12h"`) of at least a minute. It keeps its
+/// text, so that `pgchat config` prints it as it was given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Retention {
+    text: String,
+    duration: Duration,
+}
+
+impl Retention {
+    pub(crate) fn duration(&self) -> Duration {
+        self.duration
+    }
+}
+
+impl TryFrom<String> for Retention {
+    type Error = String;
+    fn try_from(text: String) -> Result<Retention, String> {
+        let duration = humantime::parse_duration(&text)
+            .map_err(|e| format!("{e} (use a duration like \"7d\" or \"12h\")"))?;
+        if duration < Duration::from_secs(60) {
+            return Err("must be at least 1m".into());
+        }
+        Ok(Retention { text, duration })
+    }
+}
+
+impl From<Retention> for String {
+    fn from(retention: Retention) -> String {
+        retention.text
+    }
+}
+
 /// Every setting, with the meaning documented beside its default in `config.toml`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub host: String,
     pub port: u16,
-    pub node_env: String,
+    pub node_env: NodeEnv,
     pub database_url: Option<String>,
     pub database_listen_url: Option<String>,
     pub jwt_secret: Option<Secret>,
@@ -126,7 +230,7 @@ pub struct Config {
     pub ws_read_buffer_bytes: usize,
     pub ping_interval_ms: u64,
     pub token_expiring_notice_ms: u64,
-    pub event_retention: String,
+    pub event_retention: Retention,
     pub prune_batch: usize,
     pub prune_pause_ms: u64,
     pub recent_events_per_user: usize,
@@ -148,12 +252,12 @@ pub struct Config {
     pub write_queue: usize,
 
     pub workers: usize,
-    pub listen: String,
+    pub listen: Listen,
     pub runtime_threads: usize,
     pub blocking_threads: usize,
 
     pub shutdown_timeout_ms: u64,
-    pub log_format: String,
+    pub log_format: LogFormat,
     pub stats_interval_ms: u64,
     pub memory_limit_mb: u64,
 }
@@ -163,7 +267,7 @@ impl Default for Config {
         Config {
             host: "0.0.0.0".into(),
             port: 3000,
-            node_env: "development".into(),
+            node_env: NodeEnv::Development,
             database_url: None,
             database_listen_url: None,
             jwt_secret: None,
@@ -203,7 +307,10 @@ impl Default for Config {
             ws_read_buffer_bytes: 4_096,
             ping_interval_ms: 25_000,
             token_expiring_notice_ms: 60_000,
-            event_retention: "7d".into(),
+            event_retention: Retention {
+                text: "7d".into(),
+                duration: Duration::from_secs(7 * 24 * 3600),
+            },
             prune_batch: 5_000,
             prune_pause_ms: 100,
             recent_events_per_user: 64,
@@ -223,11 +330,11 @@ impl Default for Config {
             writers: 2,
             write_queue: 4_096,
             workers: 0,
-            listen: "shared".into(),
+            listen: Listen::Shared,
             runtime_threads: 0,
             blocking_threads: 8,
             shutdown_timeout_ms: 10_000,
-            log_format: "auto".into(),
+            log_format: LogFormat::Auto,
             stats_interval_ms: 60_000,
             memory_limit_mb: 0,
         }
@@ -238,8 +345,8 @@ impl Default for Config {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {key}: {problem}")]
 pub struct ConfigError {
-    pub key: String,
-    pub problem: String,
+    pub(crate) key: String,
+    pub(crate) problem: String,
 }
 
 impl ConfigError {
@@ -253,7 +360,7 @@ impl ConfigError {
 
 impl Config {
     /// Loads defaults, then `path` (if it exists), then the environment, and validates.
-    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    pub(crate) fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let path = path
             .map(Path::to_path_buf)
             .or_else(|| std::env::var_os("PGCHAT_CONFIG").map(PathBuf::from))
@@ -280,7 +387,7 @@ impl Config {
 
     /// The environment's `PGCHAT_` variables that name no setting, each with the known
     /// variable closest to it (for a warning: they are ignored).
-    pub fn unknown_env() -> Vec<(String, String)> {
+    pub(crate) fn unknown_env() -> Vec<(String, String)> {
         let keys = known_keys();
         let mut unknown: Vec<(String, String)> = std::env::vars_os()
             .filter_map(|(k, _)| k.into_string().ok())
@@ -296,26 +403,20 @@ impl Config {
         unknown
     }
 
-    /// Checks ranges and relations that the types alone cannot express.
+    /// Checks ranges and relations that the types alone cannot express, in the order of
+    /// `config.toml`'s sections; the first problem found is the one reported.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fn one_of(key: &str, value: &str, allowed: &[&str]) -> Result<(), ConfigError> {
-            if allowed.contains(&value) {
-                return Ok(());
-            }
-            Err(ConfigError::new(
-                key,
-                format!("must be one of {}, got {value:?}", allowed.join(", ")),
-            ))
-        }
-        fn at_least(key: &str, value: u64, min: u64) -> Result<(), ConfigError> {
-            if value < min {
-                return Err(ConfigError::new(
-                    key,
-                    format!("must be at least {min}, got {value}"),
-                ));
-            }
-            Ok(())
-        }
+        self.validate_database()?;
+        self.validate_connections()?;
+        self.validate_streams()?;
+        self.validate_processes()?;
+        self.validate_urls()?;
+        self.validate_jwt()?;
+        Ok(())
+    }
+
+    /// The pool, its keepalives, the listener's probes and the health cache.
+    fn validate_database(&self) -> Result<(), ConfigError> {
         at_least("db_max_connections", self.db_max_connections as u64, 2)?;
         if self.db_min_connections > self.db_max_connections {
             return Err(ConfigError::new(
@@ -354,6 +455,11 @@ impl Config {
             100,
         )?;
         at_least("health_cache_ms", self.health_cache_ms, 10)?;
+        Ok(())
+    }
+
+    /// Sockets, frames, requests and the outbound queue.
+    fn validate_connections(&self) -> Result<(), ConfigError> {
         at_least("max_connections", self.max_connections as u64, 1)?;
         at_least("max_sockets_per_user", self.max_sockets_per_user as u64, 1)?;
         at_least("header_read_timeout_ms", self.header_read_timeout_ms, 100)?;
@@ -380,6 +486,11 @@ impl Config {
             512,
         )?;
         at_least("ping_interval_ms", self.ping_interval_ms, 100)?;
+        Ok(())
+    }
+
+    /// Pruning, the recent-event feeds, presence, rate limits, typing and the caches.
+    fn validate_streams(&self) -> Result<(), ConfigError> {
         at_least("prune_batch", self.prune_batch as u64, 1)?;
         if self.prune_batch > i32::MAX as usize {
             return Err(ConfigError::new("prune_batch", "must be below 2^31"));
@@ -395,6 +506,11 @@ impl Config {
         at_least("typing_timeout_ms", self.typing_timeout_ms, 100)?;
         at_least("ephemeral_queue", self.ephemeral_queue as u64, 1)?;
         at_least("cached_messages", self.cached_messages as u64, 1)?;
+        Ok(())
+    }
+
+    /// The writers, threads, shutdown, stats and workers.
+    fn validate_processes(&self) -> Result<(), ConfigError> {
         at_least("write_batch_max", self.write_batch_max as u64, 1)?;
         at_least("writers", self.writers as u64, 1)?;
         if self.writers >= self.db_max_connections {
@@ -420,14 +536,6 @@ impl Config {
                 format!("must be at most 600000, got {}", self.shutdown_timeout_ms),
             ));
         }
-        self.retention()?;
-        one_of(
-            "node_env",
-            &self.node_env,
-            &["production", "development", "test"],
-        )?;
-        one_of("listen", &self.listen, &["shared", "per_worker"])?;
-        one_of("log_format", &self.log_format, &["auto", "text", "json"])?;
         if self.stats_interval_ms != 0 {
             at_least("stats_interval_ms", self.stats_interval_ms, 100)?;
         }
@@ -440,10 +548,14 @@ impl Config {
                 ),
             ));
         }
-        if self.listen == "per_worker" && (self.port as usize) + self.worker_count() > 65536 {
+        if self.listen == Listen::PerWorker && (self.port as usize) + self.worker_count() > 65536 {
             return Err(ConfigError::new("port", "port + workers exceeds 65535"));
         }
-        // The whole URL as start-up will read it: sslmode, sslrootcert (read now) and all.
+        Ok(())
+    }
+
+    /// The whole URL as start-up will read it: sslmode, sslrootcert (read now) and all.
+    fn validate_urls(&self) -> Result<(), ConfigError> {
         for (key, setting, url) in [
             ("database_url", "DATABASE_URL", &self.database_url),
             (
@@ -457,7 +569,6 @@ impl Config {
                     .map_err(|problem| ConfigError::new(key, problem))?;
             }
         }
-        self.validate_jwt()?;
         Ok(())
     }
 
@@ -516,7 +627,7 @@ impl Config {
 
     /// The number of worker processes: `workers`, or when it is 0 (auto), 1 in
     /// development and min(CPUs, 8) in production, as the Node server did.
-    pub fn worker_count(&self) -> usize {
+    pub(crate) fn worker_count(&self) -> usize {
         if self.workers > 0 {
             return self.workers;
         }
@@ -530,7 +641,7 @@ impl Config {
     /// The tokio worker threads of each worker process: `runtime_threads`, or when it is 0
     /// the CPUs shared out among the workers (at least one each), so that N workers do
     /// not run N times as many threads as there are CPUs.
-    pub fn runtime_threads(&self) -> usize {
+    pub(crate) fn runtime_threads(&self) -> usize {
         self.runtime_threads_of(available_parallelism())
     }
 
@@ -541,27 +652,13 @@ impl Config {
         (cpus / self.worker_count()).max(1)
     }
 
-    pub fn is_production(&self) -> bool {
-        self.node_env == "production"
-    }
-
-    /// How long events stay in the durable stream before they may be pruned.
-    pub fn retention(&self) -> Result<Duration, ConfigError> {
-        let d = humantime::parse_duration(&self.event_retention).map_err(|e| {
-            ConfigError::new(
-                "event_retention",
-                format!("{e} (use a duration like \"7d\" or \"12h\")"),
-            )
-        })?;
-        if d < Duration::from_secs(60) {
-            return Err(ConfigError::new("event_retention", "must be at least 1m"));
-        }
-        Ok(d)
+    pub(crate) fn is_production(&self) -> bool {
+        self.node_env == NodeEnv::Production
     }
 
     /// The database in force: `DATABASE_URL`, else the local default
     /// `postgres://postgres@127.0.0.1:<embedded_port>/pgchat`.
-    pub fn database_url(&self) -> String {
+    pub(crate) fn database_url(&self) -> String {
         self.database_url.clone().unwrap_or_else(|| {
             format!(
                 "postgres://postgres@127.0.0.1:{}/pgchat",
@@ -590,9 +687,20 @@ impl Config {
     }
 }
 
+/// A setting below its least.
+fn at_least(key: &str, value: u64, min: u64) -> Result<(), ConfigError> {
+    if value < min {
+        return Err(ConfigError::new(
+            key,
+            format!("must be at least {min}, got {value}"),
+        ));
+    }
+    Ok(())
+}
+
 /// The CPUs this process may use: Heroku's `HEROKU_AVAILABLE_PARALLELISM` when set (a
 /// dyno sees the host's CPUs, not its share of them), else what the OS and cgroups allow.
-pub fn available_parallelism() -> usize {
+pub(crate) fn available_parallelism() -> usize {
     std::env::var("HEROKU_AVAILABLE_PARALLELISM")
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok())
@@ -604,7 +712,7 @@ pub fn available_parallelism() -> usize {
 /// router sends a web process its traffic on `$PORT` and nowhere else, so a `serve`
 /// without `PORT` would listen on 3000 where nothing arrives and the dyno would fail
 /// with R10 a minute later: stop at once instead, naming the fix.
-pub fn check_platform(env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+pub(crate) fn check_platform(env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
     if let Some(dyno) = env("DYNO") {
         if env("PORT").is_none() && env("PGCHAT_PORT").is_none() {
             return Err(ConfigError::new(
@@ -620,7 +728,7 @@ pub fn check_platform(env: impl Fn(&str) -> Option<String>) -> Result<(), Config
 }
 
 /// Every setting's name, in declaration order.
-pub fn known_keys() -> Vec<String> {
+pub(crate) fn known_keys() -> Vec<String> {
     match serde_json::to_value(Config::default()).expect("config serialises") {
         serde_json::Value::Object(map) => map.keys().cloned().collect(),
         _ => unreachable!("a struct serialises to an object"),
@@ -755,7 +863,7 @@ mod tests {
     #[test]
     fn production_without_secret_is_refused() {
         let c = Config {
-            node_env: "production".into(),
+            node_env: NodeEnv::Production,
             ..Config::default()
         };
         assert_eq!(c.validate().unwrap_err().key, "jwt_secret");
@@ -764,7 +872,7 @@ mod tests {
     #[test]
     fn production_refuses_short_secrets_and_everyone_refuses_the_old_public_one() {
         let production = |secret: &str| Config {
-            node_env: "production".into(),
+            node_env: NodeEnv::Production,
             jwt_secret: Some(secret.into()),
             ..Config::default()
         };
@@ -773,14 +881,14 @@ mod tests {
         production(&"x".repeat(MIN_PRODUCTION_SECRET_BYTES))
             .validate()
             .unwrap();
-        for node_env in ["production", "development", "test"] {
+        for node_env in [NodeEnv::Production, NodeEnv::Development, NodeEnv::Test] {
             let c = Config {
-                node_env: node_env.into(),
+                node_env,
                 jwt_secret: Some(OLD_DEV_JWT_SECRET.into()),
                 ..Config::default()
             };
             let e = c.validate().unwrap_err();
-            assert!(e.problem.contains("public"), "{node_env}: {e}");
+            assert!(e.problem.contains("public"), "{node_env:?}: {e}");
         }
         // Outside production a short secret is allowed (tests and local tools use them).
         Config {
@@ -857,12 +965,53 @@ mod tests {
         assert_eq!(plain_type("a boolean"), "true or false");
     }
 
+    /// The defaults with `key = value` on top, as a file or the environment would set it.
+    fn load_with(key: &str, value: &str) -> Result<Config, ConfigError> {
+        Figment::from(Serialized::defaults(Config::default()))
+            .merge(Serialized::default(key, value))
+            .extract::<Config>()
+            .map_err(plain_error)
+    }
+
     #[test]
     fn bad_retention_names_its_key() {
-        let c = Config {
-            event_retention: "soon".into(),
-            ..Config::default()
-        };
-        assert_eq!(c.validate().unwrap_err().key, "event_retention");
+        for (value, problem) in [
+            ("soon", "(use a duration like \"7d\" or \"12h\")"),
+            ("30s", "must be at least 1m"),
+        ] {
+            let e = load_with("event_retention", value).unwrap_err();
+            assert_eq!(e.key, "event_retention");
+            assert!(e.problem.ends_with(problem), "{e}");
+        }
+        let c = load_with("event_retention", "12h").unwrap();
+        assert_eq!(c.event_retention.duration(), Duration::from_secs(12 * 3600));
+        assert!(toml_string(&c).contains("event_retention = \"12h\"\n"));
+    }
+
+    #[test]
+    fn a_choice_outside_its_names_is_refused_with_the_list() {
+        for (key, value, problem) in [
+            (
+                "node_env",
+                "prod",
+                "must be one of production, development, test, got \"prod\"",
+            ),
+            (
+                "listen",
+                "per-worker",
+                "must be one of shared, per_worker, got \"per-worker\"",
+            ),
+            (
+                "log_format",
+                "JSON",
+                "must be one of auto, text, json, got \"JSON\"",
+            ),
+        ] {
+            let e = load_with(key, value).unwrap_err();
+            assert_eq!((e.key.as_str(), e.problem.as_str()), (key, problem));
+        }
+        let c = load_with("listen", "per_worker").unwrap();
+        assert_eq!(c.listen, Listen::PerWorker);
+        assert!(toml_string(&Config::default()).contains("node_env = \"development\"\n"));
     }
 }

@@ -41,11 +41,11 @@ impl Code {
     ];
 
     /// The code named `s` on the wire (as the write function reports refusals).
-    pub fn parse(s: &str) -> Option<Code> {
+    pub(crate) fn parse(s: &str) -> Option<Code> {
         Code::ALL.into_iter().find(|c| c.as_str() == s)
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Code::BadRequest => "bad_request",
             Code::UnknownType => "unknown_type",
@@ -62,7 +62,7 @@ impl Code {
         }
     }
 
-    pub fn status(self) -> StatusCode {
+    pub(crate) fn status(self) -> StatusCode {
         match self {
             Code::BadRequest | Code::UnknownType => StatusCode::BAD_REQUEST,
             Code::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -85,11 +85,11 @@ impl Code {
 pub struct ApiError {
     pub code: Code,
     pub message: String,
-    pub retry_after_ms: Option<u64>,
+    pub(crate) retry_after_ms: Option<u64>,
 }
 
 impl ApiError {
-    pub fn new(code: Code, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: Code, message: impl Into<String>) -> Self {
         ApiError {
             code,
             message: message.into(),
@@ -97,26 +97,26 @@ impl ApiError {
         }
     }
 
-    pub fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(Code::BadRequest, message)
     }
 
-    pub fn not_found(message: impl Into<String>) -> Self {
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
         Self::new(Code::NotFound, message)
     }
 
-    pub fn forbidden(message: impl Into<String>) -> Self {
+    pub(crate) fn forbidden(message: impl Into<String>) -> Self {
         Self::new(Code::Forbidden, message)
     }
 
-    pub fn unavailable() -> Self {
+    pub(crate) fn unavailable() -> Self {
         Self::new(
             Code::Unavailable,
             "the database is unreachable; nothing was changed: retry (a send with the same client_msg_id)",
         )
     }
 
-    pub fn internal() -> Self {
+    pub(crate) fn internal() -> Self {
         Self::new(
             Code::Internal,
             "internal error; it was logged on the server: retry, and report it if it persists",
@@ -124,7 +124,7 @@ impl ApiError {
     }
 
     /// The `{"error":{…}}` body used by HTTP responses.
-    pub fn body(&self) -> serde_json::Value {
+    pub(crate) fn body(&self) -> serde_json::Value {
         let mut error = json!({"code": self.code.as_str(), "message": self.message});
         if let Some(ms) = self.retry_after_ms {
             error["retry_after_ms"] = ms.into();
@@ -148,7 +148,7 @@ impl IntoResponse for ApiError {
 
 /// A database failure, classified into what the client is told.
 #[derive(Debug, thiserror::Error)]
-pub enum DbError {
+pub(crate) enum DbError {
     #[error("no database connection within the acquire timeout: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("database error: {}", describe(.0))]
@@ -178,7 +178,7 @@ fn describe(e: &tokio_postgres::Error) -> String {
 impl DbError {
     /// True when the database could not be reached or the connection broke, so that the
     /// outcome is "nothing stored, retry" rather than a bug.
-    pub fn is_unavailable(&self) -> bool {
+    pub(crate) fn is_unavailable(&self) -> bool {
         match self {
             DbError::Pool(_) | DbError::Down(_) => true,
             DbError::Postgres(e) => {
@@ -204,7 +204,7 @@ impl DbError {
     /// A deadlock or serialization failure, or a unique key another transaction took
     /// meanwhile (two sends of one client_msg_id racing into different conversations):
     /// the transaction may simply be run again, and will see what the other committed.
-    pub fn is_retryable(&self) -> bool {
+    pub(crate) fn is_retryable(&self) -> bool {
         match self {
             DbError::Postgres(e) => matches!(
                 e.code().map(|c| c.code()),

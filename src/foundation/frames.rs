@@ -16,40 +16,40 @@ use super::protocol::Envelope;
 /// `hello`: the first frame of every socket.
 #[derive(Serialize)]
 #[serde(tag = "type", rename = "hello")]
-pub struct Hello<'a> {
-    pub user: &'a str,
-    pub session: String,
-    pub worker: &'a str,
-    pub head: i64,
-    pub server_time: String,
+pub(crate) struct Hello<'a> {
+    pub(crate) user: &'a str,
+    pub(crate) session: String,
+    pub(crate) worker: &'a str,
+    pub(crate) head: i64,
+    pub(crate) server_time: String,
 }
 
 /// `token_expiring`: the time left until the 1008 close.
 #[derive(Serialize)]
 #[serde(tag = "type", rename = "token_expiring")]
-pub struct TokenExpiring {
-    pub expires_in_ms: u64,
+pub(crate) struct TokenExpiring {
+    pub(crate) expires_in_ms: u64,
 }
 
 /// `typing`: a member started or stopped typing.
 #[derive(Serialize)]
 #[serde(tag = "type", rename = "typing")]
-pub struct Typing<'a> {
-    pub conversation: &'a str,
-    pub user: &'a str,
-    pub state: &'a str,
+pub(crate) struct Typing<'a> {
+    pub(crate) conversation: &'a str,
+    pub(crate) user: &'a str,
+    pub(crate) state: &'a str,
 }
 
 /// A conversation's kind, as the wire (and `conversations.kind`) names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ConversationKind {
+pub(crate) enum ConversationKind {
     Direct,
     Group,
 }
 
 impl ConversationKind {
-    pub fn parse(s: &str) -> Option<ConversationKind> {
+    pub(crate) fn parse(s: &str) -> Option<ConversationKind> {
         match s {
             "direct" => Some(ConversationKind::Direct),
             "group" => Some(ConversationKind::Group),
@@ -60,24 +60,24 @@ impl ConversationKind {
 
 /// One conversation in `conversations`' reply.
 #[derive(Debug, Clone, Serialize)]
-pub struct ConversationEntry {
-    pub id: String,
-    pub kind: ConversationKind,
-    pub name: Option<String>,
+pub(crate) struct ConversationEntry {
+    pub(crate) id: String,
+    pub(crate) kind: ConversationKind,
+    pub(crate) name: Option<String>,
     /// The first `conversation_members_listed`, by id.
-    pub members: Vec<String>,
-    pub member_count: i64,
-    pub last_message: Option<Value>,
-    pub unread: i64,
+    pub(crate) members: Vec<String>,
+    pub(crate) member_count: i64,
+    pub(crate) last_message: Option<Value>,
+    pub(crate) unread: i64,
     /// Groups name their admins, as in `conversation` events.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub admins: Option<Vec<String>>,
+    pub(crate) admins: Option<Vec<String>>,
 }
 
 /// A user's presence, as the wire names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum PresenceStatus {
+pub(crate) enum PresenceStatus {
     Online,
     Offline,
     /// A user whose presence the caller may not see.
@@ -85,7 +85,7 @@ pub enum PresenceStatus {
 }
 
 impl PresenceStatus {
-    pub fn of(online: bool) -> PresenceStatus {
+    pub(crate) fn of(online: bool) -> PresenceStatus {
         if online {
             PresenceStatus::Online
         } else {
@@ -97,20 +97,80 @@ impl PresenceStatus {
 /// `presence`: a watched user came online or went offline.
 #[derive(Serialize)]
 #[serde(tag = "type", rename = "presence")]
-pub struct Presence<'a> {
-    pub user: &'a str,
-    pub status: PresenceStatus,
-    pub last_seen: Option<String>,
+pub(crate) struct Presence<'a> {
+    pub(crate) user: &'a str,
+    pub(crate) status: PresenceStatus,
+    pub(crate) last_seen: Option<String>,
 }
 
 /// One user in `presence_subscribe`'s reply: `last_seen` is absent for a user whose
 /// presence the caller may not see (`unknown`), and `null` for one never seen.
 #[derive(Debug, Clone, Serialize)]
-pub struct PresenceEntry {
-    pub user: String,
-    pub status: PresenceStatus,
+pub(crate) struct PresenceEntry {
+    pub(crate) user: String,
+    pub(crate) status: PresenceStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_seen: Option<Option<String>>,
+    pub(crate) last_seen: Option<Option<String>>,
+}
+
+/// The results of `ok` replies: the fields that follow `type` and `ref`. The reply paths
+/// (the socket and the HTTP API) carry them as a JSON object ([`result`]).
+pub(crate) mod results {
+    use serde::Serialize;
+    use serde_json::Value;
+
+    use super::{ConversationEntry, PresenceEntry};
+
+    /// `history`: a page of messages, oldest first.
+    #[derive(Serialize)]
+    pub(crate) struct History {
+        pub(crate) messages: Vec<Value>,
+        pub(crate) has_more: bool,
+        pub(crate) total: i64,
+    }
+
+    /// `members`: a page of a conversation's members, in order.
+    #[derive(Serialize)]
+    pub(crate) struct Members<'a> {
+        pub(crate) members: Vec<&'a String>,
+        pub(crate) member_count: usize,
+        pub(crate) has_more: bool,
+    }
+
+    /// `conversations`: the caller's, most recent first.
+    #[derive(Serialize)]
+    pub(crate) struct Conversations {
+        pub(crate) conversations: Vec<ConversationEntry>,
+    }
+
+    /// `presence`: one entry per user asked about, in the order asked.
+    #[derive(Serialize)]
+    pub(crate) struct Presence {
+        pub(crate) presence: Vec<Option<PresenceEntry>>,
+    }
+
+    /// `resume`: the head of the stream reached.
+    #[derive(Serialize)]
+    pub(crate) struct Head {
+        pub(crate) head: i64,
+    }
+
+    /// `send`: the message as stored.
+    #[derive(Serialize)]
+    pub(crate) struct Sent {
+        pub(crate) message: Value,
+    }
+
+    /// `group_create` (and the other group commands that return one): the conversation.
+    #[derive(Serialize)]
+    pub(crate) struct Conversation {
+        pub(crate) conversation: Value,
+    }
+}
+
+/// A result as the JSON object the reply paths carry.
+pub(crate) fn result<T: Serialize>(result: &T) -> Value {
+    serde_json::to_value(result).expect("a result encodes")
 }
 
 /// `ok`: the reply to a request, echoing its `ref`; `result`'s fields follow.
@@ -136,12 +196,12 @@ struct ErrorFrame<'a> {
 }
 
 /// A frame as text. Encoding these types cannot fail (string keys, no maps of other keys).
-pub fn encode<T: Serialize>(frame: &T) -> String {
+pub(crate) fn encode<T: Serialize>(frame: &T) -> String {
     serde_json::to_string(frame).expect("a frame encodes")
 }
 
 /// `{"type":"ok","ref":…, …result}`. `result` must be a JSON object.
-pub fn ok_frame(envelope: &Envelope, result: Value) -> String {
+pub(crate) fn ok_frame(envelope: &Envelope, result: Value) -> String {
     let result = match result {
         Value::Object(fields) => fields,
         _ => serde_json::Map::new(),
@@ -153,7 +213,7 @@ pub fn ok_frame(envelope: &Envelope, result: Value) -> String {
 }
 
 /// `{"type":"error","ref":…,"code":…,"message":…}`.
-pub fn error_frame(envelope: &Envelope, error: &ApiError) -> String {
+pub(crate) fn error_frame(envelope: &Envelope, error: &ApiError) -> String {
     encode(&ErrorFrame {
         r#ref: envelope.r#ref.as_ref(),
         code: error.code.as_str(),
@@ -164,17 +224,17 @@ pub fn error_frame(envelope: &Envelope, error: &ApiError) -> String {
 
 /// An event's fields, encoded once: the text of a JSON object's members without its
 /// braces, shared by every recipient's frame.
-pub struct EventFields(String);
+pub(crate) struct EventFields(String);
 
 impl EventFields {
     /// `fields` must serialize as a JSON object.
-    pub fn encode<T: Serialize>(fields: &T) -> EventFields {
+    pub(crate) fn encode<T: Serialize>(fields: &T) -> EventFields {
         let s = encode(fields);
         debug_assert!(s.starts_with('{') && s.ends_with('}'));
         EventFields(s[1..s.len() - 1].to_string())
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }
@@ -187,7 +247,7 @@ impl From<EventFields> for String {
 
 /// One event frame: `{"type":kind,"seq":seq,<fields>}`, `fields` as
 /// [`EventFields::encode`] made them.
-pub fn event_frame(kind: &str, seq: i64, fields: &str) -> String {
+pub(crate) fn event_frame(kind: &str, seq: i64, fields: &str) -> String {
     let mut s = String::with_capacity(fields.len() + 40);
     s.push_str("{\"type\":\"");
     s.push_str(kind);
@@ -203,33 +263,33 @@ pub fn event_frame(kind: &str, seq: i64, fields: &str) -> String {
 
 /// A message as the wire shows it, in `message` events and replies.
 #[derive(Serialize)]
-pub struct MessageFrame<'a> {
-    pub id: i64,
-    pub conversation: &'a str,
-    pub cseq: i64,
-    pub sender: Sender<'a>,
-    pub body: &'a str,
-    pub client_msg_id: &'a str,
-    pub created_at: String,
+pub(crate) struct MessageFrame<'a> {
+    pub(crate) id: i64,
+    pub(crate) conversation: &'a str,
+    pub(crate) cseq: i64,
+    pub(crate) sender: Sender<'a>,
+    pub(crate) body: &'a str,
+    pub(crate) client_msg_id: &'a str,
+    pub(crate) created_at: String,
 }
 
 /// A message's sender: the id, and the display name their token carried (or `null`).
 #[derive(Serialize)]
-pub struct Sender<'a> {
-    pub id: &'a str,
-    pub name: Option<&'a str>,
+pub(crate) struct Sender<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) name: Option<&'a str>,
 }
 
 /// The fields of a `message` event, and of `send`'s reply.
 #[derive(Serialize)]
-pub struct MessageFields<'a> {
-    pub message: MessageFrame<'a>,
+pub(crate) struct MessageFields<'a> {
+    pub(crate) message: MessageFrame<'a>,
 }
 
 /// The fields of a `conversation` event: the conversation's state as the writer stored it.
 #[derive(Serialize)]
-pub struct ConversationFields<'a> {
-    pub conversation: Option<&'a Value>,
+pub(crate) struct ConversationFields<'a> {
+    pub(crate) conversation: Option<&'a Value>,
 }
 
 #[cfg(test)]

@@ -19,11 +19,11 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
-use crate::foundation::config::Config;
+use crate::foundation::config::{Config, LogFormat};
 
 /// Which process of a deployment is logging.
 #[derive(Debug, Clone, Copy)]
-pub enum Who {
+pub(crate) enum Who {
     /// A single process (`pgchat serve` with one worker): worker 0.
     Single,
     /// Worker `i` of `serve --workers N`.
@@ -51,22 +51,22 @@ impl Who {
 }
 
 /// True when log lines should be JSON: `log_format = "json"`, or `"auto"` in production.
-pub fn json_lines(config: &Config) -> bool {
-    match config.log_format.as_str() {
-        "json" => true,
-        "text" => false,
-        _ => config.is_production(),
+pub(crate) fn json_lines(config: &Config) -> bool {
+    match config.log_format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => config.is_production(),
     }
 }
 
 /// Colour when stderr is a terminal, unless `NO_COLOR` is set to anything but "".
-pub fn colour() -> bool {
+pub(crate) fn colour() -> bool {
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     std::io::stderr().is_terminal() && !no_color
 }
 
 /// Installs the global subscriber: `RUST_LOG` filters (default `info`).
-pub fn init(config: &Config, who: Who) {
+pub(crate) fn init(config: &Config, who: Who) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -19,45 +19,45 @@ use std::time::{Duration, Instant};
 
 pub struct Metrics {
     registry: Registry,
-    pub connections: Gauge,
-    pub connections_total: Counter,
-    pub messages_received: Counter,
-    pub messages_stored: Counter,
-    pub events_delivered: Counter,
-    pub replayed_events: Counter,
-    pub outbound_overflows: Counter,
-    pub rate_limited: Counter,
-    pub token_refreshes: Counter,
-    pub ephemeral_dropped: Counter,
-    pub history_from_cache: Counter,
-    pub requests: Counter,
-    pub request_errors: Counter,
-    pub refused_connections: Counter,
-    pub listener_up: Gauge,
+    pub(crate) connections: Gauge,
+    pub(crate) connections_total: Counter,
+    pub(crate) messages_received: Counter,
+    pub(crate) messages_stored: Counter,
+    pub(crate) events_delivered: Counter,
+    pub(crate) replayed_events: Counter,
+    pub(crate) outbound_overflows: Counter,
+    pub(crate) rate_limited: Counter,
+    pub(crate) token_refreshes: Counter,
+    pub(crate) ephemeral_dropped: Counter,
+    pub(crate) history_from_cache: Counter,
+    pub(crate) requests: Counter,
+    pub(crate) request_errors: Counter,
+    pub(crate) refused_connections: Counter,
+    pub(crate) listener_up: Gauge,
     pub listener_connects: Counter,
-    pub notifications: Counter,
+    pub(crate) notifications: Counter,
     pub listener_overflows: Counter,
     pub health_probes: Counter,
-    pub db_share: Gauge,
-    pub pool_size: Gauge,
-    pub pool_available: Gauge,
-    pub pool_waiting: Gauge,
-    pub send_commit_seconds: Histogram,
-    pub batch_size: Histogram,
-    pub listener_reconnects: Counter,
-    pub notification_lag_seconds: Histogram,
+    pub(crate) db_share: Gauge,
+    pub(crate) pool_size: Gauge,
+    pub(crate) pool_available: Gauge,
+    pub(crate) pool_waiting: Gauge,
+    pub(crate) send_commit_seconds: Histogram,
+    pub(crate) batch_size: Histogram,
+    pub(crate) listener_reconnects: Counter,
+    pub(crate) notification_lag_seconds: Histogram,
     /// `pg_notification_queue_usage()`, sampled by the cached health probe.
-    pub notification_queue_usage: Gauge<f64, AtomicU64>,
+    pub(crate) notification_queue_usage: Gauge<f64, AtomicU64>,
 }
 
 /// The database round trips, timed where they run (the batcher and the read queries of
 /// [`crate::read::store`]); the [`crate::db::Database`] handle carries them there.
 #[derive(Clone)]
-pub struct RoundTrips {
+pub(crate) struct RoundTrips {
     /// One write batch: its single statement (every command, the NOTIFY and the commit).
-    pub batch: Histogram,
+    pub(crate) batch: Histogram,
     /// One read query.
-    pub read: Histogram,
+    pub(crate) read: Histogram,
 }
 
 impl Default for RoundTrips {
@@ -72,7 +72,7 @@ impl Default for RoundTrips {
 
 /// Which text format a scraper gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     OpenMetrics,
     /// Prometheus text format 0.0.4.
     Classic,
@@ -81,7 +81,7 @@ pub enum Format {
 impl Format {
     /// OpenMetrics when `accept` lists `application/openmetrics-text` with a non-zero
     /// quality, else the classic format (also for a missing or unreadable header).
-    pub fn from_accept(accept: Option<&str>) -> Format {
+    pub(crate) fn from_accept(accept: Option<&str>) -> Format {
         let asks = accept.unwrap_or_default().split(',').any(|range| {
             let mut parts = range.split(';').map(str::trim);
             let media = parts.next().unwrap_or_default();
@@ -99,7 +99,7 @@ impl Format {
         }
     }
 
-    pub fn content_type(self) -> &'static str {
+    pub(crate) fn content_type(self) -> &'static str {
         match self {
             Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
             Format::Classic => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
@@ -108,7 +108,7 @@ impl Format {
 }
 
 impl Metrics {
-    pub fn new(round_trips: &RoundTrips) -> Metrics {
+    pub(crate) fn new(round_trips: &RoundTrips) -> Metrics {
         let mut registry = Registry::with_prefix("pgchat");
         macro_rules! reg {
             ($name:literal, $help:literal, $metric:expr) => {{
@@ -263,7 +263,7 @@ impl Metrics {
     }
 
     /// Every metric, in `format`.
-    pub fn render(&self, pool: &deadpool_postgres::Status, format: Format) -> String {
+    pub(crate) fn render(&self, pool: &deadpool_postgres::Status, format: Format) -> String {
         self.pool_size.set(pool.size as i64);
         self.pool_available.set(pool.available as i64);
         self.pool_waiting.set(pool.waiting as i64);
@@ -303,7 +303,7 @@ impl Metrics {
 
 /// CPU use between calls, over at least a second (a burst of /health requests reuses the
 /// last figure rather than measuring over microseconds).
-pub struct CpuMeter {
+pub(crate) struct CpuMeter {
     /// A std mutex: nothing awaits while it is held.
     last: Mutex<CpuSample>,
 }
@@ -329,7 +329,7 @@ impl Default for CpuMeter {
 
 impl CpuMeter {
     /// The share of the CPUs available to this process it used lately (0..1).
-    pub fn share(&self) -> f64 {
+    pub(crate) fn share(&self) -> f64 {
         let mut last = self.last.lock().expect("cpu meter");
         let elapsed = last.at.elapsed();
         if elapsed >= Duration::from_secs(1) {

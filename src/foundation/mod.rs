@@ -5,11 +5,11 @@
 
 pub mod auth;
 pub mod config;
-pub mod endpoint;
+pub(crate) mod endpoint;
 pub mod error;
-pub mod frames;
-pub mod logging;
-pub mod metrics;
+pub(crate) mod frames;
+pub(crate) mod logging;
+pub(crate) mod metrics;
 pub mod protocol;
-pub mod ratelimit;
-pub mod secrets;
+pub(crate) mod ratelimit;
+pub(crate) mod secrets;

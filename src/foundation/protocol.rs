@@ -10,14 +10,14 @@ use serde_json::Value;
 use crate::foundation::error::{ApiError, Code};
 
 /// The longest user id, client message id or conversation id accepted.
-pub const MAX_ID_CHARS: usize = 64;
+pub(crate) const MAX_ID_CHARS: usize = 64;
 /// The most events in one `history` page.
 pub const MAX_HISTORY_LIMIT: i64 = 100;
-pub const DEFAULT_HISTORY_LIMIT: i64 = 50;
+pub(crate) const DEFAULT_HISTORY_LIMIT: i64 = 50;
 /// The most members one `members` page lists (and its default).
 pub const MAX_MEMBERS_PAGE: i64 = 1_000;
 /// The longest group name.
-pub const MAX_NAME_CHARS: usize = 100;
+pub(crate) const MAX_NAME_CHARS: usize = 100;
 
 /// A user id: 1..64 chars of `A-Z a-z 0-9 _ . @ : -`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -45,6 +45,36 @@ impl UserId {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// A worker's id, unique across the cluster (host, process, and which of the process's
+/// applications): the sender named in notifications and presence rows, and `hello`'s
+/// `worker`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub(crate) struct WorkerId(String);
+
+impl WorkerId {
+    pub(crate) fn new(id: String) -> WorkerId {
+        WorkerId(id)
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for WorkerId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -125,7 +155,7 @@ checked_string!(
 
 /// A character that shows nothing by itself: whitespace, a control character, or one of
 /// the zero-width, direction and filler characters a blank-looking name could be made of.
-pub fn invisible(c: char) -> bool {
+pub(crate) fn invisible(c: char) -> bool {
     c.is_whitespace()
         || c.is_control()
         || matches!(c,
@@ -293,7 +323,7 @@ pub struct Limits {
 }
 
 /// RFC 3339 in UTC with millisecond precision, the one time format on the wire.
-pub fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+pub(crate) fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 

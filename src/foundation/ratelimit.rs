@@ -12,7 +12,7 @@ use crate::foundation::error::{ApiError, Code};
 use crate::foundation::metrics::Metrics;
 
 /// A token bucket: `rate` requests per second, saving up to `burst`.
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     tokens: f64,
     rate: f64,
     burst: f64,
@@ -20,7 +20,7 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
-    pub fn new(rate: u32, burst: u32) -> Self {
+    pub(crate) fn new(rate: u32, burst: u32) -> Self {
         TokenBucket {
             tokens: burst as f64,
             rate: rate as f64,
@@ -30,7 +30,7 @@ impl TokenBucket {
     }
 
     /// Takes a token, or says in how many milliseconds one will be there.
-    pub fn take(&mut self) -> Result<(), u64> {
+    pub(crate) fn take(&mut self) -> Result<(), u64> {
         let now = Instant::now();
         let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
         self.tokens = (self.tokens + refill).min(self.burst);
@@ -48,7 +48,7 @@ impl TokenBucket {
 /// `max_connections`, so a user with a live socket is evicted only after that many other
 /// users were active since its last request). A user evicted from the map starts again
 /// with a full bucket: the bound costs at most one burst per eviction, never memory.
-pub struct UserLimits {
+pub(crate) struct UserLimits {
     /// A std mutex: each critical section is one map lookup and a little arithmetic.
     buckets: Mutex<LruCache<String, TokenBucket>>,
     rate: u32,
@@ -56,7 +56,7 @@ pub struct UserLimits {
 }
 
 impl UserLimits {
-    pub fn new(capacity: usize, rate: u32, burst: u32) -> UserLimits {
+    pub(crate) fn new(capacity: usize, rate: u32, burst: u32) -> UserLimits {
         UserLimits {
             buckets: Mutex::new(LruCache::new(
                 NonZeroUsize::new(capacity.max(1)).expect("at least 1"),
@@ -66,7 +66,7 @@ impl UserLimits {
         }
     }
 
-    pub fn take(&self, user: &str) -> Result<(), u64> {
+    pub(crate) fn take(&self, user: &str) -> Result<(), u64> {
         let mut buckets = self.buckets.lock().expect("rate limit lock");
         if let Some(b) = buckets.get_mut(user) {
             return b.take();
@@ -78,7 +78,7 @@ impl UserLimits {
     }
 
     /// The `rate_limited` error, counted.
-    pub fn refusal(&self, metrics: &Metrics, retry_after_ms: u64) -> ApiError {
+    pub(crate) fn refusal(&self, metrics: &Metrics, retry_after_ms: u64) -> ApiError {
         metrics.rate_limited.inc();
         let mut e = ApiError::new(
             Code::RateLimited,

@@ -17,14 +17,14 @@ use rand::RngCore;
 use crate::foundation::config::Config;
 
 /// Bytes of randomness in a generated secret (written as twice as many hex characters).
-pub const GENERATED_BYTES: usize = 32;
+pub(crate) const GENERATED_BYTES: usize = 32;
 
 /// A secret file that cannot be used, with what to do about it.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {problem}")]
-pub struct SecretError {
-    pub path: String,
-    pub problem: String,
+pub(crate) struct SecretError {
+    pub(crate) path: String,
+    pub(crate) problem: String,
 }
 
 impl SecretError {
@@ -37,13 +37,13 @@ impl SecretError {
 }
 
 /// A secret and whether this call created it.
-pub struct Loaded {
-    pub value: String,
-    pub created: bool,
+pub(crate) struct Loaded {
+    pub(crate) value: String,
+    pub(crate) created: bool,
 }
 
 /// Reads the secret at `path`, or generates it (creating its directory) if there is none.
-pub fn load_or_create(path: &Path) -> Result<Loaded, SecretError> {
+pub(crate) fn load_or_create(path: &Path) -> Result<Loaded, SecretError> {
     match read(path) {
         Ok(value) => {
             return Ok(Loaded {
@@ -130,7 +130,7 @@ fn read(path: &Path) -> std::io::Result<String> {
 }
 
 /// Where the generated development JWT secret is kept.
-pub fn jwt_secret_path(config: &Config) -> PathBuf {
+pub(crate) fn jwt_secret_path(config: &Config) -> PathBuf {
     config.data_dir.join("jwt_secret")
 }
 
@@ -138,7 +138,7 @@ pub fn jwt_secret_path(config: &Config) -> PathBuf {
 /// refuses to start without it) the generated one in the data directory. The first
 /// process to generate it says so once on stderr, naming the file but not the secret,
 /// since logs travel further than a 0600 file.
-pub fn jwt_secret(config: &Config) -> Result<String, SecretError> {
+pub(crate) fn jwt_secret(config: &Config) -> Result<String, SecretError> {
     if let Some(secret) = &config.jwt_secret {
         return Ok(secret.expose().to_string());
     }

@@ -2,6 +2,6 @@
 //! periodic stats line ([`stats`]), systemd's notify protocol ([`systemd`]), and
 //! `pgchat health`, a container's health check ([`probe`]).
 
-pub mod probe;
-pub mod stats;
-pub mod systemd;
+pub(crate) mod probe;
+pub(crate) mod stats;
+pub(crate) mod systemd;

@@ -12,7 +12,7 @@ use crate::foundation::config::Config;
 /// How long the whole probe may take; Docker's own default timeout is 30 s.
 const TIMEOUT: Duration = Duration::from_secs(3);
 
-pub fn main(config: &Config, path: &str) -> ExitCode {
+pub(crate) fn main(config: &Config, path: &str) -> ExitCode {
     match probe(config, path) {
         Ok(200) => ExitCode::SUCCESS,
         Ok(status) => {

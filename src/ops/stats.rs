@@ -24,7 +24,7 @@ const CONNECTIONS_TRIGGER: f64 = 0.80;
 const DATABASE_TRIGGER: f64 = 0.80;
 
 /// Resident and virtual memory of this process in bytes, from /proc (Linux; 0 elsewhere).
-pub fn memory() -> (u64, u64) {
+pub(crate) fn memory() -> (u64, u64) {
     let page = 4096u64;
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let mut fields = statm
@@ -47,7 +47,7 @@ fn cgroup_memory_limit() -> Option<u64> {
 
 /// The memory one worker may use, in bytes: its share of `memory_limit_mb`, or of the
 /// container's limit.
-pub fn memory_limit(config: &Config) -> Option<u64> {
+pub(crate) fn memory_limit(config: &Config) -> Option<u64> {
     let total = match config.memory_limit_mb {
         0 => cgroup_memory_limit()?,
         mb => mb * 1024 * 1024,
@@ -69,7 +69,7 @@ fn percent(r: f64) -> f64 {
 
 /// The `utilisation` block of `/health` and the `scale_out` hint: the triggers that fired,
 /// or null.
-pub fn utilisation(app: &App) -> (Value, Value) {
+pub(crate) fn utilisation(app: &App) -> (Value, Value) {
     let cpu = app.cpu.share();
     let (rss, _) = memory();
     let memory_limit = memory_limit(&app.config);
@@ -123,7 +123,7 @@ pub fn utilisation(app: &App) -> (Value, Value) {
 /// Logs a stats line every `stats_interval_ms` (if not 0) until shutdown; with
 /// `to_supervisor`, also writes `{"connections":N}` on stdout for the supervisor's
 /// distribution line.
-pub fn spawn_reporter(app: App, to_supervisor: bool) {
+pub(crate) fn spawn_reporter(app: App, to_supervisor: bool) {
     let every = Duration::from_millis(app.config.stats_interval_ms);
     if every.is_zero() {
         return;

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::state::App;
 
 /// Sends `states` to `NOTIFY_SOCKET`, if set; a failure is logged, never fatal.
-pub fn notify(states: &[NotifyState]) {
+pub(crate) fn notify(states: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(states) {
         tracing::warn!(error = %e, "cannot notify the service manager (NOTIFY_SOCKET)");
     }
@@ -31,13 +31,13 @@ pub fn notify(states: &[NotifyState]) {
 
 /// The watchdog interval asked for by the service manager, if this process is the one
 /// it watches (`WATCHDOG_USEC`, and `WATCHDOG_PID` unset or ours).
-pub fn watchdog() -> Option<Duration> {
+pub(crate) fn watchdog() -> Option<Duration> {
     sd_notify::watchdog_enabled().filter(|d| !d.is_zero())
 }
 
 /// Pings the watchdog at half its interval for as long as the runtime runs: the pings
 /// prove that the runtime still schedules tasks.
-pub fn spawn_watchdog() {
+pub(crate) fn spawn_watchdog() {
     if let Some(interval) = watchdog() {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval / 2);
@@ -51,7 +51,7 @@ pub fn spawn_watchdog() {
 
 /// `READY=1` once the notification listener is up (the port already listens): from
 /// then on a connection gets a worker that can deliver messages from the others.
-pub fn announce_when_ready(app: App, addr: SocketAddr, stop: CancellationToken) {
+pub(crate) fn announce_when_ready(app: App, addr: SocketAddr, stop: CancellationToken) {
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return;
     }
@@ -68,12 +68,12 @@ pub fn announce_when_ready(app: App, addr: SocketAddr, stop: CancellationToken) 
 }
 
 /// `STOPPING=1`: draining has begun.
-pub fn stopping() {
+pub(crate) fn stopping() {
     notify(&[NotifyState::Stopping, NotifyState::Status("draining")]);
 }
 
 /// The supervisor's stand-in for systemd towards its workers (see the module's notes).
-pub struct Relay {
+pub(crate) struct Relay {
     dir: PathBuf,
     watchdog: Option<Duration>,
     stop: CancellationToken,
@@ -82,7 +82,7 @@ pub struct Relay {
 impl Relay {
     /// Binds one socket per worker when the supervisor itself has a `NOTIFY_SOCKET`;
     /// `None` otherwise (the workers are then told nothing either).
-    pub fn start(workers: usize) -> std::io::Result<Option<Relay>> {
+    pub(crate) fn start(workers: usize) -> std::io::Result<Option<Relay>> {
         if std::env::var_os("NOTIFY_SOCKET").is_none() {
             return Ok(None);
         }
@@ -132,7 +132,7 @@ impl Relay {
 
     /// Worker `index`'s environment: its own socket, and the watchdog interval with no
     /// `WATCHDOG_PID` (which names the supervisor, not the worker).
-    pub fn worker_env(&self, index: usize, cmd: &mut tokio::process::Command) {
+    pub(crate) fn worker_env(&self, index: usize, cmd: &mut tokio::process::Command) {
         cmd.env("NOTIFY_SOCKET", self.socket(index))
             .env_remove("WATCHDOG_PID");
         match self.watchdog {

@@ -19,23 +19,23 @@ use crate::read::store::Message;
 
 /// A conversation's state right after a commit, as the writer saw it.
 #[derive(Debug, Clone)]
-pub struct Snapshot {
-    pub id: String,
+pub(crate) struct Snapshot {
+    pub(crate) id: String,
     /// Sorted.
-    pub members: Vec<String>,
-    pub last_cseq: i64,
-    pub version: i64,
+    pub(crate) members: Vec<String>,
+    pub(crate) last_cseq: i64,
+    pub(crate) version: i64,
     /// The messages this commit added, in cseq order, ending at `last_cseq`.
-    pub new_messages: Vec<Message>,
+    pub(crate) new_messages: Vec<Message>,
 }
 
 /// One cached conversation.
 #[derive(Debug, Clone)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// Sorted, shared with readers without copying.
-    pub members: Arc<Vec<String>>,
-    pub last_cseq: i64,
-    pub version: i64,
+    pub(crate) members: Arc<Vec<String>>,
+    pub(crate) last_cseq: i64,
+    pub(crate) version: i64,
     /// The newest messages, contiguous in cseq and ending at `last_cseq` when non-empty.
     messages: VecDeque<Message>,
     /// What this entry is counted as in the cache's byte total.
@@ -63,14 +63,14 @@ impl Entry {
             + self.messages.iter().map(message_bytes).sum::<usize>()
     }
 
-    pub fn is_member(&self, user: &str) -> bool {
+    pub(crate) fn is_member(&self, user: &str) -> bool {
         self.members
             .binary_search_by(|m| m.as_str().cmp(user))
             .is_ok()
     }
 }
 
-pub struct ConversationCache {
+pub(crate) struct ConversationCache {
     /// A std mutex: every critical section is a map operation, never an await.
     entries: Mutex<Entries>,
     max_messages: usize,
@@ -112,7 +112,11 @@ impl Entries {
 }
 
 impl ConversationCache {
-    pub fn new(capacity: usize, max_messages: usize, max_bytes: usize) -> Arc<ConversationCache> {
+    pub(crate) fn new(
+        capacity: usize,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Arc<ConversationCache> {
         Arc::new(ConversationCache {
             entries: Mutex::new(Entries {
                 map: LruCache::new(NonZeroUsize::new(capacity.max(1)).expect("at least 1")),
@@ -124,7 +128,7 @@ impl ConversationCache {
     }
 
     /// Takes in a commit's view of one conversation.
-    pub fn apply(&self, s: Snapshot) {
+    pub(crate) fn apply(&self, s: Snapshot) {
         let mut guard = self.entries.lock().expect("cache lock");
         let id = s.id.clone();
         self.apply_locked(&mut guard, s);
@@ -187,14 +191,14 @@ impl ConversationCache {
     }
 
     /// The members of a cached conversation.
-    pub fn members(&self, id: &str) -> Option<Arc<Vec<String>>> {
+    pub(crate) fn members(&self, id: &str) -> Option<Arc<Vec<String>>> {
         let mut entries = self.entries.lock().expect("cache lock");
         entries.get(id).map(|e| e.members.clone())
     }
 
     /// The newest `limit` messages (oldest first), with `has_more` and the total, if the
     /// cache holds enough of them; `None` when it cannot answer (go to the database).
-    pub fn first_page(&self, id: &str, user: &str, limit: usize) -> Option<Page> {
+    pub(crate) fn first_page(&self, id: &str, user: &str, limit: usize) -> Option<Page> {
         let mut entries = self.entries.lock().expect("cache lock");
         let e = entries.get(id)?;
         if !e.is_member(user) {
@@ -214,7 +218,7 @@ impl ConversationCache {
     }
 
     /// Another worker committed `version` of a conversation: forget an older copy.
-    pub fn invalidate_older(&self, id: &str, version: i64) {
+    pub(crate) fn invalidate_older(&self, id: &str, version: i64) {
         let mut entries = self.entries.lock().expect("cache lock");
         if entries.map.peek(id).is_some_and(|e| e.version < version) {
             entries.pop(id);
@@ -222,23 +226,19 @@ impl ConversationCache {
     }
 
     /// Forgets everything (after missing notifications, nothing cached can be trusted).
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         let mut entries = self.entries.lock().expect("cache lock");
         entries.map.clear();
         entries.bytes = 0;
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.lock().expect("cache lock").map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
 /// What [`ConversationCache::first_page`] found.
-pub enum Page {
+pub(crate) enum Page {
     NotAMember,
     Messages {
         messages: Vec<Message>,
@@ -319,7 +319,7 @@ mod tests {
         // A conversation alone over the bound is not kept at all.
         let small = ConversationCache::new(10, 10, one / 2);
         small.apply(snap(1, 1..=4, &["a", "b"]));
-        assert!(small.is_empty());
+        assert_eq!(small.len(), 0);
         assert_eq!(small.entries.lock().unwrap().bytes, 0);
         // Growth is counted: more messages in the same entry push others out.
         let cache = ConversationCache::new(10, 100, one * 2 + one / 2);

@@ -2,5 +2,5 @@
 //! conversations ([`store`]), and the in-memory cache of the conversations in use
 //! ([`cache`]), which the writer fills after commit.
 
-pub mod cache;
-pub mod store;
+pub(crate) mod cache;
+pub(crate) mod store;

@@ -20,21 +20,21 @@ use crate::foundation::protocol::{rfc3339, ConversationId, UserId};
 
 /// A stored message, as sent on the wire inside `message` events and replies.
 #[derive(Debug, Clone)]
-pub struct Message {
-    pub id: i64,
-    pub conversation: String,
-    pub cseq: i64,
-    pub sender: String,
-    pub sender_name: Option<String>,
-    pub body: String,
-    pub client_msg_id: String,
-    pub created_at: DateTime<Utc>,
+pub(crate) struct Message {
+    pub(crate) id: i64,
+    pub(crate) conversation: String,
+    pub(crate) cseq: i64,
+    pub(crate) sender: String,
+    pub(crate) sender_name: Option<String>,
+    pub(crate) body: String,
+    pub(crate) client_msg_id: String,
+    pub(crate) created_at: DateTime<Utc>,
 }
 
 impl Message {
     /// Reads the columns `id, conversation_id, cseq, sender_id, sender_name, body,
     /// client_msg_id, created_at` starting at `at`.
-    pub fn from_row(row: &Row, at: usize) -> Message {
+    pub(crate) fn from_row(row: &Row, at: usize) -> Message {
         Message {
             id: row.get(at),
             conversation: row.get(at + 1),
@@ -48,7 +48,7 @@ impl Message {
     }
 
     /// The message as the wire shows it.
-    pub fn frame(&self) -> MessageFrame<'_> {
+    pub(crate) fn frame(&self) -> MessageFrame<'_> {
         MessageFrame {
             id: self.id,
             conversation: &self.conversation,
@@ -63,12 +63,12 @@ impl Message {
         }
     }
 
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         serde_json::to_value(self.frame()).expect("a message encodes")
     }
 
     /// The fields of this message's event (and of `send`'s reply), encoded once.
-    pub fn event_fields(&self) -> EventFields {
+    pub(crate) fn event_fields(&self) -> EventFields {
         EventFields::encode(&MessageFields {
             message: self.frame(),
         })
@@ -77,7 +77,7 @@ impl Message {
 
 /// The kinds of durable events, as stored in `event_queue.kind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
+pub(crate) enum EventKind {
     Message,
     Conversation,
     Removed,
@@ -85,7 +85,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             EventKind::Message => "message",
             EventKind::Conversation => "conversation",
@@ -94,7 +94,7 @@ impl EventKind {
         }
     }
 
-    pub fn parse(s: &str) -> Option<EventKind> {
+    pub(crate) fn parse(s: &str) -> Option<EventKind> {
         [
             EventKind::Message,
             EventKind::Conversation,
@@ -108,7 +108,11 @@ impl EventKind {
 
 /// Records the user (and their current display name); returns their stream head.
 /// Reads first so that an unchanged user costs no write.
-pub async fn touch_user(db: &Database, user: &UserId, name: Option<&str>) -> Result<i64, DbError> {
+pub(crate) async fn touch_user(
+    db: &Database,
+    user: &UserId,
+    name: Option<&str>,
+) -> Result<i64, DbError> {
     let client = db.client().await?;
     let stmt = client.prepare_cached(queries::USER).await?;
     if let Some(row) = client.query_opt(&stmt, &[&user.as_str()]).await? {
@@ -154,7 +158,7 @@ fn event_from_row(row: &Row) -> (String, i64, String) {
 
 /// The durable events of `user` with `seq > after`, oldest first, at most `limit`, as
 /// ready-to-send frames.
-pub async fn events_after(
+pub(crate) async fn events_after(
     db: &Database,
     user: &UserId,
     after: i64,
@@ -178,7 +182,7 @@ pub async fn events_after(
 /// worker fetches what another worker's notification announced. One range scan of the
 /// primary key per user (a lateral subquery behind `OFFSET 0`: a plain join against the
 /// array was once planned as a hash join over the whole table).
-pub async fn events_in(
+pub(crate) async fn events_in(
     db: &Database,
     ranges: &[(String, i64, i64)],
 ) -> Result<Vec<(String, i64, String, DateTime<Utc>)>, DbError> {
@@ -200,7 +204,7 @@ pub async fn events_in(
 }
 
 /// The stream heads of `users` (one primary-key probe each).
-pub async fn heads(db: &Database, users: &[String]) -> Result<Vec<(String, i64)>, DbError> {
+pub(crate) async fn heads(db: &Database, users: &[String]) -> Result<Vec<(String, i64)>, DbError> {
     let client = db.client().await?;
     let stmt = client.prepare_cached(queries::HEADS).await?;
     Ok(db
@@ -212,7 +216,7 @@ pub async fn heads(db: &Database, users: &[String]) -> Result<Vec<(String, i64)>
 }
 
 /// Where a resume may start: the user's head and the last pruned seq.
-pub async fn stream_bounds(db: &Database, user: &UserId) -> Result<(i64, i64), DbError> {
+pub(crate) async fn stream_bounds(db: &Database, user: &UserId) -> Result<(i64, i64), DbError> {
     let client = db.client().await?;
     let stmt = client.prepare_cached(queries::STREAM_BOUNDS).await?;
     Ok(db
@@ -223,7 +227,7 @@ pub async fn stream_bounds(db: &Database, user: &UserId) -> Result<(i64, i64), D
 }
 
 /// Which of `users` share a conversation with `user` (and `user` itself, if named).
-pub async fn sharing_a_conversation(
+pub(crate) async fn sharing_a_conversation(
     db: &Database,
     user: &UserId,
     users: &[UserId],
@@ -240,10 +244,10 @@ pub async fn sharing_a_conversation(
 }
 
 /// One page of a conversation's history.
-pub struct HistoryPage {
-    pub messages: Vec<Message>,
-    pub has_more: bool,
-    pub total: i64,
+pub(crate) struct HistoryPage {
+    pub(crate) messages: Vec<Message>,
+    pub(crate) has_more: bool,
+    pub(crate) total: i64,
 }
 
 /// A page of messages older than `before_cseq`, oldest first, for a member.
@@ -252,7 +256,7 @@ pub struct HistoryPage {
 /// connection: one round trip. The total is the conversation's `last_cseq`, which equals
 /// its message count because cseq is gap-free and messages are never deleted, so no
 /// COUNT(*) scan is needed; usernames are resolved once per sender of the page.
-pub async fn history(
+pub(crate) async fn history(
     db: &Database,
     user: &UserId,
     conversation: &ConversationId,
@@ -300,7 +304,7 @@ pub async fn history(
 }
 
 /// The members of a conversation (sorted), or `None` if it does not exist.
-pub async fn members(
+pub(crate) async fn members(
     db: &Database,
     conversation: &ConversationId,
 ) -> Result<Option<Vec<String>>, DbError> {
@@ -312,11 +316,11 @@ pub async fn members(
         .map(|r| r.get(0)))
 }
 
-pub fn no_such_conversation(c: &ConversationId) -> ApiError {
+pub(crate) fn no_such_conversation(c: &ConversationId) -> ApiError {
     ApiError::not_found(format!("conversation {:?} does not exist", c.as_str()))
 }
 
-pub fn not_a_member(c: &ConversationId) -> ApiError {
+pub(crate) fn not_a_member(c: &ConversationId) -> ApiError {
     ApiError::forbidden(format!(
         "you are not a member of conversation {:?}",
         c.as_str()
@@ -333,7 +337,7 @@ pub fn not_a_member(c: &ConversationId) -> ApiError {
 /// Each lists at most `members_listed` members (the first by id) beside `member_count`, so
 /// a user in a few large groups does not get a reply of megabytes; `members` of one
 /// conversation reads the whole list.
-pub async fn conversations(
+pub(crate) async fn conversations(
     db: &Database,
     user: &UserId,
     members_listed: i32,
@@ -368,7 +372,7 @@ pub async fn conversations(
 /// Deletes up to `batch` events older than `retention`, oldest first, recording how far
 /// each stream was pruned (so that a resume from before it gets `resync_required`).
 /// Returns how many it deleted, or `None` when another process is pruning right now.
-pub async fn prune_events(
+pub(crate) async fn prune_events(
     db: &Database,
     retention: std::time::Duration,
     batch: i32,

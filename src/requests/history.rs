@@ -2,10 +2,11 @@
 //! newest first; the first page from the conversation cache when it holds enough.
 
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::fields;
 use crate::foundation::error::ApiError;
+use crate::foundation::frames::{self, results};
 use crate::foundation::protocol::{
     ConversationId, Request, UserId, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT,
 };
@@ -70,9 +71,9 @@ pub(super) async fn apply(
         }
         None => store::history(&app.db, user, conversation, before_cseq, limit).await?,
     };
-    Ok(json!({
-        "messages": page.messages.iter().map(store::Message::to_json).collect::<Vec<_>>(),
-        "has_more": page.has_more,
-        "total": page.total,
+    Ok(frames::result(&results::History {
+        messages: page.messages.iter().map(store::Message::to_json).collect(),
+        has_more: page.has_more,
+        total: page.total,
     }))
 }

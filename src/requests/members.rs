@@ -2,10 +2,11 @@
 //! for a member of it.
 
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::{fields, members_for};
 use crate::foundation::error::ApiError;
+use crate::foundation::frames::{self, results};
 use crate::foundation::protocol::{ConversationId, Request, UserId, MAX_MEMBERS_PAGE};
 use crate::state::App;
 
@@ -45,9 +46,9 @@ pub(super) async fn apply(
     };
     let page: Vec<&String> = members.iter().skip(start).take(limit as usize).collect();
     let has_more = start + page.len() < members.len();
-    Ok(json!({
-        "members": page,
-        "member_count": members.len(),
-        "has_more": has_more,
+    Ok(frames::result(&results::Members {
+        members: page,
+        member_count: members.len(),
+        has_more,
     }))
 }

@@ -19,7 +19,7 @@ mod presence_subscribe;
 mod read;
 mod resume;
 mod send;
-pub mod typing;
+pub(crate) mod typing;
 
 use std::sync::Arc;
 
@@ -117,7 +117,7 @@ impl Request {
 
     /// The body of a request of type `kind`, by the kind's own file. The HTTP API calls
     /// this with the fields it gathered from the path, the query and the body.
-    pub fn parse_body(
+    pub(crate) fn parse_body(
         kind: &str,
         map: Map<String, Value>,
         limits: Limits,
@@ -188,7 +188,7 @@ fn user_list(
 }
 
 /// Runs one request for `user`; the result becomes the fields of the `ok` reply.
-pub async fn handle(app: &App, user: &UserId, request: Request) -> Result<Value, ApiError> {
+pub(crate) async fn handle(app: &App, user: &UserId, request: Request) -> Result<Value, ApiError> {
     let command = match request {
         Request::Send {
             target,

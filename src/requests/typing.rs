@@ -25,7 +25,7 @@ pub(super) fn parse(map: Map<String, Value>) -> Result<Request, ApiError> {
 }
 
 /// Checks that `user` may send typing notices to `conversation`.
-pub async fn allowed(
+pub(crate) async fn allowed(
     app: &App,
     user: &UserId,
     conversation: &ConversationId,
@@ -35,7 +35,7 @@ pub async fn allowed(
 
 /// Tells the other members' live sessions (on every worker) that `user` is typing (or
 /// stopped).
-pub async fn apply(
+pub(crate) async fn apply(
     app: &App,
     user: &UserId,
     conversation: &ConversationId,

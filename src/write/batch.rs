@@ -21,34 +21,34 @@ use crate::db::queries::APPLY_BATCH;
 use crate::db::Database;
 use crate::foundation::error::{ApiError, Code, DbError};
 use crate::foundation::frames::EventFields;
-use crate::foundation::protocol::Target;
+use crate::foundation::protocol::{Target, UserId};
 use crate::read::cache::Snapshot;
 use crate::read::store::{EventKind, Message};
 
 /// An event to hand to the hub after commit: the frame is `{"type":kind,"seq":seq,` +
 /// `fields` + `}`, and `fields` is shared by every recipient of the same event.
-pub struct Published {
-    pub user: String,
-    pub seq: i64,
-    pub kind: EventKind,
-    pub fields: Arc<str>,
+pub(crate) struct Published {
+    pub(crate) user: String,
+    pub(crate) seq: i64,
+    pub(crate) kind: EventKind,
+    pub(crate) fields: Arc<str>,
 }
 
 /// What a committed batch hands back.
-pub struct Committed {
-    pub outcomes: Vec<Result<Outcome, ApiError>>,
-    pub events: Vec<Published>,
-    pub conversations: Vec<Snapshot>,
+pub(crate) struct Committed {
+    pub(crate) outcomes: Vec<Result<Outcome, ApiError>>,
+    pub(crate) events: Vec<Published>,
+    pub(crate) conversations: Vec<Snapshot>,
     /// Messages this batch stored (a retried send returns an older one instead).
-    pub stored: usize,
+    pub(crate) stored: usize,
     /// The batch may have committed without this worker hearing of it.
-    pub outcome_unknown: bool,
+    pub(crate) outcome_unknown: bool,
 }
 
 impl Committed {
     /// `commands` that all failed with `failure`: nothing committed, or (the connection
     /// lost once the statement was sent) nobody knows.
-    pub fn failed(commands: &[&Command], failure: Failed) -> Committed {
+    pub(crate) fn failed(commands: &[&Command], failure: Failed) -> Committed {
         let unknown = failure.sent && failure.error.is_unavailable();
         let error = ApiError::from(failure.error);
         Committed {
@@ -71,11 +71,11 @@ impl Committed {
 }
 
 /// A batch that did not commit, as far as this worker knows.
-pub struct Failed {
-    pub error: DbError,
+pub(crate) struct Failed {
+    pub(crate) error: DbError,
     /// The statement had been sent: if the connection broke, the batch may have committed
     /// (PostgreSQL commits before it answers) and only the answer was lost.
-    pub sent: bool,
+    pub(crate) sent: bool,
 }
 
 impl Failed {
@@ -89,7 +89,7 @@ impl Failed {
 
 /// `unavailable` for a command whose commit may or may not have happened, saying whether
 /// a retry is safe: it is where the command is idempotent.
-pub fn outcome_unknown(command: &Command) -> ApiError {
+pub(crate) fn outcome_unknown(command: &Command) -> ApiError {
     let lost = "the connection to the database broke before the commit was confirmed";
     let advice = match command {
         Command::Send { .. } => "the message may or may not be stored; retrying with the same client_msg_id is safe: it is stored once at most".to_string(),
@@ -119,80 +119,15 @@ impl<'a> Args<'a> {
     fn new(commands: &[&'a Command]) -> Args<'a> {
         let mut a = Args::default();
         for (i, c) in commands.iter().enumerate() {
-            let (mut conv, mut to, mut text, mut key, mut num) = (None, None, None, None, None);
-            let mut list: &[crate::foundation::protocol::UserId] = &[];
-            let actor = match c {
-                Command::Send {
-                    sender,
-                    target,
-                    body,
-                    client_msg_id,
-                } => {
-                    match target {
-                        Target::Conversation(id) => conv = Some(id.as_str()),
-                        Target::User(u) => to = Some(u.as_str()),
-                    }
-                    text = Some(body.as_str());
-                    key = Some(client_msg_id.as_str());
-                    sender
-                }
-                Command::GroupCreate {
-                    creator,
-                    name,
-                    members,
-                    client_op_id,
-                } => {
-                    text = Some(name.as_str());
-                    key = client_op_id.as_ref().map(|k| k.as_str());
-                    list = members;
-                    creator
-                }
-                Command::GroupAdd {
-                    actor,
-                    conversation,
-                    users,
-                    admin,
-                } => {
-                    conv = Some(conversation.as_str());
-                    // apply_batch's flag for "make them admins too".
-                    num = admin.then_some(1);
-                    list = users;
-                    actor
-                }
-                Command::GroupRemove {
-                    actor,
-                    conversation,
-                    users,
-                } => {
-                    conv = Some(conversation.as_str());
-                    list = users;
-                    actor
-                }
-                Command::GroupLeave {
-                    actor,
-                    conversation,
-                } => {
-                    conv = Some(conversation.as_str());
-                    actor
-                }
-                Command::Read {
-                    user,
-                    conversation,
-                    cseq,
-                } => {
-                    conv = Some(conversation.as_str());
-                    num = Some(*cseq);
-                    user
-                }
-            };
+            let row = Elements::of(c);
             a.kind.push(c.kind());
-            a.actor.push(actor.as_str());
-            a.conv.push(conv);
-            a.to.push(to);
-            a.text.push(text);
-            a.key.push(key);
-            a.num.push(num);
-            for u in list {
+            a.actor.push(row.actor);
+            a.conv.push(row.conv);
+            a.to.push(row.to);
+            a.text.push(row.text);
+            a.key.push(row.key);
+            a.num.push(row.num);
+            for u in row.list {
                 a.list_cmd.push(i as i32 + 1);
                 a.list_user.push(u.as_str());
             }
@@ -201,9 +136,102 @@ impl<'a> Args<'a> {
     }
 }
 
+/// One command's elements of [`Args`]: what each column means depends on the kind.
+struct Elements<'a> {
+    actor: &'a str,
+    conv: Option<&'a str>,
+    to: Option<&'a str>,
+    text: Option<&'a str>,
+    key: Option<&'a str>,
+    num: Option<i64>,
+    list: &'a [UserId],
+}
+
+impl<'a> Elements<'a> {
+    fn of(c: &'a Command) -> Elements<'a> {
+        let row = |actor: &'a UserId| Elements {
+            actor: actor.as_str(),
+            conv: None,
+            to: None,
+            text: None,
+            key: None,
+            num: None,
+            list: &[],
+        };
+        match c {
+            Command::Send {
+                sender,
+                target,
+                body,
+                client_msg_id,
+            } => {
+                let (conv, to) = match target {
+                    Target::Conversation(id) => (Some(id.as_str()), None),
+                    Target::User(u) => (None, Some(u.as_str())),
+                };
+                Elements {
+                    conv,
+                    to,
+                    text: Some(body.as_str()),
+                    key: Some(client_msg_id.as_str()),
+                    ..row(sender)
+                }
+            }
+            Command::GroupCreate {
+                creator,
+                name,
+                members,
+                client_op_id,
+            } => Elements {
+                text: Some(name.as_str()),
+                key: client_op_id.as_ref().map(|k| k.as_str()),
+                list: members,
+                ..row(creator)
+            },
+            Command::GroupAdd {
+                actor,
+                conversation,
+                users,
+                admin,
+            } => Elements {
+                conv: Some(conversation.as_str()),
+                // apply_batch's flag for "make them admins too".
+                num: admin.then_some(1),
+                list: users,
+                ..row(actor)
+            },
+            Command::GroupRemove {
+                actor,
+                conversation,
+                users,
+            } => Elements {
+                conv: Some(conversation.as_str()),
+                list: users,
+                ..row(actor)
+            },
+            Command::GroupLeave {
+                actor,
+                conversation,
+            } => Elements {
+                conv: Some(conversation.as_str()),
+                ..row(actor)
+            },
+            Command::Read {
+                user,
+                conversation,
+                cseq,
+            } => Elements {
+                conv: Some(conversation.as_str()),
+                num: Some(*cseq),
+                ..row(user)
+            },
+        }
+    }
+}
+
 /// Commits `commands` in one statement. Refusals (not a member, no such conversation, a
 /// full group) are outcomes, not errors: they do not abort the others.
-pub async fn commit(
+pub(crate) async fn commit(
     db: &Database,
     commands: &[&Command],
     max_group_members: usize,

@@ -13,7 +13,7 @@
 //! rows it will bump, in one global order (see [`batch`]), bumps them in memory, inserts
 //! and writes them back. A later seq for a user can only commit after the earlier one.
 
-pub mod batch;
+pub(crate) mod batch;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -30,7 +30,7 @@ use crate::cluster::hub::Hub;
 use crate::db::Database;
 use crate::foundation::config::Config;
 use crate::foundation::error::{ApiError, Code};
-use crate::foundation::frames::event_frame;
+use crate::foundation::frames::{self, event_frame, results};
 use crate::foundation::metrics::Metrics;
 use crate::foundation::protocol::{
     Body, ClientMsgId, ClientOpId, ConversationId, GroupName, Target, UserId,
@@ -40,7 +40,7 @@ use crate::read::store::Message;
 
 /// One write, as validated at the edge. Every variant names the user acting.
 #[derive(Debug, Clone)]
-pub enum Command {
+pub(crate) enum Command {
     Send {
         sender: UserId,
         target: Target,
@@ -77,7 +77,7 @@ pub enum Command {
 
 impl Command {
     /// The command's name in `pgchat.apply_batch`'s `c_kind`, as on the wire.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Command::Send { .. } => "send",
             Command::GroupCreate { .. } => "group_create",
@@ -91,7 +91,7 @@ impl Command {
 
 /// What a committed command returns to its caller.
 #[derive(Debug, Clone)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Message(Message),
     Conversation(Value),
     Done,
@@ -99,20 +99,22 @@ pub enum Outcome {
 
 impl Outcome {
     /// The fields of the `ok` reply.
-    pub fn into_reply(self) -> Value {
+    pub(crate) fn into_reply(self) -> Value {
         match self {
-            Outcome::Message(m) => json!({ "message": m.to_json() }),
-            Outcome::Conversation(c) => json!({ "conversation": c }),
+            Outcome::Message(m) => frames::result(&results::Sent {
+                message: m.to_json(),
+            }),
+            Outcome::Conversation(c) => frames::result(&results::Conversation { conversation: c }),
             Outcome::Done => json!({}),
         }
     }
 }
 
 /// Where committed work goes: the hub (delivery), the cache, the metrics.
-pub struct Outputs {
-    pub hub: Arc<Hub>,
-    pub cache: Arc<ConversationCache>,
-    pub metrics: Arc<Metrics>,
+pub(crate) struct Outputs {
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) cache: Arc<ConversationCache>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 struct Job {
@@ -131,7 +133,7 @@ pub struct Writer {
 impl Writer {
     /// Starts `config.writers` batching tasks on `tracker`. When `stop` is cancelled they
     /// refuse new commands, commit what is queued, and end.
-    pub fn spawn(
+    pub(crate) fn spawn(
         db: Database,
         outputs: Outputs,
         config: &Config,
@@ -191,7 +193,7 @@ impl Writer {
     }
 
     /// Commits one command; returns its outcome once committed. A failure stores nothing.
-    pub async fn run(&self, command: Command) -> Result<Outcome, ApiError> {
+    pub(crate) async fn run(&self, command: Command) -> Result<Outcome, ApiError> {
         let (reply, rx) = oneshot::channel();
         let job = Job {
             command,

@@ -352,7 +352,7 @@ pub fn test_config(db: &TestDb) -> Config {
     Config {
         host: "127.0.0.1".into(),
         port: 0,
-        node_env: "test".into(),
+        node_env: pgchat::foundation::config::NodeEnv::Test,
         database_url: Some(db.url.clone()),
         jwt_secret: Some(SECRET.into()),
         // Tests that let tokens expire do not wait out a clock leeway.

@@ -24,12 +24,12 @@ use crate::state::App;
 
 /// How long a development token lives (shorter if `jwt_max_lifetime_secs` says so). The
 /// demo asks for a new one before it expires, through the client's `getToken`.
-pub const DEV_TOKEN_TTL: Duration = Duration::from_secs(3600);
+pub(crate) const DEV_TOKEN_TTL: Duration = Duration::from_secs(3600);
 
 /// The demo page's Content-Security-Policy: scripts and styles only from this origin (no
 /// inline script, no `eval`), sockets to this server, nothing framed or framing it. Every
 /// message is rendered as text, and this is the second line of defence if one were not.
-pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+pub(crate) const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
     img-src 'self' data:; connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; \
     frame-ancestors 'none'";
 
@@ -82,7 +82,7 @@ asset!(
 );
 
 /// The demo's routes, merged into the router outside production only.
-pub fn router() -> Router<App> {
+pub(crate) fn router() -> Router<App> {
     Router::new()
         .route("/", get(|h: HeaderMap| async move { serve(&INDEX, &h) }))
         .route(

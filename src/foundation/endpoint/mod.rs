@@ -2,7 +2,7 @@
 //! the driver's settings. Parsed here, below the configuration, so that the configuration
 //! can check its URLs at load; connecting and explaining failures is [`crate::db`]'s.
 
-pub mod tls;
+pub(crate) mod tls;
 
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::Socket;
@@ -10,14 +10,14 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// A URL pgchat cannot use, and why.
 #[derive(Debug)]
-pub struct SettingError {
+pub(crate) struct SettingError {
     /// The setting the URL came from.
-    pub setting: &'static str,
-    pub problem: String,
+    pub(crate) setting: &'static str,
+    pub(crate) problem: String,
 }
 
 /// A connection to PostgreSQL, as the driver hands it out: TLS or not, one type.
-pub type Connection =
+pub(crate) type Connection =
     tokio_postgres::Connection<Socket, <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream>;
 
 /// One place pgchat connects to: the driver's settings, the TLS to use, and where the
@@ -25,23 +25,23 @@ pub type Connection =
 #[derive(Clone)]
 pub struct Endpoint {
     pub pg: tokio_postgres::Config,
-    pub tls: tls::Tls,
+    pub(crate) tls: tls::Tls,
     /// The URL with its password replaced.
-    pub shown: String,
+    pub(crate) shown: String,
     /// The setting the URL came from (`DATABASE_URL`, `DATABASE_LISTEN_URL`).
-    pub setting: &'static str,
+    pub(crate) setting: &'static str,
 }
 
 impl Endpoint {
     /// Whether `url` can be used for `setting`: the problem, in words, if not.
-    pub fn check(setting: &'static str, url: &str, production: bool) -> Result<(), String> {
+    pub(crate) fn check(setting: &'static str, url: &str, production: bool) -> Result<(), String> {
         Self::from_setting(setting, url, production)
             .map(drop)
             .map_err(|e| e.problem)
     }
 
     /// `url` made into the driver's settings, or what is wrong with it.
-    pub fn from_setting(
+    pub(crate) fn from_setting(
         setting: &'static str,
         url: &str,
         production: bool,
@@ -62,7 +62,7 @@ impl Endpoint {
     }
 
     /// Opens a connection; the caller drives it.
-    pub async fn connect(
+    pub(crate) async fn connect(
         &self,
     ) -> Result<(tokio_postgres::Client, Connection), tokio_postgres::Error> {
         self.pg.connect(self.tls.connector.clone()).await
@@ -70,7 +70,7 @@ impl Endpoint {
 }
 
 /// The URL or connection string with its password replaced, for logs and messages.
-pub fn redact_url_password(url: &str) -> String {
+pub(crate) fn redact_url_password(url: &str) -> String {
     // postgres://user:password@host/db -> postgres://user:<redacted>@host/db
     if let Some((scheme, rest)) = url.split_once("://") {
         if let Some((userinfo, host)) = rest.rsplit_once('@') {
@@ -98,7 +98,7 @@ pub fn redact_url_password(url: &str) -> String {
 /// A driver error in full: PostgreSQL's message with its SQLSTATE, detail and hint, or
 /// the driver's words followed by their causes (tokio-postgres prints only "db error" or
 /// "error connecting to server" and keeps the rest in its sources).
-pub fn describe(e: &tokio_postgres::Error) -> String {
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     use std::error::Error as _;
     if let Some(db) = e.as_db_error() {
         let mut text = format!(

@@ -36,7 +36,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// How a connection uses TLS (libpq's `sslmode`, `allow` read as `prefer`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SslMode {
+pub(crate) enum SslMode {
     Disable,
     Prefer,
     Require,
@@ -57,7 +57,7 @@ impl SslMode {
         })
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SslMode::Disable => "disable",
             SslMode::Prefer => "prefer",
@@ -74,14 +74,14 @@ impl SslMode {
 
 /// Where the trusted CA certificates come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RootCert {
+pub(crate) enum RootCert {
     System,
     File(PathBuf),
 }
 
 /// A connection setting pgchat cannot use; the message names the setting and the fix.
 #[derive(Debug, thiserror::Error)]
-pub enum TlsError {
+pub(crate) enum TlsError {
     #[error(
         "unknown sslmode {0:?}: use disable, allow, prefer, require, verify-ca or verify-full"
     )]
@@ -96,15 +96,15 @@ pub enum TlsError {
 
 /// The TLS settings taken out of a URL.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TlsParams {
+pub(crate) struct TlsParams {
     /// `sslmode`, when the URL gives one.
-    pub mode: Option<SslMode>,
-    pub root_cert: Option<RootCert>,
+    pub(crate) mode: Option<SslMode>,
+    pub(crate) root_cert: Option<RootCert>,
 }
 
 /// Splits `url` into what tokio-postgres should parse and the TLS settings pgchat handles.
 /// Accepts both forms the driver does: `postgres://…?sslmode=…` and `key=value …`.
-pub fn split(url: &str) -> Result<(String, TlsParams), TlsError> {
+pub(crate) fn split(url: &str) -> Result<(String, TlsParams), TlsError> {
     let (rest, taken) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         split_uri(url)
     } else {
@@ -224,16 +224,16 @@ fn split_key_value(s: &str) -> (String, Vec<(String, String)>) {
 
 /// The TLS of one endpoint: its mode, and the connector tokio-postgres uses.
 #[derive(Clone)]
-pub struct Tls {
-    pub mode: SslMode,
+pub(crate) struct Tls {
+    pub(crate) mode: SslMode,
     /// Where the trusted CAs come from, as messages name it.
-    pub roots: String,
-    pub connector: MakeRustlsConnect,
+    pub(crate) roots: String,
+    pub(crate) connector: MakeRustlsConnect,
 }
 
 /// Settles the mode (`params`, else the default for `pg`'s hosts), sets it on `pg`, and
 /// builds the connector, reading the trusted CAs when the mode verifies.
-pub fn configure(
+pub(crate) fn configure(
     pg: &mut tokio_postgres::Config,
     params: &TlsParams,
     production: bool,
@@ -443,7 +443,7 @@ impl ServerCertVerifier for AnyCertificate {
 }
 
 /// What to do about a failed TLS handshake, when the error says enough to tell.
-pub fn hint(error: &tokio_postgres::Error, tls: &Tls, host: &str) -> Option<String> {
+pub(crate) fn hint(error: &tokio_postgres::Error, tls: &Tls, host: &str) -> Option<String> {
     use std::error::Error as _;
     let cause = error.source()?;
     if cause.to_string().contains("server does not support TLS") {
