@@ -9,7 +9,7 @@
 //! whole table once the planner expects enough keys). tests/plans.rs runs each of them on
 //! a database of a million events and fails on any sequential scan.
 
-/// The write path: a batch of commands in one statement (see `src/writer/batch.rs`).
+/// The write path: a batch of commands in one statement (see `src/write/batch.rs`).
 pub const APPLY_BATCH: &str = "SELECT * FROM pgchat.apply_batch(
     $1::text, $2::int4, $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
     $8::text[], $9::int8[], $10::int4[], $11::text[])";

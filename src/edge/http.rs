@@ -293,15 +293,10 @@ struct SendBody {
     client_msg_id: serde_json::Value,
 }
 
-async fn api_send(
-    State(app): State<App>,
-    headers: HeaderMap,
-    id: Result<Path<String>, PathRejection>,
-    body: Result<Json<SendBody>, JsonRejection>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let ident = api_identity(&app, &headers).await?;
-    let Path(id) = id.map_err(|e| refused("conversation id", e.body_text()))?;
-    let Json(body) = body.map_err(|e| {
+/// A JSON body, or the documented refusal: 413 `too_large` past `max_frame_bytes` (the
+/// body limit), else 400 `bad_request` with the extractor's reason.
+pub(crate) fn json_body<T>(app: &App, body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(b)| b).map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 Code::TooLarge,
@@ -313,7 +308,18 @@ async fn api_send(
         } else {
             ApiError::bad_request(e.body_text())
         }
-    })?;
+    })
+}
+
+async fn api_send(
+    State(app): State<App>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Json<SendBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let ident = api_identity(&app, &headers).await?;
+    let Path(id) = id.map_err(|e| refused("conversation id", e.body_text()))?;
+    let body = json_body(&app, body)?;
     let conversation = ConversationId::parse(&id).map_err(ApiError::bad_request)?;
     let mut fields = Map::new();
     fields.insert("conversation".into(), conversation.as_str().into());

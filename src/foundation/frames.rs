@@ -119,12 +119,12 @@ pub(crate) mod results {
     use serde::Serialize;
     use serde_json::Value;
 
-    use super::{ConversationEntry, PresenceEntry};
+    use super::{ConversationEntry, MessageFrame, PresenceEntry};
 
     /// `history`: a page of messages, oldest first.
     #[derive(Serialize)]
-    pub(crate) struct History {
-        pub(crate) messages: Vec<Value>,
+    pub(crate) struct History<'a> {
+        pub(crate) messages: Vec<MessageFrame<'a>>,
         pub(crate) has_more: bool,
         pub(crate) total: i64,
     }
@@ -157,8 +157,8 @@ pub(crate) mod results {
 
     /// `send`: the message as stored.
     #[derive(Serialize)]
-    pub(crate) struct Sent {
-        pub(crate) message: Value,
+    pub(crate) struct Sent<'a> {
+        pub(crate) message: MessageFrame<'a>,
     }
 
     /// `group_create` (and the other group commands that return one): the conversation.

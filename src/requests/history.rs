@@ -72,7 +72,7 @@ pub(super) async fn apply(
         None => store::history(&app.db, user, conversation, before_cseq, limit).await?,
     };
     Ok(frames::result(&results::History {
-        messages: page.messages.iter().map(store::Message::to_json).collect(),
+        messages: page.messages.iter().map(store::Message::frame).collect(),
         has_more: page.has_more,
         total: page.total,
     }))

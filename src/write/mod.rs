@@ -101,9 +101,7 @@ impl Outcome {
     /// The fields of the `ok` reply.
     pub(crate) fn into_reply(self) -> Value {
         match self {
-            Outcome::Message(m) => frames::result(&results::Sent {
-                message: m.to_json(),
-            }),
+            Outcome::Message(m) => frames::result(&results::Sent { message: m.frame() }),
             Outcome::Conversation(c) => frames::result(&results::Conversation { conversation: c }),
             Outcome::Done => json!({}),
         }

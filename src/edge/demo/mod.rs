@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::foundation::error::{ApiError, Code};
+use crate::foundation::error::ApiError;
 use crate::foundation::protocol::{UserId, MAX_NAME_CHARS};
 use crate::state::App;
 
@@ -167,19 +167,7 @@ async fn dev_token(
     State(app): State<App>,
     body: Result<Json<SignIn>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(body) = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                Code::TooLarge,
-                format!(
-                    "the request body is over max_frame_bytes ({} bytes)",
-                    app.config.max_frame_bytes
-                ),
-            )
-        } else {
-            ApiError::bad_request(e.body_text())
-        }
-    })?;
+    let body = crate::edge::http::json_body(&app, body)?;
     let user = match body.user {
         None | Some(Value::Null) => {
             return Err(ApiError::bad_request(
