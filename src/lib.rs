@@ -23,9 +23,12 @@
 //!   [`presence`](cluster::presence) and [`typing`](cluster::typing) ride the same path.
 //! - [`write`]: a `send` is queued here, committed with the others beside it in one
 //!   transaction (allocating gap-free `seq`/`cseq`), and acknowledged after commit.
-//! - [`state`]: the handles a worker shares ([`App`]).
 //! - [`requests`]: one file per request kind (its fields, validation and application),
-//!   shared by the socket and the HTTP API.
+//!   shared by the socket and the HTTP API. They reach the worker through
+//!   [`Services`](requests::Services) (read path, writer, metrics, typing fan-out), each
+//!   kind taking only the parts it uses.
+//! - [`state`]: the handles a worker shares ([`App`]), from which the edge lends each
+//!   request its `Services`.
 //! - [`ops`]: utilisation and the stats line, systemd, `pgchat health`.
 //! - [`edge`]: accepting connections ([`server`](edge::server)), the routes
 //!   ([`http`](edge::http)), one WebSocket ([`session`](edge::session)), the browser
@@ -47,9 +50,9 @@ pub mod cluster;
 
 pub mod write;
 
-pub mod state;
-
 pub mod requests;
+
+pub mod state;
 
 pub mod ops;
 

@@ -18,6 +18,7 @@ use crate::foundation::metrics::{CpuMeter, Metrics};
 use crate::foundation::protocol::{Limits, WorkerId};
 use crate::foundation::ratelimit::UserLimits;
 use crate::read::cache::ConversationCache;
+use crate::requests::Services;
 use crate::write::Writer;
 
 /// The shared state of one worker. Cheap to clone (one `Arc`).
@@ -68,6 +69,21 @@ impl App {
             max_message_chars: self.config.max_message_chars,
             max_group_members: self.config.max_group_members,
             max_presence_users: self.config.max_presence_users,
+        }
+    }
+
+    /// The handles requests use: the read and write paths, the metrics, the typing
+    /// fan-out. Narrower than the worker: no configuration, auth, sessions or shutdown.
+    pub(crate) fn services(&self) -> Services<'_> {
+        Services {
+            db: &self.db,
+            cache: &self.cache,
+            writer: &self.writer,
+            metrics: &self.metrics,
+            hub: &self.hub,
+            presence: &self.presence,
+            worker_id: &self.worker_id,
+            members_listed: self.config.conversation_members_listed,
         }
     }
 

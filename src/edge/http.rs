@@ -19,6 +19,7 @@ use crate::cluster::hub::Subscription;
 use crate::edge::session;
 use crate::foundation::auth::Identity;
 use crate::foundation::error::{ApiError, Code, DbError};
+use crate::foundation::frames::results::Answer;
 use crate::foundation::protocol::{ConversationId, Request};
 use crate::read::store;
 use crate::requests;
@@ -242,10 +243,11 @@ async fn api_identity(app: &App, headers: &HeaderMap) -> Result<Identity, ApiErr
 async fn api_conversations(
     State(app): State<App>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Answer>, ApiError> {
     let id = api_identity(&app, &headers).await?;
+    let services = app.services();
     Ok(Json(
-        requests::handle(&app, &id.user, Request::Conversations).await?,
+        requests::handle(services, &id.user, Request::Conversations).await?,
     ))
 }
 
@@ -270,7 +272,7 @@ async fn api_history(
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
     q: Result<Query<HistoryQuery>, QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Answer>, ApiError> {
     let ident = api_identity(&app, &headers).await?;
     let Path(id) = id.map_err(|e| refused("conversation id", e.body_text()))?;
     let Query(q) = q.map_err(|e| refused("query", e.body_text()))?;
@@ -284,7 +286,9 @@ async fn api_history(
         fields.insert("limit".into(), l.into());
     }
     let request = Request::parse_body("history", fields, app.limits())?;
-    Ok(Json(requests::handle(&app, &ident.user, request).await?))
+    Ok(Json(
+        requests::handle(app.services(), &ident.user, request).await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -316,7 +320,7 @@ async fn api_send(
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
     body: Result<Json<SendBody>, JsonRejection>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<Answer>), ApiError> {
     let ident = api_identity(&app, &headers).await?;
     let Path(id) = id.map_err(|e| refused("conversation id", e.body_text()))?;
     let body = json_body(&app, body)?;
@@ -326,7 +330,7 @@ async fn api_send(
     fields.insert("body".into(), body.body);
     fields.insert("client_msg_id".into(), body.client_msg_id);
     let request = Request::parse_body("send", fields, app.limits())?;
-    let result = requests::handle(&app, &ident.user, request).await?;
+    let result = requests::handle(app.services(), &ident.user, request).await?;
     Ok((StatusCode::OK, Json(result)))
 }
 

@@ -15,14 +15,14 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::future::BoxFuture;
 use futures_util::sink::SinkExt;
 use futures_util::stream::{FuturesOrdered, SplitSink, StreamExt};
-use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::cluster::hub::Subscription;
 use crate::foundation::auth::Identity;
 use crate::foundation::error::{ApiError, Code};
-use crate::foundation::frames::{self, results, PresenceEntry, PresenceStatus};
+use crate::foundation::frames::results::{self, Answer};
+use crate::foundation::frames::{self, PresenceEntry, PresenceStatus};
 use crate::foundation::protocol::{
     rfc3339, BearerToken, ConversationId, Envelope, Request, TypingState, UserId,
 };
@@ -419,7 +419,7 @@ impl Session {
         self.identity = identity;
         self.app.metrics.token_refreshes.inc();
         if !renamed {
-            return self.answer(envelope, Ok(json!({})));
+            return self.answer(envelope, Ok(Answer::Empty {}));
         }
         // The user's display name follows the token, as at connect.
         let app = self.app.clone();
@@ -428,7 +428,7 @@ impl Session {
         self.pending.push_back(Box::pin(async move {
             let result = store::touch_user(&app.db, &user, name.as_deref())
                 .await
-                .map(|_| json!({}))
+                .map(|_| Answer::Empty {})
                 .map_err(ApiError::from);
             Reply::Frame(reply_frame(&app, &envelope, result))
         }));
@@ -485,13 +485,13 @@ impl Session {
             Ok(Request::PresenceSubscribe { users }) => self
                 .pending
                 .push_back(Box::pin(async move { Reply::Presence { envelope, users } })),
-            Ok(Request::Ping) => self.answer(envelope, Ok(json!({}))),
+            Ok(Request::Ping) => self.answer(envelope, Ok(Answer::Empty {})),
             Ok(Request::Auth { token }) => self.reauthenticate(envelope, &token),
             Ok(request) => {
                 let app = app.clone();
                 let user = self.identity.user.clone();
                 self.pending.push_back(Box::pin(async move {
-                    let result = requests::handle(&app, &user, request).await;
+                    let result = requests::handle(app.services(), &user, request).await;
                     Reply::Frame(reply_frame(&app, &envelope, result))
                 }));
             }
@@ -500,7 +500,7 @@ impl Session {
     }
 
     /// Queues an immediate answer behind any earlier pending ones.
-    fn answer(&mut self, envelope: Envelope, result: Result<serde_json::Value, ApiError>) {
+    fn answer(&mut self, envelope: Envelope, result: Result<Answer, ApiError>) {
         let frame = reply_frame(&self.app, &envelope, result);
         self.pending
             .push_back(Box::pin(async move { Reply::Frame(frame) }));
@@ -520,7 +520,7 @@ impl Session {
                 state,
             } => {
                 let result = self.typing(conversation, state).await;
-                let frame = reply_frame(&self.app, &envelope, result.map(|()| json!({})));
+                let frame = reply_frame(&self.app, &envelope, result.map(Answer::from));
                 self.outbox.push_wait(frame.into()).await
             }
             Reply::Presence { envelope, users } => {
@@ -554,18 +554,30 @@ impl Session {
                     e.retry_after_ms = Some(self.app.config.typing_timeout_ms);
                     return Err(e);
                 }
-                requests::typing::apply(&self.app, &self.identity.user, &conversation, state)
-                    .await?;
+                requests::typing::apply(
+                    self.app.services(),
+                    &self.identity.user,
+                    &conversation,
+                    state,
+                )
+                .await?;
                 self.typing.insert(conversation, Instant::now() + timeout);
                 Ok(())
             }
             TypingState::Stop if was_typing => {
                 self.typing.remove(&conversation);
-                requests::typing::apply(&self.app, &self.identity.user, &conversation, state).await
+                requests::typing::apply(
+                    self.app.services(),
+                    &self.identity.user,
+                    &conversation,
+                    state,
+                )
+                .await
             }
             // Not typing there: only check that the request was allowed.
             TypingState::Stop => {
-                requests::typing::allowed(&self.app, &self.identity.user, &conversation).await
+                requests::typing::allowed(self.app.services(), &self.identity.user, &conversation)
+                    .await
             }
         }
     }
@@ -581,23 +593,21 @@ impl Session {
             .collect();
         for c in expired {
             self.typing.remove(&c);
-            let _ = requests::typing::apply(&self.app, &self.identity.user, &c, TypingState::Stop)
-                .await;
+            announce_stop(&self.app, &self.identity.user, &c).await;
         }
     }
 
     /// On close: whoever saw this session typing sees it stop.
     async fn stop_typing_everywhere(&mut self) {
         for (c, _) in std::mem::take(&mut self.typing) {
-            let _ = requests::typing::apply(&self.app, &self.identity.user, &c, TypingState::Stop)
-                .await;
+            announce_stop(&self.app, &self.identity.user, &c).await;
         }
     }
 
     /// `presence_subscribe`: watch `users` (adding to what this session already watches).
     /// Unless presence is open, only users who share a conversation with this one (checked
     /// now) are watched; the others are reported `unknown` and never announced.
-    async fn watch(&mut self, requested: Vec<UserId>) -> Result<serde_json::Value, ApiError> {
+    async fn watch(&mut self, requested: Vec<UserId>) -> Result<Answer, ApiError> {
         let visible: HashSet<String> = if self.app.config.presence_open {
             requested.iter().map(|u| u.as_str().to_string()).collect()
         } else {
@@ -645,11 +655,11 @@ impl Session {
                 }),
             })
             .collect();
-        Ok(frames::result(&results::Presence { presence }))
+        Ok(results::Presence { presence }.into())
     }
 
     /// Replays every event after `after`, then reports the head reached.
-    async fn resume(&mut self, after: i64) -> Result<Result<serde_json::Value, ApiError>, End> {
+    async fn resume(&mut self, after: i64) -> Result<Result<Answer, ApiError>, End> {
         let (head, pruned) = match store::stream_bounds(&self.app.db, &self.identity.user).await {
             Ok(b) => b,
             Err(e) => return Ok(Err(e.into())),
@@ -665,7 +675,7 @@ impl Session {
         self.cursor = after;
         self.stalled = false;
         match self.advance(head, true).await {
-            Ok(()) => Ok(Ok(frames::result(&results::Head { head: self.cursor }))),
+            Ok(()) => Ok(Ok(results::Head { head: self.cursor }.into())),
             Err(End::Internal) => Ok(Err(ApiError::unavailable())),
             Err(End::Pruned) => {
                 // Pruned while this replay ran: never jump over the gap.
@@ -819,13 +829,16 @@ fn read_failure(e: axum::Error) -> End {
     end
 }
 
-fn reply_frame(
-    app: &App,
-    envelope: &Envelope,
-    result: Result<serde_json::Value, ApiError>,
-) -> String {
+/// Tells `conversation`'s other members that `user` stopped typing (best effort: typing
+/// is ephemeral). A free function: the session is not `Sync`, so it is not borrowed
+/// across the await.
+async fn announce_stop(app: &App, user: &UserId, conversation: &ConversationId) {
+    let _ = requests::typing::apply(app.services(), user, conversation, TypingState::Stop).await;
+}
+
+fn reply_frame(app: &App, envelope: &Envelope, result: Result<Answer, ApiError>) -> String {
     match result {
-        Ok(v) => frames::ok_frame(envelope, v),
+        Ok(answer) => frames::ok_frame(envelope, &answer),
         Err(e) => {
             app.metrics.request_errors.inc();
             frames::error_frame(envelope, &e)

@@ -7,11 +7,12 @@
 //! ([`EventFields::encode`]) and each recipient's frame only wraps them in
 //! `{"type":…,"seq":N,…}` ([`event_frame`]).
 
-use serde::Serialize;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::error::ApiError;
-use super::protocol::Envelope;
+use super::protocol::{rfc3339, Envelope};
 
 /// `hello`: the first frame of every socket.
 #[derive(Serialize)]
@@ -41,7 +42,7 @@ pub(crate) struct Typing<'a> {
 }
 
 /// A conversation's kind, as the wire (and `conversations.kind`) names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum ConversationKind {
     Direct,
@@ -67,7 +68,7 @@ pub(crate) struct ConversationEntry {
     /// The first `conversation_members_listed`, by id.
     pub(crate) members: Vec<String>,
     pub(crate) member_count: i64,
-    pub(crate) last_message: Option<Value>,
+    pub(crate) last_message: Option<Message>,
     pub(crate) unread: i64,
     /// Groups name their admins, as in `conversation` events.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -113,26 +114,41 @@ pub(crate) struct PresenceEntry {
     pub(crate) last_seen: Option<Option<String>>,
 }
 
-/// The results of `ok` replies: the fields that follow `type` and `ref`. The reply paths
-/// (the socket and the HTTP API) carry them as a JSON object ([`result`]).
+/// The results of `ok` replies: the fields that follow `type` and `ref`, one type per
+/// request kind that returns something. The socket wraps one in an `ok` frame
+/// ([`ok_frame`]); the HTTP API sends it as the response body.
 pub(crate) mod results {
     use serde::Serialize;
-    use serde_json::Value;
 
-    use super::{ConversationEntry, MessageFrame, PresenceEntry};
+    use super::{ConversationEntry, ConversationState, Message, PresenceEntry};
+
+    /// What a request answers: the result of its kind, or nothing (`{"type":"ok"}`).
+    #[derive(Serialize)]
+    #[serde(untagged)]
+    pub(crate) enum Answer {
+        /// `ping`, `read`, `group_leave`, `typing`, `auth`: no fields.
+        Empty {},
+        History(History),
+        Members(Members),
+        Conversations(Conversations),
+        Presence(Presence),
+        Head(Head),
+        Sent(Sent),
+        Conversation(Conversation),
+    }
 
     /// `history`: a page of messages, oldest first.
     #[derive(Serialize)]
-    pub(crate) struct History<'a> {
-        pub(crate) messages: Vec<MessageFrame<'a>>,
+    pub(crate) struct History {
+        pub(crate) messages: Vec<Message>,
         pub(crate) has_more: bool,
         pub(crate) total: i64,
     }
 
     /// `members`: a page of a conversation's members, in order.
     #[derive(Serialize)]
-    pub(crate) struct Members<'a> {
-        pub(crate) members: Vec<&'a String>,
+    pub(crate) struct Members {
+        pub(crate) members: Vec<String>,
         pub(crate) member_count: usize,
         pub(crate) has_more: bool,
     }
@@ -143,7 +159,7 @@ pub(crate) mod results {
         pub(crate) conversations: Vec<ConversationEntry>,
     }
 
-    /// `presence`: one entry per user asked about, in the order asked.
+    /// `presence_subscribe`: one entry per user asked about, in the order asked.
     #[derive(Serialize)]
     pub(crate) struct Presence {
         pub(crate) presence: Vec<Option<PresenceEntry>>,
@@ -157,20 +173,41 @@ pub(crate) mod results {
 
     /// `send`: the message as stored.
     #[derive(Serialize)]
-    pub(crate) struct Sent<'a> {
-        pub(crate) message: MessageFrame<'a>,
+    pub(crate) struct Sent {
+        pub(crate) message: Message,
     }
 
-    /// `group_create` (and the other group commands that return one): the conversation.
+    /// `group_create`, `group_add`, `group_remove`: the conversation after the change.
     #[derive(Serialize)]
     pub(crate) struct Conversation {
-        pub(crate) conversation: Value,
+        pub(crate) conversation: ConversationState,
     }
-}
 
-/// A result as the JSON object the reply paths carry.
-pub(crate) fn result<T: Serialize>(result: &T) -> Value {
-    serde_json::to_value(result).expect("a result encodes")
+    /// `Answer::Kind(result)` from each kind's result.
+    macro_rules! answers {
+        ($($kind:ident),*) => {$(
+            impl From<$kind> for Answer {
+                fn from(result: $kind) -> Answer {
+                    Answer::$kind(result)
+                }
+            }
+        )*};
+    }
+    answers!(
+        History,
+        Members,
+        Conversations,
+        Presence,
+        Head,
+        Sent,
+        Conversation
+    );
+
+    impl From<()> for Answer {
+        fn from(_: ()) -> Answer {
+            Answer::Empty {}
+        }
+    }
 }
 
 /// `ok`: the reply to a request, echoing its `ref`; `result`'s fields follow.
@@ -200,15 +237,11 @@ pub(crate) fn encode<T: Serialize>(frame: &T) -> String {
     serde_json::to_string(frame).expect("a frame encodes")
 }
 
-/// `{"type":"ok","ref":…, …result}`. `result` must be a JSON object.
-pub(crate) fn ok_frame(envelope: &Envelope, result: Value) -> String {
-    let result = match result {
-        Value::Object(fields) => fields,
-        _ => serde_json::Map::new(),
-    };
+/// `{"type":"ok","ref":…, …answer}`.
+pub(crate) fn ok_frame(envelope: &Envelope, answer: &results::Answer) -> String {
     encode(&OkFrame {
         r#ref: envelope.r#ref.as_ref(),
-        result,
+        result: answer,
     })
 }
 
@@ -261,29 +294,87 @@ pub(crate) fn event_frame(kind: &str, seq: i64, fields: &str) -> String {
     s
 }
 
-/// A message as the wire shows it, in `message` events and replies.
-#[derive(Serialize)]
-pub(crate) struct MessageFrame<'a> {
+/// A stored message: what `message` events, `send`'s reply, `history` and the
+/// conversation list show. Encoded through [`MessageFrame`], its wire shape.
+#[derive(Debug, Clone)]
+pub(crate) struct Message {
     pub(crate) id: i64,
-    pub(crate) conversation: &'a str,
+    pub(crate) conversation: String,
     pub(crate) cseq: i64,
-    pub(crate) sender: Sender<'a>,
-    pub(crate) body: &'a str,
-    pub(crate) client_msg_id: &'a str,
-    pub(crate) created_at: String,
+    pub(crate) sender: String,
+    pub(crate) sender_name: Option<String>,
+    pub(crate) body: String,
+    pub(crate) client_msg_id: String,
+    pub(crate) created_at: DateTime<Utc>,
+}
+
+impl Message {
+    /// The message as the wire shows it.
+    fn frame(&self) -> MessageFrame<'_> {
+        MessageFrame {
+            id: self.id,
+            conversation: &self.conversation,
+            cseq: self.cseq,
+            sender: Sender {
+                id: &self.sender,
+                name: self.sender_name.as_deref(),
+            },
+            body: &self.body,
+            client_msg_id: &self.client_msg_id,
+            created_at: rfc3339(self.created_at),
+        }
+    }
+
+    /// The fields of this message's event, encoded once for every recipient.
+    pub(crate) fn event_fields(&self) -> EventFields {
+        EventFields::encode(&MessageFields { message: self })
+    }
+}
+
+impl Serialize for Message {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.frame().serialize(s)
+    }
+}
+
+/// A message as the wire shows it.
+#[derive(Serialize)]
+struct MessageFrame<'a> {
+    id: i64,
+    conversation: &'a str,
+    cseq: i64,
+    sender: Sender<'a>,
+    body: &'a str,
+    client_msg_id: &'a str,
+    created_at: String,
 }
 
 /// A message's sender: the id, and the display name their token carried (or `null`).
 #[derive(Serialize)]
-pub(crate) struct Sender<'a> {
-    pub(crate) id: &'a str,
-    pub(crate) name: Option<&'a str>,
+struct Sender<'a> {
+    id: &'a str,
+    name: Option<&'a str>,
 }
 
-/// The fields of a `message` event, and of `send`'s reply.
+/// The fields of a `message` event.
 #[derive(Serialize)]
-pub(crate) struct MessageFields<'a> {
-    pub(crate) message: MessageFrame<'a>,
+struct MessageFields<'a> {
+    message: &'a Message,
+}
+
+/// A conversation as the writer returns it after a change (`pgchat.conversation_json`
+/// in schema.sql): in `conversation` events and in the group commands' replies. The
+/// fields are in the order PostgreSQL's `jsonb` keeps them, which the events show too.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConversationState {
+    pub(crate) id: String,
+    pub(crate) kind: ConversationKind,
+    pub(crate) name: Option<String>,
+    /// Groups only: the members who may remove others and name admins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) admins: Option<Vec<String>>,
+    pub(crate) members: Vec<String>,
 }
 
 /// The fields of a `conversation` event: the conversation's state as the writer stored it.
@@ -298,12 +389,12 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn ok_frames_merge_the_result() {
+    fn ok_frames_merge_the_answer() {
         let env = Envelope {
             r#ref: Some("r".into()),
         };
         assert_eq!(
-            ok_frame(&env, json!({"head": 3})),
+            ok_frame(&env, &results::Head { head: 3 }.into()),
             r#"{"type":"ok","ref":"r","head":3}"#
         );
     }
@@ -313,12 +404,17 @@ mod tests {
         let with_ref = Envelope {
             r#ref: Some(json!("r1")),
         };
+        let members = results::Members {
+            members: vec!["a".into(), "b".into()],
+            member_count: 2,
+            has_more: false,
+        };
         assert_eq!(
-            ok_frame(&with_ref, json!({"head": 3, "a": {"b": null}})),
-            r#"{"type":"ok","ref":"r1","head":3,"a":{"b":null}}"#
+            ok_frame(&with_ref, &members.into()),
+            r#"{"type":"ok","ref":"r1","members":["a","b"],"member_count":2,"has_more":false}"#
         );
         assert_eq!(
-            ok_frame(&Envelope::default(), json!({})),
+            ok_frame(&Envelope::default(), &().into()),
             r#"{"type":"ok"}"#
         );
         let mut e = ApiError::bad_request("no");
@@ -331,6 +427,39 @@ mod tests {
             error_frame(&Envelope::default(), &e),
             r#"{"type":"error","code":"bad_request","message":"no","retry_after_ms":5}"#
         );
+    }
+
+    #[test]
+    fn messages_and_conversations_keep_their_wire_shape() {
+        let m = Message {
+            id: 1,
+            conversation: "c".into(),
+            cseq: 2,
+            sender: "u".into(),
+            sender_name: None,
+            body: "hi".into(),
+            client_msg_id: "k".into(),
+            created_at: DateTime::from_timestamp(0, 0).unwrap(),
+        };
+        let sent = ok_frame(
+            &Envelope::default(),
+            &results::Answer::Sent(results::Sent { message: m.clone() }),
+        );
+        assert_eq!(
+            sent,
+            r#"{"type":"ok","message":{"id":1,"conversation":"c","cseq":2,"sender":{"id":"u","name":null},"body":"hi","client_msg_id":"k","created_at":"1970-01-01T00:00:00.000Z"}}"#
+        );
+        assert_eq!(
+            event_frame("message", 5, m.event_fields().as_str()),
+            sent.replace(r#"{"type":"ok","#, r#"{"type":"message","seq":5,"#)
+        );
+        // As pgchat.conversation_json returns it (jsonb's key order), and back unchanged.
+        let stored = r#"{"id":"g","kind":"group","name":"n","admins":["a"],"members":["a","b"]}"#;
+        let state: ConversationState = serde_json::from_str(stored).unwrap();
+        assert_eq!(encode(&state), stored);
+        let direct = r#"{"id":"d","kind":"direct","name":null,"members":["a","b"]}"#;
+        let state: ConversationState = serde_json::from_str(direct).unwrap();
+        assert_eq!(encode(&state), direct);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
-use crate::read::store::Message;
+use crate::foundation::frames::Message;
 
 /// A conversation's state right after a commit, as the writer saw it.
 #[derive(Debug, Clone)]

@@ -1,6 +1,6 @@
 //! The read path's queries: the durable event stream (events after a cursor, the heads
-//! and bounds of streams), history, members and the conversation list, and the JSON
-//! shapes rows become on the wire. Writes that allocate `seq`/`cseq` live in
+//! and bounds of streams), history, members and the conversation list, and how their rows
+//! become the wire's types. Writes that allocate `seq`/`cseq` live in
 //! [`crate::write`]; the writes here are a user's upsert ([`touch_user`]) and the pruning
 //! of events past `event_retention` ([`prune_events`]), with parameterised statements
 //! cached per connection.
@@ -13,65 +13,22 @@ use tokio_postgres::Row;
 use crate::db::{queries, Database};
 use crate::foundation::error::{ApiError, DbError};
 use crate::foundation::frames::{
-    event_frame, ConversationEntry, ConversationFields, ConversationKind, EventFields,
-    MessageFields, MessageFrame, Sender,
+    event_frame, ConversationEntry, ConversationFields, ConversationKind, EventFields, Message,
 };
-use crate::foundation::protocol::{rfc3339, ConversationId, UserId};
+use crate::foundation::protocol::{ConversationId, UserId};
 
-/// A stored message, as sent on the wire inside `message` events and replies.
-#[derive(Debug, Clone)]
-pub(crate) struct Message {
-    pub(crate) id: i64,
-    pub(crate) conversation: String,
-    pub(crate) cseq: i64,
-    pub(crate) sender: String,
-    pub(crate) sender_name: Option<String>,
-    pub(crate) body: String,
-    pub(crate) client_msg_id: String,
-    pub(crate) created_at: DateTime<Utc>,
-}
-
-impl Message {
-    /// Reads the columns `id, conversation_id, cseq, sender_id, sender_name, body,
-    /// client_msg_id, created_at` starting at `at`.
-    pub(crate) fn from_row(row: &Row, at: usize) -> Message {
-        Message {
-            id: row.get(at),
-            conversation: row.get(at + 1),
-            cseq: row.get(at + 2),
-            sender: row.get(at + 3),
-            sender_name: row.get(at + 4),
-            body: row.get(at + 5),
-            client_msg_id: row.get(at + 6),
-            created_at: row.get(at + 7),
-        }
-    }
-
-    /// The message as the wire shows it.
-    pub(crate) fn frame(&self) -> MessageFrame<'_> {
-        MessageFrame {
-            id: self.id,
-            conversation: &self.conversation,
-            cseq: self.cseq,
-            sender: Sender {
-                id: &self.sender,
-                name: self.sender_name.as_deref(),
-            },
-            body: &self.body,
-            client_msg_id: &self.client_msg_id,
-            created_at: rfc3339(self.created_at),
-        }
-    }
-
-    pub(crate) fn to_json(&self) -> Value {
-        serde_json::to_value(self.frame()).expect("a message encodes")
-    }
-
-    /// The fields of this message's event (and of `send`'s reply), encoded once.
-    pub(crate) fn event_fields(&self) -> EventFields {
-        EventFields::encode(&MessageFields {
-            message: self.frame(),
-        })
+/// Reads a message from the columns `id, conversation_id, cseq, sender_id, sender_name,
+/// body, client_msg_id, created_at` starting at `at`.
+pub(crate) fn message_from_row(row: &Row, at: usize) -> Message {
+    Message {
+        id: row.get(at),
+        conversation: row.get(at + 1),
+        cseq: row.get(at + 2),
+        sender: row.get(at + 3),
+        sender_name: row.get(at + 4),
+        body: row.get(at + 5),
+        client_msg_id: row.get(at + 6),
+        created_at: row.get(at + 7),
     }
 }
 
@@ -136,7 +93,7 @@ fn event_from_row(row: &Row) -> (String, i64, String) {
     let kind = EventKind::parse(row.get(2)).expect("event_queue.kind is checked");
     let frame = match kind {
         EventKind::Message => {
-            let m = Message::from_row(row, 4);
+            let m = message_from_row(row, 4);
             event_frame(kind.as_str(), seq, m.event_fields().as_str())
         }
         EventKind::Conversation => {
@@ -291,7 +248,7 @@ pub(crate) async fn history(
     if !access.get::<_, bool>(1) {
         return Err(not_a_member(conversation));
     }
-    let mut messages: Vec<Message> = rows.iter().map(|r| Message::from_row(r, 0)).collect();
+    let mut messages: Vec<Message> = rows.iter().map(|r| message_from_row(r, 0)).collect();
     let has_more = messages.len() as i64 > limit;
     if has_more {
         messages.remove(0);
@@ -352,7 +309,7 @@ pub(crate) async fn conversations(
         .map(|row| {
             let last_message = row
                 .get::<_, Option<i64>>(6)
-                .map(|_| Message::from_row(row, 6).to_json());
+                .map(|_| message_from_row(row, 6));
             // The table's CHECK admits exactly the two kinds.
             let kind = ConversationKind::parse(row.get(1)).expect("conversations.kind is checked");
             ConversationEntry {

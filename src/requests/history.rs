@@ -5,14 +5,15 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::fields;
+use crate::db::Database;
 use crate::foundation::error::ApiError;
-use crate::foundation::frames::{self, results};
+use crate::foundation::frames::results;
+use crate::foundation::metrics::Metrics;
 use crate::foundation::protocol::{
     ConversationId, Request, UserId, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT,
 };
-use crate::read::cache::Page;
+use crate::read::cache::{ConversationCache, Page};
 use crate::read::store;
-use crate::state::App;
 
 #[derive(Deserialize)]
 struct Fields {
@@ -42,18 +43,17 @@ pub(super) fn parse(map: Map<String, Value>) -> Result<Request, ApiError> {
 }
 
 pub(super) async fn apply(
-    app: &App,
+    db: &Database,
+    cache: &ConversationCache,
+    metrics: &Metrics,
     user: &UserId,
     conversation: &ConversationId,
     before_cseq: Option<i64>,
     limit: i64,
-) -> Result<Value, ApiError> {
+) -> Result<results::History, ApiError> {
     let page = match before_cseq
         .is_none()
-        .then(|| {
-            app.cache
-                .first_page(conversation.as_str(), user.as_str(), limit as usize)
-        })
+        .then(|| cache.first_page(conversation.as_str(), user.as_str(), limit as usize))
         .flatten()
     {
         Some(Page::NotAMember) => return Err(store::not_a_member(conversation)),
@@ -62,18 +62,18 @@ pub(super) async fn apply(
             has_more,
             total,
         }) => {
-            app.metrics.history_from_cache.inc();
+            metrics.history_from_cache.inc();
             store::HistoryPage {
                 messages,
                 has_more,
                 total,
             }
         }
-        None => store::history(&app.db, user, conversation, before_cseq, limit).await?,
+        None => store::history(db, user, conversation, before_cseq, limit).await?,
     };
-    Ok(frames::result(&results::History {
-        messages: page.messages.iter().map(store::Message::frame).collect(),
+    Ok(results::History {
+        messages: page.messages,
         has_more: page.has_more,
         total: page.total,
-    }))
+    })
 }

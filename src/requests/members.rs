@@ -5,10 +5,11 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::{fields, members_for};
+use crate::db::Database;
 use crate::foundation::error::ApiError;
-use crate::foundation::frames::{self, results};
+use crate::foundation::frames::results;
 use crate::foundation::protocol::{ConversationId, Request, UserId, MAX_MEMBERS_PAGE};
-use crate::state::App;
+use crate::read::cache::ConversationCache;
 
 #[derive(Deserialize)]
 struct Fields {
@@ -33,22 +34,28 @@ pub(super) fn parse(map: Map<String, Value>) -> Result<Request, ApiError> {
 }
 
 pub(super) async fn apply(
-    app: &App,
+    db: &Database,
+    cache: &ConversationCache,
     user: &UserId,
     conversation: &ConversationId,
     after: Option<UserId>,
     limit: i64,
-) -> Result<Value, ApiError> {
-    let members = members_for(app, user, conversation).await?;
+) -> Result<results::Members, ApiError> {
+    let members = members_for(db, cache, user, conversation).await?;
     let start = match &after {
         Some(a) => members.partition_point(|m| m.as_str() <= a.as_str()),
         None => 0,
     };
-    let page: Vec<&String> = members.iter().skip(start).take(limit as usize).collect();
+    let page: Vec<String> = members
+        .iter()
+        .skip(start)
+        .take(limit as usize)
+        .cloned()
+        .collect();
     let has_more = start + page.len() < members.len();
-    Ok(frames::result(&results::Members {
+    Ok(results::Members {
         members: page,
         member_count: members.len(),
         has_more,
-    }))
+    })
 }

@@ -4,6 +4,10 @@
 //! itself (`resume`, `presence_subscribe`, `auth`) is parsed here and applied by
 //! [`crate::edge::session`]. The HTTP API and the WebSocket share [`handle`].
 //!
+//! Requests reach the worker only through [`Services`]: the read path, the writer, the
+//! metrics and the typing fan-out, and each kind takes just the parts it uses. The
+//! worker's configuration, authenticator, sessions and shutdown are out of their reach.
+//!
 //! Adding a kind: a variant of [`Request`], a file here (fields, `parse`, `apply`), its
 //! line in [`Request::parse`]'s table and in [`handle`], and, if the writer commits it, a
 //! [`Command`] variant and its branch in `schema.sql`'s `pgchat.apply_batch`.
@@ -25,14 +29,37 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
+use crate::cluster::hub::Hub;
+use crate::cluster::presence::Presence;
+use crate::db::Database;
 use crate::foundation::error::{ApiError, Code};
-use crate::foundation::protocol::ConversationId;
+use crate::foundation::frames::results::Answer;
+use crate::foundation::metrics::Metrics;
+use crate::foundation::protocol::{ConversationId, WorkerId};
 use crate::foundation::protocol::{Envelope, Limits, Request, UserId};
+use crate::read::cache::ConversationCache;
 use crate::read::store;
-use crate::state::App;
-use crate::write::Command;
+use crate::write::{Command, Writer};
+
+/// The handles requests use, borrowed from the worker's state
+/// ([`crate::state::App::services`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Services<'a> {
+    /// The read path: the database and the conversation cache.
+    pub(crate) db: &'a Database,
+    pub(crate) cache: &'a ConversationCache,
+    /// The write path: every durable request is a [`Command`] committed by it.
+    pub(crate) writer: &'a Writer,
+    pub(crate) metrics: &'a Metrics,
+    /// The typing fan-out: this worker's sessions, and the other workers by NOTIFY.
+    pub(crate) hub: &'a Hub,
+    pub(crate) presence: &'a Presence,
+    pub(crate) worker_id: &'a WorkerId,
+    /// `conversation_members_listed`: members listed per conversation by `conversations`.
+    pub(crate) members_listed: usize,
+}
 
 const DUPLICATE: &str = "duplicate field";
 
@@ -187,14 +214,25 @@ fn user_list(
     Ok(out)
 }
 
-/// Runs one request for `user`; the result becomes the fields of the `ok` reply.
-pub(crate) async fn handle(app: &App, user: &UserId, request: Request) -> Result<Value, ApiError> {
+/// Runs one request for `user`; the answer becomes the fields of the `ok` reply.
+pub(crate) async fn handle(
+    services: Services<'_>,
+    user: &UserId,
+    request: Request,
+) -> Result<Answer, ApiError> {
+    let Services {
+        db,
+        cache,
+        writer,
+        metrics,
+        ..
+    } = services;
     let command = match request {
         Request::Send {
             target,
             body,
             client_msg_id,
-        } => send::command(app, user, target, body, client_msg_id),
+        } => send::command(metrics, user, target, body, client_msg_id),
         Request::GroupCreate {
             name,
             members,
@@ -236,14 +274,23 @@ pub(crate) async fn handle(app: &App, user: &UserId, request: Request) -> Result
             conversation,
             before_cseq,
             limit,
-        } => return history::apply(app, user, &conversation, before_cseq, limit).await,
-        Request::Conversations => return conversations::apply(app, user).await,
+        } => {
+            let page = history::apply(db, cache, metrics, user, &conversation, before_cseq, limit);
+            return page.await.map(Answer::from);
+        }
+        Request::Conversations => {
+            let list = conversations::apply(db, services.members_listed, user).await;
+            return list.map(Answer::from);
+        }
         Request::Members {
             conversation,
             after,
             limit,
-        } => return members::apply(app, user, &conversation, after, limit).await,
-        Request::Ping => return Ok(json!({})),
+        } => {
+            let page = members::apply(db, cache, user, &conversation, after, limit).await;
+            return page.map(Answer::from);
+        }
+        Request::Ping => return Ok(Answer::Empty {}),
         Request::Resume { .. }
         | Request::Typing { .. }
         | Request::PresenceSubscribe { .. }
@@ -253,16 +300,17 @@ pub(crate) async fn handle(app: &App, user: &UserId, request: Request) -> Result
             ))
         }
     };
-    Ok(app.writer.run(command).await?.into_reply())
+    Ok(writer.run(command).await?.into())
 }
 
 /// The members of a conversation that `user` belongs to.
 async fn members_for(
-    app: &App,
+    db: &Database,
+    cache: &ConversationCache,
     user: &UserId,
     conversation: &ConversationId,
 ) -> Result<Arc<Vec<String>>, ApiError> {
-    let members = crate::cluster::typing::members_of(&app.cache, &app.db, conversation).await?;
+    let members = crate::cluster::typing::members_of(cache, db, conversation).await?;
     if members
         .binary_search_by(|m| m.as_str().cmp(user.as_str()))
         .is_err()

@@ -6,8 +6,8 @@ use serde_json::{Map, Value};
 
 use super::fields;
 use crate::foundation::error::ApiError;
+use crate::foundation::metrics::Metrics;
 use crate::foundation::protocol::{Body, ClientMsgId, ConversationId, Request, Target, UserId};
-use crate::state::App;
 use crate::write::Command;
 
 #[derive(Deserialize)]
@@ -40,13 +40,13 @@ pub(super) fn parse(
 }
 
 pub(super) fn command(
-    app: &App,
+    metrics: &Metrics,
     sender: &UserId,
     target: Target,
     body: Body,
     client_msg_id: ClientMsgId,
 ) -> Command {
-    app.metrics.messages_received.inc();
+    metrics.messages_received.inc();
     Command::Send {
         sender: sender.clone(),
         target,

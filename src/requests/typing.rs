@@ -5,10 +5,9 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::{fields, members_for};
+use super::{fields, members_for, Services};
 use crate::foundation::error::ApiError;
 use crate::foundation::protocol::{ConversationId, Request, TypingState, UserId};
-use crate::state::App;
 
 #[derive(Deserialize)]
 struct Fields {
@@ -26,27 +25,38 @@ pub(super) fn parse(map: Map<String, Value>) -> Result<Request, ApiError> {
 
 /// Checks that `user` may send typing notices to `conversation`.
 pub(crate) async fn allowed(
-    app: &App,
+    services: Services<'_>,
     user: &UserId,
     conversation: &ConversationId,
 ) -> Result<(), ApiError> {
-    members_for(app, user, conversation).await.map(|_| ())
+    members_for(services.db, services.cache, user, conversation)
+        .await
+        .map(|_| ())
 }
 
 /// Tells the other members' live sessions (on every worker) that `user` is typing (or
 /// stopped).
 pub(crate) async fn apply(
-    app: &App,
+    services: Services<'_>,
     user: &UserId,
     conversation: &ConversationId,
     state: TypingState,
 ) -> Result<(), ApiError> {
-    let members = members_for(app, user, conversation).await?;
+    let Services {
+        db,
+        cache,
+        metrics,
+        hub,
+        presence,
+        worker_id,
+        ..
+    } = services;
+    let members = members_for(db, cache, user, conversation).await?;
     let (c, u, s) = (conversation.as_str(), user.as_str(), state.as_str());
-    crate::cluster::typing::deliver(&app.hub, &app.metrics, c, u, s, &members);
-    if app.presence.peers() > 0 {
+    crate::cluster::typing::deliver(hub, metrics, c, u, s, &members);
+    if presence.peers() > 0 {
         // Other workers hold sessions too. Typing is ephemeral: if this fails, it is lost.
-        crate::cluster::typing::announce(&app.db, &app.worker_id, c, u, s, &members).await?;
+        crate::cluster::typing::announce(db, worker_id, c, u, s, &members).await?;
     }
     Ok(())
 }

@@ -20,10 +20,10 @@ use super::{Command, Outcome};
 use crate::db::queries::APPLY_BATCH;
 use crate::db::Database;
 use crate::foundation::error::{ApiError, Code, DbError};
-use crate::foundation::frames::EventFields;
+use crate::foundation::frames::{ConversationState, EventFields, Message};
 use crate::foundation::protocol::{Target, UserId};
 use crate::read::cache::Snapshot;
-use crate::read::store::{EventKind, Message};
+use crate::read::store::EventKind;
 
 /// An event to hand to the hub after commit: the frame is `{"type":kind,"seq":seq,` +
 /// `fields` + `}`, and `fields` is shared by every recipient of the same event.
@@ -356,16 +356,37 @@ fn decode_outcomes(
             }
             Command::GroupCreate { .. }
             | Command::GroupAdd { .. }
-            | Command::GroupRemove { .. } => Outcome::Conversation(
-                conversations[i]
-                    .clone()
-                    .expect("a group command's conversation"),
-            ),
+            | Command::GroupRemove { .. } => match conversation_state(conversations[i].clone()) {
+                Ok(state) => Outcome::Conversation(state),
+                Err(e) => {
+                    outcomes.push(Err(e));
+                    continue;
+                }
+            },
             Command::GroupLeave { .. } | Command::Read { .. } => Outcome::Done,
         }));
     }
 
     (outcomes, stored, ids)
+}
+
+/// A group command's conversation as `pgchat.conversation_json` returned it. Committed
+/// already, so a shape this build does not know is reported, not retried.
+fn conversation_state(value: Option<Value>) -> Result<ConversationState, ApiError> {
+    let decoded = value.map(serde_json::from_value::<ConversationState>);
+    match decoded {
+        Some(Ok(state)) => Ok(state),
+        problem => {
+            tracing::error!(
+                ?problem,
+                "pgchat.apply_batch returned a conversation this build cannot read"
+            );
+            Err(ApiError::new(
+                Code::Internal,
+                "the change is committed, but its conversation could not be read (logged on the server): list it with `conversations`",
+            ))
+        }
+    }
 }
 
 /// The events to publish, a message event's fields being its message, encoded once for

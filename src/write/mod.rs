@@ -21,7 +21,6 @@ use std::time::Instant;
 
 use futures_util::FutureExt;
 
-use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,13 +29,13 @@ use crate::cluster::hub::Hub;
 use crate::db::Database;
 use crate::foundation::config::Config;
 use crate::foundation::error::{ApiError, Code};
-use crate::foundation::frames::{self, event_frame, results};
+use crate::foundation::frames::results::{self, Answer};
+use crate::foundation::frames::{event_frame, ConversationState, Message};
 use crate::foundation::metrics::Metrics;
 use crate::foundation::protocol::{
     Body, ClientMsgId, ClientOpId, ConversationId, GroupName, Target, UserId,
 };
 use crate::read::cache::ConversationCache;
-use crate::read::store::Message;
 
 /// One write, as validated at the edge. Every variant names the user acting.
 #[derive(Debug, Clone)]
@@ -93,17 +92,17 @@ impl Command {
 #[derive(Debug, Clone)]
 pub(crate) enum Outcome {
     Message(Message),
-    Conversation(Value),
+    Conversation(ConversationState),
     Done,
 }
 
-impl Outcome {
-    /// The fields of the `ok` reply.
-    pub(crate) fn into_reply(self) -> Value {
-        match self {
-            Outcome::Message(m) => frames::result(&results::Sent { message: m.frame() }),
-            Outcome::Conversation(c) => frames::result(&results::Conversation { conversation: c }),
-            Outcome::Done => json!({}),
+impl From<Outcome> for Answer {
+    /// The `ok` reply's result.
+    fn from(outcome: Outcome) -> Answer {
+        match outcome {
+            Outcome::Message(message) => results::Sent { message }.into(),
+            Outcome::Conversation(conversation) => results::Conversation { conversation }.into(),
+            Outcome::Done => Answer::Empty {},
         }
     }
 }
