@@ -23,6 +23,7 @@ use crate::foundation::config::Config;
 use crate::foundation::metrics::{CpuMeter, Metrics};
 use crate::foundation::protocol::WorkerId;
 use crate::foundation::ratelimit::UserLimits;
+use crate::ops::stats::StatsLine;
 use crate::read::cache::ConversationCache;
 use crate::state::{App, AppInner};
 use crate::write::{Outputs, Writer};
@@ -163,6 +164,20 @@ impl Application {
         self.local_addr
     }
 
+    /// Logs the periodic stats line (`stats_interval_ms`) until shutdown; with
+    /// `to_supervisor`, also tells the supervisor this worker's socket count.
+    pub(crate) fn spawn_stats_reporter(&self, to_supervisor: bool) {
+        let app = self.app.clone();
+        let every = Duration::from_millis(app.config.stats_interval_ms);
+        let stop = app.shutdown.clone();
+        crate::ops::stats::spawn_reporter(every, stop, to_supervisor, move || StatsLine {
+            connections: app.open_sockets(),
+            users_online: app.hub.users_online(),
+            pool: app.db.pool_status(),
+            listener_up: app.listener.is_up(),
+        });
+    }
+
     /// The worker's shared state (tests inspect it; the server itself does not need it).
     pub fn app(&self) -> App {
         self.app.clone()
@@ -193,7 +208,7 @@ impl Application {
             return;
         };
         tracing::info!(addr = %local_addr, worker_id = %app.worker_id, "pgchat listening");
-        crate::ops::systemd::announce_when_ready(app.clone(), local_addr, token.clone());
+        crate::ops::systemd::announce_when_ready(app.listener.clone(), local_addr, token.clone());
         stop_on(shutdown, token.clone());
         let limits = crate::edge::server::Limits {
             header_read_timeout: Duration::from_millis(app.config.header_read_timeout_ms),

@@ -285,7 +285,7 @@ fn serve(
                 return ExitCode::from(e.exit_code());
             }
         };
-        crate::ops::stats::spawn_reporter(app.app(), supervised);
+        app.spawn_stats_reporter(supervised);
         app.run_until_stopped(stop).await;
         ExitCode::SUCCESS
     });

@@ -26,10 +26,10 @@
 //! - [`requests`]: one file per request kind (its fields, validation and application),
 //!   shared by the socket and the HTTP API. They reach the worker through
 //!   [`Services`](requests::Services) (read path, writer, metrics, typing fan-out), each
-//!   kind taking only the parts it uses.
+//!   kind taking only the parts it uses. Beside them, [`ops`]: the utilisation figures
+//!   and the stats line (from readings its callers take), systemd, `pgchat health`.
 //! - [`state`]: the handles a worker shares ([`App`]), from which the edge lends each
 //!   request its `Services`.
-//! - [`ops`]: utilisation and the stats line, systemd, `pgchat health`.
 //! - [`edge`]: accepting connections ([`server`](edge::server)), the routes
 //!   ([`http`](edge::http)), one WebSocket ([`session`](edge::session)), the browser
 //!   [`demo`](edge::demo).
@@ -50,11 +50,10 @@ pub mod cluster;
 
 pub mod write;
 
+pub mod ops;
 pub mod requests;
 
 pub mod state;
-
-pub mod ops;
 
 pub mod edge;
 

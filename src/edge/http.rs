@@ -21,6 +21,7 @@ use crate::foundation::auth::Identity;
 use crate::foundation::error::{ApiError, Code, DbError};
 use crate::foundation::frames::results::Answer;
 use crate::foundation::protocol::{ConversationId, Request};
+use crate::ops::stats;
 use crate::read::store;
 use crate::requests;
 use crate::state::{App, SocketSlot};
@@ -367,7 +368,14 @@ async fn ready(State(app): State<App>) -> Response {
 async fn health(State(app): State<App>) -> Response {
     let pool = app.db.pool_status();
     let db = app.health.database_up(&app.db, &app.metrics).await;
-    let (utilisation, scale_out) = crate::ops::stats::utilisation(&app);
+    let (utilisation, scale_out) = stats::utilisation(&stats::Readings {
+        cpu: app.cpu.share(),
+        rss: stats::memory().0,
+        memory_limit: stats::memory_limit(&app.config),
+        open_sockets: app.open_sockets(),
+        max_connections: app.config.max_connections,
+        pool,
+    });
     Json(json!({
         "status": if db { "ok" } else { "degraded" },
         "worker": app.worker_id,
@@ -424,6 +432,6 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
 
 /// Resident and virtual memory of this process, from /proc (Linux).
 fn memory() -> serde_json::Value {
-    let (rss, virt) = crate::ops::stats::memory();
+    let (rss, virt) = stats::memory();
     json!({"rss_bytes": rss, "virtual_bytes": virt})
 }

@@ -13,10 +13,11 @@
 
 use std::time::Duration;
 
+use deadpool_postgres::Status as PoolStatus;
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 
 use crate::foundation::config::Config;
-use crate::state::App;
 
 const CPU_TRIGGER: f64 = 0.70;
 const MEMORY_TRIGGER: f64 = 0.80;
@@ -67,14 +68,24 @@ fn percent(r: f64) -> f64 {
     (r * 1000.0).round() / 10.0
 }
 
+/// What the triggers are computed from, read off a worker by its caller.
+pub(crate) struct Readings {
+    /// The share of the CPUs this process used lately (0..1).
+    pub(crate) cpu: f64,
+    /// Resident memory, in bytes.
+    pub(crate) rss: u64,
+    /// This worker's share of the memory limit, if there is one ([`memory_limit`]).
+    pub(crate) memory_limit: Option<u64>,
+    pub(crate) open_sockets: usize,
+    pub(crate) max_connections: usize,
+    pub(crate) pool: PoolStatus,
+}
+
 /// The `utilisation` block of `/health` and the `scale_out` hint: the triggers that fired,
 /// or null.
-pub(crate) fn utilisation(app: &App) -> (Value, Value) {
-    let cpu = app.cpu.share();
-    let (rss, _) = memory();
-    let memory_limit = memory_limit(&app.config);
-    let connections = ratio(app.open_sockets() as f64, app.config.max_connections as f64);
-    let pool = app.db.pool_status();
+pub(crate) fn utilisation(r: &Readings) -> (Value, Value) {
+    let (cpu, rss, memory_limit, pool) = (r.cpu, r.rss, r.memory_limit, r.pool);
+    let connections = ratio(r.open_sockets as f64, r.max_connections as f64);
     let database = (pool.max_size > 0)
         .then(|| ratio((pool.size - pool.available) as f64, pool.max_size as f64));
     let mut fired = Vec::new();
@@ -101,8 +112,8 @@ pub(crate) fn utilisation(app: &App) -> (Value, Value) {
         },
         "connections": {
             "percent": percent(connections),
-            "open": app.open_sockets(),
-            "max": app.config.max_connections,
+            "open": r.open_sockets,
+            "max": r.max_connections,
             "threshold": percent(CONNECTIONS_TRIGGER),
         },
         "database": {
@@ -120,11 +131,23 @@ pub(crate) fn utilisation(app: &App) -> (Value, Value) {
     (block, hint)
 }
 
-/// Logs a stats line every `stats_interval_ms` (if not 0) until shutdown; with
+/// What the periodic stats line reports, read off a worker by its caller.
+pub(crate) struct StatsLine {
+    pub(crate) connections: usize,
+    pub(crate) users_online: usize,
+    pub(crate) pool: PoolStatus,
+    pub(crate) listener_up: bool,
+}
+
+/// Logs a stats line (from `read`) every `every` (if not 0) until `stop`; with
 /// `to_supervisor`, also writes `{"connections":N}` on stdout for the supervisor's
 /// distribution line.
-pub(crate) fn spawn_reporter(app: App, to_supervisor: bool) {
-    let every = Duration::from_millis(app.config.stats_interval_ms);
+pub(crate) fn spawn_reporter(
+    every: Duration,
+    stop: CancellationToken,
+    to_supervisor: bool,
+    read: impl Fn() -> StatsLine + Send + 'static,
+) {
     if every.is_zero() {
         return;
     }
@@ -134,27 +157,67 @@ pub(crate) fn spawn_reporter(app: App, to_supervisor: bool) {
         tick.tick().await; // the first tick is immediate
         loop {
             tokio::select! {
-                _ = app.shutdown.cancelled() => return,
+                _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let pool = app.db.pool_status();
+            let StatsLine {
+                connections,
+                users_online,
+                pool,
+                listener_up,
+            } = read();
             let (rss, _) = memory();
             tracing::info!(
-                connections = app.open_sockets(),
-                users_online = app.hub.users_online(),
+                connections,
+                users_online,
                 rss_mb = rss / (1024 * 1024),
                 pool_size = pool.size,
                 pool_available = pool.available,
                 pool_waiting = pool.waiting,
-                listener_up = app.listener.is_up(),
+                listener_up,
                 "stats"
             );
             if to_supervisor {
                 use std::io::Write;
-                let line = format!("{}\n", json!({"connections": app.open_sockets()}));
+                let line = format!("{}\n", json!({ "connections": connections }));
                 // The supervisor reads every line; if it is gone, the worker stops anyway.
                 let _ = std::io::stdout().lock().write_all(line.as_bytes());
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn readings(cpu: f64, open_sockets: usize, in_use: usize) -> Readings {
+        Readings {
+            cpu,
+            rss: 100,
+            memory_limit: Some(1000),
+            open_sockets,
+            max_connections: 100,
+            pool: PoolStatus {
+                max_size: 10,
+                size: in_use,
+                available: 0,
+                waiting: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn each_trigger_past_its_threshold_names_itself() {
+        let (block, hint) = utilisation(&readings(0.1, 10, 1));
+        assert_eq!(hint, Value::Null);
+        assert_eq!(block["connections"]["percent"], 10.0);
+        assert_eq!(block["memory"]["percent"], 10.0);
+        let (_, hint) = utilisation(&readings(0.9, 81, 9));
+        assert_eq!(hint, json!(["cpu", "connections", "database"]));
+        let mut shared = readings(0.1, 0, 0);
+        shared.pool.max_size = 0; // the listener's one connection: no figure
+        let (block, _) = utilisation(&shared);
+        assert_eq!(block["database"]["percent"], Value::Null);
+    }
 }

@@ -13,6 +13,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
@@ -20,7 +21,7 @@ use tokio::net::UnixDatagram;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::state::App;
+use crate::cluster::listener::ListenerState;
 
 /// Sends `states` to `NOTIFY_SOCKET`, if set; a failure is logged, never fatal.
 pub(crate) fn notify(states: &[NotifyState]) {
@@ -51,12 +52,16 @@ pub(crate) fn spawn_watchdog() {
 
 /// `READY=1` once the notification listener is up (the port already listens): from
 /// then on a connection gets a worker that can deliver messages from the others.
-pub(crate) fn announce_when_ready(app: App, addr: SocketAddr, stop: CancellationToken) {
+pub(crate) fn announce_when_ready(
+    listener: Arc<ListenerState>,
+    addr: SocketAddr,
+    stop: CancellationToken,
+) {
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return;
     }
     tokio::spawn(async move {
-        while !app.listener.is_up() {
+        while !listener.is_up() {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_millis(20)) => {}
