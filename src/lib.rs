@@ -5,8 +5,8 @@
 //! from its own layer and those below (`tests/architecture.rs` checks it).
 //!
 //! - [`foundation`]: [`config`](foundation::config) (defaults < `config.toml` <
-//!   environment, validated once), the [`protocol`](foundation::protocol)'s request
-//!   types, the [`frames`](foundation::frames) the server sends,
+//!   environment, validated once), the [`protocol`](foundation::protocol)'s values
+//!   (ids, bodies, names), the [`frames`](foundation::frames) the server sends,
 //!   [`error`](foundation::error)s, [`metrics`](foundation::metrics),
 //!   [`secrets`](foundation::secrets), [`logging`](foundation::logging), the database
 //!   URLs ([`endpoint`](foundation::endpoint)), token checks ([`auth`](foundation::auth))
@@ -21,7 +21,7 @@
 //!   per batch ([`notify`](cluster::notify)) names the streams that grew, and every
 //!   other worker's [`listener`](cluster::listener) fetches those events for its users.
 //!   [`presence`](cluster::presence) and [`typing`](cluster::typing) ride the same path.
-//! - [`write`]: a `send` is queued here, committed with the others beside it in one
+//! - [`write`](mod@write): a `send` is queued here, committed with the others beside it in one
 //!   transaction (allocating gap-free `seq`/`cseq`), and acknowledged after commit.
 //! - [`requests`]: one file per request kind (its fields, validation and application),
 //!   shared by the socket and the HTTP API. They reach the worker through
@@ -37,8 +37,12 @@
 //! - [`supervisor`]: `serve --workers N` runs N such workers, sharing only PostgreSQL;
 //!   [`cli`]: the command line, which `main.rs` hands over to.
 //!
-//! Beside the server, [`bench`] is `pgchat bench`: a load tool that speaks the protocol
+//! Beside the server, [`bench`](mod@bench) is `pgchat bench`: a load tool that speaks the protocol
 //! to a running server and reports latency, and what was lost.
+
+// The tour and the module docs name crate-private items on purpose: they are written for
+// readers of the source (`cargo doc --document-private-items` renders every link).
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod foundation;
 

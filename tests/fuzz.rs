@@ -11,9 +11,10 @@ use std::time::Duration;
 use pgchat::foundation::auth::Authenticator;
 use pgchat::foundation::error::Code;
 use pgchat::foundation::protocol::{
-    Body, ClientMsgId, ClientOpId, ConversationId, GroupName, Limits, Request, Target, TypingState,
-    UserId, MAX_HISTORY_LIMIT, MAX_MEMBERS_PAGE,
+    Body, ClientMsgId, ClientOpId, ConversationId, GroupName, Limits, Target, TypingState, UserId,
+    MAX_HISTORY_LIMIT, MAX_MEMBERS_PAGE,
 };
+use pgchat::requests::Request;
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 use serde_json::{json, Map, Value};

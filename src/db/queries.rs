@@ -15,7 +15,7 @@ pub const APPLY_BATCH: &str = "SELECT * FROM pgchat.apply_batch(
     $8::text[], $9::int8[], $10::int4[], $11::text[])";
 
 /// The columns that render an event as a frame: from an `event_queue` row `e`, its
-/// message `m` and its conversation `c` (see [`event_joins`]).
+/// message `m` and its conversation `c` (see `event_joins!`).
 macro_rules! event_columns {
     () => {
         "e.user_id, e.seq, e.kind, e.payload,

@@ -20,10 +20,10 @@ use crate::edge::session;
 use crate::foundation::auth::Identity;
 use crate::foundation::error::{ApiError, Code, DbError};
 use crate::foundation::frames::results::Answer;
-use crate::foundation::protocol::{ConversationId, Request};
+use crate::foundation::protocol::ConversationId;
 use crate::ops::stats;
 use crate::read::store;
-use crate::requests;
+use crate::requests::{self, Request};
 use crate::state::{App, SocketSlot};
 
 pub(crate) fn router(app: App) -> Router {

@@ -24,10 +24,10 @@ use crate::foundation::error::{ApiError, Code};
 use crate::foundation::frames::results::{self, Answer};
 use crate::foundation::frames::{self, PresenceEntry, PresenceStatus};
 use crate::foundation::protocol::{
-    rfc3339, BearerToken, ConversationId, Envelope, Request, TypingState, UserId,
+    rfc3339, BearerToken, ConversationId, Envelope, TypingState, UserId,
 };
 use crate::read::store;
-use crate::requests;
+use crate::requests::{self, Request};
 use crate::state::App;
 
 /// Close codes of PROTOCOL.md.

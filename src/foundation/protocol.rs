@@ -1,8 +1,8 @@
-//! The wire contract: incoming frames parsed once into typed requests, and the replies.
-//!
-//! Parsing happens in two steps so that every error can echo the request's `ref`: first
-//! the envelope (`type`, `ref`), then the body for that type. Ids, bodies and names are
-//! newtypes that can only hold valid values, so nothing past this module re-checks them.
+//! The values requests carry: the envelope (`ref`), ids, bodies, names, a bearer token,
+//! typing's state, and the protocol's fixed limits. Ids, bodies and names are newtypes
+//! that can only hold valid values, so nothing that holds one re-checks it. The requests
+//! themselves (`requests::Request`) are parsed in [`crate::requests`], a layer above: in
+//! two steps, so that every error can echo the request's `ref`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -177,7 +177,7 @@ checked_string!(
 );
 
 /// A message body. Its length limit is configurable, so it is checked where the
-/// configuration is known ([`Request::parse`]), not on deserialising.
+/// configuration is known (`requests::Request::parse`), not on deserialising.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Body(String);
 
@@ -211,65 +211,6 @@ impl Body {
 pub enum Target {
     Conversation(ConversationId),
     User(UserId),
-}
-
-/// One client request, fully validated.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Request {
-    Resume {
-        after: i64,
-    },
-    Send {
-        target: Target,
-        body: Body,
-        client_msg_id: ClientMsgId,
-    },
-    History {
-        conversation: ConversationId,
-        before_cseq: Option<i64>,
-        limit: i64,
-    },
-    Conversations,
-    /// A page of a conversation's members, by id, after `after`.
-    Members {
-        conversation: ConversationId,
-        after: Option<UserId>,
-        limit: i64,
-    },
-    GroupCreate {
-        name: GroupName,
-        members: Vec<UserId>,
-        client_op_id: Option<ClientOpId>,
-    },
-    GroupAdd {
-        conversation: ConversationId,
-        users: Vec<UserId>,
-        /// Also make the users admins (only an admin may).
-        admin: bool,
-    },
-    GroupRemove {
-        conversation: ConversationId,
-        users: Vec<UserId>,
-    },
-    GroupLeave {
-        conversation: ConversationId,
-    },
-    Read {
-        conversation: ConversationId,
-        cseq: i64,
-    },
-    Typing {
-        conversation: ConversationId,
-        state: TypingState,
-    },
-    PresenceSubscribe {
-        users: Vec<UserId>,
-    },
-    /// Replaces the session's token with a newer one for the same user (v1.1).
-    Auth {
-        token: BearerToken,
-    },
-    Ping,
 }
 
 /// A token as a client sent it, not yet verified. Its `Debug` hides it, so that a request
@@ -331,12 +272,6 @@ pub(crate) fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits {
-        max_message_chars: 10,
-        max_group_members: 3,
-        max_presence_users: 2,
-    };
-
     #[test]
     fn user_ids_accept_the_documented_alphabet_only() {
         assert!(UserId::parse("alice.b@x:y-z_1").is_ok());
@@ -345,63 +280,5 @@ mod tests {
         assert!(UserId::parse("é").is_err());
         assert!(UserId::parse(&"a".repeat(64)).is_ok());
         assert!(UserId::parse(&"a".repeat(65)).is_err());
-    }
-
-    #[test]
-    fn errors_keep_the_ref() {
-        let (env, r) = Request::parse(r#"{"type":"nope","ref":7}"#, LIMITS);
-        assert_eq!(env.r#ref, Some(Value::from(7)));
-        assert_eq!(r.unwrap_err().code, Code::UnknownType);
-        let (env, r) = Request::parse(r#"{"type":"send","ref":"x","to":"bob"}"#, LIMITS);
-        assert_eq!(env.r#ref, Some(Value::from("x")));
-        let e = r.unwrap_err();
-        assert_eq!(e.code, Code::BadRequest);
-        assert!(e.message.contains("body"), "{}", e.message);
-    }
-
-    #[test]
-    fn over_long_bodies_are_too_large() {
-        let (_, r) = Request::parse(
-            r#"{"type":"send","to":"bob","body":"12345678901","client_msg_id":"m"}"#,
-            LIMITS,
-        );
-        assert_eq!(r.unwrap_err().code, Code::TooLarge);
-    }
-
-    #[test]
-    fn send_needs_exactly_one_target() {
-        let (_, r) = Request::parse(
-            r#"{"type":"send","to":"bob","conversation":"c1","body":"x","client_msg_id":"m"}"#,
-            LIMITS,
-        );
-        assert_eq!(r.unwrap_err().code, Code::BadRequest);
-    }
-
-    #[test]
-    fn user_lists_are_bounded_checked_and_deduplicated() {
-        let (_, r) = Request::parse(
-            r#"{"type":"group_create","name":"g","members":["a","b","c"]}"#,
-            LIMITS,
-        );
-        assert_eq!(r.unwrap_err().code, Code::TooLarge);
-        let (_, r) = Request::parse(
-            r#"{"type":"group_create","name":"g","members":["a","a"]}"#,
-            LIMITS,
-        );
-        match r.unwrap() {
-            Request::GroupCreate { members, .. } => assert_eq!(members.len(), 1),
-            other => panic!("{other:?}"),
-        }
-        let (_, r) = Request::parse(
-            r#"{"type":"presence_subscribe","users":["a","b c"]}"#,
-            LIMITS,
-        );
-        let e = r.unwrap_err();
-        assert!(e.message.contains("users[1]"), "{}", e.message);
-        let (_, r) = Request::parse(
-            r#"{"type":"group_create","name":"  ","members":[]}"#,
-            LIMITS,
-        );
-        assert_eq!(r.unwrap_err().code, Code::BadRequest);
     }
 }

@@ -5,9 +5,10 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::Request;
 use super::{fields, user_list};
 use crate::foundation::error::ApiError;
-use crate::foundation::protocol::{ConversationId, Request};
+use crate::foundation::protocol::ConversationId;
 
 #[derive(Deserialize)]
 struct Fields {

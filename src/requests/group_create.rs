@@ -4,9 +4,10 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::Request;
 use super::{fields, user_list};
 use crate::foundation::error::ApiError;
-use crate::foundation::protocol::{ClientOpId, GroupName, Request};
+use crate::foundation::protocol::{ClientOpId, GroupName};
 
 #[derive(Deserialize)]
 struct Fields {

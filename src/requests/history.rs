@@ -5,12 +5,13 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::fields;
+use super::Request;
 use crate::db::Database;
 use crate::foundation::error::ApiError;
 use crate::foundation::frames::results;
 use crate::foundation::metrics::Metrics;
 use crate::foundation::protocol::{
-    ConversationId, Request, UserId, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT,
+    ConversationId, UserId, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT,
 };
 use crate::read::cache::{ConversationCache, Page};
 use crate::read::store;

@@ -4,11 +4,12 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::Request;
 use super::{fields, members_for};
 use crate::db::Database;
 use crate::foundation::error::ApiError;
 use crate::foundation::frames::results;
-use crate::foundation::protocol::{ConversationId, Request, UserId, MAX_MEMBERS_PAGE};
+use crate::foundation::protocol::{ConversationId, UserId, MAX_MEMBERS_PAGE};
 use crate::read::cache::ConversationCache;
 
 #[derive(Deserialize)]

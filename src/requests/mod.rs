@@ -37,8 +37,10 @@ use crate::db::Database;
 use crate::foundation::error::{ApiError, Code};
 use crate::foundation::frames::results::Answer;
 use crate::foundation::metrics::Metrics;
-use crate::foundation::protocol::{ConversationId, WorkerId};
-use crate::foundation::protocol::{Envelope, Limits, Request, UserId};
+use crate::foundation::protocol::{
+    BearerToken, Body, ClientMsgId, ClientOpId, ConversationId, Envelope, GroupName, Limits,
+    Target, TypingState, UserId, WorkerId,
+};
 use crate::read::cache::ConversationCache;
 use crate::read::store;
 use crate::write::{Command, Writer};
@@ -59,6 +61,65 @@ pub(crate) struct Services<'a> {
     pub(crate) worker_id: &'a WorkerId,
     /// `conversation_members_listed`: members listed per conversation by `conversations`.
     pub(crate) members_listed: usize,
+}
+
+/// One client request, fully validated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    Resume {
+        after: i64,
+    },
+    Send {
+        target: Target,
+        body: Body,
+        client_msg_id: ClientMsgId,
+    },
+    History {
+        conversation: ConversationId,
+        before_cseq: Option<i64>,
+        limit: i64,
+    },
+    Conversations,
+    /// A page of a conversation's members, by id, after `after`.
+    Members {
+        conversation: ConversationId,
+        after: Option<UserId>,
+        limit: i64,
+    },
+    GroupCreate {
+        name: GroupName,
+        members: Vec<UserId>,
+        client_op_id: Option<ClientOpId>,
+    },
+    GroupAdd {
+        conversation: ConversationId,
+        users: Vec<UserId>,
+        /// Also make the users admins (only an admin may).
+        admin: bool,
+    },
+    GroupRemove {
+        conversation: ConversationId,
+        users: Vec<UserId>,
+    },
+    GroupLeave {
+        conversation: ConversationId,
+    },
+    Read {
+        conversation: ConversationId,
+        cseq: i64,
+    },
+    Typing {
+        conversation: ConversationId,
+        state: TypingState,
+    },
+    PresenceSubscribe {
+        users: Vec<UserId>,
+    },
+    /// Replaces the session's token with a newer one for the same user (v1.1).
+    Auth {
+        token: BearerToken,
+    },
+    Ping,
 }
 
 const DUPLICATE: &str = "duplicate field";
@@ -318,4 +379,73 @@ async fn members_for(
         return Err(store::not_a_member(conversation));
     }
     Ok(members)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_message_chars: 10,
+        max_group_members: 3,
+        max_presence_users: 2,
+    };
+
+    #[test]
+    fn errors_keep_the_ref() {
+        let (env, r) = Request::parse(r#"{"type":"nope","ref":7}"#, LIMITS);
+        assert_eq!(env.r#ref, Some(Value::from(7)));
+        assert_eq!(r.unwrap_err().code, Code::UnknownType);
+        let (env, r) = Request::parse(r#"{"type":"send","ref":"x","to":"bob"}"#, LIMITS);
+        assert_eq!(env.r#ref, Some(Value::from("x")));
+        let e = r.unwrap_err();
+        assert_eq!(e.code, Code::BadRequest);
+        assert!(e.message.contains("body"), "{}", e.message);
+    }
+
+    #[test]
+    fn over_long_bodies_are_too_large() {
+        let (_, r) = Request::parse(
+            r#"{"type":"send","to":"bob","body":"12345678901","client_msg_id":"m"}"#,
+            LIMITS,
+        );
+        assert_eq!(r.unwrap_err().code, Code::TooLarge);
+    }
+
+    #[test]
+    fn send_needs_exactly_one_target() {
+        let (_, r) = Request::parse(
+            r#"{"type":"send","to":"bob","conversation":"c1","body":"x","client_msg_id":"m"}"#,
+            LIMITS,
+        );
+        assert_eq!(r.unwrap_err().code, Code::BadRequest);
+    }
+
+    #[test]
+    fn user_lists_are_bounded_checked_and_deduplicated() {
+        let (_, r) = Request::parse(
+            r#"{"type":"group_create","name":"g","members":["a","b","c"]}"#,
+            LIMITS,
+        );
+        assert_eq!(r.unwrap_err().code, Code::TooLarge);
+        let (_, r) = Request::parse(
+            r#"{"type":"group_create","name":"g","members":["a","a"]}"#,
+            LIMITS,
+        );
+        match r.unwrap() {
+            Request::GroupCreate { members, .. } => assert_eq!(members.len(), 1),
+            other => panic!("{other:?}"),
+        }
+        let (_, r) = Request::parse(
+            r#"{"type":"presence_subscribe","users":["a","b c"]}"#,
+            LIMITS,
+        );
+        let e = r.unwrap_err();
+        assert!(e.message.contains("users[1]"), "{}", e.message);
+        let (_, r) = Request::parse(
+            r#"{"type":"group_create","name":"  ","members":[]}"#,
+            LIMITS,
+        );
+        assert_eq!(r.unwrap_err().code, Code::BadRequest);
+    }
 }

@@ -4,9 +4,9 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::Request;
 use super::{fields, user_list};
 use crate::foundation::error::ApiError;
-use crate::foundation::protocol::Request;
 
 #[derive(Deserialize)]
 struct Fields {

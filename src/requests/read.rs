@@ -5,8 +5,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::fields;
+use super::Request;
 use crate::foundation::error::ApiError;
-use crate::foundation::protocol::{ConversationId, Request};
+use crate::foundation::protocol::ConversationId;
 
 #[derive(Deserialize)]
 struct Fields {

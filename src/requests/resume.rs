@@ -5,8 +5,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::fields;
+use super::Request;
 use crate::foundation::error::ApiError;
-use crate::foundation::protocol::Request;
 
 #[derive(Deserialize)]
 struct Fields {

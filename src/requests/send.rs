@@ -5,9 +5,10 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::fields;
+use super::Request;
 use crate::foundation::error::ApiError;
 use crate::foundation::metrics::Metrics;
-use crate::foundation::protocol::{Body, ClientMsgId, ConversationId, Request, Target, UserId};
+use crate::foundation::protocol::{Body, ClientMsgId, ConversationId, Target, UserId};
 use crate::write::Command;
 
 #[derive(Deserialize)]

@@ -5,9 +5,10 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::Request;
 use super::{fields, members_for, Services};
 use crate::foundation::error::ApiError;
-use crate::foundation::protocol::{ConversationId, Request, TypingState, UserId};
+use crate::foundation::protocol::{ConversationId, TypingState, UserId};
 
 #[derive(Deserialize)]
 struct Fields {
