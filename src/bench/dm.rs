@@ -7,14 +7,12 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use super::client::{close_sink, Conn};
-use super::load::{self, Recipient, Recorder, Run, Track, BODY};
+use super::client::Conn;
+use super::load::{self, Phase, Recipient, Recorder, BODY};
 use super::pool::{self, Pair};
-use super::progress::{self, Progress, Shows};
 use super::report::{Latency, Placement, Report};
-use super::schedule::{self, Schedule};
+use super::schedule::Schedule;
 use super::{BenchError, Ctx, DmOptions};
 
 /// The warm-up message's ref; measured messages have refs 0, 1, 2, …
@@ -53,8 +51,33 @@ pub(crate) async fn run_rounds(
     scenario: &'static str,
     load: Load,
 ) -> Result<Report, BenchError> {
+    let pairs = warm_pairs(ctx, load).await?;
+    let (n, cross_pairs) = (pairs.len(), pairs.iter().filter(|p| p.cross).count());
+    // Every writer starts from the same instant, a moment from now.
+    let start = Instant::now() + Duration::from_millis(100);
+    let sched = Schedule::new(start, n, load.rate, load.round, load.rounds);
+    let rec = Recorder::new(load.rounds, 2);
+    let mut phase = Phase::start(ctx, sched, &rec, load.round * load.rounds as u32);
+    for (i, pair) in pairs.into_iter().enumerate() {
+        start_pair(&mut phase, i, pair);
+    }
+    let (mut report, rounds) = phase.finish(scenario, 1).await;
+
+    let rec = rec.lock().unwrap();
+    report.latency = latencies(&rec, n, cross_pairs);
+    report.rounds = load::round_rows(&rounds, &rec);
+    report.placement = Some(Placement {
+        same_worker_pairs: n - cross_pairs,
+        cross_worker_pairs: cross_pairs,
+    });
+    Ok(report)
+}
+
+/// Opens the pairs and warms each up (see [`warm_up`]). One that fails fails the run: a
+/// pair that cannot deliver one message would only measure its own failure. The pairs are
+/// closed then, since no phase will close them.
+async fn warm_pairs(ctx: &Arc<Ctx>, load: Load) -> Result<Vec<Pair>, BenchError> {
     let mut pairs = pool::pairs(ctx, load.pairs, load.cross).await?;
-    let cross_pairs = pairs.iter().filter(|p| p.cross).count();
     let warm = join_all(pairs.iter_mut().map(warm_up)).await;
     if let Some(Err(e)) = warm.into_iter().find(Result::is_err) {
         join_all(
@@ -65,110 +88,37 @@ pub(crate) async fn run_rounds(
         .await;
         return Err(e);
     }
+    Ok(pairs)
+}
 
-    // Every writer starts from the same instant, a moment from now.
-    let start = Instant::now() + Duration::from_millis(100);
-    let sched = Schedule::new(start, pairs.len(), load.rate, load.round, load.rounds);
-    let rec = Recorder::new(load.rounds, 2);
-    let stop = CancellationToken::new();
-    let run = Run {
-        sched,
-        rec: rec.clone(),
-        ctx: ctx.clone(),
-        stop: stop.clone(),
+/// Starts pair `i`: its sender writes direct messages to its receiver, whose deliveries
+/// also go into the histogram of their placement (within a worker or across workers).
+fn start_pair(phase: &mut Phase, i: usize, pair: Pair) {
+    let to = pair.receiver.user.clone();
+    let make = move |k: u64| {
+        format!(r#"{{"type":"send","to":"{to}","body":"{BODY}","client_msg_id":"{k}","ref":{k}}}"#)
     };
-    let progress = Progress::start(
-        ctx,
-        start,
-        Some(load.round * load.rounds as u32),
-        Shows::Messages,
-    );
-    ctx.set_phase(progress::RUN);
-    let mut clock = schedule::tick(sched, stop.clone()).into_iter();
-    let (mut writers, mut readers, mut sinks, mut tracks) = (vec![], vec![], vec![], vec![]);
-    for (i, pair) in pairs.into_iter().enumerate() {
-        let track = Track::new(sched.count(i));
-        tracks.push(track.clone());
-        let to = pair.receiver.user.clone();
-        let (s_sink, s_stream, s_seq) = pair.sender.split();
-        let (r_sink, r_stream, r_seq) = pair.receiver.split();
-        sinks.push(r_sink);
-        let make = move |k: u64| {
-            format!(
-                r#"{{"type":"send","to":"{to}","body":"{BODY}","client_msg_id":"{k}","ref":{k}}}"#
-            )
-        };
-        let (writer, acks) = load::spawn_sender(
-            s_sink,
-            s_stream,
-            s_seq,
-            clock.next().expect("a clock per sender"),
-            i,
-            &track,
-            &run,
-            make,
-        );
-        writers.push(writer);
-        readers.push(acks);
-        let who = Recipient {
-            of: 1,
-            each: Some(if pair.cross { CROSS } else { SAME }),
-            last: None,
-        };
-        readers.push(tokio::spawn(load::read_deliveries(
-            r_stream,
-            r_seq,
-            i,
-            track,
-            who,
-            run.clone(),
-        )));
-    }
-    for w in join_all(writers).await {
-        sinks.push(w.expect("writer task"));
-    }
-    let sends_done = Instant::now();
-    ctx.set_phase(progress::DRAIN);
-    load::drain(ctx, 1).await;
-    let ended = Instant::now();
-    stop.cancel();
+    let track = phase.sender(i, pair.sender, make);
+    let who = Recipient {
+        of: 1,
+        each: Some(if pair.cross { CROSS } else { SAME }),
+        last: None,
+    };
+    phase.recipient(i, pair.receiver, track, who);
+}
 
-    let mut report = Report::new(scenario);
-    let mut duplicates = 0;
-    for r in join_all(readers).await {
-        let r = r.expect("reader task");
-        report.errors.merge(r.errors);
-        report.stream.add(&r.seq);
-        duplicates += r.duplicates;
-    }
-    join_all(sinks.into_iter().map(close_sink)).await;
-    progress.finish().await;
-
-    let rec = rec.lock().unwrap();
-    let rounds = load::tally(&sched, &tracks, 1);
-    let mut messages = load::total(&rounds);
-    messages.duplicates = duplicates;
-    load::rates(&mut messages, &sched, sends_done, rec.last_delivery);
-    report.elapsed_s = (ended - start).as_secs_f64();
-    report.latency = vec![
+/// The latency rows over all rounds. Delivery is split by placement only when the run had
+/// pairs of both kinds: with one kind the split would repeat the total.
+fn latencies(rec: &Recorder, pairs: usize, cross_pairs: usize) -> Vec<Latency> {
+    let mut rows = vec![
         Latency::of("send → ack", &Recorder::merged(&rec.ack)),
         Latency::of("send → delivery", &Recorder::merged(&rec.delivery)),
     ];
-    if cross_pairs > 0 && cross_pairs < tracks.len() {
-        report
-            .latency
-            .push(Latency::of("  within a worker", &rec.extra[SAME]));
-        report
-            .latency
-            .push(Latency::of("  across workers", &rec.extra[CROSS]));
+    if cross_pairs > 0 && cross_pairs < pairs {
+        rows.push(Latency::of("  within a worker", &rec.extra[SAME]));
+        rows.push(Latency::of("  across workers", &rec.extra[CROSS]));
     }
-    report.rounds = load::round_rows(&rounds, &rec);
-    report.messages = Some(messages);
-    report.placement = Some(Placement {
-        same_worker_pairs: tracks.len() - cross_pairs,
-        cross_worker_pairs: cross_pairs,
-    });
-    Ok(report)
+    rows
 }
 
 /// One message per pair before the measured phase: it creates the direct conversation

@@ -8,14 +8,12 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use serde_json::{json, Value};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use super::client::{close_sink, Conn};
-use super::load::{self, Recipient, Recorder, Run, Track, BODY};
+use super::client::Conn;
+use super::load::{Phase, Recipient, Recorder, BODY};
 use super::pool;
-use super::progress::{self, Progress, Shows};
 use super::report::{Latency, Report};
-use super::schedule::{self, Schedule};
+use super::schedule::Schedule;
 use super::{BenchError, Ctx, GroupOptions};
 
 const CREATE_REF: i64 = -1;
@@ -24,6 +22,33 @@ const WARM_UP_REF: i64 = -2;
 const LAST: usize = 0;
 
 pub(crate) async fn run(ctx: &Arc<Ctx>, o: &GroupOptions) -> Result<Report, BenchError> {
+    let groups = open_groups(ctx, o).await?;
+    let recipients = (o.size - 1) as u32;
+    let start = Instant::now() + Duration::from_millis(100);
+    let sched = Schedule::new(start, o.groups, o.rate, o.duration, 1);
+    let rec = Recorder::new(1, 1);
+    let mut phase = Phase::start(ctx, sched, &rec, o.duration);
+    for (i, (group, id)) in groups.into_iter().enumerate() {
+        start_group(&mut phase, i, group, id, recipients);
+    }
+    let (mut report, _) = phase.finish("group", u64::from(recipients)).await;
+
+    let rec = rec.lock().unwrap();
+    report.latency = vec![
+        Latency::of("send → ack", &rec.ack[0]),
+        Latency::of("send → each recipient", &rec.delivery[0]),
+        Latency::of("send → last recipient", &rec.extra[LAST]),
+    ];
+    Ok(report)
+}
+
+/// Opens the sockets of `o.groups` groups of `o.size`, and creates and warms up each group
+/// (see [`set_up`]). Returns each group's sockets with its conversation id. One group that
+/// fails fails the run, and every socket is closed then, since no phase will close them.
+async fn open_groups(
+    ctx: &Arc<Ctx>,
+    o: &GroupOptions,
+) -> Result<Vec<(Vec<Conn>, String)>, BenchError> {
     // Consecutive sockets are on different workers, so each group spans them.
     let mut sockets = pool::spread(ctx, o.groups * o.size).await?;
     let mut groups: Vec<Vec<Conn>> = Vec::with_capacity(o.groups);
@@ -42,97 +67,30 @@ pub(crate) async fn run(ctx: &Arc<Ctx>, o: &GroupOptions) -> Result<Report, Benc
             }
         }
     }
+    Ok(groups.into_iter().zip(ids).collect())
+}
 
-    let recipients = (o.size - 1) as u32;
-    let start = Instant::now() + Duration::from_millis(100);
-    let sched = Schedule::new(start, o.groups, o.rate, o.duration, 1);
-    let rec = Recorder::new(1, 1);
-    let stop = CancellationToken::new();
-    let run = Run {
-        sched,
-        rec: rec.clone(),
-        ctx: ctx.clone(),
-        stop: stop.clone(),
+/// Starts group `i`: its first socket sends to the conversation `id`, and every other
+/// member reads the deliveries; the last of `recipients` to get a message completes it.
+fn start_group(phase: &mut Phase, i: usize, group: Vec<Conn>, id: String, recipients: u32) {
+    let mut members = group.into_iter();
+    let sender = members.next().expect("a group has a sender");
+    // The id is the server's: quote it as JSON once, not per message.
+    let id = serde_json::to_string(&id).expect("a string serializes");
+    let make = move |k: u64| {
+        format!(
+            r#"{{"type":"send","conversation":{id},"body":"{BODY}","client_msg_id":"{k}","ref":{k}}}"#
+        )
     };
-    let progress = Progress::start(ctx, start, Some(o.duration), Shows::Messages);
-    ctx.set_phase(progress::RUN);
-    let mut clock = schedule::tick(sched, stop.clone()).into_iter();
-    let (mut writers, mut readers, mut sinks, mut tracks) = (vec![], vec![], vec![], vec![]);
-    for (i, (group, id)) in groups.into_iter().zip(ids).enumerate() {
-        let track = Track::new(sched.count(i));
-        tracks.push(track.clone());
-        let mut members = group.into_iter();
-        let sender = members.next().expect("a group has a sender");
-        let (sink, stream, seq) = sender.split();
-        // The id is the server's: quote it as JSON once, not per message.
-        let id = serde_json::to_string(&id).expect("a string serializes");
-        let make = move |k: u64| {
-            format!(
-                r#"{{"type":"send","conversation":{id},"body":"{BODY}","client_msg_id":"{k}","ref":{k}}}"#
-            )
-        };
-        let (writer, acks) = load::spawn_sender(
-            sink,
-            stream,
-            seq,
-            clock.next().expect("a clock per sender"),
-            i,
-            &track,
-            &run,
-            make,
-        );
-        writers.push(writer);
-        readers.push(acks);
-        let who = Recipient {
-            of: recipients,
-            each: None,
-            last: Some(LAST),
-        };
-        for member in members {
-            let (sink, stream, seq) = member.split();
-            sinks.push(sink);
-            readers.push(tokio::spawn(load::read_deliveries(
-                stream,
-                seq,
-                i,
-                track.clone(),
-                who,
-                run.clone(),
-            )));
-        }
+    let track = phase.sender(i, sender, make);
+    let who = Recipient {
+        of: recipients,
+        each: None,
+        last: Some(LAST),
+    };
+    for member in members {
+        phase.recipient(i, member, track.clone(), who);
     }
-    for w in join_all(writers).await {
-        sinks.push(w.expect("writer task"));
-    }
-    let sends_done = Instant::now();
-    ctx.set_phase(progress::DRAIN);
-    load::drain(ctx, u64::from(recipients)).await;
-    let ended = Instant::now();
-    stop.cancel();
-
-    let mut report = Report::new("group");
-    let mut duplicates = 0;
-    for r in join_all(readers).await {
-        let r = r.expect("reader task");
-        report.errors.merge(r.errors);
-        report.stream.add(&r.seq);
-        duplicates += r.duplicates;
-    }
-    join_all(sinks.into_iter().map(close_sink)).await;
-    progress.finish().await;
-
-    let rec = rec.lock().unwrap();
-    let mut messages = load::total(&load::tally(&sched, &tracks, u64::from(recipients)));
-    messages.duplicates = duplicates;
-    load::rates(&mut messages, &sched, sends_done, rec.last_delivery);
-    report.elapsed_s = (ended - start).as_secs_f64();
-    report.latency = vec![
-        Latency::of("send → ack", &rec.ack[0]),
-        Latency::of("send → each recipient", &rec.delivery[0]),
-        Latency::of("send → last recipient", &rec.extra[LAST]),
-    ];
-    report.messages = Some(messages);
-    Ok(report)
 }
 
 /// Creates group `i` (its first socket creates it with the others as members) and sends

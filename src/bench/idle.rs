@@ -11,10 +11,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures_util::stream::{self, StreamExt};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{close_sink, health, host_of, read_frames, vm_rss};
+use super::client::{close_sink, health, host_of, read_frames, vm_rss, Conn, Ended, SeqCheck};
 use super::pool::open_one;
 use super::progress::{self, Progress, Shows};
 use super::report::{Errors, IdleResult, Report, ServerMemory};
@@ -35,26 +36,7 @@ pub(crate) async fn run(ctx: &Arc<Ctx>, o: &IdleOptions) -> Result<Report, Bench
         Shows::Sockets(o.connections as u64),
     );
     let stop = CancellationToken::new();
-    let holders: Vec<_> = stream::iter(0..o.connections)
-        .map(|i| {
-            let ctx = ctx.clone();
-            async move { open_one(&ctx, i % ctx.urls.len()).await }
-        })
-        .buffer_unordered(o.concurrency)
-        .filter_map(|c| async { c })
-        .map(|conn| {
-            Live::add(&ctx.live.acked, 1);
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let (sink, mut stream, mut seq) = conn.split();
-                let mut errors = Errors::default();
-                let ended = read_frames(&mut stream, &mut seq, &mut errors, &stop, |_, _| {}).await;
-                close_sink(sink).await;
-                (errors, seq, ended)
-            })
-        })
-        .collect()
-        .await;
+    let holders = open_all(ctx, o, &stop).await;
     let opened = holders.len() as u64;
     Live::add(&ctx.live.failed, o.connections as u64 - opened);
 
@@ -66,16 +48,7 @@ pub(crate) async fn run(ctx: &Arc<Ctx>, o: &IdleOptions) -> Result<Report, Bench
     stop.cancel();
 
     let mut report = Report::new("idle");
-    let mut dropped = 0;
-    for h in futures_util::future::join_all(holders).await {
-        let (errors, seq, ended) = h.expect("socket task");
-        report.errors.merge(errors);
-        report.stream.add(&seq);
-        if let Some(kind) = ended {
-            report.errors.close(&kind);
-            dropped += 1;
-        }
-    }
+    let dropped = collect(holders, &mut report).await;
     progress.finish().await;
 
     let mut result = IdleResult {
@@ -88,36 +61,108 @@ pub(crate) async fn run(ctx: &Arc<Ctx>, o: &IdleOptions) -> Result<Report, Bench
         server_connections: after.connections,
         ..Default::default()
     };
+    result.servers = compare(ctx, &before, &after, &mut report.notes);
+    report.notes.extend(before.problem);
+    add_totals(&mut result);
+    report.elapsed_s = held_s;
+    report.idle = Some(result);
+    Ok(report)
+}
+
+/// What a held socket's task hands back: its errors, its stream check, and how the server
+/// ended it if it did.
+type Held = (Errors, SeqCheck, Ended);
+
+/// Opens `o.connections` sockets, `o.concurrency` handshakes at a time, each held by a
+/// task of its own (see [`hold`]) until `stop`. Returns the tasks of those that opened.
+async fn open_all(
+    ctx: &Arc<Ctx>,
+    o: &IdleOptions,
+    stop: &CancellationToken,
+) -> Vec<JoinHandle<Held>> {
+    stream::iter(0..o.connections)
+        .map(|i| {
+            let ctx = ctx.clone();
+            async move { open_one(&ctx, i % ctx.urls.len()).await }
+        })
+        .buffer_unordered(o.concurrency)
+        .filter_map(|c| async { c })
+        .map(|conn| {
+            Live::add(&ctx.live.acked, 1);
+            tokio::spawn(hold(conn, stop.clone()))
+        })
+        .collect()
+        .await
+}
+
+/// Reads one socket until `stop`: an idle socket that is not read would leave the server's
+/// pings unanswered, and the server would drop it. Then closes it.
+async fn hold(conn: Conn, stop: CancellationToken) -> Held {
+    let (sink, mut stream, mut seq) = conn.split();
+    let mut errors = Errors::default();
+    let ended = read_frames(&mut stream, &mut seq, &mut errors, &stop, |_, _| {}).await;
+    close_sink(sink).await;
+    (errors, seq, ended)
+}
+
+/// Waits for the held sockets' tasks (stopped after the hold) and adds what they saw to
+/// `report`. Returns how many sockets the server closed or dropped while they were held.
+async fn collect(holders: Vec<JoinHandle<Held>>, report: &mut Report) -> u64 {
+    let mut dropped = 0;
+    for h in futures_util::future::join_all(holders).await {
+        let (errors, seq, ended) = h.expect("socket task");
+        report.errors.merge(errors);
+        report.stream.add(&seq);
+        if let Some(kind) = ended {
+            report.errors.close(&kind);
+            dropped += 1;
+        }
+    }
+    dropped
+}
+
+/// Each worker's memory before the hold and after it. A worker that can't be compared
+/// (no answer after the hold, or never measured at all) gets a note instead, so that the
+/// total is not taken for the whole server's.
+fn compare(
+    ctx: &Ctx,
+    before: &Snapshot,
+    after: &Snapshot,
+    notes: &mut Vec<String>,
+) -> Vec<ServerMemory> {
+    let mut servers = Vec::new();
     for (worker, &(pid, rss_before)) in &before.workers {
         match after.workers.get(worker) {
-            Some(&(_, rss_after)) => result.servers.push(ServerMemory {
+            Some(&(_, rss_after)) => servers.push(ServerMemory {
                 worker: worker.clone(),
                 pid,
                 rss_before_bytes: rss_before,
                 rss_after_bytes: rss_after,
             }),
-            None => report.notes.push(format!(
+            None => notes.push(format!(
                 "worker {worker} did not answer /health after the hold"
             )),
         }
     }
     for w in ctx.workers.lock().unwrap().iter() {
         if !before.workers.contains_key(w) {
-            report.notes.push(format!(
+            notes.push(format!(
                 "worker {w} held sockets but was not measured: /health never answered from it"
             ));
         }
     }
-    report.notes.extend(before.problem);
+    servers
+}
+
+/// The memory of the compared workers, summed, and what one connection cost: the growth
+/// over the sockets that opened (none if none opened or no worker was compared).
+fn add_totals(result: &mut IdleResult) {
     result.rss_before_bytes = result.servers.iter().map(|s| s.rss_before_bytes).sum();
     result.rss_after_bytes = result.servers.iter().map(|s| s.rss_after_bytes).sum();
-    if opened > 0 && !result.servers.is_empty() {
+    if result.opened > 0 && !result.servers.is_empty() {
         let grew = result.rss_after_bytes as i64 - result.rss_before_bytes as i64;
-        result.rss_per_connection_bytes = Some(grew / opened as i64);
+        result.rss_per_connection_bytes = Some(grew / result.opened as i64);
     }
-    report.elapsed_s = held_s;
-    report.idle = Some(result);
-    Ok(report)
 }
 
 /// The workers' memory at one moment.

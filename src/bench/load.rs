@@ -1,6 +1,6 @@
 //! The open-loop machinery that dm, growth and group share: the writer task that sends
 //! each message when it is due, the readers of acks and of deliveries, the drain at the
-//! end, and the count of what happened to every message.
+//! end, and the count of what happened to every message; [`Phase`] starts and ends them.
 //!
 //! Each sender ("stream" of the [`Schedule`]) has a [`Track`]: one flag byte and one
 //! delivery count per planned message, preallocated, written by its tasks with atomics.
@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use futures_util::SinkExt;
 use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
@@ -20,9 +21,10 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{read_frames, SeqCheck, Sink, Stream};
-use super::report::{histogram, Errors, Latency, Messages, Round};
-use super::schedule::Schedule;
+use super::client::{close_sink, read_frames, Conn, SeqCheck, Sink, Stream};
+use super::progress::{self, Progress, Shows};
+use super::report::{histogram, Errors, Latency, Messages, Report, Round};
+use super::schedule::{self, Schedule};
 use super::{micros, Ctx, Live};
 
 /// The body of every measured message: about the size of a chat line.
@@ -118,22 +120,142 @@ pub(crate) async fn write_messages(
     sink
 }
 
-/// Starts a sender: its writer (each message when the clock says it is due) and the
-/// reader of its acks. Returns their handles.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn spawn_sender(
-    sink: Sink,
-    stream: Stream,
-    seq: SeqCheck,
-    due: mpsc::UnboundedReceiver<u64>,
-    index: usize,
-    track: &Arc<Track>,
-    run: &Run,
-    make: impl Fn(u64) -> String + Send + 'static,
-) -> (JoinHandle<Sink>, JoinHandle<ReaderEnd>) {
-    let writer = tokio::spawn(write_messages(sink, due, track.clone(), run.clone(), make));
-    let acks = tokio::spawn(read_acks(stream, seq, index, track.clone(), run.clone()));
-    (writer, acks)
+/// A measured phase under way: what its tasks share, and the tasks to wait for at its end.
+/// dm and group start and end it alike; only who sends to whom differs, so a scenario
+/// says that with [`Phase::sender`] and [`Phase::recipient`] and nothing else.
+pub(crate) struct Phase {
+    run: Run,
+    progress: Progress,
+    /// One receiver per sender, handed out in sender order.
+    clock: std::vec::IntoIter<mpsc::UnboundedReceiver<u64>>,
+    writers: Vec<JoinHandle<Sink>>,
+    readers: Vec<JoinHandle<ReaderEnd>>,
+    /// The recipients' sinks (they only read, but stay open to the end), and the senders'
+    /// once their writers hand them back.
+    sinks: Vec<Sink>,
+    tracks: Vec<Arc<Track>>,
+}
+
+impl Phase {
+    /// Starts the progress line (`planned` long) and the clock of `sched`: the phase is
+    /// measured from here, so everything it needs is set up before.
+    pub(crate) fn start(
+        ctx: &Arc<Ctx>,
+        sched: Schedule,
+        rec: &Arc<Mutex<Recorder>>,
+        planned: Duration,
+    ) -> Phase {
+        let stop = CancellationToken::new();
+        let run = Run {
+            sched,
+            rec: rec.clone(),
+            ctx: ctx.clone(),
+            stop: stop.clone(),
+        };
+        let progress = Progress::start(ctx, sched.start, Some(planned), Shows::Messages);
+        ctx.set_phase(progress::RUN);
+        let clock = schedule::tick(sched, stop).into_iter();
+        Phase {
+            run,
+            progress,
+            clock,
+            writers: Vec::new(),
+            readers: Vec::new(),
+            sinks: Vec::new(),
+            tracks: Vec::new(),
+        }
+    }
+
+    /// Starts sender `index` on `conn`: its writer (each message when the clock says it is
+    /// due; `make(k)` is message `k`'s frame) and the reader of its acks. Returns the
+    /// track of its messages, which its recipients' readers share.
+    pub(crate) fn sender(
+        &mut self,
+        index: usize,
+        conn: Conn,
+        make: impl Fn(u64) -> String + Send + 'static,
+    ) -> Arc<Track> {
+        let track = Track::new(self.run.sched.count(index));
+        self.tracks.push(track.clone());
+        let (sink, stream, seq) = conn.split();
+        let due = self.clock.next().expect("a clock per sender");
+        let run = &self.run;
+        let writer = tokio::spawn(write_messages(sink, due, track.clone(), run.clone(), make));
+        let acks = tokio::spawn(read_acks(stream, seq, index, track.clone(), run.clone()));
+        self.writers.push(writer);
+        self.readers.push(acks);
+        track
+    }
+
+    /// Starts a reader of the messages sender `index` sends to `conn`.
+    pub(crate) fn recipient(
+        &mut self,
+        index: usize,
+        conn: Conn,
+        track: Arc<Track>,
+        who: Recipient,
+    ) {
+        let (sink, stream, seq) = conn.split();
+        self.sinks.push(sink);
+        let reader = read_deliveries(stream, seq, index, track, who, self.run.clone());
+        self.readers.push(tokio::spawn(reader));
+    }
+
+    /// Ends the phase: waits for the last send, drains (each acked message owes
+    /// `recipients` deliveries), stops the readers and closes every socket. Returns the
+    /// report of `scenario` with its counts, rates, errors and stream checks (the
+    /// latencies are the scenario's to add), and each round's counts.
+    pub(crate) async fn finish(
+        self,
+        scenario: &'static str,
+        recipients: u64,
+    ) -> (Report, Vec<Messages>) {
+        let Phase {
+            run,
+            progress,
+            writers,
+            readers,
+            mut sinks,
+            tracks,
+            ..
+        } = self;
+        for w in join_all(writers).await {
+            sinks.push(w.expect("writer task"));
+        }
+        let sends_done = Instant::now();
+        run.ctx.set_phase(progress::DRAIN);
+        drain(&run.ctx, recipients).await;
+        let ended = Instant::now();
+        run.stop.cancel();
+
+        let mut report = Report::new(scenario);
+        let duplicates = collect(readers, &mut report).await;
+        join_all(sinks.into_iter().map(close_sink)).await;
+        progress.finish().await;
+
+        let sched = &run.sched;
+        let rounds = tally(sched, &tracks, recipients);
+        let mut messages = total(&rounds);
+        messages.duplicates = duplicates;
+        let last_delivery = run.rec.lock().unwrap().last_delivery;
+        rates(&mut messages, sched, sends_done, last_delivery);
+        report.elapsed_s = (ended - sched.start).as_secs_f64();
+        report.messages = Some(messages);
+        (report, rounds)
+    }
+}
+
+/// Waits for the readers (stopped after the drain) and adds their errors and stream
+/// checks to `report`. Returns the duplicate deliveries they saw.
+async fn collect(readers: Vec<JoinHandle<ReaderEnd>>, report: &mut Report) -> u64 {
+    let mut duplicates = 0;
+    for r in join_all(readers).await {
+        let r = r.expect("reader task");
+        report.errors.merge(r.errors);
+        report.stream.add(&r.seq);
+        duplicates += r.duplicates;
+    }
+    duplicates
 }
 
 /// What a reader hands back when it stops.

@@ -172,7 +172,6 @@ impl BenchError {
 impl Options {
     /// Rejects values no run can use (exit code 2 on the command line).
     pub(crate) fn validate(&self) -> Result<(), BenchError> {
-        let bad = |m: String| Err(BenchError::Options(m));
         if self.urls.is_empty() {
             return bad("--url: at least one".into());
         }
@@ -181,46 +180,25 @@ impl Options {
                 return bad(format!("--url: expected ws://host:port/path, got {u:?}"));
             }
         }
-        let rate = |r: f64| -> Result<(), BenchError> {
-            if r.is_finite() && r > 0.0 {
-                Ok(())
-            } else {
-                bad(format!("--rate: a positive number, got {r}"))
-            }
-        };
-        let positive = |name: &str, n: usize| -> Result<(), BenchError> {
-            if n == 0 {
-                bad(format!("{name}: at least 1"))
-            } else {
-                Ok(())
-            }
-        };
-        let nonzero = |name: &str, d: Duration| -> Result<(), BenchError> {
-            if d.is_zero() {
-                bad(format!("{name}: longer than 0"))
-            } else {
-                Ok(())
-            }
-        };
-        let cross = |c: f64| -> Result<(), BenchError> {
-            if (0.0..=1.0).contains(&c) {
-                Ok(())
-            } else {
-                bad(format!("--cross: a fraction 0..1, got {c}"))
-            }
-        };
         positive("--threads", self.threads)?;
-        match &self.scenario {
+        self.scenario.validate()
+    }
+}
+
+impl Scenario {
+    /// Rejects the scenario's own values no run can use, the first one found.
+    fn validate(&self) -> Result<(), BenchError> {
+        match self {
             Scenario::Dm(o) => {
                 rate(o.rate)?;
                 positive("--pairs", o.pairs)?;
-                cross(o.cross)?;
+                fraction(o.cross)?;
                 nonzero("--duration", o.duration)?;
             }
             Scenario::Growth(o) => {
                 rate(o.rate)?;
                 positive("--pairs", o.pairs)?;
-                cross(o.cross)?;
+                fraction(o.cross)?;
                 positive("--rounds", o.rounds)?;
                 nonzero("--round-duration", o.round_duration)?;
             }
@@ -245,6 +223,47 @@ impl Options {
             }
         }
         Ok(())
+    }
+}
+
+/// A refused option: `m` says which and why.
+fn bad(m: String) -> Result<(), BenchError> {
+    Err(BenchError::Options(m))
+}
+
+/// `--rate`: messages per second, so a finite number above 0.
+fn rate(r: f64) -> Result<(), BenchError> {
+    if r.is_finite() && r > 0.0 {
+        Ok(())
+    } else {
+        bad(format!("--rate: a positive number, got {r}"))
+    }
+}
+
+/// A count (`name`) that a run needs at least one of.
+fn positive(name: &str, n: usize) -> Result<(), BenchError> {
+    if n == 0 {
+        bad(format!("{name}: at least 1"))
+    } else {
+        Ok(())
+    }
+}
+
+/// A duration (`name`) that a run needs some of.
+fn nonzero(name: &str, d: Duration) -> Result<(), BenchError> {
+    if d.is_zero() {
+        bad(format!("{name}: longer than 0"))
+    } else {
+        Ok(())
+    }
+}
+
+/// `--cross`: a fraction of the pairs, so 0..1.
+fn fraction(c: f64) -> Result<(), BenchError> {
+    if (0.0..=1.0).contains(&c) {
+        Ok(())
+    } else {
+        bad(format!("--cross: a fraction 0..1, got {c}"))
     }
 }
 

@@ -102,6 +102,46 @@ impl Buckets {
             .expect("placement counted this socket")
     }
 
+    /// Opens sockets until every one of `workers` holds as many as it `needed`, in up to
+    /// [`PLACEMENT_ROUNDS`] rounds: through a shared port the kernel picks the worker, so
+    /// one round may fall short.
+    async fn top_up(&mut self, ctx: &Arc<Ctx>, workers: &[String], needed: &[usize]) {
+        let w = workers.len();
+        for _ in 0..PLACEMENT_ROUNDS {
+            let short: Vec<(usize, usize)> = (0..w)
+                .map(|i| (i, needed[i].saturating_sub(self.count(&workers[i]))))
+                .filter(|&(_, d)| d > 0)
+                .collect();
+            if short.is_empty() {
+                break;
+            }
+            for (i, d) in short {
+                let urls = self.urls_for(&workers[i]);
+                // Through a shared port a socket reaches this worker by chance: ask for more.
+                let ask = if urls.len() == ctx.urls.len() && ctx.urls.len() == 1 {
+                    d * w + 2
+                } else {
+                    d
+                };
+                self.open(ctx, ask, &urls).await;
+            }
+        }
+    }
+
+    /// The first of `workers` that holds fewer sockets than it `needed`: the worker, what
+    /// it holds, what it needs.
+    fn first_short<'w>(
+        &self,
+        workers: &'w [String],
+        needed: &[usize],
+    ) -> Option<(&'w str, usize, usize)> {
+        workers
+            .iter()
+            .zip(needed)
+            .map(|(w, &need)| (w.as_str(), self.count(w), need))
+            .find(|&(_, have, need)| have < need)
+    }
+
     async fn close_rest(self) {
         let rest = self.by_worker.into_values().flatten().map(Conn::close);
         futures_util::future::join_all(rest).await;
@@ -132,61 +172,17 @@ pub(crate) async fn pairs(ctx: &Arc<Ctx>, n: usize, cross: f64) -> Result<Vec<Pa
         return Err(no_socket(ctx));
     }
     let workers = b.order.clone();
-    let w = workers.len();
-    let cross = if cross > 0.0 && w < 2 {
-        ctx.note(format!(
-            "only one worker ({}): --cross {cross} cannot be met, every pair is on that worker",
-            workers[0]
-        ));
-        0.0
-    } else {
-        cross
-    };
-    // Pair i is cross-worker when the running count of cross pairs steps up at i: the
-    // cross pairs are spread evenly over the pair numbers (and so over the phases).
-    let n_cross = (cross * n as f64).round() as usize;
-    let plan: Vec<(usize, usize, bool)> = (0..n)
-        .map(|i| {
-            let is_cross = (i + 1) * n_cross / n > i * n_cross / n;
-            let s = i % w;
-            (s, if is_cross { (s + 1) % w } else { s }, is_cross)
-        })
-        .collect();
-    let mut needed = vec![0usize; w];
-    for &(s, r, _) in &plan {
-        needed[s] += 1;
-        needed[r] += 1;
-    }
-    for _ in 0..PLACEMENT_ROUNDS {
-        let short: Vec<(usize, usize)> = (0..w)
-            .map(|i| (i, needed[i].saturating_sub(b.count(&workers[i]))))
-            .filter(|&(_, d)| d > 0)
-            .collect();
-        if short.is_empty() {
-            break;
-        }
-        for (i, d) in short {
-            let urls = b.urls_for(&workers[i]);
-            // Through a shared port a socket reaches this worker by chance: ask for more.
-            let ask = if urls.len() == all.len() && all.len() == 1 {
-                d * w + 2
-            } else {
-                d
-            };
-            b.open(ctx, ask, &urls).await;
-        }
-    }
-    for i in 0..w {
-        let (have, need) = (b.count(&workers[i]), needed[i]);
-        if have < need {
-            b.close_rest().await;
-            return Err(BenchError::Setup(format!(
-                "could not place the sockets: worker {} has {have} of the {need} it needs \
-                 (failed connects: {})",
-                workers[i],
-                connect_errors(ctx)
-            )));
-        }
+    let cross = cross_possible(ctx, cross, &workers);
+    let plan = plan_pairs(n, cross, workers.len());
+    let needed = sockets_needed(&plan, workers.len());
+    b.top_up(ctx, &workers, &needed).await;
+    if let Some((worker, have, need)) = b.first_short(&workers, &needed) {
+        b.close_rest().await;
+        return Err(BenchError::Setup(format!(
+            "could not place the sockets: worker {worker} has {have} of the {need} it needs \
+             (failed connects: {})",
+            connect_errors(ctx)
+        )));
     }
     let pairs = plan
         .into_iter()
@@ -198,6 +194,45 @@ pub(crate) async fn pairs(ctx: &Arc<Ctx>, n: usize, cross: f64) -> Result<Vec<Pa
         .collect();
     b.close_rest().await;
     Ok(pairs)
+}
+
+/// The fraction of cross-worker pairs that `workers` allow: `cross`, or none with a
+/// single worker, and a note then, so that the report does not claim a mix it never ran.
+fn cross_possible(ctx: &Ctx, cross: f64, workers: &[String]) -> f64 {
+    if cross > 0.0 && workers.len() < 2 {
+        ctx.note(format!(
+            "only one worker ({}): --cross {cross} cannot be met, every pair is on that worker",
+            workers[0]
+        ));
+        0.0
+    } else {
+        cross
+    }
+}
+
+/// Which of `w` workers each of `n` pairs has its sender and its receiver on, and whether
+/// the two differ. Pair i is cross-worker when the running count of cross pairs steps up
+/// at i: the cross pairs are spread evenly over the pair numbers (and so over the
+/// phases). Senders go round the workers; a cross pair's receiver is on the next one.
+fn plan_pairs(n: usize, cross: f64, w: usize) -> Vec<(usize, usize, bool)> {
+    let n_cross = (cross * n as f64).round() as usize;
+    (0..n)
+        .map(|i| {
+            let is_cross = (i + 1) * n_cross / n > i * n_cross / n;
+            let s = i % w;
+            (s, if is_cross { (s + 1) % w } else { s }, is_cross)
+        })
+        .collect()
+}
+
+/// How many sockets each of `w` workers must hold for `plan`.
+fn sockets_needed(plan: &[(usize, usize, bool)], w: usize) -> Vec<usize> {
+    let mut needed = vec![0usize; w];
+    for &(s, r, _) in plan {
+        needed[s] += 1;
+        needed[r] += 1;
+    }
+    needed
 }
 
 /// Opens `n` sockets and orders them so that consecutive ones are on different workers

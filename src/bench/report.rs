@@ -192,6 +192,35 @@ pub struct Round {
     pub(crate) delivery: Latency,
 }
 
+impl Round {
+    /// The round's row of the growth table, and with --grow-events a line under it.
+    fn print(&self, out: &mut impl Write) -> io::Result<()> {
+        writeln!(
+            out,
+            "{:>5}{:>8}{:>8}{:>10}{:>6}{:>10}{:>10}{:>10}{:>10}{:>10}",
+            self.round,
+            self.sent,
+            self.acked,
+            self.delivered,
+            self.lost,
+            ms(self.ack.p50_us),
+            ms(self.ack.p99_us),
+            ms(self.delivery.p50_us),
+            ms(self.delivery.p99_us),
+            ms(self.delivery.max_us)
+        )?;
+        if let (Some(rows), Some(scans)) = (self.event_rows, &self.seq_scans) {
+            let scans: u64 = scans.values().map(|n| *n as u64).sum();
+            writeln!(
+                out,
+                "{:>5} began with {rows} event rows; sequential scans of growing tables: {scans}",
+                ""
+            )?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Handshakes {
     pub attempted: u64,
@@ -219,6 +248,36 @@ pub struct IdleResult {
     pub rss_per_connection_bytes: Option<i64>,
     /// What the workers' /health counted after the hold.
     pub server_connections: Option<u64>,
+}
+
+impl IdleResult {
+    /// The sockets' lines of the summary: how many were held, and what the server's
+    /// memory did meanwhile.
+    fn print(&self, out: &mut impl Write) -> io::Result<()> {
+        writeln!(
+            out,
+            "sockets: {} of {} opened, {} failed, {} dropped while held for {:.1} s",
+            self.opened, self.requested, self.failed, self.dropped, self.held_s
+        )?;
+        let mb = |b: u64| b as f64 / 1e6;
+        match self.rss_per_connection_bytes {
+            Some(per) => writeln!(
+                out,
+                "server RSS ({}, {} process{}): {:.1} MB before, {:.1} MB after: {:.1} KB per connection",
+                self.rss_source,
+                self.servers.len(),
+                if self.servers.len() == 1 { "" } else { "es" },
+                mb(self.rss_before_bytes),
+                mb(self.rss_after_bytes),
+                per as f64 / 1e3
+            )?,
+            None => writeln!(out, "server RSS: not measured (see notes)")?,
+        }
+        if let Some(c) = self.server_connections {
+            writeln!(out, "server connections after the hold: {c}")?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -352,13 +411,38 @@ impl Report {
         p
     }
 
-    /// The one-screen summary.
+    /// The one-screen summary: what ran, what it counted, the latency and round tables
+    /// (each only if the scenario has one), and what went wrong.
     pub(crate) fn print(&self, out: &mut impl Write) -> io::Result<()> {
         writeln!(out, "pgchat bench {}: {}", self.scenario, self.describe())?;
         let w = &self.workers;
         if !w.is_empty() {
             writeln!(out, "workers: {} ({})", w.len(), w.join(", "))?;
         }
+        self.print_counts(out)?;
+        if !self.latency.is_empty() {
+            writeln!(out)?;
+            self.print_latency(out)?;
+        }
+        if !self.rounds.is_empty() {
+            writeln!(out)?;
+            self.print_rounds(out)?;
+        }
+        writeln!(out)?;
+        self.print_errors(out)?;
+        for n in &self.notes {
+            writeln!(out, "note: {n}")?;
+        }
+        if self.passed {
+            writeln!(out, "result: PASSED")
+        } else {
+            writeln!(out, "result: FAILED ({})", self.problems.join(", "))
+        }
+    }
+
+    /// One line per count the scenario keeps (messages, handshakes, idle sockets), then
+    /// the event streams' check.
+    fn print_counts(&self, out: &mut impl Write) -> io::Result<()> {
         if let Some(m) = &self.messages {
             writeln!(
                 out,
@@ -379,28 +463,7 @@ impl Report {
             )?;
         }
         if let Some(i) = &self.idle {
-            writeln!(
-                out,
-                "sockets: {} of {} opened, {} failed, {} dropped while held for {:.1} s",
-                i.opened, i.requested, i.failed, i.dropped, i.held_s
-            )?;
-            let mb = |b: u64| b as f64 / 1e6;
-            match i.rss_per_connection_bytes {
-                Some(per) => writeln!(
-                    out,
-                    "server RSS ({}, {} process{}): {:.1} MB before, {:.1} MB after: {:.1} KB per connection",
-                    i.rss_source,
-                    i.servers.len(),
-                    if i.servers.len() == 1 { "" } else { "es" },
-                    mb(i.rss_before_bytes),
-                    mb(i.rss_after_bytes),
-                    per as f64 / 1e3
-                )?,
-                None => writeln!(out, "server RSS: not measured (see notes)")?,
-            }
-            if let Some(c) = i.server_connections {
-                writeln!(out, "server connections after the hold: {c}")?;
-            }
+            i.print(out)?;
         }
         if self.stream.sockets > 0 {
             writeln!(
@@ -409,94 +472,74 @@ impl Report {
                 self.stream.sockets, self.stream.seq_gaps, self.stream.seq_duplicates
             )?;
         }
-        if !self.latency.is_empty() {
-            writeln!(out)?;
+        Ok(())
+    }
+
+    /// The latency table: a row per latency, in milliseconds.
+    fn print_latency(&self, out: &mut impl Write) -> io::Result<()> {
+        writeln!(
+            out,
+            "{:<26}{:>9}{:>9}{:>9}{:>9}{:>9}{:>9}",
+            "latency (ms)", "count", "p50", "p90", "p99", "p99.9", "max"
+        )?;
+        for l in &self.latency {
             writeln!(
                 out,
                 "{:<26}{:>9}{:>9}{:>9}{:>9}{:>9}{:>9}",
-                "latency (ms)", "count", "p50", "p90", "p99", "p99.9", "max"
+                l.name,
+                l.count,
+                ms(l.p50_us),
+                ms(l.p90_us),
+                ms(l.p99_us),
+                ms(l.p999_us),
+                ms(l.max_us)
             )?;
-            for l in &self.latency {
-                writeln!(
-                    out,
-                    "{:<26}{:>9}{:>9}{:>9}{:>9}{:>9}{:>9}",
-                    l.name,
-                    l.count,
-                    ms(l.p50_us),
-                    ms(l.p90_us),
-                    ms(l.p99_us),
-                    ms(l.p999_us),
-                    ms(l.max_us)
-                )?;
-            }
         }
-        if !self.rounds.is_empty() {
-            writeln!(out)?;
-            writeln!(
-                out,
-                "{:>5}{:>8}{:>8}{:>10}{:>6}{:>10}{:>10}{:>10}{:>10}{:>10}",
-                "round",
-                "sent",
-                "acked",
-                "delivered",
-                "lost",
-                "ack p50",
-                "ack p99",
-                "dlv p50",
-                "dlv p99",
-                "dlv max"
-            )?;
-            for r in &self.rounds {
-                writeln!(
-                    out,
-                    "{:>5}{:>8}{:>8}{:>10}{:>6}{:>10}{:>10}{:>10}{:>10}{:>10}",
-                    r.round,
-                    r.sent,
-                    r.acked,
-                    r.delivered,
-                    r.lost,
-                    ms(r.ack.p50_us),
-                    ms(r.ack.p99_us),
-                    ms(r.delivery.p50_us),
-                    ms(r.delivery.p99_us),
-                    ms(r.delivery.max_us)
-                )?;
-                if let (Some(rows), Some(scans)) = (r.event_rows, &r.seq_scans) {
-                    let scans: u64 = scans.values().map(|n| *n as u64).sum();
-                    writeln!(
-                        out,
-                        "{:>5} began with {rows} event rows; sequential scans of growing tables: {scans}",
-                        ""
-                    )?;
-                }
-            }
-            if let Some(ratio) = self.last_to_first_p99 {
-                writeln!(out, "delivery p99, last round / first: {ratio:.2}")?;
-            }
+        Ok(())
+    }
+
+    /// The growth table: a row per round (and, with --grow-events, a line on what the
+    /// database held and scanned), then how the delivery p99 moved from first to last.
+    fn print_rounds(&self, out: &mut impl Write) -> io::Result<()> {
+        writeln!(
+            out,
+            "{:>5}{:>8}{:>8}{:>10}{:>6}{:>10}{:>10}{:>10}{:>10}{:>10}",
+            "round",
+            "sent",
+            "acked",
+            "delivered",
+            "lost",
+            "ack p50",
+            "ack p99",
+            "dlv p50",
+            "dlv p99",
+            "dlv max"
+        )?;
+        for r in &self.rounds {
+            r.print(out)?;
         }
-        writeln!(out)?;
+        if let Some(ratio) = self.last_to_first_p99 {
+            writeln!(out, "delivery p99, last round / first: {ratio:.2}")?;
+        }
+        Ok(())
+    }
+
+    /// `errors: none`, or a line per kind of error that occurred, with its counts.
+    fn print_errors(&self, out: &mut impl Write) -> io::Result<()> {
         if self.errors.total() == 0 {
-            writeln!(out, "errors: none")?;
-        } else {
-            for (what, map) in [
-                ("error replies", &self.errors.replies),
-                ("failed connects", &self.errors.connects),
-                ("closed by the server", &self.errors.closes),
-                ("other errors", &self.errors.other),
-            ] {
-                if !map.is_empty() {
-                    writeln!(out, "{what}: {}", list(map))?;
-                }
+            return writeln!(out, "errors: none");
+        }
+        for (what, map) in [
+            ("error replies", &self.errors.replies),
+            ("failed connects", &self.errors.connects),
+            ("closed by the server", &self.errors.closes),
+            ("other errors", &self.errors.other),
+        ] {
+            if !map.is_empty() {
+                writeln!(out, "{what}: {}", list(map))?;
             }
         }
-        for n in &self.notes {
-            writeln!(out, "note: {n}")?;
-        }
-        if self.passed {
-            writeln!(out, "result: PASSED")
-        } else {
-            writeln!(out, "result: FAILED ({})", self.problems.join(", "))
-        }
+        Ok(())
     }
 
     /// The parameters in one line.
