@@ -23,7 +23,7 @@ pub(crate) struct BenchArgs {
     #[command(subcommand)]
     scenario: ScenarioArgs,
     /// Server WebSocket URL; repeat it for one URL per worker (`--listen per-worker`).
-    /// Default: ws://127.0.0.1:<port>/ws with the configured port.
+    /// Default: `ws://127.0.0.1:<port>/ws` with the configured port.
     #[arg(long = "url", value_name = "URL", global = true)]
     urls: Vec<String>,
     /// Write the result as JSON to PATH (`-`: stdout, and the summary goes to stderr).

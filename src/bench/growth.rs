@@ -3,7 +3,7 @@
 //!
 //! Without `--grow-events` the rounds run back to back on the same sockets, and the tables
 //! grow only by what the load writes. With it, the database grows in bulk between rounds
-//! ([`grow`](super::grow)), each round runs on fresh pairs, and each row says how many
+//! ([`grow`]), each round runs on fresh pairs, and each row says how many
 //! event rows the round began with and how many sequential scans of the growing tables
 //! PostgreSQL counted during it.
 
