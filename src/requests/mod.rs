@@ -8,9 +8,12 @@
 //! metrics and the typing fan-out, and each kind takes just the parts it uses. The
 //! worker's configuration, authenticator, sessions and shutdown are out of their reach.
 //!
-//! Adding a kind: a variant of [`Request`], a file here (fields, `parse`, `apply`), its
-//! line in [`Request::parse`]'s table and in [`handle`], and, if the writer commits it, a
-//! [`Command`] variant and its branch in `schema.sql`'s `pgchat.apply_batch`.
+//! Adding a kind: a file here (its fields, `parse`, and how it is applied); its
+//! registration here (a variant of [`Request`], a line in [`Request::parse_body`]'s table
+//! and one in [`handle`]); if it answers with data, its result type in
+//! `frames::results`; if the writer commits it, a [`Command`] variant (write/command.rs)
+//! and its branch in `pgchat.apply_batch` (schema.sql and a migration); and its lines in
+//! docs/PROTOCOL.md and docs/asyncapi.yaml.
 
 mod auth;
 mod conversations;

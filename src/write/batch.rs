@@ -16,12 +16,11 @@ use postgres_types::ToSql;
 use serde_json::Value;
 use tokio_postgres::Row;
 
-use super::{Command, Outcome};
+use super::command::{Command, Outcome, Returned};
 use crate::db::queries::APPLY_BATCH;
 use crate::db::Database;
 use crate::foundation::error::{ApiError, Code, DbError};
-use crate::foundation::frames::{ConversationState, EventFields, Message};
-use crate::foundation::protocol::{Target, UserId};
+use crate::foundation::frames::{EventFields, Message};
 use crate::read::cache::Snapshot;
 use crate::read::store::EventKind;
 
@@ -88,15 +87,10 @@ impl Failed {
 }
 
 /// `unavailable` for a command whose commit may or may not have happened, saying whether
-/// a retry is safe: it is where the command is idempotent.
+/// a retry is safe ([`Command::retry_advice`]).
 pub(crate) fn outcome_unknown(command: &Command) -> ApiError {
     let lost = "the connection to the database broke before the commit was confirmed";
-    let advice = match command {
-        Command::Send { .. } => "the message may or may not be stored; retrying with the same client_msg_id is safe: it is stored once at most".to_string(),
-        Command::GroupCreate { client_op_id: Some(_), .. } => "the group may or may not have been created; retrying with the same client_op_id is safe: it returns the same group".to_string(),
-        Command::GroupCreate { client_op_id: None, .. } => "the group may or may not have been created, and a retry without client_op_id may create a second one: check `conversations` first (send client_op_id to make retries safe)".to_string(),
-        c => format!("the {} may or may not have been applied; retrying is safe: applying it again changes nothing more", c.kind()),
-    };
+    let advice = command.retry_advice();
     ApiError::new(Code::Unavailable, format!("{lost}: {advice}"))
 }
 
@@ -119,7 +113,7 @@ impl<'a> Args<'a> {
     fn new(commands: &[&'a Command]) -> Args<'a> {
         let mut a = Args::default();
         for (i, c) in commands.iter().enumerate() {
-            let row = Elements::of(c);
+            let row = c.elements();
             a.kind.push(c.kind());
             a.actor.push(row.actor);
             a.conv.push(row.conv);
@@ -133,99 +127,6 @@ impl<'a> Args<'a> {
             }
         }
         a
-    }
-}
-
-/// One command's elements of [`Args`]: what each column means depends on the kind.
-struct Elements<'a> {
-    actor: &'a str,
-    conv: Option<&'a str>,
-    to: Option<&'a str>,
-    text: Option<&'a str>,
-    key: Option<&'a str>,
-    num: Option<i64>,
-    list: &'a [UserId],
-}
-
-impl<'a> Elements<'a> {
-    fn of(c: &'a Command) -> Elements<'a> {
-        let row = |actor: &'a UserId| Elements {
-            actor: actor.as_str(),
-            conv: None,
-            to: None,
-            text: None,
-            key: None,
-            num: None,
-            list: &[],
-        };
-        match c {
-            Command::Send {
-                sender,
-                target,
-                body,
-                client_msg_id,
-            } => {
-                let (conv, to) = match target {
-                    Target::Conversation(id) => (Some(id.as_str()), None),
-                    Target::User(u) => (None, Some(u.as_str())),
-                };
-                Elements {
-                    conv,
-                    to,
-                    text: Some(body.as_str()),
-                    key: Some(client_msg_id.as_str()),
-                    ..row(sender)
-                }
-            }
-            Command::GroupCreate {
-                creator,
-                name,
-                members,
-                client_op_id,
-            } => Elements {
-                text: Some(name.as_str()),
-                key: client_op_id.as_ref().map(|k| k.as_str()),
-                list: members,
-                ..row(creator)
-            },
-            Command::GroupAdd {
-                actor,
-                conversation,
-                users,
-                admin,
-            } => Elements {
-                conv: Some(conversation.as_str()),
-                // apply_batch's flag for "make them admins too".
-                num: admin.then_some(1),
-                list: users,
-                ..row(actor)
-            },
-            Command::GroupRemove {
-                actor,
-                conversation,
-                users,
-            } => Elements {
-                conv: Some(conversation.as_str()),
-                list: users,
-                ..row(actor)
-            },
-            Command::GroupLeave {
-                actor,
-                conversation,
-            } => Elements {
-                conv: Some(conversation.as_str()),
-                ..row(actor)
-            },
-            Command::Read {
-                user,
-                conversation,
-                cseq,
-            } => Elements {
-                conv: Some(conversation.as_str()),
-                num: Some(*cseq),
-                ..row(user)
-            },
-        }
     }
 }
 
@@ -314,12 +215,12 @@ fn decode_outcomes(
     let codes: Vec<Option<String>> = row.get("o_code");
     let details: Vec<Option<String>> = row.get("o_detail");
     let ids: Vec<Option<i64>> = row.get("o_msg_id");
-    let convs: Vec<Option<String>> = row.get("o_msg_conv");
+    let mut convs: Vec<Option<String>> = row.get("o_msg_conv");
     let cseqs: Vec<Option<i64>> = row.get("o_msg_cseq");
     let ats: Vec<Option<DateTime<Utc>>> = row.get("o_msg_at");
-    let names: Vec<Option<String>> = row.get("o_msg_name");
-    let bodies: Vec<Option<String>> = row.get("o_msg_body");
-    let conversations: Vec<Option<Value>> = row.get("o_conv");
+    let mut names: Vec<Option<String>> = row.get("o_msg_name");
+    let mut bodies: Vec<Option<String>> = row.get("o_msg_body");
+    let mut conversations: Vec<Option<Value>> = row.get("o_conv");
 
     let mut outcomes = Vec::with_capacity(commands.len());
     let mut stored: BTreeMap<i64, Message> = BTreeMap::new();
@@ -330,63 +231,24 @@ fn decode_outcomes(
             outcomes.push(Err(ApiError::new(code, detail)));
             continue;
         }
-        outcomes.push(Ok(match command {
-            Command::Send {
-                sender,
-                body,
-                client_msg_id,
-                ..
-            } => {
-                let message = Message {
-                    id: ids[i].expect("a send's message id"),
-                    conversation: convs[i].clone().expect("a send's conversation"),
-                    cseq: cseqs[i].expect("a send's cseq"),
-                    sender: sender.as_str().to_string(),
-                    sender_name: names[i].clone(),
-                    body: bodies[i]
-                        .clone()
-                        .unwrap_or_else(|| body.as_str().to_string()),
-                    client_msg_id: client_msg_id.as_str().to_string(),
-                    created_at: ats[i].expect("a send's time"),
-                };
-                if bodies[i].is_none() {
-                    stored.entry(message.id).or_insert_with(|| message.clone());
-                }
-                Outcome::Message(message)
-            }
-            Command::GroupCreate { .. }
-            | Command::GroupAdd { .. }
-            | Command::GroupRemove { .. } => match conversation_state(conversations[i].clone()) {
-                Ok(state) => Outcome::Conversation(state),
-                Err(e) => {
-                    outcomes.push(Err(e));
-                    continue;
-                }
-            },
-            Command::GroupLeave { .. } | Command::Read { .. } => Outcome::Done,
-        }));
+        let returned = Returned {
+            msg_id: ids[i],
+            msg_conv: convs[i].take(),
+            msg_cseq: cseqs[i],
+            msg_at: ats[i],
+            msg_name: names[i].take(),
+            msg_body: bodies[i].take(),
+            conversation: conversations[i].take(),
+        };
+        let fresh = returned.msg_body.is_none();
+        let outcome = command.outcome(returned);
+        if let (Ok(Outcome::Message(m)), true) = (&outcome, fresh) {
+            stored.entry(m.id).or_insert_with(|| m.clone());
+        }
+        outcomes.push(outcome);
     }
 
     (outcomes, stored, ids)
-}
-
-/// A group command's conversation as `pgchat.conversation_json` returned it. Committed
-/// already, so a shape this build does not know is reported, not retried.
-fn conversation_state(value: Option<Value>) -> Result<ConversationState, ApiError> {
-    let decoded = value.map(serde_json::from_value::<ConversationState>);
-    match decoded {
-        Some(Ok(state)) => Ok(state),
-        problem => {
-            tracing::error!(
-                ?problem,
-                "pgchat.apply_batch returned a conversation this build cannot read"
-            );
-            Err(ApiError::new(
-                Code::Internal,
-                "the change is committed, but its conversation could not be read (logged on the server): list it with `conversations`",
-            ))
-        }
-    }
 }
 
 /// The events to publish, a message event's fields being its message, encoded once for

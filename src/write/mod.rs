@@ -1,6 +1,7 @@
 //! The write batcher: every write that puts events in streams (sends, group changes, read
 //! markers) goes through here, is committed with the others queued beside it in one
-//! transaction ([`batch`]), and is acknowledged only after that commit.
+//! transaction ([`batch`]), and is acknowledged only after that commit. What each kind of
+//! write is to the writer (its arrays, its outcome, its retry advice) is [`command`].
 //!
 //! Why batch: a commit costs a disk flush (about 200 µs here), and with cluster mode each
 //! committing transaction that notifies takes an instance-wide lock. So `writers` tasks
@@ -14,6 +15,9 @@
 //! and writes them back. A later seq for a user can only commit after the earlier one.
 
 pub(crate) mod batch;
+mod command;
+
+pub(crate) use command::{Command, Outcome};
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -29,83 +33,9 @@ use crate::cluster::hub::Hub;
 use crate::db::Database;
 use crate::foundation::config::Config;
 use crate::foundation::error::{ApiError, Code};
-use crate::foundation::frames::results::{self, Answer};
-use crate::foundation::frames::{event_frame, ConversationState, Message};
+use crate::foundation::frames::event_frame;
 use crate::foundation::metrics::Metrics;
-use crate::foundation::protocol::{
-    Body, ClientMsgId, ClientOpId, ConversationId, GroupName, Target, UserId,
-};
 use crate::read::cache::ConversationCache;
-
-/// One write, as validated at the edge. Every variant names the user acting.
-#[derive(Debug, Clone)]
-pub(crate) enum Command {
-    Send {
-        sender: UserId,
-        target: Target,
-        body: Body,
-        client_msg_id: ClientMsgId,
-    },
-    GroupCreate {
-        creator: UserId,
-        name: GroupName,
-        members: Vec<UserId>,
-        client_op_id: Option<ClientOpId>,
-    },
-    GroupAdd {
-        actor: UserId,
-        conversation: ConversationId,
-        users: Vec<UserId>,
-        admin: bool,
-    },
-    GroupRemove {
-        actor: UserId,
-        conversation: ConversationId,
-        users: Vec<UserId>,
-    },
-    GroupLeave {
-        actor: UserId,
-        conversation: ConversationId,
-    },
-    Read {
-        user: UserId,
-        conversation: ConversationId,
-        cseq: i64,
-    },
-}
-
-impl Command {
-    /// The command's name in `pgchat.apply_batch`'s `c_kind`, as on the wire.
-    pub(crate) fn kind(&self) -> &'static str {
-        match self {
-            Command::Send { .. } => "send",
-            Command::GroupCreate { .. } => "group_create",
-            Command::GroupAdd { .. } => "group_add",
-            Command::GroupRemove { .. } => "group_remove",
-            Command::GroupLeave { .. } => "group_leave",
-            Command::Read { .. } => "read",
-        }
-    }
-}
-
-/// What a committed command returns to its caller.
-#[derive(Debug, Clone)]
-pub(crate) enum Outcome {
-    Message(Message),
-    Conversation(ConversationState),
-    Done,
-}
-
-impl From<Outcome> for Answer {
-    /// The `ok` reply's result.
-    fn from(outcome: Outcome) -> Answer {
-        match outcome {
-            Outcome::Message(message) => results::Sent { message }.into(),
-            Outcome::Conversation(conversation) => results::Conversation { conversation }.into(),
-            Outcome::Done => Answer::Empty {},
-        }
-    }
-}
 
 /// Where committed work goes: the hub (delivery), the cache, the metrics.
 pub(crate) struct Outputs {
