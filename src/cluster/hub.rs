@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex};
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{mpsc, watch};
 
+use crate::foundation::protocol::UserId;
+
 /// Users with live sessions on this worker. Shared by the writer (publish) and sessions.
 pub(crate) struct Hub {
     /// A std mutex: held only for a map lookup or insert, never across an await.
@@ -148,7 +150,7 @@ impl Hub {
     /// the database: then every event committed after that read is published to a feed
     /// that already exists, and none falls between the two.
     #[cfg(test)]
-    pub(crate) fn subscribe(self: &Arc<Hub>, user: &str, session: SessionId) -> Subscription {
+    pub(crate) fn subscribe(self: &Arc<Hub>, user: &UserId, session: SessionId) -> Subscription {
         self.try_subscribe(user, session, usize::MAX)
             .expect("no cap, no refusal")
     }
@@ -157,10 +159,11 @@ impl Hub {
     /// this worker (checked and taken under one lock, so racing upgrades cannot pass it).
     pub(crate) fn try_subscribe(
         self: &Arc<Hub>,
-        user: &str,
+        user: &UserId,
         session: SessionId,
         max: usize,
     ) -> Option<Subscription> {
+        let user = user.as_str();
         let mut feeds = self.feeds.lock().expect("hub lock");
         if let Some(feed) = feeds.get(user) {
             if feed.sessions.lock().expect("feed lock").len() >= max {
@@ -295,6 +298,10 @@ impl Hub {
 mod tests {
     use super::*;
 
+    fn user(id: &str) -> UserId {
+        UserId::parse(id).unwrap()
+    }
+
     fn limits(frames_per_user: usize, bytes_per_user: usize, bytes_total: usize) -> FeedLimits {
         FeedLimits {
             frames_per_user,
@@ -306,8 +313,8 @@ mod tests {
     #[test]
     fn feeds_are_bounded_in_bytes_per_user_and_in_total() {
         let hub = Hub::new(limits(100, 250, 400), 4);
-        let a = hub.subscribe("a", 1);
-        let b = hub.subscribe("b", 2);
+        let a = hub.subscribe(&user("a"), 1);
+        let b = hub.subscribe(&user("b"), 2);
         let frame = |n: usize| move || "x".repeat(n);
         // a: 100 + 100 fit its 250; a third evicts the first.
         for seq in 1..=3 {
@@ -343,7 +350,7 @@ mod tests {
     #[test]
     fn frames_come_out_contiguous_and_in_order() {
         let hub = Hub::new(limits(8, 1 << 20, 1 << 20), 4);
-        let sub = hub.subscribe("a", 1);
+        let sub = hub.subscribe(&user("a"), 1);
         hub.publish("a", 2, || "two".into());
         hub.publish("a", 1, || "one".into());
         hub.publish("a", 4, || "four".into());
@@ -356,7 +363,7 @@ mod tests {
     #[test]
     fn a_user_without_sessions_is_not_kept() {
         let hub = Hub::new(limits(8, 1 << 20, 1 << 20), 4);
-        let sub = hub.subscribe("a", 1);
+        let sub = hub.subscribe(&user("a"), 1);
         assert_eq!(hub.users_online(), 1);
         drop(sub);
         assert_eq!(hub.users_online(), 0);

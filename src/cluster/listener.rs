@@ -401,7 +401,7 @@ async fn handle(ln: &Listener, payloads: Vec<String>) {
                 continue;
             }
         };
-        if notice.sender() == ln.worker_id.as_str() {
+        if notice.sender() == &ln.worker_id {
             continue; // published locally at commit already
         }
         match notice {

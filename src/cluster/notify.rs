@@ -8,6 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::foundation::protocol::WorkerId;
+
 /// The channel every worker LISTENs on.
 pub(crate) const CHANNEL: &str = "pgchat";
 
@@ -20,7 +22,7 @@ pub(crate) enum Notice {
     /// A batch committed: these streams and conversations changed.
     #[serde(rename = "e")]
     Events {
-        w: String,
+        w: WorkerId,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         u: Vec<(String, i64)>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -37,7 +39,7 @@ pub(crate) enum Notice {
     /// Users came online on worker `w`, or went offline there (with the time).
     #[serde(rename = "p")]
     Presence {
-        w: String,
+        w: WorkerId,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         on: Vec<String>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -47,9 +49,9 @@ pub(crate) enum Notice {
     /// their users' sessions are gone.
     #[serde(rename = "g")]
     Gone {
-        w: String,
+        w: WorkerId,
         #[serde(default)]
-        dead: Vec<String>,
+        dead: Vec<WorkerId>,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         graceful: bool,
         /// Set instead of `dead` when the list would not fit: some workers are gone;
@@ -61,7 +63,7 @@ pub(crate) enum Notice {
     /// when the list would not fit: receivers look the members up).
     #[serde(rename = "t")]
     Typing {
-        w: String,
+        w: WorkerId,
         c: String,
         u: String,
         s: String,
@@ -72,7 +74,7 @@ pub(crate) enum Notice {
 
 impl Notice {
     /// The worker that sent it.
-    pub(crate) fn sender(&self) -> &str {
+    pub(crate) fn sender(&self) -> &WorkerId {
         match self {
             Notice::Events { w, .. }
             | Notice::Presence { w, .. }
@@ -85,13 +87,13 @@ impl Notice {
     /// fit (the users first: conversations are fewer and spare the caches).
     #[cfg(test)]
     pub(crate) fn events_payload(
-        worker: &str,
+        worker: &WorkerId,
         users: Vec<(String, i64)>,
         conversations: Vec<(String, i64)>,
     ) -> String {
         let encode = |n: &Notice| serde_json::to_string(n).expect("notices serialise");
         let mut notice = Notice::Events {
-            w: worker.to_string(),
+            w: worker.clone(),
             u: users,
             c: conversations,
             all: false,
@@ -117,9 +119,9 @@ impl Notice {
     }
 
     /// Workers found gone: the list, or a pointer when it would not fit.
-    pub(crate) fn gone_payload(worker: &str, dead: &[String], graceful: bool) -> String {
+    pub(crate) fn gone_payload(worker: &WorkerId, dead: &[WorkerId], graceful: bool) -> String {
         let mut notice = Notice::Gone {
-            w: worker.to_string(),
+            w: worker.clone(),
             dead: dead.to_vec(),
             graceful,
             all: false,
@@ -137,14 +139,14 @@ impl Notice {
 
     /// A typing notice, with the members when they fit.
     pub(crate) fn typing_payload(
-        worker: &str,
+        worker: &WorkerId,
         conversation: &str,
         user: &str,
         state: &str,
         members: &[String],
     ) -> String {
         let mut notice = Notice::Typing {
-            w: worker.to_string(),
+            w: worker.clone(),
             c: conversation.to_string(),
             u: user.to_string(),
             s: state.to_string(),
@@ -162,7 +164,7 @@ impl Notice {
 
     /// Presence changes, split over as many payloads as needed to stay under the limit.
     pub(crate) fn presence_payloads(
-        worker: &str,
+        worker: &WorkerId,
         on: Vec<String>,
         off: Vec<(String, String)>,
     ) -> Vec<String> {
@@ -177,7 +179,7 @@ impl Notice {
             let (on, off) = std::mem::take(current);
             out.push(
                 serde_json::to_string(&Notice::Presence {
-                    w: worker.to_string(),
+                    w: worker.clone(),
                     on,
                     off,
                 })
@@ -205,27 +207,32 @@ impl Notice {
 mod tests {
     use super::*;
 
+    fn w(id: &str) -> WorkerId {
+        WorkerId::new(id.to_string())
+    }
+
     #[test]
     fn a_list_that_would_not_fit_becomes_a_pointer() {
-        let small = Notice::events_payload("w1", vec![("alice".into(), 3)], vec![("d1".into(), 2)]);
+        let small =
+            Notice::events_payload(&w("w1"), vec![("alice".into(), 3)], vec![("d1".into(), 2)]);
         assert_eq!(
             small,
             r#"{"k":"e","w":"w1","u":[["alice",3]],"c":[["d1",2]]}"#
         );
         let many: Vec<(String, i64)> = (0..1000).map(|i| (format!("user-{i:04}"), i)).collect();
-        let big = Notice::events_payload("w1", many.clone(), vec![("d1".into(), 2)]);
+        let big = Notice::events_payload(&w("w1"), many.clone(), vec![("d1".into(), 2)]);
         assert!(big.len() <= MAX_PAYLOAD);
         assert_eq!(
             serde_json::from_str::<Notice>(&big).unwrap(),
             Notice::Events {
-                w: "w1".into(),
+                w: w("w1"),
                 u: vec![],
                 c: vec![("d1".into(), 2)],
                 all: true,
                 all_c: false,
             }
         );
-        let huge = Notice::events_payload("w1", many.clone(), many);
+        let huge = Notice::events_payload(&w("w1"), many.clone(), many);
         assert!(huge.len() <= MAX_PAYLOAD);
         assert!(matches!(
             serde_json::from_str::<Notice>(&huge).unwrap(),
@@ -239,12 +246,12 @@ mod tests {
 
     #[test]
     fn many_dead_workers_become_a_pointer() {
-        let few = Notice::gone_payload("w1", &["w2".into()], false);
+        let few = Notice::gone_payload(&w("w1"), &[w("w2")], false);
         assert_eq!(few, r#"{"k":"g","w":"w1","dead":["w2"]}"#);
-        let many: Vec<String> = (0..500)
-            .map(|i| format!("{}-{i}", "h".repeat(60)))
+        let many: Vec<WorkerId> = (0..500)
+            .map(|i| w(&format!("{}-{i}", "h".repeat(60))))
             .collect();
-        let big = Notice::gone_payload("w1", &many, false);
+        let big = Notice::gone_payload(&w("w1"), &many, false);
         assert!(big.len() <= MAX_PAYLOAD);
         assert_eq!(big, r#"{"k":"g","w":"w1","dead":[],"all":true}"#);
     }
@@ -252,7 +259,7 @@ mod tests {
     #[test]
     fn presence_is_split_to_fit() {
         let on: Vec<String> = (0..2000).map(|i| "x".repeat(60) + &i.to_string()).collect();
-        let payloads = Notice::presence_payloads("w", on, vec![]);
+        let payloads = Notice::presence_payloads(&w("w"), on, vec![]);
         assert!(payloads.len() > 1);
         let mut n = 0;
         for p in &payloads {

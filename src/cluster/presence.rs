@@ -24,7 +24,7 @@ use crate::cluster::notify::{Notice, CHANNEL};
 use crate::db::{queries, Database};
 use crate::foundation::error::DbError;
 use crate::foundation::frames::{self, PresenceEntry, PresenceStatus};
-use crate::foundation::protocol::{rfc3339, UserId};
+use crate::foundation::protocol::{rfc3339, UserId, WorkerId};
 
 /// How often a worker heartbeats and looks for dead workers.
 const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -36,7 +36,7 @@ pub(crate) struct Presence {
     state: Mutex<State>,
     grace: Duration,
     db: Database,
-    worker: String,
+    worker: WorkerId,
     /// Wakes the flusher when `state.pending` has changes to record.
     flush: Notify,
     /// Other live workers, as of the last heartbeat: ephemeral events are announced to
@@ -49,7 +49,7 @@ struct State {
     /// Users with sessions here, or within their grace period here.
     local: HashMap<String, Local>,
     /// user -> the other workers holding sessions of theirs.
-    remote: HashMap<String, HashSet<String>>,
+    remote: HashMap<String, HashSet<WorkerId>>,
     /// watched user -> the sessions watching, with their ephemeral channels.
     watchers: HashMap<String, HashMap<SessionId, mpsc::Sender<Utf8Bytes>>>,
     /// Changes of this worker's own rows not yet written: user -> online here, or the
@@ -94,19 +94,20 @@ impl State {
 }
 
 impl Presence {
-    pub(crate) fn new(db: Database, grace: Duration, worker: &str) -> Arc<Presence> {
+    pub(crate) fn new(db: Database, grace: Duration, worker: &WorkerId) -> Arc<Presence> {
         Arc::new(Presence {
             state: Mutex::new(State::default()),
             grace,
             db,
-            worker: worker.to_string(),
+            worker: worker.clone(),
             flush: Notify::new(),
             peers: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
     /// A session of `user` opened here.
-    pub(crate) fn opened(&self, user: &str) {
+    pub(crate) fn opened(&self, user: &UserId) {
+        let user = user.as_str();
         let mut state = self.state.lock().expect("presence lock");
         if let Some(l) = state.local.get_mut(user) {
             // Already here, or back within the grace period: nothing changes.
@@ -131,7 +132,8 @@ impl Presence {
     }
 
     /// A session of `user` closed here. Starts the grace timer when it was the last.
-    pub(crate) fn closed(self: &Arc<Self>, user: &str) {
+    pub(crate) fn closed(self: &Arc<Self>, user: &UserId) {
+        let user = user.as_str();
         let generation = {
             let mut state = self.state.lock().expect("presence lock");
             let Some(l) = state.local.get_mut(user) else {
@@ -209,7 +211,7 @@ impl Presence {
             // A pointer: the listener reloads presence from the table instead.
             Notice::Gone { all: true, .. } => {}
             Notice::Gone { dead, graceful, .. } => {
-                let dead: HashSet<String> = dead.into_iter().collect();
+                let dead: HashSet<WorkerId> = dead.into_iter().collect();
                 let offline = Self::drop_workers(&mut state, &dead, !graceful);
                 if graceful && !offline.is_empty() {
                     // A worker that shut down cleanly closed its sockets with 1001, and its
@@ -240,7 +242,7 @@ impl Presence {
         }
     }
 
-    fn remove_remote(state: &mut State, user: &str, worker: &str) {
+    fn remove_remote(state: &mut State, user: &str, worker: &WorkerId) {
         if let Some(ws) = state.remote.get_mut(user) {
             ws.remove(worker);
             if ws.is_empty() {
@@ -251,7 +253,7 @@ impl Presence {
 
     /// Forgets dead workers; returns their users who are online nowhere else now, having
     /// told watchers so if `announce`.
-    fn drop_workers(state: &mut State, dead: &HashSet<String>, announce: bool) -> Vec<String> {
+    fn drop_workers(state: &mut State, dead: &HashSet<WorkerId>, announce: bool) -> Vec<String> {
         let affected: Vec<String> = state
             .remote
             .iter()
@@ -279,9 +281,10 @@ impl Presence {
     pub(crate) async fn reload(&self) -> Result<(), DbError> {
         let client = self.db.client().await?;
         let stmt = client.prepare_cached(queries::REMOTE_PRESENCE).await?;
-        let mut remote: HashMap<String, HashSet<String>> = HashMap::new();
-        for row in client.query(&stmt, &[&self.worker]).await? {
-            remote.entry(row.get(0)).or_default().insert(row.get(1));
+        let mut remote: HashMap<String, HashSet<WorkerId>> = HashMap::new();
+        for row in client.query(&stmt, &[&self.worker.as_str()]).await? {
+            let worker = WorkerId::new(row.get(1));
+            remote.entry(row.get(0)).or_default().insert(worker);
         }
         let mut state = self.state.lock().expect("presence lock");
         let before: HashSet<String> = state.remote.keys().cloned().collect();
@@ -356,13 +359,13 @@ impl Presence {
     }
 
     /// Removes `session` from the watchers of `users` (when it closes).
-    pub(crate) fn unsubscribe(&self, session: SessionId, users: impl IntoIterator<Item = String>) {
+    pub(crate) fn unsubscribe(&self, session: SessionId, users: impl IntoIterator<Item = UserId>) {
         let mut state = self.state.lock().expect("presence lock");
         for u in users {
-            if let Some(w) = state.watchers.get_mut(&u) {
+            if let Some(w) = state.watchers.get_mut(u.as_str()) {
                 w.remove(&session);
                 if w.is_empty() {
-                    state.watchers.remove(&u);
+                    state.watchers.remove(u.as_str());
                 }
             }
         }
@@ -425,12 +428,12 @@ impl Presence {
             let tx = self.db.begin().await?;
             if !on.is_empty() {
                 let stmt = tx.prepare_cached(queries::PRESENCE_ON).await?;
-                tx.execute(&stmt, &[&on, &self.worker]).await?;
+                tx.execute(&stmt, &[&on, &self.worker.as_str()]).await?;
             }
             if !off.is_empty() {
                 let users: Vec<&str> = off.iter().map(|(u, _)| u.as_str()).collect();
                 let stmt = tx.prepare_cached(queries::PRESENCE_OFF).await?;
-                tx.execute(&stmt, &[&users, &self.worker]).await?;
+                tx.execute(&stmt, &[&users, &self.worker.as_str()]).await?;
             }
             if !seen_at.is_empty() {
                 let stmt = tx.prepare_cached(queries::STORE_LAST_SEEN).await?;
@@ -463,11 +466,14 @@ impl Presence {
         let beat = client.prepare_cached(queries::HEARTBEAT).await?;
         let host = hostname();
         client
-            .execute(&beat, &[&self.worker, &host, &(std::process::id() as i32)])
+            .execute(
+                &beat,
+                &[&self.worker.as_str(), &host, &(std::process::id() as i32)],
+            )
             .await?;
         let count = client.prepare_cached(queries::PEERS).await?;
         let peers: i64 = client
-            .query_one(&count, &[&self.worker, &DEAD_AFTER_SECS])
+            .query_one(&count, &[&self.worker.as_str(), &DEAD_AFTER_SECS])
             .await?
             .get(0);
         self.peers
@@ -475,11 +481,11 @@ impl Presence {
         drop(client);
         let tx = self.db.begin().await?;
         let reap = tx.prepare_cached(queries::REAP_WORKERS).await?;
-        let dead: Vec<String> = tx
+        let dead: Vec<WorkerId> = tx
             .query(&reap, &[&DEAD_AFTER_SECS])
             .await?
             .iter()
-            .map(|r| r.get(0))
+            .map(|r| WorkerId::new(r.get(0)))
             .collect();
         if dead.is_empty() {
             return tx.commit().await;
@@ -504,11 +510,12 @@ impl Presence {
     async fn forget_workers(
         &self,
         tx: &crate::db::Tx,
-        workers: &[String],
+        workers: &[WorkerId],
         graceful: bool,
     ) -> Result<(), DbError> {
         let stmt = tx.prepare_cached(queries::FORGET_WORKERS).await?;
-        tx.execute(&stmt, &[&workers]).await?;
+        let ids: Vec<&str> = workers.iter().map(WorkerId::as_str).collect();
+        tx.execute(&stmt, &[&ids]).await?;
         // Hundreds of dead workers (a crashed deployment's worth, say) would not fit in a
         // notification, and a NOTIFY that fails would fail the reap with it.
         let payload = Notice::gone_payload(&self.worker, workers, graceful);
@@ -519,10 +526,10 @@ impl Presence {
     /// On shutdown: this worker's users leave with it (those online elsewhere stay).
     async fn leave(&self) -> Result<(), DbError> {
         let tx = self.db.begin().await?;
-        let me = vec![self.worker.clone()];
+        let me = [self.worker.clone()];
         self.forget_workers(&tx, &me, true).await?;
         let stmt = tx.prepare_cached(queries::DELETE_WORKER).await?;
-        tx.execute(&stmt, &[&self.worker]).await?;
+        tx.execute(&stmt, &[&self.worker.as_str()]).await?;
         tx.commit().await
     }
 }

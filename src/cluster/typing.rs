@@ -13,7 +13,7 @@ use crate::db::Database;
 use crate::foundation::error::{ApiError, DbError};
 use crate::foundation::frames;
 use crate::foundation::metrics::Metrics;
-use crate::foundation::protocol::ConversationId;
+use crate::foundation::protocol::{ConversationId, WorkerId};
 use crate::read::cache::ConversationCache;
 use crate::read::store;
 
@@ -41,7 +41,7 @@ pub(crate) fn deliver(
 /// Tells the other workers: one NOTIFY that their listeners hand to [`deliver`].
 pub(crate) async fn announce(
     db: &Database,
-    worker_id: &str,
+    worker_id: &WorkerId,
     conversation: &str,
     user: &str,
     state: &str,

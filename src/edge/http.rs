@@ -196,7 +196,7 @@ fn take_slot(app: &App) -> Result<SocketSlot, ApiError> {
 fn subscribe(app: &App, identity: &Identity) -> Result<Subscription, ApiError> {
     let max_sockets = app.config.max_sockets_per_user;
     app.hub
-        .try_subscribe(identity.user.as_str(), app.next_session_id(), max_sockets)
+        .try_subscribe(&identity.user, app.next_session_id(), max_sockets)
         .ok_or_else(|| {
             let mut e = ApiError::new(
                 Code::RateLimited,

@@ -263,7 +263,7 @@ impl Online {
     fn new(app: &App, user: &UserId) -> Online {
         app.metrics.connections.inc();
         app.metrics.connections_total.inc();
-        app.presence.opened(user.as_str());
+        app.presence.opened(user);
         Online {
             app: app.clone(),
             user: user.clone(),
@@ -273,7 +273,7 @@ impl Online {
 
 impl Drop for Online {
     fn drop(&mut self) {
-        self.app.presence.closed(self.user.as_str());
+        self.app.presence.closed(&self.user);
         self.app.metrics.connections.dec();
     }
 }
@@ -294,7 +294,7 @@ struct Session {
     /// Conversations this session is typing in, with when that ends by itself.
     typing: HashMap<ConversationId, Instant>,
     /// Users this session watches the presence of.
-    watching: HashSet<String>,
+    watching: HashSet<UserId>,
     /// When to try again to queue events the database could not give us (see
     /// [`End::DbUnavailable`]).
     catch_up_at: Option<Instant>,
@@ -311,7 +311,7 @@ impl Session {
         let hello = frames::encode(&frames::Hello {
             user: self.identity.user.as_str(),
             session: random_id(),
-            worker: &self.app.worker_id,
+            worker: self.app.worker_id.as_str(),
             head,
             server_time: rfc3339(chrono::Utc::now()),
         });
@@ -622,10 +622,7 @@ impl Session {
             .cloned()
             .collect();
         let max = self.app.config.max_presence_users;
-        let new = users
-            .iter()
-            .filter(|u| !self.watching.contains(u.as_str()))
-            .count();
+        let new = users.iter().filter(|u| !self.watching.contains(*u)).count();
         if self.watching.len() + new > max {
             return Err(ApiError::new(
                 Code::TooLarge,
@@ -635,8 +632,7 @@ impl Session {
                 ),
             ));
         }
-        self.watching
-            .extend(users.iter().map(|u| u.as_str().to_string()));
+        self.watching.extend(users.iter().cloned());
         let mut snapshot = self
             .app
             .presence

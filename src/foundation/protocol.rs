@@ -51,7 +51,7 @@ impl UserId {
 /// A worker's id, unique across the cluster (host, process, and which of the process's
 /// applications): the sender named in notifications and presence rows, and `hello`'s
 /// `worker`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub(crate) struct WorkerId(String);
 
@@ -61,13 +61,6 @@ impl WorkerId {
     }
 
     pub(crate) fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::ops::Deref for WorkerId {
-    type Target = str;
-    fn deref(&self) -> &str {
         &self.0
     }
 }

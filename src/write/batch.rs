@@ -21,6 +21,7 @@ use crate::db::queries::APPLY_BATCH;
 use crate::db::Database;
 use crate::foundation::error::{ApiError, Code, DbError};
 use crate::foundation::frames::{EventFields, Message};
+use crate::foundation::protocol::WorkerId;
 use crate::read::cache::Snapshot;
 use crate::read::store::EventKind;
 
@@ -136,12 +137,12 @@ pub(crate) async fn commit(
     db: &Database,
     commands: &[&Command],
     max_group_members: usize,
-    worker: &str,
+    worker: &WorkerId,
 ) -> Result<Committed, Failed> {
     let a = Args::new(commands);
     let max_members = max_group_members as i32;
     let params: [&(dyn ToSql + Sync); 11] = [
-        &worker,
+        &worker.as_str(),
         &max_members,
         &a.kind,
         &a.actor,

@@ -35,6 +35,7 @@ use crate::foundation::config::Config;
 use crate::foundation::error::{ApiError, Code};
 use crate::foundation::frames::event_frame;
 use crate::foundation::metrics::Metrics;
+use crate::foundation::protocol::WorkerId;
 use crate::read::cache::ConversationCache;
 
 /// Where committed work goes: the hub (delivery), the cache, the metrics.
@@ -64,7 +65,7 @@ impl Writer {
         db: Database,
         outputs: Outputs,
         config: &Config,
-        worker: &str,
+        worker: &WorkerId,
         stop: CancellationToken,
         tracker: &TaskTracker,
     ) -> Writer {
@@ -102,7 +103,7 @@ impl Writer {
                 resync: resync.clone(),
                 batch_max: config.write_batch_max,
                 max_group_members: config.max_group_members,
-                worker: worker.to_string(),
+                worker: worker.clone(),
             };
             let rx = rx.clone();
             let stop = stop.clone();
@@ -164,7 +165,7 @@ struct Batcher {
     batch_max: usize,
     max_group_members: usize,
     /// Named in notifications, so this worker can skip its own.
-    worker: String,
+    worker: WorkerId,
 }
 
 impl Batcher {
