@@ -5,7 +5,7 @@
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 
 /// The codes of PROTOCOL.md, plus the three that only appear before an upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,13 +124,30 @@ impl ApiError {
     }
 
     /// The `{"error":{…}}` body used by HTTP responses.
-    pub(crate) fn body(&self) -> serde_json::Value {
-        let mut error = json!({"code": self.code.as_str(), "message": self.message});
-        if let Some(ms) = self.retry_after_ms {
-            error["retry_after_ms"] = ms.into();
+    pub(crate) fn body(&self) -> ErrorBody<'_> {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code.as_str(),
+                message: &self.message,
+                retry_after_ms: self.retry_after_ms,
+            },
         }
-        json!({ "error": error })
     }
+}
+
+/// The body of every HTTP refusal: `{"error":{"code","message","retry_after_ms"?}}`, the
+/// fields of the socket's `error` frame (docs/openapi.yaml's `Error`).
+#[derive(Serialize)]
+pub(crate) struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'static str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u64>,
 }
 
 impl IntoResponse for ApiError {
