@@ -8,7 +8,8 @@ use serde_json::{Map, Value};
 use super::Request;
 use super::{fields, user_list};
 use crate::foundation::error::ApiError;
-use crate::foundation::protocol::ConversationId;
+use crate::foundation::protocol::{ConversationId, UserId};
+use crate::write::Command;
 
 #[derive(Deserialize)]
 struct Fields {
@@ -42,4 +43,28 @@ pub(super) fn parse(
             users,
         }
     })
+}
+
+/// `actor` adding `users` (as admins too when `admin`), as the writer's command.
+pub(super) fn add(
+    actor: &UserId,
+    conversation: ConversationId,
+    users: Vec<UserId>,
+    admin: bool,
+) -> Command {
+    Command::GroupAdd {
+        actor: actor.clone(),
+        conversation,
+        users,
+        admin,
+    }
+}
+
+/// `actor` removing `users`, as the writer's command.
+pub(super) fn remove(actor: &UserId, conversation: ConversationId, users: Vec<UserId>) -> Command {
+    Command::GroupRemove {
+        actor: actor.clone(),
+        conversation,
+        users,
+    }
 }

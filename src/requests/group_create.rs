@@ -7,7 +7,8 @@ use serde_json::{Map, Value};
 use super::Request;
 use super::{fields, user_list};
 use crate::foundation::error::ApiError;
-use crate::foundation::protocol::{ClientOpId, GroupName};
+use crate::foundation::protocol::{ClientOpId, GroupName, UserId};
+use crate::write::Command;
 
 #[derive(Deserialize)]
 struct Fields {
@@ -29,4 +30,19 @@ pub(super) fn parse(
         members,
         client_op_id: f.client_op_id,
     })
+}
+
+/// The group as the writer's command, made by `creator`.
+pub(super) fn command(
+    creator: &UserId,
+    name: GroupName,
+    members: Vec<UserId>,
+    client_op_id: Option<ClientOpId>,
+) -> Command {
+    Command::GroupCreate {
+        creator: creator.clone(),
+        name,
+        members,
+        client_op_id,
+    }
 }

@@ -7,7 +7,8 @@ use serde_json::{Map, Value};
 use super::fields;
 use super::Request;
 use crate::foundation::error::ApiError;
-use crate::foundation::protocol::ConversationId;
+use crate::foundation::protocol::{ConversationId, UserId};
+use crate::write::Command;
 
 #[derive(Deserialize)]
 struct Fields {
@@ -19,4 +20,12 @@ pub(super) fn parse(map: Map<String, Value>) -> Result<Request, ApiError> {
     Ok(Request::GroupLeave {
         conversation: f.conversation,
     })
+}
+
+/// `actor` leaving, as the writer's command.
+pub(super) fn command(actor: &UserId, conversation: ConversationId) -> Command {
+    Command::GroupLeave {
+        actor: actor.clone(),
+        conversation,
+    }
 }

@@ -8,12 +8,13 @@
 //! metrics and the typing fan-out, and each kind takes just the parts it uses. The
 //! worker's configuration, authenticator, sessions and shutdown are out of their reach.
 //!
-//! Adding a kind: a file here (its fields, `parse`, and how it is applied); its
-//! registration here (a variant of [`Request`], a line in [`Request::parse_body`]'s table
-//! and one in [`handle`]); if it answers with data, its result type in
-//! `frames::results`; if the writer commits it, a [`Command`] variant (write/command.rs)
-//! and its branch in `pgchat.apply_batch` (schema.sql and a migration); and its lines in
-//! docs/PROTOCOL.md and docs/asyncapi.yaml.
+//! Adding a kind: a file here (its fields, `parse`, and how it is applied: its `Command`
+//! for the writer, or its `apply`); its registration here (a variant of [`Request`], a
+//! line in [`Request::parse_body`]'s table, and one in [`command`] or [`query`]); if it
+//! answers with data, its result type in `frames::results`; if the writer commits it, a
+//! [`Command`] variant (write/command.rs) and its branch in `pgchat.apply_batch`
+//! (schema.sql and a migration); and its lines in docs/PROTOCOL.md and
+//! docs/asyncapi.yaml.
 
 mod auth;
 mod conversations;
@@ -278,20 +279,23 @@ fn user_list(
     Ok(out)
 }
 
-/// Runs one request for `user`; the answer becomes the fields of the `ok` reply.
+/// Runs one request for `user`; the answer becomes the fields of the `ok` reply. A kind
+/// the writer commits is acknowledged after its commit; the others read.
 pub(crate) async fn handle(
     services: Services<'_>,
     user: &UserId,
     request: Request,
 ) -> Result<Answer, ApiError> {
-    let Services {
-        db,
-        cache,
-        writer,
-        metrics,
-        ..
-    } = services;
-    let command = match request {
+    match command(services.metrics, user, request) {
+        Ok(command) => Ok(services.writer.run(command).await?.into()),
+        Err(request) => query(services, user, request).await,
+    }
+}
+
+/// A request the writer commits, as its [`Command`] (made by the kind's file); any other
+/// request is handed back.
+fn command(metrics: &Metrics, user: &UserId, request: Request) -> Result<Command, Request> {
+    Ok(match request {
         Request::Send {
             target,
             body,
@@ -301,70 +305,67 @@ pub(crate) async fn handle(
             name,
             members,
             client_op_id,
-        } => Command::GroupCreate {
-            creator: user.clone(),
-            name,
-            members,
-            client_op_id,
-        },
+        } => group_create::command(user, name, members, client_op_id),
         Request::GroupAdd {
             conversation,
             users,
             admin,
-        } => Command::GroupAdd {
-            actor: user.clone(),
-            conversation,
-            users,
-            admin,
-        },
+        } => group_add::add(user, conversation, users, admin),
         Request::GroupRemove {
             conversation,
             users,
-        } => Command::GroupRemove {
-            actor: user.clone(),
-            conversation,
-            users,
-        },
-        Request::GroupLeave { conversation } => Command::GroupLeave {
-            actor: user.clone(),
-            conversation,
-        },
-        Request::Read { conversation, cseq } => Command::Read {
-            user: user.clone(),
-            conversation,
-            cseq,
-        },
+        } => group_add::remove(user, conversation, users),
+        Request::GroupLeave { conversation } => group_leave::command(user, conversation),
+        Request::Read { conversation, cseq } => read::command(user, conversation, cseq),
+        other => return Err(other),
+    })
+}
+
+/// A request answered from the database or the cache, without the writer.
+async fn query(
+    services: Services<'_>,
+    user: &UserId,
+    request: Request,
+) -> Result<Answer, ApiError> {
+    let Services {
+        db, cache, metrics, ..
+    } = services;
+    match request {
         Request::History {
             conversation,
             before_cseq,
             limit,
-        } => {
-            let page = history::apply(db, cache, metrics, user, &conversation, before_cseq, limit);
-            return page.await.map(Answer::from);
-        }
-        Request::Conversations => {
-            let list = conversations::apply(db, services.members_listed, user).await;
-            return list.map(Answer::from);
-        }
+        } => history::apply(db, cache, metrics, user, &conversation, before_cseq, limit)
+            .await
+            .map(Answer::from),
+        Request::Conversations => conversations::apply(db, services.members_listed, user)
+            .await
+            .map(Answer::from),
         Request::Members {
             conversation,
             after,
             limit,
-        } => {
-            let page = members::apply(db, cache, user, &conversation, after, limit).await;
-            return page.map(Answer::from);
-        }
-        Request::Ping => return Ok(Answer::Empty {}),
+        } => members::apply(db, cache, user, &conversation, after, limit)
+            .await
+            .map(Answer::from),
+        Request::Ping => Ok(Answer::Empty {}),
         Request::Resume { .. }
         | Request::Typing { .. }
         | Request::PresenceSubscribe { .. }
-        | Request::Auth { .. } => {
-            return Err(ApiError::bad_request(
-                "resume, typing, presence_subscribe and auth need a WebSocket",
-            ))
+        | Request::Auth { .. } => Err(ApiError::bad_request(
+            "resume, typing, presence_subscribe and auth need a WebSocket",
+        )),
+        // `command` took these: none reaches here.
+        Request::Send { .. }
+        | Request::GroupCreate { .. }
+        | Request::GroupAdd { .. }
+        | Request::GroupRemove { .. }
+        | Request::GroupLeave { .. }
+        | Request::Read { .. } => {
+            tracing::error!("a durable request reached the read path");
+            Err(ApiError::internal())
         }
-    };
-    Ok(writer.run(command).await?.into())
+    }
 }
 
 /// The members of a conversation that `user` belongs to.

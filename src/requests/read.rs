@@ -7,7 +7,8 @@ use serde_json::{Map, Value};
 use super::fields;
 use super::Request;
 use crate::foundation::error::ApiError;
-use crate::foundation::protocol::ConversationId;
+use crate::foundation::protocol::{ConversationId, UserId};
+use crate::write::Command;
 
 #[derive(Deserialize)]
 struct Fields {
@@ -24,4 +25,13 @@ pub(super) fn parse(map: Map<String, Value>) -> Result<Request, ApiError> {
         conversation: f.conversation,
         cseq: f.cseq,
     })
+}
+
+/// `user`'s read marker, as the writer's command.
+pub(super) fn command(user: &UserId, conversation: ConversationId, cseq: i64) -> Command {
+    Command::Read {
+        user: user.clone(),
+        conversation,
+        cseq,
+    }
 }
