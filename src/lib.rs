@@ -21,13 +21,15 @@
 //!   per batch ([`notify`](cluster::notify)) names the streams that grew, and every
 //!   other worker's [`listener`](cluster::listener) fetches those events for its users.
 //!   [`presence`](cluster::presence) and [`typing`](cluster::typing) ride the same path.
-//! - [`write`](mod@write): a `send` is queued here, committed with the others beside it in one
-//!   transaction (allocating gap-free `seq`/`cseq`), and acknowledged after commit.
+//! - [`write`](mod@write): a `send` is queued here, committed with the others beside it
+//!   in one transaction (allocating gap-free `seq`/`cseq`), and acknowledged after
+//!   commit; `write::command` says what each kind of write is to the writer.
 //! - [`requests`]: one file per request kind (its fields, validation and application),
 //!   shared by the socket and the HTTP API. They reach the worker through
-//!   [`Services`](requests::Services) (read path, writer, metrics, typing fan-out), each
-//!   kind taking only the parts it uses. Beside them, [`ops`]: the utilisation figures
-//!   and the stats line (from readings its callers take), systemd, `pgchat health`.
+//!   [`Services`](requests::Services) (database and cache, writer, metrics, typing
+//!   fan-out), each kind taking only the parts it uses. Beside them, [`ops`]: the
+//!   utilisation figures and the stats line (from readings its callers take), systemd,
+//!   `pgchat health`.
 //! - [`state`]: the handles a worker shares ([`App`]), from which the edge lends each
 //!   request its `Services`.
 //! - [`edge`]: accepting connections ([`server`](edge::server)), the routes

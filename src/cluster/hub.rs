@@ -11,6 +11,10 @@
 //! Ephemeral frames (typing, presence) are pushed instead, into each session's small
 //! bounded channel; when one is full the frame is dropped for that session: ephemeral
 //! events are never stored and may be lost by definition.
+//!
+//! A session subscribes with its `UserId`; inside, feeds are keyed by the id's text, and
+//! the writer and listener publish by the user ids their rows carry (text from the
+//! database, valid by construction), so a lookup costs no conversion.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::foundation::protocol::WorkerId;
+use crate::foundation::protocol::{TypingState, WorkerId};
 
 /// The channel every worker LISTENs on.
 pub(crate) const CHANNEL: &str = "pgchat";
@@ -66,7 +66,7 @@ pub(crate) enum Notice {
         w: WorkerId,
         c: String,
         u: String,
-        s: String,
+        s: TypingState,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         m: Option<Vec<String>>,
     },
@@ -142,14 +142,14 @@ impl Notice {
         worker: &WorkerId,
         conversation: &str,
         user: &str,
-        state: &str,
+        state: TypingState,
         members: &[String],
     ) -> String {
         let mut notice = Notice::Typing {
             w: worker.clone(),
             c: conversation.to_string(),
             u: user.to_string(),
-            s: state.to_string(),
+            s: state,
             m: Some(members.to_vec()),
         };
         let text = serde_json::to_string(&notice).expect("notices serialise");
@@ -254,6 +254,22 @@ mod tests {
         let big = Notice::gone_payload(&w("w1"), &many, false);
         assert!(big.len() <= MAX_PAYLOAD);
         assert_eq!(big, r#"{"k":"g","w":"w1","dead":[],"all":true}"#);
+    }
+
+    #[test]
+    fn typing_notices_carry_the_state_as_the_wire_names_it() {
+        let members = ["a".to_string(), "b".to_string()];
+        let text = Notice::typing_payload(&w("w1"), "c1", "a", TypingState::Stop, &members);
+        assert_eq!(
+            text,
+            r#"{"k":"t","w":"w1","c":"c1","u":"a","s":"stop","m":["a","b"]}"#
+        );
+        match serde_json::from_str::<Notice>(&text).unwrap() {
+            Notice::Typing { s, .. } => assert_eq!(s, TypingState::Stop),
+            other => panic!("{other:?}"),
+        }
+        let unknown = r#"{"k":"t","w":"w1","c":"c1","u":"a","s":"sleeping"}"#;
+        assert!(serde_json::from_str::<Notice>(unknown).is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::db::Database;
 use crate::foundation::error::{ApiError, DbError};
 use crate::foundation::frames;
 use crate::foundation::metrics::Metrics;
-use crate::foundation::protocol::{ConversationId, WorkerId};
+use crate::foundation::protocol::{ConversationId, TypingState, WorkerId};
 use crate::read::cache::ConversationCache;
 use crate::read::store;
 
@@ -23,7 +23,7 @@ pub(crate) fn deliver(
     metrics: &Metrics,
     conversation: &str,
     user: &str,
-    state: &str,
+    state: TypingState,
     members: &[String],
 ) {
     let frame: Utf8Bytes = frames::encode(&frames::Typing {
@@ -44,7 +44,7 @@ pub(crate) async fn announce(
     worker_id: &WorkerId,
     conversation: &str,
     user: &str,
-    state: &str,
+    state: TypingState,
     members: &[String],
 ) -> Result<(), ApiError> {
     let payload = Notice::typing_payload(worker_id, conversation, user, state, members);
@@ -75,7 +75,7 @@ pub(crate) async fn members_of(
 pub(crate) struct RemoteTyping {
     pub(crate) conversation: String,
     pub(crate) user: String,
-    pub(crate) state: String,
+    pub(crate) state: TypingState,
     /// `None` when the list did not fit in the notice.
     pub(crate) members: Option<Vec<String>>,
 }
@@ -107,5 +107,5 @@ pub(crate) async fn remote(
             }
         }
     };
-    deliver(hub, metrics, &conversation, &user, &state, &members);
+    deliver(hub, metrics, &conversation, &user, state, &members);
 }

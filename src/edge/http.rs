@@ -374,7 +374,7 @@ async fn health(State(app): State<App>) -> Response {
         memory_limit: stats::memory_limit(&app.config),
         open_sockets: app.open_sockets(),
         max_connections: app.config.max_connections,
-        pool,
+        pool: app.db.pool_status(),
     });
     Json(json!({
         "status": if db { "ok" } else { "degraded" },

@@ -520,7 +520,7 @@ impl Session {
                 state,
             } => {
                 let result = self.typing(conversation, state).await;
-                let frame = reply_frame(&self.app, &envelope, result.map(Answer::from));
+                let frame = reply_frame(&self.app, &envelope, result.map(|()| Answer::Empty {}));
                 self.outbox.push_wait(frame.into()).await
             }
             Reply::Presence { envelope, users } => {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::error::ApiError;
-use super::protocol::{rfc3339, Envelope};
+use super::protocol::{rfc3339, Envelope, TypingState};
 
 /// `hello`: the first frame of every socket.
 #[derive(Serialize)]
@@ -38,7 +38,7 @@ pub(crate) struct TokenExpiring {
 pub(crate) struct Typing<'a> {
     pub(crate) conversation: &'a str,
     pub(crate) user: &'a str,
-    pub(crate) state: &'a str,
+    pub(crate) state: TypingState,
 }
 
 /// A conversation's kind, as the wire (and `conversations.kind`) names it.
@@ -123,6 +123,7 @@ pub(crate) mod results {
     use super::{ConversationEntry, ConversationState, Message, PresenceEntry};
 
     /// What a request answers: the result of its kind, or nothing (`{"type":"ok"}`).
+    /// Every variant must serialise as a JSON object: `ok` frames flatten it.
     #[derive(Serialize)]
     #[serde(untagged)]
     pub(crate) enum Answer {
@@ -202,12 +203,6 @@ pub(crate) mod results {
         Sent,
         Conversation
     );
-
-    impl From<()> for Answer {
-        fn from(_: ()) -> Answer {
-            Answer::Empty {}
-        }
-    }
 }
 
 /// `ok`: the reply to a request, echoing its `ref`; `result`'s fields follow.
@@ -365,8 +360,9 @@ struct MessageFields<'a> {
 /// A conversation as the writer returns it after a change (`pgchat.conversation_json`
 /// in schema.sql): in `conversation` events and in the group commands' replies. The
 /// fields are in the order PostgreSQL's `jsonb` keeps them, which the events show too.
+/// Keys this build does not know are ignored, not refused: during a rolling upgrade an
+/// older worker may read a state a newer migration shaped.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct ConversationState {
     pub(crate) id: String,
     pub(crate) kind: ConversationKind,
@@ -414,7 +410,7 @@ mod tests {
             r#"{"type":"ok","ref":"r1","members":["a","b"],"member_count":2,"has_more":false}"#
         );
         assert_eq!(
-            ok_frame(&Envelope::default(), &().into()),
+            ok_frame(&Envelope::default(), &results::Answer::Empty {}),
             r#"{"type":"ok"}"#
         );
         let mut e = ApiError::bad_request("no");
@@ -482,7 +478,7 @@ mod tests {
         let t = Typing {
             conversation: "c",
             user: "u",
-            state: "start",
+            state: TypingState::Start,
         };
         assert_eq!(
             encode(&t),

@@ -233,6 +233,7 @@ pub enum TypingState {
 }
 
 impl TypingState {
+    /// As the wire names it.
     pub fn as_str(self) -> &'static str {
         match self {
             TypingState::Start => "start",

@@ -4,15 +4,18 @@
 //! itself (`resume`, `presence_subscribe`, `auth`) is parsed here and applied by
 //! [`crate::edge::session`]. The HTTP API and the WebSocket share [`handle`].
 //!
-//! Requests reach the worker only through [`Services`]: the read path, the writer, the
-//! metrics and the typing fan-out, and each kind takes just the parts it uses. The
+//! Requests reach the worker only through [`Services`]: the database and cache, the
+//! writer, the metrics, and the typing fan-out (hub, presence, worker id). Each kind takes
+//! just the parts it uses (`typing` uses all but the writer, so it takes them whole). The
 //! worker's configuration, authenticator, sessions and shutdown are out of their reach.
 //!
-//! Adding a kind: a file here (its fields, `parse`, and how it is applied: its `Command`
-//! for the writer, or its `apply`); its registration here (a variant of [`Request`], a
-//! line in [`Request::parse_body`]'s table, and one in [`command`] or [`query`]); if it
-//! answers with data, its result type in `frames::results`; if the writer commits it, a
-//! [`Command`] variant (write/command.rs) and its branch in `pgchat.apply_batch`
+//! Adding a kind: a file here (its fields, `parse`, and how it is applied: the [`Command`]
+//! it becomes, or its `apply`); its registration here (a variant of [`Request`], a line
+//! in [`Request::parse_body`]'s table, and one in [`command`] or [`query`]; a kind only a
+//! socket can run is applied in `edge/session.rs` and listed in `query`'s "need a
+//! WebSocket" arm); if it answers with data, its result type in `frames::results` (with
+//! an `Answer` variant of the same name and its `answers!` entry); if the writer commits
+//! it, its variant in write/command.rs and its branch in `pgchat.apply_batch`
 //! (schema.sql and a migration); and its lines in docs/PROTOCOL.md and
 //! docs/asyncapi.yaml.
 
@@ -317,7 +320,15 @@ fn command(metrics: &Metrics, user: &UserId, request: Request) -> Result<Command
         } => group_add::remove(user, conversation, users),
         Request::GroupLeave { conversation } => group_leave::command(user, conversation),
         Request::Read { conversation, cseq } => read::command(user, conversation, cseq),
-        other => return Err(other),
+        // Listed, not `_`: a new kind must be placed here or there.
+        request @ (Request::History { .. }
+        | Request::Conversations
+        | Request::Members { .. }
+        | Request::Ping
+        | Request::Resume { .. }
+        | Request::Typing { .. }
+        | Request::PresenceSubscribe { .. }
+        | Request::Auth { .. }) => return Err(request),
     })
 }
 

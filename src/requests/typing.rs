@@ -53,7 +53,7 @@ pub(crate) async fn apply(
         ..
     } = services;
     let members = members_for(db, cache, user, conversation).await?;
-    let (c, u, s) = (conversation.as_str(), user.as_str(), state.as_str());
+    let (c, u, s) = (conversation.as_str(), user.as_str(), state);
     crate::cluster::typing::deliver(hub, metrics, c, u, s, &members);
     if presence.peers() > 0 {
         // Other workers hold sessions too. Typing is ephemeral: if this fails, it is lost.

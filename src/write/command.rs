@@ -228,7 +228,11 @@ impl Command {
             Command::Send { .. } => "the message may or may not be stored; retrying with the same client_msg_id is safe: it is stored once at most".to_string(),
             Command::GroupCreate { client_op_id: Some(_), .. } => "the group may or may not have been created; retrying with the same client_op_id is safe: it returns the same group".to_string(),
             Command::GroupCreate { client_op_id: None, .. } => "the group may or may not have been created, and a retry without client_op_id may create a second one: check `conversations` first (send client_op_id to make retries safe)".to_string(),
-            c => format!("the {} may or may not have been applied; retrying is safe: applying it again changes nothing more", c.kind()),
+            // Each kind's advice is its own: a new kind must say whether it is idempotent.
+            c @ (Command::GroupAdd { .. }
+            | Command::GroupRemove { .. }
+            | Command::GroupLeave { .. }
+            | Command::Read { .. }) => format!("the {} may or may not have been applied; retrying is safe: applying it again changes nothing more", c.kind()),
         }
     }
 }
