@@ -1471,3 +1471,33 @@ fn random_frames_over_a_socket_each_get_one_documented_reply_in_order() {
         })
         .unwrap();
 }
+
+/// A known path asked with a method it does not serve: 405, an `Allow` header naming the
+/// methods it takes, and the error body naming them too (docs/PROTOCOL.md).
+#[tokio::test]
+async fn a_known_path_asked_with_another_method_names_the_methods_it_takes() {
+    let app = spawn().await;
+    let http = reqwest::Client::new();
+    for (method, path, methods) in [
+        (reqwest::Method::DELETE, "/api/conversations", "GET,HEAD"),
+        (
+            reqwest::Method::PUT,
+            "/api/conversations/c1/messages",
+            "GET,HEAD,POST",
+        ),
+        (reqwest::Method::POST, "/health", "GET,HEAD"),
+    ] {
+        let response = http
+            .request(method.clone(), app.http(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 405, "{method} {path}");
+        let allow = response.headers()["allow"].to_str().unwrap().to_string();
+        assert_eq!(allow, methods, "{method} {path}: Allow");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "bad_request", "{method} {path}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.ends_with(methods), "{method} {path}: {message}");
+    }
+}

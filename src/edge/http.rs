@@ -44,15 +44,19 @@ pub(crate) fn router(app: App) -> Router {
     if !app.config.is_production() {
         router = router.merge(crate::edge::demo::router());
     }
-    router
+    let routes = router
         .fallback(|| async {
             ApiError::not_found(
                 "no such endpoint: see PROTOCOL.md for /ws, /api, /health, /ready, /live, /metrics",
             )
         })
-        .layer(axum::middleware::map_response(method_not_allowed))
         .layer(body_limit)
-        .with_state(app)
+        .with_state(app);
+    // axum adds `Allow` to a 405 after a route's own layers have run, so the error body
+    // is put on outside the routes, where the header is there to read.
+    Router::new()
+        .fallback_service(routes)
+        .layer(axum::middleware::map_response(method_not_allowed))
 }
 
 /// The router answers a known path asked with a method it does not serve with an empty
