@@ -14,10 +14,18 @@ for i in $(seq "$N"); do
     if [ $L = A ]; then BIN=$A; else BIN=$B; fi
     setsid "$BIN" serve --workers 2 --listen per-worker > /tmp/pgchat-ab-server.log 2>&1 < /dev/null &
     SRV=$!
-    for _ in $(seq 60); do curl -sf localhost:3101/ready >/dev/null && break; sleep 1; done
+    # The server is in its own session: stop it however this script ends.
+    trap 'kill -TERM "$SRV" 2>/dev/null' EXIT
+    # Ready, and ours: a server left on the ports by an earlier run would answer too.
+    for _ in $(seq 60); do
+      kill -0 "$SRV" 2>/dev/null || { echo "the server exited: /tmp/pgchat-ab-server.log" >&2; exit 1; }
+      curl -sf localhost:3101/ready >/dev/null && break; sleep 1
+    done
+    curl -sf localhost:3101/ready >/dev/null || { echo "the server is not ready after 60 s" >&2; exit 1; }
     echo "== $L ($BIN) run $i $(date -u +%T)"
     "$BIN" bench --quiet $W dm --rate "$RATE" --pairs 200 --cross 0.5 --duration 30s 2>&1 \
       | grep -E "^send → delivery|^send → ack|errors"
     kill -TERM "$SRV"; wait "$SRV" 2>/dev/null
+    trap - EXIT
   done
 done

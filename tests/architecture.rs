@@ -201,3 +201,87 @@ fn the_reader_finds_grouped_and_nested_imports() {
     assert_eq!(found, ["db", "hub", "metrics", "store"]);
     assert!(crate_paths(&code_of("// crate::commented")).is_empty());
 }
+
+/// How deep a file's module sits below the crate root (`src/app.rs` and `src/db/mod.rs`
+/// 1, `src/db/lease.rs` 2, `src/foundation/endpoint/tls.rs` 3).
+fn depth_of(src: &Path, file: &Path) -> usize {
+    let rel = file.strip_prefix(src).expect("under src");
+    let parts = rel.components().count();
+    if rel.file_name().is_some_and(|n| n == "mod.rs") {
+        parts - 1
+    } else {
+        parts
+    }
+}
+
+/// The longest run of leading `super::` in a path of `code`.
+fn deepest_super(code: &str) -> usize {
+    let mut deepest = 0;
+    let mut rest = code;
+    while let Some(i) = rest.find("super::") {
+        let mut n = 0;
+        let mut at = &rest[i..];
+        while let Some(after) = at.strip_prefix("super::") {
+            n += 1;
+            at = after;
+        }
+        deepest = deepest.max(n);
+        rest = &rest[i + "super::".len() * n..];
+    }
+    deepest
+}
+
+/// The graph sees `crate::` paths only, so a path that climbs to the crate root through
+/// `super::` (or names it with `crate::*`) would hide an import from it: none may.
+/// A file's `#[cfg(test)]` module is left out (its `super::` is the file itself).
+#[test]
+fn no_path_reaches_the_crate_root_unseen() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut wrong = Vec::new();
+    for file in files {
+        if module_of(&src, &file).is_none() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).expect("read a source file");
+        let code = code_of(&text);
+        let code = code.split("#[cfg(test)]").next().unwrap_or("");
+        if deepest_super(code) >= depth_of(&src, &file) {
+            wrong.push(format!(
+                "{}: super:: reaches the crate root: use crate::",
+                file.display()
+            ));
+        }
+        if code.contains("crate::*") || code.contains("crate::{self") {
+            wrong.push(format!(
+                "{}: a glob or self import of the crate",
+                file.display()
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn every_layer_names_a_module_and_the_graph_sees_them_all() {
+    let graph = graph();
+    assert!(graph.len() >= 10, "only {} modules found", graph.len());
+    let stale: Vec<&str> = LAYERS
+        .iter()
+        .flat_map(|l| l.iter().copied())
+        .filter(|m| !graph.contains_key(*m))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "LAYERS names modules that do not exist: {stale:?}"
+    );
+    let src = Path::new("/src");
+    assert_eq!(depth_of(src, Path::new("/src/app.rs")), 1);
+    assert_eq!(depth_of(src, Path::new("/src/db/mod.rs")), 1);
+    assert_eq!(
+        depth_of(src, Path::new("/src/foundation/endpoint/tls.rs")),
+        3
+    );
+    assert_eq!(deepest_super("use super::super::edge; use super::x;"), 2);
+}

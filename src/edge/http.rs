@@ -370,15 +370,17 @@ async fn ready(State(app): State<App>) -> Response {
 }
 
 async fn health(State(app): State<App>) -> Response {
-    let pool = app.db.pool_status();
     let db = app.health.database_up(&app.db, &app.metrics).await;
+    // One reading of each, after the probe, for every figure in the report.
+    let pool = app.db.pool_status();
+    let (rss, virt) = stats::memory();
     let (utilisation, scale_out) = stats::utilisation(&stats::Readings {
         cpu: app.cpu.share(),
-        rss: stats::memory().0,
+        rss,
         memory_limit: stats::memory_limit(&app.config),
         open_sockets: app.open_sockets(),
         max_connections: app.config.max_connections,
-        pool: app.db.pool_status(),
+        pool,
     });
     Json(json!({
         "status": if db { "ok" } else { "degraded" },
@@ -389,7 +391,7 @@ async fn health(State(app): State<App>) -> Response {
         "max_connections": app.config.max_connections,
         "users_online_here": app.hub.users_online(),
         "cached_conversations": app.cache.len(),
-        "memory": memory(),
+        "memory": {"rss_bytes": rss, "virtual_bytes": virt},
         "utilisation": utilisation,
         "scale_out": scale_out,
         "database": {
@@ -432,10 +434,4 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
     );
     let text = app.metrics.render(&app.db.pool_status(), format);
     ([(header::CONTENT_TYPE, format.content_type())], text).into_response()
-}
-
-/// Resident and virtual memory of this process, from /proc (Linux).
-fn memory() -> serde_json::Value {
-    let (rss, virt) = stats::memory();
-    json!({"rss_bytes": rss, "virtual_bytes": virt})
 }

@@ -640,15 +640,17 @@ impl Session {
             .await?
             .into_iter();
         // In the order asked, the hidden ones as `unknown`.
-        let presence: Vec<Option<PresenceEntry>> = requested
+        let presence: Vec<PresenceEntry> = requested
             .iter()
             .map(|u| match visible.contains(u.as_str()) {
-                true => snapshot.next(),
-                false => Some(PresenceEntry {
+                true => snapshot
+                    .next()
+                    .expect("Presence::subscribe answers every user asked, in order"),
+                false => PresenceEntry {
                     user: u.as_str().to_string(),
                     status: PresenceStatus::Unknown,
                     last_seen: None,
-                }),
+                },
             })
             .collect();
         Ok(results::Presence { presence }.into())

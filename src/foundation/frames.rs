@@ -7,6 +7,8 @@
 //! ([`EventFields::encode`]) and each recipient's frame only wraps them in
 //! `{"type":…,"seq":N,…}` ([`event_frame`]).
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -163,7 +165,7 @@ pub(crate) mod results {
     /// `presence_subscribe`: one entry per user asked about, in the order asked.
     #[derive(Serialize)]
     pub(crate) struct Presence {
-        pub(crate) presence: Vec<Option<PresenceEntry>>,
+        pub(crate) presence: Vec<PresenceEntry>,
     }
 
     /// `resume`: the head of the stream reached.
@@ -251,7 +253,8 @@ pub(crate) fn error_frame(envelope: &Envelope, error: &ApiError) -> String {
 }
 
 /// An event's fields, encoded once: the text of a JSON object's members without its
-/// braces, shared by every recipient's frame.
+/// braces, shared by every recipient's frame. Holds the object as encoded and lends the
+/// inside, so the fields are not copied again.
 pub(crate) struct EventFields(String);
 
 impl EventFields {
@@ -259,17 +262,16 @@ impl EventFields {
     pub(crate) fn encode<T: Serialize>(fields: &T) -> EventFields {
         let s = encode(fields);
         debug_assert!(s.starts_with('{') && s.ends_with('}'));
-        EventFields(s[1..s.len() - 1].to_string())
+        EventFields(s)
     }
 
     pub(crate) fn as_str(&self) -> &str {
-        &self.0
+        &self.0[1..self.0.len() - 1]
     }
-}
 
-impl From<EventFields> for String {
-    fn from(f: EventFields) -> String {
-        f.0
+    /// The fields as the hub shares them between an event's recipients.
+    pub(crate) fn shared(&self) -> Arc<str> {
+        Arc::from(self.as_str())
     }
 }
 

@@ -334,7 +334,7 @@ impl CpuMeter {
         let elapsed = last.at.elapsed();
         if elapsed >= Duration::from_secs(1) {
             if let Some(cpu) = cpu_seconds() {
-                let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+                let cores = super::config::available_parallelism() as f64;
                 last.share = ((cpu - last.cpu) / elapsed.as_secs_f64() / cores).max(0.0);
                 last.cpu = cpu;
                 last.at = Instant::now();

@@ -56,8 +56,12 @@ pub(crate) async fn apply(
     let (c, u, s) = (conversation.as_str(), user.as_str(), state);
     crate::cluster::typing::deliver(hub, metrics, c, u, s, &members);
     if presence.peers() > 0 {
-        // Other workers hold sessions too. Typing is ephemeral: if this fails, it is lost.
-        crate::cluster::typing::announce(db, worker_id, c, u, s, &members).await?;
+        // Other workers hold sessions too. Typing is ephemeral: if this fails, it is lost
+        // there, and the caller is not told (it was delivered here, and its session must
+        // still keep the timer that ends it).
+        if let Err(e) = crate::cluster::typing::announce(db, worker_id, c, u, s, &members).await {
+            tracing::debug!(error = %e.message, "a typing notice did not reach the other workers");
+        }
     }
     Ok(())
 }

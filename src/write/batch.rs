@@ -262,7 +262,7 @@ fn decode_events(
 ) -> (Vec<Published>, HashMap<i64, Vec<String>>) {
     let message_fields: HashMap<i64, Arc<str>> = stored
         .values()
-        .map(|m| (m.id, String::from(m.event_fields()).into()))
+        .map(|m| (m.id, m.event_fields().shared()))
         .collect();
     let users: Vec<String> = row.get("e_user");
     let seqs: Vec<i64> = row.get("e_seq");
@@ -270,6 +270,11 @@ fn decode_events(
     let kinds: Vec<String> = row.get("e_kind");
     let fields: Vec<Option<Value>> = row.get("e_fields");
     let mut recipients: HashMap<i64, Vec<String>> = HashMap::new();
+    // append_events gives all recipients of one call the same payload, in a run (a group
+    // change reaches every member): encode a run's payload once, not once per recipient.
+    // Rows of one command and kind may still differ (a run of sends writes its own), so
+    // a row reuses the previous encoding only when its payload is the same.
+    let mut run: Option<(i32, EventKind, Arc<str>, Value)> = None;
     let events = users
         .into_iter()
         .zip(seqs)
@@ -284,7 +289,16 @@ fn decode_events(
                     recipients.entry(id).or_default().push(user.clone());
                     message_fields[&id].clone()
                 }
-                (_, Some(f)) => String::from(EventFields::encode(&f)).into(),
+                (_, Some(f)) => match &run {
+                    Some((c, k, shared, previous)) if *c == cmd && *k == kind && *previous == f => {
+                        shared.clone()
+                    }
+                    _ => {
+                        let shared = EventFields::encode(&f).shared();
+                        run = Some((cmd, kind, shared.clone(), f));
+                        shared
+                    }
+                },
                 (_, None) => unreachable!("apply_batch gives every other event its fields"),
             };
             Published {
