@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use crate::app::Role;
 use crate::db::Plan;
 use crate::foundation::auth::Authenticator;
-use crate::foundation::config::{Config, Listen};
+use crate::foundation::config::{Config, ConfigError, Listen};
 use crate::foundation::protocol::UserId;
 
 #[derive(Parser)]
@@ -155,17 +155,15 @@ fn serve_overrides(
     config: &mut Config,
     workers: Option<usize>,
     listen: Option<&str>,
-) -> Result<(), crate::foundation::config::ConfigError> {
+) -> Result<(), ConfigError> {
     crate::foundation::config::check_platform(|k| std::env::var(k).ok())?;
     if let Some(n) = workers {
         config.workers = n;
     }
     if let Some(l) = listen {
-        // clap admits only these three names.
-        config.listen = match l {
-            "shared" => Listen::Shared,
-            _ => Listen::PerWorker,
-        };
+        // The flag takes `per-worker` as well as the configuration's `per_worker`.
+        config.listen = Listen::try_from(l.replace('-', "_"))
+            .map_err(|why| ConfigError::new("--listen", why))?;
     }
     config.validate()
 }

@@ -350,7 +350,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(key: &str, problem: impl Into<String>) -> Self {
+    pub(crate) fn new(key: &str, problem: impl Into<String>) -> Self {
         ConfigError {
             key: key.to_string(),
             problem: problem.into(),
