@@ -120,6 +120,8 @@ pub(crate) struct PresenceEntry {
 /// request kind that returns something. The socket wraps one in an `ok` frame
 /// ([`ok_frame`]); the HTTP API sends it as the response body.
 pub(crate) mod results {
+    use std::sync::Arc;
+
     use serde::Serialize;
 
     use super::{ConversationEntry, ConversationState, Message, PresenceEntry};
@@ -151,9 +153,21 @@ pub(crate) mod results {
     /// `members`: a page of a conversation's members, in order.
     #[derive(Serialize)]
     pub(crate) struct Members {
-        pub(crate) members: Vec<String>,
+        pub(crate) members: MemberPage,
         pub(crate) member_count: usize,
         pub(crate) has_more: bool,
+    }
+
+    /// A page of a shared, sorted member list: encoded from the list itself, not a copy.
+    pub(crate) struct MemberPage {
+        pub(crate) all: Arc<Vec<String>>,
+        pub(crate) page: std::ops::Range<usize>,
+    }
+
+    impl Serialize for MemberPage {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(&self.all[self.page.clone()])
+        }
     }
 
     /// `conversations`: the caller's, most recent first.
@@ -403,7 +417,10 @@ mod tests {
             r#ref: Some(json!("r1")),
         };
         let members = results::Members {
-            members: vec!["a".into(), "b".into()],
+            members: results::MemberPage {
+                all: Arc::new(vec!["z".into(), "a".into(), "b".into()]),
+                page: 1..3,
+            },
             member_count: 2,
             has_more: false,
         };

@@ -47,16 +47,13 @@ pub(super) async fn apply(
         Some(a) => members.partition_point(|m| m.as_str() <= a.as_str()),
         None => 0,
     };
-    let page: Vec<String> = members
-        .iter()
-        .skip(start)
-        .take(limit as usize)
-        .cloned()
-        .collect();
-    let has_more = start + page.len() < members.len();
+    let end = members.len().min(start.saturating_add(limit as usize));
     Ok(results::Members {
-        members: page,
         member_count: members.len(),
-        has_more,
+        has_more: end < members.len(),
+        members: results::MemberPage {
+            all: members,
+            page: start..end,
+        },
     })
 }
