@@ -126,11 +126,16 @@ impl ApiError {
     /// The `{"error":{…}}` body used by HTTP responses.
     pub(crate) fn body(&self) -> ErrorBody<'_> {
         ErrorBody {
-            error: ErrorDetail {
-                code: self.code.as_str(),
-                message: &self.message,
-                retry_after_ms: self.retry_after_ms,
-            },
+            error: self.detail(),
+        }
+    }
+
+    /// What the HTTP body and the socket's `error` frame both say.
+    pub(crate) fn detail(&self) -> ErrorDetail<'_> {
+        ErrorDetail {
+            code: self.code.as_str(),
+            message: &self.message,
+            retry_after_ms: self.retry_after_ms,
         }
     }
 }
@@ -143,7 +148,7 @@ pub(crate) struct ErrorBody<'a> {
 }
 
 #[derive(Serialize)]
-struct ErrorDetail<'a> {
+pub(crate) struct ErrorDetail<'a> {
     code: &'static str,
     message: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]

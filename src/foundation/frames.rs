@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorDetail};
 use super::protocol::{rfc3339, Envelope, TypingState};
 
 /// `hello`: the first frame of every socket.
@@ -237,10 +237,8 @@ struct OkFrame<'a, R: Serialize> {
 struct ErrorFrame<'a> {
     #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
     r#ref: Option<&'a Value>,
-    code: &'static str,
-    message: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    retry_after_ms: Option<u64>,
+    #[serde(flatten)]
+    detail: ErrorDetail<'a>,
 }
 
 /// A frame as text. Encoding these types cannot fail (string keys, no maps of other keys).
@@ -260,9 +258,7 @@ pub(crate) fn ok_frame(envelope: &Envelope, answer: &results::Answer) -> String 
 pub(crate) fn error_frame(envelope: &Envelope, error: &ApiError) -> String {
     encode(&ErrorFrame {
         r#ref: envelope.r#ref.as_ref(),
-        code: error.code.as_str(),
-        message: &error.message,
-        retry_after_ms: error.retry_after_ms,
+        detail: error.detail(),
     })
 }
 
