@@ -15,7 +15,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::cluster::hub::{FeedLimits, Hub};
 use crate::cluster::listener::{self, Listener, ListenerState};
-use crate::cluster::presence::Presence;
+use crate::cluster::notify::NoticeSeal;
+use crate::cluster::presence::{Presence, PresenceSettings};
 use crate::db::HealthProbe;
 use crate::db::{Database, Plan, StartupError};
 use crate::foundation::auth::Authenticator;
@@ -87,10 +88,12 @@ impl Application {
         let socket = bind(&config.host, config.port, role.reuse_port)
             .map_err(|e| bind_error(&config.host, config.port, &e))?;
         let db = Database::open(&config, role.plan).await?;
+        let seal = Arc::new(NoticeSeal::new(crate::db::notice_key(&db).await?));
         Ok(Self::with_parts(
             config,
             auth,
             db,
+            seal,
             socket,
             role.listen_when_ready,
         ))
@@ -100,6 +103,7 @@ impl Application {
         config: Config,
         auth: Authenticator,
         db: Database,
+        seal: Arc<NoticeSeal>,
         socket: socket2::Socket,
         listen_when_ready: bool,
     ) -> Application {
@@ -145,7 +149,7 @@ impl Application {
         );
         spawn_pruner(db.clone(), &config, shutdown.clone());
         let app = shared_state(
-            config, auth, db, hub, cache, writer, metrics, shutdown, worker_id,
+            config, auth, db, hub, cache, writer, metrics, shutdown, worker_id, seal,
         );
         let (background, background_stop) = spawn_background(&app);
         Application {
@@ -255,11 +259,17 @@ fn shared_state(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     worker_id: WorkerId,
+    seal: Arc<NoticeSeal>,
 ) -> App {
     let presence = Presence::new(
         db.clone(),
-        Duration::from_millis(config.presence_grace_ms),
+        PresenceSettings {
+            grace: Duration::from_millis(config.presence_grace_ms),
+            max_users_per_worker: config.presence_max_users_per_worker,
+        },
         &worker_id,
+        seal.clone(),
+        metrics.clone(),
     );
     // One bucket per recently active user; as many as sockets allowed is plenty.
     let rate_limits = UserLimits::new(
@@ -281,6 +291,7 @@ fn shared_state(
         shutdown,
         sessions: TaskTracker::new(),
         worker_id,
+        seal,
         started: Instant::now(),
         open_sockets: AtomicUsize::new(0),
         next_session: AtomicU64::new(1),
@@ -441,6 +452,8 @@ fn listener_of(app: &App) -> Listener {
         metrics: app.metrics.clone(),
         state: app.listener.clone(),
         worker_id: app.worker_id.clone(),
+        seal: app.seal.clone(),
+        replays: Default::default(),
         settings: listener::Settings {
             queue: config.listener_queue,
             probe_interval: Duration::from_millis(config.listener_probe_interval_ms),

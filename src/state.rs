@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cluster::hub::Hub;
 use crate::cluster::listener::ListenerState;
+use crate::cluster::notify::NoticeSeal;
 use crate::cluster::presence::Presence;
 use crate::db::{Database, HealthProbe};
 use crate::foundation::auth::Authenticator;
@@ -39,6 +40,8 @@ pub struct AppInner {
     /// Every WebSocket session, so shutdown can wait for them (axum does not).
     pub(crate) sessions: TaskTracker,
     pub(crate) worker_id: WorkerId,
+    /// Seals this worker's notices and opens the cluster's (see `cluster::notify`).
+    pub(crate) seal: Arc<NoticeSeal>,
     pub(crate) started: Instant,
     /// Sockets held now, checked against `max_connections` before each upgrade.
     pub(crate) open_sockets: AtomicUsize,
@@ -83,6 +86,7 @@ impl App {
             hub: &self.hub,
             presence: &self.presence,
             worker_id: &self.worker_id,
+            seal: &self.seal,
             members_listed: self.config.conversation_members_listed,
         }
     }

@@ -14,6 +14,12 @@
 //! database, would otherwise hear nothing, silently; it stays down instead, saying why
 //! (`not_receiving`), and tries again with backoff.
 //!
+//! Every notification is opened with the cluster's seal first: one without it (another
+//! database role's NOTIFY on pgchat's channel) is dropped and counted. A sealed one is
+//! still only a hint: a stream that "grew" is read, and a feed's head moves only to what
+//! the table holds; presence is taken only from workers in the `workers` table, and
+//! replayed notices are dropped (see [`crate::cluster::notify`]).
+//!
 //! pooled connections cannot receive notifications (deadpool drives them itself), so
 //! this connection is driven here with `poll_message`. When the worker's share of the
 //! connection budget is one connection, it also carries the worker's queries
@@ -30,7 +36,7 @@ use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::hub::Hub;
-use crate::cluster::notify::{Notice, CHANNEL};
+use crate::cluster::notify::{Notice, NoticeSeal, Replays, CHANNEL};
 use crate::cluster::presence::Presence;
 use crate::cluster::typing::{self, RemoteTyping};
 use crate::db::{Connection, Database, SharedConn};
@@ -55,6 +61,10 @@ pub(crate) struct Listener {
     pub(crate) state: Arc<ListenerState>,
     /// Notices this worker sent itself are skipped: their events were published at commit.
     pub(crate) worker_id: WorkerId,
+    /// Opens the cluster's notices (and seals the self-test's).
+    pub(crate) seal: Arc<NoticeSeal>,
+    /// The numbered notices already applied, per sender.
+    pub(crate) replays: Replays,
     pub(crate) settings: Settings,
 }
 
@@ -274,8 +284,13 @@ async fn relay(
     rx: &mut mpsc::Receiver<String>,
     overflow: &Notify,
 ) -> Result<(), Down> {
+    // Set when announced events could not be read (no pooled connection in time, say):
+    // the streams are checked against the table again then, since the notice alone is
+    // never believed.
+    let mut retry: Option<tokio::time::Instant> = None;
+    let mut retry_delay = RETRY_FIRST;
     loop {
-        tokio::select! {
+        let unread = tokio::select! {
             biased;
             _ = overflow.notified() => {
                 // Some notifications were dropped, and what is queued is older than
@@ -284,6 +299,11 @@ async fn relay(
                 while rx.try_recv().is_ok() {}
                 tracing::debug!("notifications outpaced the listener: catching up from the tables");
                 recover(ln).await.map_err(Down::Lost)?;
+                false
+            }
+            _ = sleep_until(retry), if retry.is_some() => {
+                retry = None;
+                catch_up_streams(ln, HashMap::new()).await.is_err()
             }
             payload = rx.recv() => {
                 let Some(first) = payload else {
@@ -298,9 +318,27 @@ async fn relay(
                     }
                 }
                 ln.metrics.notifications.inc_by(payloads.len() as u64);
-                handle(ln, payloads).await;
+                !handle(ln, payloads).await
             }
+        };
+        if unread {
+            retry.get_or_insert_with(|| tokio::time::Instant::now() + retry_delay);
+            retry_delay = (retry_delay * 2).min(RETRY_MAX);
+        } else if retry.is_none() {
+            retry_delay = RETRY_FIRST;
         }
+    }
+}
+
+/// How soon streams whose announced events could not be read are read again, doubling to
+/// [`RETRY_MAX`] while the database does not answer.
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -387,22 +425,63 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Applies notifications from other workers.
-async fn handle(ln: &Listener, payloads: Vec<String>) {
+/// Opens a payload: the notice inside it if it carries the cluster's seal and pgchat can
+/// read it; else `None`, counted and logged (at most once a minute: a role that floods
+/// the channel must not flood the log too).
+fn open(ln: &Listener, payload: &str) -> Option<Notice> {
+    let Some(json) = ln.seal.open(payload) else {
+        ln.metrics.notices_unsealed.inc();
+        if log_allowed(&LAST_UNSEALED_LOG) {
+            tracing::warn!(
+                bytes = payload.len(),
+                "dropped a notification on pgchat's channel without pgchat's seal: another \
+                 database role sent it (any role that can connect may NOTIFY), or a worker \
+                 with another pgchat.notice_key (counted in pgchat_notices_unsealed)"
+            );
+        }
+        return None;
+    };
+    match serde_json::from_str(json) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            // Sealed but unreadable: a newer pgchat's notice during a rolling upgrade.
+            tracing::warn!(error = %e, bytes = payload.len(), "ignoring a notification pgchat cannot read");
+            ln.metrics.notices_ignored.inc();
+            None
+        }
+    }
+}
+
+static LAST_UNSEALED_LOG: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// True at most once a minute per `last` (the seconds since the epoch it was last true).
+fn log_allowed(last: &std::sync::atomic::AtomicU64) -> bool {
+    let now = crate::cluster::notify::now_micros() / 1_000_000;
+    let before = last.load(Ordering::Relaxed);
+    now >= before + 60
+        && last
+            .compare_exchange(before, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
+
+/// Applies notifications from other workers; false if announced events could not be
+/// read (the caller reads the streams again later).
+async fn handle(ln: &Listener, payloads: Vec<String>) -> bool {
     let mut grew: HashMap<String, i64> = HashMap::new();
     let mut all_streams = false;
     let mut all_conversations = false;
     let mut reload_presence = false;
     for payload in payloads {
-        let notice: Notice = match serde_json::from_str(&payload) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(error = %e, bytes = payload.len(), "ignoring a notification pgchat cannot read");
-                continue;
-            }
+        let Some(notice) = open(ln, &payload) else {
+            continue;
         };
         if notice.sender() == &ln.worker_id {
             continue; // published locally at commit already
+        }
+        if !ln.replays.fresh(&notice) {
+            ln.metrics.notices_ignored.inc();
+            tracing::debug!(sender = %notice.sender(), "dropped a replayed or stale notice");
+            continue;
         }
         match notice {
             Notice::Events {
@@ -417,7 +496,10 @@ async fn handle(ln: &Listener, payloads: Vec<String>) {
                     ln.cache.invalidate_older(&conversation, version);
                 }
             }
-            Notice::Typing { c, u, s, m, .. } => {
+            Notice::Typing { w, c, u, s, m, .. } => {
+                if !admitted(ln, &w).await {
+                    continue;
+                }
                 let notice = RemoteTyping {
                     conversation: c,
                     user: u,
@@ -426,8 +508,16 @@ async fn handle(ln: &Listener, payloads: Vec<String>) {
                 };
                 typing::remote(&ln.hub, &ln.metrics, &ln.cache, &ln.db, notice).await
             }
+            Notice::Presence { w, on, off, .. } => {
+                if admitted(ln, &w).await {
+                    ln.presence.on_presence(w, on, off);
+                }
+            }
             Notice::Gone { all: true, .. } => reload_presence = true,
-            other => ln.presence.on_notice(other),
+            Notice::Gone { dead, graceful, .. } => {
+                ln.replays.forget(&dead);
+                ln.presence.on_gone(dead, graceful).await;
+            }
         }
     }
     if all_conversations {
@@ -443,10 +533,25 @@ async fn handle(ln: &Listener, payloads: Vec<String>) {
         // A batch too large to list: check every user held here.
         if let Err(e) = catch_up_streams(ln, grew).await {
             tracing::warn!(error = %e, "catching up after a pointer notification failed");
+            return false;
         }
+        true
     } else if !grew.is_empty() {
-        fetch(ln, grew).await;
+        fetch(ln, grew).await.is_ok()
+    } else {
+        true
     }
+}
+
+/// Whether `worker`'s presence and typing notices are believed: it is in the `workers`
+/// table. Counted when not.
+async fn admitted(ln: &Listener, worker: &WorkerId) -> bool {
+    let admitted = ln.presence.admit(worker).await;
+    if !admitted {
+        ln.metrics.notices_ignored.inc();
+        tracing::debug!(%worker, "ignored a notice from a worker that is not in the workers table");
+    }
+    admitted
 }
 
 /// Records that `user`'s stream reached `seq`, if the user has a session here that has
@@ -485,43 +590,72 @@ async fn catch_up_streams(ln: &Listener, mut grew: HashMap<String, i64>) -> Resu
         }
     }
     if !grew.is_empty() {
-        fetch(ln, grew).await;
+        fetch(ln, grew).await?;
     }
     Ok(())
 }
 
 /// Fetches the events between each user's known head and the announced one, in one
-/// query, and publishes them to the hub; then moves the heads, so sessions fetch for
-/// themselves anything the query did not bring.
-async fn fetch(ln: &Listener, grew: HashMap<String, i64>) {
+/// query, and publishes them to the hub. A notice is only a hint: a feed's head moves to
+/// what was read, never to the number announced. For a user further behind than
+/// [`FETCH_WINDOW`], the stream's head is read instead (one primary-key probe) and the
+/// feed moves to that, so the user's sessions page through the table themselves.
+async fn fetch(ln: &Listener, grew: HashMap<String, i64>) -> Result<(), DbError> {
     let mut ranges = Vec::new();
-    for (user, upto) in &grew {
-        let Some(known) = ln.hub.head_of(user) else {
+    let mut far = Vec::new();
+    for (user, upto) in grew {
+        let Some(known) = ln.hub.head_of(&user) else {
             continue;
         };
         if upto - known <= FETCH_WINDOW {
-            ranges.push((user.clone(), known, *upto));
+            ranges.push((user, known, upto));
+        } else {
+            far.push(user);
         }
     }
     if !ranges.is_empty() {
-        match store::events_in(&ln.db, &ranges).await {
+        match store::events_in(&ln.db, &ranges, &ln.metrics).await {
             Ok(rows) => {
                 // Commit to delivery, across workers: the event's time is its transaction's
                 // (database clock), now is this worker's; on other hosts their clocks'
                 // difference is part of the figure.
                 let now = chrono::Utc::now();
+                let mut reached: HashMap<String, i64> = HashMap::new();
                 for (user, seq, frame, at) in rows {
                     let lag = (now - at).to_std().unwrap_or_default();
                     ln.metrics
                         .notification_lag_seconds
                         .observe(lag.as_secs_f64());
                     ln.hub.publish(&user, seq, move || frame);
+                    reached.insert(user, seq);
                 }
+                // Fewer events than announced (pruned already, unshowable, or a notice
+                // that claimed too much): the stream's head says how far it really went.
+                far.extend(
+                    ranges
+                        .into_iter()
+                        .filter(|(user, _, upto)| reached.get(user).is_none_or(|r| r < upto))
+                        .map(|(user, _, _)| user),
+                );
             }
-            Err(e) => tracing::warn!(error = %e, "fetching announced events failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "fetching announced events failed; reading the streams again shortly");
+                return Err(e);
+            }
         }
     }
-    for (user, upto) in grew {
-        ln.hub.advance(&user, upto);
+    if !far.is_empty() {
+        match store::heads(&ln.db, &far).await {
+            Ok(heads) => {
+                for (user, head) in heads {
+                    ln.hub.advance(&user, head);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the heads of announced streams failed; again shortly");
+                return Err(e);
+            }
+        }
     }
+    Ok(())
 }

@@ -5,8 +5,23 @@
 //! never the events themselves. PostgreSQL refuses payloads of 8000 bytes or more; a
 //! batch whose list would not fit sends a pointer instead (`"all":true`: "streams grew;
 //! check every user you hold"), which costs the receivers one query, never a failure.
+//!
+//! Any role that can connect to the database may `NOTIFY` on any channel and `LISTEN` to
+//! it (PostgreSQL checks no privilege), so every payload is sealed: 32 hex digits of
+//! HMAC-SHA256 (truncated to 128 bits) over the JSON that follows, under a key kept in
+//! `pgchat.notice_key`, which only pgchat's own role (and the SQL API's `SECURITY DEFINER`
+//! functions) can read. A payload without a valid seal is dropped and counted, never acted
+//! on ([`NoticeSeal::open`]). A seal proves who wrote a notice, not that it is fresh: a
+//! role that listens can replay one. So notices that change state here (presence,
+//! departures, typing) carry `n`, a per-worker number that only grows, and receivers drop
+//! one they have seen; and none is believed without the tables (see the listener and
+//! presence): a stream-advance notice only makes a worker read the stream.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 
 use crate::foundation::protocol::{TypingState, WorkerId};
 
@@ -15,6 +30,79 @@ pub(crate) const CHANNEL: &str = "pgchat";
 
 /// The largest payload PostgreSQL accepts (8000 bytes fails).
 pub(crate) const MAX_PAYLOAD: usize = 7999;
+
+/// Hex digits of the seal in front of every payload.
+pub(crate) const SEAL_LEN: usize = 32;
+
+/// The largest notice (its JSON) that fits in a payload with its seal.
+pub(crate) const MAX_NOTICE: usize = MAX_PAYLOAD - SEAL_LEN;
+
+/// Signs the notices this worker sends and opens those it receives: the cluster's shared
+/// key (read from `pgchat.notice_key` at start) and this worker's notice counter.
+pub(crate) struct NoticeSeal {
+    key: Vec<u8>,
+    /// The last `n` handed out: microseconds since the epoch at start, then one more per
+    /// notice (or the clock, if it is ahead), so it keeps growing across restarts of a
+    /// worker that gets the same id (the same host and pid, as in a container).
+    counter: AtomicU64,
+}
+
+impl NoticeSeal {
+    pub(crate) fn new(key: Vec<u8>) -> NoticeSeal {
+        NoticeSeal {
+            key,
+            counter: AtomicU64::new(now_micros()),
+        }
+    }
+
+    fn mac(&self, json: &str) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key");
+        mac.update(json.as_bytes());
+        mac
+    }
+
+    /// `json` with its seal in front: the payload to NOTIFY.
+    pub(crate) fn seal(&self, json: &str) -> String {
+        let tag = self.mac(json).finalize().into_bytes();
+        let mut out = String::with_capacity(SEAL_LEN + json.len());
+        for b in &tag[..SEAL_LEN / 2] {
+            out.push_str(&format!("{b:02x}"));
+        }
+        out.push_str(json);
+        out
+    }
+
+    /// The notice inside `payload` if its seal is valid (checked in constant time).
+    pub(crate) fn open<'a>(&self, payload: &'a str) -> Option<&'a str> {
+        let (tag, json) = (payload.get(..SEAL_LEN)?, payload.get(SEAL_LEN..)?);
+        let mut bytes = [0u8; SEAL_LEN / 2];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = u8::from_str_radix(tag.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        self.mac(json).verify_truncated_left(&bytes).ok()?;
+        Some(json)
+    }
+
+    /// The next notice number of this worker.
+    pub(crate) fn next_n(&self) -> u64 {
+        let now = now_micros();
+        let prev = self
+            .counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_add(1).max(now))
+            })
+            .expect("always Some");
+        prev.saturating_add(1).max(now)
+    }
+}
+
+/// Microseconds since the Unix epoch, by this host's clock.
+pub(crate) fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "k")]
@@ -40,6 +128,9 @@ pub(crate) enum Notice {
     #[serde(rename = "p")]
     Presence {
         w: WorkerId,
+        /// The sender's notice number (see [`NoticeSeal::next_n`]).
+        #[serde(default)]
+        n: u64,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         on: Vec<String>,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -50,6 +141,8 @@ pub(crate) enum Notice {
     #[serde(rename = "g")]
     Gone {
         w: WorkerId,
+        #[serde(default)]
+        n: u64,
         #[serde(default)]
         dead: Vec<WorkerId>,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -64,6 +157,8 @@ pub(crate) enum Notice {
     #[serde(rename = "t")]
     Typing {
         w: WorkerId,
+        #[serde(default)]
+        n: u64,
         c: String,
         u: String,
         s: TypingState,
@@ -84,7 +179,9 @@ impl Notice {
     }
 
     /// The payload for a batch's changes: the full lists, or pointers for what does not
-    /// fit (the users first: conversations are fewer and spare the caches).
+    /// fit (the users first: conversations are fewer and spare the caches). The writer's
+    /// batches are sealed in SQL (`pgchat.events_notice`, `pgchat.sign_notice`); this is
+    /// the same shape, for tests.
     #[cfg(test)]
     pub(crate) fn events_payload(
         worker: &WorkerId,
@@ -100,7 +197,7 @@ impl Notice {
             all_c: false,
         };
         let text = encode(&notice);
-        if text.len() <= MAX_PAYLOAD {
+        if text.len() <= MAX_NOTICE {
             return text;
         }
         if let Notice::Events { u, all, .. } = &mut notice {
@@ -108,7 +205,7 @@ impl Notice {
             *all = true;
         }
         let text = encode(&notice);
-        if text.len() <= MAX_PAYLOAD {
+        if text.len() <= MAX_NOTICE {
             return text;
         }
         if let Notice::Events { c, all_c, .. } = &mut notice {
@@ -118,27 +215,34 @@ impl Notice {
         encode(&notice)
     }
 
-    /// Workers found gone: the list, or a pointer when it would not fit.
-    pub(crate) fn gone_payload(worker: &WorkerId, dead: &[WorkerId], graceful: bool) -> String {
+    /// Workers found gone: the list, or a pointer when it would not fit; sealed.
+    pub(crate) fn gone_payload(
+        seal: &NoticeSeal,
+        worker: &WorkerId,
+        dead: &[WorkerId],
+        graceful: bool,
+    ) -> String {
         let mut notice = Notice::Gone {
             w: worker.clone(),
+            n: seal.next_n(),
             dead: dead.to_vec(),
             graceful,
             all: false,
         };
         let text = serde_json::to_string(&notice).expect("notices serialise");
-        if text.len() <= MAX_PAYLOAD {
-            return text;
+        if text.len() <= MAX_NOTICE {
+            return seal.seal(&text);
         }
         if let Notice::Gone { dead, all, .. } = &mut notice {
             dead.clear();
             *all = true;
         }
-        serde_json::to_string(&notice).expect("notices serialise")
+        seal.seal(&serde_json::to_string(&notice).expect("notices serialise"))
     }
 
-    /// A typing notice, with the members when they fit.
+    /// A typing notice, with the members when they fit; sealed.
     pub(crate) fn typing_payload(
+        seal: &NoticeSeal,
         worker: &WorkerId,
         conversation: &str,
         user: &str,
@@ -147,23 +251,26 @@ impl Notice {
     ) -> String {
         let mut notice = Notice::Typing {
             w: worker.clone(),
+            n: seal.next_n(),
             c: conversation.to_string(),
             u: user.to_string(),
             s: state,
             m: Some(members.to_vec()),
         };
         let text = serde_json::to_string(&notice).expect("notices serialise");
-        if text.len() <= MAX_PAYLOAD {
-            return text;
+        if text.len() <= MAX_NOTICE {
+            return seal.seal(&text);
         }
         if let Notice::Typing { m, .. } = &mut notice {
             *m = None;
         }
-        serde_json::to_string(&notice).expect("notices serialise")
+        seal.seal(&serde_json::to_string(&notice).expect("notices serialise"))
     }
 
-    /// Presence changes, split over as many payloads as needed to stay under the limit.
+    /// Presence changes, split over as many payloads as needed to stay under the limit,
+    /// each sealed with a number of its own (in the order they must be applied).
     pub(crate) fn presence_payloads(
+        seal: &NoticeSeal,
         worker: &WorkerId,
         on: Vec<String>,
         off: Vec<(String, String)>,
@@ -171,20 +278,20 @@ impl Notice {
         let mut out = Vec::new();
         let mut current = (Vec::new(), Vec::new());
         // A user id is at most 64 bytes and a time about 30: 120 bytes per entry is safe.
-        let per_payload = (MAX_PAYLOAD - 200) / 120;
+        let per_payload = (MAX_NOTICE - 200) / 120;
         let flush = |current: &mut (Vec<String>, Vec<(String, String)>), out: &mut Vec<String>| {
             if current.0.is_empty() && current.1.is_empty() {
                 return;
             }
             let (on, off) = std::mem::take(current);
-            out.push(
-                serde_json::to_string(&Notice::Presence {
-                    w: worker.clone(),
-                    on,
-                    off,
-                })
-                .expect("notices serialise"),
-            );
+            let text = serde_json::to_string(&Notice::Presence {
+                w: worker.clone(),
+                n: seal.next_n(),
+                on,
+                off,
+            })
+            .expect("notices serialise");
+            out.push(seal.seal(&text));
         };
         for u in on {
             current.0.push(u);
@@ -201,6 +308,87 @@ impl Notice {
         flush(&mut current, &mut out);
         out
     }
+
+    /// The notice's number, for the kinds that change state on the receiver.
+    pub(crate) fn number(&self) -> Option<u64> {
+        match self {
+            Notice::Presence { n, .. } | Notice::Gone { n, .. } | Notice::Typing { n, .. } => {
+                Some(*n)
+            }
+            Notice::Events { .. } => None,
+        }
+    }
+}
+
+/// Which numbered notices a receiver has already applied, per sender, so that a replayed
+/// one (a role that listens can capture a sealed payload and NOTIFY it again) is dropped.
+///
+/// Presence and departure notices of one worker are sent by one task, one transaction
+/// after another, and NOTIFY delivers in commit order: each must be newer than the last.
+/// Typing notices come from many sessions at once and may arrive out of order: each must
+/// be recent (within [`TYPING_WINDOW_MICROS`] of this host's clock) and not among the
+/// last [`TYPING_REMEMBERED`] of its sender.
+#[derive(Default)]
+pub(crate) struct Replays {
+    /// A std mutex: each check is a few map operations, never an await.
+    senders: std::sync::Mutex<std::collections::HashMap<WorkerId, Seen>>,
+}
+
+#[derive(Default)]
+struct Seen {
+    ordered: u64,
+    typing: std::collections::VecDeque<u64>,
+}
+
+/// How far a typing notice's number may be from this host's clock (clock skew between
+/// hosts included).
+pub(crate) const TYPING_WINDOW_MICROS: u64 = 30_000_000;
+/// Typing notice numbers remembered per sender.
+const TYPING_REMEMBERED: usize = 256;
+/// Senders remembered at most; past it the map starts afresh (a real cluster has a few
+/// workers; only sealed notices get here, so only pgchat's own workers fill it).
+const SENDERS_REMEMBERED: usize = 1024;
+
+impl Replays {
+    /// Whether `notice` (from another worker, sealed) is new, recording it if so.
+    pub(crate) fn fresh(&self, notice: &Notice) -> bool {
+        let Some(n) = notice.number() else {
+            return true; // stream-advance hints: a replay costs one read, nothing more
+        };
+        let mut senders = self.senders.lock().expect("replays lock");
+        if senders.len() >= SENDERS_REMEMBERED && !senders.contains_key(notice.sender()) {
+            senders.clear();
+        }
+        let seen = senders.entry(notice.sender().clone()).or_default();
+        match notice {
+            Notice::Typing { .. } => {
+                let now = now_micros();
+                if n.abs_diff(now) > TYPING_WINDOW_MICROS || seen.typing.contains(&n) {
+                    return false;
+                }
+                if seen.typing.len() >= TYPING_REMEMBERED {
+                    seen.typing.pop_front();
+                }
+                seen.typing.push_back(n);
+                true
+            }
+            _ => {
+                if n <= seen.ordered {
+                    return false;
+                }
+                seen.ordered = n;
+                true
+            }
+        }
+    }
+
+    /// Forgets workers that are gone.
+    pub(crate) fn forget(&self, workers: &[WorkerId]) {
+        let mut senders = self.senders.lock().expect("replays lock");
+        for w in workers {
+            senders.remove(w);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -209,6 +397,15 @@ mod tests {
 
     fn w(id: &str) -> WorkerId {
         WorkerId::new(id.to_string())
+    }
+
+    fn seal() -> NoticeSeal {
+        NoticeSeal::new(b"0123456789abcdef0123456789abcdef".to_vec())
+    }
+
+    /// The notice inside a payload this worker sealed.
+    fn opened(payload: &str) -> Notice {
+        serde_json::from_str(seal().open(payload).expect("a valid seal")).unwrap()
     }
 
     #[test]
@@ -221,7 +418,7 @@ mod tests {
         );
         let many: Vec<(String, i64)> = (0..1000).map(|i| (format!("user-{i:04}"), i)).collect();
         let big = Notice::events_payload(&w("w1"), many.clone(), vec![("d1".into(), 2)]);
-        assert!(big.len() <= MAX_PAYLOAD);
+        assert!(big.len() <= MAX_NOTICE);
         assert_eq!(
             serde_json::from_str::<Notice>(&big).unwrap(),
             Notice::Events {
@@ -233,7 +430,7 @@ mod tests {
             }
         );
         let huge = Notice::events_payload(&w("w1"), many.clone(), many);
-        assert!(huge.len() <= MAX_PAYLOAD);
+        assert!(huge.len() <= MAX_NOTICE);
         assert!(matches!(
             serde_json::from_str::<Notice>(&huge).unwrap(),
             Notice::Events {
@@ -245,26 +442,74 @@ mod tests {
     }
 
     #[test]
+    fn only_a_payload_sealed_with_the_key_opens() {
+        let s = seal();
+        let payload = s.seal(r#"{"k":"e","w":"w1","u":[["bob",9]]}"#);
+        assert_eq!(payload.len(), SEAL_LEN + 34);
+        assert_eq!(
+            s.open(&payload),
+            Some(r#"{"k":"e","w":"w1","u":[["bob",9]]}"#)
+        );
+        // Another key, a changed notice, a changed seal, no seal, a short or non-hex one.
+        let other = NoticeSeal::new(b"another key".to_vec());
+        assert_eq!(other.open(&payload), None);
+        let tampered = payload.replace("9]]", "9223372036854775807]]");
+        assert_eq!(s.open(&tampered), None);
+        let mut flipped = payload.clone().into_bytes();
+        flipped[0] = if flipped[0] == b'0' { b'1' } else { b'0' };
+        assert_eq!(s.open(&String::from_utf8(flipped).unwrap()), None);
+        assert_eq!(s.open(r#"{"k":"e","w":"w1","u":[["bob",9]]}"#), None);
+        assert_eq!(s.open("abc"), None);
+        assert_eq!(s.open(&format!("{}{{}}", "zz".repeat(16))), None);
+        assert_eq!(s.open("é".repeat(40).as_str()), None);
+    }
+
+    #[test]
+    fn the_seal_is_the_one_sql_computes() {
+        // pgchat.sign_notice: sha256(outer_pad || sha256(inner_pad || payload)), the first
+        // 16 bytes in hex: standard HMAC-SHA256, truncated (RFC 2104). The vector is RFC
+        // 4231's test case 2.
+        let s = NoticeSeal::new(b"Jefe".to_vec());
+        let payload = s.seal("what do ya want for nothing?");
+        assert_eq!(&payload[..SEAL_LEN], "5bdcc146bf60754e6a042426089575c7");
+    }
+
+    #[test]
+    fn notice_numbers_only_grow() {
+        let s = seal();
+        let a = s.next_n();
+        let b = s.next_n();
+        assert!(b > a);
+        assert!(a >= now_micros() - 60_000_000);
+    }
+
+    #[test]
     fn many_dead_workers_become_a_pointer() {
-        let few = Notice::gone_payload(&w("w1"), &[w("w2")], false);
-        assert_eq!(few, r#"{"k":"g","w":"w1","dead":["w2"]}"#);
+        let s = seal();
+        let few = opened(&Notice::gone_payload(&s, &w("w1"), &[w("w2")], false));
+        assert!(matches!(few, Notice::Gone { ref dead, all: false, .. } if dead == &[w("w2")]));
         let many: Vec<WorkerId> = (0..500)
             .map(|i| w(&format!("{}-{i}", "h".repeat(60))))
             .collect();
-        let big = Notice::gone_payload(&w("w1"), &many, false);
+        let big = Notice::gone_payload(&s, &w("w1"), &many, false);
         assert!(big.len() <= MAX_PAYLOAD);
-        assert_eq!(big, r#"{"k":"g","w":"w1","dead":[],"all":true}"#);
+        assert!(
+            matches!(opened(&big), Notice::Gone { ref dead, all: true, .. } if dead.is_empty())
+        );
     }
 
     #[test]
     fn typing_notices_carry_the_state_as_the_wire_names_it() {
         let members = ["a".to_string(), "b".to_string()];
-        let text = Notice::typing_payload(&w("w1"), "c1", "a", TypingState::Stop, &members);
-        assert_eq!(
-            text,
-            r#"{"k":"t","w":"w1","c":"c1","u":"a","s":"stop","m":["a","b"]}"#
+        let s = seal();
+        let text = Notice::typing_payload(&s, &w("w1"), "c1", "a", TypingState::Stop, &members);
+        let json = s.open(&text).unwrap();
+        assert!(json.starts_with(r#"{"k":"t","w":"w1","n":"#), "{json}");
+        assert!(
+            json.ends_with(r#","c":"c1","u":"a","s":"stop","m":["a","b"]}"#),
+            "{json}"
         );
-        match serde_json::from_str::<Notice>(&text).unwrap() {
+        match opened(&text) {
             Notice::Typing { s, .. } => assert_eq!(s, TypingState::Stop),
             other => panic!("{other:?}"),
         }
@@ -275,16 +520,68 @@ mod tests {
     #[test]
     fn presence_is_split_to_fit() {
         let on: Vec<String> = (0..2000).map(|i| "x".repeat(60) + &i.to_string()).collect();
-        let payloads = Notice::presence_payloads(&w("w"), on, vec![]);
+        let payloads = Notice::presence_payloads(&seal(), &w("w"), on, vec![]);
         assert!(payloads.len() > 1);
         let mut n = 0;
+        let mut last = 0;
         for p in &payloads {
             assert!(p.len() <= MAX_PAYLOAD, "{}", p.len());
-            match serde_json::from_str::<Notice>(p).unwrap() {
-                Notice::Presence { on, .. } => n += on.len(),
+            match opened(p) {
+                Notice::Presence { on, n: number, .. } => {
+                    n += on.len();
+                    assert!(number > last, "numbered in the order they apply");
+                    last = number;
+                }
                 other => panic!("{other:?}"),
             }
         }
         assert_eq!(n, 2000);
+    }
+
+    #[test]
+    fn a_replayed_notice_is_not_fresh() {
+        let replays = Replays::default();
+        let s = seal();
+        let presence = |n| Notice::Presence {
+            w: w("w2"),
+            n,
+            on: vec!["bob".into()],
+            off: vec![],
+        };
+        let first = s.next_n();
+        assert!(replays.fresh(&presence(first)));
+        assert!(!replays.fresh(&presence(first)), "the same again");
+        assert!(!replays.fresh(&presence(first - 1)), "an older one");
+        assert!(replays.fresh(&presence(first + 1)));
+        let typing = |n| Notice::Typing {
+            w: w("w2"),
+            n,
+            c: "c1".into(),
+            u: "bob".into(),
+            s: TypingState::Start,
+            m: None,
+        };
+        let (t1, t2) = (s.next_n(), s.next_n());
+        assert!(replays.fresh(&typing(t2)));
+        assert!(replays.fresh(&typing(t1)), "typing may arrive out of order");
+        assert!(!replays.fresh(&typing(t1)));
+        assert!(
+            !replays.fresh(&typing(t1 - TYPING_WINDOW_MICROS - 1_000_000)),
+            "stale"
+        );
+        // Stream-advance hints carry no number: replaying one only costs a read.
+        let hint = Notice::Events {
+            w: w("w2"),
+            u: vec![],
+            c: vec![],
+            all: true,
+            all_c: false,
+        };
+        assert!(replays.fresh(&hint) && replays.fresh(&hint));
+        replays.forget(&[w("w2")]);
+        assert!(
+            replays.fresh(&presence(first)),
+            "a forgotten worker starts afresh"
+        );
     }
 }

@@ -9,6 +9,11 @@
 //! announces changes with a notification; the others keep a map of who is online where.
 //! Each worker heartbeats in `workers`; one silent for 8 s is taken for dead, its rows
 //! are deleted, and its users go offline everywhere (within about 10 s).
+//!
+//! A presence notice is believed only from a worker in the `workers` table (the
+//! listener asks [`Presence::admit`] first), at most `presence_max_users_per_worker` users
+//! per worker are kept, and a worker's users go when the worker leaves the table; a notice
+//! that workers are gone is checked against the table before anyone is taken offline.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -20,10 +25,11 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::hub::SessionId;
-use crate::cluster::notify::{Notice, CHANNEL};
+use crate::cluster::notify::{Notice, NoticeSeal, CHANNEL};
 use crate::db::{queries, Database};
 use crate::foundation::error::DbError;
 use crate::foundation::frames::{self, PresenceEntry, PresenceStatus};
+use crate::foundation::metrics::Metrics;
 use crate::foundation::protocol::{rfc3339, UserId, WorkerId};
 
 /// How often a worker heartbeats and looks for dead workers.
@@ -42,6 +48,14 @@ pub(crate) struct Presence {
     /// Other live workers, as of the last heartbeat: ephemeral events are announced to
     /// them only when there are any.
     peers: std::sync::atomic::AtomicUsize,
+    /// Seals this worker's notices.
+    seal: Arc<NoticeSeal>,
+    /// Users kept online per other worker, at most (`presence_max_users_per_worker`).
+    max_users_per_worker: usize,
+    /// Set by the first heartbeat that made this worker's row: a later one that has to
+    /// make it again means the others reaped this worker.
+    beaten: std::sync::atomic::AtomicBool,
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Default)]
@@ -50,6 +64,11 @@ struct State {
     local: HashMap<String, Local>,
     /// user -> the other workers holding sessions of theirs.
     remote: HashMap<String, HashSet<WorkerId>>,
+    /// The other way round: each other worker's users (its size is the cap's measure).
+    by_worker: HashMap<WorkerId, HashSet<String>>,
+    /// The other workers in the `workers` table at the last heartbeat (or admitted since,
+    /// after the table was asked): only their presence notices are believed.
+    known: HashSet<WorkerId>,
     /// watched user -> the sessions watching, with their ephemeral channels.
     watchers: HashMap<String, HashMap<SessionId, mpsc::Sender<Utf8Bytes>>>,
     /// Changes of this worker's own rows not yet written: user -> online here, or the
@@ -93,15 +112,31 @@ impl State {
     }
 }
 
+/// What [`Presence::new`] is built from.
+pub(crate) struct PresenceSettings {
+    pub(crate) grace: Duration,
+    pub(crate) max_users_per_worker: usize,
+}
+
 impl Presence {
-    pub(crate) fn new(db: Database, grace: Duration, worker: &WorkerId) -> Arc<Presence> {
+    pub(crate) fn new(
+        db: Database,
+        settings: PresenceSettings,
+        worker: &WorkerId,
+        seal: Arc<NoticeSeal>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Presence> {
         Arc::new(Presence {
             state: Mutex::new(State::default()),
-            grace,
+            grace: settings.grace,
             db,
             worker: worker.clone(),
             flush: Notify::new(),
             peers: std::sync::atomic::AtomicUsize::new(0),
+            seal,
+            max_users_per_worker: settings.max_users_per_worker,
+            beaten: std::sync::atomic::AtomicBool::new(false),
+            metrics,
         })
     }
 
@@ -182,63 +217,147 @@ impl Presence {
         self.peers.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Applies another worker's presence notice.
-    pub(crate) fn on_notice(self: &Arc<Self>, notice: Notice) {
+    /// Whether notices from `worker` may be believed: it is in the `workers` table (as of
+    /// the last heartbeat, or now, asked once for a worker not seen yet).
+    pub(crate) async fn admit(&self, worker: &WorkerId) -> bool {
+        if self
+            .state
+            .lock()
+            .expect("presence lock")
+            .known
+            .contains(worker)
+        {
+            return true;
+        }
+        let found = match self.workers_in_table(std::slice::from_ref(worker)).await {
+            Ok(found) => !found.is_empty(),
+            Err(e) => {
+                tracing::debug!(error = %e, "could not check a worker's notice against the table");
+                false
+            }
+        };
+        if found {
+            let mut state = self.state.lock().expect("presence lock");
+            state.known.insert(worker.clone());
+        }
+        found
+    }
+
+    /// Which of `workers` the `workers` table holds.
+    async fn workers_in_table(&self, workers: &[WorkerId]) -> Result<HashSet<WorkerId>, DbError> {
+        let ids: Vec<&str> = workers.iter().map(WorkerId::as_str).collect();
+        let client = self.db.client().await?;
+        let stmt = client.prepare_cached(queries::KNOWN_WORKERS).await?;
+        Ok(client
+            .query(&stmt, &[&ids])
+            .await?
+            .iter()
+            .map(|r| WorkerId::new(r.get(0)))
+            .collect())
+    }
+
+    /// Applies another worker's presence notice (from a worker [`Presence::admit`]
+    /// admitted).
+    pub(crate) fn on_presence(&self, w: WorkerId, on: Vec<String>, off: Vec<(String, String)>) {
         let mut state = self.state.lock().expect("presence lock");
-        match notice {
-            Notice::Presence { w, on, off } => {
-                for user in on {
-                    let was = state.online(&user);
-                    state
-                        .remote
-                        .entry(user.clone())
-                        .or_default()
-                        .insert(w.clone());
-                    if !was {
-                        state.announce(&user, PresenceStatus::Online, Some(Utc::now()));
-                    }
-                }
-                for (user, at) in off {
-                    Self::remove_remote(&mut state, &user, &w);
-                    if !state.online(&user) {
-                        let at = DateTime::parse_from_rfc3339(&at)
-                            .map(|t| t.with_timezone(&Utc))
-                            .unwrap_or_else(|_| Utc::now());
-                        state.announce(&user, PresenceStatus::Offline, Some(at));
-                    }
-                }
+        let mut over_cap = 0u64;
+        for user in on {
+            let held = state.by_worker.get(&w).map_or(0, HashSet::len);
+            let already = state.by_worker.get(&w).is_some_and(|u| u.contains(&user));
+            if !already && held >= self.max_users_per_worker {
+                over_cap += 1;
+                continue;
             }
-            // A pointer: the listener reloads presence from the table instead.
-            Notice::Gone { all: true, .. } => {}
-            Notice::Gone { dead, graceful, .. } => {
-                let dead: HashSet<WorkerId> = dead.into_iter().collect();
-                let offline = Self::drop_workers(&mut state, &dead, !graceful);
-                if graceful && !offline.is_empty() {
-                    // A worker that shut down cleanly closed its sockets with 1001, and its
-                    // clients are reconnecting elsewhere: they stay online for the grace
-                    // period before watchers are told they left.
-                    state.next_linger += 1;
-                    let generation = state.next_linger;
-                    for u in &offline {
-                        state.lingering.insert(u.clone(), generation);
-                    }
-                    let this = self.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(this.grace).await;
-                        let mut state = this.state.lock().expect("presence lock");
-                        let now = Utc::now();
-                        for user in offline {
-                            if state.lingering.get(&user) == Some(&generation) {
-                                state.lingering.remove(&user);
-                                if !state.online(&user) {
-                                    state.announce(&user, PresenceStatus::Offline, Some(now));
-                                }
-                            }
+            let was = state.online(&user);
+            state
+                .remote
+                .entry(user.clone())
+                .or_default()
+                .insert(w.clone());
+            state
+                .by_worker
+                .entry(w.clone())
+                .or_default()
+                .insert(user.clone());
+            if !was {
+                state.announce(&user, PresenceStatus::Online, Some(Utc::now()));
+            }
+        }
+        for (user, at) in off {
+            Self::remove_remote(&mut state, &user, &w);
+            if !state.online(&user) {
+                let at = DateTime::parse_from_rfc3339(&at)
+                    .map(|t| t.with_timezone(&Utc))
+                    .unwrap_or_else(|_| Utc::now());
+                state.announce(&user, PresenceStatus::Offline, Some(at));
+            }
+        }
+        drop(state);
+        if over_cap > 0 {
+            self.metrics.notices_ignored.inc();
+            tracing::warn!(
+                worker = %w,
+                users = over_cap,
+                cap = self.max_users_per_worker,
+                "a worker announced more users than presence_max_users_per_worker: not kept"
+            );
+        }
+    }
+
+    /// Another worker's notice that workers are gone: believed for those the `workers`
+    /// table no longer holds (a live worker is never taken offline by a notice).
+    pub(crate) async fn on_gone(self: &Arc<Self>, dead: Vec<WorkerId>, graceful: bool) {
+        let still = match self.workers_in_table(&dead).await {
+            Ok(still) => still,
+            Err(e) => {
+                // Unverified: the next heartbeat reconciles with the table instead.
+                tracing::debug!(error = %e, "could not check a departure notice against the table");
+                return;
+            }
+        };
+        let (gone, alive): (Vec<WorkerId>, Vec<WorkerId>) =
+            dead.into_iter().partition(|w| !still.contains(w));
+        if !alive.is_empty() {
+            self.metrics.notices_ignored.inc();
+            tracing::warn!(
+                ?alive,
+                "a departure notice named workers still in the workers table: ignored for them"
+            );
+        }
+        if !gone.is_empty() {
+            self.workers_gone(gone.into_iter().collect(), graceful);
+        }
+    }
+
+    /// Forgets `dead` workers and their users: at once (announcing the users online
+    /// nowhere else as offline), or, for a worker that shut down cleanly, after the grace
+    /// period while its clients reconnect elsewhere.
+    fn workers_gone(self: &Arc<Self>, dead: HashSet<WorkerId>, graceful: bool) {
+        let mut state = self.state.lock().expect("presence lock");
+        let offline = Self::drop_workers(&mut state, &dead, !graceful);
+        if graceful && !offline.is_empty() {
+            // A worker that shut down cleanly closed its sockets with 1001, and its
+            // clients are reconnecting elsewhere: they stay online for the grace
+            // period before watchers are told they left.
+            state.next_linger += 1;
+            let generation = state.next_linger;
+            for u in &offline {
+                state.lingering.insert(u.clone(), generation);
+            }
+            let this = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(this.grace).await;
+                let mut state = this.state.lock().expect("presence lock");
+                let now = Utc::now();
+                for user in offline {
+                    if state.lingering.get(&user) == Some(&generation) {
+                        state.lingering.remove(&user);
+                        if !state.online(&user) {
+                            state.announce(&user, PresenceStatus::Offline, Some(now));
                         }
-                    });
+                    }
                 }
-            }
-            Notice::Events { .. } | Notice::Typing { .. } => {}
+            });
         }
     }
 
@@ -249,28 +368,32 @@ impl Presence {
                 state.remote.remove(user);
             }
         }
+        if let Some(users) = state.by_worker.get_mut(worker) {
+            users.remove(user);
+            if users.is_empty() {
+                state.by_worker.remove(worker);
+            }
+        }
     }
 
     /// Forgets dead workers; returns their users who are online nowhere else now, having
     /// told watchers so if `announce`.
     fn drop_workers(state: &mut State, dead: &HashSet<WorkerId>, announce: bool) -> Vec<String> {
-        let affected: Vec<String> = state
-            .remote
-            .iter()
-            .filter(|(_, ws)| ws.iter().any(|w| dead.contains(w)))
-            .map(|(u, _)| u.clone())
-            .collect();
         let now = Utc::now();
         let mut offline = Vec::new();
-        for user in affected {
-            for w in dead {
+        for w in dead {
+            state.known.remove(w);
+            let Some(users) = state.by_worker.remove(w) else {
+                continue;
+            };
+            for user in users {
                 Self::remove_remote(state, &user, w);
-            }
-            if !state.online(&user) {
-                if announce {
-                    state.announce(&user, PresenceStatus::Offline, Some(now));
+                if !state.online(&user) {
+                    if announce {
+                        state.announce(&user, PresenceStatus::Offline, Some(now));
+                    }
+                    offline.push(user);
                 }
-                offline.push(user);
             }
         }
         offline
@@ -282,12 +405,20 @@ impl Presence {
         let client = self.db.client().await?;
         let stmt = client.prepare_cached(queries::REMOTE_PRESENCE).await?;
         let mut remote: HashMap<String, HashSet<WorkerId>> = HashMap::new();
+        let mut by_worker: HashMap<WorkerId, HashSet<String>> = HashMap::new();
         for row in client.query(&stmt, &[&self.worker.as_str()]).await? {
             let worker = WorkerId::new(row.get(1));
-            remote.entry(row.get(0)).or_default().insert(worker);
+            let user: String = row.get(0);
+            let users = by_worker.entry(worker.clone()).or_default();
+            if users.len() >= self.max_users_per_worker {
+                continue;
+            }
+            users.insert(user.clone());
+            remote.entry(user).or_default().insert(worker);
         }
         let mut state = self.state.lock().expect("presence lock");
         let before: HashSet<String> = state.remote.keys().cloned().collect();
+        state.by_worker = by_worker;
         let old = std::mem::replace(&mut state.remote, remote);
         let now = Utc::now();
         for user in before.union(&state.remote.keys().cloned().collect()) {
@@ -375,7 +506,13 @@ impl Presence {
     /// piled up meanwhile into one transaction; heartbeats and reaps dead workers every
     /// 2 s. Runs until `stop`, then removes this worker's rows.
     pub(crate) async fn run(self: Arc<Self>, stop: CancellationToken) {
-        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        // The first heartbeat before any presence notice: the other workers believe only
+        // notices from workers in the table.
+        if let Err(e) = self.heartbeat().await {
+            tracing::debug!(error = %e, "the first heartbeat failed; retrying every 2 s");
+        }
+        let mut heartbeat =
+            tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -441,7 +578,9 @@ impl Presence {
                     tx.execute(&stmt, &[users, at]).await?;
                 }
             }
-            for payload in Notice::presence_payloads(&self.worker, on.clone(), off.clone()) {
+            for payload in
+                Notice::presence_payloads(&self.seal, &self.worker, on.clone(), off.clone())
+            {
                 tx.execute(queries::NOTIFY, &[&CHANNEL, &payload]).await?;
             }
             tx.commit().await
@@ -460,24 +599,55 @@ impl Presence {
         result
     }
 
-    /// Records that this worker lives; takes dead workers' users offline.
+    /// Records that this worker lives; learns which other workers the table holds (only
+    /// their notices are believed; the users of one that left it are forgotten); takes
+    /// dead workers' users offline.
     async fn heartbeat(self: &Arc<Self>) -> Result<(), DbError> {
         let client = self.db.client().await?;
         let beat = client.prepare_cached(queries::HEARTBEAT).await?;
         let host = hostname();
-        client
-            .execute(
+        let made: bool = client
+            .query_one(
                 &beat,
                 &[&self.worker.as_str(), &host, &(std::process::id() as i32)],
             )
-            .await?;
-        let count = client.prepare_cached(queries::PEERS).await?;
-        let peers: i64 = client
-            .query_one(&count, &[&self.worker.as_str(), &DEAD_AFTER_SECS])
             .await?
             .get(0);
+        if made && self.beaten.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            // The others took this worker for dead (it was silent too long) and deleted
+            // its presence rows: record and announce its users again.
+            tracing::warn!(
+                "the other workers had taken this worker for dead: announcing its users again"
+            );
+            self.reassert();
+        }
+        let peers = client.prepare_cached(queries::PEERS).await?;
+        let workers: Vec<(WorkerId, bool)> = client
+            .query(&peers, &[&self.worker.as_str(), &DEAD_AFTER_SECS])
+            .await?
+            .iter()
+            .map(|r| (WorkerId::new(r.get(0)), r.get(1)))
+            .collect();
+        let alive = workers.iter().filter(|(_, alive)| *alive).count();
         self.peers
-            .store(peers as usize, std::sync::atomic::Ordering::Relaxed);
+            .store(alive, std::sync::atomic::Ordering::Relaxed);
+        let known: HashSet<WorkerId> = workers.into_iter().map(|(w, _)| w).collect();
+        let vanished: HashSet<WorkerId> = {
+            let mut state = self.state.lock().expect("presence lock");
+            let vanished = state
+                .by_worker
+                .keys()
+                .filter(|w| !known.contains(*w))
+                .cloned()
+                .collect();
+            state.known = known;
+            vanished
+        };
+        if !vanished.is_empty() {
+            // Left the table without a notice reaching this worker (or before it ever
+            // did): their users are online there no more.
+            self.workers_gone(vanished, false);
+        }
         drop(client);
         let tx = self.db.begin().await?;
         let reap = tx.prepare_cached(queries::REAP_WORKERS).await?;
@@ -496,12 +666,7 @@ impl Presence {
             ?dead,
             "workers stopped heartbeating: their users are offline"
         );
-        self.on_notice(Notice::Gone {
-            w: self.worker.clone(),
-            dead,
-            graceful: false,
-            all: false,
-        });
+        self.workers_gone(dead.into_iter().collect(), false);
         Ok(())
     }
 
@@ -518,7 +683,7 @@ impl Presence {
         tx.execute(&stmt, &[&ids]).await?;
         // Hundreds of dead workers (a crashed deployment's worth, say) would not fit in a
         // notification, and a NOTIFY that fails would fail the reap with it.
-        let payload = Notice::gone_payload(&self.worker, workers, graceful);
+        let payload = Notice::gone_payload(&self.seal, &self.worker, workers, graceful);
         tx.execute(queries::NOTIFY, &[&CHANNEL, &payload]).await?;
         Ok(())
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::extract::ws::Utf8Bytes;
 
 use crate::cluster::hub::Hub;
-use crate::cluster::notify::{Notice, CHANNEL};
+use crate::cluster::notify::{Notice, NoticeSeal, CHANNEL};
 use crate::db::Database;
 use crate::foundation::error::{ApiError, DbError};
 use crate::foundation::frames;
@@ -41,13 +41,14 @@ pub(crate) fn deliver(
 /// Tells the other workers: one NOTIFY that their listeners hand to [`deliver`].
 pub(crate) async fn announce(
     db: &Database,
+    seal: &NoticeSeal,
     worker_id: &WorkerId,
     conversation: &str,
     user: &str,
     state: TypingState,
     members: &[String],
 ) -> Result<(), ApiError> {
-    let payload = Notice::typing_payload(worker_id, conversation, user, state, members);
+    let payload = Notice::typing_payload(seal, worker_id, conversation, user, state, members);
     let client = db.client().await?;
     client
         .execute(crate::db::queries::NOTIFY, &[&CHANNEL, &payload])

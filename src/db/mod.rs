@@ -46,6 +46,8 @@ pub enum StartupError {
     NewerSchema { found: i32 },
     #[error("migrating the database schema failed: {0}")]
     Schema(String),
+    #[error("reading pgchat.notice_key (the key that seals the workers' notices) failed: {0}; pgchat's role must be able to read it (it is its own table)")]
+    NoticeKey(String),
     #[error("creating database {name:?} failed: {cause}")]
     CreateDatabase { name: String, cause: String },
     #[error("private PostgreSQL cluster: {0}")]
@@ -428,6 +430,20 @@ pub(crate) async fn connect_once(
         let _ = conn.await;
     });
     Ok((client, driver))
+}
+
+/// The key that seals the cluster's notices (`pgchat.notice_key`, see
+/// `cluster::notify`), read once at start over a connection of its own that closes before
+/// the listener opens (a worker whose share is one has no pool to ask).
+pub(crate) async fn notice_key(db: &Database) -> Result<Vec<u8>, StartupError> {
+    let (client, driver) = connect_once(&db.listen).await?;
+    let key = client
+        .query_one(queries::NOTICE_KEY, &[])
+        .await
+        .map_err(|e| StartupError::NoticeKey(describe(&e)));
+    drop(client);
+    let _ = driver.await;
+    key.map(|row| row.get(0))
 }
 
 pub(crate) fn quote_ident(name: &str) -> String {

@@ -163,6 +163,9 @@ pub const PRUNE_EVENTS: &str = "SELECT pgchat.prune_events(make_interval(secs =>
 /// What workers tell each other: `(channel, payload)`.
 pub(crate) const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 
+/// The key that seals notices (see `cluster::notify`), read once at start.
+pub(crate) const NOTICE_KEY: &str = "SELECT key FROM pgchat.notice_key";
+
 /// Presence: which of the users share a conversation with the subscriber (or are the
 /// subscriber): `(subscriber, users[])`. Per user, its memberships by the user index, each
 /// probed for the subscriber by primary key, stopping at the first shared one.
@@ -201,13 +204,19 @@ pub const PRESENCE_ON: &str = "INSERT INTO pgchat.presence (user_id, worker_id)
 pub const PRESENCE_OFF: &str =
     "DELETE FROM pgchat.presence WHERE worker_id = $2 AND user_id = ANY($1)";
 
-/// A worker's heartbeat: `(id, host, pid)`.
+/// A worker's heartbeat: `(id, host, pid)` → whether its row had to be made (at start,
+/// or again after the others reaped it).
 pub(crate) const HEARTBEAT: &str = "INSERT INTO pgchat.workers (id, host, pid) VALUES ($1, $2, $3)
-     ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()";
+     ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
+     RETURNING xmax = 0";
 
-/// Other workers alive: `(this worker, dead after seconds)`.
-pub(crate) const PEERS: &str = "SELECT count(*) FROM pgchat.workers
-     WHERE id <> $1 AND heartbeat_at >= now() - make_interval(secs => $2)";
+/// The other workers in the table: `(this worker, dead after seconds)` → id, alive.
+pub(crate) const PEERS: &str = "SELECT id, heartbeat_at >= now() - make_interval(secs => $2)
+     FROM pgchat.workers WHERE id <> $1";
+
+/// Which of these workers are in the table (alive, or not yet reaped): `(workers[])`.
+pub(crate) const KNOWN_WORKERS: &str = "SELECT w.id FROM unnest($1::text[]) AS k(id)
+     CROSS JOIN LATERAL (SELECT id FROM pgchat.workers WHERE id = k.id) w";
 
 /// Workers silent too long: `(dead after seconds)` → their ids, deleted.
 pub(crate) const REAP_WORKERS: &str =

@@ -17,7 +17,7 @@ mod embedded {
 }
 
 /// The version the last migration records; pgchat refuses a database with a newer one.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// The whole current schema, compiled in: what a new database is built from.
 pub(crate) const SCHEMA_SQL: &str = include_str!("../../schema.sql");

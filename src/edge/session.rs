@@ -708,49 +708,99 @@ impl Session {
     /// Queues this user's events from the cursor up to at least `target`, from the feed
     /// where it has them and from the table where it does not. `wait`: wait for room in
     /// the outbound queue (replay) instead of treating a full queue as overflow (live).
+    ///
+    /// Every row read from the table must follow the one before it (`cursor + 1`,
+    /// `cursor + 2`, …): a gap ends the page there, so nothing is ever skipped silently.
+    /// What stops at a gap is decided by the table (see [`Session::behind`]), never by
+    /// `target`, which may come from another worker's notice.
     async fn advance(&mut self, target: i64, wait: bool) -> Result<(), End> {
         while self.cursor < target && !self.stalled {
-            let mut frames = self.sub.feed.frames_after(self.cursor, 256);
+            let mut frames: Vec<(i64, Option<Utf8Bytes>)> = self
+                .sub
+                .feed
+                .frames_after(self.cursor, 256)
+                .into_iter()
+                .map(|(seq, f)| (seq, Some(f)))
+                .collect();
             if frames.is_empty() {
                 let rows = store::events_after(
                     &self.app.db,
                     &self.identity.user,
                     self.cursor,
                     REPLAY_PAGE,
+                    &self.app.metrics,
                 )
                 .await
-                .map_err(|e| {
-                    tracing::warn!(error = %e, "reading events for a session failed");
-                    if e.is_unavailable() {
-                        End::DbUnavailable
-                    } else {
-                        End::Internal
-                    }
-                })?;
-                if rows.first().is_none_or(|(seq, _)| *seq != self.cursor + 1) {
-                    // Committed events always exist up to head, so the next one is missing
-                    // only if retention pruned it before this session sent it. Jumping
-                    // over it would lose events silently: the client must resync.
-                    tracing::info!(user = %self.identity.user, cursor = self.cursor, target, "a session fell behind retention");
-                    return Err(End::Pruned);
-                }
-                self.app.metrics.replayed_events.inc_by(rows.len() as u64);
+                .map_err(unreadable)?;
+                let first = rows.first().map(|(seq, _)| *seq);
                 frames = rows
                     .into_iter()
-                    .map(|(s, f)| (s, Utf8Bytes::from(f)))
+                    .zip(self.cursor + 1..)
+                    .take_while(|((seq, _), want)| seq == want)
+                    .map(|((seq, f), _)| (seq, f.map(Utf8Bytes::from)))
                     .collect();
+                if frames.is_empty() {
+                    match self.behind(first, target).await? {
+                        true => continue,
+                        false => return Ok(()),
+                    }
+                }
+                self.app.metrics.replayed_events.inc_by(frames.len() as u64);
             }
             for (seq, frame) in frames {
-                if wait {
-                    self.outbox.push_wait(frame).await?;
-                } else {
-                    self.outbox.push(frame)?;
+                // An event that cannot be shown (see store::events_after) is passed over:
+                // it was logged and counted where it was read.
+                if let Some(frame) = frame {
+                    if wait {
+                        self.outbox.push_wait(frame).await?;
+                    } else {
+                        self.outbox.push(frame)?;
+                    }
+                    self.app.metrics.events_delivered.inc();
                 }
                 self.cursor = seq;
-                self.app.metrics.events_delivered.inc();
             }
         }
         Ok(())
+    }
+
+    /// The table has no event right after the cursor (`first`: the next one it has, if
+    /// any). Pruned by retention past the cursor: the client must resync (close 1013),
+    /// never be skipped over. Nothing at all after the cursor: the target was wrong (a
+    /// notice is only a hint), so stop, keeping the cursor (`Ok(false)`). A gap retention
+    /// does not explain (an event row deleted by hand): logged, counted, and the cursor
+    /// moves to just before `first` (`Ok(true)`), so that the session goes on.
+    async fn behind(&mut self, first: Option<i64>, target: i64) -> Result<bool, End> {
+        let (head, pruned) = store::stream_bounds(&self.app.db, &self.identity.user)
+            .await
+            .map_err(unreadable)?;
+        if pruned > self.cursor {
+            // Committed events always exist up to head, so the next one is missing only
+            // if retention pruned it before this session sent it. Jumping over it would
+            // lose events silently: the client must resync.
+            tracing::info!(user = %self.identity.user, cursor = self.cursor, target, "a session fell behind retention");
+            return Err(End::Pruned);
+        }
+        match first {
+            None => {
+                tracing::debug!(user = %self.identity.user, cursor = self.cursor, target, head, "no event after the cursor yet");
+                Ok(false)
+            }
+            Some(next) => {
+                store::bad_row(
+                    &self.app.metrics,
+                    "a gap in an event stream",
+                    &format!(
+                        "{:?} has no events {}..{} (head {head}, pruned through {pruned})",
+                        self.identity.user.as_str(),
+                        self.cursor + 1,
+                        next - 1
+                    ),
+                );
+                self.cursor = next - 1;
+                Ok(true)
+            }
+        }
     }
 
     /// Sends the close frame that `end` calls for. On shutdown, replies still in flight
@@ -797,6 +847,17 @@ impl Session {
                 reason: reason.into(),
             });
         }
+    }
+}
+
+/// A failed read of the session's events, as how the session goes on: a database that
+/// cannot be reached delays them ([`End::DbUnavailable`]), anything else closes with 1011.
+fn unreadable(e: crate::foundation::error::DbError) -> End {
+    tracing::warn!(error = %e, "reading events for a session failed");
+    if e.is_unavailable() {
+        End::DbUnavailable
+    } else {
+        End::Internal
     }
 }
 

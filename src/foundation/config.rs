@@ -241,6 +241,7 @@ pub struct Config {
     pub rate_limit_per_sec: u32,
     pub rate_limit_burst: u32,
     pub presence_grace_ms: u64,
+    pub presence_max_users_per_worker: usize,
     pub typing_timeout_ms: u64,
     pub ephemeral_queue: usize,
     pub conversation_cache: usize,
@@ -321,6 +322,7 @@ impl Default for Config {
             rate_limit_per_sec: 20,
             rate_limit_burst: 40,
             presence_grace_ms: 5_000,
+            presence_max_users_per_worker: 20_000,
             typing_timeout_ms: 6_000,
             ephemeral_queue: 64,
             conversation_cache: 1_000,
@@ -501,6 +503,11 @@ impl Config {
             1,
         )?;
         at_least("max_presence_users", self.max_presence_users as u64, 1)?;
+        at_least(
+            "presence_max_users_per_worker",
+            self.presence_max_users_per_worker as u64,
+            1,
+        )?;
         at_least("rate_limit_per_sec", self.rate_limit_per_sec as u64, 1)?;
         at_least("rate_limit_burst", self.rate_limit_burst as u64, 1)?;
         at_least("typing_timeout_ms", self.typing_timeout_ms, 100)?;

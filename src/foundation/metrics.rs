@@ -35,8 +35,11 @@ pub struct Metrics {
     pub(crate) refused_connections: Counter,
     pub(crate) listener_up: Gauge,
     pub listener_connects: Counter,
-    pub(crate) notifications: Counter,
+    pub notifications: Counter,
     pub listener_overflows: Counter,
+    pub notices_unsealed: Counter,
+    pub notices_ignored: Counter,
+    pub bad_rows: Counter,
     pub health_probes: Counter,
     pub(crate) db_share: Gauge,
     pub(crate) pool_size: Gauge,
@@ -200,6 +203,21 @@ impl Metrics {
                 "Times notifications outpaced the listener and it caught up from the tables instead",
                 Counter::default()
             ),
+            notices_unsealed: reg!(
+                "notices_unsealed",
+                "Notifications on pgchat's channel dropped because they did not carry pgchat's seal (another database role, or a different key)",
+                Counter::default()
+            ),
+            notices_ignored: reg!(
+                "notices_ignored",
+                "Sealed notifications not acted on: replayed, stale, from a worker not in the workers table, or past a worker's presence cap",
+                Counter::default()
+            ),
+            bad_rows: reg!(
+                "bad_rows",
+                "Rows read from the database that pgchat could not use (a message deleted by hand, a malformed member list): logged and skipped",
+                Counter::default()
+            ),
             health_probes: reg!(
                 "health_probes",
                 "Database probes run for /health and /ready (at most one per health_cache_ms)",
@@ -297,6 +315,9 @@ impl Metrics {
             "requests": self.requests.get(),
             "request_errors": self.request_errors.get(),
             "refused_connections": self.refused_connections.get(),
+            "notices_unsealed": self.notices_unsealed.get(),
+            "notices_ignored": self.notices_ignored.get(),
+            "bad_rows": self.bad_rows.get(),
         })
     }
 }

@@ -15,21 +15,30 @@ use crate::foundation::error::{ApiError, DbError};
 use crate::foundation::frames::{
     event_frame, ConversationEntry, ConversationFields, ConversationKind, EventFields, Message,
 };
+use crate::foundation::metrics::Metrics;
 use crate::foundation::protocol::{ConversationId, UserId};
 
 /// Reads a message from the columns `id, conversation_id, cseq, sender_id, sender_name,
-/// body, client_msg_id, created_at` starting at `at`.
-pub(crate) fn message_from_row(row: &Row, at: usize) -> Message {
-    Message {
-        id: row.get(at),
-        conversation: row.get(at + 1),
-        cseq: row.get(at + 2),
-        sender: row.get(at + 3),
-        sender_name: row.get(at + 4),
-        body: row.get(at + 5),
-        client_msg_id: row.get(at + 6),
-        created_at: row.get(at + 7),
-    }
+/// body, client_msg_id, created_at` starting at `at`. An error (a NULL where a message has
+/// a value: the message row is gone, deleted by hand) says which column.
+pub(crate) fn message_from_row(row: &Row, at: usize) -> Result<Message, tokio_postgres::Error> {
+    Ok(Message {
+        id: row.try_get(at)?,
+        conversation: row.try_get(at + 1)?,
+        cseq: row.try_get(at + 2)?,
+        sender: row.try_get(at + 3)?,
+        sender_name: row.try_get(at + 4)?,
+        body: row.try_get(at + 5)?,
+        client_msg_id: row.try_get(at + 6)?,
+        created_at: row.try_get(at + 7)?,
+    })
+}
+
+/// A row pgchat cannot use (a message deleted by hand, a column of the wrong shape): one
+/// log line and a count (`pgchat_bad_rows`), never a panic; the caller skips it.
+pub(crate) fn bad_row(metrics: &Metrics, what: &str, detail: &dyn std::fmt::Display) {
+    metrics.bad_rows.inc();
+    tracing::error!(%detail, "skipped {what} that pgchat cannot read (changed by hand?)");
 }
 
 /// The kinds of durable events, as stored in `event_queue.kind`.
@@ -86,41 +95,61 @@ pub(crate) async fn touch_user(
 }
 
 /// One event row (as [`queries::EVENTS_AFTER`] and [`queries::EVENTS_IN`] select it) as
-/// `(user, seq, frame)`.
-fn event_from_row(row: &Row) -> (String, i64, String) {
-    let seq: i64 = row.get(1);
-    // The table's CHECK admits exactly the four kinds.
-    let kind = EventKind::parse(row.get(2)).expect("event_queue.kind is checked");
-    let frame = match kind {
+/// `(user, seq, frame)`. The frame is `None` for an event that cannot be shown (its
+/// message row is gone, its kind is unknown): the stream still has that seq, and a
+/// session moves past it instead of waiting for it forever. `None` for a row without a
+/// user and seq at all.
+fn event_from_row(row: &Row, metrics: &Metrics) -> Option<(String, i64, Option<String>)> {
+    let (user, seq): (String, i64) = match (row.try_get(0), row.try_get(1)) {
+        (Ok(u), Ok(s)) => (u, s),
+        (Err(e), _) | (_, Err(e)) => {
+            bad_row(metrics, "an event row", &e);
+            return None;
+        }
+    };
+    let frame = render_event(row, seq).map_err(|e| {
+        bad_row(
+            metrics,
+            &format!("event {seq} of {user:?} (not delivered)"),
+            &e,
+        )
+    });
+    Some((user, seq, frame.ok()))
+}
+
+fn render_event(row: &Row, seq: i64) -> Result<String, String> {
+    let kind: String = row.try_get(2).map_err(|e| e.to_string())?;
+    let kind = EventKind::parse(&kind).ok_or_else(|| format!("unknown kind {kind:?}"))?;
+    Ok(match kind {
         EventKind::Message => {
-            let m = message_from_row(row, 4);
+            let m = message_from_row(row, 4).map_err(|e| format!("its message: {e}"))?;
             event_frame(kind.as_str(), seq, m.event_fields().as_str())
         }
         EventKind::Conversation => {
             // The state the event was written with (see queries::EVENTS_AFTER).
-            let state: Option<Value> = row.get(12);
+            let state: Option<Value> = row.try_get(12).map_err(|e| e.to_string())?;
             let fields = EventFields::encode(&ConversationFields {
                 conversation: state.as_ref(),
             });
             event_frame(kind.as_str(), seq, fields.as_str())
         }
         EventKind::Removed | EventKind::Read => {
-            let payload: Option<Value> = row.get(3);
+            let payload: Option<Value> = row.try_get(3).map_err(|e| e.to_string())?;
             let payload = payload.unwrap_or_else(|| Value::Object(Default::default()));
             event_frame(kind.as_str(), seq, EventFields::encode(&payload).as_str())
         }
-    };
-    (row.get(0), seq, frame)
+    })
 }
 
 /// The durable events of `user` with `seq > after`, oldest first, at most `limit`, as
-/// ready-to-send frames.
+/// ready-to-send frames (`None`: an event that cannot be shown, see [`event_from_row`]).
 pub(crate) async fn events_after(
     db: &Database,
     user: &UserId,
     after: i64,
     limit: i64,
-) -> Result<Vec<(i64, String)>, DbError> {
+    metrics: &Metrics,
+) -> Result<Vec<(i64, Option<String>)>, DbError> {
     let client = db.client().await?;
     let stmt = client.prepare_cached(queries::EVENTS_AFTER).await?;
     let rows = db
@@ -128,20 +157,20 @@ pub(crate) async fn events_after(
         .await?;
     Ok(rows
         .iter()
-        .map(|row| {
-            let (_, seq, frame) = event_from_row(row);
-            (seq, frame)
-        })
+        .filter_map(|row| event_from_row(row, metrics))
+        .map(|(_, seq, frame)| (seq, frame))
         .collect())
 }
 
 /// The events in several users' ranges `(after, upto]` at once, in one query: how a
 /// worker fetches what another worker's notification announced. One range scan of the
 /// primary key per user (a lateral subquery behind `OFFSET 0`: a plain join against the
-/// array was once planned as a hash join over the whole table).
+/// array was once planned as a hash join over the whole table). Events that cannot be
+/// shown are left out: a session that needs one reads the table and moves past it.
 pub(crate) async fn events_in(
     db: &Database,
     ranges: &[(String, i64, i64)],
+    metrics: &Metrics,
 ) -> Result<Vec<(String, i64, String, DateTime<Utc>)>, DbError> {
     let client = db.client().await?;
     let stmt = client.prepare_cached(queries::EVENTS_IN).await?;
@@ -153,9 +182,10 @@ pub(crate) async fn events_in(
         .await?;
     Ok(rows
         .iter()
-        .map(|row| {
-            let (user, seq, frame) = event_from_row(row);
-            (user, seq, frame, row.get("event_at"))
+        .filter_map(|row| {
+            let (user, seq, frame) = event_from_row(row, metrics)?;
+            let at = row.try_get("event_at").ok()?;
+            Some((user, seq, frame?, at))
         })
         .collect())
 }
@@ -215,6 +245,7 @@ pub(crate) struct HistoryPage {
 /// COUNT(*) scan is needed; usernames are resolved once per sender of the page.
 pub(crate) async fn history(
     db: &Database,
+    metrics: &Metrics,
     user: &UserId,
     conversation: &ConversationId,
     before_cseq: Option<i64>,
@@ -248,11 +279,17 @@ pub(crate) async fn history(
     if !access.get::<_, bool>(1) {
         return Err(not_a_member(conversation));
     }
-    let mut messages: Vec<Message> = rows.iter().map(|r| message_from_row(r, 0)).collect();
-    let has_more = messages.len() as i64 > limit;
-    if has_more {
-        messages.remove(0);
-    }
+    // Oldest first; the one row past the limit, if any, is the oldest.
+    let has_more = rows.len() as i64 > limit;
+    let page = if has_more { &rows[1..] } else { &rows[..] };
+    let messages: Vec<Message> = page
+        .iter()
+        .filter_map(|r| {
+            message_from_row(r, 0)
+                .map_err(|e| bad_row(metrics, "a message of history", &e))
+                .ok()
+        })
+        .collect();
     Ok(HistoryPage {
         messages,
         has_more,
@@ -296,6 +333,7 @@ pub(crate) fn not_a_member(c: &ConversationId) -> ApiError {
 /// conversation reads the whole list.
 pub(crate) async fn conversations(
     db: &Database,
+    metrics: &Metrics,
     user: &UserId,
     members_listed: i32,
 ) -> Result<Vec<ConversationEntry>, DbError> {
@@ -306,24 +344,38 @@ pub(crate) async fn conversations(
         .await?;
     Ok(rows
         .iter()
-        .map(|row| {
-            let last_message = row
-                .get::<_, Option<i64>>(6)
-                .map(|_| message_from_row(row, 6));
-            // The table's CHECK admits exactly the two kinds.
-            let kind = ConversationKind::parse(row.get(1)).expect("conversations.kind is checked");
-            ConversationEntry {
-                id: row.get(0),
-                kind,
-                name: row.get(2),
-                members: row.get::<_, Option<Vec<String>>>(3).unwrap_or_default(),
-                member_count: row.get::<_, Option<i64>>(14).unwrap_or(0),
-                last_message,
-                unread: row.get(5),
-                admins: row.get(4),
-            }
+        .filter_map(|row| {
+            conversation_from_row(row)
+                .map_err(|e| bad_row(metrics, "a conversation of a list", &e))
+                .ok()
         })
         .collect())
+}
+
+fn conversation_from_row(row: &Row) -> Result<ConversationEntry, String> {
+    let last_message = match row
+        .try_get::<_, Option<i64>>(6)
+        .map_err(|e| e.to_string())?
+    {
+        Some(_) => Some(message_from_row(row, 6).map_err(|e| format!("its last message: {e}"))?),
+        None => None,
+    };
+    let kind: String = row.try_get(1).map_err(|e| e.to_string())?;
+    let kind = ConversationKind::parse(&kind).ok_or_else(|| format!("unknown kind {kind:?}"))?;
+    let get = |e: tokio_postgres::Error| e.to_string();
+    Ok(ConversationEntry {
+        id: row.try_get(0).map_err(get)?,
+        kind,
+        name: row.try_get(2).map_err(get)?,
+        members: row
+            .try_get::<_, Option<Vec<String>>>(3)
+            .map_err(get)?
+            .unwrap_or_default(),
+        member_count: row.try_get::<_, Option<i64>>(14).map_err(get)?.unwrap_or(0),
+        last_message,
+        unread: row.try_get(5).map_err(get)?,
+        admins: row.try_get(4).map_err(get)?,
+    })
 }
 
 /// Deletes up to `batch` events older than `retention`, oldest first, recording how far

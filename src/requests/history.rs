@@ -70,7 +70,7 @@ pub(super) async fn apply(
                 total,
             }
         }
-        None => store::history(db, user, conversation, before_cseq, limit).await?,
+        None => store::history(db, metrics, user, conversation, before_cseq, limit).await?,
     };
     Ok(results::History {
         messages: page.messages,

@@ -39,6 +39,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::cluster::hub::Hub;
+use crate::cluster::notify::NoticeSeal;
 use crate::cluster::presence::Presence;
 use crate::db::Database;
 use crate::foundation::error::{ApiError, Code};
@@ -66,6 +67,8 @@ pub(crate) struct Services<'a> {
     pub(crate) hub: &'a Hub,
     pub(crate) presence: &'a Presence,
     pub(crate) worker_id: &'a WorkerId,
+    /// Seals the typing notices sent to the other workers.
+    pub(crate) seal: &'a NoticeSeal,
     /// `conversation_members_listed`: members listed per conversation by `conversations`.
     pub(crate) members_listed: usize,
 }
@@ -349,7 +352,7 @@ async fn query(
         } => history::apply(db, cache, metrics, user, &conversation, before_cseq, limit)
             .await
             .map(Answer::from),
-        Request::Conversations => conversations::apply(db, services.members_listed, user)
+        Request::Conversations => conversations::apply(db, metrics, services.members_listed, user)
             .await
             .map(Answer::from),
         Request::Members {

@@ -50,6 +50,7 @@ pub(crate) async fn apply(
         hub,
         presence,
         worker_id,
+        seal,
         ..
     } = services;
     let members = members_for(db, cache, user, conversation).await?;
@@ -59,7 +60,9 @@ pub(crate) async fn apply(
         // Other workers hold sessions too. Typing is ephemeral: if this fails, it is lost
         // there, and the caller is not told (it was delivered here, and its session must
         // still keep the timer that ends it).
-        if let Err(e) = crate::cluster::typing::announce(db, worker_id, c, u, s, &members).await {
+        if let Err(e) =
+            crate::cluster::typing::announce(db, seal, worker_id, c, u, s, &members).await
+        {
             tracing::debug!(error = %e.message, "a typing notice did not reach the other workers");
         }
     }
