@@ -311,8 +311,10 @@ fn spawn_background(app: &App) -> (TaskTracker, CancellationToken) {
     let presence_stop = background_stop.child_token();
     let listener_stop = CancellationToken::new();
     let presence_done = background.spawn(app.presence.clone().run(presence_stop));
-    background.spawn(crate::cluster::listener::run(
-        listener_of(app),
+    let of = app.clone();
+    background.spawn(crate::cluster::listener::supervise(
+        move || listener_of(&of),
+        app.listener.clone(),
         listener_stop.clone(),
     ));
     background.spawn(async move {

@@ -374,3 +374,37 @@ async fn an_event_whose_message_was_deleted_by_hand_is_skipped_not_fatal() {
     assert_eq!(common::bodies(&page), vec!["first", "second"]);
     assert!(app.app.listener.is_up());
 }
+
+#[tokio::test]
+async fn a_listener_that_dies_is_reported_and_started_again() {
+    let app = TestApp::spawn().await;
+    let mut bob = app.connect("bob").await;
+    app.app.listener.abort_task();
+    // /ready says so while it is down...
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let ready = reqwest::get(app.http("/ready")).await.unwrap();
+        if ready.status() == 503 {
+            let body: Value = ready.json().await.unwrap();
+            assert_eq!(body["listener"], "down");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "/ready stayed 200");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // ...and it comes back: a message from the backend, which only the listener delivers,
+    // reaches bob.
+    common::wait_ready(&app.http("/ready")).await;
+    app.db
+        .client()
+        .await
+        .batch_execute(
+            "SELECT pgchat.ensure_user('shop');
+             SELECT pgchat.send_direct('shop', 'bob', 'back again', 'o1');",
+        )
+        .await
+        .unwrap();
+    let message = bob.event_of("message").await;
+    assert_eq!(message["message"]["body"], "back again");
+    assert_eq!(health(&app).await["listener"]["last_error"], "crashed");
+}

@@ -85,6 +85,8 @@ pub struct ListenerState {
     /// Why it last went down, as a stable code (the driver's text is only logged: it may
     /// name hosts, users or addresses).
     last_error: Mutex<Option<&'static str>>,
+    /// The running listener task, which [`supervise`] restarts if it ends.
+    task: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl ListenerState {
@@ -93,7 +95,8 @@ impl ListenerState {
         self.up.load(Ordering::Acquire)
     }
 
-    /// `connect_failed`, `connection_lost`, `unresponsive` or `not_receiving`, or none yet.
+    /// `connect_failed`, `connection_lost`, `unresponsive`, `not_receiving` or `crashed`,
+    /// or none yet.
     pub(crate) fn last_error(&self) -> Option<&'static str> {
         *self.last_error.lock().expect("listener state")
     }
@@ -101,6 +104,48 @@ impl ListenerState {
     fn set_down(&self, why: &'static str) {
         self.up.store(false, Ordering::Release);
         *self.last_error.lock().expect("listener state") = Some(why);
+    }
+
+    /// Ends the running listener task as a crash would: for fault tests (the supervisor
+    /// must notice, report the listener down and start it again).
+    pub fn abort_task(&self) {
+        if let Some(task) = self.task.lock().expect("listener state").as_ref() {
+            task.abort();
+        }
+    }
+}
+
+/// Runs the listener until `stop`, starting it again whenever its task ends otherwise (a
+/// panic, an abort): `/ready` says 503 (`last_error: "crashed"`) until the new one is up
+/// and caught up. `listener` builds each one afresh (its state is only a cache).
+pub(crate) async fn supervise(
+    listener: impl Fn() -> Listener,
+    state: Arc<ListenerState>,
+    stop: CancellationToken,
+) {
+    loop {
+        let ln = listener();
+        let db = ln.db.clone();
+        let task = tokio::spawn(run(ln, stop.clone()));
+        *state.task.lock().expect("listener state") = Some(task.abort_handle());
+        let ended = task.await;
+        if stop.is_cancelled() {
+            return;
+        }
+        // A task that died mid-connection left its connection as the worker's query
+        // path (when the share is one): take it away before anyone queries a dead one.
+        db.source.set_shared(None);
+        state.set_down("crashed");
+        match ended {
+            Err(e) if e.is_panic() => {
+                tracing::error!(error = %e, "the notification listener panicked: starting it again")
+            }
+            _ => tracing::error!("the notification listener ended: starting it again"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
     }
 }
 
