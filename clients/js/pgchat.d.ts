@@ -171,6 +171,8 @@ export type ClientErrorCode =
   | 'disconnected'
   /** maxOutbox sends wait already. */
   | 'outbox_full'
+  /** maxWaiting requests wait for a connection already; this one was not queued. */
+  | 'queue_full'
   /** The store's get or set failed. */
   | 'store'
   /** An event listener threw. */
@@ -212,8 +214,14 @@ export interface PgChatOptions {
   WebSocket?: new (url: string) => WebSocket;
   /** Full jitter: delay = random(0, min(maxMs, initialMs * 2^attempt)). */
   backoff?: BackoffOptions;
-  /** How long non-send requests wait for a connection and their reply (default 15000). */
+  /** How long non-send requests wait for a connection and their reply (default 15000; 0: no limit). */
   requestTimeoutMs?: number;
+  /**
+   * Non-send requests waiting for a connection at most, whatever requestTimeoutMs is (default
+   * 1000); past it a request rejects at once with 'queue_full'. Those in flight when the
+   * socket drops count too: one that finds the queue full rejects with 'queue_full'.
+   */
+  maxWaiting?: number;
   /** How long a connection may take to open, say hello and resume (default 15000). */
   connectTimeoutMs?: number;
   /** A ping after this long without frames; no answer in half the time reconnects (default 30000; 0: off). */

@@ -12,6 +12,7 @@
 //   `client_msg_id`; after a reconnect they are sent again with the same id (the server
 //   stores a message once per id), one at a time, in the order they were made, so a
 //   conversation shows them in that order.
+// - Requests made while offline wait for the next connection (at most `maxWaiting`).
 // - Refreshes the token in place (`auth`) when the server says it is expiring, and
 //   reconnects with a fresh token after a 1008 close.
 // - Emits 'resync' when the server can no longer replay what was missed (the stream was
@@ -23,6 +24,7 @@ const DEFAULT_REQUEST_TIMEOUT_MS = 15000;
 const DEFAULT_CONNECT_TIMEOUT_MS = 15000;
 const DEFAULT_HEARTBEAT_MS = 30000;
 const DEFAULT_MAX_OUTBOX = 1000;
+const DEFAULT_MAX_WAITING = 1000;
 const DEFAULT_MAX_FRAME_BYTES = 65536;
 const DEFAULT_BACKOFF = { initialMs: 500, maxMs: 30000 };
 
@@ -48,7 +50,7 @@ export class PgChatError extends Error {
   /**
    * @param {string} code a protocol error code (`unavailable`, `forbidden`, …) or one of
    *   this client's: `closed`, `bad_frame`, `timeout`, `disconnected`, `outbox_full`,
-   *   `too_large` (checked locally), `store`, `listener`, `token`.
+   *   `queue_full`, `too_large` (checked locally), `store`, `listener`, `token`.
    * @param {string} message
    * @param {{frame?: unknown, retryAfterMs?: number, cause?: unknown}} [extra]
    */
@@ -152,6 +154,7 @@ export class PgChat {
   #connectTimeoutMs;
   #heartbeatMs;
   #maxOutbox;
+  #maxWaiting;
   #maxFrameBytes;
   #storePrefix;
 
@@ -185,7 +188,7 @@ export class PgChat {
   #nextRef = 1;
   /** ref → pending entry (requests and sends in flight on the current socket). */
   #inflight = new Map();
-  /** Non-send requests waiting for a connection (or for their retry). */
+  /** Non-send requests waiting for a connection (or for their retry); maxWaiting at most. */
   #waiting = [];
   /** Sends not yet acknowledged, in the order they were made. */
   #outbox = [];
@@ -233,6 +236,10 @@ export class PgChat {
     this.#connectTimeoutMs = options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
     this.#heartbeatMs = options.heartbeatMs ?? DEFAULT_HEARTBEAT_MS;
     this.#maxOutbox = options.maxOutbox ?? DEFAULT_MAX_OUTBOX;
+    this.#maxWaiting = options.maxWaiting ?? DEFAULT_MAX_WAITING;
+    if (typeof this.#maxWaiting !== 'number' || !(this.#maxWaiting >= 0)) {
+      throw new TypeError('PgChat: options.maxWaiting must be a number >= 0 (Infinity: unbounded)');
+    }
     this.#maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
     this.#storePrefix = options.storeKeyPrefix ?? 'pgchat:lastSeq:';
   }
@@ -444,7 +451,7 @@ export class PgChat {
         this.#settle(entry, new PgChatError('disconnected', `the connection dropped before '${entry.type}' was answered`));
       } else if (entry.idempotent) {
         entry.ref = null;
-        this.#waiting.push(entry);
+        this.#wait(entry);
       } else {
         this.#settle(entry, new PgChatError('disconnected', `the connection dropped before '${entry.type}' was answered: its outcome is unknown`));
       }
@@ -804,7 +811,7 @@ export class PgChat {
       }
       if (this.#ws && (this.#resumed || (early && this.#hello))) this.#transmit(entry);
       else if (internal) this.#settle(entry, new PgChatError('disconnected', 'not connected'));
-      else this.#waiting.push(entry);
+      else this.#wait(entry);
     });
   }
 
@@ -828,11 +835,21 @@ export class PgChat {
     }
     if (!this.#rawSend(text)) {
       if (entry.internal) this.#settle(entry, new PgChatError('disconnected', 'not connected'));
-      else this.#waiting.push(entry);
+      else this.#wait(entry);
       return;
     }
     entry.ref = ref;
     this.#inflight.set(ref, entry);
+  }
+
+  /** Queues a request for the next connection, if fewer than maxWaiting wait already. */
+  #wait(entry) {
+    if (entry.done) return;
+    if (this.#waiting.length >= this.#maxWaiting) {
+      this.#settle(entry, new PgChatError('queue_full', `${this.#waiting.length} requests wait for a connection already (maxWaiting ${this.#maxWaiting}): '${entry.type}' was not queued; try again once connected`));
+      return;
+    }
+    this.#waiting.push(entry);
   }
 
   #rawSend(text) {
@@ -880,7 +897,7 @@ export class PgChat {
       setTimeout(() => {
         if (entry.done) return;
         if (this.#resumed) this.#transmit(entry);
-        else this.#waiting.push(entry);
+        else this.#wait(entry);
       }, delay);
       return;
     }

@@ -21,6 +21,7 @@ const chat = new PgChat({
   requestTimeoutMs: 5000,
 });
 const other: PgChat = new PgChatDefault({ url: 'ws://localhost:3000/ws', token: 'jwt', store: new MemoryStore(), startAt: 0 });
+new PgChat({ url: 'ws://localhost:3000/ws', token: 'jwt', maxWaiting: 100 });
 new WebStorageStore({ getItem: () => null, setItem: () => {} });
 
 async function main(): Promise<void> {
@@ -77,6 +78,7 @@ async function main(): Promise<void> {
     await chat.send({ to: 'bob' }, 'x');
   } catch (e) {
     if (e instanceof PgChatError && e.code === 'rate_limited') void e.retryAfterMs;
+    if (e instanceof PgChatError && e.code === 'queue_full') void e.message;
   }
 
   const d: number = backoffDelay(3, { initialMs: 100, maxMs: 1000 }, Math.random);
