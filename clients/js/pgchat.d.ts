@@ -167,7 +167,10 @@ export type ClientErrorCode =
   | 'bad_frame'
   /** No reply within requestTimeoutMs. */
   | 'timeout'
-  /** The socket dropped before a non-idempotent request was answered: outcome unknown. */
+  /**
+   * The socket dropped before a non-idempotent request was answered (outcome unknown), or
+   * a `typing` found no connection or lost it (typing never waits for the next one).
+   */
   | 'disconnected'
   /** maxOutbox sends wait already. */
   | 'outbox_full'
@@ -343,6 +346,11 @@ export class PgChat {
   removeFromGroup(conversation: string, users: string[]): Promise<Conversation>;
   leaveGroup(conversation: string): Promise<void>;
   markRead(conversation: string, cseq: number): Promise<void>;
+  /**
+   * Sent on the current connection only: without one, or if it drops before the answer,
+   * rejects with 'disconnected' and is never sent later (a typing start would be stale by
+   * then; the server ends a closed session's typing itself). rate_limited rejects too.
+   */
   typing(conversation: string, state: TypingState): Promise<void>;
   /** Watches these users now and on every later connection; returns the snapshot. */
   subscribePresence(users: string[]): Promise<PresenceEntry[]>;

@@ -12,7 +12,8 @@
 //   `client_msg_id`; after a reconnect they are sent again with the same id (the server
 //   stores a message once per id), one at a time, in the order they were made, so a
 //   conversation shows them in that order.
-// - Requests made while offline wait for the next connection (at most `maxWaiting`).
+// - Requests made while offline wait for the next connection (at most `maxWaiting`);
+//   `typing` never does: it would be stale by then.
 // - Refreshes the token in place (`auth`) when the server says it is expiring, and
 //   reconnects with a fresh token after a 1008 close.
 // - Emits 'resync' when the server can no longer replay what was missed (the stream was
@@ -38,6 +39,13 @@ const CLOSE_MIN_ATTEMPT = { 1002: 3, 1007: 3, 1009: 3, 1011: 1, 1013: 3 };
 
 /** Errors after which a request may be sent again unchanged. */
 const RETRYABLE = new Set(['unavailable', 'rate_limited']);
+
+/**
+ * Request types that mean something only on the connection they are made on: never kept
+ * for the next one. A `typing` start sent after a reconnect would announce typing that
+ * ended with the old session (the server ends a closed session's typing itself).
+ */
+const CONNECTION_BOUND = new Set(['typing']);
 
 /** Request types whose repetition changes nothing more (safe to resend after a drop). */
 const IDEMPOTENT = new Set([
@@ -446,8 +454,9 @@ export class PgChat {
     for (const entry of this.#inflight.values()) {
       if (entry.kind === 'send') {
         entry.ref = null; // retried with the same client_msg_id after the next resume
-      } else if (entry.internal) {
-        // resume, auth, heartbeat pings, presence re-subscriptions: redone per connection.
+      } else if (entry.bound) {
+        // resume, auth, heartbeat pings, presence re-subscriptions: redone per connection;
+        // typing: stale on the next one.
         this.#settle(entry, new PgChatError('disconnected', `the connection dropped before '${entry.type}' was answered`));
       } else if (entry.idempotent) {
         entry.ref = null;
@@ -612,7 +621,7 @@ export class PgChat {
         this.#drop(4000, `resume failed: ${e.code}`);
       }
     };
-    this.#request('resume', { after: this.#lastSeq }, { internal: true, early: true, timeoutMs: 0, onSettle })
+    this.#request('resume', { after: this.#lastSeq }, { bound: true, early: true, timeoutMs: 0, onSettle })
       .catch(() => { /* handled by onSettle */ });
   }
 
@@ -628,7 +637,7 @@ export class PgChat {
     if (this.#watching.size) {
       const users = [...this.#watching];
       const ws = this.#ws;
-      this.#request('presence_subscribe', { users }, { internal: true }).then((ok) => {
+      this.#request('presence_subscribe', { users }, { bound: true }).then((ok) => {
         if (ws !== this.#ws || !Array.isArray(ok.presence)) return;
         for (const p of ok.presence) {
           if (isObject(p) && isString(p.user)) this.#emit('presence', { type: 'presence', ...p });
@@ -643,7 +652,7 @@ export class PgChat {
     if (!this.#resumed || this.#pinging || Date.now() - this.#lastFrameAt < this.#heartbeatMs) return;
     const ws = this.#ws;
     this.#pinging = true;
-    this.#request('ping', {}, { internal: true, timeoutMs: Math.max(1000, this.#heartbeatMs / 2) })
+    this.#request('ping', {}, { bound: true, timeoutMs: Math.max(1000, this.#heartbeatMs / 2) })
       .catch((e) => { if (ws === this.#ws && e.code === 'timeout') this.#drop(4000, 'heartbeat: no reply'); })
       .finally(() => { this.#pinging = false; });
   }
@@ -719,7 +728,7 @@ export class PgChat {
     if (this.#replaying) return;
     this.#replaying = true;
     const ws = this.#ws;
-    this.#request('resume', { after }, { internal: true, early: true })
+    this.#request('resume', { after }, { bound: true, early: true })
       .catch((e) => {
         if (ws !== this.#ws) return;
         if (e.code === 'resync_required') {
@@ -767,7 +776,7 @@ export class PgChat {
           if (ws !== this.#ws) return;
           // The same token again extends nothing (and would only re-arm the notice).
           if (token !== this.#sessionToken) {
-            await this.#request('auth', { token }, { internal: true, early: true, timeoutMs: Math.max(1000, Math.min(this.#requestTimeoutMs, expiresInMs)) });
+            await this.#request('auth', { token }, { bound: true, early: true, timeoutMs: Math.max(1000, Math.min(this.#requestTimeoutMs, expiresInMs)) });
             if (ws !== this.#ws) return;
             this.#sessionToken = token;
             this.#emit('token_refreshed', {});
@@ -790,14 +799,18 @@ export class PgChat {
   // ---- Requests --------------------------------------------------------------------
 
   /**
-   * One request. `internal`: belongs to this connection (never re-sent on another);
-   * `early`: may go before the resume is answered.
+   * One request. `bound`: belongs to this connection (never sent on another: if there is
+   * none, or it drops first, the request rejects with 'disconnected'); `early`: may go
+   * before the resume is answered.
    */
-  #request(type, fields, { internal = false, early = false, idempotent, timeoutMs = this.#requestTimeoutMs, onSettle } = {}) {
+  #request(type, fields, {
+    bound = CONNECTION_BOUND.has(type), early = CONNECTION_BOUND.has(type), idempotent,
+    timeoutMs = this.#requestTimeoutMs, onSettle,
+  } = {}) {
     if (this.#state === 'closed') return Promise.reject(new PgChatError('closed', 'the client was closed'));
     return new Promise((resolve, reject) => {
       const entry = {
-        kind: 'request', type, fields, resolve, reject, internal, early, ref: null, done: false, onSettle,
+        kind: 'request', type, fields, resolve, reject, bound, early, ref: null, done: false, onSettle,
         idempotent: idempotent ?? (IDEMPOTENT.has(type) || (type === 'group_create' && fields.client_op_id !== undefined) || (type === 'send' && fields.client_msg_id !== undefined)),
         timer: null,
       };
@@ -810,7 +823,7 @@ export class PgChat {
         }, timeoutMs);
       }
       if (this.#ws && (this.#resumed || (early && this.#hello))) this.#transmit(entry);
-      else if (internal) this.#settle(entry, new PgChatError('disconnected', 'not connected'));
+      else if (bound) this.#settle(entry, notConnected(type));
       else this.#wait(entry);
     });
   }
@@ -834,7 +847,7 @@ export class PgChat {
       return;
     }
     if (!this.#rawSend(text)) {
-      if (entry.internal) this.#settle(entry, new PgChatError('disconnected', 'not connected'));
+      if (entry.bound) this.#settle(entry, notConnected(entry.type));
       else this.#wait(entry);
       return;
     }
@@ -888,7 +901,7 @@ export class PgChat {
     }
     const error = replyError(frame);
     if (error.code === 'rate_limited' || (error.code === 'unavailable' && entry.idempotent)) {
-      if (entry.internal) {
+      if (entry.bound) {
         this.#settle(entry, error);
         return;
       }
@@ -1047,6 +1060,11 @@ export class PgChat {
   ping() {
     return this.#request('ping', {}).then(() => undefined);
   }
+}
+
+function notConnected(type) {
+  const why = CONNECTION_BOUND.has(type) ? `: '${type}' is not kept for the next connection (it would be stale by then)` : '';
+  return new PgChatError('disconnected', `not connected${why}`);
 }
 
 function replyError(frame) {

@@ -166,6 +166,7 @@ test('requests waiting for a connection are bounded (maxWaiting) even with no ti
   const chat = client(server, user, { requestTimeoutMs: 0, maxWaiting: 3 });
   const waiting = [chat.ping(), chat.ping(), chat.conversations()];
   await assert.rejects(chat.ping(), (e) => e instanceof PgChatError && e.code === 'queue_full' && /maxWaiting/.test(e.message));
+  await assert.rejects(chat.typing('d1', 'stop'), (e) => e.code === 'disconnected', 'typing never waits (and takes no place)');
   await chat.connect();
   const [, , list] = await Promise.all(waiting);
   assert.deepEqual(list, []);

@@ -1,11 +1,12 @@
 // Reconnecting (backoff with full jitter), resuming after a disconnect (what was sent
-// meanwhile arrives after reconnecting, in order, once) and dropping duplicates by seq.
+// meanwhile arrives after reconnecting, in order, once), dropping duplicates by seq, and
+// no stale typing after a reconnect.
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
 import { backoffDelay } from '../pgchat.js';
-import { Proxy, Server, client, fullHistory, messages, uniqueUser, waitFor } from './helpers.mjs';
+import { Proxy, Server, client, fullHistory, messages, sleep, spyWebSocket, uniqueUser, waitFor } from './helpers.mjs';
 
 const server = new Server({ PGCHAT_RATE_LIMIT_PER_SEC: '100000', PGCHAT_RATE_LIMIT_BURST: '100000' });
 before(() => server.start());
@@ -168,4 +169,52 @@ test('a connection that silently stops carrying frames is found by the heartbeat
   alice.close();
   bob.close();
   proxy.close();
+});
+
+/** The spy's log cut into connections: each from its 'open' on, with the hello if it came. */
+function connections(wire) {
+  const list = [];
+  for (const w of wire) {
+    if (w.dir === 'open') list.push({ url: new URL(w.url), init: w.init, frames: [] });
+    else list.at(-1).frames.push(w);
+  }
+  for (const c of list) c.hello = c.frames.find((w) => w.dir === 'in' && w.frame.type === 'hello')?.frame;
+  return list;
+}
+
+test('no stale typing: a typing in flight when the socket drops, or made while disconnected, rejects and is never sent later', async (t) => {
+  const [a, b] = [uniqueUser('alice'), uniqueUser('bob')];
+  const proxy = await new Proxy(server).start();
+  t.after(() => proxy.close());
+  const wire = [];
+  const alice = client(proxy, a, { WebSocket: spyWebSocket(wire) });
+  const bob = client(server, b);
+  await Promise.all([alice.connect(), bob.connect()]);
+  const { conversation } = await alice.send({ to: b }, 'hi');
+  const typing = [];
+  bob.on('typing', (e) => typing.push(e));
+
+  proxy.freeze(); // alice's frames stop on the way: her typing is in flight
+  const inFlight = alice.typing(conversation, 'start');
+  await waitFor(() => wire.some((w) => w.dir === 'out' && w.frame.type === 'typing'), 'the typing on the wire');
+  const waiting = alice.history(conversation); // a request that does wait for the next connection
+  proxy.cut();
+  await assert.rejects(inFlight, (e) => e.code === 'disconnected');
+  assert.notEqual(alice.state, 'open');
+  await assert.rejects(alice.typing(conversation, 'start'), (e) => e.code === 'disconnected' && /not kept/.test(e.message),
+    'made while disconnected: rejected at once');
+  await waitFor(() => alice.state === 'open', 'alice back');
+  assert.deepEqual((await waiting).map((m) => m.body), ['hi'], 'the history request went on the new connection');
+  await alice.ping();
+  await bob.ping();
+  await sleep(200);
+  const after = connections(wire).at(-1).frames.filter((w) => w.dir === 'out').map((w) => w.frame.type);
+  assert.ok(!after.includes('typing'), `nothing typing on the new connection: ${after}`);
+  assert.deepEqual(typing, [], 'bob never saw alice typing');
+
+  // Once open, typing goes as before.
+  await alice.typing(conversation, 'start');
+  await waitFor(() => typing.length === 1, 'a fresh typing reaches bob');
+  alice.close();
+  bob.close();
 });
