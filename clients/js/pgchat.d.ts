@@ -201,7 +201,7 @@ export interface BackoffOptions {
 }
 
 export interface PgChatOptions {
-  /** ws(s)://host/ws; the token is added as ?token=. */
+  /** ws(s)://host/ws; with tokenIn 'query' the token is added as ?token=. */
   url: string;
   /** A fixed token: when it expires (close 1008) the client closes for good. */
   token?: string;
@@ -213,7 +213,18 @@ export interface PgChatOptions {
   storeKeyPrefix?: string;
   /** With nothing stored: 'head' (default: only events after the hello) or a seq to replay from. */
   startAt?: 'head' | number;
-  /** A WebSocket constructor; default globalThis.WebSocket. */
+  /**
+   * Where the token goes: 'header' (`Authorization: Bearer`, as `new WebSocket(url, { headers })`,
+   * which Node.js's own WebSocket and the `ws` package take), 'query' (`?token=`, the only way
+   * in a browser) or 'auto' (default): 'header' in Node.js and Bun, 'query' anywhere else. Out
+   * of the URL, a token stays out of proxies' access logs. A WebSocket given in options that
+   * ignores `{ headers }` connects without a token (refused, 401): use 'query' for it.
+   */
+  tokenIn?: 'auto' | 'header' | 'query';
+  /**
+   * A WebSocket constructor; default globalThis.WebSocket. With the token in a header it is
+   * called as `new WebSocket(url, { headers: { Authorization } })`.
+   */
   WebSocket?: new (url: string) => WebSocket;
   /** Full jitter: delay = random(0, min(maxMs, initialMs * 2^attempt)). */
   backoff?: BackoffOptions;

@@ -8,6 +8,8 @@
 //   durable events missed while offline arrive after reconnecting, in order, once: events
 //   at or below the last seq are dropped, and an event that would skip one is held back
 //   until the replay that fills the gap.
+// - Sends the token in an Authorization header where the WebSocket can (Node.js), in
+//   `?token=` where it cannot (browsers): `tokenIn`.
 // - Sends wait in an outbox until the server acknowledges them, each with a
 //   `client_msg_id`; after a reconnect they are sent again with the same id (the server
 //   stores a message once per id), one at a time, in the order they were made, so a
@@ -147,6 +149,19 @@ const DURABLE_SHAPES = {
 
 const utf8Length = (s) => new TextEncoder().encode(s).length;
 
+/**
+ * Whether the WebSocket of this platform takes handshake headers, as
+ * `new WebSocket(url, { headers })`: Node.js's own (undici, in every Node that has one)
+ * and the `ws` package do, and so does Bun's. Browsers cannot set headers on a WebSocket
+ * (anything with a `document` counts as one, an Electron renderer included), nor can Deno
+ * without an unstable flag.
+ */
+function platformTakesHeaders() {
+  const g = globalThis;
+  if (g.document !== undefined || g.Deno !== undefined) return false;
+  return isString(g.process?.versions?.node);
+}
+
 export class PgChat {
   // Options.
   #url;
@@ -165,6 +180,8 @@ export class PgChat {
   #maxWaiting;
   #maxFrameBytes;
   #storePrefix;
+  /** Whether the token goes in an Authorization header (else in ?token=). */
+  #tokenInHeader;
 
   // Connection.
   #state = 'idle';
@@ -248,6 +265,11 @@ export class PgChat {
     if (typeof this.#maxWaiting !== 'number' || !(this.#maxWaiting >= 0)) {
       throw new TypeError('PgChat: options.maxWaiting must be a number >= 0 (Infinity: unbounded)');
     }
+    const tokenIn = options.tokenIn ?? 'auto';
+    if (tokenIn !== 'auto' && tokenIn !== 'header' && tokenIn !== 'query') {
+      throw new TypeError("PgChat: options.tokenIn must be 'auto', 'header' or 'query'");
+    }
+    this.#tokenInHeader = tokenIn === 'header' || (tokenIn === 'auto' && platformTakesHeaders());
     this.#maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
     this.#storePrefix = options.storeKeyPrefix ?? 'pgchat:lastSeq:';
   }
@@ -367,12 +389,20 @@ export class PgChat {
     }
     this.#sessionToken = token;
     const url = new URL(this.#url);
-    url.searchParams.set('token', token);
     let ws;
     try {
-      ws = new this.#WebSocket(url.toString());
+      if (this.#tokenInHeader) {
+        // Out of the URL, the token stays out of proxies' and servers' access logs.
+        ws = new this.#WebSocket(url.toString(), { headers: { Authorization: `Bearer ${token}` } });
+      } else {
+        url.searchParams.set('token', token);
+        ws = new this.#WebSocket(url.toString());
+      }
     } catch (e) {
-      this.#emit('error', new PgChatError('closed', `cannot open a WebSocket: ${e?.message ?? e}`, { cause: e }));
+      const how = this.#tokenInHeader
+        ? " with the token in an Authorization header (tokenIn: pass 'query' if this WebSocket cannot take { headers })"
+        : '';
+      this.#emit('error', new PgChatError('closed', `cannot open a WebSocket${how}: ${e?.message ?? e}`, { cause: e }));
       this.#scheduleReconnect('cannot open a WebSocket');
       return;
     }

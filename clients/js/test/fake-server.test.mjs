@@ -1,6 +1,7 @@
 // What pgchat itself never does, so a real server cannot show it: malformed frames (the
 // client reports each as an 'error', code 'bad_frame', and carries on), a bad hello, a
-// server that upgrades and then says nothing, and the close codes' backoff policy.
+// server that upgrades and then says nothing, the close codes' backoff policy, and what a
+// server sees of the token (header or query).
 //
 // NOTE: the server in this file is NOT pgchat. It is a tiny WebSocket server written here
 // with node:http's upgrade and raw RFC 6455 framing, to test the CLIENT's parser and
@@ -103,6 +104,8 @@ async function fakeServer(scripts) {
     const accept = createHash('sha1').update(req.headers['sec-websocket-key'] + GUID).digest('base64');
     socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
     const conn = new RawConnection(socket);
+    // The request line's target and the headers, as the server received them.
+    conn.request = { target: req.url, headers: req.headers };
     connections.push(conn);
     const script = scripts.shift();
     if (script) script(conn).catch((e) => { conn.error = e; });
@@ -294,4 +297,23 @@ test('ordering: live events ahead of the replay are held back, and a gap after t
   assert.equal(chat.stats.duplicates, 1, "the last 'eight'");
   assert.equal(store.get('pgchat:lastSeq:mallory'), '8');
   chat.close();
+});
+
+test("tokenIn: 'query' puts the token in ?token=; 'header' and 'auto' (in Node) in Authorization only", async (t) => {
+  const answer = async (conn) => { conn.hello('mallory', 0); await conn.answerResume(0); };
+  const fake = await fakeServer([answer, answer, answer]);
+  t.after(() => fake.close());
+  const token = 'x.y.z';
+  for (const tokenIn of ['query', 'header', undefined]) {
+    const chat = track(new PgChat({ url: fake.url, token, ...(tokenIn ? { tokenIn } : {}) }));
+    await chat.connect();
+    chat.close();
+  }
+  const seen = fake.connections.map((c) => [c.request.target, c.request.headers.authorization]);
+  assert.deepEqual(seen, [
+    [`/ws?token=${token}`, undefined],
+    ['/ws', `Bearer ${token}`],
+    ['/ws', `Bearer ${token}`],
+  ]);
+  assert.throws(() => new PgChat({ url: fake.url, token, tokenIn: 'cookie' }), TypeError);
 });

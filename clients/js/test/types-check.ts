@@ -21,7 +21,9 @@ const chat = new PgChat({
   requestTimeoutMs: 5000,
 });
 const other: PgChat = new PgChatDefault({ url: 'ws://localhost:3000/ws', token: 'jwt', store: new MemoryStore(), startAt: 0 });
-new PgChat({ url: 'ws://localhost:3000/ws', token: 'jwt', maxWaiting: 100 });
+new PgChat({ url: 'ws://localhost:3000/ws', token: 'jwt', tokenIn: 'query', maxWaiting: 100, WebSocket: globalThis.WebSocket });
+// @ts-expect-error: the token goes in a header or the query, nowhere else
+new PgChat({ url: 'ws://localhost:3000/ws', token: 'jwt', tokenIn: 'cookie' });
 new WebStorageStore({ getItem: () => null, setItem: () => {} });
 
 async function main(): Promise<void> {
