@@ -77,6 +77,12 @@ export interface HelloFrame {
   /** The user's latest event seq when the socket opened. */
   head: number;
   server_time: string;
+  /**
+   * The seq the session starts from, when it was asked for with `?after=` (the same number)
+   * and honoured: every event after it follows, replayed then live, in order, without a
+   * `resume`. Absent from servers that predate it (shared PROTOCOL.md v1.2).
+   */
+  after?: number;
 }
 
 export interface MessageEvent {
@@ -201,7 +207,7 @@ export interface BackoffOptions {
 }
 
 export interface PgChatOptions {
-  /** ws(s)://host/ws; with tokenIn 'query' the token is added as ?token=. */
+  /** ws(s)://host/ws; the client adds ?after= (its position) and, with tokenIn 'query', ?token=. */
   url: string;
   /** A fixed token: when it expires (close 1008) the client closes for good. */
   token?: string;
@@ -256,7 +262,7 @@ export interface StateChange {
   reason?: string;
   /** 'reconnecting' after a close: the close code (1001 shutdown, 1006 dropped, 1008 expired, …). */
   code?: number;
-  /** 'open': the stream's head after the resume. */
+  /** 'open': the stream's head: the resume's answer, or the hello's when the session started from ?after=. */
   head?: number;
 }
 

@@ -5,9 +5,11 @@
 // What it guarantees while it is open (docs/CLIENT.md says how each is tested):
 // - Reconnects after any drop with exponential backoff and full jitter.
 // - Resumes from the last `seq` it has seen (kept in a pluggable store, keyed by user), so
-//   durable events missed while offline arrive after reconnecting, in order, once: events
-//   at or below the last seq are dropped, and an event that would skip one is held back
-//   until the replay that fills the gap.
+//   durable events missed while offline arrive after reconnecting, in order, once: it
+//   connects with `?after=<seq>` (the server replays, then goes on live, in order), or
+//   sends `resume` when the server does not confirm that in its hello. Events are handed
+//   over strictly in seq order: those at or below the last seq are dropped, and an event
+//   that would skip one is held back until the replay that fills the gap.
 // - Sends the token in an Authorization header where the WebSocket can (Node.js), in
 //   `?token=` where it cannot (browsers): `tokenIn`.
 // - Sends wait in an outbox until the server acknowledges them, each with a
@@ -150,6 +152,24 @@ const DURABLE_SHAPES = {
 const utf8Length = (s) => new TextEncoder().encode(s).length;
 
 /**
+ * The user a JWT names (`sub`), unverified, or null for anything else. Only a hint, to find
+ * the stored position to connect from before the hello says whose socket this is: a hello
+ * for someone else makes the client resume that user's own position instead.
+ */
+function tokenSubject(token) {
+  const parts = isString(token) ? token.split('.') : [];
+  if (parts.length !== 3) return null;
+  try {
+    const b64 = parts[1].replace(/-/g, '+').replace(/_/g, '/');
+    const bytes = Uint8Array.from(atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4)), (c) => c.charCodeAt(0));
+    const claims = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
+    return isObject(claims) && isString(claims.sub) && claims.sub ? claims.sub : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
  * Whether the WebSocket of this platform takes handshake headers, as
  * `new WebSocket(url, { headers })`: Node.js's own (undici, in every Node that has one)
  * and the `ws` package do, and so does Bun's. Browsers cannot set headers on a WebSocket
@@ -202,6 +222,18 @@ export class PgChat {
   /** This connection's resume: a second `resync_required` in a row reconnects. */
   #resyncs = 0;
   #resumeRetryTimer = null;
+  /**
+   * The position this connection asked to start from (`?after=`): { user, after }, after
+   * null when nothing was known (the session starts at the hello's head). Null when the
+   * user was unknown before the hello.
+   */
+  #asked = null;
+  /**
+   * What a ref-less `resync_required` as the first frame after the hello means (the
+   * server refusing `?after=`): 'resync' when the hello confirmed `after`; 'ignore' when
+   * a `resume` went out anyway (its answer decides); null when no `after` was asked.
+   */
+  #afterRefusal = null;
 
   // Stream position.
   #user = null;
@@ -388,7 +420,14 @@ export class PgChat {
       return;
     }
     this.#sessionToken = token;
+    // Where to start: with `?after=` the server replays what was missed before any live
+    // event, in order, with no `resume` (shared PROTOCOL.md v1.2); a server that predates
+    // it ignores the parameter, and the hello says which it was.
+    const user = tokenSubject(token) ?? this.#user;
+    const asked = user === null ? null : { user, after: await this.#positionOf(user) };
+    if (this.#state === 'closed') return;
     const url = new URL(this.#url);
+    if (asked?.after !== null && asked?.after !== undefined) url.searchParams.set('after', String(asked.after));
     let ws;
     try {
       if (this.#tokenInHeader) {
@@ -410,6 +449,8 @@ export class PgChat {
     this.#hello = null;
     this.#resumed = false;
     this.#resyncs = 0;
+    this.#asked = asked;
+    this.#afterRefusal = null;
     this.#inbox = [];
     this.#lastFrameAt = Date.now();
     ws.addEventListener('message', (e) => { if (ws === this.#ws) this.#receive(e.data); });
@@ -440,6 +481,8 @@ export class PgChat {
     this.#ws = null;
     this.#hello = null;
     this.#resumed = false;
+    this.#asked = null;
+    this.#afterRefusal = null;
     this.#inbox = [];
     clearTimeout(this.#connectTimer);
     clearTimeout(this.#resumeRetryTimer);
@@ -597,24 +640,26 @@ export class PgChat {
     }
     this.#user = frame.user;
     this.#hello = frame;
+    const asked = this.#asked?.user === frame.user ? this.#asked : null;
     if (this.#lastSeq < 0) {
-      let stored = null;
-      try {
-        stored = await this.#store.get(this.storeKey);
-      } catch (e) {
-        this.#emit('error', new PgChatError('store', `store.get failed: ${e?.message ?? e}`, { cause: e }));
-      }
+      // Found before connecting if the token named this user; else from the store now.
+      const after = asked ? asked.after : await this.#positionOf(frame.user);
       if (ws !== this.#ws) return;
-      const n = stored === null || stored === undefined ? NaN : Number(stored);
-      if (isSeq(n)) this.#lastSeq = n;
-      else this.#lastSeq = this.#startAt === 'head' ? frame.head : this.#startAt;
+      this.#lastSeq = after ?? frame.head;
     }
     if (this.#lastSeq > frame.head) {
       // The position belongs to another database (or a stream that was reset).
       this.#resync(frame.head, 'the stored position is beyond the server\'s head');
     }
+    // The server started this session from where the client is (`?after=`): what follows
+    // is the replay, then live events, in order. Anything else (an older server ignores
+    // the parameter; the position moved or was someone else's): resume, as in v1.
+    const streaming = asked !== null && asked.after !== null && frame.after === asked.after &&
+      this.#lastSeq === asked.after;
     this.#emit('hello', frame);
-    this.#sendResume();
+    this.#afterRefusal = streaming ? 'resync' : asked?.after != null ? 'ignore' : null;
+    if (streaming) this.#opened(ws, frame.head);
+    else this.#sendResume();
     if (this.#heartbeatMs > 0) {
       clearInterval(this.#heartbeatTimer);
       this.#heartbeatTimer = setInterval(() => this.#heartbeat(), this.#heartbeatMs);
@@ -626,18 +671,7 @@ export class PgChat {
     const ws = this.#ws;
     // No timeout of its own: the connect timer watches for progress. Handled as its reply
     // is read, not a microtask later: frames read in the same tick come after the resume.
-    const onSettle = (e, ok) => (e ? failed(e) : resumed(ok));
-    const resumed = (ok) => {
-      if (ws !== this.#ws) return;
-      this.#resumed = true;
-      this.#resyncs = 0;
-      this.#attempt = 0;
-      clearTimeout(this.#connectTimer);
-      this.#connectTimer = null;
-      this.#setState('open', { head: ok.head });
-      for (const w of this.#connectWaiters.splice(0)) w.resolve();
-      this.#afterResume();
-    };
+    const onSettle = (e, ok) => (e ? failed(e) : this.#opened(ws, ok.head));
     const failed = (e) => {
       if (ws !== this.#ws) return;
       if (e.code === 'resync_required' && this.#resyncs++ === 0) {
@@ -653,6 +687,36 @@ export class PgChat {
     };
     this.#request('resume', { after: this.#lastSeq }, { bound: true, early: true, timeoutMs: 0, onSettle })
       .catch(() => { /* handled by onSettle */ });
+  }
+
+  /** The connection `ws` is resumed (streaming from the client's position): open. */
+  #opened(ws, head) {
+    if (ws !== this.#ws) return;
+    this.#resumed = true;
+    this.#resyncs = 0;
+    this.#attempt = 0;
+    clearTimeout(this.#connectTimer);
+    this.#connectTimer = null;
+    this.#setState('open', { head });
+    for (const w of this.#connectWaiters.splice(0)) w.resolve();
+    this.#afterResume();
+  }
+
+  /**
+   * Where `user`'s stream is to go on from: the position in memory, else the store's, else
+   * startAt; null for "from the hello's head" (nothing known, startAt 'head').
+   */
+  async #positionOf(user) {
+    if (user === this.#user && this.#lastSeq >= 0) return this.#lastSeq;
+    let stored = null;
+    try {
+      stored = await this.#store.get(this.#storePrefix + user);
+    } catch (e) {
+      this.#emit('error', new PgChatError('store', `store.get failed: ${e?.message ?? e}`, { cause: e }));
+    }
+    const n = stored === null || stored === undefined ? NaN : Number(stored);
+    if (isSeq(n)) return n;
+    return this.#startAt === 'head' ? null : this.#startAt;
   }
 
   #resync(head, reason) {
@@ -690,6 +754,16 @@ export class PgChat {
   #onFrame(frame) {
     if (!this.#hello) {
       this.#badFrame(`a '${frame.type}' frame before the hello`, frame);
+      return;
+    }
+    const refusal = this.#afterRefusal;
+    this.#afterRefusal = null;
+    if (refusal && frame.type === 'error' && !('ref' in frame) && frame.code === 'resync_required') {
+      if (refusal === 'ignore') return;
+      // `?after=` was older than the retained stream: as when `resume` answers so, the
+      // application reloads, and the stream goes on from this connection's head.
+      this.#resync(this.#hello.head, isString(frame.message) ? frame.message : 'resync_required');
+      this.#replayFrom(this.#lastSeq);
       return;
     }
     switch (frame.type) {
@@ -730,8 +804,9 @@ export class PgChat {
     }
     if (seq > this.#lastSeq + 1) {
       // A gap: before the resume is answered, live events from the hello's head come
-      // ahead of the replay that fills it; they are sent again after it. After, the
-      // server never skips: ask it to replay from where we are.
+      // ahead of the replay that fills it; they are sent again after it. After (and from
+      // the hello on, for a session started with `?after=`), the server never skips: ask
+      // it to replay from where we are.
       this.#stats.heldBack++;
       if (this.#resumed) this.#replayFrom(this.#lastSeq);
       return;

@@ -1,11 +1,12 @@
 // Reconnecting (backoff with full jitter), resuming after a disconnect (what was sent
-// meanwhile arrives after reconnecting, in order, once), dropping duplicates by seq, and
+// meanwhile arrives after reconnecting, in order, once; asked for with ?after= at connect,
+// and with resume where the server does not confirm that), dropping duplicates by seq, and
 // no stale typing after a reconnect.
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
-import { backoffDelay } from '../pgchat.js';
+import { MemoryStore, backoffDelay } from '../pgchat.js';
 import { Proxy, Server, client, fullHistory, messages, sleep, spyWebSocket, uniqueUser, waitFor } from './helpers.mjs';
 
 const server = new Server({ PGCHAT_RATE_LIMIT_PER_SEC: '100000', PGCHAT_RATE_LIMIT_BURST: '100000' });
@@ -181,6 +182,56 @@ function connections(wire) {
   for (const c of list) c.hello = c.frames.find((w) => w.dir === 'in' && w.frame.type === 'hello')?.frame;
   return list;
 }
+
+test('each (re)connect asks for ?after=<last seq>, with the token in a header; resume only where the hello does not confirm it', async (t) => {
+  const [a, b] = [uniqueUser('alice'), uniqueUser('bob')];
+  const proxy = await new Proxy(server).start();
+  t.after(() => proxy.close());
+  const wire = [];
+  const store = new MemoryStore();
+  const alice = client(server, a);
+  const bob = client(proxy, b, { WebSocket: spyWebSocket(wire), store });
+  const seen = messages(bob);
+  await Promise.all([alice.connect(), bob.connect()]);
+  const { conversation } = await alice.send({ to: b }, 'one');
+  await alice.send({ conversation }, 'two');
+  await waitFor(() => seen.length === 2, 'two messages');
+  const cutAt = bob.lastSeq;
+  proxy.refuse(true);
+  await waitFor(() => bob.state === 'reconnecting', 'bob cut off');
+  await alice.send({ conversation }, 'three');
+  await sleep(100); // a few refused attempts
+  proxy.refuse(false);
+  await waitFor(() => seen.length === 3 && bob.state === 'open', "'three', after the reconnect");
+  bob.close();
+  // A new instance on the same store knows the user from the token: it asks at once.
+  const wire2 = [];
+  const again = client(proxy, b, { WebSocket: spyWebSocket(wire2), store });
+  await again.connect();
+  await again.ping();
+  again.close();
+
+  const all = [...connections(wire), ...connections(wire2)];
+  const afters = all.map((c) => c.url.searchParams.get('after'));
+  assert.equal(afters[0], null, 'a first start with nothing stored asks for nothing (live from the head)');
+  assert.ok(afters.slice(1, -1).every((x) => x === String(cutAt)), `reconnects from ${cutAt}: ${afters}`);
+  assert.equal(afters.at(-1), String(cutAt + 1), 'the new instance from the stored seq');
+  for (const c of all) {
+    assert.ok(!c.url.search.includes('token'), `no token in the URL: ${c.url}`);
+    assert.match(c.init?.headers?.Authorization ?? '', /^Bearer [\w-]+\.[\w-]+\.[\w-]+$/);
+  }
+  const opened = all.filter((c) => c.hello);
+  assert.ok(opened.length >= 3);
+  for (const c of opened) {
+    const asked = c.url.searchParams.get('after');
+    const resumes = c.frames.filter((w) => w.dir === 'out' && w.frame.type === 'resume').map((w) => w.frame.after);
+    if (asked !== null && c.hello.after === Number(asked)) assert.deepEqual(resumes, [], 'the hello confirmed ?after=: no resume');
+    else assert.deepEqual(resumes, [asked === null ? c.hello.head : Number(asked)], 'no confirmation: resume from the same seq');
+  }
+  t.diagnostic(`hellos ${opened.map((c) => ('after' in c.hello ? `confirmed after=${c.hello.after}` : 'without after')).join(', ')}`);
+  assert.deepEqual(seen.map((m) => m.body), ['one', 'two', 'three']);
+  alice.close();
+});
 
 test('no stale typing: a typing in flight when the socket drops, or made while disconnected, rejects and is never sent later', async (t) => {
   const [a, b] = [uniqueUser('alice'), uniqueUser('bob')];

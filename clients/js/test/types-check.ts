@@ -69,7 +69,7 @@ async function main(): Promise<void> {
   chat.on('presence', (e) => { void e.status; void e.last_seen; });
   chat.on('event', (e: DurableEvent) => { void e.seq; });
   chat.on('state', (s: StateChange) => { if (s.state === 'reconnecting') void (s.delayMs ?? 0); });
-  chat.on('hello', (h) => { void h.head; });
+  chat.on('hello', (h) => { const from: number | undefined = h.after; void h.head; void from; });
   chat.on('token_expiring', ({ expiresInMs }) => { void expiresInMs; });
   chat.on('resync', ({ head }) => { void head; });
   const onError = (e: PgChatError) => { if (e.code === 'bad_frame') void e.frame; };
