@@ -302,10 +302,19 @@ async fn the_supervisor_speaks_for_its_workers_to_systemd_and_stops_pinging_for_
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The directory deploy/nginx.conf writes its access log to.
+const NGINX_LOG_DIR: &str = "/var/log/nginx/";
+
 /// deploy/nginx.conf for this test: upstream ports from `base`, the plain server on
 /// `http`, and the TLS server on `https`, with `cert`/`key` or, without them, as plain
-/// HTTP (the test's clients speak no TLS).
-fn nginx_site(base: u16, http: u16, https: u16, tls: Option<(&Path, &Path)>) -> String {
+/// HTTP (the test's clients speak no TLS); its access log under `logs`.
+fn nginx_site(
+    base: u16,
+    http: u16,
+    https: u16,
+    tls: Option<(&Path, &Path)>,
+    logs: &Path,
+) -> String {
     let mut conf = NGINX_CONF.to_string();
     for i in 0..3u16 {
         let from = format!("127.0.0.1:{} ", 3001 + i);
@@ -332,6 +341,9 @@ fn nginx_site(base: u16, http: u16, https: u16, tls: Option<(&Path, &Path)>) -> 
                 None => continue,
             },
             _ if t.starts_with("ssl_") && tls.is_none() => continue,
+            _ if t.starts_with("access_log ") => {
+                line.replace(NGINX_LOG_DIR, &format!("{}/", logs.display()))
+            }
             _ => line.to_string(),
         };
         out.push_str(&line);
@@ -404,6 +416,71 @@ impl Drop for Nginx {
     }
 }
 
+/// What deploy/nginx.conf logs must not hold a query string: its `log_format` has none of
+/// the variables that carry one, and every server block logs with it (a block without an
+/// `access_log` would inherit the http block's, `combined` as distributions ship it).
+fn access_log_format_without_queries(conf: &str) {
+    let start = conf
+        .find("\nlog_format ")
+        .expect("deploy/nginx.conf has a log_format")
+        + 1;
+    let directive = &conf[start..start + conf[start..].find(';').unwrap()];
+    let name = directive.split_whitespace().nth(1).unwrap();
+    for var in [
+        "$request_uri",
+        "$args",
+        "$arg_",
+        "$query_string",
+        "$is_args",
+        "$http_referer",
+    ] {
+        assert!(
+            !directive.contains(var),
+            "{name} must not log {var}: {directive}"
+        );
+    }
+    // $request is the whole request line; $request_method, $request_time and the like are fine.
+    for (i, _) in directive.match_indices("$request") {
+        let next = directive[i + "$request".len()..].chars().next();
+        assert_eq!(next, Some('_'), "{name} must not log $request: {directive}");
+    }
+    assert!(
+        directive.contains("$uri"),
+        "{name} logs the path: {directive}"
+    );
+    let blocks: Vec<&str> = conf.split("\nserver {").skip(1).collect();
+    assert_eq!(blocks.len(), 2, "deploy/nginx.conf has two server blocks");
+    for block in blocks {
+        let logs: Vec<&str> = block
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("access_log "))
+            .collect();
+        assert!(
+            !logs.is_empty() && logs.iter().all(|l| l.ends_with(&format!(" {name};"))),
+            "every server block logs with {name}: {logs:?}"
+        );
+    }
+}
+
+/// The file's contents once it holds `needle` (nginx writes a WebSocket's line when the
+/// connection ends).
+async fn log_with(path: &Path, needle: &str) -> String {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if log.contains(needle) {
+            return log;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {needle:?} in {}: {log}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn messages_pass_through_nginx_between_clients_on_different_workers() {
     let Some(nginx) = installed("nginx") else {
@@ -419,14 +496,18 @@ async fn messages_pass_through_nginx_between_clients_on_different_workers() {
     let site = dir.join("pgchat.conf");
     std::fs::write(
         &site,
-        nginx_site(cluster.base_port, http, https, Some((&cert, &key))),
+        nginx_site(cluster.base_port, http, https, Some((&cert, &key)), &dir),
     )
     .unwrap();
     let main = nginx_main(&dir, &site);
     nginx_test(&nginx, &dir, &main);
 
     // And with TLS taken off the second server, it carries the test's traffic.
-    std::fs::write(&site, nginx_site(cluster.base_port, http, https, None)).unwrap();
+    std::fs::write(
+        &site,
+        nginx_site(cluster.base_port, http, https, None, &dir),
+    )
+    .unwrap();
     nginx_test(&nginx, &dir, &main);
     let _nginx = Nginx(
         std::process::Command::new(&nginx)
@@ -444,11 +525,14 @@ async fn messages_pass_through_nginx_between_clients_on_different_workers() {
     );
     common::wait_ready(&format!("http://127.0.0.1:{https}/ready")).await;
     // The plain server only redirects to HTTPS.
+    let redirected_token = cluster.token("dave");
     let redirect = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
-        .get(format!("http://127.0.0.1:{http}/ws"))
+        .get(format!(
+            "http://127.0.0.1:{http}/ws?token={redirected_token}"
+        ))
         .send()
         .await
         .unwrap();
@@ -472,5 +556,40 @@ async fn messages_pass_through_nginx_between_clients_on_different_workers() {
     let r = bob.send_dm("alice", "and back", "b1").await;
     // Alice's own message comes to her sessions first.
     while alice.event_of("message").await["message"] != r {}
+
+    // A browser's connection, token in the query: the access log has its path, not the
+    // token. The site's format replaces the main configuration's `combined`, which has
+    // its own file here (nothing may reach it either).
+    let browser_token = cluster.token("carol");
+    let carol = common::try_connect_url(
+        &format!("ws://127.0.0.1:{https}/ws?token={browser_token}&after=0"),
+        None,
+    )
+    .await
+    .unwrap_or_else(|(status, body)| panic!("?token= through nginx: {status} {body}"));
+    assert_eq!(carol.hello["user"], "carol");
+    carol.close().await;
+    let log = log_with(&dir.join("pgchat.access.log"), "\" 101 ").await;
+    for token in [&browser_token, &redirected_token] {
+        assert!(
+            !log.contains(token.as_str()),
+            "the access log holds a token: {log}"
+        );
+    }
+    assert!(
+        !log.contains('?'),
+        "the access log holds a query string: {log}"
+    );
+    for status in [101, 301] {
+        let line = format!("\"GET /ws HTTP/1.1\" {status} ");
+        assert!(log.contains(&line), "no {line:?} in the access log: {log}");
+    }
+    let main_log = std::fs::read_to_string(dir.join("access.log")).unwrap_or_default();
+    assert!(
+        !main_log.contains("token"),
+        "the http block's log got: {main_log}"
+    );
+    // And not by chance: nothing in the format can write a query, in either server block.
+    access_log_format_without_queries(NGINX_CONF);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -77,6 +77,12 @@ export interface HelloFrame {
   /** The user's latest event seq when the socket opened. */
   head: number;
   server_time: string;
+  /**
+   * The seq the session starts from, when it was asked for with `?after=` (the same number)
+   * and honoured: every event after it follows, replayed then live, in order, without a
+   * `resume`. Absent from servers that predate it (shared PROTOCOL.md v1.2).
+   */
+  after?: number;
 }
 
 export interface MessageEvent {
@@ -167,10 +173,15 @@ export type ClientErrorCode =
   | 'bad_frame'
   /** No reply within requestTimeoutMs. */
   | 'timeout'
-  /** The socket dropped before a non-idempotent request was answered: outcome unknown. */
+  /**
+   * The socket dropped before a non-idempotent request was answered (outcome unknown), or
+   * a `typing` found no connection or lost it (typing never waits for the next one).
+   */
   | 'disconnected'
   /** maxOutbox sends wait already. */
   | 'outbox_full'
+  /** maxWaiting requests wait for a connection already; this one was not queued. */
+  | 'queue_full'
   /** The store's get or set failed. */
   | 'store'
   /** An event listener threw. */
@@ -196,7 +207,7 @@ export interface BackoffOptions {
 }
 
 export interface PgChatOptions {
-  /** ws(s)://host/ws; the token is added as ?token=. */
+  /** ws(s)://host/ws; the client adds ?after= (its position) and, with tokenIn 'query', ?token=. */
   url: string;
   /** A fixed token: when it expires (close 1008) the client closes for good. */
   token?: string;
@@ -208,12 +219,29 @@ export interface PgChatOptions {
   storeKeyPrefix?: string;
   /** With nothing stored: 'head' (default: only events after the hello) or a seq to replay from. */
   startAt?: 'head' | number;
-  /** A WebSocket constructor; default globalThis.WebSocket. */
+  /**
+   * Where the token goes: 'header' (`Authorization: Bearer`, as `new WebSocket(url, { headers })`,
+   * which Node.js's own WebSocket and the `ws` package take), 'query' (`?token=`, the only way
+   * in a browser) or 'auto' (default): 'header' in Node.js and Bun, 'query' anywhere else. Out
+   * of the URL, a token stays out of proxies' access logs. A WebSocket given in options that
+   * ignores `{ headers }` connects without a token (refused, 401): use 'query' for it.
+   */
+  tokenIn?: 'auto' | 'header' | 'query';
+  /**
+   * A WebSocket constructor; default globalThis.WebSocket. With the token in a header it is
+   * called as `new WebSocket(url, { headers: { Authorization } })`.
+   */
   WebSocket?: new (url: string) => WebSocket;
   /** Full jitter: delay = random(0, min(maxMs, initialMs * 2^attempt)). */
   backoff?: BackoffOptions;
-  /** How long non-send requests wait for a connection and their reply (default 15000). */
+  /** How long non-send requests wait for a connection and their reply (default 15000; 0: no limit). */
   requestTimeoutMs?: number;
+  /**
+   * Non-send requests waiting for a connection at most, whatever requestTimeoutMs is (default
+   * 1000); past it a request rejects at once with 'queue_full'. Those in flight when the
+   * socket drops count too: one that finds the queue full rejects with 'queue_full'.
+   */
+  maxWaiting?: number;
   /** How long a connection may take to open, say hello and resume (default 15000). */
   connectTimeoutMs?: number;
   /** A ping after this long without frames; no answer in half the time reconnects (default 30000; 0: off). */
@@ -234,7 +262,7 @@ export interface StateChange {
   reason?: string;
   /** 'reconnecting' after a close: the close code (1001 shutdown, 1006 dropped, 1008 expired, …). */
   code?: number;
-  /** 'open': the stream's head after the resume. */
+  /** 'open': the stream's head: the resume's answer, or the hello's when the session started from ?after=. */
   head?: number;
 }
 
@@ -335,6 +363,11 @@ export class PgChat {
   removeFromGroup(conversation: string, users: string[]): Promise<Conversation>;
   leaveGroup(conversation: string): Promise<void>;
   markRead(conversation: string, cseq: number): Promise<void>;
+  /**
+   * Sent on the current connection only: without one, or if it drops before the answer,
+   * rejects with 'disconnected' and is never sent later (a typing start would be stale by
+   * then; the server ends a closed session's typing itself). rate_limited rejects too.
+   */
   typing(conversation: string, state: TypingState): Promise<void>;
   /** Watches these users now and on every later connection; returns the snapshot. */
   subscribePresence(users: string[]): Promise<PresenceEntry[]>;

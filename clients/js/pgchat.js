@@ -5,13 +5,19 @@
 // What it guarantees while it is open (docs/CLIENT.md says how each is tested):
 // - Reconnects after any drop with exponential backoff and full jitter.
 // - Resumes from the last `seq` it has seen (kept in a pluggable store, keyed by user), so
-//   durable events missed while offline arrive after reconnecting, in order, once: events
-//   at or below the last seq are dropped, and an event that would skip one is held back
-//   until the replay that fills the gap.
+//   durable events missed while offline arrive after reconnecting, in order, once: it
+//   connects with `?after=<seq>` (the server replays, then goes on live, in order), or
+//   sends `resume` when the server does not confirm that in its hello. Events are handed
+//   over strictly in seq order: those at or below the last seq are dropped, and an event
+//   that would skip one is held back until the replay that fills the gap.
+// - Sends the token in an Authorization header where the WebSocket can (Node.js), in
+//   `?token=` where it cannot (browsers): `tokenIn`.
 // - Sends wait in an outbox until the server acknowledges them, each with a
 //   `client_msg_id`; after a reconnect they are sent again with the same id (the server
 //   stores a message once per id), one at a time, in the order they were made, so a
 //   conversation shows them in that order.
+// - Requests made while offline wait for the next connection (at most `maxWaiting`);
+//   `typing` never does: it would be stale by then.
 // - Refreshes the token in place (`auth`) when the server says it is expiring, and
 //   reconnects with a fresh token after a 1008 close.
 // - Emits 'resync' when the server can no longer replay what was missed (the stream was
@@ -23,6 +29,7 @@ const DEFAULT_REQUEST_TIMEOUT_MS = 15000;
 const DEFAULT_CONNECT_TIMEOUT_MS = 15000;
 const DEFAULT_HEARTBEAT_MS = 30000;
 const DEFAULT_MAX_OUTBOX = 1000;
+const DEFAULT_MAX_WAITING = 1000;
 const DEFAULT_MAX_FRAME_BYTES = 65536;
 const DEFAULT_BACKOFF = { initialMs: 500, maxMs: 30000 };
 
@@ -37,6 +44,13 @@ const CLOSE_MIN_ATTEMPT = { 1002: 3, 1007: 3, 1009: 3, 1011: 1, 1013: 3 };
 /** Errors after which a request may be sent again unchanged. */
 const RETRYABLE = new Set(['unavailable', 'rate_limited']);
 
+/**
+ * Request types that mean something only on the connection they are made on: never kept
+ * for the next one. A `typing` start sent after a reconnect would announce typing that
+ * ended with the old session (the server ends a closed session's typing itself).
+ */
+const CONNECTION_BOUND = new Set(['typing']);
+
 /** Request types whose repetition changes nothing more (safe to resend after a drop). */
 const IDEMPOTENT = new Set([
   'resume', 'history', 'conversations', 'members', 'group_add', 'group_remove',
@@ -48,7 +62,7 @@ export class PgChatError extends Error {
   /**
    * @param {string} code a protocol error code (`unavailable`, `forbidden`, …) or one of
    *   this client's: `closed`, `bad_frame`, `timeout`, `disconnected`, `outbox_full`,
-   *   `too_large` (checked locally), `store`, `listener`, `token`.
+   *   `queue_full`, `too_large` (checked locally), `store`, `listener`, `token`.
    * @param {string} message
    * @param {{frame?: unknown, retryAfterMs?: number, cause?: unknown}} [extra]
    */
@@ -137,6 +151,37 @@ const DURABLE_SHAPES = {
 
 const utf8Length = (s) => new TextEncoder().encode(s).length;
 
+/**
+ * The user a JWT names (`sub`), unverified, or null for anything else. Only a hint, to find
+ * the stored position to connect from before the hello says whose socket this is: a hello
+ * for someone else makes the client resume that user's own position instead.
+ */
+function tokenSubject(token) {
+  const parts = isString(token) ? token.split('.') : [];
+  if (parts.length !== 3) return null;
+  try {
+    const b64 = parts[1].replace(/-/g, '+').replace(/_/g, '/');
+    const bytes = Uint8Array.from(atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4)), (c) => c.charCodeAt(0));
+    const claims = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
+    return isObject(claims) && isString(claims.sub) && claims.sub ? claims.sub : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Whether the WebSocket of this platform takes handshake headers, as
+ * `new WebSocket(url, { headers })`: Node.js's own (undici, in every Node that has one)
+ * and the `ws` package do, and so does Bun's. Browsers cannot set headers on a WebSocket
+ * (anything with a `document` counts as one, an Electron renderer included), nor can Deno
+ * without an unstable flag.
+ */
+function platformTakesHeaders() {
+  const g = globalThis;
+  if (g.document !== undefined || g.Deno !== undefined) return false;
+  return isString(g.process?.versions?.node);
+}
+
 export class PgChat {
   // Options.
   #url;
@@ -152,8 +197,11 @@ export class PgChat {
   #connectTimeoutMs;
   #heartbeatMs;
   #maxOutbox;
+  #maxWaiting;
   #maxFrameBytes;
   #storePrefix;
+  /** Whether the token goes in an Authorization header (else in ?token=). */
+  #tokenInHeader;
 
   // Connection.
   #state = 'idle';
@@ -174,6 +222,18 @@ export class PgChat {
   /** This connection's resume: a second `resync_required` in a row reconnects. */
   #resyncs = 0;
   #resumeRetryTimer = null;
+  /**
+   * The position this connection asked to start from (`?after=`): { user, after }, after
+   * null when nothing was known (the session starts at the hello's head). Null when the
+   * user was unknown before the hello.
+   */
+  #asked = null;
+  /**
+   * What a ref-less `resync_required` as the first frame after the hello means (the
+   * server refusing `?after=`): 'resync' when the hello confirmed `after`; 'ignore' when
+   * a `resume` went out anyway (its answer decides); null when no `after` was asked.
+   */
+  #afterRefusal = null;
 
   // Stream position.
   #user = null;
@@ -185,7 +245,7 @@ export class PgChat {
   #nextRef = 1;
   /** ref → pending entry (requests and sends in flight on the current socket). */
   #inflight = new Map();
-  /** Non-send requests waiting for a connection (or for their retry). */
+  /** Non-send requests waiting for a connection (or for their retry); maxWaiting at most. */
   #waiting = [];
   /** Sends not yet acknowledged, in the order they were made. */
   #outbox = [];
@@ -233,6 +293,15 @@ export class PgChat {
     this.#connectTimeoutMs = options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
     this.#heartbeatMs = options.heartbeatMs ?? DEFAULT_HEARTBEAT_MS;
     this.#maxOutbox = options.maxOutbox ?? DEFAULT_MAX_OUTBOX;
+    this.#maxWaiting = options.maxWaiting ?? DEFAULT_MAX_WAITING;
+    if (typeof this.#maxWaiting !== 'number' || !(this.#maxWaiting >= 0)) {
+      throw new TypeError('PgChat: options.maxWaiting must be a number >= 0 (Infinity: unbounded)');
+    }
+    const tokenIn = options.tokenIn ?? 'auto';
+    if (tokenIn !== 'auto' && tokenIn !== 'header' && tokenIn !== 'query') {
+      throw new TypeError("PgChat: options.tokenIn must be 'auto', 'header' or 'query'");
+    }
+    this.#tokenInHeader = tokenIn === 'header' || (tokenIn === 'auto' && platformTakesHeaders());
     this.#maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
     this.#storePrefix = options.storeKeyPrefix ?? 'pgchat:lastSeq:';
   }
@@ -351,13 +420,28 @@ export class PgChat {
       return;
     }
     this.#sessionToken = token;
+    // Where to start: with `?after=` the server replays what was missed before any live
+    // event, in order, with no `resume` (shared PROTOCOL.md v1.2); a server that predates
+    // it ignores the parameter, and the hello says which it was.
+    const user = tokenSubject(token) ?? this.#user;
+    const asked = user === null ? null : { user, after: await this.#positionOf(user) };
+    if (this.#state === 'closed') return;
     const url = new URL(this.#url);
-    url.searchParams.set('token', token);
+    if (asked?.after !== null && asked?.after !== undefined) url.searchParams.set('after', String(asked.after));
     let ws;
     try {
-      ws = new this.#WebSocket(url.toString());
+      if (this.#tokenInHeader) {
+        // Out of the URL, the token stays out of proxies' and servers' access logs.
+        ws = new this.#WebSocket(url.toString(), { headers: { Authorization: `Bearer ${token}` } });
+      } else {
+        url.searchParams.set('token', token);
+        ws = new this.#WebSocket(url.toString());
+      }
     } catch (e) {
-      this.#emit('error', new PgChatError('closed', `cannot open a WebSocket: ${e?.message ?? e}`, { cause: e }));
+      const how = this.#tokenInHeader
+        ? " with the token in an Authorization header (tokenIn: pass 'query' if this WebSocket cannot take { headers })"
+        : '';
+      this.#emit('error', new PgChatError('closed', `cannot open a WebSocket${how}: ${e?.message ?? e}`, { cause: e }));
       this.#scheduleReconnect('cannot open a WebSocket');
       return;
     }
@@ -365,6 +449,8 @@ export class PgChat {
     this.#hello = null;
     this.#resumed = false;
     this.#resyncs = 0;
+    this.#asked = asked;
+    this.#afterRefusal = null;
     this.#inbox = [];
     this.#lastFrameAt = Date.now();
     ws.addEventListener('message', (e) => { if (ws === this.#ws) this.#receive(e.data); });
@@ -395,6 +481,8 @@ export class PgChat {
     this.#ws = null;
     this.#hello = null;
     this.#resumed = false;
+    this.#asked = null;
+    this.#afterRefusal = null;
     this.#inbox = [];
     clearTimeout(this.#connectTimer);
     clearTimeout(this.#resumeRetryTimer);
@@ -439,12 +527,13 @@ export class PgChat {
     for (const entry of this.#inflight.values()) {
       if (entry.kind === 'send') {
         entry.ref = null; // retried with the same client_msg_id after the next resume
-      } else if (entry.internal) {
-        // resume, auth, heartbeat pings, presence re-subscriptions: redone per connection.
+      } else if (entry.bound) {
+        // resume, auth, heartbeat pings, presence re-subscriptions: redone per connection;
+        // typing: stale on the next one.
         this.#settle(entry, new PgChatError('disconnected', `the connection dropped before '${entry.type}' was answered`));
       } else if (entry.idempotent) {
         entry.ref = null;
-        this.#waiting.push(entry);
+        this.#wait(entry);
       } else {
         this.#settle(entry, new PgChatError('disconnected', `the connection dropped before '${entry.type}' was answered: its outcome is unknown`));
       }
@@ -551,24 +640,26 @@ export class PgChat {
     }
     this.#user = frame.user;
     this.#hello = frame;
+    const asked = this.#asked?.user === frame.user ? this.#asked : null;
     if (this.#lastSeq < 0) {
-      let stored = null;
-      try {
-        stored = await this.#store.get(this.storeKey);
-      } catch (e) {
-        this.#emit('error', new PgChatError('store', `store.get failed: ${e?.message ?? e}`, { cause: e }));
-      }
+      // Found before connecting if the token named this user; else from the store now.
+      const after = asked ? asked.after : await this.#positionOf(frame.user);
       if (ws !== this.#ws) return;
-      const n = stored === null || stored === undefined ? NaN : Number(stored);
-      if (isSeq(n)) this.#lastSeq = n;
-      else this.#lastSeq = this.#startAt === 'head' ? frame.head : this.#startAt;
+      this.#lastSeq = after ?? frame.head;
     }
     if (this.#lastSeq > frame.head) {
       // The position belongs to another database (or a stream that was reset).
       this.#resync(frame.head, 'the stored position is beyond the server\'s head');
     }
+    // The server started this session from where the client is (`?after=`): what follows
+    // is the replay, then live events, in order. Anything else (an older server ignores
+    // the parameter; the position moved or was someone else's): resume, as in v1.
+    const streaming = asked !== null && asked.after !== null && frame.after === asked.after &&
+      this.#lastSeq === asked.after;
     this.#emit('hello', frame);
-    this.#sendResume();
+    this.#afterRefusal = streaming ? 'resync' : asked?.after != null ? 'ignore' : null;
+    if (streaming) this.#opened(ws, frame.head);
+    else this.#sendResume();
     if (this.#heartbeatMs > 0) {
       clearInterval(this.#heartbeatTimer);
       this.#heartbeatTimer = setInterval(() => this.#heartbeat(), this.#heartbeatMs);
@@ -580,18 +671,7 @@ export class PgChat {
     const ws = this.#ws;
     // No timeout of its own: the connect timer watches for progress. Handled as its reply
     // is read, not a microtask later: frames read in the same tick come after the resume.
-    const onSettle = (e, ok) => (e ? failed(e) : resumed(ok));
-    const resumed = (ok) => {
-      if (ws !== this.#ws) return;
-      this.#resumed = true;
-      this.#resyncs = 0;
-      this.#attempt = 0;
-      clearTimeout(this.#connectTimer);
-      this.#connectTimer = null;
-      this.#setState('open', { head: ok.head });
-      for (const w of this.#connectWaiters.splice(0)) w.resolve();
-      this.#afterResume();
-    };
+    const onSettle = (e, ok) => (e ? failed(e) : this.#opened(ws, ok.head));
     const failed = (e) => {
       if (ws !== this.#ws) return;
       if (e.code === 'resync_required' && this.#resyncs++ === 0) {
@@ -605,8 +685,38 @@ export class PgChat {
         this.#drop(4000, `resume failed: ${e.code}`);
       }
     };
-    this.#request('resume', { after: this.#lastSeq }, { internal: true, early: true, timeoutMs: 0, onSettle })
+    this.#request('resume', { after: this.#lastSeq }, { bound: true, early: true, timeoutMs: 0, onSettle })
       .catch(() => { /* handled by onSettle */ });
+  }
+
+  /** The connection `ws` is resumed (streaming from the client's position): open. */
+  #opened(ws, head) {
+    if (ws !== this.#ws) return;
+    this.#resumed = true;
+    this.#resyncs = 0;
+    this.#attempt = 0;
+    clearTimeout(this.#connectTimer);
+    this.#connectTimer = null;
+    this.#setState('open', { head });
+    for (const w of this.#connectWaiters.splice(0)) w.resolve();
+    this.#afterResume();
+  }
+
+  /**
+   * Where `user`'s stream is to go on from: the position in memory, else the store's, else
+   * startAt; null for "from the hello's head" (nothing known, startAt 'head').
+   */
+  async #positionOf(user) {
+    if (user === this.#user && this.#lastSeq >= 0) return this.#lastSeq;
+    let stored = null;
+    try {
+      stored = await this.#store.get(this.#storePrefix + user);
+    } catch (e) {
+      this.#emit('error', new PgChatError('store', `store.get failed: ${e?.message ?? e}`, { cause: e }));
+    }
+    const n = stored === null || stored === undefined ? NaN : Number(stored);
+    if (isSeq(n)) return n;
+    return this.#startAt === 'head' ? null : this.#startAt;
   }
 
   #resync(head, reason) {
@@ -621,7 +731,7 @@ export class PgChat {
     if (this.#watching.size) {
       const users = [...this.#watching];
       const ws = this.#ws;
-      this.#request('presence_subscribe', { users }, { internal: true }).then((ok) => {
+      this.#request('presence_subscribe', { users }, { bound: true }).then((ok) => {
         if (ws !== this.#ws || !Array.isArray(ok.presence)) return;
         for (const p of ok.presence) {
           if (isObject(p) && isString(p.user)) this.#emit('presence', { type: 'presence', ...p });
@@ -636,7 +746,7 @@ export class PgChat {
     if (!this.#resumed || this.#pinging || Date.now() - this.#lastFrameAt < this.#heartbeatMs) return;
     const ws = this.#ws;
     this.#pinging = true;
-    this.#request('ping', {}, { internal: true, timeoutMs: Math.max(1000, this.#heartbeatMs / 2) })
+    this.#request('ping', {}, { bound: true, timeoutMs: Math.max(1000, this.#heartbeatMs / 2) })
       .catch((e) => { if (ws === this.#ws && e.code === 'timeout') this.#drop(4000, 'heartbeat: no reply'); })
       .finally(() => { this.#pinging = false; });
   }
@@ -644,6 +754,16 @@ export class PgChat {
   #onFrame(frame) {
     if (!this.#hello) {
       this.#badFrame(`a '${frame.type}' frame before the hello`, frame);
+      return;
+    }
+    const refusal = this.#afterRefusal;
+    this.#afterRefusal = null;
+    if (refusal && frame.type === 'error' && !('ref' in frame) && frame.code === 'resync_required') {
+      if (refusal === 'ignore') return;
+      // `?after=` was older than the retained stream: as when `resume` answers so, the
+      // application reloads, and the stream goes on from this connection's head.
+      this.#resync(this.#hello.head, isString(frame.message) ? frame.message : 'resync_required');
+      this.#replayFrom(this.#lastSeq);
       return;
     }
     switch (frame.type) {
@@ -684,8 +804,9 @@ export class PgChat {
     }
     if (seq > this.#lastSeq + 1) {
       // A gap: before the resume is answered, live events from the hello's head come
-      // ahead of the replay that fills it; they are sent again after it. After, the
-      // server never skips: ask it to replay from where we are.
+      // ahead of the replay that fills it; they are sent again after it. After (and from
+      // the hello on, for a session started with `?after=`), the server never skips: ask
+      // it to replay from where we are.
       this.#stats.heldBack++;
       if (this.#resumed) this.#replayFrom(this.#lastSeq);
       return;
@@ -712,7 +833,7 @@ export class PgChat {
     if (this.#replaying) return;
     this.#replaying = true;
     const ws = this.#ws;
-    this.#request('resume', { after }, { internal: true, early: true })
+    this.#request('resume', { after }, { bound: true, early: true })
       .catch((e) => {
         if (ws !== this.#ws) return;
         if (e.code === 'resync_required') {
@@ -760,7 +881,7 @@ export class PgChat {
           if (ws !== this.#ws) return;
           // The same token again extends nothing (and would only re-arm the notice).
           if (token !== this.#sessionToken) {
-            await this.#request('auth', { token }, { internal: true, early: true, timeoutMs: Math.max(1000, Math.min(this.#requestTimeoutMs, expiresInMs)) });
+            await this.#request('auth', { token }, { bound: true, early: true, timeoutMs: Math.max(1000, Math.min(this.#requestTimeoutMs, expiresInMs)) });
             if (ws !== this.#ws) return;
             this.#sessionToken = token;
             this.#emit('token_refreshed', {});
@@ -783,14 +904,18 @@ export class PgChat {
   // ---- Requests --------------------------------------------------------------------
 
   /**
-   * One request. `internal`: belongs to this connection (never re-sent on another);
-   * `early`: may go before the resume is answered.
+   * One request. `bound`: belongs to this connection (never sent on another: if there is
+   * none, or it drops first, the request rejects with 'disconnected'); `early`: may go
+   * before the resume is answered.
    */
-  #request(type, fields, { internal = false, early = false, idempotent, timeoutMs = this.#requestTimeoutMs, onSettle } = {}) {
+  #request(type, fields, {
+    bound = CONNECTION_BOUND.has(type), early = CONNECTION_BOUND.has(type), idempotent,
+    timeoutMs = this.#requestTimeoutMs, onSettle,
+  } = {}) {
     if (this.#state === 'closed') return Promise.reject(new PgChatError('closed', 'the client was closed'));
     return new Promise((resolve, reject) => {
       const entry = {
-        kind: 'request', type, fields, resolve, reject, internal, early, ref: null, done: false, onSettle,
+        kind: 'request', type, fields, resolve, reject, bound, early, ref: null, done: false, onSettle,
         idempotent: idempotent ?? (IDEMPOTENT.has(type) || (type === 'group_create' && fields.client_op_id !== undefined) || (type === 'send' && fields.client_msg_id !== undefined)),
         timer: null,
       };
@@ -803,8 +928,8 @@ export class PgChat {
         }, timeoutMs);
       }
       if (this.#ws && (this.#resumed || (early && this.#hello))) this.#transmit(entry);
-      else if (internal) this.#settle(entry, new PgChatError('disconnected', 'not connected'));
-      else this.#waiting.push(entry);
+      else if (bound) this.#settle(entry, notConnected(type));
+      else this.#wait(entry);
     });
   }
 
@@ -827,12 +952,22 @@ export class PgChat {
       return;
     }
     if (!this.#rawSend(text)) {
-      if (entry.internal) this.#settle(entry, new PgChatError('disconnected', 'not connected'));
-      else this.#waiting.push(entry);
+      if (entry.bound) this.#settle(entry, notConnected(entry.type));
+      else this.#wait(entry);
       return;
     }
     entry.ref = ref;
     this.#inflight.set(ref, entry);
+  }
+
+  /** Queues a request for the next connection, if fewer than maxWaiting wait already. */
+  #wait(entry) {
+    if (entry.done) return;
+    if (this.#waiting.length >= this.#maxWaiting) {
+      this.#settle(entry, new PgChatError('queue_full', `${this.#waiting.length} requests wait for a connection already (maxWaiting ${this.#maxWaiting}): '${entry.type}' was not queued; try again once connected`));
+      return;
+    }
+    this.#waiting.push(entry);
   }
 
   #rawSend(text) {
@@ -871,7 +1006,7 @@ export class PgChat {
     }
     const error = replyError(frame);
     if (error.code === 'rate_limited' || (error.code === 'unavailable' && entry.idempotent)) {
-      if (entry.internal) {
+      if (entry.bound) {
         this.#settle(entry, error);
         return;
       }
@@ -880,7 +1015,7 @@ export class PgChat {
       setTimeout(() => {
         if (entry.done) return;
         if (this.#resumed) this.#transmit(entry);
-        else this.#waiting.push(entry);
+        else this.#wait(entry);
       }, delay);
       return;
     }
@@ -1030,6 +1165,11 @@ export class PgChat {
   ping() {
     return this.#request('ping', {}).then(() => undefined);
   }
+}
+
+function notConnected(type) {
+  const why = CONNECTION_BOUND.has(type) ? `: '${type}' is not kept for the next connection (it would be stale by then)` : '';
+  return new PgChatError('disconnected', `not connected${why}`);
 }
 
 function replyError(frame) {

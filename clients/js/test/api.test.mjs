@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
 import { PgChat, PgChatError } from '../pgchat.js';
-import { Server, client, mintToken, record, track, uniqueUser, waitFor } from './helpers.mjs';
+import { Proxy, Server, client, mintToken, record, track, uniqueUser, waitFor } from './helpers.mjs';
 
 const server = new Server({ PGCHAT_PRESENCE_GRACE_MS: '200' });
 before(() => server.start());
@@ -158,4 +158,38 @@ test('the options are checked, and close() is final', async () => {
   await assert.rejects(chat.send({ to: 'x' }, 'late'), (e) => e.code === 'closed');
   await assert.rejects(chat.connect(), (e) => e.code === 'closed');
   await assert.rejects(chat.conversations(), (e) => e.code === 'closed');
+});
+
+test('requests waiting for a connection are bounded (maxWaiting) even with no timeout; past it they reject with queue_full', async (t) => {
+  const user = uniqueUser('queue');
+  // Not connected yet, requestTimeoutMs 0: nothing would ever take these out but a connection.
+  const chat = client(server, user, { requestTimeoutMs: 0, maxWaiting: 3 });
+  const waiting = [chat.ping(), chat.ping(), chat.conversations()];
+  await assert.rejects(chat.ping(), (e) => e instanceof PgChatError && e.code === 'queue_full' && /maxWaiting/.test(e.message));
+  await assert.rejects(chat.typing('d1', 'stop'), (e) => e.code === 'disconnected', 'typing never waits (and takes no place)');
+  await chat.connect();
+  const [, , list] = await Promise.all(waiting);
+  assert.deepEqual(list, []);
+  chat.close();
+
+  // The default is 1000.
+  const lazy = track(new PgChat({ url: server.url, token: mintToken(uniqueUser('lazy')), requestTimeoutMs: 0 }));
+  const thousand = Array.from({ length: 1000 }, () => lazy.ping());
+  await assert.rejects(lazy.ping(), (e) => e.code === 'queue_full');
+  lazy.close();
+  const settled = await Promise.allSettled(thousand);
+  assert.ok(settled.every((r) => r.status === 'rejected' && r.reason.code === 'closed'), 'close() rejects what waited');
+  assert.throws(() => new PgChat({ url: server.url, token: 't', maxWaiting: -1 }), TypeError);
+
+  // Requests in flight when the socket drops go back to the queue: the bound holds there too.
+  const proxy = await new Proxy(server).start();
+  t.after(() => proxy.close());
+  const cut = client(proxy, uniqueUser('cut'), { requestTimeoutMs: 0, maxWaiting: 2 });
+  await cut.connect();
+  proxy.freeze();
+  const inFlight = [cut.conversations(), cut.conversations(), cut.conversations()];
+  proxy.cut();
+  const outcomes = await Promise.allSettled(inFlight);
+  assert.deepEqual(outcomes.map((r) => r.status === 'fulfilled' ? 'ok' : r.reason.code), ['ok', 'ok', 'queue_full']);
+  cut.close();
 });

@@ -1,6 +1,8 @@
 // What pgchat itself never does, so a real server cannot show it: malformed frames (the
 // client reports each as an 'error', code 'bad_frame', and carries on), a bad hello, a
-// server that upgrades and then says nothing, and the close codes' backoff policy.
+// server that upgrades and then says nothing, the close codes' backoff policy, and (until
+// pgchat has it) a session started with `?after=`, confirmed in the hello or refused with
+// `resync_required`. Also what a server sees of the token (header or query).
 //
 // NOTE: the server in this file is NOT pgchat. It is a tiny WebSocket server written here
 // with node:http's upgrade and raw RFC 6455 framing, to test the CLIENT's parser and
@@ -82,8 +84,8 @@ class RawConnection {
   text(s) { this.frame(1, Buffer.from(typeof s === 'string' ? s : JSON.stringify(s), 'utf8')); }
   binary(bytes) { this.frame(2, Buffer.from(bytes)); }
 
-  hello(user, head = 0) {
-    this.text({ type: 'hello', user, session: 's', worker: 'fake', head, server_time: new Date().toISOString() });
+  hello(user, head = 0, extra = {}) {
+    this.text({ type: 'hello', user, session: 's', worker: 'fake', head, server_time: new Date().toISOString(), ...extra });
   }
 
   /** Answers the client's resume (asserting it is one) with `head`. */
@@ -103,6 +105,8 @@ async function fakeServer(scripts) {
     const accept = createHash('sha1').update(req.headers['sec-websocket-key'] + GUID).digest('base64');
     socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
     const conn = new RawConnection(socket);
+    // The request line's target and the headers, as the server received them.
+    conn.request = { target: req.url, headers: req.headers };
     connections.push(conn);
     const script = scripts.shift();
     if (script) script(conn).catch((e) => { conn.error = e; });
@@ -114,6 +118,10 @@ async function fakeServer(scripts) {
     close: () => { for (const c of connections) c.socket.destroy(); server.close(); },
   };
 }
+
+/** A JWT-shaped token naming `sub` (unsigned: this server checks nothing). */
+const jwt = (sub) => [{ alg: 'HS256', typ: 'JWT' }, { sub, exp: 4102444800 }]
+  .map((part) => Buffer.from(JSON.stringify(part)).toString('base64url')).join('.') + '.c2ln';
 
 const message = (seq, id, body) => ({
   type: 'message', seq,
@@ -294,4 +302,136 @@ test('ordering: live events ahead of the replay are held back, and a gap after t
   assert.equal(chat.stats.duplicates, 1, "the last 'eight'");
   assert.equal(store.get('pgchat:lastSeq:mallory'), '8');
   chat.close();
+});
+
+test('?after=: a hello that confirms it needs no resume; the replay, then live events, in order; the next connection asks from where this one stopped', async (t) => {
+  const token = jwt('mallory');
+  const requests = [];
+  const firstFrames = [];
+  const fake = await fakeServer([
+    async (conn) => {
+      requests.push(conn.request);
+      conn.hello('mallory', 5, { after: 2 });
+      // The session streams from 2: the replay (3..5), then a live event.
+      for (const n of [3, 4, 5, 6]) conn.text(message(n, n, `m${n}`));
+      const ping = await conn.next(); // the client's first frame on this socket
+      firstFrames.push(ping.type);
+      conn.text({ type: 'ok', ref: ping.ref });
+      conn.close(1001, 'going away');
+    },
+    async (conn) => {
+      requests.push(conn.request);
+      conn.hello('mallory', 6, { after: 6 });
+      conn.text(message(7, 7, 'm7'));
+      const ping = await conn.next();
+      firstFrames.push(ping.type);
+      conn.text({ type: 'ok', ref: ping.ref });
+    },
+  ]);
+  t.after(() => fake.close());
+  const store = new MemoryStore();
+  store.set('pgchat:lastSeq:mallory', '2');
+  const chat = track(new PgChat({ url: fake.url, token, store, backoff: { initialMs: 10, maxMs: 50 } }));
+  const got = [];
+  chat.on('message', (m) => got.push(m.body));
+  const states = [];
+  chat.on('state', (s) => states.push(s.state));
+  await chat.connect();
+  await waitFor(() => got.length === 4, 'the replay and the live event');
+  await chat.ping();
+  await waitFor(() => chat.state === 'open' && fake.connections.length === 2 && got.length === 5, 'the second connection');
+  await chat.ping();
+
+  assert.deepEqual(got, ['m3', 'm4', 'm5', 'm6', 'm7']);
+  assert.deepEqual(firstFrames, ['ping', 'ping'], 'no resume on either connection');
+  // The first connection knew the user from the token's sub, so it asked from the store's
+  // position; the second from the last seq handed over.
+  assert.deepEqual(requests.map((r) => r.target), ['/ws?after=2', '/ws?after=6']);
+  for (const r of requests) {
+    assert.ok(!r.target.includes('token'), `no token in the request line: ${r.target}`);
+    assert.equal(r.headers.authorization, `Bearer ${token}`, 'Node: the token in the Authorization header');
+  }
+  assert.equal(chat.stats.heldBack, 0, 'nothing arrived ahead of its turn');
+  assert.deepEqual(states, ['connecting', 'open', 'reconnecting', 'connecting', 'open']);
+  assert.equal(store.get('pgchat:lastSeq:mallory'), '7');
+  chat.close();
+});
+
+test('?after= refused: resync_required right after the hello is a resync, then a resume from the head', async (t) => {
+  const asked = [];
+  const fake = await fakeServer([async (conn) => {
+    asked.push(conn.request.target);
+    conn.hello('mallory', 9, { after: 2 });
+    conn.text({ type: 'error', code: 'resync_required', message: 'events after seq 2 were pruned: reload' });
+    const resume = await conn.next();
+    asked.push(resume);
+    conn.text(message(10, 10, 'ten'));
+    conn.text({ type: 'ok', ref: resume.ref, head: 10 });
+    const ping = await conn.next();
+    conn.text({ type: 'ok', ref: ping.ref });
+  }]);
+  t.after(() => fake.close());
+  const store = new MemoryStore();
+  store.set('pgchat:lastSeq:mallory', '2');
+  const chat = track(new PgChat({ url: fake.url, token: jwt('mallory'), store }));
+  const resyncs = [];
+  chat.on('resync', (r) => resyncs.push(r));
+  const errors = [];
+  chat.on('error', (e) => errors.push(e));
+  const got = [];
+  chat.on('message', (m) => got.push(m.body));
+  await chat.connect();
+  await waitFor(() => got.length === 1, 'the event after the head');
+  await chat.ping();
+  assert.equal(asked[0], '/ws?after=2');
+  assert.equal(asked[1].type, 'resume');
+  assert.equal(asked[1].after, 9, "from the hello's head");
+  assert.deepEqual(resyncs.map((r) => [r.head, r.reason]), [[9, 'events after seq 2 were pruned: reload']]);
+  assert.deepEqual(errors, [], 'the refusal is the resync, not an error');
+  assert.deepEqual(got, ['ten']);
+  assert.equal(chat.lastSeq, 10);
+  assert.equal(store.get('pgchat:lastSeq:mallory'), '10');
+  chat.close();
+});
+
+test('?after= not confirmed (a hello without after, or with another seq): resume, as in v1', async (t) => {
+  const resumes = [];
+  const fake = await fakeServer([
+    async (conn) => {
+      conn.hello('mallory', 8, { after: 3 }); // not what was asked
+      resumes.push([conn.request.target, (await conn.answerResume(8)).after]);
+      conn.close(1001);
+    },
+    async (conn) => {
+      conn.hello('mallory', 8); // a server that ignores ?after=
+      resumes.push([conn.request.target, (await conn.answerResume(8)).after]);
+    },
+  ]);
+  t.after(() => fake.close());
+  const store = new MemoryStore();
+  store.set('pgchat:lastSeq:mallory', '4');
+  const chat = track(new PgChat({ url: fake.url, token: jwt('mallory'), store, startAt: 0, backoff: { initialMs: 10, maxMs: 50 } }));
+  await chat.connect();
+  await waitFor(() => resumes.length === 2 && chat.state === 'open', 'the second connection resumed');
+  assert.deepEqual(resumes, [['/ws?after=4', 4], ['/ws?after=4', 4]]);
+  chat.close();
+});
+
+test("tokenIn: 'query' puts the token in ?token=; 'header' and 'auto' (in Node) in Authorization only", async (t) => {
+  const answer = async (conn) => { conn.hello('mallory', 0); await conn.answerResume(0); };
+  const fake = await fakeServer([answer, answer, answer]);
+  t.after(() => fake.close());
+  const token = 'x.y.z'; // names no user: nothing is known before the hello, so no ?after=
+  for (const tokenIn of ['query', 'header', undefined]) {
+    const chat = track(new PgChat({ url: fake.url, token, ...(tokenIn ? { tokenIn } : {}) }));
+    await chat.connect();
+    chat.close();
+  }
+  const seen = fake.connections.map((c) => [c.request.target, c.request.headers.authorization]);
+  assert.deepEqual(seen, [
+    [`/ws?token=${token}`, undefined],
+    ['/ws', `Bearer ${token}`],
+    ['/ws', `Bearer ${token}`],
+  ]);
+  assert.throws(() => new PgChat({ url: fake.url, token, tokenIn: 'cookie' }), TypeError);
 });

@@ -260,11 +260,15 @@ export class Proxy {
   }
 }
 
-/** A WebSocket that logs what it sends and receives, with times (for options.WebSocket). */
+/**
+ * A WebSocket that logs what it opens (the URL and the second argument: the headers, if the
+ * client passed any), sends and receives, with times (for options.WebSocket).
+ */
 export function spyWebSocket(log) {
   return class SpyWebSocket extends globalThis.WebSocket {
     constructor(url, protocols) {
       super(url, protocols);
+      log.push({ t: performance.now(), dir: 'open', url: String(url), init: protocols });
       this.addEventListener('message', (e) => log.push({ t: performance.now(), dir: 'in', frame: safeParse(e.data) }));
     }
     send(data) {

@@ -1,11 +1,13 @@
 // Reconnecting (backoff with full jitter), resuming after a disconnect (what was sent
-// meanwhile arrives after reconnecting, in order, once) and dropping duplicates by seq.
+// meanwhile arrives after reconnecting, in order, once; asked for with ?after= at connect,
+// and with resume where the server does not confirm that), dropping duplicates by seq, and
+// no stale typing after a reconnect.
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
-import { backoffDelay } from '../pgchat.js';
-import { Proxy, Server, client, fullHistory, messages, uniqueUser, waitFor } from './helpers.mjs';
+import { MemoryStore, backoffDelay } from '../pgchat.js';
+import { Proxy, Server, client, fullHistory, messages, sleep, spyWebSocket, uniqueUser, waitFor } from './helpers.mjs';
 
 const server = new Server({ PGCHAT_RATE_LIMIT_PER_SEC: '100000', PGCHAT_RATE_LIMIT_BURST: '100000' });
 before(() => server.start());
@@ -168,4 +170,102 @@ test('a connection that silently stops carrying frames is found by the heartbeat
   alice.close();
   bob.close();
   proxy.close();
+});
+
+/** The spy's log cut into connections: each from its 'open' on, with the hello if it came. */
+function connections(wire) {
+  const list = [];
+  for (const w of wire) {
+    if (w.dir === 'open') list.push({ url: new URL(w.url), init: w.init, frames: [] });
+    else list.at(-1).frames.push(w);
+  }
+  for (const c of list) c.hello = c.frames.find((w) => w.dir === 'in' && w.frame.type === 'hello')?.frame;
+  return list;
+}
+
+test('each (re)connect asks for ?after=<last seq>, with the token in a header; resume only where the hello does not confirm it', async (t) => {
+  const [a, b] = [uniqueUser('alice'), uniqueUser('bob')];
+  const proxy = await new Proxy(server).start();
+  t.after(() => proxy.close());
+  const wire = [];
+  const store = new MemoryStore();
+  const alice = client(server, a);
+  const bob = client(proxy, b, { WebSocket: spyWebSocket(wire), store });
+  const seen = messages(bob);
+  await Promise.all([alice.connect(), bob.connect()]);
+  const { conversation } = await alice.send({ to: b }, 'one');
+  await alice.send({ conversation }, 'two');
+  await waitFor(() => seen.length === 2, 'two messages');
+  const cutAt = bob.lastSeq;
+  proxy.refuse(true);
+  await waitFor(() => bob.state === 'reconnecting', 'bob cut off');
+  await alice.send({ conversation }, 'three');
+  await sleep(100); // a few refused attempts
+  proxy.refuse(false);
+  await waitFor(() => seen.length === 3 && bob.state === 'open', "'three', after the reconnect");
+  bob.close();
+  // A new instance on the same store knows the user from the token: it asks at once.
+  const wire2 = [];
+  const again = client(proxy, b, { WebSocket: spyWebSocket(wire2), store });
+  await again.connect();
+  await again.ping();
+  again.close();
+
+  const all = [...connections(wire), ...connections(wire2)];
+  const afters = all.map((c) => c.url.searchParams.get('after'));
+  assert.equal(afters[0], null, 'a first start with nothing stored asks for nothing (live from the head)');
+  assert.ok(afters.slice(1, -1).every((x) => x === String(cutAt)), `reconnects from ${cutAt}: ${afters}`);
+  assert.equal(afters.at(-1), String(cutAt + 1), 'the new instance from the stored seq');
+  for (const c of all) {
+    assert.ok(!c.url.search.includes('token'), `no token in the URL: ${c.url}`);
+    assert.match(c.init?.headers?.Authorization ?? '', /^Bearer [\w-]+\.[\w-]+\.[\w-]+$/);
+  }
+  const opened = all.filter((c) => c.hello);
+  assert.ok(opened.length >= 3);
+  for (const c of opened) {
+    const asked = c.url.searchParams.get('after');
+    const resumes = c.frames.filter((w) => w.dir === 'out' && w.frame.type === 'resume').map((w) => w.frame.after);
+    if (asked !== null && c.hello.after === Number(asked)) assert.deepEqual(resumes, [], 'the hello confirmed ?after=: no resume');
+    else assert.deepEqual(resumes, [asked === null ? c.hello.head : Number(asked)], 'no confirmation: resume from the same seq');
+  }
+  t.diagnostic(`hellos ${opened.map((c) => ('after' in c.hello ? `confirmed after=${c.hello.after}` : 'without after')).join(', ')}`);
+  assert.deepEqual(seen.map((m) => m.body), ['one', 'two', 'three']);
+  alice.close();
+});
+
+test('no stale typing: a typing in flight when the socket drops, or made while disconnected, rejects and is never sent later', async (t) => {
+  const [a, b] = [uniqueUser('alice'), uniqueUser('bob')];
+  const proxy = await new Proxy(server).start();
+  t.after(() => proxy.close());
+  const wire = [];
+  const alice = client(proxy, a, { WebSocket: spyWebSocket(wire) });
+  const bob = client(server, b);
+  await Promise.all([alice.connect(), bob.connect()]);
+  const { conversation } = await alice.send({ to: b }, 'hi');
+  const typing = [];
+  bob.on('typing', (e) => typing.push(e));
+
+  proxy.freeze(); // alice's frames stop on the way: her typing is in flight
+  const inFlight = alice.typing(conversation, 'start');
+  await waitFor(() => wire.some((w) => w.dir === 'out' && w.frame.type === 'typing'), 'the typing on the wire');
+  const waiting = alice.history(conversation); // a request that does wait for the next connection
+  proxy.cut();
+  await assert.rejects(inFlight, (e) => e.code === 'disconnected');
+  assert.notEqual(alice.state, 'open');
+  await assert.rejects(alice.typing(conversation, 'start'), (e) => e.code === 'disconnected' && /not kept/.test(e.message),
+    'made while disconnected: rejected at once');
+  await waitFor(() => alice.state === 'open', 'alice back');
+  assert.deepEqual((await waiting).map((m) => m.body), ['hi'], 'the history request went on the new connection');
+  await alice.ping();
+  await bob.ping();
+  await sleep(200);
+  const after = connections(wire).at(-1).frames.filter((w) => w.dir === 'out').map((w) => w.frame.type);
+  assert.ok(!after.includes('typing'), `nothing typing on the new connection: ${after}`);
+  assert.deepEqual(typing, [], 'bob never saw alice typing');
+
+  // Once open, typing goes as before.
+  await alice.typing(conversation, 'start');
+  await waitFor(() => typing.length === 1, 'a fresh typing reaches bob');
+  alice.close();
+  bob.close();
 });

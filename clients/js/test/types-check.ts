@@ -21,6 +21,9 @@ const chat = new PgChat({
   requestTimeoutMs: 5000,
 });
 const other: PgChat = new PgChatDefault({ url: 'ws://localhost:3000/ws', token: 'jwt', store: new MemoryStore(), startAt: 0 });
+new PgChat({ url: 'ws://localhost:3000/ws', token: 'jwt', tokenIn: 'query', maxWaiting: 100, WebSocket: globalThis.WebSocket });
+// @ts-expect-error: the token goes in a header or the query, nowhere else
+new PgChat({ url: 'ws://localhost:3000/ws', token: 'jwt', tokenIn: 'cookie' });
 new WebStorageStore({ getItem: () => null, setItem: () => {} });
 
 async function main(): Promise<void> {
@@ -66,7 +69,7 @@ async function main(): Promise<void> {
   chat.on('presence', (e) => { void e.status; void e.last_seen; });
   chat.on('event', (e: DurableEvent) => { void e.seq; });
   chat.on('state', (s: StateChange) => { if (s.state === 'reconnecting') void (s.delayMs ?? 0); });
-  chat.on('hello', (h) => { void h.head; });
+  chat.on('hello', (h) => { const from: number | undefined = h.after; void h.head; void from; });
   chat.on('token_expiring', ({ expiresInMs }) => { void expiresInMs; });
   chat.on('resync', ({ head }) => { void head; });
   const onError = (e: PgChatError) => { if (e.code === 'bad_frame') void e.frame; };
@@ -77,6 +80,7 @@ async function main(): Promise<void> {
     await chat.send({ to: 'bob' }, 'x');
   } catch (e) {
     if (e instanceof PgChatError && e.code === 'rate_limited') void e.retryAfterMs;
+    if (e instanceof PgChatError && e.code === 'queue_full') void e.message;
   }
 
   const d: number = backoffDelay(3, { initialMs: 100, maxMs: 1000 }, Math.random);
