@@ -1,6 +1,6 @@
 # pgchat in a container: built with cargo, run on Debian slim as a non-root user.
 #   docker build -t pgchat .
-#   docker run -e DATABASE_URL=postgres://… -e JWT_SECRET=… -e NODE_ENV=production -p 3000:3000 pgchat
+#   docker run -e DATABASE_URL=postgres://… -e JWT_SECRET=… -p 3000:3000 pgchat
 # docker-compose.yml starts it with PostgreSQL beside it; deploy/README.md has the rest.
 
 FROM rust:1-slim-bookworm AS build
@@ -34,7 +34,9 @@ COPY --from=build /usr/local/bin/pgchat /usr/local/bin/pgchat
 COPY config.toml /app/config.toml
 WORKDIR /app
 USER pgchat
-ENV PORT=3000 NO_COLOR=1
+# Production behaviour unless told otherwise: JWT_SECRET required (32 bytes or more), no
+# development sign-in, no private PostgreSQL, TLS to remote databases by default.
+ENV PORT=3000 NO_COLOR=1 NODE_ENV=production
 EXPOSE 3000
 # SIGTERM drains: sockets close with 1001 and queued messages commit within
 # shutdown_timeout_ms (10 s); give `docker stop` more than that (--time 15).

@@ -204,7 +204,9 @@ $$;
 -- A conversation as the wire shows it: {"id","kind","name","members"}, and for a group
 -- "admins" (the members who may remove others and name admins).
 CREATE FUNCTION pgchat.conversation_json(p_id text) RETURNS jsonb
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pgchat, pg_temp
+AS $$
     SELECT jsonb_build_object(
         'id', c.id, 'kind', c.kind, 'name', c.name,
         'members', coalesce((SELECT jsonb_agg(m.user_id ORDER BY m.user_id)
@@ -225,7 +227,9 @@ CREATE FUNCTION pgchat.append_events(
     INOUT e_fields jsonb[],
     p_users text[], p_kind text, p_conversation text, p_payload jsonb, p_fields jsonb,
     p_cmd integer, p_version bigint DEFAULT NULL)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgchat, pg_temp
+AS $$
 DECLARE
     users text[];
     seqs bigint[];
@@ -255,7 +259,9 @@ $$;
 CREATE FUNCTION pgchat.announce(
     INOUT e_user text[], INOUT e_seq bigint[], INOUT e_cmd integer[], INOUT e_kind text[],
     INOUT e_fields jsonb[], p_id text, p_cmd integer, OUT conversation jsonb)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgchat, pg_temp
+AS $$
 DECLARE
     v bigint;
 BEGIN
@@ -361,6 +367,7 @@ CREATE FUNCTION pgchat.apply_batch(
 LANGUAGE plpgsql
 SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
 SET plan_cache_mode = force_generic_plan
+SET search_path = pg_catalog, pgchat, pg_temp
 AS $fn$
 DECLARE
     ncmds integer := coalesce(array_length(c_kind, 1), 0);
@@ -816,7 +823,9 @@ $fn$;
 
 -- Raises unless p_id is a valid user id that pgchat knows.
 CREATE FUNCTION pgchat.check_user(p_fn text, p_role text, p_id text) RETURNS void
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pgchat, pg_temp
+AS $$
 BEGIN
     IF p_id IS NULL OR p_id !~ '^[A-Za-z0-9_.@:-]{1,64}$' THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
@@ -834,7 +843,9 @@ $$;
 -- Records a user (and their display name, when given) so that messages can name them
 -- before they ever connect.
 CREATE FUNCTION pgchat.ensure_user(id text, name text DEFAULT NULL) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pgchat, pg_temp
+AS $$
 #variable_conflict use_column
 BEGIN
     IF ensure_user.id IS NULL OR ensure_user.id !~ '^[A-Za-z0-9_.@:-]{1,64}$' THEN
@@ -857,7 +868,9 @@ $$;
 -- shows it.
 CREATE FUNCTION pgchat.send_one(p_fn text, p_sender text, p_conversation text,
                                 p_recipient text, p_body text, p_key text) RETURNS jsonb
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgchat, pg_temp
+AS $$
 DECLARE
     limits pgchat.settings;
     r record;
@@ -910,37 +923,64 @@ $$;
 -- ({"id","conversation","cseq","sender","body","client_msg_id","created_at"}); the same
 -- (sender, client_msg_id) again returns the first message and stores nothing.
 CREATE FUNCTION pgchat.send(sender text, conversation text, body text, client_msg_id text)
-RETURNS jsonb LANGUAGE sql AS $$
+RETURNS jsonb LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pgchat, pg_temp
+AS $$
     SELECT pgchat.send_one('pgchat.send', sender, conversation, NULL, body, client_msg_id)
 $$;
 
 -- Sends `body` from `sender` to `recipient` in their direct conversation, created if new.
 CREATE FUNCTION pgchat.send_direct(sender text, recipient text, body text, client_msg_id text)
-RETURNS jsonb LANGUAGE sql AS $$
+RETURNS jsonb LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pgchat, pg_temp
+AS $$
     SELECT pgchat.send_one('pgchat.send_direct', sender, NULL, recipient, body, client_msg_id)
 $$;
 
--- Retention: deletes up to p_limit events older than p_older_than, oldest first, and
--- records how far each stream was pruned; then up to p_limit conversation states older
--- than every event left (none can point at them: a state and its events share their
--- transaction's created_at). Returns how many rows it deleted, or -1 when another
--- process is pruning (one at a time, by an advisory lock held to commit). Bounded and
--- keyed (the created_at index, then the rows' ctids), so it never scans a table, and it
--- touches only rows that no writer touches, so it never stalls one.
+-- Retention: deletes about p_limit of the events older than p_older_than, each stream in
+-- seq order, and records how far each stream was pruned; then up to p_limit conversation
+-- states older than every event left (none can point at them: a state and its events
+-- share their transaction's created_at). Returns how many rows it deleted, or -1 when
+-- another process is pruning (one at a time, by an advisory lock held to commit).
+--
+-- The oldest events by time (the created_at index, at most p_limit) give each stream they
+-- touch a bound, the highest seq among them; the stream is then pruned up to that bound,
+-- and only as far as every event up to it is older than the cutoff. seq is commit order,
+-- but created_at (its transaction's start) is not: seq 10 can be a moment newer than 11,
+-- and pruning 11 while 10 stays would leave a hole inside the stream that a replay could
+-- step over without knowing. So a stream is only ever cut at a prefix, and stream_pruned
+-- says exactly where. Bounded and keyed (the created_at index, then each stream's primary
+-- key), so it never scans a table, and it touches only rows that no writer touches, so it
+-- never stalls one.
 CREATE FUNCTION pgchat.prune_events(p_older_than interval, p_limit integer) RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgchat, pg_temp
+AS $$
 DECLARE
     deleted bigint;
+    cutoff timestamptz := now() - p_older_than;
 BEGIN
     IF NOT pg_try_advisory_xact_lock(hashtext('pgchat_prune')) THEN
         RETURN -1;
     END IF;
-    WITH gone AS (
+    WITH oldest AS (
+        SELECT x.user_id, max(x.seq) AS upto
+        FROM (SELECT e.user_id, e.seq FROM pgchat.event_queue e
+              WHERE e.created_at < cutoff ORDER BY e.created_at LIMIT p_limit) x
+        GROUP BY x.user_id
+    ), bound AS (
+        SELECT o.user_id,
+               coalesce((SELECT min(e.seq) - 1 FROM pgchat.event_queue e
+                         WHERE e.user_id = o.user_id AND e.seq <= o.upto
+                           AND e.created_at >= cutoff), o.upto) AS through
+        FROM oldest o
+    ), gone AS (
         DELETE FROM pgchat.event_queue e
         WHERE e.ctid = ANY (ARRAY(
-            SELECT x.ctid FROM pgchat.event_queue x
-            WHERE x.created_at < now() - p_older_than
-            ORDER BY x.created_at LIMIT p_limit))
+            SELECT q.ctid FROM bound b
+            CROSS JOIN LATERAL (SELECT x.ctid FROM pgchat.event_queue x
+                                WHERE x.user_id = b.user_id AND x.seq <= b.through
+                                OFFSET 0) q))
         RETURNING e.user_id, e.seq
     ), marks AS (
         INSERT INTO pgchat.stream_pruned AS p (user_id, through)
@@ -960,6 +1000,39 @@ BEGIN
     )
     SELECT deleted + count(*) INTO deleted FROM gone;
     RETURN deleted;
+END
+$$;
+
+-- ---------------------------------------------------------------------------------------
+-- Who may call what. The public SQL API (pgchat.send, send_direct, ensure_user) runs with
+-- its owner's rights (SECURITY DEFINER, with the fixed search_path every function here
+-- has, pg_catalog first and pg_temp last, so that nothing a caller creates can stand in
+-- for what it calls), so a backend can send without holding any right on pgchat's
+-- tables. It may be called by pgchat's own role and by roles granted pgchat_sender (made
+-- here when the role that applies the schema may create roles; otherwise grant EXECUTE
+-- on the three functions, and USAGE on the schema, to your backend's role yourself). The
+-- caller names the sender: whoever may call them can send as any user. See docs/SQL.md.
+-- ---------------------------------------------------------------------------------------
+REVOKE EXECUTE ON FUNCTION pgchat.send(text, text, text, text),
+                           pgchat.send_direct(text, text, text, text),
+                           pgchat.ensure_user(text, text) FROM PUBLIC;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'pgchat_sender')
+       AND (SELECT rolcreaterole OR rolsuper FROM pg_catalog.pg_roles
+            WHERE rolname = current_user) THEN
+        BEGIN
+            CREATE ROLE pgchat_sender NOLOGIN;
+        EXCEPTION WHEN duplicate_object THEN
+            NULL; -- another database of this server made it meanwhile
+        END;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'pgchat_sender') THEN
+        GRANT USAGE ON SCHEMA pgchat TO pgchat_sender;
+        GRANT EXECUTE ON FUNCTION pgchat.send(text, text, text, text),
+                                  pgchat.send_direct(text, text, text, text),
+                                  pgchat.ensure_user(text, text) TO pgchat_sender;
+    END IF;
 END
 $$;
 

@@ -20,10 +20,11 @@ use crate::cluster::presence::{Presence, PresenceSettings};
 use crate::db::HealthProbe;
 use crate::db::{Database, Plan, StartupError};
 use crate::foundation::auth::Authenticator;
+use crate::foundation::budget::{Budget, Sizes};
 use crate::foundation::config::Config;
 use crate::foundation::metrics::{CpuMeter, Metrics};
 use crate::foundation::protocol::WorkerId;
-use crate::foundation::ratelimit::UserLimits;
+use crate::foundation::ratelimit::{SignInLimits, UserLimits};
 use crate::ops::stats::StatsLine;
 use crate::read::cache::ConversationCache;
 use crate::state::{App, AppInner};
@@ -37,6 +38,9 @@ pub struct Application {
     local_addr: SocketAddr,
     /// Listen only once ready (see [`Role::listen_when_ready`]).
     listen_when_ready: bool,
+    /// `ops_listen`'s socket, bound, with its address: `/health` and `/metrics` are served
+    /// there instead of on the public port.
+    ops: Option<(socket2::Socket, SocketAddr)>,
     writers: TaskTracker,
     writers_stop: CancellationToken,
     /// The notification listener and the presence recorder: stopped last, since in
@@ -56,6 +60,9 @@ pub struct Role {
     /// hands a connection to a worker that would answer `not_ready`. A single process
     /// listens at once, so /live and /ready answer while it starts.
     pub listen_when_ready: bool,
+    /// Added to `ops_listen`'s port: the worker's index when each worker has a port of its
+    /// own, 0 when they share one.
+    pub ops_offset: u16,
 }
 
 impl Role {
@@ -68,6 +75,7 @@ impl Role {
             },
             reuse_port: false,
             listen_when_ready: false,
+            ops_offset: 0,
         }
     }
 }
@@ -85,18 +93,23 @@ impl Application {
         let auth =
             Authenticator::from_config(&config).map_err(|e| StartupError::Secret(e.to_string()))?;
         // The port first: a port in use is found before the database is touched.
-        let socket = bind(&config.host, config.port, role.reuse_port)
-            .map_err(|e| bind_error(&config.host, config.port, &e))?;
+        let socket = bind(config.listen_host(), config.port, role.reuse_port)
+            .map_err(|e| bind_error(config.listen_host(), config.port, &e))?;
+        let ops = match &config.ops_listen {
+            Some(at) => Some(bind_ops(at, role.ops_offset, role.reuse_port)?),
+            None => None,
+        };
         let db = Database::open(&config, role.plan).await?;
         let seal = Arc::new(NoticeSeal::new(crate::db::notice_key(&db).await?));
-        Ok(Self::with_parts(
-            config,
-            auth,
-            db,
-            seal,
-            socket,
-            role.listen_when_ready,
-        ))
+        let mut application =
+            Self::with_parts(config, auth, db, seal, socket, role.listen_when_ready);
+        application.ops = ops;
+        Ok(application)
+    }
+
+    /// Where `/health` and `/metrics` are served when `ops_listen` is set.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops.as_ref().map(|(_, a)| *a)
     }
 
     fn with_parts(
@@ -157,6 +170,7 @@ impl Application {
             socket,
             local_addr,
             listen_when_ready,
+            ops: None,
             writers,
             writers_stop,
             background,
@@ -196,6 +210,7 @@ impl Application {
             socket,
             local_addr,
             listen_when_ready,
+            ops,
             writers,
             writers_stop,
             background,
@@ -218,6 +233,17 @@ impl Application {
             header_read_timeout: Duration::from_millis(app.config.header_read_timeout_ms),
             max_handshakes: app.config.max_handshakes,
         };
+        let ops = ops.and_then(|(socket, addr)| {
+            let listener = start_listening(socket, addr, &token)?;
+            tracing::info!(%addr, "serving /health and /metrics here only (ops_listen)");
+            Some(tokio::spawn(crate::edge::server::serve(
+                listener,
+                crate::edge::http::ops_router(app.clone()),
+                limits,
+                token.clone(),
+                deadline.mul_f32(0.2),
+            )))
+        });
         crate::edge::server::serve(
             listener,
             router,
@@ -226,6 +252,9 @@ impl Application {
             deadline.mul_f32(0.2),
         )
         .await;
+        if let Some(ops) = ops {
+            let _ = ops.await;
+        }
         drain(
             &app,
             deadline,
@@ -279,6 +308,9 @@ fn shared_state(
         config.rate_limit_burst,
     );
     let health = HealthProbe::new(Duration::from_millis(config.health_cache_ms));
+    let budget = Budget::new(config.outbound_budget_bytes, config.outbound_user_bytes);
+    let sizes = Sizes::of(&config);
+    let sign_ins = SignInLimits::new(config.dev_sign_in_per_minute);
     App::new(AppInner {
         auth,
         config,
@@ -298,7 +330,10 @@ fn shared_state(
         listener: Arc::new(ListenerState::default()),
         health,
         rate_limits,
+        sign_ins,
         cpu: CpuMeter::default(),
+        budget,
+        sizes,
     })
 }
 
@@ -487,6 +522,28 @@ fn bind_error(host: &str, port: u16, e: &std::io::Error) -> StartupError {
 
 /// Binds `host:port` (not yet listening), with SO_REUSEPORT when several workers share
 /// the port (the kernel then spreads connections over those that listen).
+/// Binds `ops_listen` (an `IP:port` its validation checked), its port moved by `offset`.
+fn bind_ops(
+    at: &str,
+    offset: u16,
+    reuse_port: bool,
+) -> Result<(socket2::Socket, SocketAddr), StartupError> {
+    let mut addr: SocketAddr = at
+        .parse()
+        .map_err(|_| StartupError::Bind(format!("ops_listen: {at:?} is not IP:port")))?;
+    if addr.port() != 0 {
+        addr.set_port(addr.port().saturating_add(offset));
+    }
+    let socket = bind(&addr.ip().to_string(), addr.port(), reuse_port)
+        .map_err(|e| StartupError::Bind(format!("ops_listen: cannot bind {addr}: {e}")))?;
+    let bound = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .unwrap_or(addr);
+    Ok((socket, bound))
+}
+
 fn bind(host: &str, port: u16, reuse_port: bool) -> std::io::Result<socket2::Socket> {
     use socket2::{Domain, Socket, Type};
     let addr: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))?

@@ -139,6 +139,8 @@ pub fn main() -> ExitCode {
                 },
                 reuse_port,
                 listen_when_ready: true,
+                // Sharing one port, the workers share ops_listen's too.
+                ops_offset: if reuse_port { 0 } else { index as u16 },
             };
             serve(
                 config,
@@ -253,6 +255,19 @@ fn warn_about(config: &Config) {
             )
         }
         Some(_) => {}
+    }
+    if config.dev_sign_in_open() {
+        let host = config.listen_host();
+        let scope = match &config.host {
+            None => "listening on 127.0.0.1 only (set host / PGCHAT_HOST to listen elsewhere)",
+            Some(_) => "listening where host says: anyone who reaches it can sign in as anyone",
+        };
+        tracing::warn!(
+            host,
+            "development sign-in is open: POST /dev/token mints a token for any user name \
+             (the browser demo's sign-in); {scope}. It closes when JWT_SECRET is set, or with \
+             dev_sign_in = \"off\""
+        );
     }
 }
 

@@ -14,10 +14,11 @@ use crate::cluster::notify::NoticeSeal;
 use crate::cluster::presence::Presence;
 use crate::db::{Database, HealthProbe};
 use crate::foundation::auth::Authenticator;
+use crate::foundation::budget::{Budget, Sizes};
 use crate::foundation::config::Config;
 use crate::foundation::metrics::{CpuMeter, Metrics};
 use crate::foundation::protocol::{Limits, WorkerId};
-use crate::foundation::ratelimit::UserLimits;
+use crate::foundation::ratelimit::{SignInLimits, UserLimits};
 use crate::read::cache::ConversationCache;
 use crate::requests::Services;
 use crate::write::Writer;
@@ -51,8 +52,14 @@ pub struct AppInner {
     pub(crate) health: HealthProbe,
     /// One token bucket per user, shared by the user's sessions and the HTTP API.
     pub(crate) rate_limits: UserLimits,
+    /// `POST /dev/token`'s limit, per client address.
+    pub(crate) sign_ins: SignInLimits,
     /// This process's CPU use, for `/health`'s utilisation figures.
     pub(crate) cpu: CpuMeter,
+    /// The bytes held for replies and replays, per user and in all (see
+    /// `foundation::budget`), and the worst cases requests are charged.
+    pub(crate) budget: Arc<Budget>,
+    pub(crate) sizes: Sizes,
 }
 
 impl std::ops::Deref for App {

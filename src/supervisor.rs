@@ -131,7 +131,7 @@ fn check_ports(config: &Config, n: usize, listen: Listen) -> Result<(), ExitCode
         Listen::PerWorker => (0..n).map(|i| config.port + i as u16).collect(),
     };
     for port in ports {
-        if let Err(e) = crate::app::check_port(&config.host, port) {
+        if let Err(e) = crate::app::check_port(config.listen_host(), port) {
             eprintln!("pgchat: {e}");
             return Err(ExitCode::from(e.exit_code()));
         }

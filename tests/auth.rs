@@ -481,7 +481,7 @@ async fn admitted(url: &str) -> Result<(), String> {
 async fn serve_on_a_private_cluster(data: &Path) {
     let port = free_port();
     let config = pgchat::Config {
-        host: "127.0.0.1".into(),
+        host: Some("127.0.0.1".into()),
         port: 0,
         database_url: None,
         embedded_port: port,

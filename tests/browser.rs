@@ -53,6 +53,8 @@ impl Server {
             .env("PORT", self.port.to_string())
             .env("PGCHAT_HOST", "127.0.0.1")
             .env("NODE_ENV", "development")
+            // The demo signs in with POST /dev/token, closed by default with a JWT_SECRET.
+            .env("PGCHAT_DEV_SIGN_IN", "on")
             // Offline one second after the socket goes, so that the test sees it soon.
             .env("PGCHAT_PRESENCE_GRACE_MS", "1000")
             .stdout(Stdio::null())

@@ -357,6 +357,7 @@ async fn spawn_worker(db: &TestDb, share: usize, adjust: impl FnOnce(&mut Config
         plan: Plan { share, setup: true },
         reuse_port: false,
         listen_when_ready: false,
+        ops_offset: 0,
     };
     let application = Application::build_as(config, role).await.unwrap();
     let addr = application.local_addr();

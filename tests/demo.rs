@@ -6,7 +6,37 @@
 mod common;
 
 use common::{TestApp, SECRET};
+use pgchat::foundation::config::DevSignIn;
 use serde_json::{json, Value};
+
+/// A server with development sign-in open: the test secret is configured, which closes it
+/// by default.
+async fn demo_app() -> TestApp {
+    TestApp::spawn_with(|c| c.dev_sign_in = DevSignIn::On).await
+}
+
+/// That none of the demo's paths exists on `app`: 404, exactly like an unknown path.
+async fn no_demo(app: &TestApp) {
+    let http = reqwest::Client::new();
+    let unknown = http.get(app.http("/no-such-page")).send().await.unwrap();
+    assert_eq!(unknown.status(), 404);
+    let unknown: Value = unknown.json().await.unwrap();
+    for (path, _) in FILES {
+        let r = http.get(app.http(path)).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+        assert_eq!(r.json::<Value>().await.unwrap(), unknown, "{path}");
+    }
+    for method in [reqwest::Method::POST, reqwest::Method::GET] {
+        let r = http
+            .request(method.clone(), app.http("/dev/token"))
+            .json(&json!({"user": "alice"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{method} /dev/token");
+        assert_eq!(r.json::<Value>().await.unwrap(), unknown);
+    }
+}
 
 const FILES: [(&str, &str); 5] = [
     ("/", "text/html; charset=utf-8"),
@@ -38,7 +68,7 @@ async fn sign_in(app: &TestApp, body: Value) -> (u16, Value, reqwest::header::He
 
 #[tokio::test]
 async fn the_demo_files_are_served_with_their_types_caching_and_policy() {
-    let app = TestApp::spawn().await;
+    let app = demo_app().await;
     let http = reqwest::Client::new();
     for (path, content_type) in FILES {
         let r = http.get(app.http(path)).send().await.unwrap();
@@ -102,7 +132,7 @@ async fn the_demo_files_are_served_with_their_types_caching_and_policy() {
 
 #[tokio::test]
 async fn the_page_has_no_inline_script_and_the_app_never_parses_data_as_html() {
-    let app = TestApp::spawn().await;
+    let app = demo_app().await;
     let html = reqwest::get(app.http("/"))
         .await
         .unwrap()
@@ -160,7 +190,7 @@ async fn the_page_has_no_inline_script_and_the_app_never_parses_data_as_html() {
 
 #[tokio::test]
 async fn a_minted_token_connects_as_the_user_with_the_name() {
-    let app = TestApp::spawn().await;
+    let app = demo_app().await;
     let (status, body, headers) = sign_in(&app, json!({"user": "alice", "name": "Alice"})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["user"], "alice");
@@ -208,7 +238,7 @@ async fn a_minted_token_connects_as_the_user_with_the_name() {
 
 #[tokio::test]
 async fn a_name_the_protocol_forbids_is_refused_with_the_sockets_words() {
-    let app = TestApp::spawn().await;
+    let app = demo_app().await;
     let mut witness = app.connect("witness").await;
     let bad = [
         String::new(),
@@ -307,6 +337,7 @@ async fn a_name_the_protocol_forbids_is_refused_with_the_sockets_words() {
 #[tokio::test]
 async fn minted_tokens_follow_the_deployments_token_rules() {
     let app = TestApp::spawn_with(|c| {
+        c.dev_sign_in = DevSignIn::On;
         c.jwt_max_lifetime_secs = 600;
         c.jwt_audience = Some("chat".into());
     })
@@ -323,32 +354,133 @@ async fn minted_tokens_follow_the_deployments_token_rules() {
 #[tokio::test]
 async fn in_production_there_is_no_demo_and_no_sign_in() {
     let app = TestApp::spawn_with(|c| {
+        c.dev_sign_in = DevSignIn::Auto;
         c.node_env = pgchat::foundation::config::NodeEnv::Production;
         c.jwt_secret = Some("p".repeat(40).into());
     })
     .await;
+    no_demo(&app).await;
     let http = reqwest::Client::new();
-    let unknown = http.get(app.http("/no-such-page")).send().await.unwrap();
-    assert_eq!(unknown.status(), 404);
-    let unknown: Value = unknown.json().await.unwrap();
-    for (path, _) in FILES {
-        let r = http.get(app.http(path)).send().await.unwrap();
-        assert_eq!(r.status(), 404, "{path}");
-        assert_eq!(r.json::<Value>().await.unwrap(), unknown, "{path}");
-    }
-    for method in [reqwest::Method::POST, reqwest::Method::GET] {
-        let r = http
-            .request(method.clone(), app.http("/dev/token"))
-            .json(&json!({"user": "alice"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 404, "{method} /dev/token");
-        assert_eq!(r.json::<Value>().await.unwrap(), unknown);
-    }
     // The rest of the server is there.
     assert_eq!(
         http.get(app.http("/live")).send().await.unwrap().status(),
         200
     );
+}
+
+#[tokio::test]
+async fn with_a_secret_the_backend_trusts_there_is_no_sign_in_unless_asked_for() {
+    // The operator's JWT_SECRET, outside production, with nothing else said: minting a
+    // token for anyone under it would make anyone anyone, wherever it is trusted.
+    let app = TestApp::spawn_with(|c| c.dev_sign_in = DevSignIn::Auto).await;
+    no_demo(&app).await;
+    let off = TestApp::spawn_with(|c| {
+        c.dev_sign_in = DevSignIn::Off;
+        c.jwt_secret = None;
+        c.data_dir = std::env::temp_dir().join(format!("pgchat-demo-{}", rand::random::<u32>()));
+    })
+    .await;
+    no_demo(&off).await;
+}
+
+#[tokio::test]
+async fn sign_ins_are_limited_per_client_address() {
+    let app = TestApp::spawn_with(|c| {
+        c.dev_sign_in = DevSignIn::On;
+        c.dev_sign_in_per_minute = 3;
+    })
+    .await;
+    for i in 0..3 {
+        let (status, body, _) = sign_in(&app, json!({"user": format!("u{i}")})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body, headers) = sign_in(&app, json!({"user": "u3"})).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limited");
+    assert!(
+        body["error"]["retry_after_ms"].as_u64().unwrap() > 1000,
+        "{body}"
+    );
+    assert!(headers.get("retry-after").is_some());
+}
+
+#[test]
+fn a_generated_secret_opens_sign_in_on_loopback_only() {
+    use pgchat::Config;
+    let generated = Config {
+        jwt_secret: None,
+        ..Config::default()
+    };
+    assert!(generated.dev_sign_in_open());
+    assert_eq!(generated.listen_host(), "127.0.0.1");
+    // Asked for elsewhere: where host says.
+    let anywhere = Config {
+        host: Some("0.0.0.0".into()),
+        ..generated.clone()
+    };
+    assert_eq!(anywhere.listen_host(), "0.0.0.0");
+    // A configured secret closes it, and the server listens on every interface.
+    let configured = Config {
+        jwt_secret: Some("s".repeat(40).into()),
+        ..Config::default()
+    };
+    assert!(!configured.dev_sign_in_open());
+    assert_eq!(configured.listen_host(), "0.0.0.0");
+    // Production never has it, and refuses to be told otherwise.
+    let production = Config {
+        node_env: pgchat::foundation::config::NodeEnv::Production,
+        jwt_secret: Some("s".repeat(40).into()),
+        dev_sign_in: DevSignIn::On,
+        ..Config::default()
+    };
+    let e = production.validate().unwrap_err();
+    assert!(e.to_string().contains("dev_sign_in"), "{e}");
+}
+
+/// This machine's address on its network, if it has one (the source address of a route
+/// to a documentation-only address: nothing is sent).
+fn non_loopback_address() -> Option<std::net::IpAddr> {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    probe.connect("192.0.2.1:9").ok()?;
+    let ip = probe.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+#[tokio::test]
+async fn with_the_generated_secret_the_server_listens_on_loopback_and_says_so() {
+    let db = common::TestDb::new().await;
+    let data = std::env::temp_dir().join(format!("pgchat-loopback-{}", rand::random::<u32>()));
+    let port = common::cluster::free_ports(1);
+    let mut child = common::pgchat_command()
+        .env("DATABASE_URL", &db.url)
+        .env("PORT", port.to_string())
+        .env("PGCHAT_DATA_DIR", &data)
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_ready(&format!("http://127.0.0.1:{port}/ready")).await;
+    let signed = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/dev/token"))
+        .json(&json!({"user": "alice"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed.status(), 200, "the demo's sign-in is open");
+    if let Some(ip) = non_loopback_address() {
+        let outside = tokio::net::TcpStream::connect((ip, port)).await;
+        assert!(
+            outside.is_err(),
+            "reachable at {ip}:{port} from outside loopback"
+        );
+    }
+    let _ = child.start_kill();
+    let out = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("development sign-in is open") && stderr.contains("127.0.0.1 only"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&data);
 }

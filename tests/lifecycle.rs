@@ -261,7 +261,7 @@ async fn without_database_url_or_a_server_a_private_cluster_is_started_and_stopp
     let data_dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("embedded-{:08x}", rand::random::<u32>()));
     let config = pgchat::Config {
-        host: "127.0.0.1".into(),
+        host: Some("127.0.0.1".into()),
         port: 0,
         database_url: None,
         embedded_port: port,

@@ -455,3 +455,87 @@ async fn replies_come_in_request_order_even_when_pipelined() {
     }
     assert_eq!(refs, vec![1, 2]);
 }
+
+/// Connects `user` with `?after=N`.
+async fn connect_after(app: &TestApp, user: &str, after: i64) -> common::Client {
+    common::Client::connect_url(
+        &format!("ws://{}/ws?after={after}", app.addr),
+        &app.token(user),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_session_started_after_n_gets_every_later_event_in_order_then_live_ones() {
+    // A feed that keeps one frame: the replay is read from the table, while more events
+    // commit meanwhile.
+    let app = TestApp::spawn_with(|c| c.recent_events_per_user = 1).await;
+    let mut alice = app.connect("alice").await;
+    for i in 0..10 {
+        alice.send_dm("bob", &i.to_string(), &format!("m{i}")).await;
+    }
+    let sender = tokio::spawn(async move {
+        for i in 10..40 {
+            alice.send_dm("bob", &i.to_string(), &format!("m{i}")).await;
+        }
+        alice
+    });
+    let mut bob = connect_after(&app, "bob", 3).await;
+    assert_eq!(bob.hello["after"], 3, "{}", bob.hello);
+    // The stream: the conversation (seq 1), then the messages (seq 2..=41). From 3 on,
+    // every event in order, replayed and live alike, with no resume.
+    let mut seen = Vec::new();
+    while seen.len() < 38 {
+        let e = bob.event().await;
+        seen.push(e["seq"].as_i64().unwrap());
+    }
+    assert_eq!(seen, (4..=41).collect::<Vec<i64>>());
+    sender.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_session_cannot_start_after_a_seq_it_could_not_have_seen() {
+    let app = TestApp::spawn().await;
+    let mut alice = app.connect("alice").await;
+    alice.send_dm("bob", "one", "m1").await;
+    // Beyond the head: the first frame after hello says to resync, and nothing follows.
+    let mut bob = connect_after(&app, "bob", 99).await;
+    let first = bob.recv().await.unwrap();
+    assert_eq!(
+        (first["type"].as_str(), first["code"].as_str()),
+        (Some("error"), Some("resync_required")),
+        "{first}"
+    );
+    alice.send_dm("bob", "two", "m2").await;
+    assert_eq!(
+        bob.recv_within(std::time::Duration::from_millis(300)).await,
+        Err(()),
+        "no events until a resume succeeds"
+    );
+    let ok = bob.ok(json!({"type": "resume", "after": 0})).await;
+    assert_eq!(ok["head"], 3);
+    // Pruned past N: the same.
+    app.db
+        .client()
+        .await
+        .batch_execute(
+            "UPDATE event_queue SET created_at = now() - interval '2 days' WHERE user_id = 'bob';
+             SELECT prune_events(interval '1 day', 100);",
+        )
+        .await
+        .unwrap();
+    let mut bob = connect_after(&app, "bob", 1).await;
+    let first = bob.recv().await.unwrap();
+    assert_eq!(first["code"], "resync_required", "{first}");
+    // Not a number: refused before the upgrade.
+    let refused = common::try_connect_url(
+        &format!("ws://{}/ws?after=-1", app.addr),
+        Some(&app.token("bob")),
+    )
+    .await;
+    match refused {
+        Err((400, body)) => assert_eq!(body["error"]["code"], "bad_request", "{body}"),
+        Err(other) => panic!("{other:?}"),
+        Ok(_) => panic!("?after=-1 must be refused"),
+    }
+}

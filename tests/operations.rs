@@ -428,3 +428,26 @@ async fn health_hints_scale_out_when_memory_passes_its_limit() {
         "{health}"
     );
 }
+
+#[tokio::test]
+async fn with_ops_listen_health_and_metrics_leave_the_public_port() {
+    let app = common::TestApp::spawn_with(|c| c.ops_listen = Some("127.0.0.1:0".into())).await;
+    let ops = app.ops_addr.expect("bound");
+    let get = |url: String| async move { reqwest::get(url).await.unwrap().status().as_u16() };
+    // The public port: no worker ids, pids or counters; load balancers still get /ready.
+    assert_eq!(get(app.http("/health")).await, 404);
+    assert_eq!(get(app.http("/metrics")).await, 404);
+    assert_eq!(get(app.http("/ready")).await, 200);
+    assert_eq!(get(app.http("/live")).await, 200);
+    // The ops address: all four, and nothing else.
+    let health: serde_json::Value = reqwest::get(format!("http://{ops}/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(health["pid"].is_u64(), "{health}");
+    assert_eq!(get(format!("http://{ops}/metrics")).await, 200);
+    assert_eq!(get(format!("http://{ops}/ready")).await, 200);
+    assert_eq!(get(format!("http://{ops}/ws")).await, 404);
+}

@@ -60,6 +60,17 @@ UNION ALL
 SELECT 'function ' || pg_get_functiondef(p.oid)
 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
 WHERE n.nspname IN ('pgchat', 'public')
+UNION ALL
+SELECT 'grant ' || p.oid::regprocedure::text || ' ' || coalesce(p.proacl::text, 'default')
+FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname IN ('pgchat', 'public')
+UNION ALL
+SELECT 'grant ' || n.nspname || '.' || c.relname || ' ' || coalesce(c.relacl::text, 'default')
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname IN ('pgchat', 'public') AND c.relname NOT LIKE 'refinery_schema_history%'
+UNION ALL
+SELECT 'grant schema ' || n.nspname || ' ' || coalesce(n.nspacl::text, 'default')
+FROM pg_namespace n WHERE n.nspname = 'pgchat'
 ORDER BY 1";
 
 async fn catalog(db: &TestDb) -> Vec<String> {
@@ -230,4 +241,103 @@ async fn deployments_starting_together_on_a_missing_database_create_it_once() {
             r.expect("every starting deployment succeeds");
         }
     }
+}
+
+/// A database at schema version 3 (pgchat before issue 17), as its migrations built it.
+async fn at_version_3() -> TestDb {
+    let db = TestDb::empty().await;
+    let client = db.client().await;
+    for sql in [
+        SCHEMA_V1,
+        include_str!("../migrations/V2__write_path_in_sql.sql"),
+        include_str!("../migrations/V3__authz_and_privacy.sql"),
+    ] {
+        client.batch_execute(sql).await.unwrap();
+    }
+    db
+}
+
+#[tokio::test]
+async fn a_migration_waits_for_locks_without_the_request_timeout_and_never_queues_behind_them() {
+    let db = at_version_3().await;
+    // A session of an older worker (or an operator) holds what migration 4 must change.
+    let mut blocker = db.client().await;
+    let held = blocker.transaction().await.unwrap();
+    held.batch_execute("ALTER FUNCTION pgchat.send(text, text, text, text) SET work_mem = '1MB'")
+        .await
+        .unwrap();
+    // The requests' statement timeout (here 300 ms) must not apply to migrations; each
+    // statement waits at most 200 ms for a lock, then the migration is tried again.
+    let url = format!("{}?options=-c%20statement_timeout%3D300", db.url);
+    let target = pgchat::db::Endpoint::parse(&url, false).unwrap();
+    let locks = pgchat::db::MigrationLocks {
+        lock_timeout: std::time::Duration::from_millis(200),
+        attempts: 20,
+    };
+    let started = std::time::Instant::now();
+    let migrating =
+        tokio::spawn(async move { pgchat::db::migrate_with(&target, None, locks).await });
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(
+        !migrating.is_finished(),
+        "it waits for the lock, trying again"
+    );
+    // Meanwhile nothing queues behind the migration: the function it needs can still be
+    // called by others, and other sessions wait for no lock it holds.
+    let other = db.client().await;
+    let waiting: i64 = other
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'
+               AND state = 'active' AND query NOT LIKE 'ALTER FUNCTION pgchat.send%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(waiting <= 1, "{waiting} sessions wait for locks");
+    held.commit().await.unwrap();
+    migrating
+        .await
+        .unwrap()
+        .expect("the migration succeeds once the lock is free");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1500));
+    assert_eq!(versions(&db).await.1, pgchat::db::SCHEMA_VERSION);
+}
+
+#[tokio::test]
+async fn a_migration_that_never_gets_its_lock_gives_up_saying_why() {
+    let db = at_version_3().await;
+    let mut blocker = db.client().await;
+    let held = blocker.transaction().await.unwrap();
+    held.batch_execute("ALTER FUNCTION pgchat.send(text, text, text, text) SET work_mem = '1MB'")
+        .await
+        .unwrap();
+    let target = pgchat::db::Endpoint::parse(&db.url, false).unwrap();
+    let locks = pgchat::db::MigrationLocks {
+        lock_timeout: std::time::Duration::from_millis(100),
+        attempts: 2,
+    };
+    let e = pgchat::db::migrate_with(&target, None, locks)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("gave up after 2 attempts") && e.contains("lock"),
+        "{e}"
+    );
+    drop(held);
+    // Nothing of it stayed: version 3 still, and a later start migrates.
+    assert_eq!(versions_recorded(&db).await, 3);
+    migrate(&db).await.unwrap();
+    assert_eq!(versions_recorded(&db).await, pgchat::db::SCHEMA_VERSION);
+}
+
+async fn versions_recorded(db: &TestDb) -> i32 {
+    db.client()
+        .await
+        .query_one("SELECT max(version) FROM public.pgchat_schema", &[])
+        .await
+        .unwrap()
+        .get(0)
 }

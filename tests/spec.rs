@@ -462,6 +462,9 @@ async fn the_specs_are_valid_and_describe_every_frame_the_server_sends() {
     let role = db.url_for_role("pgchat_spec").await;
     let mut app = TestApp::spawn_on(db, |c| {
         c.database_url = Some(role.clone());
+        // The demo's sign-in is captured too (the test secret would close it).
+        c.dev_sign_in = pgchat::foundation::config::DevSignIn::On;
+        c.dev_sign_in_per_minute = 3;
         // Who shares no conversation is `unknown` to presence.
         c.presence_open = false;
         c.presence_grace_ms = 200;
@@ -955,6 +958,10 @@ async fn the_specs_are_valid_and_describe_every_frame_the_server_sends() {
         http.post_json("/dev/token", None, &json!({"user": "not a user id"}))
             .await;
         http.post_json("/dev/token", None, &json!({"user": "x".repeat(70_000)}))
+            .await;
+        // Sign-ins are limited per address (dev_sign_in_per_minute, 3 here): the fourth
+        // is refused.
+        http.post_json("/dev/token", None, &json!({"user": "alice"}))
             .await;
         for path in ["/", "/app.js", "/app.css", "/icon.svg", "/pgchat.js"] {
             let etag = {

@@ -357,3 +357,138 @@ async fn a_send_racing_one_with_its_key_into_another_conversation_gets_the_first
         1
     );
 }
+
+/// A login role of `db`'s server with no right on pgchat's tables, connected to `db`;
+/// granted `pgchat_sender` when `sender`.
+async fn backend_role(db: &common::TestDb, name: &str, sender: bool) -> tokio_postgres::Client {
+    let admin = db.client().await;
+    admin
+        .batch_execute(&format!(
+            "DO $$ BEGIN
+                 IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{name}') THEN
+                     CREATE ROLE {name} LOGIN PASSWORD '{name}';
+                 END IF;
+             END $$;
+             {}",
+            if sender {
+                format!("GRANT pgchat_sender TO {name};")
+            } else {
+                format!("REVOKE pgchat_sender FROM {name};")
+            }
+        ))
+        .await
+        .unwrap();
+    let mut config: tokio_postgres::Config = db.url.parse().unwrap();
+    config.user(name).password(name);
+    let (client, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+#[tokio::test]
+async fn a_backend_granted_pgchat_sender_sends_without_any_right_on_the_tables() {
+    let app = TestApp::spawn().await;
+    let mut bob = app.connect("bob").await;
+    let backend = backend_role(&app.db, "pgchat_test_backend", true).await;
+    backend
+        .execute("SELECT pgchat.ensure_user('shop', 'The Shop')", &[])
+        .await
+        .unwrap();
+    let sent = message(
+        backend
+            .query_one(
+                "SELECT pgchat.send_direct('shop', 'bob', 'your order shipped', 'o-1')",
+                &[],
+            )
+            .await
+            .unwrap(),
+    );
+    assert_eq!(sent["sender"]["name"], "The Shop");
+    let event = bob.event_of("message").await;
+    assert_eq!(event["message"]["body"], "your order shipped");
+    // The functions run with their owner's rights; the role itself has none.
+    for sql in [
+        "SELECT count(*) FROM pgchat.messages",
+        "SELECT key FROM pgchat.notice_key",
+        "INSERT INTO pgchat.users (id) VALUES ('mallory')",
+    ] {
+        let e = backend.execute(sql, &[]).await.unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+            "{sql}: {e}"
+        );
+    }
+    // Its own search_path, temporary objects included, cannot stand in for what the
+    // functions call.
+    backend
+        .batch_execute(
+            "CREATE TEMP TABLE settings (max_message_chars int, max_group_members int);
+             SET search_path = pg_temp, public;",
+        )
+        .await
+        .unwrap();
+    let sent = message(
+        backend
+            .query_one(
+                "SELECT pgchat.send_direct('shop', 'bob', 'again', 'o-2')",
+                &[],
+            )
+            .await
+            .unwrap(),
+    );
+    assert_eq!(sent["body"], "again");
+}
+
+#[tokio::test]
+async fn a_role_without_pgchat_sender_cannot_call_the_sql_api() {
+    let app = TestApp::spawn().await;
+    let other = backend_role(&app.db, "pgchat_test_other", false).await;
+    for sql in [
+        "SELECT pgchat.ensure_user('eve')",
+        "SELECT pgchat.send_direct('alice', 'bob', 'hi', 'k')",
+        "SELECT pgchat.send('alice', 'd1', 'hi', 'k')",
+    ] {
+        let e = other.execute(sql, &[]).await.unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+            "{sql}: {e}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_function_has_a_fixed_search_path_and_only_the_api_runs_as_its_owner() {
+    let app = TestApp::spawn().await;
+    let rows = app
+        .db
+        .client()
+        .await
+        .query(
+            "SELECT p.proname, p.prosecdef, coalesce(p.proconfig, '{}'),
+                    has_function_privilege('public', p.oid, 'EXECUTE')
+             FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+             WHERE n.nspname = 'pgchat' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(rows.len() >= 10, "{} functions", rows.len());
+    for row in rows {
+        let (name, definer, config, public): (String, bool, Vec<String>, bool) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        assert!(
+            config.contains(&"search_path=pg_catalog, pgchat, pg_temp".to_string()),
+            "{name}: {config:?}"
+        );
+        let api = ["send", "send_direct", "ensure_user"].contains(&name.as_str());
+        assert_eq!(
+            definer, api,
+            "{name}: SECURITY DEFINER only for the SQL API"
+        );
+        if api {
+            assert!(!public, "{name}: EXECUTE is not for everyone");
+        }
+    }
+}

@@ -223,7 +223,7 @@ fn fresh_db() -> String {
 /// Builds pgchat on `url` (set-up included); the start-up error if it cannot start.
 async fn build(url: &str) -> Result<Application, pgchat::db::StartupError> {
     let config = pgchat::Config {
-        host: "127.0.0.1".into(),
+        host: Some("127.0.0.1".into()),
         port: 0,
         node_env: pgchat::foundation::config::NodeEnv::Test,
         database_url: Some(url.to_string()),

@@ -234,6 +234,12 @@ export class PgChat {
    * a `resume` went out anyway (its answer decides); null when no `after` was asked.
    */
   #afterRefusal = null;
+  /**
+   * For a session the server started at `?after=`: the hello's head, which the replay
+   * reaches before the connection counts as resumed (so that `connect()` resolves, and
+   * requests go out, once what was missed has been handed over, as after a `resume`).
+   */
+  #replayTo = null;
 
   // Stream position.
   #user = null;
@@ -451,6 +457,7 @@ export class PgChat {
     this.#resyncs = 0;
     this.#asked = asked;
     this.#afterRefusal = null;
+    this.#replayTo = null;
     this.#inbox = [];
     this.#lastFrameAt = Date.now();
     ws.addEventListener('message', (e) => { if (ws === this.#ws) this.#receive(e.data); });
@@ -483,6 +490,7 @@ export class PgChat {
     this.#resumed = false;
     this.#asked = null;
     this.#afterRefusal = null;
+    this.#replayTo = null;
     this.#inbox = [];
     clearTimeout(this.#connectTimer);
     clearTimeout(this.#resumeRetryTimer);
@@ -658,8 +666,10 @@ export class PgChat {
       this.#lastSeq === asked.after;
     this.#emit('hello', frame);
     this.#afterRefusal = streaming ? 'resync' : asked?.after != null ? 'ignore' : null;
-    if (streaming) this.#opened(ws, frame.head);
-    else this.#sendResume();
+    if (!streaming) this.#sendResume();
+    // Open once the replay has reached the hello's head (at once if nothing was missed).
+    else if (this.#lastSeq >= frame.head) this.#opened(ws, frame.head);
+    else this.#replayTo = frame.head;
     if (this.#heartbeatMs > 0) {
       clearInterval(this.#heartbeatTimer);
       this.#heartbeatTimer = setInterval(() => this.#heartbeat(), this.#heartbeatMs);
@@ -761,9 +771,11 @@ export class PgChat {
     if (refusal && frame.type === 'error' && !('ref' in frame) && frame.code === 'resync_required') {
       if (refusal === 'ignore') return;
       // `?after=` was older than the retained stream: as when `resume` answers so, the
-      // application reloads, and the stream goes on from this connection's head.
+      // application reloads, and the stream goes on from this connection's head (the
+      // session sends nothing until a resume: this one opens the connection).
+      this.#replayTo = null;
       this.#resync(this.#hello.head, isString(frame.message) ? frame.message : 'resync_required');
-      this.#replayFrom(this.#lastSeq);
+      this.#sendResume();
       return;
     }
     switch (frame.type) {
@@ -808,11 +820,15 @@ export class PgChat {
       // the hello on, for a session started with `?after=`), the server never skips: ask
       // it to replay from where we are.
       this.#stats.heldBack++;
-      if (this.#resumed) this.#replayFrom(this.#lastSeq);
+      if (this.#resumed || this.#replayTo !== null) this.#replayFrom(this.#lastSeq);
       return;
     }
     this.#lastSeq = seq;
     this.#persist();
+    if (this.#replayTo !== null && seq >= this.#replayTo) {
+      this.#replayTo = null;
+      this.#opened(this.#ws, seq);
+    }
     const shape = DURABLE_SHAPES[frame.type];
     if (shape && !shape(frame)) {
       this.#badFrame(`a '${frame.type}' event (seq ${seq}) missing required fields`, frame);

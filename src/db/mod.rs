@@ -19,7 +19,7 @@ pub(crate) use crate::foundation::endpoint::{describe, Connection};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 pub(crate) use health::HealthProbe;
 pub(crate) use lease::{Lease, SharedConn, Source, Tx};
-pub use schema::{migrate, SqlLimits, SCHEMA_VERSION};
+pub use schema::{migrate, migrate_with, MigrationLocks, SqlLimits, SCHEMA_VERSION};
 use tokio_util::sync::CancellationToken;
 
 use crate::foundation::config::Config;
@@ -112,7 +112,8 @@ impl Database {
         let listen = listen_endpoint(config, &endpoint)?;
         if plan.setup {
             ensure_database(&listen).await?;
-            migrate(&listen, Some(sql_limits(config))).await?;
+            schema::migrate_with(&listen, Some(sql_limits(config)), migration_locks(config))
+                .await?;
         }
         let source = if plan.share >= 2 {
             Source::Pool(build_pool(config, &endpoint, plan.share - 1))
@@ -263,10 +264,14 @@ fn endpoint_for(
 ) -> Result<Endpoint, StartupError> {
     let mut endpoint = Endpoint::from_setting(setting, url, config.is_production())?;
     let pg_config = &mut endpoint.pg;
-    pg_config.options(format!(
-        "-c statement_timeout={}",
-        config.db_statement_timeout_ms
-    ));
+    // Appended to the URL's own `options` (a search_path, a role's settings), never in
+    // their place; a later -c wins, so pgchat's statement timeout holds.
+    let timeout = format!("-c statement_timeout={}", config.db_statement_timeout_ms);
+    let options = match pg_config.get_options() {
+        Some(given) if !given.trim().is_empty() => format!("{given} {timeout}"),
+        _ => timeout,
+    };
+    pg_config.options(options);
     pg_config.connect_timeout(Duration::from_millis(
         config.db_acquire_timeout_ms.max(1000),
     ));
@@ -293,8 +298,15 @@ pub async fn setup(config: &Config) -> Result<(String, Option<embedded::Cluster>
     let (url, cluster) = locate(config).await?;
     let listen = listen_endpoint(config, &connection_config(config, &url)?)?;
     ensure_database(&listen).await?;
-    migrate(&listen, Some(sql_limits(config))).await?;
+    schema::migrate_with(&listen, Some(sql_limits(config)), migration_locks(config)).await?;
     Ok((url, cluster))
+}
+
+fn migration_locks(config: &Config) -> schema::MigrationLocks {
+    schema::MigrationLocks {
+        lock_timeout: Duration::from_millis(config.migration_lock_timeout_ms),
+        attempts: config.migration_attempts,
+    }
 }
 
 fn sql_limits(config: &Config) -> SqlLimits {
@@ -452,4 +464,22 @@ pub(crate) fn quote_ident(name: &str) -> String {
 
 fn redact(url: &str) -> String {
     crate::foundation::endpoint::redact_url_password(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_in_the_url_are_kept_and_the_statement_timeout_added() {
+        let config = Config::default();
+        let url = "postgres://u@localhost/db?options=-c%20search_path%3Dapp%2Cpgchat%20-c%20work_mem%3D8MB";
+        let endpoint = connection_config(&config, url).unwrap();
+        assert_eq!(
+            endpoint.pg.get_options(),
+            Some("-c search_path=app,pgchat -c work_mem=8MB -c statement_timeout=30000")
+        );
+        let plain = connection_config(&config, "postgres://u@localhost/db").unwrap();
+        assert_eq!(plain.pg.get_options(), Some("-c statement_timeout=30000"));
+    }
 }

@@ -43,22 +43,138 @@ pub struct SqlLimits {
     pub(crate) max_group_members: usize,
 }
 
+/// How migrations wait for the locks their statements need.
+#[derive(Debug, Clone, Copy)]
+pub struct MigrationLocks {
+    /// `lock_timeout` for the migration's statements: a statement that would wait longer
+    /// (behind a running query of an older worker, say) gives up instead of queueing, since
+    /// a waiting ALTER TABLE makes every later query of that table wait behind it.
+    pub lock_timeout: std::time::Duration,
+    /// Attempts in all; between them the waits double from half a second to ten.
+    pub attempts: u32,
+}
+
+impl Default for MigrationLocks {
+    fn default() -> Self {
+        MigrationLocks {
+            lock_timeout: std::time::Duration::from_secs(5),
+            attempts: 20,
+        }
+    }
+}
+
+/// Brings the database to [`SCHEMA_VERSION`] (see [`migrate_with`]), waiting for locks as
+/// [`MigrationLocks::default`] says.
+pub async fn migrate(target: &Endpoint, limits: Option<SqlLimits>) -> Result<(), StartupError> {
+    migrate_with(target, limits, MigrationLocks::default()).await
+}
+
 /// Brings the database to [`SCHEMA_VERSION`]: nothing to do when it is there already (so
 /// pgchat may then run as a role that uses the tables but does not own them), the missing
 /// migrations otherwise, and [`StartupError::NewerSchema`] for a newer database. With
 /// `limits`, records them for `pgchat.send`.
-pub async fn migrate(target: &Endpoint, limits: Option<SqlLimits>) -> Result<(), StartupError> {
+///
+/// Migrations run without the `statement_timeout` meant for requests (a migration of a
+/// grown table may take longer) but with `lock_timeout`: a statement that cannot get its
+/// lock in time (older workers keep serving meanwhile) rolls its migration back, and the
+/// whole run is tried again a little later, `locks.attempts` times in all.
+pub async fn migrate_with(
+    target: &Endpoint,
+    limits: Option<SqlLimits>,
+    locks: MigrationLocks,
+) -> Result<(), StartupError> {
+    let mut delay = std::time::Duration::from_millis(500);
+    let mut attempt = 1;
+    loop {
+        match migrate_once(target, limits, locks.lock_timeout).await {
+            Err(Failed::LockTimeout(why)) if attempt < locks.attempts => {
+                tracing::warn!(
+                    attempt,
+                    retry_in = ?delay,
+                    "a schema migration waited longer than migration_lock_timeout_ms for a lock \
+                     that running queries hold; rolled back, trying again: {why}"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(10));
+                attempt += 1;
+            }
+            Err(Failed::LockTimeout(why)) => {
+                return Err(StartupError::Schema(format!(
+                    "gave up after {attempt} attempts, each waiting up to {:?} for a lock that \
+                     running queries kept holding (migration_lock_timeout_ms, \
+                     migration_attempts): {why}",
+                    locks.lock_timeout
+                )))
+            }
+            Err(Failed::Other(e)) => return Err(e),
+            Ok(()) => return Ok(()),
+        }
+    }
+}
+
+/// How one attempt at migrating failed.
+enum Failed {
+    /// A statement gave up waiting for a lock (SQLSTATE 55P03): worth another attempt.
+    LockTimeout(String),
+    Other(StartupError),
+}
+
+impl From<StartupError> for Failed {
+    fn from(e: StartupError) -> Failed {
+        Failed::Other(e)
+    }
+}
+
+/// Whether `e`, or what caused it, is PostgreSQL's lock timeout.
+fn lock_timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut at = Some(e);
+    while let Some(e) = at {
+        if let Some(pg) = e.downcast_ref::<tokio_postgres::Error>() {
+            if pg.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) {
+                return true;
+            }
+        }
+        at = e.source();
+    }
+    false
+}
+
+async fn migrate_once(
+    target: &Endpoint,
+    limits: Option<SqlLimits>,
+    lock_timeout: std::time::Duration,
+) -> Result<(), Failed> {
     let (mut client, driver) = connect_once(target).await?;
-    let schema = |e: tokio_postgres::Error| StartupError::Schema(describe(&e));
+    let schema = |e: tokio_postgres::Error| {
+        if lock_timed_out(&e) {
+            Failed::LockTimeout(describe(&e))
+        } else {
+            Failed::Other(StartupError::Schema(describe(&e)))
+        }
+    };
+    // No statement timeout (the endpoint's is for requests); the advisory lock is waited
+    // for as long as another process migrates; then every lock the migrations take is
+    // waited for at most lock_timeout.
     client
-        .batch_execute("SELECT pg_advisory_lock(hashtext('pgchat_schema'))")
+        .batch_execute(&format!(
+            "SET statement_timeout = 0;
+             SELECT pg_advisory_lock(hashtext('pgchat_schema'));
+             SET lock_timeout = {};",
+            lock_timeout.as_millis().max(1)
+        ))
         .await
         .map_err(schema)?;
     let found = recorded_version(&client).await.map_err(schema)?;
     if let Some(found) = found.filter(|v| *v > SCHEMA_VERSION) {
-        return Err(StartupError::NewerSchema { found });
+        return Err(StartupError::NewerSchema { found }.into());
     }
-    let refinery = |e: refinery::Error| StartupError::Schema(e.to_string());
+    let refinery = |e: refinery::Error| {
+        if lock_timed_out(&e) {
+            Failed::LockTimeout(e.to_string())
+        } else {
+            Failed::Other(StartupError::Schema(e.to_string()))
+        }
+    };
     match found {
         Some(v) if v == SCHEMA_VERSION => {}
         None => {

@@ -19,7 +19,6 @@ use crate::cluster::hub::Subscription;
 use crate::edge::session;
 use crate::foundation::auth::Identity;
 use crate::foundation::error::{ApiError, Code, DbError};
-use crate::foundation::frames::results::Answer;
 use crate::foundation::protocol::ConversationId;
 use crate::ops::stats;
 use crate::read::store;
@@ -36,12 +35,17 @@ pub(crate) fn router(app: App) -> Router {
             "/api/conversations/{id}/messages",
             get(api_history).post(api_send),
         )
-        .route("/health", get(health))
         .route("/ready", get(ready))
-        .route("/live", get(live))
-        .route("/metrics", get(metrics));
-    // The browser demo and its sign-in, outside production only (see demo.rs).
-    if !app.config.is_production() {
+        .route("/live", get(live));
+    // With ops_listen, the figures that name workers and pids are served there alone.
+    if app.config.ops_listen.is_none() {
+        router = router
+            .route("/health", get(health))
+            .route("/metrics", get(metrics));
+    }
+    // The browser demo and its sign-in, only while development sign-in is open (see
+    // demo.rs and `dev_sign_in`).
+    if app.config.dev_sign_in_open() {
         router = router.merge(crate::edge::demo::router());
     }
     let routes = router
@@ -54,6 +58,24 @@ pub(crate) fn router(app: App) -> Router {
         .with_state(app);
     // axum adds `Allow` to a 405 after a route's own layers have run, so the error body
     // is put on outside the routes, where the header is there to read.
+    Router::new()
+        .fallback_service(routes)
+        .layer(axum::middleware::map_response(method_not_allowed))
+}
+
+/// `ops_listen`'s routes: `/health` and `/metrics` (which name the worker and its pid, and
+/// count everything), with `/ready` and `/live` beside them, for an address the public
+/// does not reach.
+pub(crate) fn ops_router(app: App) -> Router {
+    let routes = Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/ready", get(ready))
+        .route("/live", get(live))
+        .fallback(|| async {
+            ApiError::not_found("no such endpoint here: /health, /metrics, /ready, /live")
+        })
+        .with_state(app);
     Router::new()
         .fallback_service(routes)
         .layer(axum::middleware::map_response(method_not_allowed))
@@ -122,7 +144,7 @@ async fn upgrade(
         app.metrics.refused_connections.inc();
         e.into_response()
     };
-    let (identity, ws) = match admit(&app, &headers, query, ws) {
+    let (identity, after, ws) = match admit(&app, &headers, query, ws) {
         Ok(admitted) => admitted,
         Err(e) => return refuse(&app, e),
     };
@@ -154,21 +176,34 @@ async fn upgrade(
         .max_frame_size(config.max_frame_bytes)
         .on_upgrade(move |socket| {
             tracker.track_future(async move {
-                session::run(socket, app, identity, sub, head).await;
+                session::run(socket, app, identity, sub, head, after).await;
                 drop(slot);
             })
         })
 }
 
-/// A well-formed upgrade with a valid token, to a worker that is not shutting down.
+/// A well-formed upgrade with a valid token, to a worker that is not shutting down; and
+/// the `?after=N` the session is to start from, if given.
 fn admit(
     app: &App,
     headers: &HeaderMap,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Result<(Identity, WebSocketUpgrade), ApiError> {
+) -> Result<(Identity, Option<i64>, WebSocketUpgrade), ApiError> {
     let Query(query) = query.map_err(|e| refused("query", e.body_text()))?;
     let identity = authenticate(app, headers, &query)?;
+    let after = match query.get("after") {
+        None => None,
+        Some(a) => match a.parse::<i64>() {
+            Ok(n) if n >= 0 => Some(n),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "after: must be a whole number, 0 or more (the last seq the client has \
+                     seen), got {a:?}"
+                )))
+            }
+        },
+    };
     let ws = ws.map_err(|e| refused("/ws", e.body_text()))?;
     if app.shutdown.is_cancelled() {
         let mut e = ApiError::new(
@@ -178,7 +213,7 @@ fn admit(
         e.retry_after_ms = Some(1_000);
         return Err(e);
     }
-    Ok((identity, ws))
+    Ok((identity, after, ws))
 }
 
 /// One of the worker's `max_connections` places.
@@ -248,12 +283,63 @@ async fn api_identity(app: &App, headers: &HeaderMap) -> Result<Identity, ApiErr
 async fn api_conversations(
     State(app): State<App>,
     headers: HeaderMap,
-) -> Result<Json<Answer>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = api_identity(&app, &headers).await?;
-    let services = app.services();
-    Ok(Json(
-        requests::handle(services, &id.user, Request::Conversations).await?,
-    ))
+    answer(&app, &id, Request::Conversations).await
+}
+
+/// Runs `request` for the HTTP API the way a socket runs it: its reply's worst case is
+/// charged to the user's share of the worker's budget first (see
+/// `foundation::budget`), and the charge, shrunk to the encoded body, is held by the body
+/// until hyper has written it, so that clients that stop reading cannot pin memory here
+/// either.
+async fn answer(app: &App, identity: &Identity, request: Request) -> Result<Response, ApiError> {
+    let account = app.budget.account(identity.user.as_str());
+    let wait = std::time::Duration::from_millis(app.config.outbound_stall_ms);
+    let mut charge = account
+        .charge(request.reply_bytes(&app.sizes), wait)
+        .await
+        .map_err(|short| session::over_budget(app, short))?;
+    let result = requests::handle(app.services(), &identity.user, request).await?;
+    let body = serde_json::to_vec(&result).expect("answers serialise");
+    charge.shrink_to(body.len());
+    let mut response = axum::body::Body::new(ChargedBody {
+        data: Some(body.into()),
+        _charge: charge,
+    })
+    .into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+/// A body of one chunk that holds its charge until it is dropped (written, or the
+/// connection gone).
+struct ChargedBody {
+    data: Option<axum::body::Bytes>,
+    _charge: crate::foundation::budget::Charge,
+}
+
+impl http_body::Body for ChargedBody {
+    type Data = axum::body::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::task::Poll::Ready(self.data.take().map(|d| Ok(http_body::Frame::data(d))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+    }
 }
 
 #[derive(Deserialize)]
@@ -277,7 +363,7 @@ async fn api_history(
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
     q: Result<Query<HistoryQuery>, QueryRejection>,
-) -> Result<Json<Answer>, ApiError> {
+) -> Result<Response, ApiError> {
     let ident = api_identity(&app, &headers).await?;
     let Path(id) = id.map_err(|e| refused("conversation id", e.body_text()))?;
     let Query(q) = q.map_err(|e| refused("query", e.body_text()))?;
@@ -291,9 +377,7 @@ async fn api_history(
         fields.insert("limit".into(), l.into());
     }
     let request = Request::parse_body("history", fields, app.limits())?;
-    Ok(Json(
-        requests::handle(app.services(), &ident.user, request).await?,
-    ))
+    answer(&app, &ident, request).await
 }
 
 #[derive(Deserialize)]
@@ -325,7 +409,7 @@ async fn api_send(
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
     body: Result<Json<SendBody>, JsonRejection>,
-) -> Result<(StatusCode, Json<Answer>), ApiError> {
+) -> Result<Response, ApiError> {
     let ident = api_identity(&app, &headers).await?;
     let Path(id) = id.map_err(|e| refused("conversation id", e.body_text()))?;
     let body = json_body(&app, body)?;
@@ -335,8 +419,7 @@ async fn api_send(
     fields.insert("body".into(), body.body);
     fields.insert("client_msg_id".into(), body.client_msg_id);
     let request = Request::parse_body("send", fields, app.limits())?;
-    let result = requests::handle(app.services(), &ident.user, request).await?;
-    Ok((StatusCode::OK, Json(result)))
+    answer(&app, &ident, request).await
 }
 
 async fn live() -> impl IntoResponse {
@@ -391,7 +474,13 @@ async fn health(State(app): State<App>) -> Response {
         "max_connections": app.config.max_connections,
         "users_online_here": app.hub.users_online(),
         "cached_conversations": app.cache.len(),
-        "memory": {"rss_bytes": rss, "virtual_bytes": virt},
+        "memory": {
+            "rss_bytes": rss,
+            "virtual_bytes": virt,
+            // Replies and replays waiting for their clients (see outbound_budget_bytes).
+            "outbound_held_bytes": app.budget.used(),
+            "outbound_budget_bytes": app.config.outbound_budget_bytes,
+        },
         "utilisation": utilisation,
         "scale_out": scale_out,
         "database": {
@@ -426,6 +515,7 @@ async fn health(State(app): State<App>) -> Response {
 async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
     app.metrics.listener_up.set(i64::from(app.listener.is_up()));
     app.metrics.db_share.set(app.db.share as i64);
+    app.metrics.outbound_held.set(app.budget.used() as i64);
     // The cached probe samples pg_notification_queue_usage(): a scrape flood costs at
     // most one query per health_cache_ms.
     app.health.database_up(&app.db, &app.metrics).await;

@@ -59,7 +59,7 @@ pub(crate) async fn serve(
             _ = stop.cancelled() => break,
             permit = handshakes.clone().acquire_owned() => permit.expect("never closed"),
         };
-        let (tcp, _) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -76,6 +76,7 @@ pub(crate) async fn serve(
         }
         connections.spawn(connection(
             tcp,
+            peer,
             router.clone(),
             limits,
             permit,
@@ -109,13 +110,18 @@ fn loggable_target(uri: &hyper::Uri) -> String {
 /// first request's headers are in.
 async fn connection(
     tcp: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
     router: Router,
     limits: Limits,
     permit: OwnedSemaphorePermit,
     stop: CancellationToken,
 ) {
     let slot = Arc::new(Mutex::new(Some(permit)));
-    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        // Who asks, for the limits kept per client address (`ConnectInfo`).
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
         // The headers are read: the handshake is over for this connection.
         slot.lock().expect("handshake slot").take();
         let router = router.clone();

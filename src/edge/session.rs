@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use crate::cluster::hub::Subscription;
 use crate::foundation::auth::Identity;
+use crate::foundation::budget::{Account, Charge, Short};
 use crate::foundation::error::{ApiError, Code};
 use crate::foundation::frames::results::{self, Answer};
 use crate::foundation::frames::{self, PresenceEntry, PresenceStatus};
@@ -42,7 +43,7 @@ pub(crate) mod close {
 }
 
 /// Events read from the database per round trip when the feed cannot serve them.
-const REPLAY_PAGE: i64 = 500;
+const REPLAY_PAGE: usize = 500;
 /// Conversations one session may be typing in at once.
 const MAX_TYPING: usize = 32;
 
@@ -62,6 +63,10 @@ enum End {
     Pruned,
     Dead,
     Internal,
+    /// The worker's budget for replies and replays (or the user's share, for live events)
+    /// had no room for a page of events read from the table: not an end either; the
+    /// session tries again like [`End::DbUnavailable`].
+    Busy,
     /// The database could not be reached (or no pooled connection was free in time) while
     /// reading this session's events: not an end. The session stays open and tries again
     /// ([`CATCH_UP_RETRY`]); its events wait in the stream.
@@ -78,13 +83,12 @@ const CATCH_UP_RETRY: Duration = Duration::from_millis(250);
 
 /// What a finished request hands back to the loop, in request order.
 enum Reply {
-    Frame(String),
+    /// The reply, and the bytes it holds of the user's share (given back once the socket
+    /// has taken it).
+    Frame(String, Option<Charge>),
     /// These need the session's own state (cursor, typing timers, watch list), so the loop
     /// itself runs them when their turn comes.
-    Resume {
-        envelope: Envelope,
-        after: i64,
-    },
+    Resume { envelope: Envelope, after: i64 },
     Typing {
         envelope: Envelope,
         conversation: ConversationId,
@@ -106,13 +110,17 @@ enum Reply {
 /// until the queue is empty and then goes alone; its bytes are "oversized" and do not count
 /// against the live events queued behind it, so it cannot make them overflow either.
 struct Outbox {
-    tx: mpsc::Sender<Message>,
+    tx: mpsc::Sender<Queued>,
     room: Arc<Room>,
     max_bytes: usize,
     stall: Duration,
     /// Skips the queue: 1008/1009/1011/1013 must go out even when the queue is full.
     close_now: Option<oneshot::Sender<CloseFrame>>,
 }
+
+/// A frame on its way to the socket, with the bytes it holds of the user's share, if it
+/// was made for this session alone (a reply, a replayed event).
+type Queued = (Message, Option<Charge>);
 
 /// The outbound queue's byte accounting, shared with the writer task.
 struct Room {
@@ -150,15 +158,17 @@ impl Outbox {
             return Err(End::Overflow);
         }
         self.room.bytes.fetch_add(len, Ordering::AcqRel);
-        self.tx.try_send(Message::Text(text)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => End::Overflow,
-            mpsc::error::TrySendError::Closed(_) => End::ClientGone,
-        })
+        self.tx
+            .try_send((Message::Text(text), None))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => End::Overflow,
+                mpsc::error::TrySendError::Closed(_) => End::ClientGone,
+            })
     }
 
     /// Queues a reply or a replayed event, waiting for room as long as the client keeps
     /// reading: overflow only after `stall` without progress.
-    async fn push_wait(&self, text: Utf8Bytes) -> Result<(), End> {
+    async fn push_wait(&self, text: Utf8Bytes, charge: Option<Charge>) -> Result<(), End> {
         let len = text.len();
         let oversized = len > self.max_bytes;
         let mut deadline = Instant::now() + self.stall;
@@ -188,7 +198,7 @@ impl Outbox {
             self.room.oversized.fetch_add(len, Ordering::AcqRel);
         }
         self.room.bytes.fetch_add(len, Ordering::AcqRel);
-        match tokio::time::timeout_at(deadline, self.tx.send(Message::Text(text))).await {
+        match tokio::time::timeout_at(deadline, self.tx.send((Message::Text(text), charge))).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::ClientGone),
             Err(_) => Err(End::Overflow),
@@ -197,12 +207,14 @@ impl Outbox {
 }
 
 /// Runs a session until the client leaves, the token expires or the server shuts down.
+/// `after`: the `?after=N` it starts from (events after N first, in order), else `head`.
 pub(crate) async fn run(
     socket: WebSocket,
     app: App,
     identity: Identity,
     sub: Subscription,
     head: i64,
+    after: Option<i64>,
 ) {
     let config = &app.config;
     let (sink, mut stream) = socket.split();
@@ -224,6 +236,7 @@ pub(crate) async fn run(
             close_now: Some(close_tx),
         },
         app: app.clone(),
+        account: app.budget.account(identity.user.as_str()),
         read_paused_until: None,
         identity,
         sub,
@@ -237,7 +250,7 @@ pub(crate) async fn run(
     };
     let user = session.identity.user.clone();
     let _online = Online::new(&app, &user);
-    let end = session.serve(&mut stream, head).await;
+    let end = session.serve(&mut stream, head, after).await;
     tracing::debug!(user = %user, ?end, "session ends");
     session.close(end).await;
     session.stop_typing_everywhere().await;
@@ -281,6 +294,8 @@ impl Drop for Online {
 struct Session {
     app: App,
     identity: Identity,
+    /// The user's share of the worker's budget for replies and replays.
+    account: Arc<Account>,
     sub: Subscription,
     /// The last seq this session has queued for its client.
     cursor: i64,
@@ -307,6 +322,7 @@ impl Session {
         &mut self,
         stream: &mut futures_util::stream::SplitStream<WebSocket>,
         head: i64,
+        after: Option<i64>,
     ) -> End {
         let hello = frames::encode(&frames::Hello {
             user: self.identity.user.as_str(),
@@ -314,9 +330,15 @@ impl Session {
             worker: self.app.worker_id.as_str(),
             head,
             server_time: rfc3339(chrono::Utc::now()),
+            after,
         });
         if let Err(end) = self.outbox.push(hello.into()) {
             return end;
+        }
+        if let Some(after) = after {
+            if let Err(end) = self.start_after(after, head).await {
+                return end;
+            }
         }
         let shutdown = self.app.shutdown.clone();
         // The close at expiry (1008), and the `token_expiring` notice before it: once per
@@ -368,7 +390,7 @@ impl Session {
                         Err(End::Dead)
                     } else {
                         unanswered_pings += 1;
-                        self.outbox.tx.try_send(Message::Ping(Default::default())).map_err(|_| End::Overflow)
+                        self.outbox.tx.try_send((Message::Ping(Default::default()), None)).map_err(|_| End::Overflow)
                     }
                 }
             };
@@ -381,6 +403,48 @@ impl Session {
                 notice.as_mut().reset(notice_time(expires, notice_ahead));
                 noticed = false;
             }
+        }
+    }
+
+    /// `?after=N`: the session starts from N, replaying every event after it (waiting for
+    /// the client to read, as `resume` does) before anything live, so that the client
+    /// sees its stream in order from N. N older than the retained stream (or beyond the
+    /// head) cannot be continued: the first frame after `hello` is `resync_required` (no
+    /// `ref`), and no events go out until a `resume` succeeds.
+    async fn start_after(&mut self, after: i64, head: i64) -> Result<(), End> {
+        let refuse = |session: &mut Session, e: ApiError| {
+            session.stalled = true;
+            let frame = frames::error_frame(&Envelope::default(), &e);
+            session.outbox.push(frame.into())
+        };
+        let (_, pruned) = match store::stream_bounds(&self.app.db, &self.identity.user).await {
+            Ok(b) => b,
+            Err(e) => return Err(unreadable(e)),
+        };
+        if after < pruned {
+            return refuse(self, resync_required(after));
+        }
+        if after > head {
+            let e = ApiError::new(
+                Code::ResyncRequired,
+                format!(
+                    "after ({after}) is beyond your stream's head ({head}): this server's \
+                     stream is not the one you saw; fetch conversations and history afresh, \
+                     then resume from head"
+                ),
+            );
+            return refuse(self, e);
+        }
+        self.cursor = after;
+        match self.advance(head, true).await {
+            Ok(()) => Ok(()),
+            Err(End::Pruned) => refuse(self, resync_required(self.cursor)),
+            Err(End::DbUnavailable | End::Busy) => {
+                // Live events after the cursor still come once it can read them.
+                self.catch_up_at = Some(Instant::now() + CATCH_UP_RETRY);
+                Ok(())
+            }
+            Err(end) => Err(end),
         }
     }
 
@@ -430,7 +494,7 @@ impl Session {
                 .await
                 .map(|_| Answer::Empty {})
                 .map_err(ApiError::from);
-            Reply::Frame(reply_frame(&app, &envelope, result))
+            Reply::Frame(reply_frame(&app, &envelope, result), None)
         }));
     }
 
@@ -488,11 +552,23 @@ impl Session {
             Ok(Request::Ping) => self.answer(envelope, Ok(Answer::Empty {})),
             Ok(Request::Auth { token }) => self.reauthenticate(envelope, &token),
             Ok(request) => {
+                let task = Task(tokio::spawn(run_request(
+                    app.clone(),
+                    self.account.clone(),
+                    self.identity.user.clone(),
+                    envelope.clone(),
+                    request,
+                )));
                 let app = app.clone();
-                let user = self.identity.user.clone();
                 self.pending.push_back(Box::pin(async move {
-                    let result = requests::handle(app.services(), &user, request).await;
-                    Reply::Frame(reply_frame(&app, &envelope, result))
+                    match task.await {
+                        Ok((frame, charge)) => Reply::Frame(frame, charge),
+                        Err(e) => {
+                            tracing::error!(error = %e, "a request's task failed");
+                            let e = ApiError::new(Code::Internal, "internal error");
+                            Reply::Frame(reply_frame(&app, &envelope, Err(e)), None)
+                        }
+                    }
                 }));
             }
         }
@@ -503,16 +579,16 @@ impl Session {
     fn answer(&mut self, envelope: Envelope, result: Result<Answer, ApiError>) {
         let frame = reply_frame(&self.app, &envelope, result);
         self.pending
-            .push_back(Box::pin(async move { Reply::Frame(frame) }));
+            .push_back(Box::pin(async move { Reply::Frame(frame, None) }));
     }
 
     async fn on_reply(&mut self, reply: Reply) -> Result<(), End> {
         match reply {
-            Reply::Frame(f) => self.outbox.push_wait(f.into()).await,
+            Reply::Frame(f, charge) => self.outbox.push_wait(f.into(), charge).await,
             Reply::Resume { envelope, after } => {
                 let result = self.resume(after).await?;
                 let frame = reply_frame(&self.app, &envelope, result);
-                self.outbox.push_wait(frame.into()).await
+                self.outbox.push_wait(frame.into(), None).await
             }
             Reply::Typing {
                 envelope,
@@ -521,12 +597,12 @@ impl Session {
             } => {
                 let result = self.typing(conversation, state).await;
                 let frame = reply_frame(&self.app, &envelope, result.map(|()| Answer::Empty {}));
-                self.outbox.push_wait(frame.into()).await
+                self.outbox.push_wait(frame.into(), None).await
             }
             Reply::Presence { envelope, users } => {
                 let result = self.watch(users).await;
                 let frame = reply_frame(&self.app, &envelope, result);
-                self.outbox.push_wait(frame.into()).await
+                self.outbox.push_wait(frame.into(), None).await
             }
         }
     }
@@ -685,6 +761,10 @@ impl Session {
                 self.catch_up_at = Some(Instant::now() + CATCH_UP_RETRY);
                 Ok(Err(ApiError::unavailable()))
             }
+            Err(End::Busy) => {
+                self.catch_up_at = Some(Instant::now() + CATCH_UP_RETRY);
+                Ok(Err(over_budget(&self.app, Short::Worker)))
+            }
             Err(end) => Err(end),
         }
     }
@@ -697,7 +777,7 @@ impl Session {
     async fn catch_up(&mut self) -> Result<(), End> {
         self.catch_up_at = None;
         match self.advance(self.sub.feed.head(), false).await {
-            Err(End::DbUnavailable) => {
+            Err(End::DbUnavailable | End::Busy) => {
                 self.catch_up_at = Some(Instant::now() + CATCH_UP_RETRY);
                 Ok(())
             }
@@ -722,12 +802,17 @@ impl Session {
                 .into_iter()
                 .map(|(seq, f)| (seq, Some(f)))
                 .collect();
+            // Frames from the feed are shared (not charged); a page read from the table is
+            // this session's alone, charged for its worst case before it is read.
+            let mut page: Option<Charge> = None;
             if frames.is_empty() {
+                let charge = Self::page_charge(&self.app, &self.account, wait).await?;
+                let limit = (charge.bytes() / self.app.sizes.event).clamp(1, REPLAY_PAGE);
                 let rows = store::events_after(
                     &self.app.db,
                     &self.identity.user,
                     self.cursor,
-                    REPLAY_PAGE,
+                    limit as i64,
                     &self.app.metrics,
                 )
                 .await
@@ -746,13 +831,17 @@ impl Session {
                     }
                 }
                 self.app.metrics.replayed_events.inc_by(frames.len() as u64);
+                let mut charge = charge;
+                charge.shrink_to(frames.iter().flat_map(|(_, f)| f).map(|f| f.len()).sum());
+                page = Some(charge);
             }
             for (seq, frame) in frames {
                 // An event that cannot be shown (see store::events_after) is passed over:
                 // it was logged and counted where it was read.
                 if let Some(frame) = frame {
+                    let charge = page.as_mut().map(|c| c.split_off(frame.len()));
                     if wait {
-                        self.outbox.push_wait(frame).await?;
+                        self.outbox.push_wait(frame, charge).await?;
                     } else {
                         self.outbox.push(frame)?;
                     }
@@ -762,6 +851,29 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// The charge for one page of events read from the table: as many events' worst case
+    /// as the user's share has room for (at least one, at most a page). A replay (`wait`)
+    /// waits for room while the client reads, and a client that reads nothing for
+    /// `outbound_stall_ms` is a stalled reader (1013); live catch-up does not wait, its
+    /// events wait in the stream instead. A full worker budget delays both.
+    /// (A free function: the session is not `Sync`, so it is not borrowed across the
+    /// await.)
+    async fn page_charge(app: &App, account: &Arc<Account>, wait: bool) -> Result<Charge, End> {
+        let event = app.sizes.event;
+        let room = app.budget.per_user().saturating_sub(account.used());
+        let bytes = (REPLAY_PAGE * event).min(room.max(event));
+        let charged = if wait {
+            let stall = Duration::from_millis(app.config.outbound_stall_ms);
+            account.charge(bytes, stall).await
+        } else {
+            account.try_charge(bytes)
+        };
+        charged.map_err(|short| match (short, wait) {
+            (Short::User, true) => End::Overflow,
+            _ => End::Busy,
+        })
     }
 
     /// The table has no event right after the cursor (`first`: the next one it has, if
@@ -818,7 +930,7 @@ impl Session {
                     code: close::GOING_AWAY,
                     reason: "server shutting down: reconnect and resume".into(),
                 };
-                let _ = self.outbox.tx.send(Message::Close(Some(frame))).await;
+                let _ = self.outbox.tx.send((Message::Close(Some(frame)), None)).await;
                 return;
             }
             End::Expired => (close::POLICY, "token expired: reconnect with a new token"),
@@ -837,7 +949,7 @@ impl Session {
                 close::TRY_AGAIN_LATER,
                 "events you had not received were pruned: reconnect; resume will answer resync_required",
             ),
-            End::DbUnavailable => {
+            End::DbUnavailable | End::Busy => {
                 (close::INTERNAL, "internal error: reconnect and resume")
             }
         };
@@ -895,6 +1007,74 @@ async fn announce_stop(app: &App, user: &UserId, conversation: &ConversationId) 
     let _ = requests::typing::apply(app.services(), user, conversation, TypingState::Stop).await;
 }
 
+/// Runs one request in a task of its own, so that it is driven (and any pooled
+/// connection it holds given back) even while the session waits for its client to read
+/// an earlier reply. Its reply's worst case is charged to the user's share first; the
+/// charge shrinks to the encoded frame and goes with it to the socket.
+async fn run_request(
+    app: App,
+    account: Arc<Account>,
+    user: UserId,
+    envelope: Envelope,
+    request: Request,
+) -> (String, Option<Charge>) {
+    let wait = Duration::from_millis(app.config.outbound_stall_ms);
+    let mut charge = match account.charge(request.reply_bytes(&app.sizes), wait).await {
+        Ok(c) => c,
+        // The refusal itself is a few bytes, like every inline answer.
+        Err(short) => {
+            return (
+                reply_frame(&app, &envelope, Err(over_budget(&app, short))),
+                None,
+            )
+        }
+    };
+    let result = requests::handle(app.services(), &user, request).await;
+    let frame = reply_frame(&app, &envelope, result);
+    charge.shrink_to(frame.len());
+    (frame, Some(charge))
+}
+
+/// `rate_limited`, for a request whose reply would not fit in memory: the user's share
+/// stayed full (their earlier replies are not being read), or the worker's budget is.
+pub(crate) fn over_budget(app: &App, short: Short) -> ApiError {
+    app.metrics.rate_limited.inc();
+    let message = match short {
+        Short::User => format!(
+            "your replies not yet read hold your share of this worker's memory \
+             (outbound_user_bytes, {} bytes): read them, then retry",
+            app.config.outbound_user_bytes
+        ),
+        Short::Worker => "this worker holds as many unread replies as it may \
+             (outbound_budget_bytes): retry shortly"
+            .to_string(),
+    };
+    let mut e = ApiError::new(Code::RateLimited, message);
+    e.retry_after_ms = Some(1_000);
+    e
+}
+
+/// A spawned task that is aborted when dropped: a session that ends takes its requests'
+/// tasks with it (a send already handed to the writer commits anyway).
+struct Task<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for Task<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for Task<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
 fn reply_frame(app: &App, envelope: &Envelope, result: Result<Answer, ApiError>) -> String {
     match result {
         Ok(answer) => frames::ok_frame(envelope, &answer),
@@ -909,7 +1089,7 @@ fn reply_frame(app: &App, envelope: &Envelope, result: Result<Answer, ApiError>)
 /// a priority close frame as soon as one is requested.
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Message>,
+    mut rx: mpsc::Receiver<Queued>,
     mut close_now: oneshot::Receiver<CloseFrame>,
     room: Arc<Room>,
     max_bytes: usize,
@@ -919,7 +1099,8 @@ async fn write_loop(
             biased;
             frame = &mut close_now => break frame.ok(),
             msg = rx.recv() => {
-                let Some(msg) = msg else {
+                // The charge goes when the frame has been handed to the socket.
+                let Some((msg, _charge)) = msg else {
                     let _ = sink.close().await;
                     return;
                 };

@@ -130,6 +130,19 @@ choice! {
 }
 
 choice! {
+    /// `dev_sign_in`: whether `POST /dev/token` (which mints a token for any user name) and
+    /// the browser demo exist.
+    DevSignIn {
+        /// Only while the JWT secret is the one pgchat generated itself (no `jwt_secret`
+        /// given) and outside production: nobody else trusts that secret.
+        Auto = "auto",
+        /// Also with a configured secret, outside production (refused in production).
+        On = "on",
+        Off = "off",
+    }
+}
+
+choice! {
     /// `listen`: how several workers listen.
     Listen {
         /// All on `PORT` with SO_REUSEPORT: the kernel spreads connections (one Heroku dyno).
@@ -186,9 +199,15 @@ impl From<Retention> for String {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    pub host: String,
+    /// Unset: `127.0.0.1` while development sign-in is open, else `0.0.0.0` (see
+    /// [`Config::listen_host`]).
+    pub host: Option<String>,
     pub port: u16,
+    /// `IP:port` for `/health` and `/metrics` alone (see [`crate::edge::http::ops_router`]).
+    pub ops_listen: Option<String>,
     pub node_env: NodeEnv,
+    pub dev_sign_in: DevSignIn,
+    pub dev_sign_in_per_minute: u32,
     pub database_url: Option<String>,
     pub database_listen_url: Option<String>,
     pub jwt_secret: Option<Secret>,
@@ -202,6 +221,8 @@ pub struct Config {
     pub db_acquire_timeout_ms: u64,
     pub db_idle_timeout_ms: u64,
     pub db_statement_timeout_ms: u64,
+    pub migration_lock_timeout_ms: u64,
+    pub migration_attempts: u32,
     pub db_keepalive_idle_ms: u64,
     pub db_keepalive_interval_ms: u64,
     pub db_keepalive_retries: u32,
@@ -227,6 +248,8 @@ pub struct Config {
     pub outbound_max_frames: usize,
     pub outbound_max_bytes: usize,
     pub outbound_stall_ms: u64,
+    pub outbound_budget_bytes: usize,
+    pub outbound_user_bytes: usize,
     pub ws_read_buffer_bytes: usize,
     pub ping_interval_ms: u64,
     pub token_expiring_notice_ms: u64,
@@ -266,7 +289,10 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            host: "0.0.0.0".into(),
+            host: None,
+            ops_listen: None,
+            dev_sign_in: DevSignIn::Auto,
+            dev_sign_in_per_minute: 30,
             port: 3000,
             node_env: NodeEnv::Development,
             database_url: None,
@@ -281,6 +307,8 @@ impl Default for Config {
             db_acquire_timeout_ms: 2_000,
             db_idle_timeout_ms: 30_000,
             db_statement_timeout_ms: 30_000,
+            migration_lock_timeout_ms: 5_000,
+            migration_attempts: 20,
             db_keepalive_idle_ms: 30_000,
             db_keepalive_interval_ms: 10_000,
             db_keepalive_retries: 3,
@@ -305,6 +333,8 @@ impl Default for Config {
             outbound_max_frames: 1_024,
             outbound_max_bytes: 1 << 20,
             outbound_stall_ms: 30_000,
+            outbound_budget_bytes: 64 << 20,
+            outbound_user_bytes: 16 << 20,
             ws_read_buffer_bytes: 4_096,
             ping_interval_ms: 25_000,
             token_expiring_notice_ms: 60_000,
@@ -462,6 +492,12 @@ impl Config {
 
     /// Sockets, frames, requests and the outbound queue.
     fn validate_connections(&self) -> Result<(), ConfigError> {
+        at_least(
+            "migration_lock_timeout_ms",
+            self.migration_lock_timeout_ms,
+            1,
+        )?;
+        at_least("migration_attempts", self.migration_attempts as u64, 1)?;
         at_least("max_connections", self.max_connections as u64, 1)?;
         at_least("max_sockets_per_user", self.max_sockets_per_user as u64, 1)?;
         at_least("header_read_timeout_ms", self.header_read_timeout_ms, 100)?;
@@ -482,6 +518,18 @@ impl Config {
         at_least("outbound_max_frames", self.outbound_max_frames as u64, 16)?;
         at_least("outbound_max_bytes", self.outbound_max_bytes as u64, 4096)?;
         at_least("outbound_stall_ms", self.outbound_stall_ms, 100)?;
+        // The largest single reply (a history page of the longest messages, a full
+        // group's state) must fit in one user's share.
+        at_least(
+            "outbound_user_bytes",
+            self.outbound_user_bytes as u64,
+            self.largest_reply() as u64,
+        )?;
+        at_least(
+            "outbound_budget_bytes",
+            self.outbound_budget_bytes as u64,
+            self.outbound_user_bytes as u64,
+        )?;
         at_least(
             "ws_read_buffer_bytes",
             self.ws_read_buffer_bytes as u64,
@@ -563,6 +611,14 @@ impl Config {
 
     /// The whole URL as start-up will read it: sslmode, sslrootcert (read now) and all.
     fn validate_urls(&self) -> Result<(), ConfigError> {
+        if let Some(at) = &self.ops_listen {
+            if at.parse::<std::net::SocketAddr>().is_err() {
+                return Err(ConfigError::new(
+                    "ops_listen",
+                    format!("must be IP:port (e.g. 127.0.0.1:9090), got {at:?}"),
+                ));
+            }
+        }
         for (key, setting, url) in [
             ("database_url", "DATABASE_URL", &self.database_url),
             (
@@ -612,6 +668,18 @@ impl Config {
             }
             Some(_) => {}
         }
+        if self.dev_sign_in == DevSignIn::On && self.is_production() {
+            return Err(ConfigError::new(
+                "dev_sign_in",
+                "must not be on with NODE_ENV=production: POST /dev/token would mint a token for \
+                 any user, signed with the secret your backend trusts",
+            ));
+        }
+        at_least(
+            "dev_sign_in_per_minute",
+            self.dev_sign_in_per_minute as u64,
+            1,
+        )?;
         if let Some(aud) = &self.jwt_audience {
             if aud.is_empty() {
                 return Err(ConfigError::new(
@@ -657,6 +725,39 @@ impl Config {
             return self.runtime_threads;
         }
         (cpus / self.worker_count()).max(1)
+    }
+
+    /// The worst case of the largest single reply these limits allow (see
+    /// [`crate::foundation::budget`]): a history page of the longest messages, a page of
+    /// conversations with their last messages, or a full group's state.
+    pub(crate) fn largest_reply(&self) -> usize {
+        use crate::foundation::budget::{ids_bytes, message_bytes};
+        let message = message_bytes(self.max_message_chars);
+        let history = crate::foundation::protocol::MAX_HISTORY_LIMIT as usize * message;
+        let conversations = crate::foundation::protocol::MAX_CONVERSATIONS_PAGE as usize
+            * (message + ids_bytes(self.conversation_members_listed * 2));
+        let group = ids_bytes(self.max_group_members * 2);
+        history.max(conversations).max(group)
+    }
+
+    /// Whether `POST /dev/token` and the browser demo exist (see [`DevSignIn`]).
+    pub fn dev_sign_in_open(&self) -> bool {
+        match self.dev_sign_in {
+            DevSignIn::Off => false,
+            DevSignIn::On => !self.is_production(),
+            DevSignIn::Auto => self.jwt_secret.is_none() && !self.is_production(),
+        }
+    }
+
+    /// The address to bind: `host` when set; else loopback while development sign-in is
+    /// open (a token for anyone must not be a request away for the whole network), else
+    /// every interface.
+    pub fn listen_host(&self) -> &str {
+        match &self.host {
+            Some(h) => h,
+            None if self.dev_sign_in_open() => "127.0.0.1",
+            None => "0.0.0.0",
+        }
     }
 
     pub(crate) fn is_production(&self) -> bool {

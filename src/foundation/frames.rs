@@ -25,6 +25,9 @@ pub(crate) struct Hello<'a> {
     pub(crate) worker: &'a str,
     pub(crate) head: i64,
     pub(crate) server_time: String,
+    /// The `?after=N` the session was asked to start from (and does), when one was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) after: Option<i64>,
 }
 
 /// `token_expiring`: the time left until the 1008 close.

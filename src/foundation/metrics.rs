@@ -40,6 +40,7 @@ pub struct Metrics {
     pub notices_unsealed: Counter,
     pub notices_ignored: Counter,
     pub bad_rows: Counter,
+    pub(crate) outbound_held: Gauge,
     pub health_probes: Counter,
     pub(crate) db_share: Gauge,
     pub(crate) pool_size: Gauge,
@@ -217,6 +218,11 @@ impl Metrics {
                 "bad_rows",
                 "Rows read from the database that pgchat could not use (a message deleted by hand, a malformed member list): logged and skipped",
                 Counter::default()
+            ),
+            outbound_held: reg!(
+                "outbound_held_bytes",
+                "Bytes held for replies and replayed events that clients have not read yet, all users (bounded by outbound_budget_bytes)",
+                Gauge::default()
             ),
             health_probes: reg!(
                 "health_probes",

@@ -4,6 +4,7 @@
 //! Nothing here imports from above.
 
 pub mod auth;
+pub(crate) mod budget;
 pub mod config;
 pub(crate) mod endpoint;
 pub mod error;

@@ -16,6 +16,8 @@ pub const MAX_HISTORY_LIMIT: i64 = 100;
 pub(crate) const DEFAULT_HISTORY_LIMIT: i64 = 50;
 /// The most members one `members` page lists (and its default).
 pub const MAX_MEMBERS_PAGE: i64 = 1_000;
+/// The most conversations one `conversations` page lists, and how many by default.
+pub const MAX_CONVERSATIONS_PAGE: i64 = 100;
 /// The longest group name.
 pub(crate) const MAX_NAME_CHARS: usize = 100;
 

@@ -21,9 +21,13 @@ pub(crate) struct TokenBucket {
 
 impl TokenBucket {
     pub(crate) fn new(rate: u32, burst: u32) -> Self {
+        Self::per_second(rate as f64, burst)
+    }
+
+    fn per_second(rate: f64, burst: u32) -> Self {
         TokenBucket {
             tokens: burst as f64,
-            rate: rate as f64,
+            rate,
             burst: burst as f64,
             last: Instant::now(),
         }
@@ -41,6 +45,45 @@ impl TokenBucket {
         } else {
             Err((((1.0 - self.tokens) / self.rate) * 1000.0).ceil() as u64)
         }
+    }
+}
+
+/// `POST /dev/token`'s limit: one bucket per client address, `per_minute` sign-ins a
+/// minute (a minute's worth at once), for the most recent 1024 addresses. Outside that
+/// it would mint tokens as fast as anyone asked.
+pub(crate) struct SignInLimits {
+    /// A std mutex: one map lookup and a little arithmetic.
+    buckets: Mutex<LruCache<std::net::IpAddr, TokenBucket>>,
+    per_minute: u32,
+}
+
+impl SignInLimits {
+    pub(crate) fn new(per_minute: u32) -> SignInLimits {
+        SignInLimits {
+            buckets: Mutex::new(LruCache::new(NonZeroUsize::new(1024).expect("1024"))),
+            per_minute: per_minute.max(1),
+        }
+    }
+
+    /// Takes a sign-in for `from`, or the `rate_limited` refusal (counted).
+    pub(crate) fn take(&self, from: std::net::IpAddr, metrics: &Metrics) -> Result<(), ApiError> {
+        let mut buckets = self.buckets.lock().expect("sign-in limit lock");
+        let per_minute = self.per_minute;
+        let bucket = buckets.get_or_insert_mut(from, || {
+            TokenBucket::per_second(per_minute as f64 / 60.0, per_minute)
+        });
+        bucket.take().map_err(|retry_after_ms| {
+            metrics.rate_limited.inc();
+            let mut e = ApiError::new(
+                Code::RateLimited,
+                format!(
+                    "more than {per_minute} development sign-ins a minute from your address \
+                     (dev_sign_in_per_minute): wait {retry_after_ms} ms"
+                ),
+            );
+            e.retry_after_ms = Some(retry_after_ms);
+            e
+        })
     }
 }
 

@@ -36,7 +36,7 @@ fn probe(config: &Config, path: &str) -> std::io::Result<u16> {
         ));
     }
     // A wildcard address listens on loopback too.
-    let ip = match config.host.parse::<IpAddr>() {
+    let ip = match config.listen_host().parse::<IpAddr>() {
         Ok(ip) if !ip.is_unspecified() => ip,
         _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
     };

@@ -42,6 +42,7 @@ use crate::cluster::hub::Hub;
 use crate::cluster::notify::NoticeSeal;
 use crate::cluster::presence::Presence;
 use crate::db::Database;
+use crate::foundation::budget::{ids_bytes, Sizes, SMALL_REPLY};
 use crate::foundation::error::{ApiError, Code};
 use crate::foundation::frames::results::Answer;
 use crate::foundation::metrics::Metrics;
@@ -169,6 +170,31 @@ impl<'de> Deserialize<'de> for UniqueKeys {
 }
 
 impl Request {
+    /// The most bytes this request's reply can take while it is built and sent: what it is
+    /// charged against the user's share before it runs (see [`crate::foundation::budget`]).
+    pub(crate) fn reply_bytes(&self, sizes: &Sizes) -> usize {
+        let n = |limit: &i64| usize::try_from(*limit).unwrap_or(0);
+        SMALL_REPLY
+            + match self {
+                Request::History { limit, .. } => n(limit) * sizes.message,
+                Request::Conversations => {
+                    n(&crate::foundation::protocol::MAX_CONVERSATIONS_PAGE) * sizes.conversation
+                }
+                Request::Members { limit, .. } => ids_bytes(n(limit)),
+                Request::Send { .. } => sizes.message,
+                Request::GroupCreate { .. }
+                | Request::GroupAdd { .. }
+                | Request::GroupRemove { .. } => sizes.group,
+                Request::PresenceSubscribe { users } => ids_bytes(users.len()) * 2,
+                Request::GroupLeave { .. }
+                | Request::Read { .. }
+                | Request::Typing { .. }
+                | Request::Resume { .. }
+                | Request::Auth { .. }
+                | Request::Ping => 0,
+            }
+    }
+
     /// Parses one text frame. The envelope is returned even when the request is invalid,
     /// so the error reply carries the `ref`.
     pub fn parse(text: &str, limits: Limits) -> (Envelope, Result<Request, ApiError>) {

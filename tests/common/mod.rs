@@ -350,7 +350,7 @@ pub fn init_logging() {
 /// The configuration tests start from: port 0, the test database, the test secret.
 pub fn test_config(db: &TestDb) -> Config {
     Config {
-        host: "127.0.0.1".into(),
+        host: Some("127.0.0.1".into()),
         port: 0,
         node_env: pgchat::foundation::config::NodeEnv::Test,
         database_url: Some(db.url.clone()),
@@ -372,6 +372,8 @@ pub fn test_config(db: &TestDb) -> Config {
 pub struct TestApp {
     pub db: TestDb,
     pub addr: std::net::SocketAddr,
+    /// Where `/health` and `/metrics` are served when `ops_listen` is set.
+    pub ops_addr: Option<std::net::SocketAddr>,
     pub app: pgchat::App,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub stopped: Option<tokio::task::JoinHandle<()>>,
@@ -396,6 +398,7 @@ impl TestApp {
         config.validate().expect("test configuration is valid");
         let application = Application::build(config).await.expect("server starts");
         let addr = application.local_addr();
+        let ops_addr = application.ops_addr();
         let app = application.app();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(application.run_until_stopped(async move {
@@ -414,6 +417,7 @@ impl TestApp {
         TestApp {
             db,
             addr,
+            ops_addr,
             app,
             stop: Some(stop),
             stopped: Some(handle),

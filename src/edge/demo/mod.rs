@@ -2,15 +2,19 @@
 //! and served at `/`, with the JavaScript client at `/pgchat.js`, and the development
 //! sign-in `POST /dev/token` that mints a token for any valid user name.
 //!
-//! None of it exists with `NODE_ENV=production`: there these paths are 404 like any
-//! unknown path. A production deployment's tokens come from its own backend, and its
-//! users use its own application; a sign-in that trusts any name must never be reachable
-//! there, and a demo that cannot sign in is no use.
+//! None of it exists unless development sign-in is open (`dev_sign_in`): by default only
+//! while the JWT secret is the one pgchat generated itself (no `JWT_SECRET` given, so no
+//! backend trusts the tokens it mints), never with `NODE_ENV=production`; elsewhere these
+//! paths are 404 like any unknown path. A real deployment's tokens come from its own
+//! backend, and its users use its own application; a sign-in that trusts any name must
+//! never be reachable there, and a demo that cannot sign in is no use. While it is open
+//! the server listens on loopback unless `host` says otherwise, and each client address
+//! may sign in `dev_sign_in_per_minute` times a minute.
 
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -165,8 +169,10 @@ struct SignIn {
 /// with its words, as a `send` to that name would be.
 async fn dev_token(
     State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     body: Result<Json<SignIn>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    app.sign_ins.take(peer.ip(), &app.metrics)?;
     let body = crate::edge::http::json_body(&app, body)?;
     let user = match body.user {
         None | Some(Value::Null) => {
