@@ -229,6 +229,20 @@ fn the_checker_flags_loss_duplicates_gaps_disorder_and_phantoms() {
     c.received(a, &msg(2, 2, 2, "a", "m2"));
     c.received(b, &msg(3, 2, 2, "a", "m2"));
     fails(c, "b: seq 2..2 missing");
+    // A session started after 1 that gets seq 3 before seq 2 (what resuming below a
+    // session's live position once did): each event must be the next one.
+    let c = clean();
+    let a = c.connected("a");
+    for i in 1..=2 {
+        c.received(a, &msg(i, i, i, "a", &format!("m{i}")));
+    }
+    let b = c.connected_after("b", 0);
+    c.received(b, &msg(2, 2, 2, "a", "m2"));
+    c.received(b, &msg(1, 1, 1, "a", "m1"));
+    fails(
+        c,
+        "connection 2 got seq 2 after 0 (out of order on one session)",
+    );
     // A send retried after `unavailable` that became two messages.
     let c = clean();
     c.sent("a", "m3", &to_b, "m3");

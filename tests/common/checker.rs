@@ -12,8 +12,9 @@
 //! - every acked message reached every member of its conversation (the sender included,
 //!   per PROTOCOL.md) exactly once, with the acked conversation, cseq, body and sender;
 //! - per user and conversation, messages come in `cseq` order 1, 2, 3, … without a gap;
-//! - on one connection, after the reply to its `resume`, events arrive in `seq` order
-//!   without a gap (duplicates only before that reply, where the protocol allows them);
+//! - on one connection started with `?after=N`, every event is the next: N+1, N+2, …
+//!   with no gap, no duplicate and nothing out of order, replayed and live alike (and on
+//!   one that sent `resume`, the same from the reply to it on);
 //! - no message arrived that no client sent.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -215,6 +216,14 @@ impl Checker {
         id
     }
 
+    /// A new connection of `user` that the server starts after `after` (`?after=`): from
+    /// its first event on, each must be the next.
+    pub fn connected_after(&self, user: &str, after: i64) -> u64 {
+        let id = self.connected(user);
+        self.resumed(id, after);
+        id
+    }
+
     /// The reply to this connection's `resume`: `head` was the last event replayed.
     pub fn resumed(&self, connection: u64, head: i64) {
         if let Some(c) = self.state().connections.get_mut(&connection) {
@@ -257,7 +266,7 @@ impl Checker {
             if let Some(last) = c.in_order_from {
                 if seq != last + 1 {
                     p = Some(format!(
-                        "{}: connection {connection} got seq {seq} after {last} (live, after resume)",
+                        "{}: connection {connection} got seq {seq} after {last} (out of order on one session)",
                         c.user
                     ));
                 }

@@ -1,8 +1,9 @@
 //! Steady DM and group traffic for the fault tests: one client task per user, each sending
 //! one message at a time (alternately to a DM peer on another worker and to its group),
 //! reading every event, and recording all of it in the [`Checker`]. A client whose socket
-//! dies reconnects (to the next worker when its own refuses), resumes from the last seq it
+//! dies reconnects (to the next worker when its own refuses) with `?after=` the last seq it
 //! saw without a gap, and retries its unacknowledged send with the same `client_msg_id`.
+//! Every session is held to strict order: each event must be the one after the last.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +29,7 @@ pub enum Phase {
     Load,
     /// Send nothing new; finish (retry) what is unacknowledged; keep reading.
     Drain,
-    /// Reconnect once more, resume from the last seq seen, and stop.
+    /// Reconnect once more from the last seq seen (`?after=`), catch up, and stop.
     Final,
 }
 
@@ -215,7 +216,9 @@ impl LoadClient {
     async fn run(mut self) {
         let mut worker = self.spec.home;
         loop {
-            let ws = match self.connect(worker).await {
+            // Where this client's stream is complete: the session starts after it.
+            let after = self.checker.contiguous_head(&self.spec.user);
+            let ws = match self.connect(worker, after).await {
                 Some(ws) => ws,
                 None => {
                     self.checker.connect_refused();
@@ -224,7 +227,7 @@ impl LoadClient {
                     continue;
                 }
             };
-            match self.session(ws).await {
+            match self.session(ws, after).await {
                 Ended::Done => return,
                 Ended::Lost(how) => {
                     self.checker.closed(&self.spec.user, how);
@@ -234,9 +237,12 @@ impl LoadClient {
         }
     }
 
-    async fn connect(&self, worker: usize) -> Option<Ws> {
+    async fn connect(&self, worker: usize, after: i64) -> Option<Ws> {
         let url = &self.urls[worker];
-        let mut request = url.as_str().into_client_request().unwrap();
+        let mut request = format!("{url}?after={after}")
+            .as_str()
+            .into_client_request()
+            .unwrap();
         request.headers_mut().insert(
             "authorization",
             format!("Bearer {}", self.token).parse().unwrap(),
@@ -264,11 +270,19 @@ impl LoadClient {
         Some(ws)
     }
 
-    async fn session(&mut self, mut ws: Ws) -> Ended {
+    async fn session(&mut self, mut ws: Ws, after: i64) -> Ended {
         let user = self.spec.user.clone();
         let final_connection = *self.phase.borrow() == Phase::Final;
-        match next_json(&mut ws, Duration::from_secs(15)).await {
-            Ok(Some(hello)) if hello["type"] == "hello" => {}
+        let head = match next_json(&mut ws, Duration::from_secs(15)).await {
+            Ok(Some(hello)) if hello["type"] == "hello" => {
+                if hello["after"] != json!(after) {
+                    self.checker.problem(format!(
+                        "{user}: asked ?after={after}, the hello says {}",
+                        hello["after"]
+                    ));
+                }
+                hello["head"].as_i64().unwrap_or(0)
+            }
             Ok(Some(other)) => {
                 self.checker
                     .problem(format!("{user}: first frame is not hello: {other}"));
@@ -276,16 +290,18 @@ impl LoadClient {
             }
             Ok(None) => return Ended::Lost("closed before hello".into()),
             Err(how) => return Ended::Lost(how),
-        }
-        let conn = self.checker.connected(&user);
-        let after = self.checker.contiguous_head(&user);
-        let resume = json!({"type": "resume", "after": after, "ref": "resume"});
-        if ws.send(Message::text(resume.to_string())).await.is_err() {
-            return Ended::Lost("send failed".into());
-        }
+        };
+        // Started after what this client has seen: every event from here on must be the
+        // next one, replayed and live alike.
+        let conn = self.checker.connected_after(&user, after);
         let connected_at = Instant::now();
         let mut stalled = false;
-        let mut resumed = false;
+        // Caught up once the replay reached the hello's head.
+        let mut resumed = after >= head;
+        if resumed && final_connection {
+            let _ = ws.close(None).await;
+            return Ended::Done;
+        }
         // The send this socket waits a reply for (one at a time), if any.
         let mut in_flight: Option<Pending> = None;
         let mut tick = tokio::time::interval(self.interval);
@@ -299,18 +315,6 @@ impl LoadClient {
                         Err(how) => return Ended::Lost(how),
                     };
                     match v["type"].as_str() {
-                        Some("ok") | Some("error") if v["ref"] == "resume" => {
-                            if v["type"] != "ok" {
-                                self.checker.problem(format!("{user}: resume after {after} failed: {v}"));
-                                return Ended::Lost("resume failed".into());
-                            }
-                            self.checker.resumed(conn, v["head"].as_i64().unwrap());
-                            resumed = true;
-                            if final_connection {
-                                let _ = ws.close(None).await;
-                                return Ended::Done;
-                            }
-                        }
                         Some("ok") | Some("error") => {
                             let Some(p) = in_flight.take() else {
                                 self.checker.problem(format!("{user}: a reply to nothing: {v}"));
@@ -331,7 +335,16 @@ impl LoadClient {
                                 }
                             }
                         }
-                        _ => self.checker.received(conn, &v),
+                        _ => {
+                            self.checker.received(conn, &v);
+                            if !resumed && v["seq"].as_i64().is_some_and(|seq| seq >= head) {
+                                resumed = true;
+                                if final_connection {
+                                    let _ = ws.close(None).await;
+                                    return Ended::Done;
+                                }
+                            }
+                        }
                     }
                 }
                 _ = tick.tick() => {
