@@ -147,9 +147,25 @@ CREATE INDEX presence_by_worker ON pgchat.presence (worker_id);
 CREATE TABLE pgchat.settings (
     id                boolean PRIMARY KEY DEFAULT true CHECK (id),
     max_message_chars integer NOT NULL DEFAULT 4000,
-    max_group_members integer NOT NULL DEFAULT 1000
+    max_group_members integer NOT NULL DEFAULT 1000,
+    -- conversation_members_listed: members (and admins) a conversation's state lists.
+    members_listed    integer NOT NULL DEFAULT 100,
+    -- read_receipts_fanout_max: above this many members, a read marker is not sent to
+    -- every member as an event (members ask with `receipts`).
+    read_fanout_max   integer NOT NULL DEFAULT 100,
+    -- new_users_per_hour: users one user's commands may create for others in an hour.
+    new_users_per_hour integer NOT NULL DEFAULT 2000
 );
 INSERT INTO pgchat.settings DEFAULT VALUES;
+
+-- How many users each user's commands created for others (named in group_create,
+-- group_add or a direct message before pgchat knew them) in the current hour, against
+-- settings.new_users_per_hour. One row per user; the hour starts afresh when it turns.
+CREATE TABLE pgchat.user_quota (
+    user_id text PRIMARY KEY,
+    hour    timestamptz NOT NULL,
+    created integer NOT NULL
+);
 
 -- The key that seals every NOTIFY payload pgchat sends (HMAC-SHA256, see
 -- src/cluster/notify.rs): any role that can connect may NOTIFY on pgchat's channel, so the
@@ -195,28 +211,42 @@ AS $$
 DECLARE
     k pgchat.notice_key;
 BEGIN
-    SELECT * INTO STRICT k FROM pgchat.notice_key;
+    SELECT * INTO STRICT k FROM pgchat.notice_key WHERE id;
     RETURN encode(substr(sha256(k.outer_pad || sha256(k.inner_pad || convert_to(p_notice, 'UTF8'))),
                          1, 16), 'hex') || p_notice;
 END
 $$;
 
--- A conversation as the wire shows it: {"id","kind","name","members"}, and for a group
--- "admins" (the members who may remove others and name admins).
-CREATE FUNCTION pgchat.conversation_json(p_id text) RETURNS jsonb
+-- A conversation as the wire shows it: {"id","kind","name","members","member_count"}, and
+-- for a group "admins". At most settings.members_listed members and admins are listed
+-- (the first by id; `members` pages through the rest), so that a large group's state,
+-- sent to every member at every change, stays small. With the change that made this
+-- state, also "added" and "removed" (as many at most).
+CREATE FUNCTION pgchat.conversation_json(p_id text, p_added text[] DEFAULT NULL,
+                                         p_removed text[] DEFAULT NULL) RETURNS jsonb
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pgchat, pg_temp
 AS $$
     SELECT jsonb_build_object(
         'id', c.id, 'kind', c.kind, 'name', c.name,
-        'members', coalesce((SELECT jsonb_agg(m.user_id ORDER BY m.user_id)
-                             FROM pgchat.members m WHERE m.conversation_id = c.id), '[]'))
+        'members', coalesce((SELECT jsonb_agg(x.user_id ORDER BY x.user_id)
+                             FROM (SELECT m.user_id FROM pgchat.members m
+                                   WHERE m.conversation_id = c.id
+                                   ORDER BY m.user_id LIMIT s.members_listed) x), '[]'),
+        'member_count', (SELECT count(*) FROM pgchat.members m WHERE m.conversation_id = c.id))
         || CASE WHEN c.kind = 'group' THEN jsonb_build_object(
-               'admins', coalesce((SELECT jsonb_agg(m.user_id ORDER BY m.user_id)
-                                   FROM pgchat.members m
-                                   WHERE m.conversation_id = c.id AND m.admin), '[]'))
+               'admins', coalesce((SELECT jsonb_agg(x.user_id ORDER BY x.user_id)
+                                   FROM (SELECT m.user_id FROM pgchat.members m
+                                         WHERE m.conversation_id = c.id AND m.admin
+                                         ORDER BY m.user_id LIMIT s.members_listed) x), '[]'))
            ELSE '{}' END
-    FROM pgchat.conversations c WHERE c.id = p_id
+        || CASE WHEN cardinality(p_added) > 0
+                THEN jsonb_build_object('added', to_jsonb(p_added[1:s.members_listed]))
+                ELSE '{}' END
+        || CASE WHEN cardinality(p_removed) > 0
+                THEN jsonb_build_object('removed', to_jsonb(p_removed[1:s.members_listed]))
+                ELSE '{}' END
+    FROM pgchat.conversations c, pgchat.settings s WHERE c.id = p_id AND s.id
 $$;
 
 -- Appends one event to each of p_users' streams (their rows are locked by the caller,
@@ -253,25 +283,28 @@ BEGIN
 END
 $$;
 
--- Tells every member of conversation p_id its state now (a `conversation` event each),
--- records that state once for replays (conversation_states, at the conversation's
--- version, which the caller has just bumped); returns that state.
+-- Tells every member of conversation p_id its state now (a `conversation` event each,
+-- with the change p_added / p_removed), records that state once for replays
+-- (conversation_states, at the conversation's version, which the caller has just
+-- bumped); returns that state.
 CREATE FUNCTION pgchat.announce(
     INOUT e_user text[], INOUT e_seq bigint[], INOUT e_cmd integer[], INOUT e_kind text[],
-    INOUT e_fields jsonb[], p_id text, p_cmd integer, OUT conversation jsonb)
+    INOUT e_fields jsonb[], p_id text, p_cmd integer, OUT conversation jsonb,
+    p_added text[] DEFAULT NULL, p_removed text[] DEFAULT NULL)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pgchat, pg_temp
 AS $$
 DECLARE
     v bigint;
 BEGIN
-    conversation := pgchat.conversation_json(p_id);
+    conversation := pgchat.conversation_json(p_id, p_added, p_removed);
     SELECT c.version INTO v FROM pgchat.conversations c WHERE c.id = p_id;
     INSERT INTO pgchat.conversation_states (conversation_id, version, state)
     VALUES (p_id, v, conversation);
     SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields
     FROM pgchat.append_events(e_user, e_seq, e_cmd, e_kind, e_fields,
-                              ARRAY(SELECT jsonb_array_elements_text(conversation -> 'members')),
+                              ARRAY(SELECT m.user_id FROM pgchat.members m
+                                    WHERE m.conversation_id = p_id ORDER BY m.user_id),
                               'conversation', p_id, NULL,
                               jsonb_build_object('conversation', conversation), p_cmd, v);
 END
@@ -366,7 +399,7 @@ CREATE FUNCTION pgchat.apply_batch(
 )
 LANGUAGE plpgsql
 SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
-SET plan_cache_mode = force_generic_plan
+SET plan_cache_mode = force_generic_plan SET jit = off
 SET search_path = pg_catalog, pgchat, pg_temp
 AS $fn$
 DECLARE
@@ -395,6 +428,11 @@ DECLARE
     s_at timestamptz[]; s_name text[]; s_body text[];
     s_e_user text[]; s_e_seq bigint[]; s_e_cmd integer[];
     s_v_id text[]; s_v_version bigint[]; s_v_last_cseq bigint[]; s_v_members jsonb[];
+    limits pgchat.settings;
+    n_ci integer[] := '{}';
+    n_u text[] := '{}';
+    quota_refused integer[] := '{}';
+    qi integer;
 BEGIN
     o_code := array_fill(NULL::text, ARRAY[ncmds]);
     o_detail := o_code;
@@ -434,17 +472,52 @@ BEGIN
     -- 2. New users get a stream (lock order 1): the two of a new direct conversation, and
     -- those named by group commands. Those that no command ends up using (a refused
     -- group_add, a group_create retried) are deleted again before the end (step 8).
+    -- What one user may create for others is bounded (settings.new_users_per_hour, counted
+    -- in user_quota): the commands of a user past it that would create anyone are
+    -- refused (rate_limited) before anything is made for them.
     IF cardinality(missing) > 0 OR array_position(c_kind, 'group_create') IS NOT NULL
        OR array_position(c_kind, 'group_add') IS NOT NULL THEN
-        named := ARRAY(
-            SELECT DISTINCT x FROM (
-                SELECT unnest(string_to_array(key, E'\n')) AS x FROM unnest(missing) AS key
-                UNION ALL
-                SELECT t.u FROM unnest(u_cmd, u_user) AS t(ci, u)
-                WHERE c_kind[t.ci] IN ('group_create', 'group_add')
-                UNION ALL
-                SELECT t.a FROM unnest(c_kind, c_actor) AS t(k, a) WHERE t.k = 'group_create'
-            ) s ORDER BY x);
+        SELECT * INTO limits FROM pgchat.settings WHERE id;
+        -- Who names whom: (command, user) for everyone a command would make a user of.
+        SELECT coalesce(array_agg(n.ci ORDER BY n.u, n.ci), '{}'),
+               coalesce(array_agg(n.u ORDER BY n.u, n.ci), '{}')
+        INTO n_ci, n_u
+        FROM (
+            SELECT z.k::integer AS ci, x AS u
+            FROM unnest(keys) WITH ORDINALITY AS z(key, k)
+            CROSS JOIN LATERAL unnest(string_to_array(z.key, E'\n')) AS x
+            WHERE z.key = ANY (missing)
+            UNION ALL
+            SELECT t.ci, t.u FROM unnest(u_cmd, u_user) AS t(ci, u)
+            WHERE c_kind[t.ci] IN ('group_create', 'group_add')
+            UNION ALL
+            SELECT t.k::integer, t.a FROM unnest(c_kind, c_actor) WITH ORDINALITY AS t(kind, a, k)
+            WHERE t.kind = 'group_create'
+        ) n;
+        quota_refused := ARRAY(
+            SELECT DISTINCT ci FROM (
+                SELECT f.who, unnest(f.cis) AS ci, f.n
+                FROM (SELECT c_actor[t.ci] AS who, count(DISTINCT t.u) AS n,
+                             array_agg(t.ci) AS cis
+                      FROM unnest(n_ci, n_u) AS t(ci, u)
+                      WHERE t.u <> c_actor[t.ci]
+                        AND NOT EXISTS (SELECT 1 FROM pgchat.users u WHERE u.id = t.u)
+                      GROUP BY 1) f
+            ) r
+            WHERE r.n + coalesce((SELECT q.created FROM pgchat.user_quota q
+                                  WHERE q.user_id = r.who
+                                    AND q.hour = date_trunc('hour', now())), 0)
+                  > limits.new_users_per_hour
+            ORDER BY ci);
+        IF cardinality(quota_refused) > 0 THEN
+            -- Their direct messages to new users make nothing: no users, no conversation
+            -- (the send then finds none, and is answered rate_limited below).
+            missing := ARRAY(SELECT m FROM unnest(missing) AS m
+                             WHERE m <> ALL (ARRAY(SELECT keys[qr] FROM unnest(quota_refused) AS qr
+                                                   WHERE keys[qr] IS NOT NULL)));
+        END IF;
+        named := ARRAY(SELECT DISTINCT t.u FROM unnest(n_ci, n_u) AS t(ci, u)
+                       WHERE t.ci <> ALL (quota_refused) ORDER BY t.u);
         WITH ins AS (
             INSERT INTO pgchat.users (id) SELECT x FROM unnest(named) AS x ORDER BY x
             ON CONFLICT (id) DO NOTHING
@@ -655,6 +728,10 @@ BEGIN
             CONTINUE;
         END IF;
 
+        IF pos = ANY (quota_refused) THEN
+            pos := pos + 1; -- answered rate_limited below
+            CONTINUE;
+        END IF;
         actor := c_actor[pos];
         cid := conv_of[pos];
         listed := ARRAY(SELECT DISTINCT t.u FROM unnest(u_cmd, u_user) AS t(ci, u)
@@ -709,15 +786,25 @@ BEGIN
                     o_detail[pos] := format('read: cseq %s does not exist in %s (its last is %s)',
                                           c_num[pos], to_json(cid), crow.last_cseq);
                 ELSIF c_num[pos] > crow.marker THEN
-                    -- Markers never move backwards; the other members are told.
+                    -- Markers never move backwards; the other members are told, unless
+                    -- the group is larger than settings.read_fanout_max: then only the
+                    -- reader's own stream gets the event (their other devices), and the
+                    -- members ask for receipts when they want them (`receipts`).
                     UPDATE pgchat.members SET read_cseq = c_num[pos]
                     WHERE conversation_id = cid AND user_id = actor;
+                    IF limits IS NULL THEN
+                        SELECT * INTO limits FROM pgchat.settings WHERE id;
+                    END IF;
+                    listed := ARRAY(SELECT m.user_id FROM pgchat.members m
+                                    WHERE m.conversation_id = cid AND m.user_id <> actor
+                                    ORDER BY m.user_id LIMIT limits.read_fanout_max + 1);
+                    IF cardinality(listed) > limits.read_fanout_max THEN
+                        listed := ARRAY[actor];
+                    END IF;
                     payload := jsonb_build_object('conversation', cid, 'user', actor, 'cseq', c_num[pos]);
                     SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields
                     FROM pgchat.append_events(e_user, e_seq, e_cmd, e_kind, e_fields,
-                        ARRAY(SELECT m.user_id FROM pgchat.members m
-                              WHERE m.conversation_id = cid AND m.user_id <> actor),
-                        'read', cid, payload, payload, pos);
+                        listed, 'read', cid, payload, payload, pos);
                 END IF;
             ELSIF crow.kind <> 'group' THEN
                 o_code[pos] := 'bad_request';
@@ -747,7 +834,8 @@ BEGIN
                     WHERE conversation_id = cid AND user_id = ANY (promoted);
                     UPDATE pgchat.conversations SET version = version + 1 WHERE id = cid;
                     SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields, cj
-                    FROM pgchat.announce(e_user, e_seq, e_cmd, e_kind, e_fields, cid, pos);
+                    FROM pgchat.announce(e_user, e_seq, e_cmd, e_kind, e_fields, cid, pos,
+                                         p_added => listed);
                     o_conv[pos] := cj;
                 ELSE
                     o_conv[pos] := pgchat.conversation_json(cid);
@@ -780,7 +868,8 @@ BEGIN
                     FROM pgchat.append_events(e_user, e_seq, e_cmd, e_kind, e_fields, gone,
                                               'removed', cid, payload, payload, pos);
                     SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields, cj
-                    FROM pgchat.announce(e_user, e_seq, e_cmd, e_kind, e_fields, cid, pos);
+                    FROM pgchat.announce(e_user, e_seq, e_cmd, e_kind, e_fields, cid, pos,
+                                         p_removed => gone);
                 END IF;
                 IF c_kind[pos] = 'group_remove' AND o_code[pos] IS NULL THEN
                     o_conv[pos] := pgchat.conversation_json(cid);
@@ -793,7 +882,10 @@ BEGIN
             v_id := v_id || cid;
             v_version := v_version || crow.version;
             v_last_cseq := v_last_cseq || crow.last_cseq;
-            v_members := v_members || (coalesce(o_conv[pos], pgchat.conversation_json(cid)) -> 'members');
+            -- Every member (the state above lists only the first few of a large group).
+            v_members := v_members || to_jsonb(ARRAY(SELECT m.user_id FROM pgchat.members m
+                                                     WHERE m.conversation_id = cid
+                                                     ORDER BY m.user_id));
         END IF;
         pos := pos + 1;
     END LOOP;
@@ -803,6 +895,32 @@ BEGIN
     -- transaction inserted: no one else has seen or locked them.
     IF cardinality(fresh_users) > 0 THEN
         DELETE FROM pgchat.users u WHERE u.id = ANY (fresh_users) AND u.head = 0;
+    END IF;
+
+    -- The commands refused for creating too many users: their answer, and nothing else.
+    FOREACH qi IN ARRAY quota_refused LOOP
+        o_code[qi] := 'rate_limited';
+        o_detail[qi] := format('%s: it would make users of people pgchat does not know yet, '
+                               'and your commands may do that for at most %s people an hour '
+                               '(new_users_per_hour): try again next hour, or name people who '
+                               'have connected', c_kind[qi], limits.new_users_per_hour);
+        o_msg_id[qi] := NULL; o_msg_conv[qi] := NULL; o_msg_cseq[qi] := NULL;
+        o_msg_at[qi] := NULL; o_msg_name[qi] := NULL; o_msg_body[qi] := NULL;
+        o_conv[qi] := NULL;
+    END LOOP;
+    -- What each user's commands created for others this hour (last: after every other
+    -- lock, in user order).
+    IF cardinality(fresh_users) > 0 THEN
+        INSERT INTO pgchat.user_quota AS q (user_id, hour, created)
+        SELECT c_actor[t.ci], date_trunc('hour', now()), count(DISTINCT t.u)
+        FROM unnest(n_ci, n_u) AS t(ci, u)
+        WHERE t.u = ANY (fresh_users) AND t.u <> c_actor[t.ci] AND t.ci <> ALL (quota_refused)
+          AND EXISTS (SELECT 1 FROM pgchat.users u WHERE u.id = t.u)
+        GROUP BY 1 ORDER BY 1
+        ON CONFLICT (user_id) DO UPDATE
+        SET created = CASE WHEN q.hour = EXCLUDED.hour THEN q.created + EXCLUDED.created
+                           ELSE EXCLUDED.created END,
+            hour = EXCLUDED.hour;
     END IF;
 
     -- 9. One notification for the whole batch, delivered at commit.

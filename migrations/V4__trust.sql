@@ -6,6 +6,11 @@
 -- - Every function has a fixed search_path (pg_catalog, pgchat, pg_temp); the public SQL
 --   API runs as its owner (SECURITY DEFINER) and may be called by pgchat_sender.
 -- - Retention prunes each stream in seq order, never leaving a hole inside it.
+-- - Work in proportion to what a user pays for: a conversation's state lists at most
+--   members_listed members (with member_count, and the change that made it); read markers
+--   of groups above read_fanout_max go to the reader's own stream only; the users one
+--   user's commands create for others are capped per hour (new_users_per_hour,
+--   user_quota).
 
 -- The key that seals every NOTIFY payload pgchat sends (HMAC-SHA256, see
 -- src/cluster/notify.rs): any role that can connect may NOTIFY on pgchat's channel, so the
@@ -51,7 +56,7 @@ AS $$
 DECLARE
     k pgchat.notice_key;
 BEGIN
-    SELECT * INTO STRICT k FROM pgchat.notice_key;
+    SELECT * INTO STRICT k FROM pgchat.notice_key WHERE id;
     RETURN encode(substr(sha256(k.outer_pad || sha256(k.inner_pad || convert_to(p_notice, 'UTF8'))),
                          1, 16), 'hex') || p_notice;
 END
@@ -91,16 +96,675 @@ END
 $$;
 
 
+-- Work in proportion to what a user pays for.
+ALTER TABLE pgchat.settings
+    ADD COLUMN members_listed integer NOT NULL DEFAULT 100,
+    ADD COLUMN read_fanout_max integer NOT NULL DEFAULT 100,
+    ADD COLUMN new_users_per_hour integer NOT NULL DEFAULT 2000;
+
+-- How many users each user's commands created for others (named in group_create,
+-- group_add or a direct message before pgchat knew them) in the current hour, against
+-- settings.new_users_per_hour. One row per user; the hour starts afresh when it turns.
+CREATE TABLE pgchat.user_quota (
+    user_id text PRIMARY KEY,
+    hour    timestamptz NOT NULL,
+    created integer NOT NULL
+);
+
+DROP FUNCTION pgchat.conversation_json(text);
+-- A conversation as the wire shows it: {"id","kind","name","members","member_count"}, and
+-- for a group "admins". At most settings.members_listed members and admins are listed
+-- (the first by id; `members` pages through the rest), so that a large group's state,
+-- sent to every member at every change, stays small. With the change that made this
+-- state, also "added" and "removed" (as many at most).
+CREATE FUNCTION pgchat.conversation_json(p_id text, p_added text[] DEFAULT NULL,
+                                         p_removed text[] DEFAULT NULL) RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pgchat, pg_temp
+AS $$
+    SELECT jsonb_build_object(
+        'id', c.id, 'kind', c.kind, 'name', c.name,
+        'members', coalesce((SELECT jsonb_agg(x.user_id ORDER BY x.user_id)
+                             FROM (SELECT m.user_id FROM pgchat.members m
+                                   WHERE m.conversation_id = c.id
+                                   ORDER BY m.user_id LIMIT s.members_listed) x), '[]'),
+        'member_count', (SELECT count(*) FROM pgchat.members m WHERE m.conversation_id = c.id))
+        || CASE WHEN c.kind = 'group' THEN jsonb_build_object(
+               'admins', coalesce((SELECT jsonb_agg(x.user_id ORDER BY x.user_id)
+                                   FROM (SELECT m.user_id FROM pgchat.members m
+                                         WHERE m.conversation_id = c.id AND m.admin
+                                         ORDER BY m.user_id LIMIT s.members_listed) x), '[]'))
+           ELSE '{}' END
+        || CASE WHEN cardinality(p_added) > 0
+                THEN jsonb_build_object('added', to_jsonb(p_added[1:s.members_listed]))
+                ELSE '{}' END
+        || CASE WHEN cardinality(p_removed) > 0
+                THEN jsonb_build_object('removed', to_jsonb(p_removed[1:s.members_listed]))
+                ELSE '{}' END
+    FROM pgchat.conversations c, pgchat.settings s WHERE c.id = p_id AND s.id
+$$;
+
+DROP FUNCTION pgchat.announce(text[], bigint[], integer[], text[], jsonb[], text, integer);
+-- Tells every member of conversation p_id its state now (a `conversation` event each,
+-- with the change p_added / p_removed), records that state once for replays
+-- (conversation_states, at the conversation's version, which the caller has just
+-- bumped); returns that state.
+CREATE FUNCTION pgchat.announce(
+    INOUT e_user text[], INOUT e_seq bigint[], INOUT e_cmd integer[], INOUT e_kind text[],
+    INOUT e_fields jsonb[], p_id text, p_cmd integer, OUT conversation jsonb,
+    p_added text[] DEFAULT NULL, p_removed text[] DEFAULT NULL)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgchat, pg_temp
+AS $$
+DECLARE
+    v bigint;
+BEGIN
+    conversation := pgchat.conversation_json(p_id, p_added, p_removed);
+    SELECT c.version INTO v FROM pgchat.conversations c WHERE c.id = p_id;
+    INSERT INTO pgchat.conversation_states (conversation_id, version, state)
+    VALUES (p_id, v, conversation);
+    SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields
+    FROM pgchat.append_events(e_user, e_seq, e_cmd, e_kind, e_fields,
+                              ARRAY(SELECT m.user_id FROM pgchat.members m
+                                    WHERE m.conversation_id = p_id ORDER BY m.user_id),
+                              'conversation', p_id, NULL,
+                              jsonb_build_object('conversation', conversation), p_cmd, v);
+END
+$$;
+
+-- The write path: applies a batch of commands in order, in the caller's transaction, and
+-- notifies the other workers once. Called by pgchat's batcher as a single statement (so
+-- the statement, its transaction and its commit are one round trip), and by pgchat.send.
+--
+-- Commands are parallel arrays, one element per command, in order:
+--   c_kind   'send' | 'group_create' | 'group_add' | 'group_remove' | 'group_leave' | 'read'
+--   c_actor  the user acting
+--   c_conv   the conversation (send, group_add/remove/leave, read)
+--   c_to     the recipient of a direct send (instead of c_conv)
+--   c_text   the body (send) or the name (group_create)
+--   c_key    the client_msg_id (send), or the optional client_op_id (group_create)
+--   c_num    the cseq (read); 1 for a group_add that also makes the users admins
+--   u_cmd, u_user: the user lists of group_create/add/remove as (command index, user).
+-- Inputs are validated by the caller (ids, lengths), which also never puts two sends with
+-- the same (sender, client_msg_id) in one batch; what needs the database (existence,
+-- membership, admin rights, sizes, a key already stored) is checked here. A refused command
+-- gets o_code/o_detail and changes nothing, not even the users rows its ids would have
+-- created; the others still commit.
+--
+-- Who may do what in a group: any member may add members and leave; only an admin (the
+-- creator, and those the creator names with group_add's admin flag) may remove others;
+-- only the creator names admins; nobody but the creator can take the creator out.
+--
+-- Lock order, the same in every transaction that allocates seq or cseq (so concurrent
+-- batches never deadlock): new users rows (by id), new direct conversations (by key), the
+-- touched conversations (by id), the users rows whose streams may grow (by id). Rows are
+-- locked FOR NO KEY UPDATE, which does not conflict with the KEY SHARE locks that foreign
+-- keys take.
+--
+-- Every statement reaches rows by key. Hash and merge joins and sequential scans are
+-- switched off for this function: it touches a few hundred rows by key per call, so index
+-- probes are always right, and no statistics can make the planner think otherwise (an
+-- UPDATE ... FROM of a few hundred keys is otherwise planned as a hash join over a full
+-- scan once the table is large enough). Plans are generic: the statements' shapes never
+-- change, and planning the statement of sends anew costs more than running it for one
+-- send.
+--
+-- Outputs: per command (o_*): an error code and message, or the message the send resolved
+-- to (o_msg_body only for a send that returned an earlier message), or the conversation of
+-- a group command. Per event (e_*): who got which seq, from which command, of which kind,
+-- with the live fields for non-message events. Per changed conversation (v_*): its state
+-- after each change, for the caller's cache (members: null after sends, which change no
+-- membership and whose events name every member).
+CREATE OR REPLACE FUNCTION pgchat.apply_batch(
+    p_worker text,
+    p_max_members integer,
+    c_kind text[], c_actor text[], c_conv text[], c_to text[], c_text text[], c_key text[],
+    c_num bigint[], u_cmd integer[], u_user text[],
+    OUT o_code text[], OUT o_detail text[],
+    OUT o_msg_id bigint[], OUT o_msg_conv text[], OUT o_msg_cseq bigint[],
+    OUT o_msg_at timestamptz[], OUT o_msg_name text[], OUT o_msg_body text[],
+    OUT o_conv jsonb[],
+    OUT e_user text[], OUT e_seq bigint[], OUT e_cmd integer[], OUT e_kind text[],
+    OUT e_fields jsonb[],
+    OUT v_id text[], OUT v_version bigint[], OUT v_last_cseq bigint[], OUT v_members jsonb[]
+)
+LANGUAGE plpgsql
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+SET plan_cache_mode = force_generic_plan SET jit = off
+SET search_path = pg_catalog, pgchat, pg_temp
+AS $fn$
+DECLARE
+    ncmds integer := coalesce(array_length(c_kind, 1), 0);
+    conv_of text[] := c_conv;
+    named text[] := '{}';
+    keys text[];
+    missing text[] := '{}';
+    new_directs text[] := '{}';
+    fresh_users text[] := '{}';
+    lockset text[];
+    pos integer;
+    upto integer;
+    crow record;
+    actor text;
+    cid text;
+    listed text[];
+    members_now text[];
+    gone text[];
+    promoted text[];
+    retried boolean;
+    cj jsonb;
+    payload jsonb;
+    stamp timestamptz;
+    s_i integer[]; s_code text[]; s_detail text[]; s_id bigint[]; s_conv text[]; s_cseq bigint[];
+    s_at timestamptz[]; s_name text[]; s_body text[];
+    s_e_user text[]; s_e_seq bigint[]; s_e_cmd integer[];
+    s_v_id text[]; s_v_version bigint[]; s_v_last_cseq bigint[]; s_v_members jsonb[];
+    limits pgchat.settings;
+    n_ci integer[] := '{}';
+    n_u text[] := '{}';
+    quota_refused integer[] := '{}';
+    qi integer;
+BEGIN
+    o_code := array_fill(NULL::text, ARRAY[ncmds]);
+    o_detail := o_code;
+    o_msg_id := array_fill(NULL::bigint, ARRAY[ncmds]);
+    o_msg_conv := o_code;
+    o_msg_cseq := o_msg_id;
+    o_msg_at := array_fill(NULL::timestamptz, ARRAY[ncmds]);
+    o_msg_name := o_code;
+    o_msg_body := o_code;
+    o_conv := array_fill(NULL::jsonb, ARRAY[ncmds]);
+    e_user := '{}'; e_seq := '{}'; e_cmd := '{}'; e_kind := '{}'; e_fields := '{}';
+    v_id := '{}'; v_version := '{}'; v_last_cseq := '{}'; v_members := '{}';
+    IF ncmds = 0 THEN
+        RETURN;
+    END IF;
+
+    -- 1. Direct sends find their conversation by key (the two users, sorted). Reading
+    -- takes no lock; what is missing is created below, in lock order.
+    IF cardinality(array_remove(c_to, NULL)) > 0 THEN
+        SELECT array_agg(coalesce(z.c, d.id) ORDER BY z.k),
+               array_agg(DISTINCT z.key) FILTER (WHERE z.key IS NOT NULL AND z.c IS NULL
+                                                 AND d.id IS NULL AND p.id IS NULL),
+               array_agg(z.key ORDER BY z.k)
+        INTO conv_of, missing, keys
+        FROM (SELECT z.c, z.k, z.a, z.ck, CASE WHEN z.t IS NULL THEN NULL
+                                    WHEN z.a <= z.t THEN z.a || E'\n' || z.t
+                                    ELSE z.t || E'\n' || z.a END AS key
+              FROM unnest(c_conv, c_actor, c_to, c_key) WITH ORDINALITY AS z(c, a, t, ck, k)) z
+        LEFT JOIN LATERAL (SELECT c.id FROM pgchat.conversations c
+                           WHERE z.key IS NOT NULL AND c.direct_key = z.key LIMIT 1) d ON true
+        -- A retried send (its key is stored) returns its first message: it creates nothing.
+        LEFT JOIN LATERAL (SELECT m.id FROM pgchat.messages m
+                           WHERE z.key IS NOT NULL AND d.id IS NULL
+                             AND m.sender_id = z.a AND m.client_msg_id = z.ck LIMIT 1) p ON true;
+    END IF;
+
+    -- 2. New users get a stream (lock order 1): the two of a new direct conversation, and
+    -- those named by group commands. Those that no command ends up using (a refused
+    -- group_add, a group_create retried) are deleted again before the end (step 8).
+    -- What one user may create for others is bounded (settings.new_users_per_hour, counted
+    -- in user_quota): the commands of a user past it that would create anyone are
+    -- refused (rate_limited) before anything is made for them.
+    IF cardinality(missing) > 0 OR array_position(c_kind, 'group_create') IS NOT NULL
+       OR array_position(c_kind, 'group_add') IS NOT NULL THEN
+        SELECT * INTO limits FROM pgchat.settings WHERE id;
+        -- Who names whom: (command, user) for everyone a command would make a user of.
+        SELECT coalesce(array_agg(n.ci ORDER BY n.u, n.ci), '{}'),
+               coalesce(array_agg(n.u ORDER BY n.u, n.ci), '{}')
+        INTO n_ci, n_u
+        FROM (
+            SELECT z.k::integer AS ci, x AS u
+            FROM unnest(keys) WITH ORDINALITY AS z(key, k)
+            CROSS JOIN LATERAL unnest(string_to_array(z.key, E'\n')) AS x
+            WHERE z.key = ANY (missing)
+            UNION ALL
+            SELECT t.ci, t.u FROM unnest(u_cmd, u_user) AS t(ci, u)
+            WHERE c_kind[t.ci] IN ('group_create', 'group_add')
+            UNION ALL
+            SELECT t.k::integer, t.a FROM unnest(c_kind, c_actor) WITH ORDINALITY AS t(kind, a, k)
+            WHERE t.kind = 'group_create'
+        ) n;
+        quota_refused := ARRAY(
+            SELECT DISTINCT ci FROM (
+                SELECT f.who, unnest(f.cis) AS ci, f.n
+                FROM (SELECT c_actor[t.ci] AS who, count(DISTINCT t.u) AS n,
+                             array_agg(t.ci) AS cis
+                      FROM unnest(n_ci, n_u) AS t(ci, u)
+                      WHERE t.u <> c_actor[t.ci]
+                        AND NOT EXISTS (SELECT 1 FROM pgchat.users u WHERE u.id = t.u)
+                      GROUP BY 1) f
+            ) r
+            WHERE r.n + coalesce((SELECT q.created FROM pgchat.user_quota q
+                                  WHERE q.user_id = r.who
+                                    AND q.hour = date_trunc('hour', now())), 0)
+                  > limits.new_users_per_hour
+            ORDER BY ci);
+        IF cardinality(quota_refused) > 0 THEN
+            -- Their direct messages to new users make nothing: no users, no conversation
+            -- (the send then finds none, and is answered rate_limited below).
+            missing := ARRAY(SELECT m FROM unnest(missing) AS m
+                             WHERE m <> ALL (ARRAY(SELECT keys[qr] FROM unnest(quota_refused) AS qr
+                                                   WHERE keys[qr] IS NOT NULL)));
+        END IF;
+        named := ARRAY(SELECT DISTINCT t.u FROM unnest(n_ci, n_u) AS t(ci, u)
+                       WHERE t.ci <> ALL (quota_refused) ORDER BY t.u);
+        WITH ins AS (
+            INSERT INTO pgchat.users (id) SELECT x FROM unnest(named) AS x ORDER BY x
+            ON CONFLICT (id) DO NOTHING
+            RETURNING id
+        )
+        SELECT coalesce(array_agg(id), '{}') INTO fresh_users FROM ins;
+    END IF;
+
+    -- 3. New direct conversations, created in key order (lock order 2), with their members
+    -- at once; they are announced to them once their streams are locked.
+    IF cardinality(missing) > 0 THEN
+        WITH made AS (
+            INSERT INTO pgchat.conversations (id, kind, direct_key, version)
+            SELECT 'd' || nextval('pgchat.conversation_ids'), 'direct', w.key, 1
+            FROM unnest(missing) AS w(key)
+            ORDER BY w.key
+            ON CONFLICT (direct_key) DO NOTHING
+            RETURNING id, direct_key
+        ), pairs AS (
+            INSERT INTO pgchat.members (conversation_id, user_id)
+            SELECT DISTINCT made.id, x FROM made
+            CROSS JOIN LATERAL unnest(string_to_array(made.direct_key, E'\n')) AS x
+        )
+        SELECT coalesce(array_agg(id ORDER BY id), '{}') INTO new_directs FROM made;
+        -- Created here, or by another batch that committed first.
+        conv_of := ARRAY(
+            SELECT coalesce(z.c, d.id)
+            FROM unnest(conv_of, keys) WITH ORDINALITY AS z(c, key, k)
+            LEFT JOIN LATERAL (SELECT c.id FROM pgchat.conversations c
+                               WHERE z.c IS NULL AND c.direct_key = z.key LIMIT 1) d ON true
+            ORDER BY z.k);
+    END IF;
+
+    -- 4. Lock the conversations the commands name, by id (lock order 3).
+    PERFORM 1 FROM (SELECT DISTINCT x FROM unnest(conv_of) AS x WHERE x IS NOT NULL
+                    ORDER BY x) t
+    CROSS JOIN LATERAL (SELECT 1 FROM pgchat.conversations c WHERE c.id = t.x
+                        FOR NO KEY UPDATE) l;
+
+    -- 5. Lock every stream that may grow, by id (lock order 4): the members of those
+    -- conversations and the users named. Membership cannot change meanwhile: it changes
+    -- only under the conversation's lock. A batch of sends to existing conversations skips
+    -- this: its one statement of sends locks the streams it grows itself, in the same
+    -- order; other commands, and announcements of new conversations, grow streams one
+    -- command at a time, so their rows are all locked here first.
+    IF cardinality(new_directs) > 0 OR cardinality(array_remove(c_kind, 'send')) > 0 THEN
+        lockset := ARRAY(
+            SELECT DISTINCT x FROM (
+                SELECT m.user_id AS x
+                FROM (SELECT DISTINCT c FROM unnest(conv_of) AS c WHERE c IS NOT NULL) t
+                CROSS JOIN LATERAL (SELECT user_id FROM pgchat.members
+                                    WHERE conversation_id = t.c OFFSET 0) m
+                UNION ALL SELECT unnest(named)
+            ) s ORDER BY x);
+        PERFORM 1 FROM unnest(lockset) AS t(id)
+        CROSS JOIN LATERAL (SELECT 1 FROM pgchat.users u WHERE u.id = t.id FOR NO KEY UPDATE) l;
+    END IF;
+
+    -- 6. New direct conversations are announced to their members before any message.
+    FOREACH cid IN ARRAY new_directs LOOP
+        SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields, cj
+        FROM pgchat.announce(e_user, e_seq, e_cmd, e_kind, e_fields, cid, 0);
+    END LOOP;
+
+    -- 7. The commands, in order: each run of sends at once, other commands one by one.
+    pos := 1;
+    WHILE pos <= ncmds LOOP
+        IF c_kind[pos] = 'send' THEN
+            upto := pos;
+            WHILE upto < ncmds AND c_kind[upto + 1] = 'send' LOOP
+                upto := upto + 1;
+            END LOOP;
+            -- The messages' time: the database's clock now, under the conversations' locks,
+            -- so that created_at follows cseq in each conversation (now() is when the
+            -- transaction began, which may be before an earlier message's commit).
+            stamp := clock_timestamp();
+            -- The run pos..upto, in one statement: each send is checked (the conversation
+            -- exists, the sender is a member), deduplicated by (sender, client_msg_id)
+            -- against what is stored, numbered (cseq per
+            -- conversation, seq per recipient, in command order) and stored with an event
+            -- per member; the counters and the senders' read markers move once per row.
+            WITH cmd AS (
+                SELECT k AS i, c_actor[k] AS sender, conv_of[k] AS conv, c_text[k] AS body,
+                       c_key[k] AS ckey
+                FROM generate_series(pos, upto) AS k
+            ), chk AS (
+                SELECT cmd.*, cv.id IS NOT NULL AS conv_found, cv.last_cseq, cv.version,
+                       mb.ok IS NOT NULL AS member, sn.name AS sender_name,
+                       pr.id AS p_id, pr.conversation_id AS p_conv, pr.cseq AS p_cseq,
+                       pr.body AS p_body, pr.created_at AS p_at
+                FROM cmd
+                LEFT JOIN LATERAL (SELECT c.id, c.last_cseq, c.version FROM pgchat.conversations c
+                                   WHERE c.id = cmd.conv LIMIT 1) cv ON true
+                LEFT JOIN LATERAL (SELECT 1 AS ok FROM pgchat.members m
+                                   WHERE m.conversation_id = cmd.conv AND m.user_id = cmd.sender
+                                   LIMIT 1) mb ON true
+                LEFT JOIN LATERAL (SELECT m.id, m.conversation_id, m.cseq, m.body, m.created_at
+                                   FROM pgchat.messages m
+                                   WHERE m.sender_id = cmd.sender AND m.client_msg_id = cmd.ckey
+                                   LIMIT 1) pr ON true
+                LEFT JOIN LATERAL (SELECT u.name FROM pgchat.users u WHERE u.id = cmd.sender
+                                   LIMIT 1) sn ON true
+            ), ids AS (
+                -- A send stores a message when its conversation exists, its sender is a
+                -- member and its (sender, client_msg_id) is new: numbered in command order
+                -- within its conversation. (The writer never puts two sends with one key in
+                -- a batch: the later waits for the next.)
+                SELECT chk.*, fresh,
+                       CASE WHEN fresh THEN chk.last_cseq + row_number() OVER (
+                           PARTITION BY chk.conv, fresh ORDER BY chk.i) END AS cseq,
+                       CASE WHEN fresh THEN nextval('pgchat.messages_id_seq') END AS id
+                FROM chk, LATERAL (SELECT chk.p_id IS NULL AND chk.conv_found AND chk.member
+                                   AS fresh) f
+            ), stored AS (
+                INSERT INTO pgchat.messages (id, conversation_id, cseq, sender_id, body, client_msg_id,
+                                             created_at)
+                SELECT id, conv, cseq, sender, body, ckey, stamp FROM ids WHERE fresh
+            ), recipients AS (
+                SELECT f.i, f.id, f.conv, m.user_id FROM ids f
+                CROSS JOIN LATERAL (SELECT user_id FROM pgchat.members
+                                    WHERE conversation_id = f.conv OFFSET 0) m
+                WHERE f.fresh
+            ), streams AS (
+                -- Each recipient's stream grows by one event per message, in command order
+                -- (the arrays keep the order of their sorted input). Sorted by user, so that
+                -- the update below locks the rows in the global order.
+                SELECT user_id, count(*) AS n, array_agg(id) AS msgs, array_agg(i) AS cmds
+                FROM (SELECT * FROM recipients ORDER BY user_id, i) r
+                GROUP BY user_id ORDER BY user_id
+            ), heads AS (
+                -- Locks each stream's counter and moves it on; the events take the seqs between.
+                UPDATE pgchat.users u SET head = u.head + s.n FROM streams s
+                WHERE u.id = s.user_id
+                RETURNING u.id, u.head - s.n AS base, s.msgs, s.cmds
+            ), numbered AS (
+                SELECT h.id AS user_id, h.base + t.k AS seq, t.m AS id, t.c AS i
+                FROM heads h, unnest(h.msgs, h.cmds) WITH ORDINALITY AS t(m, c, k)
+            ), events AS (
+                INSERT INTO pgchat.event_queue (user_id, seq, kind, message_id)
+                SELECT user_id, seq, 'message', id FROM numbered
+            ), counters AS (
+                UPDATE pgchat.conversations c SET last_cseq = x.cseq, version = c.version + 1
+                FROM (SELECT conv, max(cseq) AS cseq FROM ids WHERE fresh GROUP BY conv) x
+                WHERE c.id = x.conv
+                RETURNING c.id, c.version, c.last_cseq
+            ), markers AS (
+                UPDATE pgchat.members m SET read_cseq = x.cseq
+                FROM (SELECT conv, sender, max(cseq) AS cseq FROM ids WHERE fresh
+                      GROUP BY conv, sender) x
+                WHERE m.conversation_id = x.conv AND m.user_id = x.sender AND m.read_cseq < x.cseq
+            )
+            SELECT r.*, e.*, v.*
+            INTO s_i, s_code, s_detail, s_id, s_conv, s_cseq, s_at, s_name, s_body,
+                 s_e_user, s_e_seq, s_e_cmd, s_v_id, s_v_version, s_v_last_cseq
+            FROM (
+                -- One sorted input, so that the arrays keep its order (checked below).
+                SELECT
+                    array_agg(i),
+                    array_agg(CASE WHEN p_id IS NOT NULL OR fresh THEN NULL
+                                   WHEN NOT conv_found THEN 'not_found' ELSE 'forbidden' END),
+                    array_agg(CASE WHEN p_id IS NOT NULL OR fresh THEN NULL
+                                   WHEN NOT conv_found
+                                   THEN format('conversation %s does not exist', to_json(conv))
+                                   ELSE format('you are not a member of conversation %s',
+                                               to_json(conv))
+                              END),
+                    array_agg(coalesce(p_id, id)),
+                    array_agg(CASE WHEN p_id IS NOT NULL THEN p_conv WHEN fresh THEN conv END),
+                    array_agg(coalesce(p_cseq, cseq)),
+                    array_agg(CASE WHEN p_id IS NOT NULL THEN p_at WHEN fresh THEN stamp END),
+                    array_agg(sender_name),
+                    array_agg(p_body)
+                FROM (SELECT * FROM ids ORDER BY i) x
+            ) r, (
+                SELECT coalesce(array_agg(user_id), '{}'), coalesce(array_agg(seq), '{}'),
+                       coalesce(array_agg(i), '{}')
+                FROM (SELECT * FROM numbered ORDER BY i, user_id) x
+            ) e, (
+                SELECT coalesce(array_agg(id), '{}'), coalesce(array_agg(version), '{}'),
+                       coalesce(array_agg(last_cseq), '{}')
+                FROM counters
+            ) v;
+            IF cardinality(s_i) <> upto - pos + 1 OR s_i[1] <> pos
+               OR s_i[cardinality(s_i)] <> upto THEN
+                RAISE EXCEPTION 'pgchat.apply_batch: the sends came back out of order';
+            END IF;
+            -- A send changes no conversation's members: the caller reads them off the
+            -- events (every member gets each message).
+            s_v_members := array_fill(NULL::jsonb, ARRAY[cardinality(s_v_id)]);
+            o_code[pos:upto] := s_code;
+            o_detail[pos:upto] := s_detail;
+            o_msg_id[pos:upto] := s_id;
+            o_msg_conv[pos:upto] := s_conv;
+            o_msg_cseq[pos:upto] := s_cseq;
+            o_msg_at[pos:upto] := s_at;
+            o_msg_name[pos:upto] := s_name;
+            o_msg_body[pos:upto] := s_body;
+            e_user := e_user || s_e_user;
+            e_seq := e_seq || s_e_seq;
+            e_cmd := e_cmd || s_e_cmd;
+            e_kind := e_kind || array_fill('message'::text, ARRAY[cardinality(s_e_user)]);
+            e_fields := e_fields || array_fill(NULL::jsonb, ARRAY[cardinality(s_e_user)]);
+            v_id := v_id || s_v_id;
+            v_version := v_version || s_v_version;
+            v_last_cseq := v_last_cseq || s_v_last_cseq;
+            v_members := v_members || s_v_members;
+            pos := upto + 1;
+            CONTINUE;
+        END IF;
+
+        IF pos = ANY (quota_refused) THEN
+            pos := pos + 1; -- answered rate_limited below
+            CONTINUE;
+        END IF;
+        actor := c_actor[pos];
+        cid := conv_of[pos];
+        listed := ARRAY(SELECT DISTINCT t.u FROM unnest(u_cmd, u_user) AS t(ci, u)
+                        WHERE t.ci = pos ORDER BY t.u);
+        cid := CASE WHEN c_kind[pos] = 'group_create' AND c_key[pos] IS NOT NULL THEN
+                   (SELECT c.id FROM pgchat.conversations c
+                    WHERE c.created_by = actor AND c.client_op_id = c_key[pos])
+               ELSE cid END;
+        retried := c_kind[pos] = 'group_create' AND cid IS NOT NULL;
+        IF retried THEN
+            -- A retry (the same creator and client_op_id): the group as the first reply
+            -- showed it, with nothing created; once that state is past retention, the group
+            -- now, if the creator still belongs to it.
+            o_conv[pos] := (SELECT s.state FROM pgchat.conversation_states s
+                            WHERE s.conversation_id = cid AND s.version = 1);
+            IF o_conv[pos] IS NULL THEN
+                IF EXISTS (SELECT 1 FROM pgchat.members m
+                           WHERE m.conversation_id = cid AND m.user_id = actor) THEN
+                    o_conv[pos] := pgchat.conversation_json(cid);
+                ELSE
+                    o_code[pos] := 'forbidden';
+                    o_detail[pos] := format('group_create: client_op_id %s made group %s, which you have left',
+                                          to_json(c_key[pos]), to_json(cid));
+                END IF;
+            END IF;
+        ELSIF c_kind[pos] = 'group_create' THEN
+            cid := 'g' || nextval('pgchat.conversation_ids');
+            INSERT INTO pgchat.conversations (id, kind, name, created_by, version, client_op_id)
+            VALUES (cid, 'group', c_text[pos], actor, 1, c_key[pos]);
+            INSERT INTO pgchat.members (conversation_id, user_id, admin)
+            SELECT DISTINCT cid, x, x = actor FROM unnest(listed || actor) AS x;
+            SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields, cj
+            FROM pgchat.announce(e_user, e_seq, e_cmd, e_kind, e_fields, cid, pos);
+            o_conv[pos] := cj;
+        ELSE
+            SELECT c.kind, c.last_cseq, c.version, c.created_by, m.read_cseq AS marker,
+                   m.admin
+            INTO crow
+            FROM pgchat.conversations c
+            LEFT JOIN LATERAL (SELECT m.read_cseq, m.admin FROM pgchat.members m
+                               WHERE m.conversation_id = c.id AND m.user_id = actor LIMIT 1) m ON true
+            WHERE c.id = cid;
+            IF NOT FOUND THEN
+                o_code[pos] := 'not_found';
+                o_detail[pos] := format('conversation %s does not exist', to_json(cid));
+            ELSIF crow.marker IS NULL THEN
+                o_code[pos] := 'forbidden';
+                o_detail[pos] := format('you are not a member of conversation %s', to_json(cid));
+            ELSIF c_kind[pos] = 'read' THEN
+                IF c_num[pos] > crow.last_cseq THEN
+                    o_code[pos] := 'bad_request';
+                    o_detail[pos] := format('read: cseq %s does not exist in %s (its last is %s)',
+                                          c_num[pos], to_json(cid), crow.last_cseq);
+                ELSIF c_num[pos] > crow.marker THEN
+                    -- Markers never move backwards; the other members are told, unless
+                    -- the group is larger than settings.read_fanout_max: then only the
+                    -- reader's own stream gets the event (their other devices), and the
+                    -- members ask for receipts when they want them (`receipts`).
+                    UPDATE pgchat.members SET read_cseq = c_num[pos]
+                    WHERE conversation_id = cid AND user_id = actor;
+                    IF limits IS NULL THEN
+                        SELECT * INTO limits FROM pgchat.settings WHERE id;
+                    END IF;
+                    listed := ARRAY(SELECT m.user_id FROM pgchat.members m
+                                    WHERE m.conversation_id = cid AND m.user_id <> actor
+                                    ORDER BY m.user_id LIMIT limits.read_fanout_max + 1);
+                    IF cardinality(listed) > limits.read_fanout_max THEN
+                        listed := ARRAY[actor];
+                    END IF;
+                    payload := jsonb_build_object('conversation', cid, 'user', actor, 'cseq', c_num[pos]);
+                    SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields
+                    FROM pgchat.append_events(e_user, e_seq, e_cmd, e_kind, e_fields,
+                        listed, 'read', cid, payload, payload, pos);
+                END IF;
+            ELSIF crow.kind <> 'group' THEN
+                o_code[pos] := 'bad_request';
+                o_detail[pos] := format('%s: %s is a direct conversation; its members are fixed',
+                                      c_kind[pos], to_json(cid));
+            ELSIF c_kind[pos] = 'group_add' AND c_num[pos] = 1 AND crow.created_by IS DISTINCT FROM actor THEN
+                o_code[pos] := 'forbidden';
+                o_detail[pos] := format('group_add: only the creator of %s may name admins', to_json(cid));
+            ELSIF c_kind[pos] = 'group_add' THEN
+                members_now := ARRAY(SELECT m.user_id FROM pgchat.members m
+                                     WHERE m.conversation_id = cid);
+                -- With the admin flag, members not yet admins become admins.
+                promoted := CASE WHEN c_num[pos] = 1 THEN
+                            ARRAY(SELECT m.user_id FROM pgchat.members m
+                                  WHERE m.conversation_id = cid AND m.user_id = ANY (listed)
+                                    AND NOT m.admin)
+                        ELSE '{}' END;
+                listed := ARRAY(SELECT x FROM unnest(listed) AS x WHERE x <> ALL (members_now));
+                IF cardinality(members_now) + cardinality(listed) > p_max_members THEN
+                    o_code[pos] := 'too_large';
+                    o_detail[pos] := format('group_add: the group would have %s members; the limit is %s',
+                                          cardinality(members_now) + cardinality(listed), p_max_members);
+                ELSIF cardinality(listed) + cardinality(promoted) > 0 THEN
+                    INSERT INTO pgchat.members (conversation_id, user_id, admin)
+                    SELECT cid, x, coalesce(c_num[pos] = 1, false) FROM unnest(listed) AS x;
+                    UPDATE pgchat.members SET admin = true
+                    WHERE conversation_id = cid AND user_id = ANY (promoted);
+                    UPDATE pgchat.conversations SET version = version + 1 WHERE id = cid;
+                    SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields, cj
+                    FROM pgchat.announce(e_user, e_seq, e_cmd, e_kind, e_fields, cid, pos,
+                                         p_added => listed);
+                    o_conv[pos] := cj;
+                ELSE
+                    o_conv[pos] := pgchat.conversation_json(cid);
+                END IF;
+            ELSE
+                -- group_remove or group_leave: who leaves gets `removed`, the rest the new
+                -- membership.
+                IF c_kind[pos] = 'group_leave' THEN
+                    gone := ARRAY[actor];
+                ELSE
+                    gone := ARRAY(SELECT m.user_id FROM pgchat.members m
+                                  WHERE m.conversation_id = cid AND m.user_id = ANY (listed)
+                                  ORDER BY m.user_id);
+                END IF;
+                IF gone <> ARRAY[actor] AND cardinality(gone) > 0 AND NOT crow.admin THEN
+                    o_code[pos] := 'forbidden';
+                    o_detail[pos] := format('group_remove: only an admin of %s may remove others; '
+                                          'anyone may leave', to_json(cid));
+                ELSIF crow.created_by = ANY (gone) AND crow.created_by <> actor THEN
+                    o_code[pos] := 'forbidden';
+                    o_detail[pos] := format('group_remove: %s created %s: only they can take '
+                                          'themself out (group_leave)', to_json(crow.created_by),
+                                          to_json(cid));
+                ELSIF cardinality(gone) > 0 THEN
+                    DELETE FROM pgchat.members
+                    WHERE conversation_id = cid AND user_id = ANY (gone);
+                    UPDATE pgchat.conversations SET version = version + 1 WHERE id = cid;
+                    payload := jsonb_build_object('conversation', cid);
+                    SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields
+                    FROM pgchat.append_events(e_user, e_seq, e_cmd, e_kind, e_fields, gone,
+                                              'removed', cid, payload, payload, pos);
+                    SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields, cj
+                    FROM pgchat.announce(e_user, e_seq, e_cmd, e_kind, e_fields, cid, pos,
+                                         p_removed => gone);
+                END IF;
+                IF c_kind[pos] = 'group_remove' AND o_code[pos] IS NULL THEN
+                    o_conv[pos] := pgchat.conversation_json(cid);
+                END IF;
+            END IF;
+        END IF;
+        -- The conversation's state after a group command, for the caller's cache.
+        IF o_code[pos] IS NULL AND c_kind[pos] <> 'read' AND NOT retried THEN
+            SELECT c.version, c.last_cseq INTO crow FROM pgchat.conversations c WHERE c.id = cid;
+            v_id := v_id || cid;
+            v_version := v_version || crow.version;
+            v_last_cseq := v_last_cseq || crow.last_cseq;
+            -- Every member (the state above lists only the first few of a large group).
+            v_members := v_members || to_jsonb(ARRAY(SELECT m.user_id FROM pgchat.members m
+                                                     WHERE m.conversation_id = cid
+                                                     ORDER BY m.user_id));
+        END IF;
+        pos := pos + 1;
+    END LOOP;
+
+    -- 8. Users this batch created for commands that were refused (no event reached them,
+    -- so nothing refers to them) go again: a refused command stores nothing. Rows this
+    -- transaction inserted: no one else has seen or locked them.
+    IF cardinality(fresh_users) > 0 THEN
+        DELETE FROM pgchat.users u WHERE u.id = ANY (fresh_users) AND u.head = 0;
+    END IF;
+
+    -- The commands refused for creating too many users: their answer, and nothing else.
+    FOREACH qi IN ARRAY quota_refused LOOP
+        o_code[qi] := 'rate_limited';
+        o_detail[qi] := format('%s: it would make users of people pgchat does not know yet, '
+                               'and your commands may do that for at most %s people an hour '
+                               '(new_users_per_hour): try again next hour, or name people who '
+                               'have connected', c_kind[qi], limits.new_users_per_hour);
+        o_msg_id[qi] := NULL; o_msg_conv[qi] := NULL; o_msg_cseq[qi] := NULL;
+        o_msg_at[qi] := NULL; o_msg_name[qi] := NULL; o_msg_body[qi] := NULL;
+        o_conv[qi] := NULL;
+    END LOOP;
+    -- What each user's commands created for others this hour (last: after every other
+    -- lock, in user order).
+    IF cardinality(fresh_users) > 0 THEN
+        INSERT INTO pgchat.user_quota AS q (user_id, hour, created)
+        SELECT c_actor[t.ci], date_trunc('hour', now()), count(DISTINCT t.u)
+        FROM unnest(n_ci, n_u) AS t(ci, u)
+        WHERE t.u = ANY (fresh_users) AND t.u <> c_actor[t.ci] AND t.ci <> ALL (quota_refused)
+          AND EXISTS (SELECT 1 FROM pgchat.users u WHERE u.id = t.u)
+        GROUP BY 1 ORDER BY 1
+        ON CONFLICT (user_id) DO UPDATE
+        SET created = CASE WHEN q.hour = EXCLUDED.hour THEN q.created + EXCLUDED.created
+                           ELSE EXCLUDED.created END,
+            hour = EXCLUDED.hour;
+    END IF;
+
+    -- 9. One notification for the whole batch, delivered at commit.
+    IF cardinality(e_user) > 0 OR cardinality(v_id) > 0 THEN
+        PERFORM pg_notify('pgchat', pgchat.events_notice(p_worker, e_user, e_seq, v_id, v_version));
+    END IF;
+END
+$fn$;
+
 -- Fixed search paths: nothing a caller creates (in pg_temp, or a schema first on its own
 -- path) can stand in for what these functions call.
-ALTER FUNCTION pgchat.conversation_json(text) SET search_path = pg_catalog, pgchat, pg_temp;
 ALTER FUNCTION pgchat.append_events(text[], bigint[], integer[], text[], jsonb[], text[], text,
                                     text, jsonb, jsonb, integer, bigint)
-    SET search_path = pg_catalog, pgchat, pg_temp;
-ALTER FUNCTION pgchat.announce(text[], bigint[], integer[], text[], jsonb[], text, integer)
-    SET search_path = pg_catalog, pgchat, pg_temp;
-ALTER FUNCTION pgchat.apply_batch(text, integer, text[], text[], text[], text[], text[], text[],
-                                  bigint[], integer[], text[])
     SET search_path = pg_catalog, pgchat, pg_temp;
 ALTER FUNCTION pgchat.check_user(text, text, text) SET search_path = pg_catalog, pgchat, pg_temp;
 ALTER FUNCTION pgchat.ensure_user(text, text) SECURITY DEFINER

@@ -95,6 +95,8 @@ impl App {
             worker_id: &self.worker_id,
             seal: &self.seal,
             members_listed: self.config.conversation_members_listed,
+            rate_limits: &self.rate_limits,
+            group_members_per_token: self.config.group_members_per_token,
         }
     }
 

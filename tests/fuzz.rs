@@ -11,8 +11,8 @@ use std::time::Duration;
 use pgchat::foundation::auth::Authenticator;
 use pgchat::foundation::error::Code;
 use pgchat::foundation::protocol::{
-    Body, ClientMsgId, ClientOpId, ConversationId, GroupName, Limits, Target, TypingState, UserId,
-    MAX_HISTORY_LIMIT, MAX_MEMBERS_PAGE,
+    Body, ClientMsgId, ClientOpId, ConversationCursor, ConversationId, GroupName, Limits, Target,
+    TypingState, UserId, MAX_CONVERSATIONS_PAGE, MAX_HISTORY_LIMIT, MAX_MEMBERS_PAGE,
 };
 use pgchat::requests::Request;
 use proptest::prelude::*;
@@ -121,7 +121,26 @@ fn request() -> impl Strategy<Value = Request> {
                 before_cseq,
                 limit
             }),
-        Just(Request::Conversations),
+        (
+            1..=MAX_CONVERSATIONS_PAGE,
+            prop::option::of((0..=4_000_000_000_000_000i64, conversation()))
+        )
+            .prop_map(|(limit, before)| Request::Conversations {
+                limit,
+                before: before.map(|(micros, c)| {
+                    ConversationCursor::parse(&format!("{micros}/{}", c.as_str())).unwrap()
+                })
+            }),
+        (
+            conversation(),
+            prop::option::of(user_id()),
+            1..=MAX_MEMBERS_PAGE
+        )
+            .prop_map(|(conversation, after, limit)| Request::Receipts {
+                conversation,
+                after: after.map(|u| UserId::parse(&u).unwrap()),
+                limit
+            }),
         (
             conversation(),
             prop::option::of(user_id()),
@@ -200,7 +219,14 @@ fn encode(r: &Request) -> Value {
             limit,
         } => json!({"type": "history", "conversation": conversation.as_str(),
                     "before_cseq": before_cseq, "limit": limit}),
-        Request::Conversations => json!({"type": "conversations"}),
+        Request::Conversations { limit, before } => json!({"type": "conversations",
+            "limit": limit, "before": before.as_ref().map(|c| c.encode())}),
+        Request::Receipts {
+            conversation,
+            after,
+            limit,
+        } => json!({"type": "receipts", "conversation": conversation.as_str(),
+                    "after": after.as_ref().map(UserId::as_str), "limit": limit}),
         Request::Members {
             conversation,
             after,
@@ -393,7 +419,13 @@ fn obeys_the_rules(r: &Request) -> bool {
         Request::Typing { conversation, .. } => is_id_text(conversation.as_str(), 64),
         Request::PresenceSubscribe { users } => users_ok(users, LIMITS.max_presence_users),
         Request::Auth { token } => !token.as_str().is_empty(),
-        Request::Conversations | Request::Ping => true,
+        Request::Conversations { limit, .. } => (1..=MAX_CONVERSATIONS_PAGE).contains(limit),
+        Request::Receipts {
+            conversation,
+            limit,
+            ..
+        } => is_id_text(conversation.as_str(), 64) && (1..=MAX_MEMBERS_PAGE).contains(limit),
+        Request::Ping => true,
     }
 }
 

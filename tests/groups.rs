@@ -374,3 +374,205 @@ async fn concurrent_group_changes_and_sends_keep_every_stream_gap_free() {
         .collect();
     assert_eq!(cseqs, (1..=45).collect::<Vec<i64>>());
 }
+
+#[tokio::test]
+async fn a_large_group_s_changes_carry_the_change_and_a_capped_member_list() {
+    let app = TestApp::spawn_with(|c| c.conversation_members_listed = 3).await;
+    let mut alice = app.connect("alice").await;
+    let g = create(&mut alice, "big", &["u1", "u2", "u3", "u4", "u5"]).await;
+    let id = g["id"].as_str().unwrap().to_string();
+    assert_eq!(g["members"], json!(["alice", "u1", "u2"]), "{g}");
+    assert_eq!(g["member_count"], 6);
+    let mut u5 = app.connect("u5").await;
+    let added = alice
+        .ok(json!({"type": "group_add", "conversation": id, "users": ["v1", "v2"]}))
+        .await;
+    assert_eq!(added["conversation"]["member_count"], 8);
+    assert_eq!(
+        added["conversation"]["members"],
+        json!(["alice", "u1", "u2"])
+    );
+    assert_eq!(added["conversation"]["added"], json!(["v1", "v2"]));
+    // Every member's event carries the same: the change, a capped list, the count.
+    let event = u5.event_of("conversation").await;
+    assert_eq!(
+        event["conversation"]["added"],
+        json!(["v1", "v2"]),
+        "{event}"
+    );
+    assert_eq!(
+        event["conversation"]["members"].as_array().unwrap().len(),
+        3
+    );
+    assert_eq!(event["conversation"]["member_count"], 8);
+    alice
+        .ok(json!({"type": "group_remove", "conversation": id, "users": ["u1"]}))
+        .await;
+    let event = u5.event_of("conversation").await;
+    assert_eq!(event["conversation"]["removed"], json!(["u1"]), "{event}");
+    assert_eq!(event["conversation"]["member_count"], 7);
+    // The whole list is one request away; and everyone still receives every message.
+    let all = u5.ok(json!({"type": "members", "conversation": id})).await;
+    assert_eq!(
+        all["members"],
+        json!(["alice", "u2", "u3", "u4", "u5", "v1", "v2"])
+    );
+    send(&mut alice, &id, "to all seven", "m1").await;
+    assert_eq!(
+        u5.event_of("message").await["message"]["body"],
+        "to all seven"
+    );
+}
+
+#[tokio::test]
+async fn read_markers_of_a_large_group_go_to_the_reader_only_and_receipts_answer_instead() {
+    let app = TestApp::spawn_with(|c| c.read_receipts_fanout_max = 2).await;
+    let mut alice = app.connect("alice").await;
+    let mut bob = app.connect("bob").await;
+    let mut bob_phone = app.connect("bob").await;
+    // Small: the other members are told, as in v1.
+    let small = create(&mut alice, "small", &["bob", "carol"]).await;
+    let small = small["id"].as_str().unwrap().to_string();
+    let m = send(&mut alice, &small, "hi", "s1").await;
+    bob.ok(json!({"type": "read", "conversation": small, "cseq": m["cseq"]}))
+        .await;
+    let read = alice.event_of("read").await;
+    assert_eq!(
+        (read["user"].as_str(), read["cseq"].as_i64()),
+        (Some("bob"), Some(1))
+    );
+    // Large (three others besides the reader): only the reader's own sessions.
+    let large = create(&mut alice, "large", &["bob", "carol", "dave"]).await;
+    let large = large["id"].as_str().unwrap().to_string();
+    let m = send(&mut alice, &large, "hi all", "l1").await;
+    bob.ok(json!({"type": "read", "conversation": large, "cseq": m["cseq"]}))
+        .await;
+    let own = bob_phone.event_of("read").await;
+    let own = if own["conversation"] == json!(small) {
+        bob_phone.event_of("read").await
+    } else {
+        own
+    };
+    assert_eq!(own["conversation"], json!(large), "{own}");
+    let head = alice.head();
+    let mut alice_again = app.connect("alice").await;
+    alice_again
+        .ok(json!({"type": "resume", "after": head}))
+        .await;
+    let reads_of_large = alice_again
+        .buffered()
+        .iter()
+        .filter(|e| e["type"] == "read" && e["conversation"] == json!(large))
+        .count();
+    assert_eq!(
+        reads_of_large, 0,
+        "no read event fanned out in the large group"
+    );
+    // Receipts: every member's position, paged by user id.
+    let first = alice
+        .ok(json!({"type": "receipts", "conversation": large, "limit": 2}))
+        .await;
+    assert_eq!(
+        first["receipts"],
+        json!([{"user": "alice", "cseq": 1}, {"user": "bob", "cseq": 1}])
+    );
+    assert_eq!(first["has_more"], true);
+    let rest = alice
+        .ok(json!({"type": "receipts", "conversation": large, "after": "bob"}))
+        .await;
+    assert_eq!(
+        rest["receipts"],
+        json!([{"user": "carol", "cseq": 0}, {"user": "dave", "cseq": 0}])
+    );
+    assert_eq!(rest["has_more"], false);
+    let mut eve = app.connect("eve").await;
+    eve.err(
+        json!({"type": "receipts", "conversation": large}),
+        "forbidden",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn group_commands_cost_rate_in_proportion_to_the_members_they_reach() {
+    let app = TestApp::spawn_with(|c| {
+        c.group_members_per_token = 5;
+        c.rate_limit_burst = 10;
+        c.rate_limit_per_sec = 1;
+    })
+    .await;
+    let mut alice = app.connect("alice").await;
+    let members: Vec<String> = (0..29).map(|i| format!("m{i}")).collect();
+    // 30 members reached: 6 tokens of the 10 the bucket holds.
+    alice
+        .ok(json!({"type": "group_create", "name": "first", "members": members}))
+        .await;
+    let refused = alice
+        .err(
+            json!({"type": "group_create", "name": "second", "members": members}),
+            "rate_limited",
+        )
+        .await;
+    let message = refused["message"].as_str().unwrap();
+    assert!(message.contains("costs 6 requests"), "{message}");
+    assert!(
+        refused["retry_after_ms"].as_u64().unwrap() > 1000,
+        "{refused}"
+    );
+    assert_eq!(
+        app.db
+            .count("SELECT count(*) FROM conversations WHERE kind = 'group'")
+            .await,
+        1,
+        "the refused one stored nothing"
+    );
+}
+
+#[tokio::test]
+async fn one_user_creates_only_so_many_users_for_others_an_hour() {
+    let app = TestApp::spawn_with(|c| c.new_users_per_hour = 3).await;
+    let mut alice = app.connect("alice").await;
+    let _bob = app.connect("bob").await;
+    let users = || async { app.db.count("SELECT count(*) FROM users").await };
+    let before = users().await;
+    // Four people pgchat does not know: past the three an hour; nothing is made.
+    let refused = alice
+        .err(
+            json!({"type": "group_create", "name": "g", "members": ["n1", "n2", "n3", "n4"]}),
+            "rate_limited",
+        )
+        .await;
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("new_users_per_hour"),
+        "{refused}"
+    );
+    assert!(refused["retry_after_ms"].as_u64().unwrap() <= 3_600_000);
+    assert_eq!(users().await, before);
+    // Three are fine, and people who have connected never count.
+    alice
+        .ok(json!({"type": "group_create", "name": "g", "members": ["n1", "n2", "n3", "bob"]}))
+        .await;
+    assert_eq!(users().await, before + 3);
+    // The hour's three are used: a direct message to a fourth stranger is refused, and
+    // creates neither the user nor the conversation; one to bob goes.
+    alice
+        .err(
+            json!({"type": "send", "to": "n9", "body": "hi", "client_msg_id": "k1"}),
+            "rate_limited",
+        )
+        .await;
+    assert_eq!(users().await, before + 3);
+    assert_eq!(
+        app.db
+            .count("SELECT count(*) FROM conversations WHERE kind = 'direct'")
+            .await,
+        0
+    );
+    alice.send_dm("bob", "hi bob", "k2").await;
+    // Someone else's hour is their own.
+    let mut carol = app.connect("carol").await;
+    carol.send_dm("n9", "hi", "k3").await;
+}

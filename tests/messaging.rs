@@ -539,3 +539,81 @@ async fn a_session_cannot_start_after_a_seq_it_could_not_have_seen() {
         Ok(_) => panic!("?after=-1 must be refused"),
     }
 }
+
+#[tokio::test]
+async fn conversations_are_paged_and_a_user_in_ten_thousand_groups_gets_bounded_pages() {
+    let app = TestApp::spawn_with(|c| {
+        c.rate_limit_per_sec = 10_000;
+        c.rate_limit_burst = 10_000;
+    })
+    .await;
+    let mut alice = app.connect("alice").await;
+    // 10,000 groups of alice's, with two others each, made in SQL.
+    app.db
+        .client()
+        .await
+        .batch_execute(
+            "INSERT INTO users (id) VALUES ('p1'), ('p2');
+             INSERT INTO conversations (id, kind, name, created_by, version, created_at)
+             SELECT 'g' || g, 'group', 'group ' || g, 'alice', 1,
+                    now() - g * interval '1 second'
+             FROM generate_series(1, 10000) g;
+             INSERT INTO members (conversation_id, user_id, admin)
+             SELECT 'g' || g, u, u = 'alice'
+             FROM generate_series(1, 10000) g, unnest(ARRAY['alice', 'p1', 'p2']) u;",
+        )
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let mut request = json!({"type": "conversations"});
+        if let Some(b) = &before {
+            request["before"] = json!(b);
+        }
+        let page = alice.ok(request).await;
+        let entries = page["conversations"].as_array().unwrap();
+        assert!(entries.len() <= 100, "a page holds at most 100");
+        assert!(
+            page.to_string().len() < 256 * 1024,
+            "a page of a user in 10,000 groups stays small"
+        );
+        seen.extend(
+            entries
+                .iter()
+                .map(|e| e["id"].as_str().unwrap().to_string()),
+        );
+        if page["has_more"] == false {
+            assert!(page["next"].is_null());
+            break;
+        }
+        before = Some(page["next"].as_str().unwrap().to_string());
+    }
+    // Every conversation once, most recently active first (g1 is the newest).
+    assert_eq!(seen.len(), 10_000);
+    assert_eq!(seen.iter().collect::<BTreeSet<_>>().len(), 10_000);
+    assert_eq!((seen[0].as_str(), seen[9_999].as_str()), ("g1", "g10000"));
+    // The same pages over HTTP.
+    let http = reqwest::Client::new();
+    let page: serde_json::Value = http
+        .get(app.http("/api/conversations?limit=2"))
+        .bearer_auth(app.token("alice"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["conversations"].as_array().unwrap().len(), 2);
+    let next = page["next"].as_str().unwrap();
+    let second: serde_json::Value = http
+        .get(app.http(&format!("/api/conversations?limit=2&before={next}")))
+        .bearer_auth(app.token("alice"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(second["conversations"][0]["id"], "g3", "{second}");
+}

@@ -548,9 +548,16 @@ async fn the_specs_are_valid_and_describe_every_frame_the_server_sends() {
         .ok(json!({"type": "members", "conversation": g, "after": "bob"}))
         .await;
     alice
+        .ok(json!({"type": "receipts", "conversation": g, "limit": 2}))
+        .await;
+    alice
+        .ok(json!({"type": "receipts", "conversation": g, "after": "bob"}))
+        .await;
+    alice
         .ok(json!({"type": "group_remove", "conversation": g, "users": ["dave"]}))
         .await;
     bob.ok(json!({"type": "conversations"})).await;
+    bob.ok(json!({"type": "conversations", "limit": 1})).await;
     bob.ok(json!({"type": "group_leave", "conversation": g}))
         .await;
     bob.event_of("removed").await;
@@ -867,6 +874,10 @@ async fn the_specs_are_valid_and_describe_every_frame_the_server_sends() {
     let group_messages = format!("/api/conversations/{g}/messages");
     let mallory_token = app.token("mallory");
     http.get("/api/conversations", Some(&alice_token)).await;
+    http.get("/api/conversations?limit=1", Some(&alice_token))
+        .await;
+    http.get("/api/conversations?before=nonsense", Some(&alice_token))
+        .await;
     http.get("/api/conversations", None).await;
     http.get(&format!("{messages}?limit=1"), Some(&alice_token))
         .await;

@@ -313,6 +313,9 @@ fn sql_limits(config: &Config) -> SqlLimits {
     SqlLimits {
         max_message_chars: config.max_message_chars,
         max_group_members: config.max_group_members,
+        members_listed: config.conversation_members_listed,
+        read_fanout_max: config.read_receipts_fanout_max,
+        new_users_per_hour: config.new_users_per_hour,
     }
 }
 

@@ -41,6 +41,12 @@ pub fn fingerprint() -> String {
 pub struct SqlLimits {
     pub(crate) max_message_chars: usize,
     pub(crate) max_group_members: usize,
+    /// `conversation_members_listed`: what a conversation's state lists.
+    pub(crate) members_listed: usize,
+    /// `read_receipts_fanout_max`.
+    pub(crate) read_fanout_max: usize,
+    /// `new_users_per_hour`.
+    pub(crate) new_users_per_hour: usize,
 }
 
 /// How migrations wait for the locks their statements need.
@@ -216,12 +222,21 @@ async fn migrate_once(
         }
     }
     if let Some(l) = limits {
-        let (chars, members) = (l.max_message_chars as i32, l.max_group_members as i32);
+        let n = |v: usize| i32::try_from(v).unwrap_or(i32::MAX);
+        let values = [
+            n(l.max_message_chars),
+            n(l.max_group_members),
+            n(l.members_listed),
+            n(l.read_fanout_max),
+            n(l.new_users_per_hour),
+        ];
         client
             .execute(
-                "UPDATE pgchat.settings SET max_message_chars = $1, max_group_members = $2
-                 WHERE (max_message_chars, max_group_members) IS DISTINCT FROM ($1, $2)",
-                &[&chars, &members],
+                "UPDATE pgchat.settings SET max_message_chars = $1, max_group_members = $2,
+                        members_listed = $3, read_fanout_max = $4, new_users_per_hour = $5
+                 WHERE (max_message_chars, max_group_members, members_listed, read_fanout_max,
+                        new_users_per_hour) IS DISTINCT FROM ($1, $2, $3, $4, $5)",
+                &[&values[0], &values[1], &values[2], &values[3], &values[4]],
             )
             .await
             .map_err(schema)?;

@@ -280,12 +280,29 @@ async fn api_identity(app: &App, headers: &HeaderMap) -> Result<Identity, ApiErr
     Ok(identity)
 }
 
+#[derive(Deserialize)]
+struct ConversationsQuery {
+    limit: Option<String>,
+    before: Option<String>,
+}
+
 async fn api_conversations(
     State(app): State<App>,
     headers: HeaderMap,
+    q: Result<Query<ConversationsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let id = api_identity(&app, &headers).await?;
-    answer(&app, &id, Request::Conversations).await
+    let Query(q) = q.map_err(|e| refused("query", e.body_text()))?;
+    // The fields a socket would send, through the same parser.
+    let mut fields = Map::new();
+    if let Some(l) = parse_int("limit", q.limit.as_ref())? {
+        fields.insert("limit".into(), l.into());
+    }
+    if let Some(b) = q.before.filter(|b| !b.is_empty()) {
+        fields.insert("before".into(), b.into());
+    }
+    let request = Request::parse_body("conversations", fields, app.limits())?;
+    answer(&app, &id, request).await
 }
 
 /// Runs `request` for the HTTP API the way a socket runs it: its reply's worst case is

@@ -244,6 +244,9 @@ pub struct Config {
     pub max_message_chars: usize,
     pub max_group_members: usize,
     pub conversation_members_listed: usize,
+    pub read_receipts_fanout_max: usize,
+    pub new_users_per_hour: usize,
+    pub group_members_per_token: usize,
     pub max_inflight_requests: usize,
     pub outbound_max_frames: usize,
     pub outbound_max_bytes: usize,
@@ -329,6 +332,9 @@ impl Default for Config {
             max_message_chars: 4_000,
             max_group_members: 1_000,
             conversation_members_listed: 100,
+            read_receipts_fanout_max: 100,
+            new_users_per_hour: 2_000,
+            group_members_per_token: 50,
             max_inflight_requests: 32,
             outbound_max_frames: 1_024,
             outbound_max_bytes: 1 << 20,
@@ -551,6 +557,12 @@ impl Config {
             1,
         )?;
         at_least("max_presence_users", self.max_presence_users as u64, 1)?;
+        at_least("new_users_per_hour", self.new_users_per_hour as u64, 1)?;
+        at_least(
+            "group_members_per_token",
+            self.group_members_per_token as u64,
+            1,
+        )?;
         at_least(
             "presence_max_users_per_worker",
             self.presence_max_users_per_worker as u64,

@@ -139,6 +139,7 @@ pub(crate) mod results {
         History(History),
         Members(Members),
         Conversations(Conversations),
+        Receipts(Receipts),
         Presence(Presence),
         Head(Head),
         Sent(Sent),
@@ -173,10 +174,27 @@ pub(crate) mod results {
         }
     }
 
-    /// `conversations`: the caller's, most recent first.
+    /// `conversations`: a page of the caller's, most recent first; `next` is the cursor of
+    /// the page after it (`before`), null on the last.
     #[derive(Serialize)]
     pub(crate) struct Conversations {
         pub(crate) conversations: Vec<ConversationEntry>,
+        pub(crate) has_more: bool,
+        pub(crate) next: Option<String>,
+    }
+
+    /// `receipts`: a page of the members' read positions, by user id.
+    #[derive(Serialize)]
+    pub(crate) struct Receipts {
+        pub(crate) receipts: Vec<Receipt>,
+        pub(crate) has_more: bool,
+    }
+
+    /// One member's read position: the last `cseq` they have read.
+    #[derive(Serialize)]
+    pub(crate) struct Receipt {
+        pub(crate) user: String,
+        pub(crate) cseq: i64,
     }
 
     /// `presence_subscribe`: one entry per user asked about, in the order asked.
@@ -217,6 +235,7 @@ pub(crate) mod results {
         History,
         Members,
         Conversations,
+        Receipts,
         Presence,
         Head,
         Sent,
@@ -382,10 +401,21 @@ pub(crate) struct ConversationState {
     pub(crate) id: String,
     pub(crate) kind: ConversationKind,
     pub(crate) name: Option<String>,
-    /// Groups only: the members who may remove others and name admins.
+    /// Who the change that made this state added (at most `conversation_members_listed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) added: Option<Vec<String>>,
+    /// Groups only: the members who may remove others and name admins (the first
+    /// `conversation_members_listed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) admins: Option<Vec<String>>,
+    /// The first `conversation_members_listed` members by id; `members` lists them all.
     pub(crate) members: Vec<String>,
+    /// Who the change removed (at most `conversation_members_listed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) removed: Option<Vec<String>>,
+    /// How many members it has (states stored before schema version 4 lack it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) member_count: Option<i64>,
 }
 
 /// The fields of a `conversation` event: the conversation's state as the writer stored it.
@@ -468,9 +498,14 @@ mod tests {
             sent.replace(r#"{"type":"ok","#, r#"{"type":"message","seq":5,"#)
         );
         // As pgchat.conversation_json returns it (jsonb's key order), and back unchanged.
-        let stored = r#"{"id":"g","kind":"group","name":"n","admins":["a"],"members":["a","b"]}"#;
+        let stored = r#"{"id":"g","kind":"group","name":"n","added":["b"],"admins":["a"],"members":["a","b"],"removed":["c"],"member_count":2}"#;
         let state: ConversationState = serde_json::from_str(stored).unwrap();
         assert_eq!(encode(&state), stored);
+        let direct =
+            r#"{"id":"d","kind":"direct","name":null,"members":["a","b"],"member_count":2}"#;
+        let state: ConversationState = serde_json::from_str(direct).unwrap();
+        assert_eq!(encode(&state), direct);
+        // A state stored before schema version 4.
         let direct = r#"{"id":"d","kind":"direct","name":null,"members":["a","b"]}"#;
         let state: ConversationState = serde_json::from_str(direct).unwrap();
         assert_eq!(encode(&state), direct);

@@ -278,3 +278,34 @@ mod tests {
         assert!(UserId::parse(&"a".repeat(65)).is_err());
     }
 }
+
+/// Where a page of `conversations` starts: after the entry active at `at` with id `id`
+/// (the order is most recent first, then by id). On the wire, an opaque cursor: the
+/// reply's `next`, given back as `before`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationCursor {
+    pub(crate) at: chrono::DateTime<chrono::Utc>,
+    pub(crate) id: String,
+}
+
+impl ConversationCursor {
+    pub(crate) fn new(at: chrono::DateTime<chrono::Utc>, id: String) -> ConversationCursor {
+        ConversationCursor { at, id }
+    }
+
+    /// The cursor as `next` gives it: microseconds since the epoch, `/`, the id.
+    pub fn encode(&self) -> String {
+        format!("{}/{}", self.at.timestamp_micros(), self.id)
+    }
+
+    /// A cursor an earlier reply gave, or `None` for anything else.
+    pub fn parse(text: &str) -> Option<ConversationCursor> {
+        let (micros, id) = text.split_once('/')?;
+        let at = chrono::DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+        ConversationId::parse(id).ok()?;
+        Some(ConversationCursor {
+            at,
+            id: id.to_string(),
+        })
+    }
+}

@@ -35,15 +35,22 @@ impl TokenBucket {
 
     /// Takes a token, or says in how many milliseconds one will be there.
     pub(crate) fn take(&mut self) -> Result<(), u64> {
+        self.take_n(1)
+    }
+
+    /// Takes `n` tokens at once (at most a whole burst), or says in how many milliseconds
+    /// they will be there; takes none then.
+    pub(crate) fn take_n(&mut self, n: u32) -> Result<(), u64> {
+        let n = (n as f64).min(self.burst);
         let now = Instant::now();
         let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
         self.tokens = (self.tokens + refill).min(self.burst);
         self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= n {
+            self.tokens -= n;
             Ok(())
         } else {
-            Err((((1.0 - self.tokens) / self.rate) * 1000.0).ceil() as u64)
+            Err((((n - self.tokens) / self.rate) * 1000.0).ceil() as u64)
         }
     }
 }
@@ -110,12 +117,18 @@ impl UserLimits {
     }
 
     pub(crate) fn take(&self, user: &str) -> Result<(), u64> {
+        self.take_n(user, 1)
+    }
+
+    /// Takes `n` of `user`'s tokens at once (at most a whole burst): a request that costs
+    /// more than one.
+    pub(crate) fn take_n(&self, user: &str, n: u32) -> Result<(), u64> {
         let mut buckets = self.buckets.lock().expect("rate limit lock");
         if let Some(b) = buckets.get_mut(user) {
-            return b.take();
+            return b.take_n(n);
         }
         let mut b = TokenBucket::new(self.rate, self.burst);
-        let result = b.take();
+        let result = b.take_n(n);
         buckets.put(user.to_string(), b);
         result
     }

@@ -16,7 +16,7 @@ use crate::foundation::frames::{
     event_frame, ConversationEntry, ConversationFields, ConversationKind, EventFields, Message,
 };
 use crate::foundation::metrics::Metrics;
-use crate::foundation::protocol::{ConversationId, UserId};
+use crate::foundation::protocol::{ConversationCursor, ConversationId, UserId};
 
 /// Reads a message from the columns `id, conversation_id, cseq, sender_id, sender_name,
 /// body, client_msg_id, created_at` starting at `at`. An error (a NULL where a message has
@@ -321,12 +321,13 @@ pub(crate) fn not_a_member(c: &ConversationId) -> ApiError {
     ))
 }
 
-/// The user's conversations, most recently active first, each with its members, last
-/// message and unread count, in one query (no query per conversation). Each
-/// conversation's row, members and last message are reached by key from the user's
-/// memberships (lateral subqueries with `LIMIT 1`, never a join the planner could turn into
-/// a scan), and `unread` counts nothing: a member's read marker also moves to every
-/// message they send, so the unread messages are exactly those after it.
+/// A page of the user's conversations, most recently active first, each with its members,
+/// last message and unread count, in one query (no query per conversation), and the
+/// cursor of the next page if there is one. The page is chosen from each membership's
+/// conversation row and last message (reached by key: lateral subqueries with `LIMIT 1`,
+/// never a join the planner could turn into a scan); only its rows are filled in. `unread`
+/// counts nothing: a member's read marker also moves to every message they send, so the
+/// unread messages are exactly those after it.
 ///
 /// Each lists at most `members_listed` members (the first by id) beside `member_count`, so
 /// a user in a few large groups does not get a reply of megabytes; `members` of one
@@ -336,20 +337,77 @@ pub(crate) async fn conversations(
     metrics: &Metrics,
     user: &UserId,
     members_listed: i32,
-) -> Result<Vec<ConversationEntry>, DbError> {
+    limit: i64,
+    before: Option<&ConversationCursor>,
+) -> Result<(Vec<ConversationEntry>, Option<ConversationCursor>), DbError> {
     let client = db.client().await?;
     let stmt = client.prepare_cached(queries::CONVERSATIONS).await?;
+    let fetch = limit + 1;
+    let (at, id) = (before.map(|c| c.at), before.map(|c| c.id.as_str()));
     let rows = db
-        .timed_read(client.query(&stmt, &[&user.as_str(), &members_listed]))
+        .timed_read(client.query(&stmt, &[&user.as_str(), &members_listed, &fetch, &at, &id]))
         .await?;
-    Ok(rows
+    let more = rows.len() as i64 > limit;
+    let page = &rows[..rows.len().min(limit as usize)];
+    let next = match (more, page.last()) {
+        (true, Some(last)) => Some(ConversationCursor::new(last.try_get(15)?, last.try_get(0)?)),
+        _ => None,
+    };
+    let entries = page
         .iter()
         .filter_map(|row| {
             conversation_from_row(row)
                 .map_err(|e| bad_row(metrics, "a conversation of a list", &e))
                 .ok()
         })
-        .collect())
+        .collect();
+    Ok((entries, next))
+}
+
+/// A page of a conversation's read receipts (each member's read position, by user id,
+/// after `after`), for a member of it, and whether more follow. The access check and the
+/// page run pipelined on one connection: one round trip.
+pub(crate) async fn receipts(
+    db: &Database,
+    user: &UserId,
+    conversation: &ConversationId,
+    after: Option<&UserId>,
+    limit: i64,
+) -> Result<(Vec<(String, i64)>, bool), ApiError> {
+    let client = db.client().await?;
+    let access = client
+        .prepare_cached(queries::HISTORY_ACCESS)
+        .await
+        .map_err(DbError::from)?;
+    let page = client
+        .prepare_cached(queries::RECEIPTS)
+        .await
+        .map_err(DbError::from)?;
+    let (cid, uid) = (conversation.as_str(), user.as_str());
+    let after = after.map_or("", UserId::as_str);
+    let fetch = limit + 1;
+    let access_params: [&(dyn ToSql + Sync); 2] = [&cid, &uid];
+    let page_params: [&(dyn ToSql + Sync); 3] = [&cid, &after, &fetch];
+    let (access, rows) = db
+        .timed_read(async {
+            tokio::try_join!(
+                client.query_opt(&access, &access_params),
+                client.query(&page, &page_params),
+            )
+        })
+        .await
+        .map_err(DbError::from)?;
+    let access = access.ok_or_else(|| no_such_conversation(conversation))?;
+    if !access.get::<_, bool>(1) {
+        return Err(not_a_member(conversation));
+    }
+    let more = rows.len() as i64 > limit;
+    let receipts = rows
+        .iter()
+        .take(limit as usize)
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    Ok((receipts, more))
 }
 
 fn conversation_from_row(row: &Row) -> Result<ConversationEntry, String> {

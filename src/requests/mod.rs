@@ -28,6 +28,7 @@ mod history;
 mod members;
 mod presence_subscribe;
 mod read;
+mod receipts;
 mod resume;
 mod send;
 pub(crate) mod typing;
@@ -50,6 +51,7 @@ use crate::foundation::protocol::{
     BearerToken, Body, ClientMsgId, ClientOpId, ConversationId, Envelope, GroupName, Limits,
     Target, TypingState, UserId, WorkerId,
 };
+use crate::foundation::ratelimit::UserLimits;
 use crate::read::cache::ConversationCache;
 use crate::read::store;
 use crate::write::{Command, Writer};
@@ -72,6 +74,10 @@ pub(crate) struct Services<'a> {
     pub(crate) seal: &'a NoticeSeal,
     /// `conversation_members_listed`: members listed per conversation by `conversations`.
     pub(crate) members_listed: usize,
+    /// The users' token buckets: group commands take more than one.
+    pub(crate) rate_limits: &'a UserLimits,
+    /// `group_members_per_token`.
+    pub(crate) group_members_per_token: usize,
 }
 
 /// One client request, fully validated.
@@ -90,7 +96,17 @@ pub enum Request {
         before_cseq: Option<i64>,
         limit: i64,
     },
-    Conversations,
+    /// A page of the caller's conversations, most recent first, after the cursor.
+    Conversations {
+        limit: i64,
+        before: Option<crate::foundation::protocol::ConversationCursor>,
+    },
+    /// A page of a conversation's read receipts, by member id, after `after`.
+    Receipts {
+        conversation: ConversationId,
+        after: Option<UserId>,
+        limit: i64,
+    },
     /// A page of a conversation's members, by id, after `after`.
     Members {
         conversation: ConversationId,
@@ -177,9 +193,8 @@ impl Request {
         SMALL_REPLY
             + match self {
                 Request::History { limit, .. } => n(limit) * sizes.message,
-                Request::Conversations => {
-                    n(&crate::foundation::protocol::MAX_CONVERSATIONS_PAGE) * sizes.conversation
-                }
+                Request::Conversations { limit, .. } => n(limit) * sizes.conversation,
+                Request::Receipts { limit, .. } => ids_bytes(n(limit)) * 2,
                 Request::Members { limit, .. } => ids_bytes(n(limit)),
                 Request::Send { .. } => sizes.message,
                 Request::GroupCreate { .. }
@@ -250,7 +265,8 @@ impl Request {
             "resume" => resume::parse(map),
             "send" => send::parse(map, limits.max_message_chars),
             "history" => history::parse(map),
-            "conversations" => Ok(Request::Conversations),
+            "conversations" => conversations::parse(map),
+            "receipts" => receipts::parse(map),
             "members" => members::parse(map),
             "group_create" => group_create::parse(map, limits.max_group_members),
             "group_add" | "group_remove" => group_add::parse(kind, map, limits.max_group_members),
@@ -319,9 +335,64 @@ pub(crate) async fn handle(
     request: Request,
 ) -> Result<Answer, ApiError> {
     match command(services.metrics, user, request) {
-        Ok(command) => Ok(services.writer.run(command).await?.into()),
+        Ok(command) => {
+            charge_fanout(&services, user, &command).await?;
+            Ok(services.writer.run(command).await?.into())
+        }
         Err(request) => query(services, user, request).await,
     }
+}
+
+/// A group command writes an event to every member's stream: it costs rate-limit tokens
+/// in proportion, one per `group_members_per_token` members it reaches (the one its frame
+/// took already counts), at most a whole burst. Refused, it is `rate_limited` and not run.
+async fn charge_fanout(
+    services: &Services<'_>,
+    user: &UserId,
+    command: &Command,
+) -> Result<(), ApiError> {
+    let (conversation, more) = match command {
+        Command::GroupCreate { members, .. } => (None, members.len() + 1),
+        Command::GroupAdd {
+            conversation,
+            users,
+            ..
+        } => (Some(conversation), users.len()),
+        Command::GroupRemove { conversation, .. } | Command::GroupLeave { conversation, .. } => {
+            (Some(conversation), 0)
+        }
+        Command::Send { .. } | Command::Read { .. } => return Ok(()),
+    };
+    let size = match conversation {
+        // Not found, or not a member: the writer refuses it; it costs what its frame did.
+        Some(c) => crate::cluster::typing::members_of(services.cache, services.db, c)
+            .await
+            .map_or(0, |m| m.len()),
+        None => 0,
+    };
+    let reach = size + more;
+    let per_token = services.group_members_per_token.max(1);
+    let tokens = u32::try_from(reach.div_ceil(per_token)).unwrap_or(u32::MAX);
+    if tokens <= 1 {
+        return Ok(());
+    }
+    services
+        .rate_limits
+        .take_n(user.as_str(), tokens - 1)
+        .map_err(|retry_after_ms| {
+            services.metrics.rate_limited.inc();
+            let mut e = ApiError::new(
+                Code::RateLimited,
+                format!(
+                    "{}: it reaches {reach} members, so it costs {tokens} requests of your rate \
+                     limit (one per group_members_per_token = {per_token} members): wait \
+                     {retry_after_ms} ms",
+                    command.kind()
+                ),
+            );
+            e.retry_after_ms = Some(retry_after_ms);
+            e
+        })
 }
 
 /// A request the writer commits, as its [`Command`] (made by the kind's file); any other
@@ -351,7 +422,8 @@ fn command(metrics: &Metrics, user: &UserId, request: Request) -> Result<Command
         Request::Read { conversation, cseq } => read::command(user, conversation, cseq),
         // Listed, not `_`: a new kind must be placed here or there.
         request @ (Request::History { .. }
-        | Request::Conversations
+        | Request::Conversations { .. }
+        | Request::Receipts { .. }
         | Request::Members { .. }
         | Request::Ping
         | Request::Resume { .. }
@@ -378,7 +450,17 @@ async fn query(
         } => history::apply(db, cache, metrics, user, &conversation, before_cseq, limit)
             .await
             .map(Answer::from),
-        Request::Conversations => conversations::apply(db, metrics, services.members_listed, user)
+        Request::Conversations { limit, before } => {
+            let listed = services.members_listed;
+            conversations::apply(db, metrics, listed, user, limit, before.as_ref())
+                .await
+                .map(Answer::from)
+        }
+        Request::Receipts {
+            conversation,
+            after,
+            limit,
+        } => receipts::apply(db, user, &conversation, after.as_ref(), limit)
             .await
             .map(Answer::from),
         Request::Members {

@@ -229,7 +229,12 @@ fn decode_outcomes(
         if let Some(code) = &codes[i] {
             let code = Code::parse(code).unwrap_or(Code::Internal);
             let detail = details[i].clone().unwrap_or_default();
-            outcomes.push(Err(ApiError::new(code, detail)));
+            let mut e = ApiError::new(code, detail);
+            if code == Code::RateLimited {
+                // Refused for the users it would create: the quota is per clock hour.
+                e.retry_after_ms = Some(until_the_next_hour_ms());
+            }
+            outcomes.push(Err(e));
             continue;
         }
         let returned = Returned {
@@ -250,6 +255,12 @@ fn decode_outcomes(
     }
 
     (outcomes, stored, ids)
+}
+
+/// Milliseconds until the next full hour (UTC), when `new_users_per_hour` starts afresh.
+fn until_the_next_hour_ms() -> u64 {
+    let ms = chrono::Utc::now().timestamp_millis().rem_euclid(3_600_000);
+    (3_600_000 - ms) as u64
 }
 
 /// The events to publish, a message event's fields being its message, encoded once for
