@@ -133,3 +133,41 @@ async fn one_user_s_stalled_sockets_cannot_pin_a_worker_s_memory() {
     carol.ok(json!({"type": "ping"})).await;
     drop(sockets);
 }
+
+#[tokio::test]
+async fn a_client_that_reads_gets_every_pipelined_reply_however_little_its_share() {
+    // The smallest share the configuration allows (one worst-case reply): ten pipelined
+    // pages of long messages must all be answered, in order, to a client that reads them.
+    let app = common::TestApp::spawn_with(|c| {
+        c.outbound_user_bytes = c.largest_reply();
+        c.rate_limit_burst = 1000;
+    })
+    .await;
+    let mut mallory = app.connect("mallory").await;
+    let group = mallory
+        .ok(json!({"type": "group_create", "name": "g", "members": ["alice"]}))
+        .await;
+    let group = group["conversation"]["id"].as_str().unwrap().to_string();
+    app.db
+        .client()
+        .await
+        .batch_execute(&format!(
+            "SELECT pgchat.send('alice', '{group}', repeat(chr(1), 4000), 'g-' || i)
+             FROM generate_series(1, 100) AS i"
+        ))
+        .await
+        .unwrap();
+    // Delivered live first: the worker has heard of them (and its cache knows).
+    for _ in 0..100 {
+        mallory.event_of("message").await;
+    }
+    for r in 0..10 {
+        let request = json!({"type": "history", "conversation": group, "limit": 100, "ref": r});
+        mallory.send_text(request.to_string()).await;
+    }
+    for r in 0..10 {
+        let reply = mallory.reply_to_int(r).await;
+        assert_eq!(reply["type"], "ok", "reply {r}: {}", reply["code"]);
+        assert_eq!(reply["messages"].as_array().unwrap().len(), 100);
+    }
+}

@@ -237,6 +237,7 @@ pub(crate) async fn run(
         },
         app: app.clone(),
         account: app.budget.account(identity.user.as_str()),
+        charged: None,
         read_paused_until: None,
         identity,
         sub,
@@ -296,6 +297,8 @@ struct Session {
     identity: Identity,
     /// The user's share of the worker's budget for replies and replays.
     account: Arc<Account>,
+    /// Signalled when the last request spawned holds its charge (see `run_request`).
+    charged: Option<oneshot::Receiver<()>>,
     sub: Subscription,
     /// The last seq this session has queued for its client.
     cursor: i64,
@@ -552,12 +555,19 @@ impl Session {
             Ok(Request::Ping) => self.answer(envelope, Ok(Answer::Empty {})),
             Ok(Request::Auth { token }) => self.reauthenticate(envelope, &token),
             Ok(request) => {
+                // Charged in request order (see run_request), each after the one before.
+                let (charged, next) = oneshot::channel();
+                let turn = Turn {
+                    after: self.charged.replace(next),
+                    done: charged,
+                };
                 let task = Task(tokio::spawn(run_request(
                     app.clone(),
                     self.account.clone(),
                     self.identity.user.clone(),
                     envelope.clone(),
                     request,
+                    turn,
                 )));
                 let app = app.clone();
                 self.pending.push_back(Box::pin(async move {
@@ -1011,15 +1021,27 @@ async fn announce_stop(app: &App, user: &UserId, conversation: &ConversationId) 
 /// connection it holds given back) even while the session waits for its client to read
 /// an earlier reply. Its reply's worst case is charged to the user's share first; the
 /// charge shrinks to the encoded frame and goes with it to the socket.
+///
+/// The charges of one session's requests are taken in request order: a request waits for
+/// the one before it to hold its charge. Replies leave in request order too, so a later
+/// request that took the bytes an earlier one waits for would hold them until that earlier
+/// one gave up.
 async fn run_request(
     app: App,
     account: Arc<Account>,
     user: UserId,
     envelope: Envelope,
     request: Request,
+    turn: Turn,
 ) -> (String, Option<Charge>) {
+    if let Some(before) = turn.after {
+        // A sender dropped (its request's task ended) counts as done.
+        let _ = before.await;
+    }
     let wait = Duration::from_millis(app.config.outbound_stall_ms);
-    let mut charge = match account.charge(request.reply_bytes(&app.sizes), wait).await {
+    let charged = account.charge(request.reply_bytes(&app.sizes), wait).await;
+    let _ = turn.done.send(());
+    let mut charge = match charged {
         Ok(c) => c,
         // The refusal itself is a few bytes, like every inline answer.
         Err(short) => {
@@ -1033,6 +1055,13 @@ async fn run_request(
     let frame = reply_frame(&app, &envelope, result);
     charge.shrink_to(frame.len());
     (frame, Some(charge))
+}
+
+/// A request's place in its session's order of charges: the signal of the request before
+/// it, and its own for the one after.
+struct Turn {
+    after: Option<oneshot::Receiver<()>>,
+    done: oneshot::Sender<()>,
 }
 
 /// `rate_limited`, for a request whose reply would not fit in memory: the user's share

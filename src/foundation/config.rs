@@ -742,7 +742,7 @@ impl Config {
     /// The worst case of the largest single reply these limits allow (see
     /// [`crate::foundation::budget`]): a history page of the longest messages, a page of
     /// conversations with their last messages, or a full group's state.
-    pub(crate) fn largest_reply(&self) -> usize {
+    pub fn largest_reply(&self) -> usize {
         use crate::foundation::budget::{ids_bytes, message_bytes};
         let message = message_bytes(self.max_message_chars);
         let history = crate::foundation::protocol::MAX_HISTORY_LIMIT as usize * message;
