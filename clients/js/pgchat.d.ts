@@ -36,13 +36,22 @@ export interface Conversation {
   admins?: string[];
 }
 
-/** An entry of `conversations()`. */
+/** An entry of `conversations()` and `conversationsPage()`. */
 export interface ConversationSummary extends Conversation {
   /** All members (`members` lists at most the first 100; page with `members()`). */
   member_count: number;
   last_message: Message | null;
   /** Messages after the user's read marker. */
   unread: number;
+}
+
+/** One page of `conversations`: most recently active first. */
+export interface ConversationsPage {
+  /** At most `limit` (1..100, default 100). */
+  conversations: ConversationSummary[];
+  has_more: boolean;
+  /** The cursor of the next page (pass it as `before`), null on the last. Opaque. */
+  next: string | null;
 }
 
 export interface HistoryPage {
@@ -355,7 +364,19 @@ export class PgChat {
   send(target: SendTarget, body: string, opts?: { clientMsgId?: string }): Promise<Message>;
   history(conversation: string, opts?: { beforeCseq?: number; limit?: number }): Promise<Message[]>;
   historyPage(conversation: string, opts?: { beforeCseq?: number; limit?: number }): Promise<HistoryPage>;
+  /**
+   * Every conversation of the user, most recently active first, each once: every page
+   * followed, and the front read again after a walk of several pages, so that one that
+   * became active meanwhile (moving ahead of the cursor) is not missed. Costs one request
+   * per 100 conversations, and one more or so after a walk of several pages.
+   */
   conversations(): Promise<ConversationSummary[]>;
+  /**
+   * One page of `conversations`. `limit`: 1..100 (default 100); `before`: the `next` of an
+   * earlier page (null or undefined: the first page). A conversation that becomes active
+   * while pages are read moves to the first page: `conversations()` accounts for that.
+   */
+  conversationsPage(opts?: { limit?: number; before?: string | null }): Promise<ConversationsPage>;
   members(conversation: string, opts?: { after?: string; limit?: number }): Promise<MembersPage>;
   /** Idempotent: a clientOpId is generated when none is given, so retries create one group. */
   createGroup(name: string, members: string[], opts?: { clientOpId?: string }): Promise<Conversation>;

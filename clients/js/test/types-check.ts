@@ -3,8 +3,8 @@
 
 import PgChatDefault, {
   MemoryStore, PgChat, PgChatError, WebStorageStore, backoffDelay, randomId,
-  type Conversation, type ConversationSummary, type DurableEvent, type Message, type PresenceEntry,
-  type SeqStore, type StateChange,
+  type Conversation, type ConversationSummary, type ConversationsPage, type DurableEvent, type Message,
+  type PresenceEntry, type SeqStore, type StateChange,
 } from '../pgchat.js';
 
 const asyncStore: SeqStore = {
@@ -47,6 +47,15 @@ async function main(): Promise<void> {
   const admins: string[] | undefined = g.admins;
   await chat.addToGroup(g.id, ['dave'], { admin: true });
   await chat.removeFromGroup(g.id, ['dave']);
+  const firstPage: ConversationsPage = await chat.conversationsPage({ limit: 20 });
+  const cursor: string | null = firstPage.next;
+  const secondPage = await chat.conversationsPage({ limit: 20, before: cursor });
+  const moreConversations: boolean = secondPage.has_more;
+  const firstOfPage: ConversationSummary | undefined = secondPage.conversations[0];
+  await chat.conversationsPage();
+  // @ts-expect-error: a cursor is the opaque string a page gave, not a number
+  await chat.conversationsPage({ before: 5 });
+  void moreConversations; void firstOfPage;
   const members = await chat.members(g.id, { after: 'bob', limit: 10 });
   const count: number = members.member_count;
   await chat.leaveGroup(g.id);
