@@ -53,7 +53,7 @@ const CONNECTION_BOUND = new Set(['typing']);
 
 /** Request types whose repetition changes nothing more (safe to resend after a drop). */
 const IDEMPOTENT = new Set([
-  'resume', 'history', 'conversations', 'members', 'group_add', 'group_remove',
+  'resume', 'history', 'conversations', 'members', 'receipts', 'group_add', 'group_remove',
   'group_leave', 'read', 'typing', 'presence_subscribe', 'ping', 'auth',
 ]);
 
@@ -1208,6 +1208,40 @@ export class PgChat {
     if (after !== undefined) fields.after = after;
     if (limit !== undefined) fields.limit = limit;
     return this.#request('members', fields);
+  }
+
+  /**
+   * One page of the members' read positions, by user id: `{ receipts: [{user, cseq}],
+   * has_more }`; the next page is `after` the last user of this one.
+   */
+  receipts(conversation, { after, limit } = {}) {
+    const fields = { conversation };
+    if (after !== undefined) fields.after = after;
+    if (limit !== undefined) fields.limit = limit;
+    return this.#request('receipts', fields);
+  }
+
+  /**
+   * Every member's read position, by user id: the pages of `receipts`, 1000 at a time.
+   * Each member of the whole call comes once, with a position at least as new as when the
+   * call began (positions only move forward); one who joins meanwhile may be missing.
+   */
+  async allReceipts(conversation) {
+    const all = [];
+    let after;
+    for (;;) {
+      const page = await this.receipts(conversation, after === undefined ? { limit: 1000 } : { after, limit: 1000 });
+      if (!Array.isArray(page.receipts)) {
+        throw new PgChatError('bad_frame', "a 'receipts' reply without a receipts list", { frame: page });
+      }
+      all.push(...page.receipts);
+      if (page.has_more !== true) return all;
+      const last = page.receipts.at(-1)?.user;
+      if (!isString(last) || last === after) {
+        throw new PgChatError('bad_frame', "a 'receipts' reply with has_more but no receipt to page after: the pages cannot be followed", { frame: page });
+      }
+      after = last;
+    }
   }
 
   async createGroup(name, members, { clientOpId } = {}) {
