@@ -11,6 +11,13 @@ const TYPING_REFRESH_MS = 3000; // a `start` is repeated this often while typing
 const TYPING_IDLE_MS = 2500; // `stop` after this long without a keystroke
 const USER_ID = /^[A-Za-z0-9_.@:-]{1,64}$/;
 const MEMBERS_LISTED = 100; // a state lists this many members at most (conversation_members_listed)
+// Read positions reach the other members as `read` events only while a conversation has
+// at most this many members besides the reader (the server's read_receipts_fanout_max);
+// in a larger group the page asks for them (`receipts`).
+const READ_FANOUT_MAX = 100;
+const RECEIPTS_EVERY_MS = 4000; // a large group's receipts are asked at most this often
+const RECEIPTS_DELAY_MS = 1000; // after a message: a moment for those reading to mark it
+const RECEIPTS_FOLLOW_UPS = 3; // after one's own message: asked again 8, 16 and 32 s later
 const SESSION_KEY = 'pgchat.demo.session';
 
 const $ = (id) => document.getElementById(id);
@@ -59,6 +66,7 @@ function blank(id) {
     hasMore: false, loading: false, reads: new Map(), typing: new Map(), myRead: 0,
     notes: [], // {after: cseq, text}: membership changes seen live, shown in the timeline
     touchedAt: 0, // when an event last told of it (a reload that started before keeps it)
+    receipts: { at: 0, timer: null, due: 0, busy: false, again: false, followUps: 0 },
   };
 }
 
@@ -93,6 +101,9 @@ const visible = () => document.visibilityState === 'visible';
 const others = (c) => c.members.filter((m) => m !== S.me);
 const listsAll = (c) => c.members.length >= c.member_count;
 const nameOf = (user) => (user === S.me ? 'You' : S.names.get(user) || user);
+
+/** Whether the others' read positions come as `read` events (else ask `receipts`). */
+const readsAsEvents = (c) => !(c.kind === 'group' && c.member_count - 1 > READ_FANOUT_MAX);
 
 /** "Ann, Ben, Cat and 97 more": the first `max` of `ids`, out of `total`. */
 function someNames(ids, total = ids.length, max = 3) {
@@ -350,6 +361,8 @@ async function reload(resync) {
     const c = S.convs.get(S.openId);
     if (!c.loaded) await loadOlder(c);
     markRead(c);
+    // Read events missed while away are replayed; a large group's positions are not.
+    if (!readsAsEvents(c)) receiptsSoon(c);
   }
   renderPane();
 }
@@ -401,6 +414,7 @@ function onMessage(m) {
   }
   // Whoever sends has stopped typing.
   clearTyping(c, m.sender.id);
+  if (!readsAsEvents(c)) receiptsSoon(c, { followUps: mine ? RECEIPTS_FOLLOW_UPS : null });
   renderList();
   if (S.openId === c.id) renderMessages();
   else if (named) renderPane();
@@ -515,9 +529,69 @@ async function openConversation(id) {
   renderList();
   renderPane(true);
   $('composer-input').focus();
+  // Every conversation once on opening: `read` events tell only of reads made while this
+  // page listens, and in a large group not even those.
+  loadReceipts(c);
   if (!c.loaded) await loadOlder(c);
   markRead(c);
   renderList();
+}
+
+/** Every member's read position, merged into `c.reads` (then shown). */
+async function loadReceipts(c) {
+  const r = c.receipts;
+  if (r.busy) {
+    r.again = true;
+    return;
+  }
+  r.busy = true;
+  r.at = Date.now();
+  try {
+    const all = await S.client.allReceipts(c.id);
+    // Positions only move forward: keep a newer one that a message or event brought
+    // meanwhile. Members the answer lacks have left.
+    c.reads = new Map(all.map((x) => [x.user, Math.max(x.cseq, c.reads.get(x.user) ?? 0)]));
+  } catch (e) {
+    console.warn('receipts:', e);
+  } finally {
+    r.busy = false;
+  }
+  if (S.openId === c.id) renderMessages();
+  if (r.again) {
+    r.again = false;
+    receiptsSoon(c);
+  } else if (r.followUps > 0 && !ownLatestReadByAll(c)) {
+    // Nobody may write again soon: ask a few more times, further apart each time.
+    r.followUps -= 1;
+    receiptsSoon(c, { waitMs: RECEIPTS_EVERY_MS * 2 ** (RECEIPTS_FOLLOW_UPS - r.followUps) });
+  }
+}
+
+/**
+ * Asks a large group's receipts while it is open: `RECEIPTS_DELAY_MS` after a message at
+ * the soonest and `RECEIPTS_EVERY_MS` after the last time, whatever the number of
+ * messages. `followUps`: after one's own message, how many times to ask again later while
+ * not everyone has read it (null: leave it as it is).
+ */
+function receiptsSoon(c, { followUps = null, waitMs = 0 } = {}) {
+  const r = c.receipts;
+  if (followUps !== null) r.followUps = followUps;
+  if (S.openId !== c.id) return;
+  const due = Date.now() + Math.max(RECEIPTS_DELAY_MS, waitMs, r.at + RECEIPTS_EVERY_MS - Date.now());
+  // One timer: a message brings a distant follow-up nearer, never the reverse.
+  if (r.timer && r.due <= due) return;
+  clearTimeout(r.timer);
+  r.due = due;
+  r.timer = setTimeout(() => {
+    r.timer = null;
+    if (S.openId === c.id && visible()) loadReceipts(c);
+  }, due - Date.now());
+}
+
+function ownLatestReadByAll(c) {
+  let latest = null;
+  for (const m of c.msgs.values()) if (m.sender.id === S.me && (!latest || m.cseq > latest.cseq)) latest = m;
+  return !latest || receipt(c, latest).all;
 }
 
 /** Loads the page of history before the oldest message shown (the newest page first). */
@@ -882,10 +956,16 @@ function renderDraft() {
 }
 
 function receipt(c, m) {
-  // Who of the others has read this message (their marker at or past it).
-  const readers = others(c).filter((u) => (c.reads.get(u) ?? 0) >= m.cseq);
-  const all = others(c).length > 0 && readers.length === others(c).length;
-  return { readers, all };
+  // Who of the others has read this message (their marker at or past it), by id. With the
+  // whole member list at hand only members count; a large group's list is capped, but its
+  // positions come from `receipts`, which lists members only.
+  let readers = [...c.reads].filter(([u, at]) => u !== S.me && at >= m.cseq).map(([u]) => u);
+  if (listsAll(c)) {
+    const members = new Set(c.members);
+    readers = readers.filter((u) => members.has(u));
+  }
+  const need = c.member_count - 1;
+  return { readers, all: need > 0 && readers.length >= need };
 }
 
 function bubble(m, { pending = false, first = true, last = true, c = null, seenBy = null, showSender = false } = {}) {
@@ -936,7 +1016,7 @@ function renderMessages({ toBottom = false, keepFromBottom = false } = {}) {
     const r = receipt(c, m);
     if (r.readers.length) {
       seenAt = m.cseq;
-      seenText = c.kind === 'direct' ? 'Seen' : `Seen by ${r.readers.map(nameOf).join(', ')}`;
+      seenText = c.kind === 'direct' ? 'Seen' : `Seen by ${someNames(r.readers.sort())}`;
       break;
     }
   }
@@ -1011,7 +1091,9 @@ function init() {
   });
   document.addEventListener('visibilitychange', () => {
     if (visible() && S.openId) {
-      markRead(S.convs.get(S.openId));
+      const c = S.convs.get(S.openId);
+      markRead(c);
+      if (!readsAsEvents(c)) receiptsSoon(c);
       renderList();
     }
   });
