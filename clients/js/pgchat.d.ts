@@ -24,25 +24,61 @@ export interface Message {
 
 export type ConversationKind = 'direct' | 'group';
 
-/** A conversation as `conversation` events and group replies show it. */
-export interface Conversation {
+/** What every view of a conversation holds. */
+export interface ConversationBase {
   id: string;
   kind: ConversationKind;
   /** A group's name; null for direct conversations. */
   name: string | null;
-  /** Member ids, by id. */
+  /**
+   * The first 100 member ids by id (`conversation_members_listed`): the whole list only
+   * when `member_count` says there are no more. Page through all of them with `members()`.
+   */
   members: string[];
-  /** Groups only: the members who may remove others. */
+  /** Groups only: the members who may remove others (the first 100 by id). */
   admins?: string[];
 }
 
-/** An entry of `conversations()`. */
-export interface ConversationSummary extends Conversation {
+/** A conversation as `conversation` events and group replies show it: the state a change left. */
+export interface Conversation extends ConversationBase {
+  /** How many members it has (every conversation; states stored before schema version 4 lack it). */
+  member_count?: number;
+  /** After `group_add`: who it added (at most 100 of them). */
+  added?: string[];
+  /** After `group_remove` or `group_leave`: who it removed (at most 100 of them). */
+  removed?: string[];
+}
+
+/** An entry of `conversations()` and `conversationsPage()`. */
+export interface ConversationSummary extends ConversationBase {
   /** All members (`members` lists at most the first 100; page with `members()`). */
   member_count: number;
   last_message: Message | null;
   /** Messages after the user's read marker. */
   unread: number;
+}
+
+/** One page of `conversations`: most recently active first. */
+export interface ConversationsPage {
+  /** At most `limit` (1..100, default 100). */
+  conversations: ConversationSummary[];
+  has_more: boolean;
+  /** The cursor of the next page (pass it as `before`), null on the last. Opaque. */
+  next: string | null;
+}
+
+/** A member's read position: the last `cseq` they have read (0 for nothing). */
+export interface Receipt {
+  user: string;
+  cseq: number;
+}
+
+/** One page of `receipts`: members by user id, after `after`. */
+export interface ReceiptsPage {
+  /** At most `limit` (1..1000, default 100). */
+  receipts: Receipt[];
+  /** More members follow: ask again with `after` = the last receipt's `user`. */
+  has_more: boolean;
 }
 
 export interface HistoryPage {
@@ -291,7 +327,10 @@ export interface PgChatEvents {
   conversation: (conversation: Conversation, event: ConversationEvent) => void;
   /** The user left or was removed from a conversation. */
   removed: (event: RemovedEvent) => void;
-  /** Another member's read marker moved. */
+  /**
+   * Another member's read marker moved (in conversations of at most 101 members); in larger
+   * groups only the user's own, on each of their sessions (`receipts()` tells the others').
+   */
   read: (event: ReadEvent) => void;
   /** Ephemeral: lost while offline. */
   typing: (event: TypingEvent) => void;
@@ -355,8 +394,32 @@ export class PgChat {
   send(target: SendTarget, body: string, opts?: { clientMsgId?: string }): Promise<Message>;
   history(conversation: string, opts?: { beforeCseq?: number; limit?: number }): Promise<Message[]>;
   historyPage(conversation: string, opts?: { beforeCseq?: number; limit?: number }): Promise<HistoryPage>;
+  /**
+   * Every conversation of the user, most recently active first, each once: every page
+   * followed, and the front read again after a walk of several pages, so that one that
+   * became active meanwhile (moving ahead of the cursor) is not missed. Costs one request
+   * per 100 conversations, and one more or so after a walk of several pages.
+   */
   conversations(): Promise<ConversationSummary[]>;
+  /**
+   * One page of `conversations`. `limit`: 1..100 (default 100); `before`: the `next` of an
+   * earlier page (null or undefined: the first page). A conversation that becomes active
+   * while pages are read moves to the first page: `conversations()` accounts for that.
+   */
+  conversationsPage(opts?: { limit?: number; before?: string | null }): Promise<ConversationsPage>;
   members(conversation: string, opts?: { after?: string; limit?: number }): Promise<MembersPage>;
+  /**
+   * One page of the members' read positions, by user id (`after`: the last user of the
+   * previous page; `limit` 1..1000, default 100). In groups of more than 101 members (more
+   * than `read_receipts_fanout_max`, 100, besides the reader) no `read` events reach the
+   * other members: this is how they learn read positions there.
+   */
+  receipts(conversation: string, opts?: { after?: string; limit?: number }): Promise<ReceiptsPage>;
+  /**
+   * Every member's read position, by user id: the pages of `receipts`, 1000 a request. Each
+   * member of the whole call comes once, at a position at least as new as at its start.
+   */
+  allReceipts(conversation: string): Promise<Receipt[]>;
   /** Idempotent: a clientOpId is generated when none is given, so retries create one group. */
   createGroup(name: string, members: string[], opts?: { clientOpId?: string }): Promise<Conversation>;
   addToGroup(conversation: string, users: string[], opts?: { admin?: boolean }): Promise<Conversation>;

@@ -53,7 +53,7 @@ const CONNECTION_BOUND = new Set(['typing']);
 
 /** Request types whose repetition changes nothing more (safe to resend after a drop). */
 const IDEMPOTENT = new Set([
-  'resume', 'history', 'conversations', 'members', 'group_add', 'group_remove',
+  'resume', 'history', 'conversations', 'members', 'receipts', 'group_add', 'group_remove',
   'group_leave', 'read', 'typing', 'presence_subscribe', 'ping', 'auth',
 ]);
 
@@ -1131,8 +1131,76 @@ export class PgChat {
     return this.#request('history', fields);
   }
 
+  /**
+   * Every conversation of the user, most recently active first: the pages of
+   * `conversationsPage` followed to the last. The server orders by last activity, so a
+   * conversation that gets a message while the pages are read moves to the front, behind
+   * the cursor, and a plain walk would miss it. So after a walk of more than one page the
+   * front is read again, up to the first conversation whose last message is the one
+   * already read (everything active since comes before it). Each conversation comes once,
+   * in the latest state read.
+   */
   async conversations() {
-    return (await this.#request('conversations', {})).conversations;
+    /** id → the last message id read for it (null: none). */
+    const lastRead = new Map();
+    const walks = [await this.#walkConversations(lastRead, false)];
+    // A front of several pages may have been overtaken in turn (more than a page of
+    // conversations active meanwhile): read it again, a few times at most; the events
+    // report whatever is newer still.
+    while (walks.at(-1).pages > 1 && walks.length < 4) {
+      walks.push(await this.#walkConversations(lastRead, true));
+    }
+    // The latest walk first: its entries are the newest, and every entry an earlier walk
+    // read that has not changed since is older than all of them.
+    const out = new Map();
+    for (const walk of walks.reverse()) {
+      for (const c of walk.entries) if (!out.has(c.id)) out.set(c.id, c);
+    }
+    return [...out.values()];
+  }
+
+  /**
+   * Reads pages of `conversations`, from the most recent: to the last page or, with
+   * `front`, up to the first conversation whose last message `lastRead` already holds.
+   * Records each one's last message in `lastRead`.
+   */
+  async #walkConversations(lastRead, front) {
+    const entries = [];
+    const ids = new Set();
+    let before;
+    let pages = 0;
+    for (;;) {
+      const page = await this.conversationsPage(before === undefined ? {} : { before });
+      pages++;
+      if (!Array.isArray(page.conversations)) {
+        throw new PgChatError('bad_frame', "a 'conversations' reply without a conversations list: is this server pgchat?", { frame: page });
+      }
+      for (const c of page.conversations) {
+        if (!validConversation(c) || ids.has(c.id)) continue;
+        const last = c.last_message?.id ?? null;
+        if (front && lastRead.has(c.id) && lastRead.get(c.id) === last) return { entries, pages };
+        ids.add(c.id);
+        lastRead.set(c.id, last);
+        entries.push(c);
+      }
+      // A server before paging (PROTOCOL.md v1.2) answers everything at once, without has_more.
+      if (page.has_more !== true) return { entries, pages };
+      if (!isString(page.next) || page.next === before) {
+        throw new PgChatError('bad_frame', `a 'conversations' reply with has_more but ${isString(page.next) ? 'the same next cursor again' : 'no next cursor'}: the pages cannot be followed`, { frame: page });
+      }
+      before = page.next;
+    }
+  }
+
+  /**
+   * One page of `conversations`: `{ conversations, has_more, next }`, most recently active
+   * first; give `next` as `before` for the page after it (null on the last).
+   */
+  conversationsPage({ limit, before } = {}) {
+    const fields = {};
+    if (limit !== undefined) fields.limit = limit;
+    if (before !== undefined && before !== null) fields.before = before;
+    return this.#request('conversations', fields);
   }
 
   members(conversation, { after, limit } = {}) {
@@ -1140,6 +1208,40 @@ export class PgChat {
     if (after !== undefined) fields.after = after;
     if (limit !== undefined) fields.limit = limit;
     return this.#request('members', fields);
+  }
+
+  /**
+   * One page of the members' read positions, by user id: `{ receipts: [{user, cseq}],
+   * has_more }`; the next page is `after` the last user of this one.
+   */
+  receipts(conversation, { after, limit } = {}) {
+    const fields = { conversation };
+    if (after !== undefined) fields.after = after;
+    if (limit !== undefined) fields.limit = limit;
+    return this.#request('receipts', fields);
+  }
+
+  /**
+   * Every member's read position, by user id: the pages of `receipts`, 1000 at a time.
+   * Each member of the whole call comes once, with a position at least as new as when the
+   * call began (positions only move forward); one who joins meanwhile may be missing.
+   */
+  async allReceipts(conversation) {
+    const all = [];
+    let after;
+    for (;;) {
+      const page = await this.receipts(conversation, after === undefined ? { limit: 1000 } : { after, limit: 1000 });
+      if (!Array.isArray(page.receipts)) {
+        throw new PgChatError('bad_frame', "a 'receipts' reply without a receipts list", { frame: page });
+      }
+      all.push(...page.receipts);
+      if (page.has_more !== true) return all;
+      const last = page.receipts.at(-1)?.user;
+      if (!isString(last) || last === after) {
+        throw new PgChatError('bad_frame', "a 'receipts' reply with has_more but no receipt to page after: the pages cannot be followed", { frame: page });
+      }
+      after = last;
+    }
   }
 
   async createGroup(name, members, { clientOpId } = {}) {

@@ -293,6 +293,34 @@ try {
     await alice.screenshot({ path });
     step(`screenshot: ${path}`);
   }
+
+  // --- 8. a group too large for read events: its count, a capped list, receipts --------
+  // 103 members: 102 besides any reader, more than read_receipts_fanout_max (100), so
+  // no read event reaches the others and the pages ask `receipts`.
+  const crowd = Array.from({ length: 100 }, (_, i) => `fan${String(i).padStart(3, '0')}`);
+  const fans = await carol.createGroup('Fan club', ['alice', 'bob', ...crowd]);
+  assert.equal(fans.member_count, 103);
+  assert.equal(fans.members.length, 100, 'the state lists the first 100');
+  await openConv(alice, 'Fan club');
+  assert.equal(await alice.textContent('#conv-subtitle'),
+    '103 members · You, Bob, Carol, fan000, fan001, fan002 and 97 more');
+  await send(alice, 'Welcome, everyone!');
+  await noPending(alice);
+  await openConv(bob, 'Fan club');
+  await waitForBody(bob, 'Welcome, everyone!');
+  // Bob's page marked it read; wait until the server has it, then let carol write.
+  for (let i = 0; ; i += 1) {
+    const position = (await carol.allReceipts(fans.id)).find((r) => r.user === 'bob')?.cseq ?? 0;
+    if (position >= 1) break;
+    assert.ok(i < 200, 'bob\'s page marks the group read');
+    await alice.waitForTimeout(50);
+  }
+  await carol.send({ conversation: fans.id }, 'Thanks for having us');
+  // Read events alone would say carol only (her message shows she read it); bob's read
+  // reaches alice's page through `receipts`.
+  await alice.waitForSelector('#message-list .seen:text-is("Seen by Bob, Carol")');
+  assert.equal(await alice.$$eval('#message-list .tick.read', (e) => e.length), 0, 'not read by all 102 others');
+  step('a group of 103: "and 97 more" in its header, and "Seen by" from receipts');
   carol.close();
 
   // No dialog ever opened (the XSS body did not run), and no page threw.

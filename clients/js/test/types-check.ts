@@ -3,8 +3,8 @@
 
 import PgChatDefault, {
   MemoryStore, PgChat, PgChatError, WebStorageStore, backoffDelay, randomId,
-  type Conversation, type ConversationSummary, type DurableEvent, type Message, type PresenceEntry,
-  type SeqStore, type StateChange,
+  type Conversation, type ConversationSummary, type ConversationsPage, type DurableEvent, type Message,
+  type PresenceEntry, type Receipt, type ReceiptsPage, type SeqStore, type StateChange,
 } from '../pgchat.js';
 
 const asyncStore: SeqStore = {
@@ -45,8 +45,37 @@ async function main(): Promise<void> {
   const more: boolean = page.has_more;
   const g: Conversation = await chat.createGroup('Team', ['bob', 'carol'], { clientOpId: 'op1' });
   const admins: string[] | undefined = g.admins;
-  await chat.addToGroup(g.id, ['dave'], { admin: true });
-  await chat.removeFromGroup(g.id, ['dave']);
+  const grown: Conversation = await chat.addToGroup(g.id, ['dave'], { admin: true });
+  const newcomers: string[] | undefined = grown.added;
+  const memberCount: number | undefined = grown.member_count;
+  const shrunk = await chat.removeFromGroup(g.id, ['dave']);
+  const gone: string[] | undefined = shrunk.removed;
+  // A summary is a conversation too (with member_count always there).
+  const asState: Conversation = list[0];
+  const total: number = list[0].member_count;
+  void newcomers; void memberCount; void gone; void asState; void total;
+  // @ts-expect-error: a state stored before schema version 4 has no member_count
+  const surely: number = grown.member_count;
+  // @ts-expect-error: summaries list members, they announce no change
+  void list[0].added;
+
+  const firstPage: ConversationsPage = await chat.conversationsPage({ limit: 20 });
+  const cursor: string | null = firstPage.next;
+  const secondPage = await chat.conversationsPage({ limit: 20, before: cursor });
+  const moreConversations: boolean = secondPage.has_more;
+  const firstOfPage: ConversationSummary | undefined = secondPage.conversations[0];
+  await chat.conversationsPage();
+  // @ts-expect-error: a cursor is the opaque string a page gave, not a number
+  await chat.conversationsPage({ before: 5 });
+  const receiptsPage: ReceiptsPage = await chat.receipts(g.id, { after: 'bob', limit: 500 });
+  const position: Receipt | undefined = receiptsPage.receipts[0];
+  const readUpTo: number | undefined = position?.cseq;
+  const moreReceipts: boolean = receiptsPage.has_more;
+  const everyone: Receipt[] = await chat.allReceipts(g.id);
+  const reader: string | undefined = everyone[0]?.user;
+  // @ts-expect-error: allReceipts takes no paging options: it follows every page
+  await chat.allReceipts(g.id, { limit: 10 });
+  void surely; void moreConversations; void firstOfPage; void readUpTo; void moreReceipts; void reader;
   const members = await chat.members(g.id, { after: 'bob', limit: 10 });
   const count: number = members.member_count;
   await chat.leaveGroup(g.id);
@@ -62,7 +91,12 @@ async function main(): Promise<void> {
     void body; void s;
   });
   offMessage();
-  chat.on('conversation', (c, e) => { const kind: 'direct' | 'group' = c.kind; void kind; void e.seq; });
+  chat.on('conversation', (c, e) => {
+    const kind: 'direct' | 'group' = c.kind;
+    const count: number = c.member_count ?? c.members.length;
+    const capped: boolean = count > c.members.length;
+    void kind; void e.seq; void capped; void (c.added ?? []).length; void (c.removed ?? []).length;
+  });
   chat.on('read', (e) => { const who: string = e.user; void who; });
   chat.on('removed', (e) => { void e.conversation; });
   chat.on('typing', (e) => { const st: 'start' | 'stop' = e.state; void st; });

@@ -10,6 +10,14 @@ const PAGE = 30; // messages per history page
 const TYPING_REFRESH_MS = 3000; // a `start` is repeated this often while typing (server: 6 s)
 const TYPING_IDLE_MS = 2500; // `stop` after this long without a keystroke
 const USER_ID = /^[A-Za-z0-9_.@:-]{1,64}$/;
+const MEMBERS_LISTED = 100; // a state lists this many members at most (conversation_members_listed)
+// Read positions reach the other members as `read` events only while a conversation has
+// at most this many members besides the reader (the server's read_receipts_fanout_max);
+// in a larger group the page asks for them (`receipts`).
+const READ_FANOUT_MAX = 100;
+const RECEIPTS_EVERY_MS = 4000; // a large group's receipts are asked at most this often
+const RECEIPTS_DELAY_MS = 1000; // after a message: a moment for those reading to mark it
+const RECEIPTS_FOLLOW_UPS = 3; // after one's own message: asked again 8, 16 and 32 s later
 const SESSION_KEY = 'pgchat.demo.session';
 
 const $ = (id) => document.getElementById(id);
@@ -57,6 +65,8 @@ function blank(id) {
     last: null, unread: 0, msgs: new Map(), pending: new Map(), loaded: false,
     hasMore: false, loading: false, reads: new Map(), typing: new Map(), myRead: 0,
     notes: [], // {after: cseq, text}: membership changes seen live, shown in the timeline
+    touchedAt: 0, // when an event last told of it (a reload that started before keeps it)
+    receipts: { at: 0, timer: null, due: 0, busy: false, again: false, followUps: 0 },
   };
 }
 
@@ -68,8 +78,10 @@ function conv(id) {
 function merge(c, wire) {
   if (wire.kind) c.kind = wire.kind;
   if ('name' in wire) c.name = wire.name;
+  // Every state (events, group replies, `conversations`) lists at most the first 100
+  // members by id beside member_count; states stored before schema version 4 list them
+  // all without a count.
   if (Array.isArray(wire.members)) c.members = wire.members;
-  // `conversations` lists at most 100 members beside member_count; events list them all.
   c.member_count = wire.member_count ?? (Array.isArray(wire.members) ? wire.members.length : c.member_count);
   if (Array.isArray(wire.admins)) c.admins = wire.admins;
   if ('last_message' in wire) {
@@ -85,8 +97,20 @@ function merge(c, wire) {
 }
 
 const visible = () => document.visibilityState === 'visible';
+/** The other members the state lists: all of them only when `listsAll`. */
 const others = (c) => c.members.filter((m) => m !== S.me);
+const listsAll = (c) => c.members.length >= c.member_count;
 const nameOf = (user) => (user === S.me ? 'You' : S.names.get(user) || user);
+
+/** Whether the others' read positions come as `read` events (else ask `receipts`). */
+const readsAsEvents = (c) => !(c.kind === 'group' && c.member_count - 1 > READ_FANOUT_MAX);
+
+/** "Ann, Ben, Cat and 97 more": the first `max` of `ids`, out of `total`. */
+function someNames(ids, total = ids.length, max = 3) {
+  const names = ids.slice(0, max).map(nameOf);
+  const rest = Math.max(0, total - names.length);
+  return rest ? `${names.join(', ')} and ${rest} more` : names.join(', ');
+}
 
 function title(c) {
   if (c.kind !== 'direct') return c.name || 'Conversation';
@@ -308,8 +332,10 @@ function toast(text) {
 /** Loads the conversation list (and, after a resync, the open history again). */
 async function reload(resync) {
   const client = S.client;
+  const startedAt = performance.now();
   let list;
   try {
+    // Every page of them: a user in hundreds of conversations gets them all.
     list = await client.conversations();
   } catch (e) {
     console.warn('conversations:', e);
@@ -325,7 +351,9 @@ async function reload(resync) {
       c.loaded = false;
     }
   }
-  for (const id of [...S.convs.keys()]) if (!seen.has(id)) S.convs.delete(id);
+  // Gone unless an event told of it while the pages were read (a walk that started
+  // before a conversation was joined does not list it).
+  for (const [id, c] of [...S.convs]) if (!seen.has(id) && c.touchedAt < startedAt) S.convs.delete(id);
   if (S.openId && !S.convs.has(S.openId)) S.openId = null;
   await watchPresence();
   renderList();
@@ -333,6 +361,8 @@ async function reload(resync) {
     const c = S.convs.get(S.openId);
     if (!c.loaded) await loadOlder(c);
     markRead(c);
+    // Read events missed while away are replayed; a large group's positions are not.
+    if (!readsAsEvents(c)) receiptsSoon(c);
   }
   renderPane();
 }
@@ -365,6 +395,7 @@ async function watchPresence() {
 function onMessage(m) {
   const named = learnName(m.sender);
   const c = conv(m.conversation);
+  c.touchedAt = performance.now();
   if (!c.kind || !c.members.length) reloadSoon();
   c.msgs.set(m.cseq, m);
   c.pending.delete(m.client_msg_id);
@@ -383,6 +414,7 @@ function onMessage(m) {
   }
   // Whoever sends has stopped typing.
   clearTyping(c, m.sender.id);
+  if (!readsAsEvents(c)) receiptsSoon(c, { followUps: mine ? RECEIPTS_FOLLOW_UPS : null });
   renderList();
   if (S.openId === c.id) renderMessages();
   else if (named) renderPane();
@@ -390,15 +422,30 @@ function onMessage(m) {
 
 function onConversation(w) {
   const fresh = !S.convs.has(w.id);
-  const before = fresh ? null : new Set(S.convs.get(w.id).members);
+  const prev = fresh ? null : S.convs.get(w.id);
+  // A conversation known only from a message so far has no state to compare with.
+  const before = prev?.kind ? { members: new Set(prev.members), count: prev.member_count, all: listsAll(prev) } : null;
   const c = merge(conv(w.id), w);
+  c.touchedAt = performance.now();
   if (before && c.kind === 'group' && Array.isArray(w.members)) {
-    const after = new Set(w.members);
-    const joined = w.members.filter((u) => !before.has(u));
-    const left = [...before].filter((u) => !after.has(u));
     const at = c.last?.cseq ?? 0;
-    if (joined.length) c.notes.push({ after: at, text: `${joined.map(nameOf).join(', ')} joined` });
-    if (left.length) c.notes.push({ after: at, text: `${left.map(nameOf).join(', ')} left` });
+    // A capped list (100 of a larger group) cannot be compared with the last one: the
+    // state says who the change added or removed. Old states without it list everyone.
+    const delta = c.member_count - before.count;
+    const counted = (ids, n) => (ids.length >= MEMBERS_LISTED && n > ids.length ? n : ids.length);
+    let joined = Array.isArray(w.added) ? w.added : [];
+    let left = Array.isArray(w.removed) ? w.removed : [];
+    let joinedCount = counted(joined, delta);
+    let leftCount = counted(left, -delta);
+    if (!('added' in w) && !('removed' in w) && before.all && listsAll(c)) {
+      const after = new Set(w.members);
+      joined = w.members.filter((u) => !before.members.has(u));
+      left = [...before.members].filter((u) => !after.has(u));
+      [joinedCount, leftCount] = [joined.length, left.length];
+    }
+    for (const u of left) c.reads.delete(u);
+    if (joined.length) c.notes.push({ after: at, text: `${someNames(joined, joinedCount)} joined` });
+    if (left.length) c.notes.push({ after: at, text: `${someNames(left, leftCount)} left` });
   }
   // The direct conversation a draft was waiting for: open it in the draft's place.
   const peer = c.members.length === 1 ? c.members[0] : others(c)[0];
@@ -482,9 +529,69 @@ async function openConversation(id) {
   renderList();
   renderPane(true);
   $('composer-input').focus();
+  // Every conversation once on opening: `read` events tell only of reads made while this
+  // page listens, and in a large group not even those.
+  loadReceipts(c);
   if (!c.loaded) await loadOlder(c);
   markRead(c);
   renderList();
+}
+
+/** Every member's read position, merged into `c.reads` (then shown). */
+async function loadReceipts(c) {
+  const r = c.receipts;
+  if (r.busy) {
+    r.again = true;
+    return;
+  }
+  r.busy = true;
+  r.at = Date.now();
+  try {
+    const all = await S.client.allReceipts(c.id);
+    // Positions only move forward: keep a newer one that a message or event brought
+    // meanwhile. Members the answer lacks have left.
+    c.reads = new Map(all.map((x) => [x.user, Math.max(x.cseq, c.reads.get(x.user) ?? 0)]));
+  } catch (e) {
+    console.warn('receipts:', e);
+  } finally {
+    r.busy = false;
+  }
+  if (S.openId === c.id) renderMessages();
+  if (r.again) {
+    r.again = false;
+    receiptsSoon(c);
+  } else if (r.followUps > 0 && !ownLatestReadByAll(c)) {
+    // Nobody may write again soon: ask a few more times, further apart each time.
+    r.followUps -= 1;
+    receiptsSoon(c, { waitMs: RECEIPTS_EVERY_MS * 2 ** (RECEIPTS_FOLLOW_UPS - r.followUps) });
+  }
+}
+
+/**
+ * Asks a large group's receipts while it is open: `RECEIPTS_DELAY_MS` after a message at
+ * the soonest and `RECEIPTS_EVERY_MS` after the last time, whatever the number of
+ * messages. `followUps`: after one's own message, how many times to ask again later while
+ * not everyone has read it (null: leave it as it is).
+ */
+function receiptsSoon(c, { followUps = null, waitMs = 0 } = {}) {
+  const r = c.receipts;
+  if (followUps !== null) r.followUps = followUps;
+  if (S.openId !== c.id) return;
+  const due = Date.now() + Math.max(RECEIPTS_DELAY_MS, waitMs, r.at + RECEIPTS_EVERY_MS - Date.now());
+  // One timer: a message brings a distant follow-up nearer, never the reverse.
+  if (r.timer && r.due <= due) return;
+  clearTimeout(r.timer);
+  r.due = due;
+  r.timer = setTimeout(() => {
+    r.timer = null;
+    if (S.openId === c.id && visible()) loadReceipts(c);
+  }, due - Date.now());
+}
+
+function ownLatestReadByAll(c) {
+  let latest = null;
+  for (const m of c.msgs.values()) if (m.sender.id === S.me && (!latest || m.cseq > latest.cseq)) latest = m;
+  return !latest || receipt(c, latest).all;
 }
 
 /** Loads the page of history before the oldest message shown (the newest page first). */
@@ -665,9 +772,9 @@ function addPeople() {
     run: async ({ users }) => {
       const list = parseUsers(users);
       if (!list.length) throw new Error('Enter at least one user name.');
-      const r = await S.client.addToGroup(c.id, list);
-      // The reply shows the group as the event will: whichever comes first tells.
-      if (r?.conversation) onConversation(r.conversation);
+      // The `conversation` event shows the new state, in order with every other change;
+      // the reply may come after a later change's event, so it is not applied.
+      await S.client.addToGroup(c.id, list);
     },
   });
 }
@@ -814,9 +921,8 @@ function renderHeader() {
   const sub = $('conv-subtitle');
   sub.className = '';
   if (group) {
-    const shown = c.members.slice(0, 6).map(nameOf).join(', ');
-    const more = c.member_count > 6 ? ` and ${c.member_count - 6} more` : '';
-    sub.textContent = `${c.member_count} members · ${shown}${more}`;
+    // The first members the state lists (by id), and how many others the count says.
+    sub.textContent = `${c.member_count} members · ${someNames(c.members, c.member_count, 6)}`;
   } else if (peer && peer !== S.me) {
     const typing = c && c.typing.size;
     const connected = S.client?.state === 'open';
@@ -850,10 +956,16 @@ function renderDraft() {
 }
 
 function receipt(c, m) {
-  // Who of the others has read this message (their marker at or past it).
-  const readers = others(c).filter((u) => (c.reads.get(u) ?? 0) >= m.cseq);
-  const all = others(c).length > 0 && readers.length === others(c).length;
-  return { readers, all };
+  // Who of the others has read this message (their marker at or past it), by id. With the
+  // whole member list at hand only members count; a large group's list is capped, but its
+  // positions come from `receipts`, which lists members only.
+  let readers = [...c.reads].filter(([u, at]) => u !== S.me && at >= m.cseq).map(([u]) => u);
+  if (listsAll(c)) {
+    const members = new Set(c.members);
+    readers = readers.filter((u) => members.has(u));
+  }
+  const need = c.member_count - 1;
+  return { readers, all: need > 0 && readers.length >= need };
 }
 
 function bubble(m, { pending = false, first = true, last = true, c = null, seenBy = null, showSender = false } = {}) {
@@ -904,7 +1016,7 @@ function renderMessages({ toBottom = false, keepFromBottom = false } = {}) {
     const r = receipt(c, m);
     if (r.readers.length) {
       seenAt = m.cseq;
-      seenText = c.kind === 'direct' ? 'Seen' : `Seen by ${r.readers.map(nameOf).join(', ')}`;
+      seenText = c.kind === 'direct' ? 'Seen' : `Seen by ${someNames(r.readers.sort())}`;
       break;
     }
   }
@@ -979,7 +1091,9 @@ function init() {
   });
   document.addEventListener('visibilitychange', () => {
     if (visible() && S.openId) {
-      markRead(S.convs.get(S.openId));
+      const c = S.convs.get(S.openId);
+      markRead(c);
+      if (!readsAsEvents(c)) receiptsSoon(c);
       renderList();
     }
   });
