@@ -47,8 +47,9 @@ WITH k AS (SELECT decode(replace(gen_random_uuid()::text || gen_random_uuid()::t
 INSERT INTO pgchat.notice_key (key, inner_pad, outer_pad)
 SELECT key, pgchat.hmac_pad(key, 54), pgchat.hmac_pad(key, 92) FROM k;
 
--- p_notice with its seal in front: the first 16 bytes of HMAC-SHA256(key, p_notice), in
--- hex. What every NOTIFY pgchat sends from SQL carries (the workers seal theirs in Rust).
+-- p_notice (a JSON object) with its seal as its last field "s": the first 16 bytes of
+-- HMAC-SHA256(key, p_notice), in hex. What every NOTIFY pgchat sends from SQL carries (the
+-- workers seal theirs in Rust, src/cluster/notify.rs).
 CREATE FUNCTION pgchat.sign_notice(p_notice text) RETURNS text
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pgchat, pg_temp
@@ -57,8 +58,12 @@ DECLARE
     k pgchat.notice_key;
 BEGIN
     SELECT * INTO STRICT k FROM pgchat.notice_key WHERE id;
-    RETURN encode(substr(sha256(k.outer_pad || sha256(k.inner_pad || convert_to(p_notice, 'UTF8'))),
-                         1, 16), 'hex') || p_notice;
+    -- The seal is the notice's last field, so that readers of the version before it (which
+    -- ignore fields they do not know) still read the notice.
+    RETURN left(p_notice, -1) || ',"s":"'
+        || encode(substr(sha256(k.outer_pad || sha256(k.inner_pad || convert_to(p_notice, 'UTF8'))),
+                         1, 16), 'hex')
+        || '"}';
 END
 $$;
 
@@ -66,7 +71,7 @@ $$;
 -- batches of older workers still running meanwhile go on calling it.
 -- What the other workers are told after a batch (see src/cluster/notify.rs), sealed: the
 -- streams that grew (user, newest seq) and the conversations that changed (id, version),
--- or, when a list would not fit in NOTIFY's 8000 bytes with its 32-digit seal, a pointer
+-- or, when a list would not fit in NOTIFY's 8000 bytes with its seal (39 bytes), a pointer
 -- ("all") that makes them check everything.
 CREATE OR REPLACE FUNCTION pgchat.events_notice(p_worker text, p_users text[], p_seqs bigint[],
                                      p_convs text[], p_versions bigint[]) RETURNS text
@@ -86,9 +91,9 @@ BEGIN
                                                 ORDER BY x.c), '') || ']'
               FROM (SELECT t.c, max(t.v) AS v FROM unnest(p_convs, p_versions) AS t(c, v)
                     GROUP BY t.c) x);
-    IF octet_length(head) + octet_length(users) + octet_length(convs) + 14 <= 7967 THEN
+    IF octet_length(head) + octet_length(users) + octet_length(convs) + 14 <= 7960 THEN
         RETURN pgchat.sign_notice(head || ',"u":' || users || ',"c":' || convs || '}');
-    ELSIF octet_length(head) + octet_length(convs) + 19 <= 7967 THEN
+    ELSIF octet_length(head) + octet_length(convs) + 19 <= 7960 THEN
         RETURN pgchat.sign_notice(head || ',"all":true,"c":' || convs || '}');
     END IF;
     RETURN pgchat.sign_notice(head || ',"all":true,"all_c":true}');
@@ -337,7 +342,7 @@ BEGIN
             ) r
             WHERE r.n + coalesce((SELECT q.created FROM pgchat.user_quota q
                                   WHERE q.user_id = r.who
-                                    AND q.hour = date_trunc('hour', now())), 0)
+                                    AND q.hour = (date_trunc('hour', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')), 0)
                   > limits.new_users_per_hour
             ORDER BY ci);
         IF cardinality(quota_refused) > 0 THEN
@@ -381,6 +386,12 @@ BEGIN
                                WHERE z.c IS NULL AND c.direct_key = z.key LIMIT 1) d ON true
             ORDER BY z.k);
     END IF;
+
+    -- Sends refused for the users they would create find no conversation, even one another
+    -- batch made meanwhile: they store nothing.
+    FOREACH qi IN ARRAY quota_refused LOOP
+        conv_of[qi] := NULL;
+    END LOOP;
 
     -- 4. Lock the conversations the commands name, by id (lock order 3).
     PERFORM 1 FROM (SELECT DISTINCT x FROM unnest(conv_of) AS x WHERE x IS NOT NULL
@@ -701,8 +712,11 @@ BEGIN
                     SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields, cj
                     FROM pgchat.announce(e_user, e_seq, e_cmd, e_kind, e_fields, cid, pos,
                                          p_removed => gone);
-                END IF;
-                IF c_kind[pos] = 'group_remove' AND o_code[pos] IS NULL THEN
+                    -- The reply shows the change as the members' events do.
+                    IF c_kind[pos] = 'group_remove' THEN
+                        o_conv[pos] := cj;
+                    END IF;
+                ELSIF c_kind[pos] = 'group_remove' THEN
                     o_conv[pos] := pgchat.conversation_json(cid);
                 END IF;
             END IF;
@@ -743,7 +757,7 @@ BEGIN
     -- lock, in user order).
     IF cardinality(fresh_users) > 0 THEN
         INSERT INTO pgchat.user_quota AS q (user_id, hour, created)
-        SELECT c_actor[t.ci], date_trunc('hour', now()), count(DISTINCT t.u)
+        SELECT c_actor[t.ci], (date_trunc('hour', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'), count(DISTINCT t.u)
         FROM unnest(n_ci, n_u) AS t(ci, u)
         WHERE t.u = ANY (fresh_users) AND t.u <> c_actor[t.ci] AND t.ci <> ALL (quota_refused)
           AND EXISTS (SELECT 1 FROM pgchat.users u WHERE u.id = t.u)

@@ -491,6 +491,7 @@ fn listener_of(app: &App) -> Listener {
         worker_id: app.worker_id.clone(),
         seal: app.seal.clone(),
         replays: Default::default(),
+        pointers: Default::default(),
         settings: listener::Settings {
             queue: config.listener_queue,
             probe_interval: Duration::from_millis(config.listener_probe_interval_ms),

@@ -1,8 +1,8 @@
 //! Memory that one user can make a worker hold (issue 17): the review's reproduction, from
 //! outside. A real `pgchat serve` process; one user's 20 sockets (the per-user cap), each
-//! with tiny receive buffers, asking for a replay of her stream and pipelining `history`
-//! pages of 100 long messages whose every character JSON escapes to six bytes, and never
-//! reading. The worker's resident memory is
+//! with tiny receive buffers, pipelining `history` pages of 100 long messages whose every
+//! character JSON escapes to six bytes (each followed by a ping), and 40 HTTP connections
+//! asking the API for the same page; none reads. The worker's resident memory is
 //! read from /proc while the sockets stay open.
 
 mod common;
@@ -100,13 +100,19 @@ async fn one_user_s_stalled_sockets_cannot_pin_a_worker_s_memory() {
         sockets.push(stalled_socket(cluster.port(0), &token).await);
     }
     for ws in &mut sockets {
-        // A replay of her whole stream (the 100 long messages among it), then history.
-        let resume = json!({"type": "resume", "after": 0, "ref": "resume"});
-        ws.send(Message::text(resume.to_string())).await.unwrap();
-        for r in 0..31 {
+        // History pages, each followed by a ping: replies queue behind one another (the
+        // writer hands tungstenite one while the next waits).
+        for r in 0..16 {
             let request = json!({"type": "history", "conversation": group, "limit": 100, "ref": r});
             ws.send(Message::text(request.to_string())).await.unwrap();
+            let ping = json!({"type": "ping", "ref": format!("p{r}")});
+            ws.send(Message::text(ping.to_string())).await.unwrap();
         }
+    }
+    // And the HTTP API: 40 connections asking for the same page, reading nothing back.
+    let mut http = Vec::new();
+    for _ in 0..40 {
+        http.push(stalled_http(cluster.port(0), &token, &group).await);
     }
     // Give the worker time to run every request it will run, and to hold what it holds.
     let mut peak = before;
@@ -116,7 +122,7 @@ async fn one_user_s_stalled_sockets_cannot_pin_a_worker_s_memory() {
     }
     let grown = peak.saturating_sub(before);
     println!(
-        "worker RSS before {:.1} MiB, peak with 20 stalled sockets {:.1} MiB: grew {:.1} MiB",
+        "worker RSS before {:.1} MiB, peak with 20 stalled sockets and 40 HTTP connections {:.1} MiB: grew {:.1} MiB",
         before as f64 / 1048576.0,
         peak as f64 / 1048576.0,
         grown as f64 / 1048576.0
@@ -131,7 +137,24 @@ async fn one_user_s_stalled_sockets_cannot_pin_a_worker_s_memory() {
     // Everyone else is served meanwhile.
     let mut carol = cluster.connect(0, "carol").await;
     carol.ok(json!({"type": "ping"})).await;
-    drop(sockets);
+    drop((sockets, http));
+}
+
+/// An HTTP connection that asks for a history page and reads nothing back.
+async fn stalled_http(port: u16, token: &str, conversation: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    socket.connect(&addr.into()).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let mut stream = tokio::net::TcpStream::from_std(socket.into()).unwrap();
+    let request = format!(
+        "GET /api/conversations/{conversation}/messages?limit=100 HTTP/1.1\r\n\
+         Host: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
 }
 
 #[tokio::test]

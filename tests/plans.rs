@@ -267,15 +267,16 @@ async fn every_statement(s: &mut Explained, n: i64) -> Vec<(String, Vec<Value>)>
     let upto: Vec<i64> = vec![50; n as usize];
     out.push((
         "events_in".into(),
-        s.run(q::EVENTS_IN, &[&users, &after, &upto]).await,
+        s.run(q::EVENTS_IN, &[&users, &after, &upto, &2_000_000i64])
+            .await,
     ));
     out.push(("heads".into(), s.run(q::HEADS, &[&users]).await));
 
     // Resume, connect.
-    let (one, zero, limit) = (u(n), 0i64, 500i64);
+    let (one, zero, limit, bytes) = (u(n), 0i64, 500i64, 150_000i64);
     out.push((
         "events_after".into(),
-        s.run(q::EVENTS_AFTER, &[&one, &zero, &limit]).await,
+        s.run(q::EVENTS_AFTER, &[&one, &zero, &limit, &bytes]).await,
     ));
     out.push((
         "stream_bounds".into(),

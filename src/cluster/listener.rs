@@ -50,6 +50,11 @@ use crate::read::store;
 /// the new head, and their sessions page through the table themselves.
 const FETCH_WINDOW: i64 = 256;
 
+/// Bytes of bodies (and states) one fetch reads at most: a burst of long messages to a
+/// large group online here is not read into memory at once (frames for every recipient
+/// besides); what it leaves out, each session reads itself, charged to its user.
+const FETCH_BYTES: i64 = 2 << 20;
+
 /// The listener's handles: what it reads, what it feeds, and what it reports to.
 pub(crate) struct Listener {
     pub(crate) db: Database,
@@ -65,7 +70,53 @@ pub(crate) struct Listener {
     pub(crate) seal: Arc<NoticeSeal>,
     /// The numbered notices already applied, per sender.
     pub(crate) replays: Replays,
+    /// When pointer notices were last followed at once.
+    pub(crate) pointers: Pointers,
     pub(crate) settings: Settings,
+}
+
+/// How often pointer notices (`"all":true`: check everything) are followed at once.
+#[derive(Default)]
+pub(crate) struct Pointers {
+    /// A std mutex: a clock read and a write.
+    last: Mutex<Option<std::time::Instant>>,
+    clear_cache: AtomicBool,
+    reload_presence: AtomicBool,
+}
+
+impl Pointers {
+    /// True at most once a second.
+    fn allowed(&self) -> bool {
+        let mut last = self.last.lock().expect("pointers lock");
+        let now = std::time::Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+
+    fn defer(&self, clear_cache: bool, reload_presence: bool) {
+        if clear_cache {
+            self.clear_cache.store(true, Ordering::Release);
+        }
+        if reload_presence {
+            self.reload_presence.store(true, Ordering::Release);
+        }
+    }
+
+    /// What deferred pointers asked for (the streams are caught up by the caller).
+    async fn apply_deferred(&self, ln: &Listener) {
+        if self.clear_cache.swap(false, Ordering::AcqRel) {
+            ln.cache.clear();
+        }
+        if self.reload_presence.swap(false, Ordering::AcqRel) {
+            if let Err(e) = ln.presence.reload().await {
+                tracing::warn!(error = %e, "reloading presence after deferred pointer notices failed");
+                self.reload_presence.store(true, Ordering::Release);
+            }
+        }
+    }
 }
 
 /// The listener's settings (`listener_*` in the configuration).
@@ -234,8 +285,12 @@ async fn listen(ln: &Listener, stop: &CancellationToken) -> Result<(), Down> {
     let heard = Arc::new(Notify::new());
     let driver = spawn_driver(
         connection,
-        tx,
-        overflow.clone(),
+        Queue {
+            tx,
+            overflow: overflow.clone(),
+            seal: ln.seal.clone(),
+            metrics: ln.metrics.clone(),
+        },
         selftest.clone(),
         heard.clone(),
     );
@@ -262,16 +317,30 @@ async fn listen(ln: &Listener, stop: &CancellationToken) -> Result<(), Down> {
     }
 }
 
-/// Reads the connection: queues notifications for the listener (never waiting for room:
-/// on a full queue it drops them and signals `overflow`), and signals `heard` when the
-/// self-test's notification arrives.
-fn spawn_driver(
-    mut connection: Connection,
+/// Where the driver puts what it reads: the listener's queue (of sealed notices, opened),
+/// and the signal that the queue was full.
+struct Queue {
     tx: mpsc::Sender<String>,
     overflow: Arc<Notify>,
+    seal: Arc<NoticeSeal>,
+    metrics: Arc<Metrics>,
+}
+
+/// Reads the connection: queues the sealed notifications for the listener, opened (never
+/// waiting for room: on a full queue it drops them and signals `overflow`; unsealed ones
+/// are dropped at once), and signals `heard` when the self-test's notification arrives.
+fn spawn_driver(
+    mut connection: Connection,
+    queue: Queue,
     selftest: String,
     heard: Arc<Notify>,
 ) -> tokio::task::JoinHandle<()> {
+    let Queue {
+        tx,
+        overflow,
+        seal,
+        metrics,
+    } = queue;
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(message) = messages.next().await {
@@ -280,11 +349,16 @@ fn spawn_driver(
                 // Never wait for room: while this task waits, the connection is not
                 // read, and the listener, whose queries (all of the worker's, when
                 // its share is one connection) answer on it, would wait forever.
-                Ok(AsyncMessage::Notification(n)) => match tx.try_send(n.payload().to_string()) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => overflow.notify_one(),
-                    Err(mpsc::error::TrySendError::Closed(_)) => return,
-                },
+                Ok(AsyncMessage::Notification(n)) => {
+                    let Some(notice) = unseal(&seal, &metrics, n.payload()) else {
+                        continue;
+                    };
+                    match tx.try_send(notice) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => overflow.notify_one(),
+                        Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    }
+                }
                 Ok(_) => {} // server notices
                 Err(e) => {
                     tracing::debug!(error = %e, "listener connection ended");
@@ -348,6 +422,7 @@ async fn relay(
             }
             _ = sleep_until(retry), if retry.is_some() => {
                 retry = None;
+                ln.pointers.apply_deferred(ln).await;
                 catch_up_streams(ln, HashMap::new()).await.is_err()
             }
             payload = rx.recv() => {
@@ -470,27 +545,34 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Opens a payload: the notice inside it if it carries the cluster's seal and pgchat can
-/// read it; else `None`, counted and logged (at most once a minute: a role that floods
-/// the channel must not flood the log too).
-fn open(ln: &Listener, payload: &str) -> Option<Notice> {
-    let Some(json) = ln.seal.open(payload) else {
-        ln.metrics.notices_unsealed.inc();
+/// Opens a payload: the notice inside it if it carries the cluster's seal; else `None`,
+/// counted and logged (at most once a minute: a role that floods the channel must not
+/// flood the log too). The connection's driver calls it before anything is queued, so
+/// that unsealed notices cannot fill the queue and push the listener into catching up.
+fn unseal(seal: &NoticeSeal, metrics: &Metrics, payload: &str) -> Option<String> {
+    let opened = seal.open(payload);
+    if opened.is_none() {
+        metrics.notices_unsealed.inc();
         if log_allowed(&LAST_UNSEALED_LOG) {
             tracing::warn!(
                 bytes = payload.len(),
                 "dropped a notification on pgchat's channel without pgchat's seal: another \
-                 database role sent it (any role that can connect may NOTIFY), or a worker \
-                 with another pgchat.notice_key (counted in pgchat_notices_unsealed)"
+                 database role sent it (any role that can connect may NOTIFY), a worker of a \
+                 pgchat version before sealing (during a rolling upgrade), or one with \
+                 another pgchat.notice_key (counted in pgchat_notices_unsealed)"
             );
         }
-        return None;
-    };
+    }
+    opened
+}
+
+/// A sealed notice as this build reads it, or `None` (logged, counted).
+fn parse(ln: &Listener, json: &str) -> Option<Notice> {
     match serde_json::from_str(json) {
         Ok(n) => Some(n),
         Err(e) => {
             // Sealed but unreadable: a newer pgchat's notice during a rolling upgrade.
-            tracing::warn!(error = %e, bytes = payload.len(), "ignoring a notification pgchat cannot read");
+            tracing::warn!(error = %e, bytes = json.len(), "ignoring a notification pgchat cannot read");
             ln.metrics.notices_ignored.inc();
             None
         }
@@ -517,7 +599,7 @@ async fn handle(ln: &Listener, payloads: Vec<String>) -> bool {
     let mut all_conversations = false;
     let mut reload_presence = false;
     for payload in payloads {
-        let Some(notice) = open(ln, &payload) else {
+        let Some(notice) = parse(ln, &payload) else {
             continue;
         };
         if notice.sender() == &ln.worker_id {
@@ -559,11 +641,23 @@ async fn handle(ln: &Listener, payloads: Vec<String>) -> bool {
                 }
             }
             Notice::Gone { all: true, .. } => reload_presence = true,
-            Notice::Gone { dead, graceful, .. } => {
-                ln.replays.forget(&dead);
-                ln.presence.on_gone(dead, graceful).await;
-            }
+            // The senders' replay floors stay: a worker id back after a restart (the same
+            // host and pid) numbers on from the clock, past them.
+            Notice::Gone { dead, graceful, .. } => ln.presence.on_gone(dead, graceful).await,
         }
+    }
+    // Pointers make this worker check everything, and a role that listens can replay a
+    // sealed one at will: at most one a second is followed at once; more within the
+    // second are deferred to the catch-up after it (the caller's retry), where they
+    // collapse into one.
+    let pointer = all_conversations || reload_presence || all_streams;
+    if pointer && !ln.pointers.allowed() {
+        ln.pointers.defer(all_conversations, reload_presence);
+        if !grew.is_empty() {
+            // Still fetch what was listed; the rest waits for the catch-up.
+            let _ = fetch(ln, grew).await;
+        }
+        return false;
     }
     if all_conversations {
         ln.cache.clear();
@@ -659,7 +753,7 @@ async fn fetch(ln: &Listener, grew: HashMap<String, i64>) -> Result<(), DbError>
         }
     }
     if !ranges.is_empty() {
-        match store::events_in(&ln.db, &ranges, &ln.metrics).await {
+        match store::events_in(&ln.db, &ranges, FETCH_BYTES, &ln.metrics).await {
             Ok(rows) => {
                 // Commit to delivery, across workers: the event's time is its transaction's
                 // (database clock), now is this worker's; on other hosts their clocks'

@@ -7,15 +7,19 @@
 //! check every user you hold"), which costs the receivers one query, never a failure.
 //!
 //! Any role that can connect to the database may `NOTIFY` on any channel and `LISTEN` to
-//! it (PostgreSQL checks no privilege), so every payload is sealed: 32 hex digits of
-//! HMAC-SHA256 (truncated to 128 bits) over the JSON that follows, under a key kept in
-//! `pgchat.notice_key`, which only pgchat's own role (and the SQL API's `SECURITY DEFINER`
+//! it (PostgreSQL checks no privilege), so every payload is sealed: its last field, `"s"`,
+//! is 32 hex digits of HMAC-SHA256 (truncated to 128 bits) over the notice without that
+//! field, under a key kept in `pgchat.notice_key`, which only pgchat's own role (and the SQL API's `SECURITY DEFINER`
 //! functions) can read. A payload without a valid seal is dropped and counted, never acted
 //! on ([`NoticeSeal::open`]). A seal proves who wrote a notice, not that it is fresh: a
 //! role that listens can replay one. So notices that change state here (presence,
 //! departures, typing) carry `n`, a per-worker number that only grows, and receivers drop
 //! one they have seen; and none is believed without the tables (see the listener and
 //! presence): a stream-advance notice only makes a worker read the stream.
+//!
+//! The seal is a field, not a prefix, so that workers of the version before it (which read
+//! every payload as JSON and ignore fields they do not know) keep hearing the cluster
+//! while a rolling upgrade replaces them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -31,11 +35,17 @@ pub(crate) const CHANNEL: &str = "pgchat";
 /// The largest payload PostgreSQL accepts (8000 bytes fails).
 pub(crate) const MAX_PAYLOAD: usize = 7999;
 
-/// Hex digits of the seal in front of every payload.
-pub(crate) const SEAL_LEN: usize = 32;
+/// Hex digits of the seal.
+pub(crate) const SEAL_HEX: usize = 32;
+
+/// What the seal adds to a notice: `,"s":"` + the digits + `"`.
+pub(crate) const SEAL_LEN: usize = SEAL_HEX + 7;
 
 /// The largest notice (its JSON) that fits in a payload with its seal.
 pub(crate) const MAX_NOTICE: usize = MAX_PAYLOAD - SEAL_LEN;
+
+/// Where the seal starts: `,"s":"`, the last field of a sealed notice.
+const SEAL_FIELD: &str = ",\"s\":\"";
 
 /// Signs the notices this worker sends and opens those it receives: the cluster's shared
 /// key (read from `pgchat.notice_key` at start) and this worker's notice counter.
@@ -61,25 +71,35 @@ impl NoticeSeal {
         mac
     }
 
-    /// `json` with its seal in front: the payload to NOTIFY.
-    pub(crate) fn seal(&self, json: &str) -> String {
+    /// The seal of `json`: the first 16 bytes of its HMAC, in hex.
+    fn tag(&self, json: &str) -> String {
         let tag = self.mac(json).finalize().into_bytes();
-        let mut out = String::with_capacity(SEAL_LEN + json.len());
-        for b in &tag[..SEAL_LEN / 2] {
-            out.push_str(&format!("{b:02x}"));
-        }
-        out.push_str(json);
-        out
+        tag[..SEAL_HEX / 2]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
-    /// The notice inside `payload` if its seal is valid (checked in constant time).
-    pub(crate) fn open<'a>(&self, payload: &'a str) -> Option<&'a str> {
-        let (tag, json) = (payload.get(..SEAL_LEN)?, payload.get(SEAL_LEN..)?);
-        let mut bytes = [0u8; SEAL_LEN / 2];
+    /// `json` (an object) with its seal as the last field: the payload to NOTIFY.
+    pub(crate) fn seal(&self, json: &str) -> String {
+        let body = json.strip_suffix('}').expect("a notice is a JSON object");
+        format!("{body}{SEAL_FIELD}{}\"}}", self.tag(json))
+    }
+
+    /// The notice inside `payload` (without its seal) if the seal is valid (checked in
+    /// constant time).
+    pub(crate) fn open(&self, payload: &str) -> Option<String> {
+        let at = payload.rfind(SEAL_FIELD)?;
+        let tag = payload.get(at + SEAL_FIELD.len()..)?.strip_suffix("\"}")?;
+        if tag.len() != SEAL_HEX {
+            return None;
+        }
+        let mut bytes = [0u8; SEAL_HEX / 2];
         for (i, b) in bytes.iter_mut().enumerate() {
             *b = u8::from_str_radix(tag.get(2 * i..2 * i + 2)?, 16).ok()?;
         }
-        self.mac(json).verify_truncated_left(&bytes).ok()?;
+        let json = format!("{}}}", &payload[..at]);
+        self.mac(&json).verify_truncated_left(&bytes).ok()?;
         Some(json)
     }
 
@@ -326,8 +346,10 @@ impl Notice {
 /// Presence and departure notices of one worker are sent by one task, one transaction
 /// after another, and NOTIFY delivers in commit order: each must be newer than the last.
 /// Typing notices come from many sessions at once and may arrive out of order: each must
-/// be recent (within [`TYPING_WINDOW_MICROS`] of this host's clock) and not among the
-/// last [`TYPING_REMEMBERED`] of its sender.
+/// be recent (within [`TYPING_WINDOW_MICROS`] of this host's clock) and not among those
+/// of its sender seen within that window (at most [`TYPING_REMEMBERED`], the oldest
+/// forgotten first: a worker sending more typing notices than that in the window is far
+/// past anything real).
 #[derive(Default)]
 pub(crate) struct Replays {
     /// A std mutex: each check is a few map operations, never an await.
@@ -337,14 +359,16 @@ pub(crate) struct Replays {
 #[derive(Default)]
 struct Seen {
     ordered: u64,
+    /// Typing numbers seen, in arrival order, and the same as a set.
     typing: std::collections::VecDeque<u64>,
+    typing_set: std::collections::HashSet<u64>,
 }
 
 /// How far a typing notice's number may be from this host's clock (clock skew between
 /// hosts included).
 pub(crate) const TYPING_WINDOW_MICROS: u64 = 30_000_000;
-/// Typing notice numbers remembered per sender.
-const TYPING_REMEMBERED: usize = 256;
+/// Typing notice numbers remembered per sender, at most.
+const TYPING_REMEMBERED: usize = 8192;
 /// Senders remembered at most; past it the map starts afresh (a real cluster has a few
 /// workers; only sealed notices get here, so only pgchat's own workers fill it).
 const SENDERS_REMEMBERED: usize = 1024;
@@ -363,13 +387,20 @@ impl Replays {
         match notice {
             Notice::Typing { .. } => {
                 let now = now_micros();
-                if n.abs_diff(now) > TYPING_WINDOW_MICROS || seen.typing.contains(&n) {
+                if n.abs_diff(now) > TYPING_WINDOW_MICROS || seen.typing_set.contains(&n) {
                     return false;
                 }
-                if seen.typing.len() >= TYPING_REMEMBERED {
+                // Forget what is out of the window (and so refused anyway), then make room.
+                let cutoff = now.saturating_sub(TYPING_WINDOW_MICROS);
+                while let Some(&old) = seen.typing.front() {
+                    if old >= cutoff && seen.typing.len() < TYPING_REMEMBERED {
+                        break;
+                    }
                     seen.typing.pop_front();
+                    seen.typing_set.remove(&old);
                 }
                 seen.typing.push_back(n);
+                seen.typing_set.insert(n);
                 true
             }
             _ => {
@@ -379,14 +410,6 @@ impl Replays {
                 seen.ordered = n;
                 true
             }
-        }
-    }
-
-    /// Forgets workers that are gone.
-    pub(crate) fn forget(&self, workers: &[WorkerId]) {
-        let mut senders = self.senders.lock().expect("replays lock");
-        for w in workers {
-            senders.remove(w);
         }
     }
 }
@@ -405,7 +428,7 @@ mod tests {
 
     /// The notice inside a payload this worker sealed.
     fn opened(payload: &str) -> Notice {
-        serde_json::from_str(seal().open(payload).expect("a valid seal")).unwrap()
+        serde_json::from_str(&seal().open(payload).expect("a valid seal")).unwrap()
     }
 
     #[test]
@@ -446,21 +469,42 @@ mod tests {
         let s = seal();
         let payload = s.seal(r#"{"k":"e","w":"w1","u":[["bob",9]]}"#);
         assert_eq!(payload.len(), SEAL_LEN + 34);
+        assert!(
+            payload.starts_with(r#"{"k":"e","w":"w1","u":[["bob",9]],"s":""#),
+            "{payload}"
+        );
         assert_eq!(
-            s.open(&payload),
+            s.open(&payload).as_deref(),
             Some(r#"{"k":"e","w":"w1","u":[["bob",9]]}"#)
         );
+        // A reader of the version before the seal reads the notice, ignoring "s".
+        assert!(matches!(
+            serde_json::from_str::<Notice>(&payload).unwrap(),
+            Notice::Events { .. }
+        ));
         // Another key, a changed notice, a changed seal, no seal, a short or non-hex one.
         let other = NoticeSeal::new(b"another key".to_vec());
         assert_eq!(other.open(&payload), None);
         let tampered = payload.replace("9]]", "9223372036854775807]]");
         assert_eq!(s.open(&tampered), None);
         let mut flipped = payload.clone().into_bytes();
-        flipped[0] = if flipped[0] == b'0' { b'1' } else { b'0' };
+        let last_digit = flipped.len() - 3;
+        flipped[last_digit] = if flipped[last_digit] == b'0' {
+            b'1'
+        } else {
+            b'0'
+        };
         assert_eq!(s.open(&String::from_utf8(flipped).unwrap()), None);
         assert_eq!(s.open(r#"{"k":"e","w":"w1","u":[["bob",9]]}"#), None);
         assert_eq!(s.open("abc"), None);
-        assert_eq!(s.open(&format!("{}{{}}", "zz".repeat(16))), None);
+        assert_eq!(
+            s.open(&format!(r#"{{"k":"e","s":"{}"}}"#, "zz".repeat(16))),
+            None
+        );
+        assert_eq!(
+            s.open(&format!(r#"{{"k":"e","s":"{}"}}"#, "0".repeat(31))),
+            None
+        );
         assert_eq!(s.open("é".repeat(40).as_str()), None);
     }
 
@@ -470,8 +514,10 @@ mod tests {
         // 16 bytes in hex: standard HMAC-SHA256, truncated (RFC 2104). The vector is RFC
         // 4231's test case 2.
         let s = NoticeSeal::new(b"Jefe".to_vec());
-        let payload = s.seal("what do ya want for nothing?");
-        assert_eq!(&payload[..SEAL_LEN], "5bdcc146bf60754e6a042426089575c7");
+        assert_eq!(
+            s.tag("what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c7"
+        );
     }
 
     #[test]
@@ -578,10 +624,7 @@ mod tests {
             all_c: false,
         };
         assert!(replays.fresh(&hint) && replays.fresh(&hint));
-        replays.forget(&[w("w2")]);
-        assert!(
-            replays.fresh(&presence(first)),
-            "a forgotten worker starts afresh"
-        );
+        // A worker id back after a restart numbers on from the clock: past the floor.
+        assert!(replays.fresh(&presence(now_micros() + 1_000_000)));
     }
 }

@@ -613,7 +613,14 @@ impl Presence {
             )
             .await?
             .get(0);
-        if made && self.beaten.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        let first = !self.beaten.swap(true, std::sync::atomic::Ordering::AcqRel);
+        if first && !made {
+            // The row is a previous process's with this id (the same host and pid, as in a
+            // container restarted within the reaping period): its users are not here.
+            drop(client);
+            return self.forget_previous_incarnation().await;
+        }
+        if made && !first {
             // The others took this worker for dead (it was silent too long) and deleted
             // its presence rows: record and announce its users again.
             tracing::warn!(
@@ -667,6 +674,37 @@ impl Presence {
             "workers stopped heartbeating: their users are offline"
         );
         self.workers_gone(dead.into_iter().collect(), false);
+        Ok(())
+    }
+
+    /// At start, when a previous process with this worker id left its rows (a restart
+    /// faster than the reaping): its users go offline everywhere (they reconnect to
+    /// whoever serves them now), and this process's own are recorded afresh. The next
+    /// heartbeat, 2 s later, learns the peers.
+    async fn forget_previous_incarnation(&self) -> Result<(), DbError> {
+        let tx = self.db.begin().await?;
+        let stmt = tx.prepare_cached(queries::WORKER_USERS).await?;
+        let users: Vec<String> = tx
+            .query(&stmt, &[&self.worker.as_str()])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let forget = tx.prepare_cached(queries::FORGET_WORKERS).await?;
+        tx.execute(&forget, &[&vec![self.worker.as_str()]]).await?;
+        let now = rfc3339(Utc::now());
+        let off: Vec<(String, String)> = users.iter().map(|u| (u.clone(), now.clone())).collect();
+        for payload in Notice::presence_payloads(&self.seal, &self.worker, vec![], off) {
+            tx.execute(queries::NOTIFY, &[&CHANNEL, &payload]).await?;
+        }
+        tx.commit().await?;
+        if !users.is_empty() {
+            tracing::warn!(
+                users = users.len(),
+                "a previous process with this worker id left users online: taken offline"
+            );
+        }
+        self.reassert();
         Ok(())
     }
 

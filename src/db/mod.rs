@@ -46,7 +46,7 @@ pub enum StartupError {
     NewerSchema { found: i32 },
     #[error("migrating the database schema failed: {0}")]
     Schema(String),
-    #[error("reading pgchat.notice_key (the key that seals the workers' notices) failed: {0}; pgchat's role must be able to read it (it is its own table)")]
+    #[error("reading pgchat.notice_key (the key that seals the workers' notices) failed: {0}; pgchat's role must be able to read it: the owner of the schema can, and a role that runs pgchat without owning its tables needs SELECT on it (see docs/SQL.md)")]
     NoticeKey(String),
     #[error("creating database {name:?} failed: {cause}")]
     CreateDatabase { name: String, cause: String },

@@ -54,28 +54,43 @@ macro_rules! event_joins {
     };
 }
 
-/// One user's events after a seq, oldest first, at most $3 (resume, and a session behind
-/// its feed): `(user, after, limit)`.
+/// One user's events after a seq, oldest first, at most $3, and only as many as fit in $4
+/// bytes of message bodies and states (at least one): `(user, after, limit, bytes)`. The
+/// bound is what a session's page of events was charged (resume, and a session behind its
+/// feed; see `foundation::budget`), so that a page of long messages cannot be larger.
 pub const EVENTS_AFTER: &str = concat!(
-    "SELECT ",
+    "SELECT * FROM (SELECT ",
     event_columns!(),
-    " FROM (SELECT * FROM pgchat.event_queue
+    ", sum(x.bytes) OVER (ORDER BY e.seq) - x.bytes AS before_it
+     FROM (SELECT * FROM pgchat.event_queue
            WHERE user_id = $1 AND seq > $2 ORDER BY seq LIMIT $3) e ",
     event_joins!(),
-    " ORDER BY e.seq"
+    " CROSS JOIN LATERAL (SELECT coalesce(octet_length(m.body), octet_length(c.state::text),
+                                          octet_length(e.payload::text), 0) + 256 AS bytes) x
+     ) page
+     WHERE before_it < $4::int8
+     ORDER BY seq"
 );
 
-/// Several users' ranges `(after, upto]` at once (what a notification announced):
-/// `(users[], after[], upto[])`. One range scan of the primary key per user.
+/// Several users' ranges `(after, upto]` at once (what a notification announced), as far
+/// as $4 bytes of bodies and states go (at least one row): `(users[], after[], upto[],
+/// bytes)`. One range scan of the primary key per user. What the bound leaves out, the
+/// users' sessions read themselves (each page charged, see `foundation::budget`).
 pub const EVENTS_IN: &str = concat!(
-    "SELECT ",
+    "SELECT * FROM (SELECT ",
     event_columns!(),
-    ", e.created_at AS event_at FROM unnest($1::text[], $2::int8[], $3::int8[]) AS k(u, a, b)
+    ", e.created_at AS event_at,
+       sum(x.bytes) OVER (ORDER BY e.user_id, e.seq) - x.bytes AS before_it
+     FROM unnest($1::text[], $2::int8[], $3::int8[]) AS k(u, a, b)
       CROSS JOIN LATERAL (SELECT * FROM pgchat.event_queue
                           WHERE user_id = k.u AND seq > k.a AND seq <= k.b
                           ORDER BY seq OFFSET 0) e ",
     event_joins!(),
-    " ORDER BY e.user_id, e.seq"
+    " CROSS JOIN LATERAL (SELECT coalesce(octet_length(m.body), octet_length(c.state::text),
+                                          octet_length(e.payload::text), 0) + 256 AS bytes) x
+     ) fetched
+     WHERE before_it < $4::int8
+     ORDER BY user_id, seq"
 );
 
 /// The stream heads of users (catch-up after a reconnect or a pointer notification):
@@ -224,6 +239,10 @@ pub(crate) const REMOTE_PRESENCE: &str =
 pub const PRESENCE_ON: &str = "INSERT INTO pgchat.presence (user_id, worker_id)
      SELECT u, $2 FROM unnest($1::text[]) AS u ORDER BY u
      ON CONFLICT DO NOTHING";
+
+/// Presence: the users a worker holds, by its rows: `(worker)`.
+pub(crate) const WORKER_USERS: &str =
+    "SELECT user_id FROM pgchat.presence WHERE worker_id = $1 ORDER BY user_id";
 
 /// Presence: users this worker no longer holds: `(users[], worker)`.
 pub const PRESENCE_OFF: &str =

@@ -26,6 +26,7 @@ use crate::requests::{self, Request};
 use crate::state::{App, SocketSlot};
 
 pub(crate) fn router(app: App) -> Router {
+    let ops_elsewhere = app.config.ops_listen.is_some();
     // A request body carries what one socket frame would, so it has the same limit.
     let body_limit = DefaultBodyLimit::max(app.config.max_frame_bytes);
     let mut router = Router::new()
@@ -49,10 +50,13 @@ pub(crate) fn router(app: App) -> Router {
         router = router.merge(crate::edge::demo::router());
     }
     let routes = router
-        .fallback(|| async {
-            ApiError::not_found(
-                "no such endpoint: see PROTOCOL.md for /ws, /api, /health, /ready, /live, /metrics",
-            )
+        .fallback(move || async move {
+            ApiError::not_found(if ops_elsewhere {
+                "no such endpoint: see PROTOCOL.md for /ws, /api, /ready, /live (/health and \
+                 /metrics are on the operator's address, ops_listen)"
+            } else {
+                "no such endpoint: see PROTOCOL.md for /ws, /api, /health, /ready, /live, /metrics"
+            })
         })
         .layer(body_limit)
         .with_state(app);
@@ -308,21 +312,46 @@ async fn api_conversations(
 /// Runs `request` for the HTTP API the way a socket runs it: its reply's worst case is
 /// charged to the user's share of the worker's budget first (see
 /// `foundation::budget`), and the charge, shrunk to the encoded body, is held by the body
-/// until hyper has written it, so that clients that stop reading cannot pin memory here
-/// either.
+/// until hyper has taken it all (hyper's own buffer aside), so that clients that stop
+/// reading cannot pin memory here either.
 async fn answer(app: &App, identity: &Identity, request: Request) -> Result<Response, ApiError> {
     let account = app.budget.account(identity.user.as_str());
+    // Replies being written to this user's HTTP clients at once, at most as many as one
+    // socket's requests in flight: each holds what hyper buffers beyond its charge.
+    let slot = account
+        .http_slot(app.config.max_inflight_requests)
+        .ok_or_else(|| {
+            app.metrics.rate_limited.inc();
+            let mut e = ApiError::new(
+                Code::RateLimited,
+                format!(
+                    "{} replies of the HTTP API are still on their way to you \
+                     (max_inflight_requests): read them, then retry",
+                    app.config.max_inflight_requests
+                ),
+            );
+            e.retry_after_ms = Some(1_000);
+            e
+        })?;
     let wait = std::time::Duration::from_millis(app.config.outbound_stall_ms);
     let mut charge = account
         .charge(request.reply_bytes(&app.sizes), wait)
         .await
         .map_err(|short| session::over_budget(app, short))?;
+    let owed = request.is_write();
     let result = requests::handle(app.services(), &identity.user, request).await?;
     let body = serde_json::to_vec(&result).expect("answers serialise");
-    charge.shrink_to(body.len());
+    if owed {
+        charge.settle_anyway(body.len());
+    } else {
+        charge
+            .settle(body.len())
+            .map_err(|short| session::over_budget(app, short))?;
+    }
     let mut response = axum::body::Body::new(ChargedBody {
-        data: Some(body.into()),
-        _charge: charge,
+        data: body.into(),
+        at: 0,
+        _held: (charge, slot),
     })
     .into_response();
     response.headers_mut().insert(
@@ -332,11 +361,20 @@ async fn answer(app: &App, identity: &Identity, request: Request) -> Result<Resp
     Ok(response)
 }
 
-/// A body of one chunk that holds its charge until it is dropped (written, or the
-/// connection gone).
+/// How much of a reply's body hyper is handed at a time. hyper asks for the next chunk
+/// only when its write buffer has room, and drops the body once it has the last one: in
+/// chunks, the charge is held until at most a chunk and hyper's buffer remain unwritten.
+const BODY_CHUNK: usize = 16 * 1024;
+
+/// A reply's body that holds its charge (and its user's HTTP slot) until hyper has taken
+/// its last chunk, or the connection is gone.
 struct ChargedBody {
-    data: Option<axum::body::Bytes>,
-    _charge: crate::foundation::budget::Charge,
+    data: axum::body::Bytes,
+    at: usize,
+    _held: (
+        crate::foundation::budget::Charge,
+        crate::foundation::budget::HttpSlot,
+    ),
 }
 
 impl http_body::Body for ChargedBody {
@@ -347,15 +385,21 @@ impl http_body::Body for ChargedBody {
         mut self: std::pin::Pin<&mut Self>,
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        std::task::Poll::Ready(self.data.take().map(|d| Ok(http_body::Frame::data(d))))
+        if self.at >= self.data.len() {
+            return std::task::Poll::Ready(None);
+        }
+        let end = (self.at + BODY_CHUNK).min(self.data.len());
+        let chunk = self.data.slice(self.at..end);
+        self.at = end;
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.data.is_none()
+        self.at >= self.data.len()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        http_body::SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+        http_body::SizeHint::with_exact((self.data.len() - self.at) as u64)
     }
 }
 

@@ -143,7 +143,11 @@ async fn connection(
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout)
+        // What hyper buffers of a reply beyond the chunk it was last handed (the reply's
+        // charge is given back once hyper has its last chunk), per connection: 64 KiB, not
+        // its default of about 400 KiB. Request heads are limited to it too.
+        .max_buf_size(64 * 1024);
     let conn = builder
         .serve_connection(TokioIo::new(tcp), service)
         .with_upgrades();

@@ -42,8 +42,13 @@ pub(crate) mod close {
     pub(crate) const TRY_AGAIN_LATER: u16 = 1013;
 }
 
-/// Events read from the database per round trip when the feed cannot serve them.
+/// Events read from the database per round trip when the feed cannot serve them, at most,
+/// and the bytes such a page is charged (it holds fewer events when they are long).
 const REPLAY_PAGE: usize = 500;
+const REPLAY_PAGE_BYTES: usize = 2 << 20;
+/// What a byte of a body (or state) read from the table may cost while it is read,
+/// decoded and encoded (see foundation::budget::message_bytes).
+const EXPANSION: usize = 14;
 /// Conversations one session may be typing in at once.
 const MAX_TYPING: usize = 32;
 
@@ -63,10 +68,10 @@ enum End {
     Pruned,
     Dead,
     Internal,
-    /// The worker's budget for replies and replays (or the user's share, for live events)
-    /// had no room for a page of events read from the table: not an end either; the
-    /// session tries again like [`End::DbUnavailable`].
-    Busy,
+    /// The user's share of the worker's budget for replies and replays, or the worker's
+    /// budget, had no room for a page of events read from the table: not an end either;
+    /// the session tries again like [`End::DbUnavailable`].
+    Busy(Short),
     /// The database could not be reached (or no pooled connection was free in time) while
     /// reading this session's events: not an end. The session stays open and tries again
     /// ([`CATCH_UP_RETRY`]); its events wait in the stream.
@@ -238,6 +243,7 @@ pub(crate) async fn run(
         app: app.clone(),
         account: app.budget.account(identity.user.as_str()),
         charged: None,
+        replay_to: None,
         read_paused_until: None,
         identity,
         sub,
@@ -299,6 +305,9 @@ struct Session {
     account: Arc<Account>,
     /// Signalled when the last request spawned holds its charge (see `run_request`).
     charged: Option<oneshot::Receiver<()>>,
+    /// A replay put off (the database or the budget had no room) that catch-up finishes
+    /// first: up to this seq, waiting for the client to read.
+    replay_to: Option<i64>,
     sub: Subscription,
     /// The last seq this session has queued for its client.
     cursor: i64,
@@ -420,8 +429,16 @@ impl Session {
             let frame = frames::error_frame(&Envelope::default(), &e);
             session.outbox.push(frame.into())
         };
-        let (_, pruned) = match store::stream_bounds(&self.app.db, &self.identity.user).await {
-            Ok(b) => b,
+        let pruned = match store::stream_bounds(&self.app.db, &self.identity.user).await {
+            Ok((_, pruned)) => pruned,
+            // The database is busy or away for a moment: start the replay later (a prune
+            // past `after` is then met as a hole the table explains).
+            Err(e) if e.is_unavailable() => {
+                self.cursor = after;
+                self.replay_to = Some(head);
+                self.catch_up_at = Some(Instant::now() + CATCH_UP_RETRY);
+                return Ok(());
+            }
             Err(e) => return Err(unreadable(e)),
         };
         if after < pruned {
@@ -442,7 +459,8 @@ impl Session {
         match self.advance(head, true).await {
             Ok(()) => Ok(()),
             Err(End::Pruned) => refuse(self, resync_required(self.cursor)),
-            Err(End::DbUnavailable | End::Busy) => {
+            Err(End::DbUnavailable | End::Busy(_)) => {
+                self.replay_to = Some(head);
                 // Live events after the cursor still come once it can read them.
                 self.catch_up_at = Some(Instant::now() + CATCH_UP_RETRY);
                 Ok(())
@@ -492,12 +510,22 @@ impl Session {
         let app = self.app.clone();
         let user = self.identity.user.clone();
         let name = self.identity.name.clone();
-        self.pending.push_back(Box::pin(async move {
-            let result = store::touch_user(&app.db, &user, name.as_deref())
+        // A task of its own, like every request that reads the database: it is driven,
+        // and its pooled connection given back, even while the session waits to write.
+        let (task_app, task_envelope) = (app.clone(), envelope.clone());
+        let task = Task(tokio::spawn(async move {
+            let result = store::touch_user(&task_app.db, &user, name.as_deref())
                 .await
                 .map(|_| Answer::Empty {})
                 .map_err(ApiError::from);
-            Reply::Frame(reply_frame(&app, &envelope, result), None)
+            reply_frame(&task_app, &task_envelope, result)
+        }));
+        self.pending.push_back(Box::pin(async move {
+            let frame = task.await.unwrap_or_else(|e| {
+                tracing::error!(error = %e, "a request's task failed");
+                reply_frame(&app, &envelope, Err(ApiError::internal()))
+            });
+            Reply::Frame(frame, None)
         }));
     }
 
@@ -767,13 +795,15 @@ impl Session {
                 Ok(Err(resync_required(self.cursor)))
             }
             Err(End::DbUnavailable) => {
-                // Live events after the cursor still come once the database answers.
+                // The rest still comes, in order, once the database answers.
+                self.replay_to = Some(head);
                 self.catch_up_at = Some(Instant::now() + CATCH_UP_RETRY);
                 Ok(Err(ApiError::unavailable()))
             }
-            Err(End::Busy) => {
+            Err(End::Busy(short)) => {
+                self.replay_to = Some(head);
                 self.catch_up_at = Some(Instant::now() + CATCH_UP_RETRY);
-                Ok(Err(over_budget(&self.app, Short::Worker)))
+                Ok(Err(over_budget(&self.app, short)))
             }
             Err(end) => Err(end),
         }
@@ -784,10 +814,24 @@ impl Session {
     /// restart or failover of PostgreSQL, or a pool busy with a reconnect storm, would
     /// otherwise close every session that is behind at that moment (and send them all
     /// back at once).
+    ///
+    /// A replay that was put off (`resume` or `?after=` meeting a database or a budget
+    /// without room) is finished first, still waiting for the client to read, as a replay
+    /// does: only live events are sent without waiting.
     async fn catch_up(&mut self) -> Result<(), End> {
         self.catch_up_at = None;
-        match self.advance(self.sub.feed.head(), false).await {
-            Err(End::DbUnavailable | End::Busy) => {
+        let result = match self.replay_to {
+            Some(to) => match self.advance(to, true).await {
+                Ok(()) => {
+                    self.replay_to = None;
+                    self.advance(self.sub.feed.head(), false).await
+                }
+                other => other,
+            },
+            None => self.advance(self.sub.feed.head(), false).await,
+        };
+        match result {
+            Err(End::DbUnavailable | End::Busy(_)) => {
                 self.catch_up_at = Some(Instant::now() + CATCH_UP_RETRY);
                 Ok(())
             }
@@ -817,12 +861,15 @@ impl Session {
             let mut page: Option<Charge> = None;
             if frames.is_empty() {
                 let charge = Self::page_charge(&self.app, &self.account, wait).await?;
-                let limit = (charge.bytes() / self.app.sizes.event).clamp(1, REPLAY_PAGE);
+                // The page may hold as many bytes of bodies as its charge covers once they
+                // are read, decoded and encoded (see foundation::budget).
+                let raw = (charge.bytes() / EXPANSION).max(1) as i64;
                 let rows = store::events_after(
                     &self.app.db,
                     &self.identity.user,
                     self.cursor,
-                    limit as i64,
+                    REPLAY_PAGE as i64,
+                    raw,
                     &self.app.metrics,
                 )
                 .await
@@ -842,7 +889,9 @@ impl Session {
                 }
                 self.app.metrics.replayed_events.inc_by(frames.len() as u64);
                 let mut charge = charge;
-                charge.shrink_to(frames.iter().flat_map(|(_, f)| f).map(|f| f.len()).sum());
+                let bytes = frames.iter().flat_map(|(_, f)| f).map(|f| f.len()).sum();
+                // The worker's budget has no room for them: dropped, read again later.
+                charge.settle(bytes).map_err(End::Busy)?;
                 page = Some(charge);
             }
             for (seq, frame) in frames {
@@ -873,17 +922,17 @@ impl Session {
     async fn page_charge(app: &App, account: &Arc<Account>, wait: bool) -> Result<Charge, End> {
         let event = app.sizes.event;
         let room = app.budget.per_user().saturating_sub(account.used());
-        let bytes = (REPLAY_PAGE * event).min(room.max(event));
+        let bytes = REPLAY_PAGE_BYTES.max(event).min(room.max(event));
         let charged = if wait {
             let stall = Duration::from_millis(app.config.outbound_stall_ms);
             account.charge(bytes, stall).await
         } else {
             account.try_charge(bytes)
         };
-        charged.map_err(|short| match (short, wait) {
-            (Short::User, true) => End::Overflow,
-            _ => End::Busy,
-        })
+        // No room: the page waits (the session retries), it never ends the session. Whether
+        // this client reads is for its outbound queue to tell (outbound_stall_ms); the
+        // share may be held by another socket of the same user.
+        charged.map_err(End::Busy)
     }
 
     /// The table has no event right after the cursor (`first`: the next one it has, if
@@ -959,7 +1008,7 @@ impl Session {
                 close::TRY_AGAIN_LATER,
                 "events you had not received were pruned: reconnect; resume will answer resync_required",
             ),
-            End::DbUnavailable | End::Busy => {
+            End::DbUnavailable | End::Busy(_) => {
                 (close::INTERNAL, "internal error: reconnect and resume")
             }
         };
@@ -1051,9 +1100,19 @@ async fn run_request(
             )
         }
     };
+    let owed = request.is_write();
     let result = requests::handle(app.services(), &user, request).await;
     let frame = reply_frame(&app, &envelope, result);
-    charge.shrink_to(frame.len());
+    if owed {
+        // A committed write's answer goes whatever the budget (it is small, and owed).
+        charge.settle_anyway(frame.len());
+    } else if let Err(short) = charge.settle(frame.len()) {
+        // The worker holds as many unread replies as it may: this one is dropped.
+        return (
+            reply_frame(&app, &envelope, Err(over_budget(&app, short))),
+            None,
+        );
+    }
     (frame, Some(charge))
 }
 
@@ -1123,13 +1182,18 @@ async fn write_loop(
     room: Arc<Room>,
     max_bytes: usize,
 ) {
+    // The charges of frames fed without a flush. A feed completes once the frame before
+    // the one it hands on is written: the last two fed may still sit in SplitSink's slot
+    // and tungstenite's buffer, so their charges are given back only after later feeds, or
+    // a flush, have written them out.
+    let mut unflushed: std::collections::VecDeque<Option<Charge>> =
+        std::collections::VecDeque::with_capacity(3);
     let close = loop {
         tokio::select! {
             biased;
             frame = &mut close_now => break frame.ok(),
             msg = rx.recv() => {
-                // The charge goes when the frame has been handed to the socket.
-                let Some((msg, _charge)) = msg else {
+                let Some((msg, charge)) = msg else {
                     let _ = sink.close().await;
                     return;
                 };
@@ -1152,12 +1216,24 @@ async fn write_loop(
                 if let Some(len) = len {
                     room.sent(len, max_bytes);
                 }
+                // A send completes once everything is written; the bytes held for a reply
+                // go only when they are out.
+                if flush {
+                    unflushed.clear();
+                    drop(charge);
+                } else {
+                    unflushed.push_back(charge);
+                    if unflushed.len() > 2 {
+                        unflushed.pop_front();
+                    }
+                }
                 if sent.is_err() || closing {
                     return;
                 }
             }
         }
     };
+    drop(unflushed);
     // What is already buffered goes out first, then the close frame; a client that does
     // not read within the time gets its connection dropped instead.
     if let Some(frame) = close {

@@ -5,13 +5,15 @@
 //! from the table for one session is memory allocated for that client alone, held until
 //! the client reads it. A client that stops reading would otherwise pin it: one user's 20
 //! sockets pipelining `history` pages grew a worker by over 60 MiB. So each such
-//! allocation is charged here first, for its worst case, before the query runs; the
-//! charge shrinks to the real size once the frame is encoded, and is given back when the
-//! frame has been handed to the socket. Past the user's share (`outbound_user_bytes`) a
-//! request waits for that user's earlier replies to drain (up to `outbound_stall_ms`, the
-//! time a stalled reader is given anyway); past the worker's budget (`outbound_budget_bytes`)
-//! it is refused at once with `rate_limited`, so that the users who pin it cannot make
-//! everyone else wait too.
+//! allocation reserves its worst case of the user's share (`outbound_user_bytes`) before
+//! the query runs; once the frame is encoded the reservation shrinks to its real size,
+//! which is then charged to the worker's budget (`outbound_budget_bytes`) too, until the
+//! frame has been written to the socket. Past the user's share a request waits for that
+//! user's earlier replies to drain (up to `outbound_stall_ms`, the time a stalled reader
+//! is given anyway); a reply the worker's budget has no room for is dropped and answered
+//! `rate_limited` at once, so that the users who pin it cannot make everyone else wait
+//! too. (A worst case is far above the usual reply: reserved against the worker's budget,
+//! a handful of `conversations` requests would fill it.)
 //!
 //! Live events are not charged: their frames are encoded once and shared by every
 //! session of every recipient (and the feed), and each session's queue of them is bounded
@@ -41,12 +43,26 @@ pub(crate) struct Budget {
 pub(crate) struct Account {
     budget: Arc<Budget>,
     used: AtomicUsize,
+    /// HTTP API replies of this user being written now.
+    http: Arc<AtomicUsize>,
 }
 
-/// Bytes held for one reply or one page of events; given back on drop.
+/// One of a user's HTTP API replies being written; given back on drop.
+pub(crate) struct HttpSlot(Arc<AtomicUsize>);
+
+impl Drop for HttpSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Bytes held for one reply or one page of events: reserved of the user's share and, once
+/// settled, charged to the worker's budget too; given back on drop.
 pub(crate) struct Charge {
     account: Arc<Account>,
     bytes: usize,
+    /// Counted in the worker's budget (see [`Charge::settle`]).
+    settled: bool,
 }
 
 /// Why a charge was refused.
@@ -55,7 +71,7 @@ pub(crate) enum Short {
     /// The user's share stayed full for the whole wait: their earlier replies are not
     /// being read.
     User,
-    /// The worker's budget is full.
+    /// The worker's budget is full: the replies of all users not yet read.
     Worker,
 }
 
@@ -92,6 +108,7 @@ impl Budget {
         let a = Arc::new(Account {
             budget: self.clone(),
             used: AtomicUsize::new(0),
+            http: Arc::new(AtomicUsize::new(0)),
         });
         accounts.insert(user.to_string(), Arc::downgrade(&a));
         a
@@ -99,42 +116,42 @@ impl Budget {
 }
 
 impl Account {
+    /// A slot for one more HTTP API reply of this user's, if fewer than `max` are being
+    /// written now.
+    pub(crate) fn http_slot(&self, max: usize) -> Option<HttpSlot> {
+        self.http
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| HttpSlot(self.http.clone()))
+    }
+
     /// Bytes this user holds now.
     pub(crate) fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)
     }
 
-    /// Charges `bytes` (at most the user's whole share) if both the user's share and the
-    /// worker's budget have room now.
+    /// Reserves `bytes` of the user's share (at most all of it) if it has room now: the
+    /// worst case of a reply about to be built. The worker's budget is charged only what
+    /// the reply turns out to hold ([`Charge::settle`]).
     pub(crate) fn try_charge(self: &Arc<Self>, bytes: usize) -> Result<Charge, Short> {
-        let budget = &self.budget;
-        let bytes = bytes.min(budget.per_user);
-        let took_user = self
-            .used
+        let per_user = self.budget.per_user;
+        let bytes = bytes.min(per_user);
+        self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
-                (u + bytes <= budget.per_user).then_some(u + bytes)
-            });
-        if took_user.is_err() {
-            return Err(Short::User);
-        }
-        let took_worker = budget
-            .used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
-                (u + bytes <= budget.limit).then_some(u + bytes)
-            });
-        if took_worker.is_err() {
-            self.used.fetch_sub(bytes, Ordering::AcqRel);
-            budget.freed.notify_waiters();
-            return Err(Short::Worker);
-        }
+                (u + bytes <= per_user).then_some(u + bytes)
+            })
+            .map_err(|_| Short::User)?;
         Ok(Charge {
             account: self.clone(),
             bytes,
+            settled: false,
         })
     }
 
-    /// Charges `bytes`, waiting up to `wait` for the user's share to have room (their
-    /// earlier replies being read); a full worker budget refuses at once.
+    /// Reserves `bytes`, waiting up to `wait` for the user's share to have room (their
+    /// earlier replies being read).
     pub(crate) async fn charge(
         self: &Arc<Self>,
         bytes: usize,
@@ -145,9 +162,8 @@ impl Account {
             let freed = self.budget.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            match self.try_charge(bytes) {
-                Err(Short::User) => {}
-                done => return done,
+            if let Ok(charge) = self.try_charge(bytes) {
+                return Ok(charge);
             }
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
                 return Err(Short::User);
@@ -160,6 +176,36 @@ impl Charge {
     /// Bytes held.
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// The reply is built and holds `bytes`: the reservation shrinks to that, and the
+    /// worker's budget is charged it, if it has room; else `Short::Worker`, and the caller
+    /// drops the reply (the charge goes with it). Unread replies of all users together
+    /// thus never pass `outbound_budget_bytes`, while what requests reserve for the
+    /// moment they run is bounded by each user's share.
+    pub(crate) fn settle(&mut self, bytes: usize) -> Result<(), Short> {
+        self.shrink_to(bytes);
+        let budget = &self.account.budget;
+        let bytes = self.bytes;
+        budget
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                (u + bytes <= budget.limit).then_some(u + bytes)
+            })
+            .map_err(|_| Short::Worker)?;
+        self.settled = true;
+        Ok(())
+    }
+
+    /// As [`Charge::settle`], for a reply that must go whatever the budget (the answer to a
+    /// committed write: small, and owed).
+    pub(crate) fn settle_anyway(&mut self, bytes: usize) {
+        self.shrink_to(bytes);
+        self.account
+            .budget
+            .used
+            .fetch_add(self.bytes, Ordering::AcqRel);
+        self.settled = true;
     }
 
     /// Gives back all but `bytes` (a reply turned out smaller than its worst case).
@@ -178,6 +224,7 @@ impl Charge {
         Charge {
             account: self.account.clone(),
             bytes,
+            settled: self.settled,
         }
     }
 
@@ -186,7 +233,9 @@ impl Charge {
             return;
         }
         self.account.used.fetch_sub(bytes, Ordering::AcqRel);
-        self.account.budget.used.fetch_sub(bytes, Ordering::AcqRel);
+        if self.settled {
+            self.account.budget.used.fetch_sub(bytes, Ordering::AcqRel);
+        }
         self.account.budget.freed.notify_waiters();
     }
 }
@@ -215,7 +264,7 @@ pub(crate) fn ids_bytes(n: usize) -> usize {
 pub(crate) struct Sizes {
     /// One message ([`message_bytes`]).
     pub(crate) message: usize,
-    /// A group's state: every member and admin.
+    /// A conversation's state: its listed members and admins, and the change.
     pub(crate) group: usize,
     /// One entry of a `conversations` page: its listed members and admins, its last
     /// message.
@@ -227,7 +276,9 @@ pub(crate) struct Sizes {
 impl Sizes {
     pub(crate) fn of(config: &crate::foundation::config::Config) -> Sizes {
         let message = message_bytes(config.max_message_chars);
-        let group = ids_bytes(config.max_group_members * 2) + SMALL_REPLY;
+        // A conversation's state lists at most conversation_members_listed members, as
+        // many admins, and as many added or removed (pgchat.conversation_json).
+        let group = ids_bytes(config.conversation_members_listed * 4) + SMALL_REPLY;
         Sizes {
             message,
             group,
@@ -249,26 +300,39 @@ mod tests {
         let budget = Budget::new(1000, 400);
         let alice = budget.account("alice");
         let bob = budget.account("bob");
-        let a1 = alice.try_charge(300).unwrap();
+        // Reservations count against each user's share only.
+        let mut a1 = alice.try_charge(300).unwrap();
         assert_eq!(alice.try_charge(200).err(), Some(Short::User));
-        let b1 = bob.try_charge(400).unwrap();
+        let mut b1 = bob.try_charge(400).unwrap();
+        assert_eq!(budget.used(), 0, "nothing settled yet");
+        // Settled, the worker's budget holds what the replies hold.
+        a1.settle(250).unwrap();
+        b1.settle(400).unwrap();
+        assert_eq!((alice.used(), budget.used()), (250, 650));
         let carol = budget.account("carol");
-        let c1 = carol.try_charge(250).unwrap();
-        // 950 held: 100 more would pass the worker's 1000, whoever asks.
-        assert_eq!(carol.try_charge(100).err(), Some(Short::Worker));
-        assert_eq!(carol.used(), 250, "a refused charge holds nothing");
-        assert_eq!(budget.used(), 950);
+        let mut c1 = carol.try_charge(400).unwrap();
+        // 650 held: 400 more would pass the worker's 1000.
+        assert_eq!(c1.settle(400).err(), Some(Short::Worker));
+        drop(c1);
+        assert_eq!(
+            (carol.used(), budget.used()),
+            (0, 650),
+            "a refused reply holds nothing"
+        );
         drop(b1);
-        assert_eq!(budget.used(), 550);
+        assert_eq!(budget.used(), 250);
         let mut c2 = carol.try_charge(100).unwrap();
-        c2.shrink_to(10);
-        assert_eq!(carol.used(), 260);
+        c2.settle(10).unwrap();
+        assert_eq!((carol.used(), budget.used()), (10, 260));
         let part = c2.split_off(4);
         assert_eq!((part.bytes(), c2.bytes()), (4, 6));
-        drop((a1, c1, c2, part));
-        assert_eq!(budget.used(), 0);
-        // More than a user's share is charged as the whole share.
-        assert_eq!(alice.try_charge(10_000).unwrap().bytes(), 400);
+        drop((a1, c2, part));
+        assert_eq!((budget.used(), alice.used(), carol.used()), (0, 0, 0));
+        // An owed reply is settled past the budget; more than a share is the whole share.
+        let mut owed = alice.try_charge(10_000).unwrap();
+        assert_eq!(owed.bytes(), 400);
+        owed.settle_anyway(300);
+        assert_eq!(budget.used(), 300);
     }
 
     #[tokio::test]

@@ -516,6 +516,19 @@ impl Config {
             self.conversation_members_listed as u64,
             1,
         )?;
+        // Recorded in pgchat.settings for SQL, which counts in 32-bit integers.
+        for (key, value) in [
+            ("max_message_chars", self.max_message_chars),
+            ("max_group_members", self.max_group_members),
+            (
+                "conversation_members_listed",
+                self.conversation_members_listed,
+            ),
+            ("read_receipts_fanout_max", self.read_receipts_fanout_max),
+            ("new_users_per_hour", self.new_users_per_hour),
+        ] {
+            at_most(key, value as u64, 1_000_000_000)?;
+        }
         at_least(
             "max_inflight_requests",
             self.max_inflight_requests as u64,
@@ -741,14 +754,14 @@ impl Config {
 
     /// The worst case of the largest single reply these limits allow (see
     /// [`crate::foundation::budget`]): a history page of the longest messages, a page of
-    /// conversations with their last messages, or a full group's state.
+    /// conversations with their last messages, or a conversation's state.
     pub fn largest_reply(&self) -> usize {
         use crate::foundation::budget::{ids_bytes, message_bytes};
         let message = message_bytes(self.max_message_chars);
         let history = crate::foundation::protocol::MAX_HISTORY_LIMIT as usize * message;
         let conversations = crate::foundation::protocol::MAX_CONVERSATIONS_PAGE as usize
             * (message + ids_bytes(self.conversation_members_listed * 2));
-        let group = ids_bytes(self.max_group_members * 2);
+        let group = ids_bytes(self.conversation_members_listed * 4);
         history.max(conversations).max(group)
     }
 
@@ -808,6 +821,18 @@ impl Config {
 }
 
 /// A setting below its least.
+/// `value` must be at most `max` (the settings pgchat also records for its SQL must fit
+/// what SQL counts with).
+fn at_most(key: &str, value: u64, max: u64) -> Result<(), ConfigError> {
+    if value > max {
+        return Err(ConfigError::new(
+            key,
+            format!("must be at most {max}, got {value}"),
+        ));
+    }
+    Ok(())
+}
+
 fn at_least(key: &str, value: u64, min: u64) -> Result<(), ConfigError> {
     if value < min {
         return Err(ConfigError::new(

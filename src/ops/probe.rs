@@ -35,12 +35,29 @@ fn probe(config: &Config, path: &str) -> std::io::Result<u16> {
             "--path must be a path such as /ready",
         ));
     }
-    // A wildcard address listens on loopback too.
-    let ip = match config.listen_host().parse::<IpAddr>() {
-        Ok(ip) if !ip.is_unspecified() => ip,
-        _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    // /health and /metrics are on ops_listen when it is set (its first worker's port).
+    let ops = config
+        .ops_listen
+        .as_deref()
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+        .filter(|_| path == "/health" || path == "/metrics");
+    let (host, port) = match ops {
+        Some(a) => (a.ip(), a.port()),
+        None => (
+            config
+                .listen_host()
+                .parse::<IpAddr>()
+                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            config.port,
+        ),
     };
-    let mut tcp = TcpStream::connect_timeout(&SocketAddr::new(ip, config.port), TIMEOUT)?;
+    // A wildcard address listens on loopback too.
+    let ip = if host.is_unspecified() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        host
+    };
+    let mut tcp = TcpStream::connect_timeout(&SocketAddr::new(ip, port), TIMEOUT)?;
     tcp.set_read_timeout(Some(TIMEOUT))?;
     tcp.set_write_timeout(Some(TIMEOUT))?;
     write!(

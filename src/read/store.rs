@@ -141,19 +141,21 @@ fn render_event(row: &Row, seq: i64) -> Result<String, String> {
     })
 }
 
-/// The durable events of `user` with `seq > after`, oldest first, at most `limit`, as
-/// ready-to-send frames (`None`: an event that cannot be shown, see [`event_from_row`]).
+/// The durable events of `user` with `seq > after`, oldest first, at most `limit` and
+/// about `max_bytes` of bodies and states (at least one), as ready-to-send frames (`None`:
+/// an event that cannot be shown, see [`event_from_row`]).
 pub(crate) async fn events_after(
     db: &Database,
     user: &UserId,
     after: i64,
     limit: i64,
+    max_bytes: i64,
     metrics: &Metrics,
 ) -> Result<Vec<(i64, Option<String>)>, DbError> {
     let client = db.client().await?;
     let stmt = client.prepare_cached(queries::EVENTS_AFTER).await?;
     let rows = db
-        .timed_read(client.query(&stmt, &[&user.as_str(), &after, &limit]))
+        .timed_read(client.query(&stmt, &[&user.as_str(), &after, &limit, &max_bytes]))
         .await?;
     Ok(rows
         .iter()
@@ -165,11 +167,13 @@ pub(crate) async fn events_after(
 /// The events in several users' ranges `(after, upto]` at once, in one query: how a
 /// worker fetches what another worker's notification announced. One range scan of the
 /// primary key per user (a lateral subquery behind `OFFSET 0`: a plain join against the
-/// array was once planned as a hash join over the whole table). Events that cannot be
-/// shown are left out: a session that needs one reads the table and moves past it.
+/// array was once planned as a hash join over the whole table), as far as `max_bytes` of
+/// bodies go. Events that cannot be shown are left out: a session that needs one reads
+/// the table and moves past it.
 pub(crate) async fn events_in(
     db: &Database,
     ranges: &[(String, i64, i64)],
+    max_bytes: i64,
     metrics: &Metrics,
 ) -> Result<Vec<(String, i64, String, DateTime<Utc>)>, DbError> {
     let client = db.client().await?;
@@ -178,7 +182,7 @@ pub(crate) async fn events_in(
     let after: Vec<i64> = ranges.iter().map(|r| r.1).collect();
     let upto: Vec<i64> = ranges.iter().map(|r| r.2).collect();
     let rows = db
-        .timed_read(client.query(&stmt, &[&users, &after, &upto]))
+        .timed_read(client.query(&stmt, &[&users, &after, &upto, &max_bytes]))
         .await?;
     Ok(rows
         .iter()

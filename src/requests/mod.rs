@@ -186,6 +186,19 @@ impl<'de> Deserialize<'de> for UniqueKeys {
 }
 
 impl Request {
+    /// Whether the writer commits it: its answer is owed whatever the memory budget.
+    pub(crate) fn is_write(&self) -> bool {
+        matches!(
+            self,
+            Request::Send { .. }
+                | Request::GroupCreate { .. }
+                | Request::GroupAdd { .. }
+                | Request::GroupRemove { .. }
+                | Request::GroupLeave { .. }
+                | Request::Read { .. }
+        )
+    }
+
     /// The most bytes this request's reply can take while it is built and sent: what it is
     /// charged against the user's share before it runs (see [`crate::foundation::budget`]).
     pub(crate) fn reply_bytes(&self, sizes: &Sizes) -> usize {
