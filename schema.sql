@@ -1,4 +1,4 @@
--- pgchat schema: the whole of what pgchat stores, at the current version (4).
+-- pgchat schema: the whole of what pgchat stores, at the current version (5).
 --
 -- A new database is built from this file; an existing one is brought here by the
 -- migrations in migrations/ (each run once, in order, under an advisory lock). A test
@@ -9,6 +9,11 @@
 -- read: it records the version, so that an older pgchat refuses a newer database.
 
 CREATE SCHEMA IF NOT EXISTS pgchat;
+
+-- btree_gin lets one GIN index hold a message's conversation beside its words, so that
+-- search reads only the matches in the user's conversations (messages_search below). A
+-- trusted extension: the database's owner, or any role with CREATE on it, may add it.
+CREATE EXTENSION IF NOT EXISTS btree_gin SCHEMA pgchat;
 
 CREATE TABLE public.pgchat_schema (
     version    integer PRIMARY KEY,
@@ -60,12 +65,26 @@ CREATE TABLE pgchat.members (
     read_cseq       bigint NOT NULL DEFAULT 0,
     joined_at       timestamptz NOT NULL DEFAULT now(),
     admin           boolean NOT NULL DEFAULT false,
+    -- Messages above read_cseq that mention this member: exactly their rows in
+    -- pgchat.mentions, kept beside the marker so that listing conversations counts nothing.
+    mentions_unread integer NOT NULL DEFAULT 0,
+    -- The conversation's last_cseq when this member joined: search finds only messages
+    -- after it (from while they were a member). 0 for members from before schema 5.
+    joined_cseq     bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (conversation_id, user_id)
 );
 CREATE INDEX members_by_user ON pgchat.members (user_id, conversation_id);
 
 -- Messages, numbered per conversation by cseq (1, 2, 3, … without gaps). id is a plain
--- bigserial: it identifies a message but orders nothing clients resume from.
+-- bigserial: it identifies a message but orders nothing clients resume from (search pages
+-- by it, newest first).
+-- A message is never removed: a deleted one stays as a tombstone (deleted, body '', no
+-- mentions, no reply, no reactions), so that cseq stays gap-free and every event that
+-- points at it still shows something. An edit replaces the body in place and sets
+-- edited_at; earlier bodies are not kept anywhere.
+-- reply_to: the cseq of the message answered, in the same conversation; its snippet is
+-- read from that message whenever shown, so it follows the original's edits and deletion.
+-- mentions: the members it mentions (NULL for none).
 CREATE TABLE pgchat.messages (
     id              bigserial PRIMARY KEY,
     conversation_id text NOT NULL REFERENCES pgchat.conversations (id),
@@ -74,9 +93,64 @@ CREATE TABLE pgchat.messages (
     body            text NOT NULL,
     client_msg_id   text NOT NULL,
     created_at      timestamptz NOT NULL DEFAULT now(),
+    edited_at       timestamptz,
+    deleted         boolean NOT NULL DEFAULT false,
+    reply_to        bigint,
+    mentions        text[],
     UNIQUE (conversation_id, cseq),
     UNIQUE (sender_id, client_msg_id)
 );
+-- Full-text search (PostgreSQL's 'simple' configuration: words lower-cased, no stemming,
+-- no stop words, so it works alike for every language), with the conversation in the same
+-- index (btree_gin) so that a search reads only matches in the searcher's conversations.
+-- An edit re-indexes the message; a deletion (body '') leaves it no words.
+CREATE INDEX messages_search ON pgchat.messages
+    USING gin (conversation_id, to_tsvector('simple'::regconfig, body));
+
+-- The unread mentions: one row per (conversation, member, cseq) for each message above
+-- the member's read marker that mentions them. A row goes when the marker passes it (or
+-- the message is deleted, or the member leaves), and members.mentions_unread counts the
+-- member's rows.
+CREATE TABLE pgchat.mentions (
+    conversation_id text NOT NULL,
+    user_id         text NOT NULL,
+    cseq            bigint NOT NULL,
+    PRIMARY KEY (conversation_id, user_id, cseq)
+);
+
+-- Reactions: one row per (message, user, emoji); reaction_counts keeps each emoji's count
+-- (and when it first appeared: the order `reactions` lists them in), so that showing a
+-- message never counts rows. At most 20 emoji per message.
+CREATE TABLE pgchat.reactions (
+    message_id bigint NOT NULL,
+    user_id    text NOT NULL,
+    emoji      text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (message_id, user_id, emoji)
+);
+CREATE TABLE pgchat.reaction_counts (
+    message_id bigint NOT NULL,
+    emoji      text NOT NULL,
+    count      integer NOT NULL CHECK (count > 0),
+    first_at   timestamptz NOT NULL,
+    PRIMARY KEY (message_id, emoji)
+);
+
+-- Each change of a reaction, once, however many members its `reaction` events reach (they
+-- point at it by (message_id, change_id)). Deleting the message deletes its changes, so no
+-- event keeps an emoji of a deleted message: such an event then shows `message_deleted`.
+-- Retention deletes a change once no event can point at it (older than every event left).
+CREATE SEQUENCE pgchat.reaction_change_ids;
+CREATE TABLE pgchat.reaction_changes (
+    message_id bigint NOT NULL,
+    change_id  bigint NOT NULL,
+    user_id    text NOT NULL,
+    emoji      text NOT NULL,
+    added      boolean NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (message_id, change_id)
+);
+CREATE INDEX reaction_changes_by_age ON pgchat.reaction_changes (created_at);
 
 -- The durable per-user event stream (the seed's event_queue). A message event points at
 -- its message instead of copying it, so a group message is stored once however many
@@ -84,21 +158,30 @@ CREATE TABLE pgchat.messages (
 -- the change (conversation_states, by conversation_version), stored once per change
 -- however many members it reaches, so that a replay shows what the member saw then and
 -- never who joined after they left; removed and read events carry their few fields in
--- payload. message_id has no foreign key on purpose: the writer inserts both
--- in one transaction, messages are never deleted, and a key would cost an index lookup per
--- fanned-out row. created_at is indexed for retention, which deletes the oldest rows in
--- bounded batches (pgchat.prune_events).
+-- payload. message_edited and message_deleted events point at their message too, and show
+-- it as it is now (so a deleted message's text is in no event); a reaction event points at
+-- its change (reaction_changes, by message_id and change_id). message_id has no foreign
+-- key on purpose: the writer inserts both in one transaction, messages are never removed,
+-- and a key would cost an index lookup per fanned-out row. created_at is indexed for
+-- retention, which deletes the oldest rows in bounded batches (pgchat.prune_events).
 CREATE TABLE pgchat.event_queue (
     user_id         text NOT NULL,
     seq             bigint NOT NULL,
-    kind            text NOT NULL CHECK (kind IN ('message', 'conversation', 'removed', 'read')),
+    kind            text NOT NULL,
     message_id      bigint,
     conversation_id text,
     payload         jsonb,
     created_at      timestamptz NOT NULL DEFAULT now(),
     conversation_version bigint,
+    change_id       bigint,
     PRIMARY KEY (user_id, seq)
 );
+-- Added as NOT VALID and validated apart (see src/db/schema.rs): on a grown database,
+-- validating takes a scan that must not hold the migration's locks.
+ALTER TABLE pgchat.event_queue ADD CONSTRAINT event_queue_kind_check
+    CHECK (kind IN ('message', 'conversation', 'removed', 'read', 'message_edited',
+                    'message_deleted', 'reaction')) NOT VALID;
+ALTER TABLE pgchat.event_queue VALIDATE CONSTRAINT event_queue_kind_check;
 CREATE INDEX event_queue_by_age ON pgchat.event_queue (created_at);
 
 -- A conversation as the wire showed it right after each change of its name or members
@@ -254,14 +337,47 @@ AS $$
     FROM pgchat.conversations c, pgchat.settings s WHERE c.id = p_id AND s.id
 $$;
 
+-- A message as the wire shows it (the order of its fields aside: jsonb keeps its own),
+-- with `me` in its reactions for p_viewer: what edit returns, and a retried send.
+-- A deleted message is its tombstone.
+CREATE FUNCTION pgchat.message_json(p_id bigint, p_viewer text) RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pgchat, pg_temp
+AS $$
+    SELECT jsonb_build_object(
+        'id', m.id, 'conversation', m.conversation_id, 'cseq', m.cseq,
+        'sender', jsonb_build_object('id', m.sender_id,
+                                     'name', (SELECT u.name FROM pgchat.users u WHERE u.id = m.sender_id)),
+        'body', m.body, 'client_msg_id', m.client_msg_id,
+        'created_at', to_char(m.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+        'edited_at', to_char(m.edited_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+        'deleted', m.deleted,
+        'reply_to', (SELECT jsonb_build_object('cseq', o.cseq, 'sender', o.sender_id,
+                                               'snippet', left(o.body, 100))
+                     FROM pgchat.messages o
+                     WHERE o.conversation_id = m.conversation_id AND o.cseq = m.reply_to),
+        'mentions', to_jsonb(coalesce(m.mentions, '{}')),
+        'reactions', coalesce((SELECT jsonb_agg(jsonb_build_object(
+                                   'emoji', r.emoji, 'count', r.count,
+                                   'me', EXISTS (SELECT 1 FROM pgchat.reactions x
+                                                 WHERE x.message_id = r.message_id
+                                                   AND x.user_id = p_viewer AND x.emoji = r.emoji))
+                                   ORDER BY r.first_at, r.emoji)
+                               FROM pgchat.reaction_counts r WHERE r.message_id = m.id), '[]'))
+    FROM pgchat.messages m WHERE m.id = p_id
+$$;
+
 -- Appends one event to each of p_users' streams (their rows are locked by the caller,
 -- seq = head + 1) and to the caller's lists of events (e_*), which it returns extended.
--- p_version: the conversation_states version a conversation event shows.
+-- p_version: the conversation_states version a conversation event shows; p_message and
+-- p_change: the message (and reaction change) a message_edited, message_deleted or
+-- reaction event shows.
 CREATE FUNCTION pgchat.append_events(
     INOUT e_user text[], INOUT e_seq bigint[], INOUT e_cmd integer[], INOUT e_kind text[],
     INOUT e_fields jsonb[],
     p_users text[], p_kind text, p_conversation text, p_payload jsonb, p_fields jsonb,
-    p_cmd integer, p_version bigint DEFAULT NULL)
+    p_cmd integer, p_version bigint DEFAULT NULL, p_message bigint DEFAULT NULL,
+    p_change bigint DEFAULT NULL)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pgchat, pg_temp
 AS $$
@@ -275,8 +391,9 @@ BEGIN
         RETURNING u.id, u.head
     ), ins AS (
         INSERT INTO pgchat.event_queue (user_id, seq, kind, conversation_id, payload,
-                                        conversation_version)
-        SELECT id, head, p_kind, p_conversation, p_payload, p_version FROM up
+                                        conversation_version, message_id, change_id)
+        SELECT id, head, p_kind, p_conversation, p_payload, p_version, p_message, p_change
+        FROM up
     )
     SELECT coalesce(array_agg(id ORDER BY id), '{}'), coalesce(array_agg(head ORDER BY id), '{}')
     INTO users, seqs FROM up;
@@ -346,19 +463,51 @@ BEGIN
 END
 $$;
 
+-- Members' unread mentions after their read markers moved or mentions came or went
+-- (p_conv[i], p_user[i] a member): the mentions at or below each marker go, and each
+-- counter is set to the rows left. Both by key: the rows of one member of one
+-- conversation are a range of the primary key, bounded by their unread mentions.
+CREATE FUNCTION pgchat.recount_mentions(p_conv text[], p_user text[]) RETURNS void
+LANGUAGE plpgsql
+SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+SET plan_cache_mode = force_generic_plan SET jit = off
+SET search_path = pg_catalog, pgchat, pg_temp
+AS $$
+BEGIN
+    DELETE FROM pgchat.mentions x
+    WHERE x.ctid = ANY (ARRAY(
+        SELECT y.ctid
+        FROM (SELECT DISTINCT c, u FROM unnest(p_conv, p_user) AS t(c, u)) t
+        CROSS JOIN LATERAL (SELECT m.read_cseq FROM pgchat.members m
+                            WHERE m.conversation_id = t.c AND m.user_id = t.u LIMIT 1) m
+        CROSS JOIN LATERAL (SELECT y.ctid FROM pgchat.mentions y
+                            WHERE y.conversation_id = t.c AND y.user_id = t.u
+                              AND y.cseq <= m.read_cseq OFFSET 0) y));
+    UPDATE pgchat.members m SET mentions_unread = n.n
+    FROM (SELECT t.c, t.u, (SELECT count(*) FROM pgchat.mentions y
+                            WHERE y.conversation_id = t.c AND y.user_id = t.u) AS n
+          FROM (SELECT DISTINCT c, u FROM unnest(p_conv, p_user) AS t(c, u)) t) n
+    WHERE m.conversation_id = n.c AND m.user_id = n.u AND m.mentions_unread <> n.n;
+END
+$$;
+
 -- The write path: applies a batch of commands in order, in the caller's transaction, and
 -- notifies the other workers once. Called by pgchat's batcher as a single statement (so
 -- the statement, its transaction and its commit are one round trip), and by pgchat.send.
 --
 -- Commands are parallel arrays, one element per command, in order:
 --   c_kind   'send' | 'group_create' | 'group_add' | 'group_remove' | 'group_leave' | 'read'
+--            | 'edit' | 'delete' | 'react'
 --   c_actor  the user acting
---   c_conv   the conversation (send, group_add/remove/leave, read)
+--   c_conv   the conversation (send, group_add/remove/leave, read, edit, delete, react)
 --   c_to     the recipient of a direct send (instead of c_conv)
---   c_text   the body (send) or the name (group_create)
---   c_key    the client_msg_id (send), or the optional client_op_id (group_create)
---   c_num    the cseq (read); 1 for a group_add that also makes the users admins
---   u_cmd, u_user: the user lists of group_create/add/remove as (command index, user).
+--   c_text   the body (send, edit), the name (group_create) or the emoji (react)
+--   c_key    the client_msg_id (send), the optional client_op_id (group_create), or 'on'
+--            or 'off' (react)
+--   c_num    the cseq (read, edit, delete, react), the cseq answered (send's reply_to);
+--            1 for a group_add that also makes the users admins
+--   u_cmd, u_user: the user lists of group_create/add/remove, and the mentions of sends,
+--            as (command index, user).
 -- Inputs are validated by the caller (ids, lengths), which also never puts two sends with
 -- the same (sender, client_msg_id) in one batch; what needs the database (existence,
 -- membership, admin rights, sizes, a key already stored) is checked here. A refused command
@@ -383,9 +532,15 @@ $$;
 -- change, and planning the statement of sends anew costs more than running it for one
 -- send.
 --
+-- Who may change a message: its sender edits it; its sender, or an admin of its group,
+-- deletes it; any member reacts. An edit that changes nothing, a deletion of a deleted
+-- message and a reaction already so are answered as done, with no event: a retry writes
+-- nothing twice.
+--
 -- Outputs: per command (o_*): an error code and message, or the message the send resolved
--- to (o_msg_body only for a send that returned an earlier message), or the conversation of
--- a group command. Per event (e_*): who got which seq, from which command, of which kind,
+-- to (o_msg_body only for a send that returned an earlier message, whose whole current
+-- state, pgchat.message_json, is then in o_conv; for a new reply, o_conv holds its
+-- reply_to), or the conversation of a group command, or the edited message (o_conv). Per event (e_*): who got which seq, from which command, of which kind,
 -- with the live fields for non-message events. Per changed conversation (v_*): its state
 -- after each change, for the caller's cache (members: null after sends, which change no
 -- membership and whose events name every member).
@@ -434,6 +589,11 @@ DECLARE
     s_e_user text[]; s_e_seq bigint[]; s_e_cmd integer[];
     s_v_id text[]; s_v_version bigint[]; s_v_last_cseq bigint[]; s_v_members jsonb[];
     limits pgchat.settings;
+    msg record;
+    mine jsonb[];
+    changed boolean;
+    change bigint;
+    s_extra jsonb[]; s_touch_conv text[]; s_touch_user text[];
     n_ci integer[] := '{}';
     n_u text[] := '{}';
     quota_refused integer[] := '{}';
@@ -459,13 +619,20 @@ BEGIN
     IF cardinality(array_remove(c_to, NULL)) > 0 THEN
         SELECT array_agg(coalesce(z.c, d.id) ORDER BY z.k),
                array_agg(DISTINCT z.key) FILTER (WHERE z.key IS NOT NULL AND z.c IS NULL
-                                                 AND d.id IS NULL AND p.id IS NULL),
+                                                 AND d.id IS NULL AND p.id IS NULL
+                                                 AND z.r IS NULL
+                                                 AND NOT EXISTS (
+                                                     SELECT 1 FROM unnest(u_cmd, u_user) AS t(ci, u)
+                                                     WHERE t.ci = z.k AND t.u <> z.a AND t.u <> z.t)),
                array_agg(z.key ORDER BY z.k)
         INTO conv_of, missing, keys
-        FROM (SELECT z.c, z.k, z.a, z.ck, CASE WHEN z.t IS NULL THEN NULL
+        -- (A reply, z.r, answers a message of a conversation that exists, and only the two
+        -- can be mentioned in a direct one: a send to a direct conversation not made yet
+        -- that does otherwise makes none, and is refused below.)
+        FROM (SELECT z.c, z.k, z.a, z.t, z.ck, z.r, CASE WHEN z.t IS NULL THEN NULL
                                     WHEN z.a <= z.t THEN z.a || E'\n' || z.t
                                     ELSE z.t || E'\n' || z.a END AS key
-              FROM unnest(c_conv, c_actor, c_to, c_key) WITH ORDINALITY AS z(c, a, t, ck, k)) z
+              FROM unnest(c_conv, c_actor, c_to, c_key, c_num) WITH ORDINALITY AS z(c, a, t, ck, r, k)) z
         LEFT JOIN LATERAL (SELECT c.id FROM pgchat.conversations c
                            WHERE z.key IS NOT NULL AND c.direct_key = z.key LIMIT 1) d ON true
         -- A retried send (its key is stored) returns its first message: it creates nothing.
@@ -612,13 +779,14 @@ BEGIN
             -- per member; the counters and the senders' read markers move once per row.
             WITH cmd AS (
                 SELECT k AS i, c_actor[k] AS sender, conv_of[k] AS conv, c_text[k] AS body,
-                       c_key[k] AS ckey
+                       c_key[k] AS ckey, c_num[k] AS reply
                 FROM generate_series(pos, upto) AS k
             ), chk AS (
                 SELECT cmd.*, cv.id IS NOT NULL AS conv_found, cv.last_cseq, cv.version,
                        mb.ok IS NOT NULL AS member, sn.name AS sender_name,
                        pr.id AS p_id, pr.conversation_id AS p_conv, pr.cseq AS p_cseq,
-                       pr.body AS p_body, pr.created_at AS p_at
+                       pr.body AS p_body, pr.created_at AS p_at,
+                       rp.reply_json, mn.mentioned, mn.stranger
                 FROM cmd
                 LEFT JOIN LATERAL (SELECT c.id, c.last_cseq, c.version FROM pgchat.conversations c
                                    WHERE c.id = cmd.conv LIMIT 1) cv ON true
@@ -631,6 +799,20 @@ BEGIN
                                    LIMIT 1) pr ON true
                 LEFT JOIN LATERAL (SELECT u.name FROM pgchat.users u WHERE u.id = cmd.sender
                                    LIMIT 1) sn ON true
+                -- The message it answers: one of the same conversation.
+                LEFT JOIN LATERAL (SELECT jsonb_build_object('cseq', o.cseq, 'sender', o.sender_id,
+                                                             'snippet', left(o.body, 100)) AS reply_json
+                                   FROM pgchat.messages o
+                                   WHERE cmd.reply IS NOT NULL AND o.conversation_id = cmd.conv
+                                     AND o.cseq = cmd.reply LIMIT 1) rp ON true
+                -- Whom it mentions (in the order given), and the first who is not a member.
+                LEFT JOIN LATERAL (SELECT array_agg(t.u ORDER BY t.o) AS mentioned,
+                                          min(t.u) FILTER (WHERE NOT EXISTS (
+                                              SELECT 1 FROM pgchat.members x
+                                              WHERE x.conversation_id = cmd.conv
+                                                AND x.user_id = t.u)) AS stranger
+                                   FROM unnest(u_cmd, u_user) WITH ORDINALITY AS t(ci, u, o)
+                                   WHERE t.ci = cmd.i) mn ON true
             ), ids AS (
                 -- A send stores a message when its conversation exists, its sender is a
                 -- member and its (sender, client_msg_id) is new: numbered in command order
@@ -641,11 +823,19 @@ BEGIN
                            PARTITION BY chk.conv, fresh ORDER BY chk.i) END AS cseq,
                        CASE WHEN fresh THEN nextval('pgchat.messages_id_seq') END AS id
                 FROM chk, LATERAL (SELECT chk.p_id IS NULL AND chk.conv_found AND chk.member
-                                   AS fresh) f
+                                          AND (chk.reply IS NULL OR chk.reply_json IS NOT NULL)
+                                          AND chk.stranger IS NULL AS fresh) f
             ), stored AS (
                 INSERT INTO pgchat.messages (id, conversation_id, cseq, sender_id, body, client_msg_id,
-                                             created_at)
-                SELECT id, conv, cseq, sender, body, ckey, stamp FROM ids WHERE fresh
+                                             created_at, reply_to, mentions)
+                SELECT id, conv, cseq, sender, body, ckey, stamp, reply, mentioned FROM ids WHERE fresh
+            ), mentioned AS (
+                -- The members it mentions (not its sender) have it among their unread
+                -- mentions; their counters are set from these rows below.
+                INSERT INTO pgchat.mentions (conversation_id, user_id, cseq)
+                SELECT f.conv, t.u, f.cseq FROM ids f CROSS JOIN LATERAL unnest(f.mentioned) AS t(u)
+                WHERE f.fresh AND t.u <> f.sender
+                RETURNING conversation_id, user_id
             ), recipients AS (
                 SELECT f.i, f.id, f.conv, m.user_id FROM ids f
                 CROSS JOIN LATERAL (SELECT user_id FROM pgchat.members
@@ -679,28 +869,50 @@ BEGIN
                 FROM (SELECT conv, sender, max(cseq) AS cseq FROM ids WHERE fresh
                       GROUP BY conv, sender) x
                 WHERE m.conversation_id = x.conv AND m.user_id = x.sender AND m.read_cseq < x.cseq
+                RETURNING m.conversation_id, m.user_id, m.mentions_unread
             )
-            SELECT r.*, e.*, v.*
-            INTO s_i, s_code, s_detail, s_id, s_conv, s_cseq, s_at, s_name, s_body,
-                 s_e_user, s_e_seq, s_e_cmd, s_v_id, s_v_version, s_v_last_cseq
+            SELECT r.*, e.*, v.*, t.*
+            INTO s_i, s_code, s_detail, s_id, s_conv, s_cseq, s_at, s_name, s_body, s_extra,
+                 s_e_user, s_e_seq, s_e_cmd, s_v_id, s_v_version, s_v_last_cseq,
+                 s_touch_conv, s_touch_user
             FROM (
                 -- One sorted input, so that the arrays keep its order (checked below).
                 SELECT
                     array_agg(i),
                     array_agg(CASE WHEN p_id IS NOT NULL OR fresh THEN NULL
-                                   WHEN NOT conv_found THEN 'not_found' ELSE 'forbidden' END),
+                                   WHEN conv IS NULL AND (reply IS NOT NULL OR stranger IS NOT NULL)
+                                   THEN 'bad_request'
+                                   WHEN NOT conv_found THEN 'not_found'
+                                   WHEN NOT member THEN 'forbidden'
+                                   ELSE 'bad_request' END),
                     array_agg(CASE WHEN p_id IS NOT NULL OR fresh THEN NULL
+                                   WHEN conv IS NULL AND reply IS NOT NULL
+                                   THEN format('send: reply_to %s: your direct conversation with '
+                                               '%s has no messages yet', reply, to_json(c_to[i]))
+                                   WHEN conv IS NULL AND stranger IS NOT NULL
+                                   THEN format('send: mentions: %s is not a member of your direct '
+                                               'conversation with %s', to_json(stranger),
+                                               to_json(c_to[i]))
                                    WHEN NOT conv_found
                                    THEN format('conversation %s does not exist', to_json(conv))
-                                   ELSE format('you are not a member of conversation %s',
+                                   WHEN NOT member
+                                   THEN format('you are not a member of conversation %s',
                                                to_json(conv))
+                                   WHEN reply IS NOT NULL AND reply_json IS NULL
+                                   THEN format('send: reply_to %s is not a message of conversation %s',
+                                               reply, to_json(conv))
+                                   ELSE format('send: mentions: %s is not a member of conversation %s',
+                                               to_json(stranger), to_json(conv))
                               END),
                     array_agg(coalesce(p_id, id)),
                     array_agg(CASE WHEN p_id IS NOT NULL THEN p_conv WHEN fresh THEN conv END),
                     array_agg(coalesce(p_cseq, cseq)),
                     array_agg(CASE WHEN p_id IS NOT NULL THEN p_at WHEN fresh THEN stamp END),
                     array_agg(sender_name),
-                    array_agg(p_body)
+                    array_agg(p_body),
+                    array_agg(CASE WHEN p_id IS NOT NULL THEN pgchat.message_json(p_id, sender)
+                                   WHEN fresh AND reply_json IS NOT NULL
+                                   THEN jsonb_build_object('reply_to', reply_json) END)
                 FROM (SELECT * FROM ids ORDER BY i) x
             ) r, (
                 SELECT coalesce(array_agg(user_id), '{}'), coalesce(array_agg(seq), '{}'),
@@ -710,7 +922,14 @@ BEGIN
                 SELECT coalesce(array_agg(id), '{}'), coalesce(array_agg(version), '{}'),
                        coalesce(array_agg(last_cseq), '{}')
                 FROM counters
-            ) v;
+            ) v, (
+                -- Whose unread mentions changed: those mentioned, and senders whose marker
+                -- moved past mentions of theirs.
+                SELECT coalesce(array_agg(c), '{}'), coalesce(array_agg(u), '{}')
+                FROM (SELECT conversation_id AS c, user_id AS u FROM mentioned
+                      UNION
+                      SELECT conversation_id, user_id FROM markers WHERE mentions_unread > 0) x
+            ) t;
             IF cardinality(s_i) <> upto - pos + 1 OR s_i[1] <> pos
                OR s_i[cardinality(s_i)] <> upto THEN
                 RAISE EXCEPTION 'pgchat.apply_batch: the sends came back out of order';
@@ -726,6 +945,10 @@ BEGIN
             o_msg_at[pos:upto] := s_at;
             o_msg_name[pos:upto] := s_name;
             o_msg_body[pos:upto] := s_body;
+            o_conv[pos:upto] := s_extra;
+            IF cardinality(s_touch_user) > 0 THEN
+                PERFORM pgchat.recount_mentions(s_touch_conv, s_touch_user);
+            END IF;
             e_user := e_user || s_e_user;
             e_seq := e_seq || s_e_seq;
             e_cmd := e_cmd || s_e_cmd;
@@ -779,10 +1002,10 @@ BEGIN
             o_conv[pos] := cj;
         ELSE
             SELECT c.kind, c.last_cseq, c.version, c.created_by, m.read_cseq AS marker,
-                   m.admin
+                   m.admin, m.mentions_unread
             INTO crow
             FROM pgchat.conversations c
-            LEFT JOIN LATERAL (SELECT m.read_cseq, m.admin FROM pgchat.members m
+            LEFT JOIN LATERAL (SELECT m.read_cseq, m.admin, m.mentions_unread FROM pgchat.members m
                                WHERE m.conversation_id = c.id AND m.user_id = actor LIMIT 1) m ON true
             WHERE c.id = cid;
             IF NOT FOUND THEN
@@ -803,6 +1026,9 @@ BEGIN
                     -- members ask for receipts when they want them (`receipts`).
                     UPDATE pgchat.members SET read_cseq = c_num[pos]
                     WHERE conversation_id = cid AND user_id = actor;
+                    IF crow.mentions_unread > 0 THEN
+                        PERFORM pgchat.recount_mentions(ARRAY[cid], ARRAY[actor]);
+                    END IF;
                     IF limits IS NULL THEN
                         SELECT * INTO limits FROM pgchat.settings WHERE id;
                     END IF;
@@ -816,6 +1042,138 @@ BEGIN
                     SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields
                     FROM pgchat.append_events(e_user, e_seq, e_cmd, e_kind, e_fields,
                         listed, 'read', cid, payload, payload, pos);
+                END IF;
+            ELSIF c_kind[pos] IN ('edit', 'delete', 'react') THEN
+                SELECT m.id, m.sender_id, m.body, m.deleted, m.mentions INTO msg
+                FROM pgchat.messages m WHERE m.conversation_id = cid AND m.cseq = c_num[pos];
+                IF msg.id IS NULL OR (msg.deleted AND c_kind[pos] <> 'delete') THEN
+                    o_code[pos] := 'not_found';
+                    o_detail[pos] := format('%s: conversation %s has no message %s%s', c_kind[pos],
+                                          to_json(cid), c_num[pos],
+                                          CASE WHEN msg.id IS NOT NULL THEN ' (it was deleted)'
+                                               ELSE '' END);
+                ELSIF c_kind[pos] = 'edit' AND msg.sender_id <> actor THEN
+                    o_code[pos] := 'forbidden';
+                    o_detail[pos] := format('edit: only its sender (%s) may edit message %s of %s',
+                                          to_json(msg.sender_id), c_num[pos], to_json(cid));
+                ELSIF c_kind[pos] = 'delete' AND msg.sender_id <> actor
+                      AND NOT (crow.kind = 'group' AND crow.admin) THEN
+                    o_code[pos] := 'forbidden';
+                    o_detail[pos] := format('delete: only its sender (%s)%s may delete message %s of %s',
+                                          to_json(msg.sender_id),
+                                          CASE WHEN crow.kind = 'group' THEN ' or an admin of the group'
+                                               ELSE '' END,
+                                          c_num[pos], to_json(cid));
+                ELSIF c_kind[pos] = 'edit' THEN
+                    IF msg.body IS DISTINCT FROM c_text[pos] THEN
+                        UPDATE pgchat.messages SET body = c_text[pos], edited_at = clock_timestamp()
+                        WHERE id = msg.id;
+                        UPDATE pgchat.conversations SET version = version + 1 WHERE id = cid;
+                        -- Every member is told, each with the emoji they reacted with (`me`).
+                        WITH up AS (
+                            UPDATE pgchat.users u SET head = u.head + 1
+                            WHERE u.id = ANY (ARRAY(SELECT m.user_id FROM pgchat.members m
+                                                    WHERE m.conversation_id = cid))
+                            RETURNING u.id, u.head
+                        ), ins AS (
+                            INSERT INTO pgchat.event_queue (user_id, seq, kind, conversation_id,
+                                                            message_id)
+                            SELECT id, head, 'message_edited', cid, msg.id FROM up
+                        )
+                        SELECT coalesce(array_agg(up.id ORDER BY up.id), '{}'),
+                               coalesce(array_agg(up.head ORDER BY up.id), '{}'),
+                               coalesce(array_agg(r.mine ORDER BY up.id), '{}')
+                        INTO s_e_user, s_e_seq, mine
+                        FROM up
+                        LEFT JOIN LATERAL (SELECT to_jsonb(array_agg(x.emoji)) AS mine
+                                           FROM pgchat.reactions x
+                                           WHERE x.message_id = msg.id AND x.user_id = up.id) r ON true;
+                        e_user := e_user || s_e_user;
+                        e_seq := e_seq || s_e_seq;
+                        e_cmd := e_cmd || array_fill(pos, ARRAY[cardinality(s_e_user)]);
+                        e_kind := e_kind || array_fill('message_edited'::text, ARRAY[cardinality(s_e_user)]);
+                        e_fields := e_fields || mine;
+                    END IF;
+                    o_conv[pos] := pgchat.message_json(msg.id, actor);
+                ELSIF c_kind[pos] = 'delete' THEN
+                    IF NOT msg.deleted THEN
+                        -- A tombstone: the text, whom it mentioned, what it answered and its
+                        -- reactions are erased, not hidden (no event holds any of them).
+                        UPDATE pgchat.messages
+                        SET body = '', deleted = true, edited_at = NULL, reply_to = NULL,
+                            mentions = NULL
+                        WHERE id = msg.id;
+                        DELETE FROM pgchat.reactions WHERE message_id = msg.id;
+                        DELETE FROM pgchat.reaction_counts WHERE message_id = msg.id;
+                        DELETE FROM pgchat.reaction_changes WHERE message_id = msg.id;
+                        IF cardinality(msg.mentions) > 0 THEN
+                            DELETE FROM pgchat.mentions x
+                            WHERE x.conversation_id = cid AND x.user_id = ANY (msg.mentions)
+                              AND x.cseq = c_num[pos];
+                            PERFORM pgchat.recount_mentions(
+                                array_fill(cid, ARRAY[cardinality(msg.mentions)]), msg.mentions);
+                        END IF;
+                        UPDATE pgchat.conversations SET version = version + 1 WHERE id = cid;
+                        payload := jsonb_build_object('conversation', cid, 'cseq', c_num[pos],
+                                                      'id', msg.id);
+                        SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields
+                        FROM pgchat.append_events(e_user, e_seq, e_cmd, e_kind, e_fields,
+                            ARRAY(SELECT m.user_id FROM pgchat.members m
+                                  WHERE m.conversation_id = cid ORDER BY m.user_id),
+                            'message_deleted', cid, NULL, payload, pos, p_message => msg.id);
+                    END IF;
+                ELSE
+                    -- react: c_text the emoji, c_key 'on' or 'off'.
+                    changed := false;
+                    IF c_key[pos] = 'on' THEN
+                        IF NOT EXISTS (SELECT 1 FROM pgchat.reactions x
+                                       WHERE x.message_id = msg.id AND x.user_id = actor
+                                         AND x.emoji = c_text[pos]) THEN
+                            IF NOT EXISTS (SELECT 1 FROM pgchat.reaction_counts x
+                                           WHERE x.message_id = msg.id AND x.emoji = c_text[pos])
+                               AND (SELECT count(*) FROM pgchat.reaction_counts x
+                                    WHERE x.message_id = msg.id) >= 20 THEN
+                                o_code[pos] := 'too_large';
+                                o_detail[pos] := format('react: message %s of %s has 20 different emoji, '
+                                                      'the most a message may have: react with one of them',
+                                                      c_num[pos], to_json(cid));
+                            ELSE
+                                INSERT INTO pgchat.reactions (message_id, user_id, emoji)
+                                VALUES (msg.id, actor, c_text[pos]);
+                                INSERT INTO pgchat.reaction_counts AS r (message_id, emoji, count, first_at)
+                                VALUES (msg.id, c_text[pos], 1, clock_timestamp())
+                                ON CONFLICT (message_id, emoji) DO UPDATE SET count = r.count + 1;
+                                changed := true;
+                            END IF;
+                        END IF;
+                    ELSE
+                        DELETE FROM pgchat.reactions x
+                        WHERE x.message_id = msg.id AND x.user_id = actor AND x.emoji = c_text[pos];
+                        IF FOUND THEN
+                            DELETE FROM pgchat.reaction_counts x
+                            WHERE x.message_id = msg.id AND x.emoji = c_text[pos] AND x.count = 1;
+                            IF NOT FOUND THEN
+                                UPDATE pgchat.reaction_counts x SET count = x.count - 1
+                                WHERE x.message_id = msg.id AND x.emoji = c_text[pos];
+                            END IF;
+                            changed := true;
+                        END IF;
+                    END IF;
+                    IF changed THEN
+                        change := nextval('pgchat.reaction_change_ids');
+                        INSERT INTO pgchat.reaction_changes (message_id, change_id, user_id, emoji, added)
+                        VALUES (msg.id, change, actor, c_text[pos], c_key[pos] = 'on');
+                        UPDATE pgchat.conversations SET version = version + 1 WHERE id = cid;
+                        payload := jsonb_build_object('conversation', cid, 'cseq', c_num[pos],
+                                                      'user', actor, 'emoji', c_text[pos],
+                                                      'on', c_key[pos] = 'on');
+                        SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields
+                        FROM pgchat.append_events(e_user, e_seq, e_cmd, e_kind, e_fields,
+                            ARRAY(SELECT m.user_id FROM pgchat.members m
+                                  WHERE m.conversation_id = cid ORDER BY m.user_id),
+                            'reaction', cid, NULL, payload, pos, p_message => msg.id,
+                            p_change => change);
+                    END IF;
                 END IF;
             ELSIF crow.kind <> 'group' THEN
                 o_code[pos] := 'bad_request';
@@ -839,8 +1197,9 @@ BEGIN
                     o_detail[pos] := format('group_add: the group would have %s members; the limit is %s',
                                           cardinality(members_now) + cardinality(listed), p_max_members);
                 ELSIF cardinality(listed) + cardinality(promoted) > 0 THEN
-                    INSERT INTO pgchat.members (conversation_id, user_id, admin)
-                    SELECT cid, x, coalesce(c_num[pos] = 1, false) FROM unnest(listed) AS x;
+                    INSERT INTO pgchat.members (conversation_id, user_id, admin, joined_cseq)
+                    SELECT cid, x, coalesce(c_num[pos] = 1, false), crow.last_cseq
+                    FROM unnest(listed) AS x;
                     UPDATE pgchat.members SET admin = true
                     WHERE conversation_id = cid AND user_id = ANY (promoted);
                     UPDATE pgchat.conversations SET version = version + 1 WHERE id = cid;
@@ -873,6 +1232,8 @@ BEGIN
                 ELSIF cardinality(gone) > 0 THEN
                     DELETE FROM pgchat.members
                     WHERE conversation_id = cid AND user_id = ANY (gone);
+                    DELETE FROM pgchat.mentions x
+                    WHERE x.conversation_id = cid AND x.user_id = ANY (gone);
                     UPDATE pgchat.conversations SET version = version + 1 WHERE id = cid;
                     payload := jsonb_build_object('conversation', cid);
                     SELECT * INTO e_user, e_seq, e_cmd, e_kind, e_fields
@@ -1069,10 +1430,72 @@ AS $$
     SELECT pgchat.send_one('pgchat.send_direct', sender, NULL, recipient, body, client_msg_id)
 $$;
 
+-- One edit or delete through the write path, with the socket's checks; raises as the
+-- other functions of the API do, plus 42501 when the actor may not change the message.
+CREATE FUNCTION pgchat.change_one(p_fn text, p_kind text, p_actor text, p_conversation text,
+                                  p_cseq bigint, p_body text) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgchat, pg_temp
+AS $$
+DECLARE
+    limits pgchat.settings;
+    r record;
+BEGIN
+    SELECT * INTO limits FROM pgchat.settings;
+    PERFORM pgchat.check_user(p_fn, 'actor', p_actor);
+    IF p_conversation IS NULL OR p_cseq IS NULL OR p_cseq < 1 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('%s: give a conversation and the cseq (>= 1) of one of its messages', p_fn);
+    END IF;
+    IF p_kind = 'edit' THEN
+        IF p_body IS NULL OR p_body = '' THEN
+            RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+                MESSAGE = format('%s: body must not be empty', p_fn);
+        END IF;
+        IF char_length(p_body) > limits.max_message_chars THEN
+            RAISE EXCEPTION USING ERRCODE = 'string_data_right_truncation',
+                MESSAGE = format('%s: body has at most %s characters, got %s', p_fn,
+                                 limits.max_message_chars, char_length(p_body));
+        END IF;
+    END IF;
+    r := pgchat.apply_batch('sql', limits.max_group_members, ARRAY[p_kind], ARRAY[p_actor],
+                            ARRAY[p_conversation], ARRAY[NULL::text], ARRAY[p_body],
+                            ARRAY[NULL::text], ARRAY[p_cseq], '{}', '{}');
+    IF r.o_code[1] = 'not_found' THEN
+        RAISE EXCEPTION USING ERRCODE = 'no_data_found', MESSAGE = p_fn || ': ' || r.o_detail[1];
+    ELSIF r.o_code[1] = 'forbidden' THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege', MESSAGE = p_fn || ': ' || r.o_detail[1];
+    ELSIF r.o_code[1] IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value', MESSAGE = p_fn || ': ' || r.o_detail[1];
+    END IF;
+    RETURN r.o_conv[1];
+END
+$$;
+
+-- Replaces the body of message `cseq` of `conversation`, which `actor` sent and did not
+-- delete; every member gets `message_edited`. Returns the message as edit's reply shows it.
+-- The same body again changes nothing and tells no one.
+CREATE FUNCTION pgchat.edit(actor text, conversation text, cseq bigint, body text)
+RETURNS jsonb LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pgchat, pg_temp
+AS $$
+    SELECT pgchat.change_one('pgchat.edit', 'edit', actor, conversation, cseq, body)
+$$;
+
+-- Deletes message `cseq` of `conversation` (its sender, or an admin of its group): its
+-- text, mentions, reply and reactions are erased and every member gets `message_deleted`.
+-- Deleting a deleted message again does nothing.
+CREATE FUNCTION pgchat.delete(actor text, conversation text, cseq bigint)
+RETURNS void LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pgchat, pg_temp
+AS $$
+    SELECT pgchat.change_one('pgchat.delete', 'delete', actor, conversation, cseq, NULL)
+$$;
+
 -- Retention: deletes about p_limit of the events older than p_older_than, each stream in
 -- seq order, and records how far each stream was pruned; then up to p_limit conversation
--- states older than every event left (none can point at them: a state and its events
--- share their transaction's created_at). Returns how many rows it deleted, or -1 when
+-- states, and as many reaction changes, older than every event left (none can point at
+-- them: a state or change and its events share their transaction's created_at). Returns how many rows it deleted, or -1 when
 -- another process is pruning (one at a time, by an advisory lock held to commit).
 --
 -- The oldest events by time (the created_at index, at most p_limit) give each stream they
@@ -1131,12 +1554,24 @@ BEGIN
         RETURNING 1
     )
     SELECT deleted + count(*) INTO deleted FROM gone;
+    -- Reaction changes, the same way: once older than every event left.
+    WITH gone AS (
+        DELETE FROM pgchat.reaction_changes r
+        WHERE r.ctid = ANY (ARRAY(
+            SELECT x.ctid FROM pgchat.reaction_changes x
+            WHERE x.created_at < now() - p_older_than
+              AND x.created_at < coalesce((SELECT min(e.created_at) FROM pgchat.event_queue e),
+                                          'infinity')
+            ORDER BY x.created_at LIMIT p_limit))
+        RETURNING 1
+    )
+    SELECT deleted + count(*) INTO deleted FROM gone;
     RETURN deleted;
 END
 $$;
 
 -- ---------------------------------------------------------------------------------------
--- Who may call what. The public SQL API (pgchat.send, send_direct, ensure_user) runs with
+-- Who may call what. The public SQL API (pgchat.send, send_direct, ensure_user, edit, delete) runs with
 -- its owner's rights (SECURITY DEFINER, with the fixed search_path every function here
 -- has, pg_catalog first and pg_temp last, so that nothing a caller creates can stand in
 -- for what it calls), so a backend can send without holding any right on pgchat's
@@ -1147,7 +1582,9 @@ $$;
 -- ---------------------------------------------------------------------------------------
 REVOKE EXECUTE ON FUNCTION pgchat.send(text, text, text, text),
                            pgchat.send_direct(text, text, text, text),
-                           pgchat.ensure_user(text, text) FROM PUBLIC;
+                           pgchat.ensure_user(text, text),
+                           pgchat.edit(text, text, bigint, text),
+                           pgchat.delete(text, text, bigint) FROM PUBLIC;
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'pgchat_sender')
@@ -1163,9 +1600,11 @@ BEGIN
         GRANT USAGE ON SCHEMA pgchat TO pgchat_sender;
         GRANT EXECUTE ON FUNCTION pgchat.send(text, text, text, text),
                                   pgchat.send_direct(text, text, text, text),
-                                  pgchat.ensure_user(text, text) TO pgchat_sender;
+                                  pgchat.ensure_user(text, text),
+                                  pgchat.edit(text, text, bigint, text),
+                                  pgchat.delete(text, text, bigint) TO pgchat_sender;
     END IF;
 END
 $$;
 
-INSERT INTO public.pgchat_schema (version) VALUES (1), (2), (3), (4);
+INSERT INTO public.pgchat_schema (version) VALUES (1), (2), (3), (4), (5);

@@ -77,6 +77,7 @@ impl App {
     pub(crate) fn limits(&self) -> Limits {
         Limits {
             max_message_chars: self.config.max_message_chars,
+            max_mentions: self.config.max_mentions,
             max_group_members: self.config.max_group_members,
             max_presence_users: self.config.max_presence_users,
         }

@@ -11,8 +11,8 @@ use std::time::Duration;
 use pgchat::foundation::auth::Authenticator;
 use pgchat::foundation::error::Code;
 use pgchat::foundation::protocol::{
-    Body, ClientMsgId, ClientOpId, ConversationCursor, ConversationId, GroupName, Limits, Target,
-    TypingState, UserId, MAX_CONVERSATIONS_PAGE, MAX_HISTORY_LIMIT, MAX_MEMBERS_PAGE,
+    Body, ClientMsgId, ClientOpId, ConversationCursor, ConversationId, Emoji, GroupName, Limits,
+    Target, TypingState, UserId, MAX_CONVERSATIONS_PAGE, MAX_HISTORY_LIMIT, MAX_MEMBERS_PAGE,
 };
 use pgchat::requests::Request;
 use proptest::prelude::*;
@@ -21,6 +21,7 @@ use serde_json::{json, Map, Value};
 
 const LIMITS: Limits = Limits {
     max_message_chars: 200,
+    max_mentions: 4,
     max_group_members: 8,
     max_presence_users: 8,
 };
@@ -104,13 +105,53 @@ fn request() -> impl Strategy<Value = Request> {
     let state = prop::sample::select(vec![TypingState::Start, TypingState::Stop]);
     prop_oneof![
         (0..=i64::MAX).prop_map(|after| Request::Resume { after }),
-        (target, text(LIMITS.max_message_chars), text(64)).prop_map(|(target, b, m)| {
-            Request::Send {
+        (
+            target,
+            text(LIMITS.max_message_chars),
+            text(64),
+            prop::option::of(1..=i64::MAX),
+            unique_users(0..=LIMITS.max_mentions)
+        )
+            .prop_map(|(target, b, m, reply_to, mentions)| Request::Send {
                 target,
                 body: Body::parse(b, LIMITS.max_message_chars).unwrap(),
                 client_msg_id: ClientMsgId::parse(&m).unwrap(),
+                reply_to,
+                mentions,
+            }),
+        (conversation(), 1..=i64::MAX, text(LIMITS.max_message_chars)).prop_map(
+            |(conversation, cseq, b)| Request::Edit {
+                conversation,
+                cseq,
+                body: Body::parse(b, LIMITS.max_message_chars).unwrap(),
             }
-        }),
+        ),
+        (conversation(), 1..=i64::MAX)
+            .prop_map(|(conversation, cseq)| Request::Delete { conversation, cseq }),
+        (
+            conversation(),
+            1..=i64::MAX,
+            text(32).prop_filter_map("visible", |s| Emoji::parse(s).ok()),
+            any::<bool>()
+        )
+            .prop_map(|(conversation, cseq, emoji, on)| Request::React {
+                conversation,
+                cseq,
+                emoji,
+                on
+            }),
+        (
+            text(200).prop_filter("visible", |s| !s.trim().is_empty()),
+            prop::option::of(conversation()),
+            prop::option::of(1..=i64::MAX),
+            1..=50i64
+        )
+            .prop_map(|(query, conversation, before_id, limit)| Request::Search {
+                query,
+                conversation,
+                before_id,
+                limit
+            }),
         (
             conversation(),
             prop::option::of(1..=i64::MAX),
@@ -204,9 +245,12 @@ fn encode(r: &Request) -> Value {
             target,
             body,
             client_msg_id,
+            reply_to,
+            mentions,
         } => {
             let mut v = json!({"type": "send", "body": body.as_str(),
-                               "client_msg_id": client_msg_id.as_str()});
+                               "client_msg_id": client_msg_id.as_str(),
+                               "reply_to": reply_to, "mentions": ids(mentions)});
             match target {
                 Target::Conversation(c) => v["conversation"] = c.as_str().into(),
                 Target::User(u) => v["to"] = u.as_str().into(),
@@ -219,6 +263,30 @@ fn encode(r: &Request) -> Value {
             limit,
         } => json!({"type": "history", "conversation": conversation.as_str(),
                     "before_cseq": before_cseq, "limit": limit}),
+        Request::Edit {
+            conversation,
+            cseq,
+            body,
+        } => json!({"type": "edit", "conversation": conversation.as_str(), "cseq": cseq,
+                    "body": body.as_str()}),
+        Request::Delete { conversation, cseq } => {
+            json!({"type": "delete", "conversation": conversation.as_str(), "cseq": cseq})
+        }
+        Request::React {
+            conversation,
+            cseq,
+            emoji,
+            on,
+        } => json!({"type": "react", "conversation": conversation.as_str(), "cseq": cseq,
+                    "emoji": emoji.as_str(), "on": on}),
+        Request::Search {
+            query,
+            conversation,
+            before_id,
+            limit,
+        } => json!({"type": "search", "query": query,
+                    "conversation": conversation.as_ref().map(|c| c.as_str()),
+                    "before_id": before_id, "limit": limit}),
         Request::Conversations { limit, before } => json!({"type": "conversations",
             "limit": limit, "before": before.as_ref().map(|c| c.encode())}),
         Request::Receipts {
@@ -297,6 +365,7 @@ fn field_name() -> impl Strategy<Value = String> {
         9 => prop::sample::select(vec![
             "ref", "after", "conversation", "to", "body", "client_msg_id", "before_cseq",
             "limit", "name", "members", "users", "cseq", "state", "client_op_id", "admin",
+            "reply_to", "mentions", "emoji", "on", "query", "before_id",
         ])
         .prop_map(String::from),
         1 => nasty_string(8),
@@ -309,6 +378,7 @@ fn frame() -> impl Strategy<Value = Map<String, Value>> {
         9 => prop::sample::select(vec![
             "resume", "send", "history", "conversations", "group_create", "group_add",
             "group_remove", "group_leave", "read", "typing", "presence_subscribe", "auth", "ping",
+            "edit", "delete", "react", "search",
         ])
         .prop_map(Value::from),
         1 => json_value(),
@@ -362,6 +432,8 @@ fn obeys_the_rules(r: &Request) -> bool {
             target,
             body,
             client_msg_id,
+            reply_to,
+            mentions,
         } => {
             let target_ok = match target {
                 Target::Conversation(c) => is_id_text(c.as_str(), 64),
@@ -370,6 +442,45 @@ fn obeys_the_rules(r: &Request) -> bool {
             target_ok
                 && is_id_text(body.as_str(), LIMITS.max_message_chars)
                 && is_id_text(client_msg_id.as_str(), 64)
+                && reply_to.is_none_or(|r| r >= 1)
+                && users_ok(mentions, LIMITS.max_mentions)
+        }
+        Request::Edit {
+            conversation,
+            cseq,
+            body,
+        } => {
+            is_id_text(conversation.as_str(), 64)
+                && *cseq >= 1
+                && is_id_text(body.as_str(), LIMITS.max_message_chars)
+        }
+        Request::Delete { conversation, cseq } => {
+            is_id_text(conversation.as_str(), 64) && *cseq >= 1
+        }
+        Request::React {
+            conversation,
+            cseq,
+            emoji,
+            ..
+        } => {
+            is_id_text(conversation.as_str(), 64)
+                && *cseq >= 1
+                && is_id_text(emoji.as_str(), 32)
+                && !emoji.as_str().trim().is_empty()
+        }
+        Request::Search {
+            query,
+            conversation,
+            before_id,
+            limit,
+        } => {
+            is_id_text(query, 200)
+                && !query.trim().is_empty()
+                && conversation
+                    .as_ref()
+                    .is_none_or(|c| is_id_text(c.as_str(), 64))
+                && before_id.is_none_or(|b| b >= 1)
+                && (1..=50).contains(limit)
         }
         Request::History {
             conversation,

@@ -19,12 +19,16 @@ use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 /// The tables that grow with use; a plan may reach them only by key.
-const GROWING: [&str; 5] = [
+const GROWING: [&str; 9] = [
     "event_queue",
     "messages",
     "conversations",
     "members",
     "users",
+    "mentions",
+    "reactions",
+    "reaction_counts",
+    "reaction_changes",
 ];
 const USERS: i64 = 20_000;
 
@@ -65,6 +69,28 @@ SELECT pg_temp.u(i), s,
        CASE WHEN s = 1 THEN 'd' || i END,
        now() - interval '10 days' + s * interval '4 hours'
 FROM generate_series(1, 20000) i, generate_series(1, 50) s;
+-- Reactions on every fourth message (two users each), mentions of the second member in
+-- every tenth, and the changes that told of the reactions.
+INSERT INTO pgchat.reactions (message_id, user_id, emoji)
+SELECT m.id, x, '👍' FROM pgchat.messages m,
+       unnest(string_to_array((SELECT c.direct_key FROM pgchat.conversations c
+                               WHERE c.id = m.conversation_id), E'\n')) x
+WHERE m.id % 4 = 0;
+INSERT INTO pgchat.reaction_counts (message_id, emoji, count, first_at)
+SELECT message_id, emoji, count(*), min(created_at) FROM pgchat.reactions GROUP BY 1, 2;
+INSERT INTO pgchat.reaction_changes (message_id, change_id, user_id, emoji, added, created_at)
+SELECT message_id, row_number() OVER (), user_id, emoji, true, now() - interval '9 days'
+FROM pgchat.reactions;
+SELECT setval('pgchat.reaction_change_ids', (SELECT count(*) FROM pgchat.reactions) + 1);
+UPDATE pgchat.messages m SET mentions = ARRAY[x.other], body = body || ' @' || x.other
+FROM (SELECT c.id, split_part(c.direct_key, E'\n', 2) AS other FROM pgchat.conversations c
+      WHERE c.kind = 'direct') x
+WHERE x.id = m.conversation_id AND m.id % 10 = 0;
+INSERT INTO pgchat.mentions (conversation_id, user_id, cseq)
+SELECT conversation_id, mentions[1], cseq FROM pgchat.messages WHERE mentions IS NOT NULL;
+UPDATE pgchat.members m SET mentions_unread = x.n
+FROM (SELECT conversation_id, user_id, count(*) AS n FROM pgchat.mentions GROUP BY 1, 2) x
+WHERE m.conversation_id = x.conversation_id AND m.user_id = x.user_id;
 "#;
 
 /// A session whose every plan, nested ones included, arrives as a JSON notice.
@@ -178,6 +204,20 @@ impl Batch {
         *self.key.last_mut().unwrap() = Some(format!("plan-{}", fresh()));
     }
 
+    /// A change of message `cseq` of `conv`: an edit, a deletion or a reaction.
+    fn change(&mut self, kind: &'static str, actor: String, conv: String, cseq: i64) {
+        self.push(kind, actor, Some(conv));
+        *self.num.last_mut().unwrap() = Some(cseq);
+        match kind {
+            "edit" => *self.text.last_mut().unwrap() = Some(format!("edited {}", fresh())),
+            "react" => {
+                *self.text.last_mut().unwrap() = Some("🎉".into());
+                *self.key.last_mut().unwrap() = Some("on".into());
+            }
+            _ => {}
+        }
+    }
+
     fn users(&mut self, users: impl IntoIterator<Item = String>) {
         let cmd = self.kind.len() as i32;
         for user in users {
@@ -251,6 +291,52 @@ async fn every_statement(s: &mut Explained, n: i64) -> Vec<(String, Vec<Value>)>
     b.users(users.iter().cloned());
     b.push("group_leave", u((501 + n) * 20 + 1), Some(group));
     out.push(("apply_batch: groups and reads".into(), b.explain(s).await));
+    // Replies and mentions; then edits, reactions (on and off) and deletions of messages
+    // with reactions and mentions, and reads past unread mentions. Conversation d{i} is
+    // u(i) with u(i+1); message cseq c of it is sent by u(i) for even c.
+    let mut b = Batch::default();
+    for i in 0..n {
+        let (me, other) = (u(base + i), u(base + i + 1));
+        b.send(me, Some(format!("d{}", base + i)), None);
+        *b.num.last_mut().unwrap() = Some(2);
+        b.users([other]);
+    }
+    out.push((
+        "apply_batch: replies with mentions".into(),
+        b.explain(s).await,
+    ));
+    // Conversations no earlier run changed (each run takes the next 600).
+    static RUN: AtomicUsize = AtomicUsize::new(0);
+    let first = 10_000 + RUN.fetch_add(1, Ordering::Relaxed) as i64 * 600;
+    let mut b = Batch::default();
+    for i in 0..n {
+        let (me, conv) = (u(first + i), format!("d{}", first + i));
+        b.change("edit", me.clone(), conv.clone(), 2);
+        b.change("react", me.clone(), conv.clone(), 4);
+        b.change("react", me.clone(), conv.clone(), 3);
+        *b.key.last_mut().unwrap() = Some("off".into());
+        b.change("delete", me.clone(), conv.clone(), 4);
+        b.push("read", u(first + i + 1), Some(conv));
+        *b.num.last_mut().unwrap() = Some(5);
+    }
+    out.push((
+        "apply_batch: edits, reactions, deletions, reads".into(),
+        b.explain(s).await,
+    ));
+    let (editor, conv) = (u(first + 550), format!("d{}", first + 550));
+    out.push((
+        "pgchat.edit".into(),
+        s.run(
+            "SELECT pgchat.edit($1, $2, 2, 'edited from sql')",
+            &[&editor, &conv],
+        )
+        .await,
+    ));
+    out.push((
+        "pgchat.delete".into(),
+        s.run("SELECT pgchat.delete($1, $2, 2)", &[&editor, &conv])
+            .await,
+    ));
     let (sender, conv) = (u(base), format!("d{base}"));
     let key = format!("sql-{}", fresh());
     out.push((
@@ -298,12 +384,32 @@ async fn every_statement(s: &mut Explained, n: i64) -> Vec<(String, Vec<Value>)>
     ));
     out.push((
         "history_page".into(),
-        s.run(q::HISTORY_PAGE, &[&conv, &before, &page]).await,
+        s.run(q::HISTORY_PAGE, &[&conv, &before, &page, &one]).await,
     ));
     let before = 3i64;
     out.push((
         "history_page, older".into(),
-        s.run(q::HISTORY_PAGE, &[&conv, &before, &page]).await,
+        s.run(q::HISTORY_PAGE, &[&conv, &before, &page, &one]).await,
+    ));
+    // Search: a word in every message, a rare one, in all of a heavy user's conversations
+    // and in one; a later page.
+    let (all, top) = (None::<&str>, 21i64);
+    for (query, conv) in [
+        ("message", all),
+        ("message", Some("d250")),
+        (&*format!("@{}", u(2)), all),
+        ("nothing-matches-this", all),
+    ] {
+        out.push((
+            format!("search {query:?} in {conv:?}"),
+            s.run(q::SEARCH, &[&u(1), &conv, &query, &i64::MAX, &top])
+                .await,
+        ));
+    }
+    out.push((
+        "search, a later page".into(),
+        s.run(q::SEARCH, &[&u(1), &all, &"message", &1000i64, &top])
+            .await,
     ));
     out.push(("members".into(), s.run(q::MEMBERS, &[&conv]).await));
     let heavy = u(1);

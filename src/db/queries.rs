@@ -14,29 +14,81 @@ pub const APPLY_BATCH: &str = "SELECT * FROM pgchat.apply_batch(
     $1::text, $2::int4, $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
     $8::text[], $9::int8[], $10::int4[], $11::text[])";
 
+/// What protocol v1.2 adds to a message row `$m` (a `pgchat.messages` row or one with its
+/// columns), as seen by the user `$viewer`: `edited_at, deleted, reply, mentions,
+/// reactions`. The reply's snippet is read from the message answered, as it is now; the
+/// reactions from their kept counts, with `me` probed per emoji. Each a probe by key, and
+/// none at all for a message that answers nothing and has no reactions.
+macro_rules! message_extras {
+    ($m:literal, $viewer:literal) => {
+        concat!(
+            $m,
+            ".edited_at, ",
+            $m,
+            ".deleted,
+             (SELECT jsonb_build_object('cseq', o.cseq, 'sender', o.sender_id,
+                                        'snippet', left(o.body, 100))
+              FROM pgchat.messages o
+              WHERE ",
+            $m,
+            ".reply_to IS NOT NULL AND o.conversation_id = ",
+            $m,
+            ".conversation_id
+                AND o.cseq = ",
+            $m,
+            ".reply_to) AS reply,
+             ",
+            $m,
+            ".mentions,
+             (SELECT jsonb_agg(jsonb_build_object(
+                         'emoji', r.emoji, 'count', r.count,
+                         'me', EXISTS (SELECT 1 FROM pgchat.reactions x
+                                       WHERE x.message_id = r.message_id AND x.user_id = ",
+            $viewer,
+            "
+                                         AND x.emoji = r.emoji))
+                     ORDER BY r.first_at, r.emoji)
+              FROM pgchat.reaction_counts r WHERE r.message_id = ",
+            $m,
+            ".id) AS reactions"
+        )
+    };
+}
+
 /// The columns that render an event as a frame: from an `event_queue` row `e`, its
-/// message `m` and its conversation `c` (see `event_joins!`).
+/// message `m`, its conversation `c` and its reaction change `rc` (see `event_joins!`).
 macro_rules! event_columns {
     () => {
         "e.user_id, e.seq, e.kind, e.payload,
          m.id, m.conversation_id, m.cseq, m.sender_id, m.sender_name, m.body,
-         m.client_msg_id, m.created_at,
-         c.state"
+         m.client_msg_id, m.created_at, m.edited_at, m.deleted, m.reply, m.mentions,
+         m.reactions,
+         c.state, rc.user_id AS rc_user, rc.emoji AS rc_emoji, rc.added AS rc_added"
     };
 }
 
-/// The message or conversation an event shows, one primary-key probe each. A conversation
-/// event shows the state it was written with (`conversation_states`), never the current
-/// one: a member who left must not learn who joined later. Events written before schema
-/// version 3 have no state: they show the conversation now to its members, and without
-/// its members to those who left.
+/// The message, conversation or reaction change an event shows, one primary-key probe
+/// each. A message event (and message_edited) shows the message as it is now: edited, or
+/// a tombstone once deleted, so no event keeps a deleted text. A conversation event shows
+/// the state it was written with (`conversation_states`), never the current one: a member
+/// who left must not learn who joined later. Events written before schema version 3 have
+/// no state: they show the conversation now to its members, and without its members to
+/// those who left. A reaction event whose change is gone (its message was deleted) shows
+/// that deletion instead.
 macro_rules! event_joins {
     () => {
-        "LEFT JOIN LATERAL (
+        concat!(
+            "LEFT JOIN LATERAL (
              SELECT m.id, m.conversation_id, m.cseq, m.sender_id,
                     (SELECT u.name FROM pgchat.users u WHERE u.id = m.sender_id) AS sender_name,
-                    m.body, m.client_msg_id, m.created_at
+                    m.body, m.client_msg_id, m.created_at, ",
+            message_extras!("m", "e.user_id"),
+            "
              FROM pgchat.messages m WHERE m.id = e.message_id LIMIT 1) m ON true
+         LEFT JOIN LATERAL (
+             SELECT rc.user_id, rc.emoji, rc.added FROM pgchat.reaction_changes rc
+             WHERE e.kind = 'reaction' AND rc.message_id = e.message_id
+               AND rc.change_id = e.change_id LIMIT 1) rc ON true
          LEFT JOIN LATERAL (
              SELECT coalesce(
                  (SELECT s.state FROM pgchat.conversation_states s
@@ -51,6 +103,7 @@ macro_rules! event_joins {
                             FROM pgchat.conversations c WHERE c.id = e.conversation_id)
                  END) AS state
              WHERE e.kind = 'conversation') c ON true"
+        )
     };
 }
 
@@ -117,10 +170,12 @@ pub const HISTORY_ACCESS: &str = "SELECT c.last_cseq,
                     WHERE m.conversation_id = c.id AND m.user_id = $2)
      FROM pgchat.conversations c WHERE c.id = $1";
 
-/// A page of history, oldest first: `(conversation, before_cseq, limit)`. Sender names
-/// are read once per sender of the page.
-pub const HISTORY_PAGE: &str = "WITH page AS (
-         SELECT id, conversation_id, cseq, sender_id, body, client_msg_id, created_at
+/// A page of history, oldest first, as `$4` sees it: `(conversation, before_cseq, limit,
+/// reader)`. Sender names are read once per sender of the page.
+pub const HISTORY_PAGE: &str = concat!(
+    "WITH page AS (
+         SELECT id, conversation_id, cseq, sender_id, body, client_msg_id, created_at,
+                edited_at, deleted, reply_to, mentions
          FROM pgchat.messages
          WHERE conversation_id = $1 AND cseq < $2
          ORDER BY cseq DESC
@@ -131,9 +186,43 @@ pub const HISTORY_PAGE: &str = "WITH page AS (
          FROM (SELECT DISTINCT sender_id FROM page) s
      )
      SELECT p.id, p.conversation_id, p.cseq, p.sender_id, n.name, p.body,
-            p.client_msg_id, p.created_at
+            p.client_msg_id, p.created_at, ",
+    message_extras!("p", "$4"),
+    "
      FROM page p LEFT JOIN names n ON n.sender_id = p.sender_id
-     ORDER BY p.cseq";
+     ORDER BY p.cseq"
+);
+
+/// Search: messages of `$1`'s conversations (or only `$2`) whose words match the query
+/// `$3` (websearch syntax: words, "quoted phrases", or, -not), newest first, from id `$4`
+/// down, at most `$5`: `(user, conversation or null, query, before_id, limit)`. Only
+/// messages from while the user has been a member (cseq above joined_cseq), never
+/// deleted ones (a tombstone has no words). One scan of the search index, which holds
+/// the conversation beside the words (btree_gin), for the user's conversations at once;
+/// then a sort of the matches by id.
+pub const SEARCH: &str = concat!(
+    "WITH mine AS (
+         SELECT me.conversation_id, me.joined_cseq FROM pgchat.members me
+         WHERE me.user_id = $1 AND ($2::text IS NULL OR me.conversation_id = $2) OFFSET 0
+     ), hits AS (
+         SELECT m.id, m.conversation_id, m.cseq, m.sender_id, m.body, m.client_msg_id,
+                m.created_at, m.edited_at, m.deleted, m.reply_to, m.mentions
+         FROM pgchat.messages m
+         WHERE m.conversation_id = ANY (ARRAY(SELECT conversation_id FROM mine))
+           AND to_tsvector('simple'::regconfig, m.body) @@ websearch_to_tsquery('simple'::regconfig, $3)
+           AND m.id < $4 AND NOT m.deleted
+           AND m.cseq > (SELECT x.joined_cseq FROM mine x WHERE x.conversation_id = m.conversation_id)
+         ORDER BY m.id DESC
+         LIMIT $5
+     )
+     SELECT p.id, p.conversation_id, p.cseq, p.sender_id,
+            (SELECT u.name FROM pgchat.users u WHERE u.id = p.sender_id) AS name, p.body,
+            p.client_msg_id, p.created_at, ",
+    message_extras!("p", "$1"),
+    "
+     FROM hits p
+     ORDER BY p.id DESC"
+);
 
 /// A conversation's members, sorted, or no row: `(conversation)`.
 pub const MEMBERS: &str = "SELECT ARRAY(SELECT user_id FROM pgchat.members
@@ -148,10 +237,11 @@ pub const MEMBERS: &str = "SELECT ARRAY(SELECT user_id FROM pgchat.members
 /// groups costs 20,000 probes and a sort, never 10,000 member lists. The count is taken
 /// only where the list was cut short. `unread` counts nothing: a member's read marker also
 /// moves to every message they send, so the unread messages are exactly those after it.
-pub const CONVERSATIONS: &str = "WITH mine AS (
-         SELECT c.id, c.kind, c.name, c.last_cseq, me.read_cseq,
+pub const CONVERSATIONS: &str = concat!(
+    "WITH mine AS (
+         SELECT c.id, c.kind, c.name, c.last_cseq, me.read_cseq, me.mentions_unread,
                 coalesce(lm.created_at, c.created_at) AS active_at
-         FROM (SELECT conversation_id, read_cseq FROM pgchat.members
+         FROM (SELECT conversation_id, read_cseq, mentions_unread FROM pgchat.members
                WHERE user_id = $1 OFFSET 0) me
          CROSS JOIN LATERAL (
              SELECT c.id, c.kind, c.name, c.last_cseq, c.created_at
@@ -173,11 +263,12 @@ pub const CONVERSATIONS: &str = "WITH mine AS (
             END AS admins,
             p.last_cseq - p.read_cseq AS unread,
             lm.id, lm.conversation_id, lm.cseq, lm.sender_id, lm.sender_name, lm.body,
-            lm.client_msg_id, lm.created_at,
+            lm.client_msg_id, lm.created_at, lm.edited_at, lm.deleted, lm.reply, lm.mentions,
+            lm.reactions,
             CASE WHEN cardinality(mm.members) > $2
                  THEN (SELECT count(*) FROM pgchat.members x WHERE x.conversation_id = p.id)
                  ELSE cardinality(mm.members) END AS member_count,
-            p.active_at
+            p.active_at, p.mentions_unread
      FROM page p
      CROSS JOIN LATERAL (
          SELECT ARRAY(SELECT x.user_id FROM pgchat.members x
@@ -186,10 +277,13 @@ pub const CONVERSATIONS: &str = "WITH mine AS (
      LEFT JOIN LATERAL (
          SELECT m.id, m.conversation_id, m.cseq, m.sender_id,
                 (SELECT u.name FROM pgchat.users u WHERE u.id = m.sender_id) AS sender_name,
-                m.body, m.client_msg_id, m.created_at
+                m.body, m.client_msg_id, m.created_at, ",
+    message_extras!("m", "$1"),
+    "
          FROM pgchat.messages m
          WHERE m.conversation_id = p.id AND m.cseq = p.last_cseq LIMIT 1) lm ON true
-     ORDER BY p.active_at DESC, p.id";
+     ORDER BY p.active_at DESC, p.id"
+);
 
 /// Read receipts, a page: every member's read position, by user id, after `$2`:
 /// `(conversation, after, limit)`. One range of the members' primary key.

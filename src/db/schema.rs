@@ -17,7 +17,7 @@ mod embedded {
 }
 
 /// The version the last migration records; pgchat refuses a database with a newer one.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// The whole current schema, compiled in: what a new database is built from.
 pub(crate) const SCHEMA_SQL: &str = include_str!("../../schema.sql");
@@ -245,10 +245,90 @@ async fn migrate_once(
         .batch_execute("SELECT pg_advisory_unlock(hashtext('pgchat_schema'))")
         .await
         .map_err(schema)?;
+    finish_upgrade(&client).await.map_err(schema)?;
     // Closed before returning, so that set-up never overlaps the workers' connections.
     drop(client);
     let _ = driver.await;
     Ok(())
+}
+
+/// What a migration leaves to do outside its transaction, because on a grown database each
+/// is a long scan that must not hold the migration's locks (V5): the search index, built
+/// with `CREATE INDEX CONCURRENTLY` (writes go on meanwhile), and the validation of
+/// `event_queue`'s widened kind check (which blocks no reads or writes either). A database
+/// built from schema.sql has both already: then this is one query. One process does the
+/// work (an advisory lock, tried, never waited on: a session waiting on a lock holds a
+/// snapshot that `CREATE INDEX CONCURRENTLY` would wait for in turn); the others poll until
+/// it is done. An index a killed build left invalid is dropped and built again.
+async fn finish_upgrade(client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    const STATE: &str = "SELECT coalesce((SELECT i.indisvalid FROM pg_catalog.pg_index i
+                                   WHERE i.indexrelid = to_regclass('pgchat.messages_search')), false),
+                                  coalesce((SELECT k.convalidated FROM pg_catalog.pg_constraint k
+                                   WHERE k.conrelid = 'pgchat.event_queue'::regclass
+                                     AND k.conname = 'event_queue_kind_check'), true),
+                                  to_regclass('pgchat.messages_search') IS NOT NULL";
+    let mut said = false;
+    loop {
+        let row = client.query_one(STATE, &[]).await?;
+        let (index_ok, check_ok): (bool, bool) = (row.get(0), row.get(1));
+        if index_ok && check_ok {
+            return Ok(());
+        }
+        let mine: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtext('pgchat_finish_upgrade'))",
+                &[],
+            )
+            .await?
+            .get(0);
+        if !mine {
+            if !said {
+                tracing::info!("another process is building the search index; waiting for it");
+                said = true;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            continue;
+        }
+        // Again, under the lock: the process that had it may just have finished.
+        let row = client.query_one(STATE, &[]).await?;
+        let (index_ok, check_ok, index_exists): (bool, bool, bool) =
+            (row.get(0), row.get(1), row.get(2));
+        // Waits for running transactions (that is how a concurrent build works), without
+        // the migration's lock timeout.
+        client.batch_execute("SET lock_timeout = 0").await?;
+        if !index_ok {
+            if index_exists {
+                tracing::warn!("dropping the search index an interrupted build left invalid");
+                client
+                    .batch_execute("DROP INDEX CONCURRENTLY IF EXISTS pgchat.messages_search")
+                    .await?;
+            }
+            tracing::info!(
+                "building the search index over every message (once, after the upgrade to \
+                 schema 5; writes go on meanwhile; on a large database run `pgchat migrate` \
+                 before starting the servers)"
+            );
+            let started = std::time::Instant::now();
+            client
+                .batch_execute(
+                    "CREATE INDEX CONCURRENTLY IF NOT EXISTS messages_search ON pgchat.messages
+                     USING gin (conversation_id, to_tsvector('simple'::regconfig, body))",
+                )
+                .await?;
+            tracing::info!(took = ?started.elapsed(), "built the search index");
+        }
+        if !check_ok {
+            client
+                .batch_execute(
+                    "ALTER TABLE pgchat.event_queue VALIDATE CONSTRAINT event_queue_kind_check",
+                )
+                .await?;
+        }
+        client
+            .batch_execute("SELECT pg_advisory_unlock(hashtext('pgchat_finish_upgrade'))")
+            .await?;
+        return Ok(());
+    }
 }
 
 fn runner() -> refinery::Runner {

@@ -263,6 +263,7 @@ pub struct Config {
     pub recent_events_bytes_per_user: usize,
     pub recent_events_bytes: usize,
     pub max_presence_users: usize,
+    pub max_mentions: usize,
     pub presence_open: bool,
     pub rate_limit_per_sec: u32,
     pub rate_limit_burst: u32,
@@ -354,6 +355,7 @@ impl Default for Config {
             recent_events_bytes_per_user: 64 << 10,
             recent_events_bytes: 32 << 20,
             max_presence_users: 1_000,
+            max_mentions: 50,
             presence_open: false,
             rate_limit_per_sec: 20,
             rate_limit_burst: 40,
@@ -570,6 +572,7 @@ impl Config {
             1,
         )?;
         at_least("max_presence_users", self.max_presence_users as u64, 1)?;
+        at_least("max_mentions", self.max_mentions as u64, 1)?;
         at_least("new_users_per_hour", self.new_users_per_hour as u64, 1)?;
         at_least(
             "group_members_per_token",

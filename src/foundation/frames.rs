@@ -75,6 +75,8 @@ pub(crate) struct ConversationEntry {
     pub(crate) member_count: i64,
     pub(crate) last_message: Option<Message>,
     pub(crate) unread: i64,
+    /// Messages above the caller's read position that mention them (a kept counter).
+    pub(crate) mentions_unread: i64,
     /// Groups name their admins, as in `conversation` events.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) admins: Option<Vec<String>>,
@@ -144,6 +146,15 @@ pub(crate) mod results {
         Head(Head),
         Sent(Sent),
         Conversation(Conversation),
+        Search(Search),
+    }
+
+    /// `search`: matching messages, newest first; `has_more` when a page with
+    /// `before_id` = the last one's id would find more.
+    #[derive(Serialize)]
+    pub(crate) struct Search {
+        pub(crate) messages: Vec<Message>,
+        pub(crate) has_more: bool,
     }
 
     /// `history`: a page of messages, oldest first.
@@ -239,7 +250,8 @@ pub(crate) mod results {
         Presence,
         Head,
         Sent,
-        Conversation
+        Conversation,
+        Search
     );
 }
 
@@ -335,6 +347,127 @@ pub(crate) struct Message {
     pub(crate) body: String,
     pub(crate) client_msg_id: String,
     pub(crate) created_at: DateTime<Utc>,
+    /// The extensions of protocol v1.2 (who answered what, who is mentioned, edits,
+    /// deletion, reactions), all of them empty for most messages.
+    pub(crate) extra: Extra,
+}
+
+/// What protocol v1.2 adds to a message. `Default` is a message never edited, not
+/// deleted, answering nothing, mentioning no one, with no reactions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Extra {
+    #[serde(default, with = "optional_time")]
+    pub(crate) edited_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub(crate) deleted: bool,
+    #[serde(default)]
+    pub(crate) reply_to: Option<ReplyTo>,
+    #[serde(default)]
+    pub(crate) mentions: Vec<String>,
+    #[serde(default)]
+    pub(crate) reactions: Vec<Reaction>,
+}
+
+impl Extra {
+    /// What the message costs in memory beyond its fixed size (the cache's bound).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.reply_to
+            .as_ref()
+            .map_or(0, |r| r.sender.len() + r.snippet.len() + 48)
+            + self.mentions.iter().map(|m| m.len() + 24).sum::<usize>()
+            + self
+                .reactions
+                .iter()
+                .map(|r| r.emoji.len() + 40)
+                .sum::<usize>()
+    }
+}
+
+/// The message a reply answers: its cseq, its sender, and its first 100 characters as
+/// they are now (`""` once it is deleted).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ReplyTo {
+    pub(crate) cseq: i64,
+    pub(crate) sender: String,
+    pub(crate) snippet: String,
+}
+
+/// One emoji's reactions on a message: how many, and whether the reader is among them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Reaction {
+    pub(crate) emoji: String,
+    pub(crate) count: i64,
+    pub(crate) me: bool,
+}
+
+/// `edited_at` as the wire writes times (RFC 3339, milliseconds, UTC), or null.
+mod optional_time {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(
+        t: &Option<DateTime<Utc>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_str(&super::rfc3339(*t)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<DateTime<Utc>>, D::Error> {
+        Option::<DateTime<Utc>>::deserialize(d)
+    }
+}
+
+/// A message as `pgchat.message_json` returns it (schema.sql): what edit answers and a
+/// retried send finds. Times come as RFC 3339 text.
+#[derive(Deserialize)]
+struct MessageJson {
+    id: i64,
+    conversation: String,
+    cseq: i64,
+    sender: SenderJson,
+    body: String,
+    client_msg_id: String,
+    created_at: DateTime<Utc>,
+    #[serde(flatten)]
+    extra: Extra,
+}
+
+#[derive(Deserialize)]
+struct SenderJson {
+    id: String,
+    name: Option<String>,
+}
+
+impl Message {
+    /// The message `pgchat.message_json` returned.
+    pub(crate) fn from_json(value: Value) -> Result<Message, serde_json::Error> {
+        let m: MessageJson = serde_json::from_value(value)?;
+        Ok(Message {
+            id: m.id,
+            conversation: m.conversation,
+            cseq: m.cseq,
+            sender: m.sender.id,
+            sender_name: m.sender.name,
+            body: m.body,
+            client_msg_id: m.client_msg_id,
+            created_at: m.created_at,
+            extra: m.extra,
+        })
+    }
+
+    /// The same message as a reader who reacted with exactly `mine` sees it.
+    pub(crate) fn seen_by(&self, mine: &[String]) -> Message {
+        let mut m = self.clone();
+        for r in &mut m.extra.reactions {
+            r.me = mine.contains(&r.emoji);
+        }
+        m
+    }
 }
 
 impl Message {
@@ -351,6 +484,7 @@ impl Message {
             body: &self.body,
             client_msg_id: &self.client_msg_id,
             created_at: rfc3339(self.created_at),
+            extra: &self.extra,
         }
     }
 
@@ -376,6 +510,8 @@ struct MessageFrame<'a> {
     body: &'a str,
     client_msg_id: &'a str,
     created_at: String,
+    #[serde(flatten)]
+    extra: &'a Extra,
 }
 
 /// A message's sender: the id, and the display name their token carried (or `null`).
@@ -416,6 +552,24 @@ pub(crate) struct ConversationState {
     /// How many members it has (states stored before schema version 4 lack it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) member_count: Option<i64>,
+}
+
+/// The fields of a `message_deleted` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct DeletedFields {
+    pub(crate) conversation: String,
+    pub(crate) cseq: i64,
+    pub(crate) id: i64,
+}
+
+/// The fields of a `reaction` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ReactionFields {
+    pub(crate) conversation: String,
+    pub(crate) cseq: i64,
+    pub(crate) user: String,
+    pub(crate) emoji: String,
+    pub(crate) on: bool,
 }
 
 /// The fields of a `conversation` event: the conversation's state as the writer stored it.
@@ -484,6 +638,7 @@ mod tests {
             body: "hi".into(),
             client_msg_id: "k".into(),
             created_at: DateTime::from_timestamp(0, 0).unwrap(),
+            extra: Extra::default(),
         };
         let sent = ok_frame(
             &Envelope::default(),
@@ -491,7 +646,7 @@ mod tests {
         );
         assert_eq!(
             sent,
-            r#"{"type":"ok","message":{"id":1,"conversation":"c","cseq":2,"sender":{"id":"u","name":null},"body":"hi","client_msg_id":"k","created_at":"1970-01-01T00:00:00.000Z"}}"#
+            r#"{"type":"ok","message":{"id":1,"conversation":"c","cseq":2,"sender":{"id":"u","name":null},"body":"hi","client_msg_id":"k","created_at":"1970-01-01T00:00:00.000Z","edited_at":null,"deleted":false,"reply_to":null,"mentions":[],"reactions":[]}}"#
         );
         assert_eq!(
             event_frame("message", 5, m.event_fields().as_str()),

@@ -201,6 +201,45 @@ impl Body {
     }
 }
 
+/// The longest emoji (or reaction name) `react` takes, in characters.
+pub const MAX_EMOJI_CHARS: usize = 32;
+/// The most messages one `search` page holds, and how many by default.
+pub const MAX_SEARCH_LIMIT: i64 = 50;
+pub(crate) const DEFAULT_SEARCH_LIMIT: i64 = 20;
+/// The longest search query, in characters.
+pub const MAX_QUERY_CHARS: usize = 200;
+
+/// A reaction: 1..32 characters (an emoji, or a name such as `:tada:`), not blank.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Emoji(String);
+
+impl Emoji {
+    pub fn parse(s: String) -> Result<Emoji, ApiError> {
+        let n = s.chars().count();
+        if n == 0 || s.chars().all(invisible) {
+            return Err(ApiError::bad_request(
+                "react: emoji must not be empty or blank",
+            ));
+        }
+        if n > MAX_EMOJI_CHARS {
+            return Err(ApiError::new(
+                Code::TooLarge,
+                format!("react: emoji has {n} characters, the limit is {MAX_EMOJI_CHARS}"),
+            ));
+        }
+        if s.contains('\0') {
+            return Err(ApiError::bad_request(
+                "react: emoji must not contain the NUL character",
+            ));
+        }
+        Ok(Emoji(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Where a message goes: an existing conversation, or the direct conversation with a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -255,6 +294,8 @@ pub struct Envelope {
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_message_chars: usize,
+    /// The most users one `send` may mention.
+    pub max_mentions: usize,
     pub max_group_members: usize,
     pub max_presence_users: usize,
 }

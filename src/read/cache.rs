@@ -27,6 +27,9 @@ pub(crate) struct Snapshot {
     pub(crate) version: i64,
     /// The messages this commit added, in cseq order, ending at `last_cseq`.
     pub(crate) new_messages: Vec<Message>,
+    /// The commit changed messages already there (an edit, a deletion, a reaction): copies
+    /// of them are stale, and only the new ones may be kept.
+    pub(crate) rewrites: bool,
 }
 
 /// One cached conversation.
@@ -54,6 +57,7 @@ fn message_bytes(m: &Message) -> usize {
         + m.sender_name.as_ref().map_or(0, |n| n.len())
         + m.body.len()
         + m.client_msg_id.len()
+        + m.extra.heap_bytes()
 }
 
 impl Entry {
@@ -145,6 +149,7 @@ impl ConversationCache {
             Some(e) if s.version <= e.version => {}
             Some(e) => {
                 let follows = s.version == e.version + 1
+                    && !s.rewrites
                     && s.new_messages
                         .first()
                         .is_none_or(|m| m.cseq == e.last_cseq + 1);
@@ -261,6 +266,7 @@ mod tests {
             body: format!("m{cseq}"),
             client_msg_id: cseq.to_string(),
             created_at: chrono::Utc::now(),
+            extra: Default::default(),
         }
     }
 
@@ -271,6 +277,7 @@ mod tests {
             last_cseq: *msgs.end(),
             version,
             new_messages: msgs.filter(|c| *c > 0).map(msg).collect(),
+            rewrites: false,
         }
     }
 

@@ -13,24 +13,49 @@ use tokio_postgres::Row;
 use crate::db::{queries, Database};
 use crate::foundation::error::{ApiError, DbError};
 use crate::foundation::frames::{
-    event_frame, ConversationEntry, ConversationFields, ConversationKind, EventFields, Message,
+    event_frame, ConversationEntry, ConversationFields, ConversationKind, DeletedFields,
+    EventFields, Extra, Message, ReactionFields,
 };
 use crate::foundation::metrics::Metrics;
 use crate::foundation::protocol::{ConversationCursor, ConversationId, UserId};
 
+/// The columns [`message_from_row`] reads.
+pub(crate) const MESSAGE_COLUMNS: usize = 13;
+
 /// Reads a message from the columns `id, conversation_id, cseq, sender_id, sender_name,
-/// body, client_msg_id, created_at` starting at `at`. An error (a NULL where a message has
-/// a value: the message row is gone, deleted by hand) says which column.
-pub(crate) fn message_from_row(row: &Row, at: usize) -> Result<Message, tokio_postgres::Error> {
+/// body, client_msg_id, created_at` and then `queries::message_extras!`'s `edited_at,
+/// deleted, reply, mentions, reactions`, starting at `at`. An error (a NULL where a message
+/// has a value: the message row is gone, deleted by hand) says which column.
+pub(crate) fn message_from_row(row: &Row, at: usize) -> Result<Message, String> {
+    let get = |e: tokio_postgres::Error| e.to_string();
+    let reply: Option<Value> = row.try_get(at + 10).map_err(get)?;
+    let reactions: Option<Value> = row.try_get(at + 12).map_err(get)?;
     Ok(Message {
-        id: row.try_get(at)?,
-        conversation: row.try_get(at + 1)?,
-        cseq: row.try_get(at + 2)?,
-        sender: row.try_get(at + 3)?,
-        sender_name: row.try_get(at + 4)?,
-        body: row.try_get(at + 5)?,
-        client_msg_id: row.try_get(at + 6)?,
-        created_at: row.try_get(at + 7)?,
+        id: row.try_get(at).map_err(get)?,
+        conversation: row.try_get(at + 1).map_err(get)?,
+        cseq: row.try_get(at + 2).map_err(get)?,
+        sender: row.try_get(at + 3).map_err(get)?,
+        sender_name: row.try_get(at + 4).map_err(get)?,
+        body: row.try_get(at + 5).map_err(get)?,
+        client_msg_id: row.try_get(at + 6).map_err(get)?,
+        created_at: row.try_get(at + 7).map_err(get)?,
+        extra: Extra {
+            edited_at: row.try_get(at + 8).map_err(get)?,
+            deleted: row.try_get(at + 9).map_err(get)?,
+            reply_to: reply
+                .map(serde_json::from_value)
+                .transpose()
+                .map_err(|e| format!("reply: {e}"))?,
+            mentions: row
+                .try_get::<_, Option<Vec<String>>>(at + 11)
+                .map_err(get)?
+                .unwrap_or_default(),
+            reactions: reactions
+                .map(serde_json::from_value)
+                .transpose()
+                .map_err(|e| format!("reactions: {e}"))?
+                .unwrap_or_default(),
+        },
     })
 }
 
@@ -48,6 +73,9 @@ pub(crate) enum EventKind {
     Conversation,
     Removed,
     Read,
+    MessageEdited,
+    MessageDeleted,
+    Reaction,
 }
 
 impl EventKind {
@@ -57,6 +85,9 @@ impl EventKind {
             EventKind::Conversation => "conversation",
             EventKind::Removed => "removed",
             EventKind::Read => "read",
+            EventKind::MessageEdited => "message_edited",
+            EventKind::MessageDeleted => "message_deleted",
+            EventKind::Reaction => "reaction",
         }
     }
 
@@ -66,6 +97,9 @@ impl EventKind {
             EventKind::Conversation,
             EventKind::Removed,
             EventKind::Read,
+            EventKind::MessageEdited,
+            EventKind::MessageDeleted,
+            EventKind::Reaction,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -120,14 +154,45 @@ fn event_from_row(row: &Row, metrics: &Metrics) -> Option<(String, i64, Option<S
 fn render_event(row: &Row, seq: i64) -> Result<String, String> {
     let kind: String = row.try_get(2).map_err(|e| e.to_string())?;
     let kind = EventKind::parse(&kind).ok_or_else(|| format!("unknown kind {kind:?}"))?;
+    let after_message = 4 + MESSAGE_COLUMNS;
+    let message = || message_from_row(row, 4).map_err(|e| format!("its message: {e}"));
+    let deleted = |m: &Message| {
+        EventFields::encode(&DeletedFields {
+            conversation: m.conversation.clone(),
+            cseq: m.cseq,
+            id: m.id,
+        })
+    };
     Ok(match kind {
-        EventKind::Message => {
-            let m = message_from_row(row, 4).map_err(|e| format!("its message: {e}"))?;
-            event_frame(kind.as_str(), seq, m.event_fields().as_str())
+        EventKind::Message | EventKind::MessageEdited => {
+            event_frame(kind.as_str(), seq, message()?.event_fields().as_str())
+        }
+        EventKind::MessageDeleted => event_frame(kind.as_str(), seq, deleted(&message()?).as_str()),
+        EventKind::Reaction => {
+            let m = message()?;
+            let user: Option<String> = row.try_get("rc_user").map_err(|e| e.to_string())?;
+            match user {
+                Some(user) => {
+                    let fields = ReactionFields {
+                        conversation: m.conversation,
+                        cseq: m.cseq,
+                        user,
+                        emoji: row.try_get("rc_emoji").map_err(|e| e.to_string())?,
+                        on: row.try_get("rc_added").map_err(|e| e.to_string())?,
+                    };
+                    event_frame(kind.as_str(), seq, EventFields::encode(&fields).as_str())
+                }
+                // Its change was erased with its message: what is left to say is that.
+                None => event_frame(
+                    EventKind::MessageDeleted.as_str(),
+                    seq,
+                    deleted(&m).as_str(),
+                ),
+            }
         }
         EventKind::Conversation => {
             // The state the event was written with (see queries::EVENTS_AFTER).
-            let state: Option<Value> = row.try_get(12).map_err(|e| e.to_string())?;
+            let state: Option<Value> = row.try_get(after_message).map_err(|e| e.to_string())?;
             let fields = EventFields::encode(&ConversationFields {
                 conversation: state.as_ref(),
             });
@@ -268,7 +333,7 @@ pub(crate) async fn history(
     let fetch = limit + 1;
     let (cid, uid) = (conversation.as_str(), user.as_str());
     let access_params: [&(dyn ToSql + Sync); 2] = [&cid, &uid];
-    let page_params: [&(dyn ToSql + Sync); 3] = [&cid, &before, &fetch];
+    let page_params: [&(dyn ToSql + Sync); 4] = [&cid, &before, &fetch, &uid];
     // Pipelined: one round trip for both.
     let (access, rows) = db
         .timed_read(async {
@@ -354,7 +419,10 @@ pub(crate) async fn conversations(
     let more = rows.len() as i64 > limit;
     let page = &rows[..rows.len().min(limit as usize)];
     let next = match (more, page.last()) {
-        (true, Some(last)) => Some(ConversationCursor::new(last.try_get(15)?, last.try_get(0)?)),
+        (true, Some(last)) => Some(ConversationCursor::new(
+            last.try_get("active_at")?,
+            last.try_get(0)?,
+        )),
         _ => None,
     };
     let entries = page
@@ -433,11 +501,67 @@ fn conversation_from_row(row: &Row) -> Result<ConversationEntry, String> {
             .try_get::<_, Option<Vec<String>>>(3)
             .map_err(get)?
             .unwrap_or_default(),
-        member_count: row.try_get::<_, Option<i64>>(14).map_err(get)?.unwrap_or(0),
+        member_count: row
+            .try_get::<_, Option<i64>>("member_count")
+            .map_err(get)?
+            .unwrap_or(0),
         last_message,
         unread: row.try_get(5).map_err(get)?,
+        mentions_unread: i64::from(row.try_get::<_, i32>("mentions_unread").map_err(get)?),
         admins: row.try_get(4).map_err(get)?,
     })
+}
+
+/// A page of search results for `user`: messages of their conversations (or of
+/// `conversation` only) matching `query`, newest first, with ids below `before_id`, and
+/// whether more follow.
+pub(crate) async fn search(
+    db: &Database,
+    metrics: &Metrics,
+    user: &UserId,
+    conversation: Option<&ConversationId>,
+    query: &str,
+    before_id: Option<i64>,
+    limit: i64,
+) -> Result<(Vec<Message>, bool), ApiError> {
+    let client = db.client().await?;
+    if let Some(c) = conversation {
+        // A conversation the user is not in: the same answers as history's.
+        let access = client
+            .prepare_cached(queries::HISTORY_ACCESS)
+            .await
+            .map_err(DbError::from)?;
+        let row = db
+            .timed_read(client.query_opt(&access, &[&c.as_str(), &user.as_str()]))
+            .await
+            .map_err(DbError::from)?
+            .ok_or_else(|| no_such_conversation(c))?;
+        if !row.get::<_, bool>(1) {
+            return Err(not_a_member(c));
+        }
+    }
+    let stmt = client
+        .prepare_cached(queries::SEARCH)
+        .await
+        .map_err(DbError::from)?;
+    let before = before_id.unwrap_or(i64::MAX);
+    let fetch = limit + 1;
+    let conv = conversation.map(ConversationId::as_str);
+    let rows = db
+        .timed_read(client.query(&stmt, &[&user.as_str(), &conv, &query, &before, &fetch]))
+        .await
+        .map_err(DbError::from)?;
+    let more = rows.len() as i64 > limit;
+    let messages = rows
+        .iter()
+        .take(limit as usize)
+        .filter_map(|r| {
+            message_from_row(r, 0)
+                .map_err(|e| bad_row(metrics, "a message found by search", &e))
+                .ok()
+        })
+        .collect();
+    Ok((messages, more))
 }
 
 /// Deletes up to `batch` events older than `retention`, oldest first, recording how far

@@ -21,6 +21,7 @@
 
 mod auth;
 mod conversations;
+mod edit;
 mod group_add;
 mod group_create;
 mod group_leave;
@@ -30,6 +31,7 @@ mod presence_subscribe;
 mod read;
 mod receipts;
 mod resume;
+mod search;
 mod send;
 pub(crate) mod typing;
 
@@ -48,7 +50,7 @@ use crate::foundation::error::{ApiError, Code};
 use crate::foundation::frames::results::Answer;
 use crate::foundation::metrics::Metrics;
 use crate::foundation::protocol::{
-    BearerToken, Body, ClientMsgId, ClientOpId, ConversationId, Envelope, GroupName, Limits,
+    BearerToken, Body, ClientMsgId, ClientOpId, ConversationId, Emoji, Envelope, GroupName, Limits,
     Target, TypingState, UserId, WorkerId,
 };
 use crate::foundation::ratelimit::UserLimits;
@@ -90,6 +92,35 @@ pub enum Request {
         target: Target,
         body: Body,
         client_msg_id: ClientMsgId,
+        /// The cseq of the message it answers.
+        reply_to: Option<i64>,
+        /// Members it mentions.
+        mentions: Vec<UserId>,
+    },
+    /// A new body for one's own message.
+    Edit {
+        conversation: ConversationId,
+        cseq: i64,
+        body: Body,
+    },
+    /// A message made a tombstone (its sender, or an admin of its group).
+    Delete {
+        conversation: ConversationId,
+        cseq: i64,
+    },
+    /// One's reaction with `emoji` on a message, set or taken back.
+    React {
+        conversation: ConversationId,
+        cseq: i64,
+        emoji: Emoji,
+        on: bool,
+    },
+    /// Full-text search over the messages one can see, newest first.
+    Search {
+        query: String,
+        conversation: Option<ConversationId>,
+        before_id: Option<i64>,
+        limit: i64,
     },
     History {
         conversation: ConversationId,
@@ -196,6 +227,9 @@ impl Request {
                 | Request::GroupRemove { .. }
                 | Request::GroupLeave { .. }
                 | Request::Read { .. }
+                | Request::Edit { .. }
+                | Request::Delete { .. }
+                | Request::React { .. }
         )
     }
 
@@ -205,17 +239,21 @@ impl Request {
         let n = |limit: &i64| usize::try_from(*limit).unwrap_or(0);
         SMALL_REPLY
             + match self {
-                Request::History { limit, .. } => n(limit) * sizes.message,
+                Request::History { limit, .. } | Request::Search { limit, .. } => {
+                    n(limit) * sizes.message
+                }
                 Request::Conversations { limit, .. } => n(limit) * sizes.conversation,
                 Request::Receipts { limit, .. } => ids_bytes(n(limit)) * 2,
                 Request::Members { limit, .. } => ids_bytes(n(limit)),
-                Request::Send { .. } => sizes.message,
+                Request::Send { .. } | Request::Edit { .. } => sizes.message,
                 Request::GroupCreate { .. }
                 | Request::GroupAdd { .. }
                 | Request::GroupRemove { .. } => sizes.group,
                 Request::PresenceSubscribe { users } => ids_bytes(users.len()) * 2,
                 Request::GroupLeave { .. }
                 | Request::Read { .. }
+                | Request::Delete { .. }
+                | Request::React { .. }
                 | Request::Typing { .. }
                 | Request::Resume { .. }
                 | Request::Auth { .. }
@@ -276,7 +314,11 @@ impl Request {
     ) -> Result<Request, ApiError> {
         match kind {
             "resume" => resume::parse(map),
-            "send" => send::parse(map, limits.max_message_chars),
+            "send" => send::parse(map, limits.max_message_chars, limits.max_mentions),
+            "edit" => edit::parse_edit(map, limits.max_message_chars),
+            "delete" => edit::parse_delete(map),
+            "react" => edit::parse_react(map),
+            "search" => search::parse(map),
             "history" => history::parse(map),
             "conversations" => conversations::parse(map),
             "receipts" => receipts::parse(map),
@@ -374,7 +416,11 @@ async fn charge_fanout(
         Command::GroupRemove { conversation, .. } | Command::GroupLeave { conversation, .. } => {
             (Some(conversation), 0)
         }
-        Command::Send { .. } | Command::Read { .. } => return Ok(()),
+        Command::Send { .. }
+        | Command::Read { .. }
+        | Command::Edit { .. }
+        | Command::Delete { .. }
+        | Command::React { .. } => return Ok(()),
     };
     let size = match conversation {
         // Not found, or not a member: the writer refuses it; it costs what its frame did.
@@ -416,7 +462,28 @@ fn command(metrics: &Metrics, user: &UserId, request: Request) -> Result<Command
             target,
             body,
             client_msg_id,
-        } => send::command(metrics, user, target, body, client_msg_id),
+            reply_to,
+            mentions,
+        } => send::command(
+            metrics,
+            user,
+            target,
+            body,
+            client_msg_id,
+            send::Answering { reply_to, mentions },
+        ),
+        Request::Edit {
+            conversation,
+            cseq,
+            body,
+        } => edit::edit(user, conversation, cseq, body),
+        Request::Delete { conversation, cseq } => edit::delete(user, conversation, cseq),
+        Request::React {
+            conversation,
+            cseq,
+            emoji,
+            on,
+        } => edit::react(user, conversation, cseq, emoji, on),
         Request::GroupCreate {
             name,
             members,
@@ -435,6 +502,7 @@ fn command(metrics: &Metrics, user: &UserId, request: Request) -> Result<Command
         Request::Read { conversation, cseq } => read::command(user, conversation, cseq),
         // Listed, not `_`: a new kind must be placed here or there.
         request @ (Request::History { .. }
+        | Request::Search { .. }
         | Request::Conversations { .. }
         | Request::Receipts { .. }
         | Request::Members { .. }
@@ -463,6 +531,22 @@ async fn query(
         } => history::apply(db, cache, metrics, user, &conversation, before_cseq, limit)
             .await
             .map(Answer::from),
+        Request::Search {
+            query,
+            conversation,
+            before_id,
+            limit,
+        } => search::apply(
+            db,
+            metrics,
+            user,
+            &query,
+            conversation.as_ref(),
+            before_id,
+            limit,
+        )
+        .await
+        .map(Answer::from),
         Request::Conversations { limit, before } => {
             let listed = services.members_listed;
             conversations::apply(db, metrics, listed, user, limit, before.as_ref())
@@ -496,7 +580,10 @@ async fn query(
         | Request::GroupAdd { .. }
         | Request::GroupRemove { .. }
         | Request::GroupLeave { .. }
-        | Request::Read { .. } => {
+        | Request::Read { .. }
+        | Request::Edit { .. }
+        | Request::Delete { .. }
+        | Request::React { .. } => {
             tracing::error!("a durable request reached the read path");
             Err(ApiError::internal())
         }
@@ -526,6 +613,7 @@ mod tests {
 
     const LIMITS: Limits = Limits {
         max_message_chars: 10,
+        max_mentions: 2,
         max_group_members: 3,
         max_presence_users: 2,
     };

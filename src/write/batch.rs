@@ -8,7 +8,7 @@
 //! What the function does, and in which order it locks rows so that concurrent batches
 //! never deadlock, is documented beside it in schema.sql.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -20,7 +20,7 @@ use super::command::{Command, Outcome, Returned};
 use crate::db::queries::APPLY_BATCH;
 use crate::db::Database;
 use crate::foundation::error::{ApiError, Code, DbError};
-use crate::foundation::frames::{EventFields, Message};
+use crate::foundation::frames::{DeletedFields, EventFields, Message, ReactionFields};
 use crate::foundation::protocol::WorkerId;
 use crate::read::cache::Snapshot;
 use crate::read::store::EventKind;
@@ -190,9 +190,26 @@ pub(crate) async fn commit(
 /// the hub and snapshots for the cache.
 fn decode(row: &Row, commands: &[&Command]) -> Committed {
     let (outcomes, stored, ids) = decode_outcomes(row, commands);
-    let (events, recipients) = decode_events(row, &ids, &stored);
+    // The edits' messages (by command number, 1-based), for their events.
+    let edited: HashMap<i32, &Message> = commands
+        .iter()
+        .zip(&outcomes)
+        .enumerate()
+        .filter_map(|(i, (c, o))| match (c, o) {
+            (Command::Edit { .. }, Ok(Outcome::Message(m))) => Some((i as i32 + 1, m)),
+            _ => None,
+        })
+        .collect();
+    let (events, recipients) = decode_events(row, &ids, &stored, &edited);
+    // Conversations whose messages changed: the cache forgets its copies of them.
+    let rewritten: HashSet<&str> = commands
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, o)| o.is_ok())
+        .filter_map(|(c, _)| c.rewrites().map(|id| id.as_str()))
+        .collect();
     let count = stored.len();
-    let conversations = decode_conversations(row, stored, &recipients);
+    let conversations = decode_conversations(row, stored, &recipients, &rewritten);
     Committed {
         outcomes,
         events,
@@ -246,7 +263,7 @@ fn decode_outcomes(
             msg_body: bodies[i].take(),
             conversation: conversations[i].take(),
         };
-        let fresh = returned.msg_body.is_none();
+        let fresh = command.stores_a_message(&returned);
         let outcome = command.outcome(returned);
         if let (Ok(Outcome::Message(m)), true) = (&outcome, fresh) {
             stored.entry(m.id).or_insert_with(|| m.clone());
@@ -264,13 +281,15 @@ fn until_the_next_hour_ms() -> u64 {
 }
 
 /// The events to publish, a message event's fields being its message, encoded once for
-/// all recipients; and who got each new message (its conversation's members), for the
-/// cache.
+/// all recipients (an edit's once per set of emoji its recipients reacted with, for
+/// `me`); and who got each new message (its conversation's members), for the cache.
 fn decode_events(
     row: &Row,
     ids: &[Option<i64>],
     stored: &BTreeMap<i64, Message>,
+    edited: &HashMap<i32, &Message>,
 ) -> (Vec<Published>, HashMap<i64, Vec<String>>) {
+    let mut edit_fields: HashMap<(i32, Vec<String>), Arc<str>> = HashMap::new();
     let message_fields: HashMap<i64, Arc<str>> = stored
         .values()
         .map(|m| (m.id, m.event_fields().shared()))
@@ -293,19 +312,32 @@ fn decode_events(
         .zip(kinds)
         .zip(fields)
         .map(|((((user, seq), cmd), kind), fields)| {
-            let kind = EventKind::parse(&kind).expect("apply_batch emits the four kinds");
+            let kind = EventKind::parse(&kind).expect("apply_batch emits the kinds pgchat knows");
             let fields = match (kind, fields) {
                 (EventKind::Message, _) => {
                     let id = ids[cmd as usize - 1].expect("a message event's send stored one");
                     recipients.entry(id).or_default().push(user.clone());
                     message_fields[&id].clone()
                 }
+                (EventKind::MessageEdited, mine) => {
+                    // The emoji this recipient reacted with (null: none).
+                    let mine: Vec<String> = mine
+                        .and_then(|m| serde_json::from_value(m).ok())
+                        .unwrap_or_default();
+                    let message = edited[&cmd];
+                    edit_fields
+                        .entry((cmd, mine))
+                        .or_insert_with_key(|(_, mine)| {
+                            message.seen_by(mine).event_fields().shared()
+                        })
+                        .clone()
+                }
                 (_, Some(f)) => match &run {
                     Some((c, k, shared, previous)) if *c == cmd && *k == kind && *previous == f => {
                         shared.clone()
                     }
                     _ => {
-                        let shared = EventFields::encode(&f).shared();
+                        let shared = encode_fields(kind, &f);
                         run = Some((cmd, kind, shared.clone(), f));
                         shared
                     }
@@ -324,12 +356,30 @@ fn decode_events(
     (events, recipients)
 }
 
+/// An event's fields as the function returned them (jsonb, its keys in jsonb's order), in
+/// the order the wire gives them: the same bytes as a replay of the event renders.
+fn encode_fields(kind: EventKind, fields: &Value) -> Arc<str> {
+    let typed = match kind {
+        EventKind::MessageDeleted => serde_json::from_value::<DeletedFields>(fields.clone())
+            .ok()
+            .map(|f| EventFields::encode(&f)),
+        EventKind::Reaction => serde_json::from_value::<ReactionFields>(fields.clone())
+            .ok()
+            .map(|f| EventFields::encode(&f)),
+        _ => None,
+    };
+    typed
+        .unwrap_or_else(|| EventFields::encode(fields))
+        .shared()
+}
+
 /// The conversations written, for the cache: the last state of each, with the messages
 /// this batch added to it.
 fn decode_conversations(
     row: &Row,
     stored: BTreeMap<i64, Message>,
     recipients: &HashMap<i64, Vec<String>>,
+    rewritten: &HashSet<&str>,
 ) -> Vec<Snapshot> {
     let v_ids: Vec<String> = row.get("v_id");
     let v_versions: Vec<i64> = row.get("v_version");
@@ -357,6 +407,7 @@ fn decode_conversations(
             }
         };
         let snapshot = Snapshot {
+            rewrites: rewritten.contains(id.as_str()),
             id: id.clone(),
             version,
             members,

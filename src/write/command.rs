@@ -9,9 +9,9 @@ use serde_json::Value;
 
 use crate::foundation::error::{ApiError, Code};
 use crate::foundation::frames::results::{self, Answer};
-use crate::foundation::frames::{ConversationState, Message};
+use crate::foundation::frames::{ConversationState, Extra, Message};
 use crate::foundation::protocol::{
-    Body, ClientMsgId, ClientOpId, ConversationId, GroupName, Target, UserId,
+    Body, ClientMsgId, ClientOpId, ConversationId, Emoji, GroupName, Target, UserId,
 };
 
 /// One write, as validated at the edge. Every variant names the user acting.
@@ -22,6 +22,10 @@ pub(crate) enum Command {
         target: Target,
         body: Body,
         client_msg_id: ClientMsgId,
+        /// The cseq of the message it answers, in the same conversation.
+        reply_to: Option<i64>,
+        /// Members it mentions.
+        mentions: Vec<UserId>,
     },
     GroupCreate {
         creator: UserId,
@@ -49,6 +53,24 @@ pub(crate) enum Command {
         conversation: ConversationId,
         cseq: i64,
     },
+    Edit {
+        actor: UserId,
+        conversation: ConversationId,
+        cseq: i64,
+        body: Body,
+    },
+    Delete {
+        actor: UserId,
+        conversation: ConversationId,
+        cseq: i64,
+    },
+    React {
+        actor: UserId,
+        conversation: ConversationId,
+        cseq: i64,
+        emoji: Emoji,
+        on: bool,
+    },
 }
 
 impl Command {
@@ -61,6 +83,20 @@ impl Command {
             Command::GroupRemove { .. } => "group_remove",
             Command::GroupLeave { .. } => "group_leave",
             Command::Read { .. } => "read",
+            Command::Edit { .. } => "edit",
+            Command::Delete { .. } => "delete",
+            Command::React { .. } => "react",
+        }
+    }
+
+    /// The conversation whose messages it changes (edit, delete, react): the cache's
+    /// copies of them are stale after it.
+    pub(crate) fn rewrites(&self) -> Option<&ConversationId> {
+        match self {
+            Command::Edit { conversation, .. }
+            | Command::Delete { conversation, .. }
+            | Command::React { conversation, .. } => Some(conversation),
+            _ => None,
         }
     }
 }
@@ -114,6 +150,8 @@ impl Command {
                 target,
                 body,
                 client_msg_id,
+                reply_to,
+                mentions,
             } => {
                 let (conv, to) = match target {
                     Target::Conversation(id) => (Some(id.as_str()), None),
@@ -124,6 +162,8 @@ impl Command {
                     to,
                     text: Some(body.as_str()),
                     key: Some(client_msg_id.as_str()),
+                    num: *reply_to,
+                    list: mentions,
                     ..row(sender)
                 }
             }
@@ -175,6 +215,39 @@ impl Command {
                 num: Some(*cseq),
                 ..row(user)
             },
+            Command::Edit {
+                actor,
+                conversation,
+                cseq,
+                body,
+            } => Elements {
+                conv: Some(conversation.as_str()),
+                num: Some(*cseq),
+                text: Some(body.as_str()),
+                ..row(actor)
+            },
+            Command::Delete {
+                actor,
+                conversation,
+                cseq,
+            } => Elements {
+                conv: Some(conversation.as_str()),
+                num: Some(*cseq),
+                ..row(actor)
+            },
+            Command::React {
+                actor,
+                conversation,
+                cseq,
+                emoji,
+                on,
+            } => Elements {
+                conv: Some(conversation.as_str()),
+                num: Some(*cseq),
+                text: Some(emoji.as_str()),
+                key: Some(if *on { "on" } else { "off" }),
+                ..row(actor)
+            },
         }
     }
 }
@@ -189,7 +262,8 @@ pub(super) struct Returned {
     pub(super) msg_name: Option<String>,
     /// A retried send that found its message stored before: that message's body.
     pub(super) msg_body: Option<String>,
-    /// A group command: the conversation after it.
+    /// A group command: the conversation after it. An edit: the message after it. A
+    /// retried send: its message as it is now; a new reply: `{"reply_to": …}`.
     pub(super) conversation: Option<Value>,
 }
 
@@ -197,28 +271,57 @@ impl Command {
     /// The outcome of this command, applied, from what the function returned for it.
     pub(super) fn outcome(&self, r: Returned) -> Result<Outcome, ApiError> {
         Ok(match self {
+            Command::Send { .. } if r.msg_body.is_some() => {
+                // A retry: the message stored the first time, as it is now.
+                Outcome::Message(stored_message(r.conversation)?)
+            }
             Command::Send {
                 sender,
                 body,
                 client_msg_id,
+                mentions,
                 ..
-            } => Outcome::Message(Message {
-                id: r.msg_id.expect("a send's message id"),
-                conversation: r.msg_conv.expect("a send's conversation"),
-                cseq: r.msg_cseq.expect("a send's cseq"),
-                sender: sender.as_str().to_string(),
-                sender_name: r.msg_name,
-                body: r.msg_body.unwrap_or_else(|| body.as_str().to_string()),
-                client_msg_id: client_msg_id.as_str().to_string(),
-                created_at: r.msg_at.expect("a send's time"),
-            }),
+            } => {
+                let reply_to = match r.conversation {
+                    Some(mut extra) => extra
+                        .get_mut("reply_to")
+                        .map(|v| serde_json::from_value(v.take()))
+                        .transpose()
+                        .map_err(|e| unreadable("the message answered", &e))?,
+                    None => None,
+                };
+                Outcome::Message(Message {
+                    id: r.msg_id.expect("a send's message id"),
+                    conversation: r.msg_conv.expect("a send's conversation"),
+                    cseq: r.msg_cseq.expect("a send's cseq"),
+                    sender: sender.as_str().to_string(),
+                    sender_name: r.msg_name,
+                    body: body.as_str().to_string(),
+                    client_msg_id: client_msg_id.as_str().to_string(),
+                    created_at: r.msg_at.expect("a send's time"),
+                    extra: Extra {
+                        reply_to,
+                        mentions: mentions.iter().map(|m| m.as_str().to_string()).collect(),
+                        ..Extra::default()
+                    },
+                })
+            }
+            Command::Edit { .. } => Outcome::Message(stored_message(r.conversation)?),
             Command::GroupCreate { .. }
             | Command::GroupAdd { .. }
             | Command::GroupRemove { .. } => {
                 Outcome::Conversation(conversation_state(r.conversation)?)
             }
-            Command::GroupLeave { .. } | Command::Read { .. } => Outcome::Done,
+            Command::GroupLeave { .. }
+            | Command::Read { .. }
+            | Command::Delete { .. }
+            | Command::React { .. } => Outcome::Done,
         })
+    }
+
+    /// Whether its outcome is a message this commit stored (a new send, not a retry).
+    pub(super) fn stores_a_message(&self, r: &Returned) -> bool {
+        matches!(self, Command::Send { .. }) && r.msg_body.is_none()
     }
 
     /// For a command whose commit may or may not have happened: whether a retry is safe
@@ -232,9 +335,27 @@ impl Command {
             c @ (Command::GroupAdd { .. }
             | Command::GroupRemove { .. }
             | Command::GroupLeave { .. }
-            | Command::Read { .. }) => format!("the {} may or may not have been applied; retrying is safe: applying it again changes nothing more", c.kind()),
+            | Command::Read { .. }
+            | Command::Delete { .. }
+            | Command::React { .. }) => format!("the {} may or may not have been applied; retrying is safe: applying it again changes nothing more", c.kind()),
+            Command::Edit { .. } => "the edit may or may not have been applied; retrying is safe: the same body again changes nothing and tells no one".to_string(),
         }
     }
+}
+
+/// A message as `pgchat.message_json` returned it (committed already: see below).
+fn stored_message(value: Option<Value>) -> Result<Message, ApiError> {
+    let value = value.ok_or_else(|| unreadable("the message", &"none was returned"))?;
+    Message::from_json(value).map_err(|e| unreadable("the message", &e))
+}
+
+/// A committed change whose result this build cannot read: logged, and said so.
+fn unreadable(what: &str, problem: &dyn std::fmt::Display) -> ApiError {
+    tracing::error!(%problem, "pgchat.apply_batch returned {what} in a shape this build cannot read");
+    ApiError::new(
+        Code::Internal,
+        "the change is committed, but its result could not be read (logged on the server): read it with `history`",
+    )
 }
 
 /// A group command's conversation as `pgchat.conversation_json` returned it. Committed

@@ -355,6 +355,8 @@ mod tests {
                 target: Target::User(UserId::parse("bob").unwrap()),
                 body: Body::parse("x".into(), 10).unwrap(),
                 client_msg_id: ClientMsgId::parse(key).unwrap(),
+                reply_to: None,
+                mentions: Vec::new(),
             },
             reply: oneshot::channel().0,
             queued_at: Instant::now(),
