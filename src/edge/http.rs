@@ -10,10 +10,10 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::{json, Map};
+use serde_json::{json, Map, Value};
 
 use crate::cluster::hub::Subscription;
 use crate::edge::session;
@@ -36,6 +36,16 @@ pub(crate) fn router(app: App) -> Router {
             "/api/conversations/{id}/messages",
             get(api_history).post(api_send),
         )
+        .route(
+            "/api/conversations/{id}/messages/{cseq}",
+            patch(api_edit).delete(api_delete),
+        )
+        .route(
+            "/api/conversations/{id}/messages/{cseq}/reactions",
+            post(api_react),
+        )
+        .route("/api/conversations/{id}/receipts", get(api_receipts))
+        .route("/api/search", get(api_search))
         .route("/ready", get(ready))
         .route("/live", get(live));
     // With ops_listen, the figures that name workers and pids are served there alone.
@@ -443,8 +453,18 @@ async fn api_history(
 
 #[derive(Deserialize)]
 struct SendBody {
-    body: serde_json::Value,
-    client_msg_id: serde_json::Value,
+    body: Value,
+    client_msg_id: Value,
+    #[serde(default, deserialize_with = "present")]
+    reply_to: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    mentions: Option<Value>,
+}
+
+/// An optional body field as it came, `null` included: whether `null` is allowed is the
+/// socket parser's to say, so that both surfaces answer alike.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 /// A JSON body, or the documented refusal: 413 `too_large` past `max_frame_bytes` (the
@@ -479,7 +499,153 @@ async fn api_send(
     fields.insert("conversation".into(), conversation.as_str().into());
     fields.insert("body".into(), body.body);
     fields.insert("client_msg_id".into(), body.client_msg_id);
+    if let Some(r) = body.reply_to {
+        fields.insert("reply_to".into(), r);
+    }
+    if let Some(m) = body.mentions {
+        fields.insert("mentions".into(), m);
+    }
     let request = Request::parse_body("send", fields, app.limits())?;
+    answer(&app, &ident, request).await
+}
+
+/// The conversation and the message of `/api/conversations/{id}/messages/{cseq}`, as the
+/// fields a socket request names them with. A cseq that is not a whole number of 1 or
+/// more names no message: 400, as the socket's `cseq` rule says.
+fn message_path(
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Map<String, Value>, ApiError> {
+    let Path((id, cseq)) = path.map_err(|e| refused("path", e.body_text()))?;
+    let n = Some(cseq.as_str())
+        .filter(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|c| c.parse::<i64>().ok())
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "cseq: must be a message's number in its conversation, a whole number of 1 or \
+                 more, got {cseq:?}"
+            ))
+        })?;
+    let mut fields = Map::new();
+    fields.insert("conversation".into(), id.into());
+    fields.insert("cseq".into(), n.into());
+    Ok(fields)
+}
+
+#[derive(Deserialize)]
+struct EditBody {
+    body: Value,
+}
+
+/// `PATCH /api/conversations/{id}/messages/{cseq}` `{"body"}`: the socket's `edit`.
+async fn api_edit(
+    State(app): State<App>,
+    headers: HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Json<EditBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let ident = api_identity(&app, &headers).await?;
+    let mut fields = message_path(path)?;
+    let body = json_body(&app, body)?;
+    fields.insert("body".into(), body.body);
+    let request = Request::parse_body("edit", fields, app.limits())?;
+    answer(&app, &ident, request).await
+}
+
+/// `DELETE /api/conversations/{id}/messages/{cseq}`: the socket's `delete`.
+async fn api_delete(
+    State(app): State<App>,
+    headers: HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let ident = api_identity(&app, &headers).await?;
+    let fields = message_path(path)?;
+    let request = Request::parse_body("delete", fields, app.limits())?;
+    answer(&app, &ident, request).await
+}
+
+#[derive(Deserialize)]
+struct ReactBody {
+    emoji: Value,
+    on: Value,
+}
+
+/// `POST /api/conversations/{id}/messages/{cseq}/reactions` `{"emoji","on"}`: the
+/// socket's `react`.
+async fn api_react(
+    State(app): State<App>,
+    headers: HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Json<ReactBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let ident = api_identity(&app, &headers).await?;
+    let mut fields = message_path(path)?;
+    let body = json_body(&app, body)?;
+    fields.insert("emoji".into(), body.emoji);
+    fields.insert("on".into(), body.on);
+    let request = Request::parse_body("react", fields, app.limits())?;
+    answer(&app, &ident, request).await
+}
+
+#[derive(Deserialize)]
+struct ReceiptsQuery {
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+/// `GET /api/conversations/{id}/receipts?after=&limit=`: the socket's `receipts`.
+async fn api_receipts(
+    State(app): State<App>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    q: Result<Query<ReceiptsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let ident = api_identity(&app, &headers).await?;
+    let Path(id) = id.map_err(|e| refused("conversation id", e.body_text()))?;
+    let Query(q) = q.map_err(|e| refused("query", e.body_text()))?;
+    let mut fields = Map::new();
+    fields.insert("conversation".into(), id.into());
+    if let Some(a) = q.after.filter(|a| !a.is_empty()) {
+        fields.insert("after".into(), a.into());
+    }
+    if let Some(l) = parse_int("limit", q.limit.as_ref())? {
+        fields.insert("limit".into(), l.into());
+    }
+    let request = Request::parse_body("receipts", fields, app.limits())?;
+    answer(&app, &ident, request).await
+}
+
+#[derive(Deserialize)]
+struct SearchQuery {
+    q: Option<String>,
+    conversation: Option<String>,
+    before_id: Option<String>,
+    limit: Option<String>,
+}
+
+/// `GET /api/search?q=&conversation=&before_id=&limit=`: the socket's `search`, with its
+/// `query` as `q`.
+async fn api_search(
+    State(app): State<App>,
+    headers: HeaderMap,
+    q: Result<Query<SearchQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let ident = api_identity(&app, &headers).await?;
+    let Query(q) = q.map_err(|e| refused("query", e.body_text()))?;
+    let words =
+        q.q.ok_or_else(|| ApiError::bad_request("q: missing (the words to search for)"))?;
+    let mut fields = Map::new();
+    fields.insert("query".into(), words.into());
+    if let Some(c) = q.conversation.filter(|c| !c.is_empty()) {
+        fields.insert("conversation".into(), c.into());
+    }
+    if let Some(b) = parse_int("before_id", q.before_id.as_ref())? {
+        fields.insert("before_id".into(), b.into());
+    }
+    if let Some(l) = parse_int("limit", q.limit.as_ref())? {
+        fields.insert("limit".into(), l.into());
+    }
+    let request = Request::parse_body("search", fields, app.limits())?;
     answer(&app, &ident, request).await
 }
 
