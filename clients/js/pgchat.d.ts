@@ -10,7 +10,28 @@ export interface Sender {
   name: string | null;
 }
 
-/** A stored message. `cseq` numbers messages within their conversation, 1, 2, 3, … */
+/** The message a reply answers. */
+export interface ReplyTo {
+  cseq: number;
+  /** The answered message's sender (a user id). */
+  sender: string;
+  /** Its first 100 characters as they are now (after its edits); `""` once it is deleted. */
+  snippet: string;
+}
+
+/** One emoji's reactions on a message. */
+export interface Reaction {
+  emoji: string;
+  count: number;
+  /** Whether the user who reads the message is among those who reacted so. */
+  me: boolean;
+}
+
+/**
+ * A stored message. `cseq` numbers messages within their conversation, 1, 2, 3, …
+ * A deleted message is a tombstone: `deleted` true, `body` "", no mentions, reply or
+ * reactions, `edited_at` null; its id, cseq, sender and created_at stay.
+ */
 export interface Message {
   id: number;
   conversation: string;
@@ -20,6 +41,15 @@ export interface Message {
   client_msg_id: string;
   /** RFC 3339, UTC, stamped by the database when stored. */
   created_at: string;
+  /** When the body was last edited (RFC 3339, UTC), or null. */
+  edited_at: string | null;
+  deleted: boolean;
+  /** The message this one answers, or null. */
+  reply_to: ReplyTo | null;
+  /** The user ids it mentions. */
+  mentions: string[];
+  /** In the order the emoji were first reacted with. */
+  reactions: Reaction[];
 }
 
 export type ConversationKind = 'direct' | 'group';
@@ -56,6 +86,8 @@ export interface ConversationSummary extends ConversationBase {
   last_message: Message | null;
   /** Messages after the user's read marker. */
   unread: number;
+  /** Of those, the messages that mention the user. */
+  mentions_unread: number;
 }
 
 /** One page of `conversations`: most recently active first. */
@@ -86,6 +118,14 @@ export interface HistoryPage {
   messages: Message[];
   has_more: boolean;
   total: number;
+}
+
+/** One page of `search`: newest first. */
+export interface SearchPage {
+  /** At most `limit` (1..50, default 20); never deleted ones. */
+  messages: Message[];
+  /** More match: ask again with `beforeId` = the last message's `id`. */
+  has_more: boolean;
 }
 
 export interface MembersPage {
@@ -147,6 +187,37 @@ export interface ReadEvent {
   cseq: number;
 }
 
+/** A message's body changed: the whole message as it is now (`reactions[].me` is the reader's). */
+export interface MessageEditedEvent {
+  type: 'message_edited';
+  seq: number;
+  message: Message;
+}
+
+/**
+ * A message was deleted: show it as a tombstone. Comes more than once for one message
+ * when a `reaction` to it is replayed after its deletion (the emoji was erased with it).
+ */
+export interface MessageDeletedEvent {
+  type: 'message_deleted';
+  seq: number;
+  conversation: string;
+  cseq: number;
+  /** The message's id. */
+  id: number;
+}
+
+/** `user` put the reaction `emoji` on the message (`on` true) or took it off. */
+export interface ReactionEvent {
+  type: 'reaction';
+  seq: number;
+  conversation: string;
+  cseq: number;
+  user: string;
+  emoji: string;
+  on: boolean;
+}
+
 /** A durable event of a type this client does not know yet (from a newer server). */
 export interface OtherDurableEvent {
   type: string;
@@ -155,7 +226,9 @@ export interface OtherDurableEvent {
 }
 
 /** Every event with a `seq`: the user's ordered, gap-free, replayable stream. */
-export type DurableEvent = MessageEvent | ConversationEvent | RemovedEvent | ReadEvent | OtherDurableEvent;
+export type DurableEvent =
+  | MessageEvent | ConversationEvent | RemovedEvent | ReadEvent
+  | MessageEditedEvent | MessageDeletedEvent | ReactionEvent | OtherDurableEvent;
 
 export interface TypingEvent {
   type: 'typing';
@@ -325,6 +398,18 @@ export interface PgChatEvents {
   message: (message: Message, event: MessageEvent) => void;
   /** A conversation the user joined, or whose name or members changed. */
   conversation: (conversation: Conversation, event: ConversationEvent) => void;
+  /**
+   * A message's body was edited (by its sender, on any of their sessions): replace it.
+   * A replay after its deletion shows the tombstone.
+   */
+  message_edited: (message: Message, event: MessageEditedEvent) => void;
+  /**
+   * A message was deleted: show its tombstone, and `""` as the snippet of replies to it.
+   * May come twice for one message (a reaction replayed after the deletion comes as this).
+   */
+  message_deleted: (event: MessageDeletedEvent) => void;
+  /** A member put on or took off a reaction. */
+  reaction: (event: ReactionEvent) => void;
   /** The user left or was removed from a conversation. */
   removed: (event: RemovedEvent) => void;
   /**
@@ -356,6 +441,15 @@ export interface PgChatEvents {
 export type PgChatEventName = keyof PgChatEvents;
 
 export type SendTarget = { conversation: string; to?: never } | { to: string; conversation?: never };
+
+export interface SendOptions {
+  /** 1..64 characters; generated when absent. The same id never stores a second message. */
+  clientMsgId?: string;
+  /** The cseq of the message of the same conversation this one answers (bad_request else). */
+  replyTo?: number;
+  /** Members of the conversation it mentions (bad_request for others; at most 50). */
+  mentions?: string[];
+}
 
 /**
  * A pgchat connection that reconnects, resumes, deduplicates and retries by itself.
@@ -391,7 +485,31 @@ export class PgChat {
    * a permanent error (bad_request, forbidden, not_found, too_large), 'outbox_full' or
    * close().
    */
-  send(target: SendTarget, body: string, opts?: { clientMsgId?: string }): Promise<Message>;
+  send(target: SendTarget, body: string, opts?: SendOptions): Promise<Message>;
+  /**
+   * Replaces the body of one of the user's own messages; resolves with the message as it
+   * is now. Every member gets `message_edited`; the same body again resolves without one.
+   * Rejects with forbidden (another's message), not_found (no such or a deleted message).
+   */
+  edit(conversation: string, cseq: number, body: string): Promise<Message>;
+  /**
+   * Deletes a message: the sender's own, or any in a group the user is an admin of. It
+   * stays as a tombstone; every member gets `message_deleted`. Deleting it again resolves.
+   */
+  deleteMessage(conversation: string, cseq: number): Promise<void>;
+  /**
+   * Puts the user's reaction on (`on`, default true) or off; every member gets a
+   * `reaction` event, none when it already was so. At most 20 distinct emoji a message
+   * (too_large); a deleted message is not_found.
+   */
+  react(conversation: string, cseq: number, emoji: string, on?: boolean): Promise<void>;
+  /**
+   * Messages whose words match `query` (PostgreSQL websearch syntax: words, "a phrase",
+   * or, -word), newest first, in the user's conversations or in `conversation`, only from
+   * while the user was a member, never deleted ones. `limit` 1..50 (default 20); the next
+   * page is `beforeId` the last message's id.
+   */
+  search(query: string, opts?: { conversation?: string; beforeId?: number; limit?: number }): Promise<SearchPage>;
   history(conversation: string, opts?: { beforeCseq?: number; limit?: number }): Promise<Message[]>;
   historyPage(conversation: string, opts?: { beforeCseq?: number; limit?: number }): Promise<HistoryPage>;
   /**

@@ -18,6 +18,9 @@
 //   conversation shows them in that order.
 // - Requests made while offline wait for the next connection (at most `maxWaiting`);
 //   `typing` never does: it would be stale by then.
+// - Edits, deletions and reactions of one message go out one at a time, in the order they
+//   were made, so the last one made is the one that stays; each is safe to send again
+//   after a drop (the server makes no second event for a repeat).
 // - Refreshes the token in place (`auth`) when the server says it is expiring, and
 //   reconnects with a fresh token after a 1008 close.
 // - Emits 'resync' when the server can no longer replay what was missed (the stream was
@@ -51,10 +54,15 @@ const RETRYABLE = new Set(['unavailable', 'rate_limited']);
  */
 const CONNECTION_BOUND = new Set(['typing']);
 
-/** Request types whose repetition changes nothing more (safe to resend after a drop). */
+/**
+ * Request types whose repetition changes nothing more (safe to resend after a drop). An
+ * `edit` repeated with the same body, a `delete` of a deleted message and a `react` to the
+ * state it already has answer ok with no second event (shared PROTOCOL.md v1.2).
+ */
 const IDEMPOTENT = new Set([
   'resume', 'history', 'conversations', 'members', 'receipts', 'group_add', 'group_remove',
-  'group_leave', 'read', 'typing', 'presence_subscribe', 'ping', 'auth',
+  'group_leave', 'read', 'typing', 'presence_subscribe', 'ping', 'auth', 'search',
+  'edit', 'delete', 'react',
 ]);
 
 /** The error every failure of this client is reported as. */
@@ -147,6 +155,10 @@ const DURABLE_SHAPES = {
   conversation: (f) => validConversation(f.conversation),
   removed: (f) => isString(f.conversation),
   read: (f) => isString(f.conversation) && isString(f.user) && Number.isSafeInteger(f.cseq),
+  message_edited: (f) => validMessage(f.message),
+  message_deleted: (f) => isString(f.conversation) && Number.isSafeInteger(f.cseq) && Number.isSafeInteger(f.id),
+  reaction: (f) => isString(f.conversation) && Number.isSafeInteger(f.cseq) && isString(f.user) &&
+    isString(f.emoji) && typeof f.on === 'boolean',
 };
 
 const utf8Length = (s) => new TextEncoder().encode(s).length;
@@ -259,6 +271,13 @@ export class PgChat {
   #sendAttempts = 0;
   /** Users whose presence is watched: subscribed again on each new connection. */
   #watching = new Set();
+  /**
+   * Per message (conversation and cseq): the last edit, delete or react made, which the
+   * next one waits for. pgchat runs a socket's requests concurrently, so an edit and the
+   * edit after it (or a reaction and its undoing) sent together could commit in either
+   * order, and a retry after a drop could land after a later change.
+   */
+  #changes = new Map();
   #refreshing = false;
 
   #listeners = new Map();
@@ -840,6 +859,9 @@ export class PgChat {
       case 'conversation': this.#emit('conversation', frame.conversation, frame); break;
       case 'removed': this.#emit('removed', frame); break;
       case 'read': this.#emit('read', frame); break;
+      case 'message_edited': this.#emit('message_edited', frame.message, frame); break;
+      case 'message_deleted': this.#emit('message_deleted', frame); break;
+      case 'reaction': this.#emit('reaction', frame); break;
       default: break;
     }
   }
@@ -1043,6 +1065,8 @@ export class PgChat {
   /**
    * Sends a message; resolves with it once the server has stored it (exactly once, even
    * across reconnects and server restarts), rejects only on a permanent error or close().
+   * `replyTo`: the cseq of the message of the conversation it answers; `mentions`: the
+   * members it mentions (user ids).
    */
   send(target, body, opts = {}) {
     if (this.#state === 'closed') return Promise.reject(new PgChatError('closed', 'the client was closed'));
@@ -1057,6 +1081,18 @@ export class PgChat {
     }
     if (this.#outbox.length >= this.#maxOutbox) {
       return Promise.reject(new PgChatError('outbox_full', `${this.#outbox.length} sends wait already (maxOutbox)`));
+    }
+    if (opts.replyTo !== undefined) {
+      if (!Number.isSafeInteger(opts.replyTo) || opts.replyTo < 1) {
+        return Promise.reject(new TypeError('send: replyTo must be the cseq (an integer >= 1) of a message of the conversation'));
+      }
+      fields.reply_to = opts.replyTo;
+    }
+    if (opts.mentions !== undefined) {
+      if (!Array.isArray(opts.mentions) || !opts.mentions.every(isString)) {
+        return Promise.reject(new TypeError('send: mentions must be an array of user ids'));
+      }
+      if (opts.mentions.length) fields.mentions = [...opts.mentions];
     }
     fields.body = body;
     fields.client_msg_id = clientMsgId;
@@ -1242,6 +1278,69 @@ export class PgChat {
       }
       after = last;
     }
+  }
+
+  /**
+   * Replaces the body of one of the user's messages; resolves with the message as it is
+   * now (`edited_at` set). Every member, the user's own sessions included, gets a
+   * `message_edited` event. The same body again resolves with no event.
+   */
+  async edit(conversation, cseq, body) {
+    if (!isString(body)) throw new TypeError('edit: body must be a string');
+    const ok = await this.#change('edit', { conversation, cseq, body });
+    if (!validMessage(ok.message)) {
+      throw new PgChatError('bad_frame', "an 'edit' reply without a valid message", { frame: ok });
+    }
+    return ok.message;
+  }
+
+  /**
+   * Deletes a message (the user's own, or any in a group the user is an admin of): it
+   * stays as a tombstone (`deleted: true`, body `""`) and every member gets a
+   * `message_deleted` event. Deleting a deleted message resolves with no event.
+   */
+  async deleteMessage(conversation, cseq) {
+    await this.#change('delete', { conversation, cseq });
+  }
+
+  /**
+   * Puts the user's reaction `emoji` on a message (`on` true) or takes it off (false);
+   * every member gets a `reaction` event. The state it already has resolves with no event.
+   */
+  async react(conversation, cseq, emoji, on = true) {
+    if (!isString(emoji)) throw new TypeError('react: emoji must be a string');
+    if (typeof on !== 'boolean') throw new TypeError('react: on must be a boolean');
+    await this.#change('react', { conversation, cseq, emoji, on });
+  }
+
+  /** An edit, delete or react, after the changes to the same message made before it. */
+  #change(type, fields) {
+    if (!isString(fields.conversation)) return Promise.reject(new TypeError(`${type}: conversation must be a string`));
+    if (!Number.isSafeInteger(fields.cseq) || fields.cseq < 1) {
+      return Promise.reject(new TypeError(`${type}: cseq must be an integer >= 1`));
+    }
+    const key = `${fields.conversation}\u0000${fields.cseq}`;
+    const before = this.#changes.get(key);
+    const run = () => this.#request(type, fields);
+    const p = before ? before.then(run, run) : run();
+    this.#changes.set(key, p);
+    const done = () => { if (this.#changes.get(key) === p) this.#changes.delete(key); };
+    p.then(done, done);
+    return p;
+  }
+
+  /**
+   * Finds messages by their words, newest first, in the user's conversations (or in
+   * `conversation`): `{ messages, has_more }`. The next page is `beforeId` the last
+   * message's id. `query` takes PostgreSQL's websearch syntax: words, "a phrase", or, -word.
+   */
+  search(query, { conversation, beforeId, limit } = {}) {
+    if (!isString(query)) return Promise.reject(new TypeError('search: query must be a string'));
+    const fields = { query };
+    if (conversation !== undefined) fields.conversation = conversation;
+    if (beforeId !== undefined) fields.before_id = beforeId;
+    if (limit !== undefined) fields.limit = limit;
+    return this.#request('search', fields);
   }
 
   async createGroup(name, members, { clientOpId } = {}) {

@@ -63,11 +63,23 @@ pub(crate) struct Feed {
 struct Recent {
     frames: VecDeque<(i64, Utf8Bytes)>,
     bytes: usize,
+    /// Frames below this seq are not kept: an edit or a deletion at this seq made them
+    /// stale (they may show a text that is gone), so sessions read them from the table,
+    /// which shows each message as it is now.
+    floor: i64,
     /// The hub's count of bytes held, which this feed's bytes are part of.
     held: Arc<AtomicUsize>,
 }
 
 impl Recent {
+    /// Forgets every frame below `seq`, and any that comes later with a seq below it.
+    fn raise_floor(&mut self, seq: i64) {
+        self.floor = self.floor.max(seq);
+        while self.frames.front().is_some_and(|(s, _)| *s < self.floor) {
+            self.pop_front();
+        }
+    }
+
     fn pop_front(&mut self) {
         if let Some((_, f)) = self.frames.pop_front() {
             self.bytes -= f.len();
@@ -113,6 +125,13 @@ impl Feed {
             .map(|((s, f), _)| (*s, f.clone()))
             .collect()
     }
+}
+
+/// Whether an event frame changes what earlier frames show: an edit or a deletion, after
+/// which a kept copy of the message (or of a reaction to it) could show what is gone.
+fn erases(frame: &str) -> bool {
+    frame.starts_with(r#"{"type":"message_edited""#)
+        || frame.starts_with(r#"{"type":"message_deleted""#)
 }
 
 /// A session's subscription to its user's feed; unsubscribes on drop.
@@ -183,6 +202,7 @@ impl Hub {
                     recent: Mutex::new(Recent {
                         frames: VecDeque::new(),
                         bytes: 0,
+                        floor: 0,
                         held: self.held.clone(),
                     }),
                     sessions: Mutex::new(Vec::new()),
@@ -248,11 +268,16 @@ impl Hub {
             let at = recent.frames.partition_point(|(s, _)| *s < seq);
             if recent.frames.get(at).map(|(s, _)| *s) != Some(seq) {
                 let frame = Utf8Bytes::from(frame());
+                if erases(&frame) {
+                    recent.raise_floor(seq);
+                }
+                let at = recent.frames.partition_point(|(s, _)| *s < seq);
                 let len = frame.len();
                 let limits = &self.limits;
                 // Over the worker's total, or alone over the user's share: not kept; the
                 // session reads it from the table.
-                if len <= limits.bytes_per_user
+                if seq >= recent.floor
+                    && len <= limits.bytes_per_user
                     && self.held.load(Ordering::Acquire) + len <= limits.bytes_total
                 {
                     recent.frames.insert(at, (seq, frame));
@@ -362,6 +387,30 @@ mod tests {
         assert_eq!(got, vec![1, 2]); // 3 is missing: stop before the gap
         assert_eq!(sub.feed.head(), 4);
         assert!(sub.feed.frames_after(2, 10).is_empty());
+    }
+
+    #[test]
+    fn an_edit_or_deletion_drops_the_frames_before_it_even_those_that_come_late() {
+        let hub = Hub::new(limits(8, 1 << 20, 1 << 20), 4);
+        let sub = hub.subscribe(&user("a"), 1);
+        hub.publish("a", 1, || {
+            r#"{"type":"message","seq":1,"body":"secret"}"#.into()
+        });
+        hub.publish("a", 3, || r#"{"type":"message_deleted","seq":3}"#.into());
+        // Published late (another worker's fetch from before the deletion): not kept.
+        hub.publish("a", 2, || r#"{"type":"reaction","seq":2}"#.into());
+        hub.publish("a", 4, || r#"{"type":"message","seq":4}"#.into());
+        assert!(sub.feed.frames_after(0, 10).is_empty());
+        let got: Vec<i64> = sub.feed.frames_after(2, 10).iter().map(|f| f.0).collect();
+        assert_eq!(got, vec![3, 4]);
+        assert_eq!(
+            hub.bytes_held(),
+            sub.feed
+                .frames_after(2, 10)
+                .iter()
+                .map(|f| f.1.len())
+                .sum::<usize>()
+        );
     }
 
     #[test]

@@ -4,7 +4,8 @@
 import PgChatDefault, {
   MemoryStore, PgChat, PgChatError, WebStorageStore, backoffDelay, randomId,
   type Conversation, type ConversationSummary, type ConversationsPage, type DurableEvent, type Message,
-  type PresenceEntry, type Receipt, type ReceiptsPage, type SeqStore, type StateChange,
+  type PresenceEntry, type Reaction, type Receipt, type ReceiptsPage, type ReplyTo, type SearchPage,
+  type SeqStore, type StateChange,
 } from '../pgchat.js';
 
 const asyncStore: SeqStore = {
@@ -76,6 +77,30 @@ async function main(): Promise<void> {
   // @ts-expect-error: allReceipts takes no paging options: it follows every page
   await chat.allReceipts(g.id, { limit: 10 });
   void surely; void moreConversations; void firstOfPage; void readUpTo; void moreReceipts; void reader;
+  // Replies, mentions, edits, deletions, reactions and search (shared PROTOCOL.md v1.2).
+  const answer: Message = await chat.send({ conversation: m.conversation }, 'me too @bob', { replyTo: cseq, mentions: ['bob'] });
+  const quoted: ReplyTo | null = answer.reply_to;
+  const snippet: string | undefined = quoted?.snippet;
+  const mentioned: string[] = answer.mentions;
+  const edited: Message = await chat.edit(m.conversation, answer.cseq, 'me too, @bob');
+  const editedAt: string | null = edited.edited_at;
+  await chat.react(m.conversation, cseq, '👍');
+  await chat.react(m.conversation, cseq, '👍', false);
+  await chat.deleteMessage(m.conversation, answer.cseq);
+  const tombstone: boolean = edited.deleted;
+  const reactions: Reaction[] = edited.reactions;
+  const mine: boolean | undefined = reactions[0]?.me;
+  const found: SearchPage = await chat.search('cabin "this weekend"', { conversation: m.conversation, limit: 10 });
+  const next = await chat.search('cabin', { beforeId: found.messages.at(-1)?.id });
+  const moreFound: boolean = next.has_more;
+  const mentionsUnread: number = list[0].mentions_unread;
+  void snippet; void mentioned; void editedAt; void tombstone; void mine; void moreFound; void mentionsUnread;
+  // @ts-expect-error: replyTo is a cseq, not a message
+  await chat.send({ conversation: m.conversation }, 'x', { replyTo: answer });
+  // @ts-expect-error: a reaction is on or off
+  await chat.react(m.conversation, cseq, '👍', 'on');
+  // @ts-expect-error: search pages go by message id
+  await chat.search('cabin', { beforeCseq: 3 });
   const members = await chat.members(g.id, { after: 'bob', limit: 10 });
   const count: number = members.member_count;
   await chat.leaveGroup(g.id);
@@ -98,6 +123,10 @@ async function main(): Promise<void> {
     void kind; void e.seq; void capped; void (c.added ?? []).length; void (c.removed ?? []).length;
   });
   chat.on('read', (e) => { const who: string = e.user; void who; });
+  chat.on('message_edited', (message, e) => { const body: string = message.body; void body; void e.seq; });
+  chat.on('message_deleted', (e) => { const at: number = e.cseq; const id: number = e.id; void at; void id; void e.conversation; });
+  chat.on('reaction', (e) => { const on: boolean = e.on; const emoji: string = e.emoji; void on; void emoji; void e.user; });
+  chat.on('event', (e) => { if (e.type === 'reaction') void e.seq; });
   chat.on('removed', (e) => { void e.conversation; });
   chat.on('typing', (e) => { const st: 'start' | 'stop' = e.state; void st; });
   chat.on('presence', (e) => { void e.status; void e.last_seen; });
