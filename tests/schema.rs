@@ -341,3 +341,125 @@ async fn versions_recorded(db: &TestDb) -> i32 {
         .unwrap()
         .get(0)
 }
+
+/// A database at schema version 4 (pgchat before issue 18), as its migrations built it,
+/// with messages written through version 4's own write path (its SQL API).
+async fn at_version_4_with_messages() -> TestDb {
+    let db = at_version_3().await;
+    let client = db.client().await;
+    client
+        .batch_execute(include_str!("../migrations/V4__trust.sql"))
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "SELECT pgchat.ensure_user('alice', 'Alice'), pgchat.ensure_user('bob', 'Bob');
+             SELECT pgchat.send_direct('alice', 'bob', 'old pancakes ' || i, 'k' || i)
+             FROM generate_series(1, 30) i;",
+        )
+        .await
+        .unwrap();
+    db
+}
+
+#[tokio::test]
+async fn a_version_4_database_upgrades_with_its_messages_searchable_and_changeable() {
+    let db = at_version_4_with_messages().await;
+    let app = TestApp::spawn_on(db, |_| {}).await;
+    assert_eq!(
+        versions(&app.db).await.1,
+        pgchat::db::SCHEMA_VERSION,
+        "migrated at start"
+    );
+    // The search index was built (concurrently, after the migration) and is valid, and
+    // the widened event kind check validated.
+    assert_eq!(
+        app.db
+            .count(
+                "SELECT count(*) FROM pg_index WHERE indexrelid = 'pgchat.messages_search'::regclass
+                 AND indisvalid"
+            )
+            .await,
+        1
+    );
+    assert_eq!(
+        app.db
+            .count(
+                "SELECT count(*) FROM pg_constraint WHERE conname = 'event_queue_kind_check'
+                 AND convalidated"
+            )
+            .await,
+        1
+    );
+    let mut bob = app.connect("bob").await;
+    let list = bob.ok(json!({"type": "conversations"})).await;
+    let entry = &list["conversations"][0];
+    assert_eq!(entry["mentions_unread"], 0);
+    assert_eq!(entry["last_message"]["body"], "old pancakes 30");
+    assert_eq!(entry["last_message"]["deleted"], false);
+    let conv = entry["id"].as_str().unwrap().to_string();
+    let page = bob
+        .ok(json!({"type": "history", "conversation": conv, "limit": 100}))
+        .await;
+    assert_eq!(page["messages"].as_array().unwrap().len(), 30);
+    assert_eq!(page["messages"][0]["body"], "old pancakes 1");
+    assert_eq!(page["messages"][0]["reactions"], json!([]));
+    // Old messages are found, and can be reacted to, edited and deleted.
+    let found = bob
+        .ok(json!({"type": "search", "query": "pancakes", "limit": 50}))
+        .await;
+    assert_eq!(found["messages"].as_array().unwrap().len(), 30);
+    assert_eq!(found["messages"][0]["cseq"], 30);
+    bob.ok(json!({"type": "react", "conversation": conv, "cseq": 1, "emoji": "👍", "on": true}))
+        .await;
+    let mut alice = app.connect("alice").await;
+    alice
+        .ok(json!({"type": "edit", "conversation": conv, "cseq": 2, "body": "new waffles"}))
+        .await;
+    alice
+        .ok(json!({"type": "delete", "conversation": conv, "cseq": 3}))
+        .await;
+    let found = bob
+        .ok(json!({"type": "search", "query": "pancakes", "limit": 50}))
+        .await;
+    assert_eq!(found["messages"].as_array().unwrap().len(), 28);
+    // The old stream replays in order, gap-free, with the new events after it.
+    bob.ok(json!({"type": "resume", "after": 0})).await;
+    let seqs: Vec<i64> = bob
+        .buffered()
+        .iter()
+        .filter_map(|e| e["seq"].as_i64())
+        .collect();
+    // (The live events of the three changes came first; the replay follows from seq 1.)
+    let replay = &seqs[seqs.iter().position(|s| *s == 1).unwrap()..];
+    assert_eq!(
+        replay,
+        (1..=34).collect::<Vec<i64>>(),
+        "31 old events, 3 new"
+    );
+}
+
+#[tokio::test]
+async fn an_interrupted_search_index_build_is_redone_at_the_next_start() {
+    let db = at_version_4_with_messages().await;
+    let target = pgchat::db::Endpoint::parse(&db.url, false).unwrap();
+    pgchat::db::migrate(&target, None).await.unwrap();
+    // As a build killed midway leaves it: the index exists but is not valid.
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "UPDATE pg_index SET indisvalid = false
+             WHERE indexrelid = 'pgchat.messages_search'::regclass",
+        )
+        .await
+        .unwrap();
+    pgchat::db::migrate(&target, None).await.unwrap();
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM pg_index WHERE indexrelid = 'pgchat.messages_search'::regclass
+             AND indisvalid"
+        )
+        .await,
+        1
+    );
+}
