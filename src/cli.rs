@@ -56,6 +56,11 @@ enum Command {
     },
     /// Print the effective configuration, secrets redacted.
     Config,
+    /// Create the database if missing, bring its schema up to date (the migrations, then
+    /// what they leave to build outside a transaction, such as the search index), and exit.
+    /// Servers do the same at start; on a large database run this first (e.g. as Heroku's
+    /// release phase), so that no server waits for a long index build while it boots.
+    Migrate,
     /// Ask the server on this host (127.0.0.1:PORT) for PATH; exit 0 on 200, else 1.
     /// For a container's HEALTHCHECK, so the image needs no curl.
     Health {
@@ -104,7 +109,7 @@ pub fn main() -> ExitCode {
         }
     }
     match &command {
-        Command::Config | Command::Token { .. } | Command::Bench(_) => {
+        Command::Config | Command::Token { .. } | Command::Bench(_) | Command::Migrate => {
             for (name, close) in &unknown_env {
                 eprintln!(
                     "pgchat: warning: {name} is not a setting (did you mean {close}?); ignored"
@@ -121,6 +126,7 @@ pub fn main() -> ExitCode {
         Command::Token { user, name, ttl } => token(&config, &user, name.as_deref(), &ttl),
         Command::Bench(args) => crate::bench::cli::main(args, &config),
         Command::Health { path } => crate::ops::probe::main(&config, &path),
+        Command::Migrate => migrate(&config),
         Command::Serve { .. } => serve_command(config, cli.config, &unknown_env),
         Command::Worker {
             index,
@@ -202,6 +208,32 @@ fn token(config: &Config, user: &str, name: Option<&str>, ttl: &str) -> ExitCode
     }
     println!("{}", auth.mint(&user, name, ttl));
     ExitCode::SUCCESS
+}
+
+/// `pgchat migrate`: the database created if missing and its schema brought up to date.
+fn migrate(config: &Config) -> ExitCode {
+    crate::foundation::logging::init(config, crate::foundation::logging::Who::Single);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        match crate::db::setup(config).await {
+            Ok((_, cluster)) => {
+                tracing::info!(
+                    version = crate::db::SCHEMA_VERSION,
+                    "the database is up to date"
+                );
+                // A private cluster started for it (development only) stops again.
+                drop(cluster);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pgchat: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        }
+    })
 }
 
 /// `pgchat serve`: one worker in this process, or a supervisor of several.
