@@ -56,6 +56,7 @@ fn dm(rate: f64, pairs: usize, cross: f64, secs: u64) -> Scenario {
         pairs,
         cross,
         duration: Duration::from_secs(secs),
+        changes: 0.0,
     })
 }
 
@@ -100,6 +101,34 @@ async fn dm_across_two_workers_loses_nothing() {
     let across = r.latency("  across workers").unwrap().count;
     let within = r.latency("  within a worker").unwrap().count;
     assert_eq!((across, within), (80, 80));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dm_with_changes_delivers_every_edit_reaction_and_deletion() {
+    let app = server().await;
+    let scenario = Scenario::Dm(DmOptions {
+        rate: 100.0,
+        pairs: 5,
+        cross: 0.0,
+        duration: Duration::from_secs(3),
+        changes: 0.3,
+    });
+    let r = run(options(url(&app), scenario)).await;
+    assert_clean(&r);
+    let m = r.messages.as_ref().unwrap();
+    assert_eq!(m.planned, 300);
+    assert_eq!((m.sent, m.acked, m.delivered), (300, 300, 300));
+    // The changes (30 %, a third each) are counted apart from the sends.
+    let count = |name: &str| r.latency(name).unwrap().count;
+    let changes: Vec<u64> = ["edit", "react", "delete"]
+        .iter()
+        .map(|k| count(&format!("{k} → delivery")))
+        .collect();
+    assert_eq!(count("send → delivery") + changes.iter().sum::<u64>(), 300);
+    for (kind, n) in ["edit", "react", "delete"].iter().zip(&changes) {
+        assert!((25..=35).contains(n), "{kind}: {n}");
+        assert_eq!(count(&format!("{kind} → ack")), *n);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,6 +49,10 @@ enum ScenarioArgs {
         /// How long to send, e.g. 10s, 2m.
         #[arg(long, value_parser = duration, default_value = "10s")]
         duration: Duration,
+        /// The fraction of each sender's messages (0..0.5) that change its send just
+        /// before instead: an edit, a reaction or a deletion, in turn, each measured apart.
+        #[arg(long, default_value_t = 0.0)]
+        changes: f64,
     },
     /// Group messages: G groups of K members, one sender per group, open loop.
     Group {
@@ -127,11 +131,16 @@ impl BenchArgs {
             self.urls.clone()
         };
         let scenario = match &self.scenario {
-            ScenarioArgs::Dm { load, duration } => Scenario::Dm(DmOptions {
+            ScenarioArgs::Dm {
+                load,
+                duration,
+                changes,
+            } => Scenario::Dm(DmOptions {
                 rate: load.rate,
                 pairs: load.pairs,
                 cross: load.cross,
                 duration: *duration,
+                changes: *changes,
             }),
             ScenarioArgs::Group {
                 size,

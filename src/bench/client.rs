@@ -269,6 +269,9 @@ pub(crate) struct Frame<'a> {
     pub(crate) reference: Option<i64>,
     #[serde(default, borrow)]
     pub(crate) code: Option<&'a str>,
+    /// The message a `reaction` or `message_deleted` event is about.
+    #[serde(default)]
+    pub(crate) cseq: Option<i64>,
     #[serde(default, borrow)]
     pub(crate) message: Option<MessageField<'a>>,
 }
@@ -278,6 +281,14 @@ impl<'a> Frame<'a> {
     pub(crate) fn client_msg_id(&self) -> Option<&'a str> {
         match &self.message {
             Some(MessageField::Message(m)) => m.client_msg_id,
+            _ => None,
+        }
+    }
+
+    /// The `cseq` of the message a `message` or `message_edited` event or a reply carries.
+    pub(crate) fn message_cseq(&self) -> Option<i64> {
+        match &self.message {
+            Some(MessageField::Message(m)) => m.cseq,
             _ => None,
         }
     }
@@ -294,6 +305,8 @@ pub(crate) enum MessageField<'a> {
 pub(crate) struct MessageRef<'a> {
     #[serde(default, borrow)]
     pub(crate) client_msg_id: Option<&'a str>,
+    #[serde(default)]
+    pub(crate) cseq: Option<i64>,
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for MessageField<'a> {
@@ -447,8 +460,16 @@ mod tests {
             "sender":{"id":"a","name":null},"body":"hi \"you\"","client_msg_id":"42","created_at":"x"}}"#;
         let f: Frame = serde_json::from_str(event).unwrap();
         assert_eq!(
-            (f.kind, f.seq, f.client_msg_id()),
-            ("message", Some(7), Some("42"))
+            (f.kind, f.seq, f.client_msg_id(), f.message_cseq()),
+            ("message", Some(7), Some("42"), Some(3))
+        );
+
+        let reaction = r#"{"type":"reaction","seq":8,"conversation":"d1","cseq":3,"user":"a",
+            "emoji":"\u00e9","on":true}"#;
+        let f: Frame = serde_json::from_str(reaction).unwrap();
+        assert_eq!(
+            (f.kind, f.cseq, f.message_cseq()),
+            ("reaction", Some(3), None)
         );
 
         let error = r#"{"type":"error","ref":5,"code":"rate_limited","message":"slow down","retry_after_ms":9}"#;

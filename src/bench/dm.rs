@@ -1,13 +1,18 @@
 //! `dm`: pairs of sockets, each sender writing direct messages to its own receiver, open
 //! loop. Measures send → ack (the `ok` reply) and send → delivery (the receiver's
-//! `message` event), the latter split by whether the pair shares a worker.
+//! `message` event), the latter split by whether the pair shares a worker. With
+//! `--changes F`, a fraction F of each sender's messages are edits, reactions and
+//! deletions of its send just before ([`changes`](super::changes)), each measured from
+//! its due time to its ack and to the receiver's event, apart from the sends.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use serde_json::Value;
 use tokio::time::Instant;
 
+use super::changes::{self, Kind, Mix};
 use super::client::Conn;
 use super::load::{self, Phase, Recipient, Recorder, BODY};
 use super::pool::{self, Pair};
@@ -29,6 +34,8 @@ pub(crate) struct Load {
     pub(crate) cross: f64,
     pub(crate) round: Duration,
     pub(crate) rounds: usize,
+    /// The fraction of messages that are changes (0: sends only).
+    pub(crate) changes: f64,
 }
 
 pub(crate) async fn run(ctx: &Arc<Ctx>, o: &DmOptions) -> Result<Report, BenchError> {
@@ -38,6 +45,7 @@ pub(crate) async fn run(ctx: &Arc<Ctx>, o: &DmOptions) -> Result<Report, BenchEr
         cross: o.cross,
         round: o.duration,
         rounds: 1,
+        changes: o.changes,
     };
     let mut report = run_rounds(ctx, "dm", load).await?;
     // One round: its row would repeat the totals.
@@ -52,19 +60,20 @@ pub(crate) async fn run_rounds(
     load: Load,
 ) -> Result<Report, BenchError> {
     let pairs = warm_pairs(ctx, load).await?;
-    let (n, cross_pairs) = (pairs.len(), pairs.iter().filter(|p| p.cross).count());
+    let (n, cross_pairs) = (pairs.len(), pairs.iter().filter(|(p, _)| p.cross).count());
     // Every writer starts from the same instant, a moment from now.
     let start = Instant::now() + Duration::from_millis(100);
     let sched = Schedule::new(start, n, load.rate, load.round, load.rounds);
     let rec = Recorder::new(load.rounds, 2);
     let mut phase = Phase::start(ctx, sched, &rec, load.round * load.rounds as u32);
-    for (i, pair) in pairs.into_iter().enumerate() {
-        start_pair(&mut phase, i, pair);
+    for (i, (pair, conversation)) in pairs.into_iter().enumerate() {
+        let mix = Mix::new(load.changes, i);
+        start_pair(&mut phase, i, pair, &conversation, mix);
     }
     let (mut report, rounds) = phase.finish(scenario, 1).await;
 
     let rec = rec.lock().unwrap();
-    report.latency = latencies(&rec, n, cross_pairs);
+    report.latency = latencies(&rec, n, cross_pairs, load.changes > 0.0);
     report.rounds = load::round_rows(&rounds, &rec);
     report.placement = Some(Placement {
         same_worker_pairs: n - cross_pairs,
@@ -73,32 +82,44 @@ pub(crate) async fn run_rounds(
     Ok(report)
 }
 
-/// Opens the pairs and warms each up (see [`warm_up`]). One that fails fails the run: a
-/// pair that cannot deliver one message would only measure its own failure. The pairs are
-/// closed then, since no phase will close them.
-async fn warm_pairs(ctx: &Arc<Ctx>, load: Load) -> Result<Vec<Pair>, BenchError> {
+/// Opens the pairs and warms each up (see [`warm_up`]); each comes with the id of its
+/// conversation (a JSON string, quoted). One that fails fails the run: a pair that cannot
+/// deliver one message would only measure its own failure. The pairs are closed then,
+/// since no phase will close them.
+async fn warm_pairs(ctx: &Arc<Ctx>, load: Load) -> Result<Vec<(Pair, String)>, BenchError> {
     let mut pairs = pool::pairs(ctx, load.pairs, load.cross).await?;
     let warm = join_all(pairs.iter_mut().map(warm_up)).await;
-    if let Some(Err(e)) = warm.into_iter().find(Result::is_err) {
-        join_all(
-            pairs
-                .into_iter()
-                .flat_map(|p| [p.sender.close(), p.receiver.close()]),
-        )
-        .await;
-        return Err(e);
+    let mut ids = Vec::with_capacity(pairs.len());
+    for w in warm {
+        match w {
+            Ok(id) => ids.push(id),
+            Err(e) => {
+                join_all(
+                    pairs
+                        .into_iter()
+                        .flat_map(|p| [p.sender.close(), p.receiver.close()]),
+                )
+                .await;
+                return Err(e);
+            }
+        }
     }
-    Ok(pairs)
+    Ok(pairs.into_iter().zip(ids).collect())
 }
 
 /// Starts pair `i`: its sender writes direct messages to its receiver, whose deliveries
-/// also go into the histogram of their placement (within a worker or across workers).
-fn start_pair(phase: &mut Phase, i: usize, pair: Pair) {
+/// also go into the histogram of their placement (within a worker or across workers), and
+/// changes them in `conversation` where `mix` says so.
+fn start_pair(phase: &mut Phase, i: usize, pair: Pair, conversation: &str, mix: Mix) {
     let to = pair.receiver.user.clone();
-    let make = move |k: u64| {
-        format!(r#"{{"type":"send","to":"{to}","body":"{BODY}","client_msg_id":"{k}","ref":{k}}}"#)
+    let conversation = conversation.to_string();
+    let make = move |k: u64, target: Option<i64>| match (mix.kind(k), target) {
+        (Kind::Send, _) | (_, None) => format!(
+            r#"{{"type":"send","to":"{to}","body":"{BODY}","client_msg_id":"{k}","ref":{k}}}"#
+        ),
+        (change, Some(cseq)) => changes::frame(change, k, &conversation, cseq),
     };
-    let track = phase.sender(i, pair.sender, make);
+    let track = phase.sender(i, pair.sender, mix, make);
     let who = Recipient {
         of: 1,
         each: Some(if pair.cross { CROSS } else { SAME }),
@@ -108,8 +129,9 @@ fn start_pair(phase: &mut Phase, i: usize, pair: Pair) {
 }
 
 /// The latency rows over all rounds. Delivery is split by placement only when the run had
-/// pairs of both kinds: with one kind the split would repeat the total.
-fn latencies(rec: &Recorder, pairs: usize, cross_pairs: usize) -> Vec<Latency> {
+/// pairs of both kinds: with one kind the split would repeat the total. With `changes`,
+/// those rows are the sends', and each kind of change has its two rows after them.
+fn latencies(rec: &Recorder, pairs: usize, cross_pairs: usize, changes: bool) -> Vec<Latency> {
     let mut rows = vec![
         Latency::of("send → ack", &Recorder::merged(&rec.ack)),
         Latency::of("send → delivery", &Recorder::merged(&rec.delivery)),
@@ -118,12 +140,23 @@ fn latencies(rec: &Recorder, pairs: usize, cross_pairs: usize) -> Vec<Latency> {
         rows.push(Latency::of("  within a worker", &rec.extra[SAME]));
         rows.push(Latency::of("  across workers", &rec.extra[CROSS]));
     }
+    if changes {
+        for kind in Kind::CHANGES {
+            let (ack, delivery) = (
+                format!("{} → ack", kind.name()),
+                format!("{} → delivery", kind.name()),
+            );
+            rows.push(Latency::of(&ack, &rec.change_ack[kind.index()]));
+            rows.push(Latency::of(&delivery, &rec.change_delivery[kind.index()]));
+        }
+    }
     rows
 }
 
 /// One message per pair before the measured phase: it creates the direct conversation
 /// (both users get a `conversation` event first), and shows the receiver is listening.
-async fn warm_up(pair: &mut Pair) -> Result<(), BenchError> {
+/// Returns the conversation's id as JSON (quoted), which changes name.
+async fn warm_up(pair: &mut Pair) -> Result<String, BenchError> {
     let to = &pair.receiver.user;
     let text = format!(
         r#"{{"type":"send","to":"{to}","body":"warm-up","client_msg_id":"w","ref":{WARM_UP_REF}}}"#
@@ -135,7 +168,12 @@ async fn warm_up(pair: &mut Pair) -> Result<(), BenchError> {
             f.kind == "message" && f.client_msg_id() == Some("w")
         })
     );
-    ack?;
+    let ack: Value = serde_json::from_str(&ack?).unwrap_or_default();
     delivery?;
-    Ok(())
+    match &ack["message"]["conversation"] {
+        Value::String(id) => Ok(Value::String(id.clone()).to_string()),
+        _ => Err(BenchError::Setup(format!(
+            "the warm-up's reply names no conversation: {ack}"
+        ))),
+    }
 }

@@ -9,6 +9,7 @@ use futures_util::future::join_all;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+use super::changes::Mix;
 use super::client::Conn;
 use super::load::{Phase, Recipient, Recorder, BODY};
 use super::pool;
@@ -77,12 +78,12 @@ fn start_group(phase: &mut Phase, i: usize, group: Vec<Conn>, id: String, recipi
     let sender = members.next().expect("a group has a sender");
     // The id is the server's: quote it as JSON once, not per message.
     let id = serde_json::to_string(&id).expect("a string serializes");
-    let make = move |k: u64| {
+    let make = move |k: u64, _: Option<i64>| {
         format!(
             r#"{{"type":"send","conversation":{id},"body":"{BODY}","client_msg_id":"{k}","ref":{k}}}"#
         )
     };
-    let track = phase.sender(i, sender, make);
+    let track = phase.sender(i, sender, Mix::NONE, make);
     let who = Recipient {
         of: recipients,
         each: None,

@@ -21,6 +21,7 @@ pub(crate) async fn run(ctx: &Arc<Ctx>, o: &GrowthOptions) -> Result<Report, Ben
         cross: o.cross,
         round: o.round_duration,
         rounds: o.rounds,
+        changes: 0.0,
     };
     let mut report = match (o.grow_events, &o.database_url) {
         (0, _) | (_, None) => dm::run_rounds(ctx, "growth", load).await?,

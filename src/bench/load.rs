@@ -7,21 +7,27 @@
 //! A message's number is its `ref` and its `client_msg_id`, so replies and events map
 //! back to it, and to its due time, without a lookup table. Latencies go into shared
 //! histograms behind a std `Mutex`, held for one `record` and never across an `.await`.
+//!
+//! With `dm --changes`, some of a sender's messages are edits, reactions and deletions of
+//! the send before them ([`changes`](super::changes)): the track says which, keeps each
+//! send's cseq from its ack for the change that names it, and their latencies go into
+//! histograms of their own, so that the sends' figures stay those of sends alone.
 
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use futures_util::SinkExt;
 use hdrhistogram::Histogram;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{close_sink, read_frames, Conn, SeqCheck, Sink, Stream};
+use super::changes::{Kind, Mix};
+use super::client::{close_sink, read_frames, Conn, SeqCheck, Sink, Stream, SETUP_TIMEOUT};
 use super::progress::{self, Progress, Shows};
 use super::report::{histogram, Errors, Latency, Messages, Report, Round};
 use super::schedule::{self, Schedule};
@@ -39,15 +45,45 @@ pub(crate) struct Track {
     flags: Vec<AtomicU8>,
     /// Recipients that received the message (each counted once).
     deliveries: Vec<AtomicU32>,
+    /// Which messages are changes of the send before them (none without `--changes`).
+    pub(crate) mix: Mix,
+    /// With changes: each send's cseq from its ack (0 until then, -1 if the ack had none),
+    /// and the signal that another ack or refusal came.
+    cseq: Vec<AtomicI64>,
+    answered: Notify,
 }
 
 impl Track {
-    pub(crate) fn new(count: u64) -> Arc<Track> {
+    pub(crate) fn new(count: u64, mix: Mix) -> Arc<Track> {
         let n = count as usize;
+        let cseqs = if mix.active() { n } else { 0 };
         Arc::new(Track {
             flags: (0..n).map(|_| AtomicU8::new(0)).collect(),
             deliveries: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            mix,
+            cseq: (0..cseqs).map(|_| AtomicI64::new(0)).collect(),
+            answered: Notify::new(),
         })
+    }
+
+    /// The cseq of send `k` once it is acked; None if it was refused, its ack had no
+    /// cseq, or no answer came within `within` (the change that needs it is not sent).
+    async fn cseq_once_acked(&self, k: u64, within: Duration) -> Option<i64> {
+        let deadline = Instant::now() + within;
+        loop {
+            let signal = self.answered.notified();
+            tokio::pin!(signal);
+            // Registered before looking, so that an answer in between is not missed.
+            signal.as_mut().enable();
+            let cseq = self.cseq[k as usize].load(Ordering::Acquire);
+            if cseq != 0 {
+                return (cseq > 0).then_some(cseq);
+            }
+            if self.flags[k as usize].load(Ordering::Relaxed) & FAILED != 0 {
+                return None;
+            }
+            tokio::time::timeout_at(deadline, signal).await.ok()?;
+        }
     }
 
     fn len(&self) -> u64 {
@@ -65,6 +101,10 @@ pub(crate) struct Recorder {
     pub(crate) delivery: Vec<Histogram<u64>>,
     /// dm: delivery on the same worker, across workers; group: to the last recipient.
     pub(crate) extra: Vec<Histogram<u64>>,
+    /// dm --changes: ack and delivery of each kind of change, by [`Kind::index`]. `ack`,
+    /// `delivery` and `extra` then count the sends alone.
+    pub(crate) change_ack: Vec<Histogram<u64>>,
+    pub(crate) change_delivery: Vec<Histogram<u64>>,
     pub(crate) last_delivery: Option<Instant>,
 }
 
@@ -74,6 +114,8 @@ impl Recorder {
             ack: (0..rounds).map(|_| histogram()).collect(),
             delivery: (0..rounds).map(|_| histogram()).collect(),
             extra: (0..extra).map(|_| histogram()).collect(),
+            change_ack: Kind::CHANGES.iter().map(|_| histogram()).collect(),
+            change_delivery: Kind::CHANGES.iter().map(|_| histogram()).collect(),
             last_delivery: None,
         }))
     }
@@ -98,19 +140,30 @@ pub(crate) struct Run {
 }
 
 /// Writes the messages of sender `stream`, each when it is due, never waiting for an
-/// ack. `make(k)` is the frame of message `k`. Returns the sink, still open.
+/// ack, except that a change waits for the ack of the send it changes if that has not
+/// come yet. `make(k, target)` is the frame of message `k`; `target` is, for a change, the
+/// cseq of the send before it. Returns the sink, still open.
 pub(crate) async fn write_messages(
     mut sink: Sink,
     mut due: mpsc::UnboundedReceiver<u64>,
     track: Arc<Track>,
     run: Run,
-    make: impl Fn(u64) -> String,
+    make: impl Fn(u64, Option<i64>) -> String,
 ) -> Sink {
     // The clock ([`schedule::tick`]) says when each message is due.
     while let Some(k) = due.recv().await {
+        let target = match track.mix.kind(k) {
+            Kind::Send => None,
+            // Its send was refused or never answered: the change is never sent, and the
+            // run counts it so.
+            _ => match track.cseq_once_acked(k - 1, SETUP_TIMEOUT).await {
+                Some(cseq) => Some(cseq),
+                None => continue,
+            },
+        };
         // Marked first: on a multi-thread runtime the ack may be read before send returns.
         track.mark(k, SENT);
-        if sink.send(Message::text(make(k))).await.is_err() {
+        if sink.send(Message::text(make(k, target))).await.is_err() {
             // The socket is gone (its reader counts the close): the rest is never sent.
             track.flags[k as usize].fetch_and(!SENT, Ordering::Relaxed);
             break;
@@ -167,15 +220,17 @@ impl Phase {
     }
 
     /// Starts sender `index` on `conn`: its writer (each message when the clock says it is
-    /// due; `make(k)` is message `k`'s frame) and the reader of its acks. Returns the
-    /// track of its messages, which its recipients' readers share.
+    /// due; `make(k, target)` is message `k`'s frame, and `mix` says which messages are
+    /// changes, of which send `target`) and the reader of its acks. Returns the track of
+    /// its messages, which its recipients' readers share.
     pub(crate) fn sender(
         &mut self,
         index: usize,
         conn: Conn,
-        make: impl Fn(u64) -> String + Send + 'static,
+        mix: Mix,
+        make: impl Fn(u64, Option<i64>) -> String + Send + 'static,
     ) -> Arc<Track> {
-        let track = Track::new(self.run.sched.count(index));
+        let track = Track::new(self.run.sched.count(index), mix);
         self.tracks.push(track.clone());
         let (sink, stream, seq) = conn.split();
         let due = self.clock.next().expect("a clock per sender");
@@ -290,7 +345,8 @@ impl ReaderEnd {
     }
 }
 
-/// Reads a sender's socket: the replies to its messages (send → ack latency).
+/// Reads a sender's socket: the replies to its messages (send → ack latency, and change
+/// → ack for changes). With changes, a send's ack gives its cseq to the change after it.
 pub(crate) async fn read_acks(
     mut stream: Stream,
     mut seq: SeqCheck,
@@ -319,12 +375,25 @@ pub(crate) async fn read_acks(
                 return;
             }
         };
+        let kind = track.mix.kind(k);
+        if ok && kind == Kind::Send && track.mix.active() {
+            // Stored before the flag: the writer of the change looks at the cseq only.
+            let cseq = f.message_cseq().filter(|c| *c > 0).unwrap_or(-1);
+            track.cseq[k as usize].store(cseq, Ordering::Release);
+        }
         let before = track.mark(k, if ok { ACKED } else { FAILED });
+        if track.mix.active() {
+            track.answered.notify_waiters();
+        }
         if before & (ACKED | FAILED) != 0 {
             strays += 1;
         } else if ok {
             let us = micros(now.saturating_duration_since(sched.due(index, k)));
-            rec.lock().unwrap().ack[sched.round_of(index, k)].saturating_record(us);
+            let mut r = rec.lock().unwrap();
+            match kind {
+                Kind::Send => r.ack[sched.round_of(index, k)].saturating_record(us),
+                change => r.change_ack[change.index()].saturating_record(us),
+            }
             Live::add(&ctx.live.acked, 1);
         } else {
             Live::add(&ctx.live.failed, 1);
@@ -352,7 +421,9 @@ pub(crate) struct Recipient {
     pub(crate) last: Option<usize>,
 }
 
-/// Reads a recipient's socket: the `message` events from sender `index`.
+/// Reads a recipient's socket: the `message` events from sender `index`, and with changes
+/// the `message_edited`, `reaction` and `message_deleted` events of its changes, each known
+/// by the cseq of the send it changed.
 pub(crate) async fn read_deliveries(
     mut stream: Stream,
     mut seq: SeqCheck,
@@ -370,18 +441,37 @@ pub(crate) async fn read_deliveries(
     let mut errors = Errors::default();
     // This socket's own record of what it has seen: a bit per message.
     let mut seen = vec![0u64; track.len().div_ceil(64) as usize];
+    // With changes: by cseq, 1 + the number of the send stored there, which is also the
+    // number of the change that may name it (0: not one of this run's sends).
+    let changes = track.mix.active();
+    let mut by_cseq = vec![0u64; if changes { track.len() as usize + 2 } else { 0 }];
     let (mut duplicates, mut strays) = (0u64, 0u64);
     let ended = read_frames(&mut stream, &mut seq, &mut errors, &stop, |f, now| {
-        if f.kind != "message" {
+        let k = if f.kind == "message" {
+            let Some(id) = f.client_msg_id() else { return };
+            // The warm-up message ("w") came before the measured phase.
+            let Ok(k) = id.parse::<u64>() else { return };
+            if k >= track.len() {
+                strays += 1;
+                return;
+            }
+            if let Some(slot) = f.message_cseq().and_then(|c| by_cseq.get_mut(c as usize)) {
+                *slot = k + 1;
+            }
+            k
+        } else if let (true, Some(event)) = (changes, Kind::of_event(f.kind)) {
+            let named = f.message_cseq().or(f.cseq);
+            let k = named.and_then(|c| by_cseq.get(c as usize)).copied();
+            match k {
+                Some(k) if k > 0 && k < track.len() && track.mix.kind(k) == event => k,
+                _ => {
+                    strays += 1;
+                    return;
+                }
+            }
+        } else {
             return;
-        }
-        let Some(id) = f.client_msg_id() else { return };
-        // The warm-up message ("w") came before the measured phase.
-        let Ok(k) = id.parse::<u64>() else { return };
-        if k >= track.len() {
-            strays += 1;
-            return;
-        }
+        };
         let (word, bit) = ((k / 64) as usize, 1u64 << (k % 64));
         if seen[word] & bit != 0 {
             duplicates += 1;
@@ -392,12 +482,17 @@ pub(crate) async fn read_deliveries(
         let us = micros(now.saturating_duration_since(sched.due(index, k)));
         {
             let mut r = rec.lock().unwrap();
-            r.delivery[sched.round_of(index, k)].saturating_record(us);
-            if let Some(h) = who.each {
-                r.extra[h].saturating_record(us);
-            }
-            if let (Some(h), true) = (who.last, nth == who.of) {
-                r.extra[h].saturating_record(us);
+            match track.mix.kind(k) {
+                Kind::Send => {
+                    r.delivery[sched.round_of(index, k)].saturating_record(us);
+                    if let Some(h) = who.each {
+                        r.extra[h].saturating_record(us);
+                    }
+                    if let (Some(h), true) = (who.last, nth == who.of) {
+                        r.extra[h].saturating_record(us);
+                    }
+                }
+                change => r.change_delivery[change.index()].saturating_record(us),
             }
             r.last_delivery = Some(r.last_delivery.map_or(now, |t| t.max(now)));
         }
@@ -409,7 +504,7 @@ pub(crate) async fn read_deliveries(
         seq,
         ended,
         strays,
-        "message not sent by this run",
+        "message or change not sent by this run",
         duplicates,
     )
 }

@@ -10,7 +10,8 @@
 //! - [`schedule`]: open loop: when each message is due, so that latency counts from then;
 //!   [`load`]: the writer, the readers, the drain and the tally that dm and group share.
 //! - one file per scenario: [`dm`] (and [`growth`], rounds of it, with [`grow`] growing
-//!   the database between rounds), [`group`], [`connect`], [`idle`].
+//!   the database between rounds; [`changes`], the edits, reactions and deletions that
+//!   `dm --changes` mixes in), [`group`], [`connect`], [`idle`].
 //! - [`report`]: the result (counts, latency summaries, errors), the summary on stdout,
 //!   the JSON; [`progress`]: the line on stderr while it runs.
 //!
@@ -18,6 +19,7 @@
 //! a `current_thread` runtime unless told otherwise, and its hot path (a frame in, a
 //! frame out) parses borrowed fields and records into preallocated state.
 
+pub(crate) mod changes;
 pub(crate) mod cli;
 pub(crate) mod client;
 pub(crate) mod connect;
@@ -96,6 +98,9 @@ pub struct DmOptions {
     pub cross: f64,
     #[serde(serialize_with = "human")]
     pub duration: Duration,
+    /// The fraction of each sender's messages that are changes (edit, react, delete, in
+    /// turn) of its send just before, instead of sends: 0 ..= 0.5.
+    pub changes: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -194,6 +199,13 @@ impl Scenario {
                 positive("--pairs", o.pairs)?;
                 fraction(o.cross)?;
                 nonzero("--duration", o.duration)?;
+                if !(0.0..=changes::MAX_FRACTION).contains(&o.changes) {
+                    return bad(format!(
+                        "--changes: a fraction 0..{} (each change needs a send before it), got {}",
+                        changes::MAX_FRACTION,
+                        o.changes
+                    ));
+                }
             }
             Scenario::Growth(o) => {
                 rate(o.rate)?;
@@ -402,6 +414,10 @@ mod tests {
     use super::*;
 
     fn dm(rate: f64, cross: f64) -> Options {
+        dm_changing(rate, cross, 0.0)
+    }
+
+    fn dm_changing(rate: f64, cross: f64, changes: f64) -> Options {
         Options {
             urls: vec!["ws://127.0.0.1:3000/ws".into()],
             auth: Authenticator::new("s"),
@@ -413,6 +429,7 @@ mod tests {
                 pairs: 2,
                 cross,
                 duration: Duration::from_secs(1),
+                changes,
             }),
         }
     }
@@ -420,7 +437,15 @@ mod tests {
     #[test]
     fn options_no_run_can_use_are_refused_with_exit_code_2() {
         assert!(dm(10.0, 0.5).validate().is_ok());
-        for bad in [dm(0.0, 0.5), dm(f64::NAN, 0.5), dm(10.0, 1.5)] {
+        assert!(dm_changing(10.0, 0.5, 0.5).validate().is_ok());
+        for bad in [
+            dm(0.0, 0.5),
+            dm(f64::NAN, 0.5),
+            dm(10.0, 1.5),
+            dm_changing(10.0, 0.5, 0.6),
+            dm_changing(10.0, 0.5, -0.1),
+            dm_changing(10.0, 0.5, f64::NAN),
+        ] {
             assert_eq!(bad.validate().unwrap_err().exit_code(), 2);
         }
         let mut wss = dm(10.0, 0.5);

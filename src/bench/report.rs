@@ -556,11 +556,19 @@ impl Report {
         let drain = d(o.drain);
         match &o.scenario {
             Scenario::Dm(s) => format!(
-                "{} pairs{}, {}/s for {}, drain {drain}, {threads}",
+                "{} pairs{}, {}/s for {}{}, drain {drain}, {threads}",
                 s.pairs,
                 self.placed(),
                 s.rate,
-                d(s.duration)
+                d(s.duration),
+                if s.changes > 0.0 {
+                    format!(
+                        ", {}% of them edits, reactions and deletions",
+                        (s.changes * 1000.0).round() / 10.0
+                    )
+                } else {
+                    String::new()
+                }
             ),
             Scenario::Growth(s) => format!(
                 "{} rounds of {}, {} pairs{}, {}/s, drain {drain}, {threads}",
