@@ -36,12 +36,14 @@ async fn rows(app: &TestApp) -> Vec<i64> {
         .query_one(
             "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM conversations),
                     (SELECT count(*) FROM members), (SELECT count(*) FROM messages),
-                    (SELECT count(*) FROM event_queue)",
+                    (SELECT count(*) FROM event_queue), (SELECT count(*) FROM reactions),
+                    (SELECT count(*) FROM mentions),
+                    (SELECT count(*) FROM messages WHERE edited_at IS NOT NULL OR deleted)",
             &[],
         )
         .await
         .unwrap();
-    (0..5).map(|i| row.get(i)).collect()
+    (0..8).map(|i| row.get(i)).collect()
 }
 
 /// What a corpus found wrong, all of it reported at the end rather than the first only.
@@ -187,6 +189,26 @@ fn every_string_field(a: &Arena, v: &str, user_code: &str, id_code: &str) -> Vec
         ),
         (
             json!({"type":"read","conversation":v,"cseq":1}),
+            codes(id_code),
+        ),
+        (
+            json!({"type":"send","conversation":g,"body":"x","client_msg_id":"m","mentions":[v]}),
+            codes(user_code),
+        ),
+        (
+            json!({"type":"edit","conversation":v,"cseq":1,"body":"x"}),
+            codes(id_code),
+        ),
+        (
+            json!({"type":"delete","conversation":v,"cseq":1}),
+            codes(id_code),
+        ),
+        (
+            json!({"type":"react","conversation":v,"cseq":1,"emoji":"+1","on":true}),
+            codes(id_code),
+        ),
+        (
+            json!({"type":"search","query":"x","conversation":v}),
             codes(id_code),
         ),
         (
@@ -413,6 +435,54 @@ fn socket_corpus(a: &Arena) -> Vec<Case> {
             "too_large",
             json!({"type":"presence_subscribe","users":["a","b","c","d","e","f"]}).to_string(),
         ),
+        // Replies and mentions on send.
+        bad(json!({"type":"send","conversation":d,"body":"x","client_msg_id":"r1","reply_to":0})),
+        bad(json!({"type":"send","conversation":d,"body":"x","client_msg_id":"r2","reply_to":"1"})),
+        bad(json!({"type":"send","conversation":d,"body":"x","client_msg_id":"r3","reply_to":99})),
+        bad(json!({"type":"send","to":"erin","body":"x","client_msg_id":"r4","reply_to":1})),
+        bad(json!({"type":"send","conversation":d,"body":"x","client_msg_id":"r5","mentions":"bob"})),
+        bad(json!({"type":"send","conversation":d,"body":"x","client_msg_id":"r6","mentions":[1]})),
+        bad(json!({"type":"send","conversation":d,"body":"x","client_msg_id":"r7","mentions":["carol"]})),
+        bad(json!({"type":"send","to":"erin","body":"x","client_msg_id":"r8","mentions":["bob"]})),
+        err(
+            "too_large",
+            json!({"type":"send","conversation":d,"body":"x","client_msg_id":"r9",
+                   "mentions":(0..51).map(|i| format!("u{i}")).collect::<Vec<_>>()}).to_string(),
+        ),
+        // edit, delete, react.
+        bad(json!({"type":"edit","conversation":d,"body":"x"})),
+        bad(json!({"type":"edit","conversation":d,"cseq":"1","body":"x"})),
+        bad(json!({"type":"edit","conversation":d,"cseq":0,"body":"x"})),
+        bad(json!({"type":"edit","conversation":d,"cseq":1,"body":""})),
+        bad(json!({"type":"edit","conversation":d,"cseq":1})),
+        err("too_large", json!({"type":"edit","conversation":d,"cseq":1,"body":"x".repeat(4001)}).to_string()),
+        err("forbidden", json!({"type":"edit","conversation":f,"cseq":1,"body":"x"}).to_string()),
+        err("not_found", json!({"type":"edit","conversation":d,"cseq":99,"body":"x"}).to_string()),
+        bad(json!({"type":"delete","conversation":d,"cseq":-1})),
+        bad(json!({"type":"delete","conversation":d})),
+        err("forbidden", json!({"type":"delete","conversation":f,"cseq":1}).to_string()),
+        err("not_found", json!({"type":"delete","conversation":d,"cseq":99}).to_string()),
+        bad(json!({"type":"react","conversation":d,"cseq":1,"on":true})),
+        bad(json!({"type":"react","conversation":d,"cseq":1,"emoji":"","on":true})),
+        bad(json!({"type":"react","conversation":d,"cseq":1,"emoji":"\u{200b}","on":true})),
+        bad(json!({"type":"react","conversation":d,"cseq":1,"emoji":"+1","on":"yes"})),
+        bad(json!({"type":"react","conversation":d,"cseq":1,"emoji":"+1"})),
+        bad(json!({"type":"react","conversation":d,"cseq":1,"emoji":7,"on":true})),
+        err("too_large", json!({"type":"react","conversation":d,"cseq":1,"emoji":"e".repeat(33),"on":true}).to_string()),
+        err("forbidden", json!({"type":"react","conversation":f,"cseq":1,"emoji":"+1","on":true}).to_string()),
+        err("not_found", json!({"type":"react","conversation":d,"cseq":99,"emoji":"+1","on":true}).to_string()),
+        // search.
+        bad(json!({"type":"search"})),
+        bad(json!({"type":"search","query":""})),
+        bad(json!({"type":"search","query":"   "})),
+        bad(json!({"type":"search","query":["x"]})),
+        bad(json!({"type":"search","query":"x","limit":0})),
+        bad(json!({"type":"search","query":"x","limit":51})),
+        bad(json!({"type":"search","query":"x","before_id":0})),
+        err("too_large", json!({"type":"search","query":"x".repeat(201)}).to_string()),
+        err("forbidden", json!({"type":"search","query":"x","conversation":f}).to_string()),
+        err("forbidden", json!({"type":"search","query":"x","conversation":fg}).to_string()),
+        err("not_found", json!({"type":"search","query":"x","conversation":"g999999"}).to_string()),
         // Binary frames.
         Case {
             send: Send::Binary(vec![1, 2, 3]),
