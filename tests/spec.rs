@@ -415,14 +415,55 @@ impl Http<'_> {
     }
 
     async fn post_json(&self, path: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
+        self.json("POST", path, token, body).await
+    }
+
+    async fn patch_json(&self, path: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
+        self.json("PATCH", path, token, body).await
+    }
+
+    async fn json(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &Value,
+    ) -> (u16, Value) {
         self.call(
-            "POST",
+            method,
             path,
             token,
             &[("content-type", "application/json")],
             Some(body.to_string()),
         )
         .await
+    }
+
+    async fn delete(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        self.call("DELETE", path, token, &[], None).await
+    }
+
+    /// Each v1.2 route once, as `token`: for the refusals every route shares (429, 500,
+    /// 503). `dm` is a conversation; the statuses, in the order asked.
+    async fn every_change_route(&self, dm: &str, token: &str) -> Vec<u16> {
+        let message = format!("/api/conversations/{dm}/messages/1");
+        vec![
+            self.patch_json(&message, Some(token), &json!({"body": "changed"}))
+                .await
+                .0,
+            self.delete(&message, Some(token)).await.0,
+            self.post_json(
+                &format!("{message}/reactions"),
+                Some(token),
+                &json!({"emoji": "+1", "on": true}),
+            )
+            .await
+            .0,
+            self.get("/api/search?q=lunch", Some(token)).await.0,
+            self.get(&format!("/api/conversations/{dm}/receipts"), Some(token))
+                .await
+                .0,
+        ]
     }
 }
 
@@ -585,6 +626,197 @@ async fn the_specs_are_valid_and_describe_every_frame_the_server_sends() {
     assert!(dave.events.iter().any(|e| e["type"] == "removed"));
     dave.close().await;
 
+    // ---- v1.2: replies, mentions, edits, reactions, search and deletions, each with
+    // its events, and the refusals the schemas also describe.
+    let mut uma = Rec::connect(&app, &cap, "uma").await;
+    let mut vic = Rec::connect(&app, &cap, "vic").await;
+    let first = uma
+        .ok(json!({"type": "send", "to": "vic", "body": "lunch at noon?", "client_msg_id": "u1"}))
+        .await;
+    let ud = first["message"]["conversation"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    vic.event_of("message").await;
+    let reply = vic
+        .ok(
+            json!({"type": "send", "conversation": ud, "body": "yes, @uma", "client_msg_id": "v1",
+                   "reply_to": 1, "mentions": ["uma"]}),
+        )
+        .await;
+    assert_eq!(
+        reply["message"]["reply_to"]["snippet"], "lunch at noon?",
+        "{reply}"
+    );
+    let list = uma.ok(json!({"type": "conversations"})).await;
+    assert_eq!(list["conversations"][0]["mentions_unread"], 1, "{list}");
+    uma.ok(json!({"type": "edit", "conversation": ud, "cseq": 1, "body": "lunch at one?"}))
+        .await;
+    let edited = vic.event_of("message_edited").await;
+    assert_eq!(edited["message"]["body"], "lunch at one?", "{edited}");
+    vic.ok(json!({"type": "react", "conversation": ud, "cseq": 1, "emoji": "👍", "on": true}))
+        .await;
+    uma.event_of("reaction").await;
+    // The same again: {} and no event.
+    vic.ok(json!({"type": "react", "conversation": ud, "cseq": 1, "emoji": "👍", "on": true}))
+        .await;
+    uma.ok(json!({"type": "edit", "conversation": ud, "cseq": 1, "body": "lunch at one?"}))
+        .await;
+    let found = uma
+        .ok(json!({"type": "search", "query": "lunch", "limit": 1}))
+        .await;
+    assert_eq!(found["messages"][0]["body"], "lunch at one?", "{found}");
+    uma.ok(
+        json!({"type": "search", "query": "\"at one\" or noon", "conversation": ud,
+                  "before_id": found["messages"][0]["id"].as_i64().unwrap() + 1}),
+    )
+    .await;
+    uma.ok(json!({"type": "history", "conversation": ud})).await;
+    uma.ok(json!({"type": "delete", "conversation": ud, "cseq": 1}))
+        .await;
+    vic.event_of("message_deleted").await;
+    uma.ok(json!({"type": "delete", "conversation": ud, "cseq": 1}))
+        .await;
+    // The tombstone, and the reply whose snippet went with it.
+    let page = vic.ok(json!({"type": "history", "conversation": ud})).await;
+    assert_eq!(
+        (
+            &page["messages"][0]["deleted"],
+            &page["messages"][1]["reply_to"]["snippet"]
+        ),
+        (&json!(true), &json!("")),
+        "{page}"
+    );
+    vic.ok(json!({"type": "conversations"})).await;
+    // Refused by the state of things.
+    uma.refused(
+        json!({"type": "edit", "conversation": ud, "cseq": 2, "body": "not mine"}),
+        "forbidden",
+    )
+    .await;
+    uma.refused(
+        json!({"type": "delete", "conversation": ud, "cseq": 2}),
+        "forbidden",
+    )
+    .await;
+    vic.refused(
+        json!({"type": "react", "conversation": ud, "cseq": 1, "emoji": "👍", "on": false}),
+        "not_found",
+    )
+    .await;
+    vic.refused(
+        json!({"type": "edit", "conversation": ud, "cseq": 9, "body": "nothing there"}),
+        "not_found",
+    )
+    .await;
+    vic.refused(
+        json!({"type": "react", "conversation": ud, "cseq": 2, "emoji": "  ", "on": true}),
+        "bad_request",
+    )
+    .await;
+    vic.refused(
+        json!({"type": "send", "conversation": ud, "body": "hey", "client_msg_id": "v2",
+               "mentions": ["mallory"]}),
+        "bad_request",
+    )
+    .await;
+    vic.refused(
+        json!({"type": "send", "conversation": ud, "body": "hey", "client_msg_id": "v3",
+               "reply_to": 99}),
+        "bad_request",
+    )
+    .await;
+    uma.refused(
+        json!({"type": "search", "query": "plan", "conversation": g}),
+        "forbidden",
+    )
+    .await;
+    uma.refused(json!({"type": "search", "query": "  "}), "bad_request")
+        .await;
+    // Refused by the schemas too.
+    uma.invalid(
+        json!({"type": "edit", "conversation": ud, "cseq": 0, "body": "x"}),
+        "bad_request",
+    )
+    .await;
+    vic.invalid(
+        json!({"type": "edit", "conversation": ud, "cseq": 2, "body": "x".repeat(4001)}),
+        "too_large",
+    )
+    .await;
+    vic.invalid(json!({"type": "delete", "conversation": ud}), "bad_request")
+        .await;
+    vic.invalid(
+        json!({"type": "react", "conversation": ud, "cseq": 2, "emoji": "", "on": true}),
+        "bad_request",
+    )
+    .await;
+    vic.invalid(
+        json!({"type": "react", "conversation": ud, "cseq": 2, "emoji": "x".repeat(33), "on": true}),
+        "too_large",
+    )
+    .await;
+    vic.invalid(
+        json!({"type": "react", "conversation": ud, "cseq": 2, "emoji": "👍", "on": "yes"}),
+        "bad_request",
+    )
+    .await;
+    vic.invalid(
+        json!({"type": "send", "conversation": ud, "body": "hey", "client_msg_id": "v4",
+               "reply_to": 0}),
+        "bad_request",
+    )
+    .await;
+    let many: Vec<String> = (0..51).map(|i| format!("u{i}")).collect();
+    vic.invalid(
+        json!({"type": "send", "conversation": ud, "body": "hey", "client_msg_id": "v5",
+               "mentions": many}),
+        "too_large",
+    )
+    .await;
+    uma.invalid(json!({"type": "search", "query": ""}), "bad_request")
+        .await;
+    uma.invalid(
+        json!({"type": "search", "query": "x".repeat(201)}),
+        "too_large",
+    )
+    .await;
+    uma.invalid(
+        json!({"type": "search", "query": "x", "limit": 51}),
+        "bad_request",
+    )
+    .await;
+    uma.invalid(
+        json!({"type": "search", "query": "x", "before_id": 0}),
+        "bad_request",
+    )
+    .await;
+    // A session of vic's replays the stream: the reaction, whose message is deleted, comes
+    // back as message_deleted, and the messages as they are now (tombstones).
+    let mut vic2 = Rec::connect(&app, &cap, "vic").await;
+    vic2.ok(json!({"type": "resume", "after": 0})).await;
+    let kinds: Vec<&str> = vic2
+        .events
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "conversation",
+            "message",
+            "message",
+            "message_edited",
+            "message_deleted",
+            "message_deleted"
+        ],
+        "{:?}",
+        vic2.events
+    );
+    vic2.close().await;
+    uma.close().await;
+    vic.close().await;
+
     // ---- token refresh in place.
     alice
         .ok(json!({"type": "auth", "token": app.token("alice")}))
@@ -696,6 +928,7 @@ async fn the_specs_are_valid_and_describe_every_frame_the_server_sends() {
     let mut flood = Rec::connect(&app, &cap, "flood").await;
     let flood_token = app.token("flood");
     let (mut api_429, mut history_429, mut post_429) = (false, false, false);
+    let mut changes_429 = [false; 5];
     let mut socket_429 = false;
     let flood_path = format!("/api/conversations/{dm}/messages");
     for _ in 0..5 {
@@ -717,13 +950,19 @@ async fn the_specs_are_valid_and_describe_every_frame_the_server_sends() {
             )
             .await
             .0 == 429;
-        if socket_429 && api_429 && history_429 && post_429 {
+        for (seen, status) in changes_429
+            .iter_mut()
+            .zip(http.every_change_route(&dm, &flood_token).await)
+        {
+            *seen |= status == 429;
+        }
+        if socket_429 && api_429 && history_429 && post_429 && changes_429.iter().all(|s| *s) {
             break;
         }
     }
     assert!(
-        socket_429 && api_429 && history_429 && post_429,
-        "the flood was not limited"
+        socket_429 && api_429 && history_429 && post_429 && changes_429.iter().all(|s| *s),
+        "the flood was not limited: {changes_429:?}"
     );
     flood.close().await;
 
@@ -923,6 +1162,98 @@ async fn the_specs_are_valid_and_describe_every_frame_the_server_sends() {
         &send("h7"),
     )
     .await;
+    // v1.2 over HTTP: a reply with a mention, then its edit, reactions, search, receipts
+    // and deletion, each with its refusals.
+    let uma_token = app.token("uma");
+    let vic_token = app.token("vic");
+    let ud_messages = format!("/api/conversations/{ud}/messages");
+    let (_, sent) = http
+        .post_json(
+            &ud_messages,
+            Some(&vic_token),
+            &json!({"body": "see you at one", "client_msg_id": "vh1", "reply_to": 2,
+                    "mentions": ["uma"]}),
+        )
+        .await;
+    let cseq = sent["message"]["cseq"].as_i64().expect("a message");
+    let message = format!("{ud_messages}/{cseq}");
+    let reactions = format!("{message}/reactions");
+    let edit = json!({"body": "see you at two"});
+    let react = json!({"emoji": "🎉", "on": true});
+    http.patch_json(&message, Some(&vic_token), &edit).await;
+    http.patch_json(&message, Some(&uma_token), &edit).await;
+    http.patch_json(&format!("{ud_messages}/99"), Some(&vic_token), &edit)
+        .await;
+    http.patch_json(&format!("{ud_messages}/x"), Some(&vic_token), &edit)
+        .await;
+    http.patch_json(
+        &message,
+        Some(&vic_token),
+        &json!({"body": "x".repeat(4001)}),
+    )
+    .await;
+    http.patch_json(&message, None, &edit).await;
+    http.post_json(&reactions, Some(&uma_token), &react).await;
+    http.post_json(
+        &reactions,
+        Some(&uma_token),
+        &json!({"emoji": "", "on": true}),
+    )
+    .await;
+    http.post_json(
+        &reactions,
+        Some(&uma_token),
+        &json!({"emoji": "x".repeat(33), "on": true}),
+    )
+    .await;
+    http.post_json(&reactions, Some(&mallory_token), &react)
+        .await;
+    http.post_json(
+        &format!("{ud_messages}/99/reactions"),
+        Some(&uma_token),
+        &react,
+    )
+    .await;
+    http.post_json(&reactions, None, &react).await;
+    http.get(
+        &format!("/api/search?q=two&conversation={ud}&limit=5"),
+        Some(&uma_token),
+    )
+    .await;
+    http.get("/api/search?q=", Some(&uma_token)).await;
+    http.get(
+        &format!("/api/search?q={}", "x".repeat(201)),
+        Some(&uma_token),
+    )
+    .await;
+    http.get(
+        &format!("/api/search?q=two&conversation={g}"),
+        Some(&uma_token),
+    )
+    .await;
+    http.get("/api/search?q=two&conversation=no-such", Some(&uma_token))
+        .await;
+    http.get("/api/search?q=two", None).await;
+    let receipts = format!("/api/conversations/{ud}/receipts");
+    http.get(&format!("{receipts}?limit=1"), Some(&uma_token))
+        .await;
+    http.get(&format!("{receipts}?limit=0"), Some(&uma_token))
+        .await;
+    http.get(&receipts, Some(&mallory_token)).await;
+    http.get("/api/conversations/no-such/receipts", Some(&uma_token))
+        .await;
+    http.get(&receipts, None).await;
+    // The conversation list with a mention unread, and the page with the reaction.
+    http.get("/api/conversations", Some(&uma_token)).await;
+    http.get(&ud_messages, Some(&uma_token)).await;
+    http.delete(&message, Some(&uma_token)).await;
+    http.delete(&format!("{ud_messages}/0"), Some(&vic_token))
+        .await;
+    http.delete("/api/conversations/no-such/messages/1", Some(&vic_token))
+        .await;
+    http.delete(&message, None).await;
+    http.delete(&message, Some(&vic_token)).await;
+    http.delete(&message, Some(&vic_token)).await;
     http.get("/health", None).await;
     http.get("/ready", None).await;
     http.get("/live", None).await;
@@ -1002,8 +1333,24 @@ async fn the_specs_are_valid_and_describe_every_frame_the_server_sends() {
         .await;
     http.post_json(&messages, Some(&alice_token), &send("h8"))
         .await;
+    let internal = http.every_change_route(&dm, &alice_token).await;
+    assert_eq!(&internal[..4], [500; 4], "with messages gone");
     admin
-        .batch_execute("ALTER TABLE messages_elsewhere RENAME TO messages")
+        .batch_execute(
+            "ALTER TABLE messages_elsewhere RENAME TO messages;
+             ALTER TABLE members RENAME TO members_elsewhere",
+        )
+        .await
+        .unwrap();
+    let (status, _) = http
+        .get(
+            &format!("/api/conversations/{dm}/receipts"),
+            Some(&alice_token),
+        )
+        .await;
+    assert_eq!(status, 500, "receipts with members gone");
+    admin
+        .batch_execute("ALTER TABLE members_elsewhere RENAME TO members")
         .await
         .unwrap();
 
@@ -1030,6 +1377,8 @@ async fn the_specs_are_valid_and_describe_every_frame_the_server_sends() {
         .await;
     http.post_json(&messages, Some(&alice_token), &send("h9"))
         .await;
+    let unavailable = http.every_change_route(&dm, &alice_token).await;
+    assert_eq!(unavailable, [503; 5], "with the database unreachable");
     http.get("/ready", None).await;
     http.get("/health", None).await;
     match Rec::try_connect(&app, &cap, "carol", &app.token("carol")).await {
