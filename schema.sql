@@ -120,20 +120,24 @@ CREATE TABLE pgchat.mentions (
 
 -- Reactions: one row per (message, user, emoji); reaction_counts keeps each emoji's count
 -- (and when it first appeared: the order `reactions` lists them in), so that showing a
--- message never counts rows. At most 20 emoji per message.
+-- message never counts rows. At most 20 emoji per message. Keyed by the conversation
+-- first, like messages and members, so that a distributed PostgreSQL (ROADMAP.md) can
+-- place a conversation's reactions beside its messages.
 CREATE TABLE pgchat.reactions (
-    message_id bigint NOT NULL,
-    user_id    text NOT NULL,
-    emoji      text NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (message_id, user_id, emoji)
+    conversation_id text NOT NULL,
+    message_id      bigint NOT NULL,
+    user_id         text NOT NULL,
+    emoji           text NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (conversation_id, message_id, user_id, emoji)
 );
 CREATE TABLE pgchat.reaction_counts (
-    message_id bigint NOT NULL,
-    emoji      text NOT NULL,
-    count      integer NOT NULL CHECK (count > 0),
-    first_at   timestamptz NOT NULL,
-    PRIMARY KEY (message_id, emoji)
+    conversation_id text NOT NULL,
+    message_id      bigint NOT NULL,
+    emoji           text NOT NULL,
+    count           integer NOT NULL CHECK (count > 0),
+    first_at        timestamptz NOT NULL,
+    PRIMARY KEY (conversation_id, message_id, emoji)
 );
 
 -- Each change of a reaction, once, however many members its `reaction` events reach (they
@@ -142,13 +146,14 @@ CREATE TABLE pgchat.reaction_counts (
 -- Retention deletes a change once no event can point at it (older than every event left).
 CREATE SEQUENCE pgchat.reaction_change_ids;
 CREATE TABLE pgchat.reaction_changes (
-    message_id bigint NOT NULL,
-    change_id  bigint NOT NULL,
-    user_id    text NOT NULL,
-    emoji      text NOT NULL,
-    added      boolean NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (message_id, change_id)
+    conversation_id text NOT NULL,
+    message_id      bigint NOT NULL,
+    change_id       bigint NOT NULL,
+    user_id         text NOT NULL,
+    emoji           text NOT NULL,
+    added           boolean NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (conversation_id, message_id, change_id)
 );
 CREATE INDEX reaction_changes_by_age ON pgchat.reaction_changes (created_at);
 
@@ -360,10 +365,13 @@ AS $$
         'reactions', coalesce((SELECT jsonb_agg(jsonb_build_object(
                                    'emoji', r.emoji, 'count', r.count,
                                    'me', EXISTS (SELECT 1 FROM pgchat.reactions x
-                                                 WHERE x.message_id = r.message_id
+                                                 WHERE x.conversation_id = r.conversation_id
+                                                   AND x.message_id = r.message_id
                                                    AND x.user_id = p_viewer AND x.emoji = r.emoji))
                                    ORDER BY r.first_at, r.emoji)
-                               FROM pgchat.reaction_counts r WHERE r.message_id = m.id), '[]'))
+                               FROM pgchat.reaction_counts r
+                               WHERE r.conversation_id = m.conversation_id AND r.message_id = m.id),
+                              '[]'))
     FROM pgchat.messages m WHERE m.id = p_id
 $$;
 
@@ -1087,7 +1095,8 @@ BEGIN
                         FROM up
                         LEFT JOIN LATERAL (SELECT to_jsonb(array_agg(x.emoji)) AS mine
                                            FROM pgchat.reactions x
-                                           WHERE x.message_id = msg.id AND x.user_id = up.id) r ON true;
+                                           WHERE x.conversation_id = cid AND x.message_id = msg.id
+                                             AND x.user_id = up.id) r ON true;
                         e_user := e_user || s_e_user;
                         e_seq := e_seq || s_e_seq;
                         e_cmd := e_cmd || array_fill(pos, ARRAY[cardinality(s_e_user)]);
@@ -1103,9 +1112,11 @@ BEGIN
                         SET body = '', deleted = true, edited_at = NULL, reply_to = NULL,
                             mentions = NULL
                         WHERE id = msg.id;
-                        DELETE FROM pgchat.reactions WHERE message_id = msg.id;
-                        DELETE FROM pgchat.reaction_counts WHERE message_id = msg.id;
-                        DELETE FROM pgchat.reaction_changes WHERE message_id = msg.id;
+                        DELETE FROM pgchat.reactions WHERE conversation_id = cid AND message_id = msg.id;
+                        DELETE FROM pgchat.reaction_counts
+                        WHERE conversation_id = cid AND message_id = msg.id;
+                        DELETE FROM pgchat.reaction_changes
+                        WHERE conversation_id = cid AND message_id = msg.id;
                         IF cardinality(msg.mentions) > 0 THEN
                             DELETE FROM pgchat.mentions x
                             WHERE x.conversation_id = cid AND x.user_id = ANY (msg.mentions)
@@ -1127,42 +1138,49 @@ BEGIN
                     changed := false;
                     IF c_key[pos] = 'on' THEN
                         IF NOT EXISTS (SELECT 1 FROM pgchat.reactions x
-                                       WHERE x.message_id = msg.id AND x.user_id = actor
-                                         AND x.emoji = c_text[pos]) THEN
+                                       WHERE x.conversation_id = cid AND x.message_id = msg.id
+                                         AND x.user_id = actor AND x.emoji = c_text[pos]) THEN
                             IF NOT EXISTS (SELECT 1 FROM pgchat.reaction_counts x
-                                           WHERE x.message_id = msg.id AND x.emoji = c_text[pos])
+                                           WHERE x.conversation_id = cid AND x.message_id = msg.id
+                                             AND x.emoji = c_text[pos])
                                AND (SELECT count(*) FROM pgchat.reaction_counts x
-                                    WHERE x.message_id = msg.id) >= 20 THEN
+                                    WHERE x.conversation_id = cid AND x.message_id = msg.id) >= 20 THEN
                                 o_code[pos] := 'too_large';
                                 o_detail[pos] := format('react: message %s of %s has 20 different emoji, '
                                                       'the most a message may have: react with one of them',
                                                       c_num[pos], to_json(cid));
                             ELSE
-                                INSERT INTO pgchat.reactions (message_id, user_id, emoji)
-                                VALUES (msg.id, actor, c_text[pos]);
-                                INSERT INTO pgchat.reaction_counts AS r (message_id, emoji, count, first_at)
-                                VALUES (msg.id, c_text[pos], 1, clock_timestamp())
-                                ON CONFLICT (message_id, emoji) DO UPDATE SET count = r.count + 1;
+                                INSERT INTO pgchat.reactions (conversation_id, message_id, user_id, emoji)
+                                VALUES (cid, msg.id, actor, c_text[pos]);
+                                INSERT INTO pgchat.reaction_counts AS r
+                                    (conversation_id, message_id, emoji, count, first_at)
+                                VALUES (cid, msg.id, c_text[pos], 1, clock_timestamp())
+                                ON CONFLICT (conversation_id, message_id, emoji)
+                                DO UPDATE SET count = r.count + 1;
                                 changed := true;
                             END IF;
                         END IF;
                     ELSE
                         DELETE FROM pgchat.reactions x
-                        WHERE x.message_id = msg.id AND x.user_id = actor AND x.emoji = c_text[pos];
+                        WHERE x.conversation_id = cid AND x.message_id = msg.id
+                          AND x.user_id = actor AND x.emoji = c_text[pos];
                         IF FOUND THEN
                             DELETE FROM pgchat.reaction_counts x
-                            WHERE x.message_id = msg.id AND x.emoji = c_text[pos] AND x.count = 1;
+                            WHERE x.conversation_id = cid AND x.message_id = msg.id
+                              AND x.emoji = c_text[pos] AND x.count = 1;
                             IF NOT FOUND THEN
                                 UPDATE pgchat.reaction_counts x SET count = x.count - 1
-                                WHERE x.message_id = msg.id AND x.emoji = c_text[pos];
+                                WHERE x.conversation_id = cid AND x.message_id = msg.id
+                                  AND x.emoji = c_text[pos];
                             END IF;
                             changed := true;
                         END IF;
                     END IF;
                     IF changed THEN
                         change := nextval('pgchat.reaction_change_ids');
-                        INSERT INTO pgchat.reaction_changes (message_id, change_id, user_id, emoji, added)
-                        VALUES (msg.id, change, actor, c_text[pos], c_key[pos] = 'on');
+                        INSERT INTO pgchat.reaction_changes
+                            (conversation_id, message_id, change_id, user_id, emoji, added)
+                        VALUES (cid, msg.id, change, actor, c_text[pos], c_key[pos] = 'on');
                         UPDATE pgchat.conversations SET version = version + 1 WHERE id = cid;
                         payload := jsonb_build_object('conversation', cid, 'cseq', c_num[pos],
                                                       'user', actor, 'emoji', c_text[pos],
@@ -1401,20 +1419,16 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
             MESSAGE = p_fn || ': ' || r.o_detail[1];
     END IF;
-    RETURN jsonb_build_object(
-        'id', r.o_msg_id[1],
-        'conversation', r.o_msg_conv[1],
-        'cseq', r.o_msg_cseq[1],
-        'sender', jsonb_build_object('id', p_sender, 'name', r.o_msg_name[1]),
-        'body', coalesce(r.o_msg_body[1], p_body),
-        'client_msg_id', p_key,
-        'created_at', to_char(r.o_msg_at[1] AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'));
+    -- The message as the wire shows it (a retried send's as it is now: edited, or deleted).
+    RETURN pgchat.message_json(r.o_msg_id[1], p_sender);
 END
 $$;
 
 -- Sends `body` from `sender` to a conversation the sender belongs to. Returns the message
--- ({"id","conversation","cseq","sender","body","client_msg_id","created_at"}); the same
--- (sender, client_msg_id) again returns the first message and stores nothing.
+-- ({"id","conversation","cseq","sender","body","client_msg_id","created_at", and protocol
+-- v1.2's "edited_at","deleted","reply_to","mentions","reactions"}); the same
+-- (sender, client_msg_id) again returns the first message (as it is now) and stores
+-- nothing.
 CREATE FUNCTION pgchat.send(sender text, conversation text, body text, client_msg_id text)
 RETURNS jsonb LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pgchat, pg_temp

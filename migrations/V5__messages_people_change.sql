@@ -30,20 +30,24 @@ CREATE TABLE pgchat.mentions (
 
 -- Reactions: one row per (message, user, emoji); reaction_counts keeps each emoji's count
 -- (and when it first appeared: the order `reactions` lists them in), so that showing a
--- message never counts rows. At most 20 emoji per message.
+-- message never counts rows. At most 20 emoji per message. Keyed by the conversation
+-- first, like messages and members, so that a distributed PostgreSQL (ROADMAP.md) can
+-- place a conversation's reactions beside its messages.
 CREATE TABLE pgchat.reactions (
-    message_id bigint NOT NULL,
-    user_id    text NOT NULL,
-    emoji      text NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (message_id, user_id, emoji)
+    conversation_id text NOT NULL,
+    message_id      bigint NOT NULL,
+    user_id         text NOT NULL,
+    emoji           text NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (conversation_id, message_id, user_id, emoji)
 );
 CREATE TABLE pgchat.reaction_counts (
-    message_id bigint NOT NULL,
-    emoji      text NOT NULL,
-    count      integer NOT NULL CHECK (count > 0),
-    first_at   timestamptz NOT NULL,
-    PRIMARY KEY (message_id, emoji)
+    conversation_id text NOT NULL,
+    message_id      bigint NOT NULL,
+    emoji           text NOT NULL,
+    count           integer NOT NULL CHECK (count > 0),
+    first_at        timestamptz NOT NULL,
+    PRIMARY KEY (conversation_id, message_id, emoji)
 );
 
 -- Each change of a reaction, once, however many members its `reaction` events reach (they
@@ -52,13 +56,14 @@ CREATE TABLE pgchat.reaction_counts (
 -- Retention deletes a change once no event can point at it (older than every event left).
 CREATE SEQUENCE pgchat.reaction_change_ids;
 CREATE TABLE pgchat.reaction_changes (
-    message_id bigint NOT NULL,
-    change_id  bigint NOT NULL,
-    user_id    text NOT NULL,
-    emoji      text NOT NULL,
-    added      boolean NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (message_id, change_id)
+    conversation_id text NOT NULL,
+    message_id      bigint NOT NULL,
+    change_id       bigint NOT NULL,
+    user_id         text NOT NULL,
+    emoji           text NOT NULL,
+    added           boolean NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (conversation_id, message_id, change_id)
 );
 CREATE INDEX reaction_changes_by_age ON pgchat.reaction_changes (created_at);
 
@@ -95,10 +100,13 @@ AS $$
         'reactions', coalesce((SELECT jsonb_agg(jsonb_build_object(
                                    'emoji', r.emoji, 'count', r.count,
                                    'me', EXISTS (SELECT 1 FROM pgchat.reactions x
-                                                 WHERE x.message_id = r.message_id
+                                                 WHERE x.conversation_id = r.conversation_id
+                                                   AND x.message_id = r.message_id
                                                    AND x.user_id = p_viewer AND x.emoji = r.emoji))
                                    ORDER BY r.first_at, r.emoji)
-                               FROM pgchat.reaction_counts r WHERE r.message_id = m.id), '[]'))
+                               FROM pgchat.reaction_counts r
+                               WHERE r.conversation_id = m.conversation_id AND r.message_id = m.id),
+                              '[]'))
     FROM pgchat.messages m WHERE m.id = p_id
 $$;
 
@@ -764,7 +772,8 @@ BEGIN
                         FROM up
                         LEFT JOIN LATERAL (SELECT to_jsonb(array_agg(x.emoji)) AS mine
                                            FROM pgchat.reactions x
-                                           WHERE x.message_id = msg.id AND x.user_id = up.id) r ON true;
+                                           WHERE x.conversation_id = cid AND x.message_id = msg.id
+                                             AND x.user_id = up.id) r ON true;
                         e_user := e_user || s_e_user;
                         e_seq := e_seq || s_e_seq;
                         e_cmd := e_cmd || array_fill(pos, ARRAY[cardinality(s_e_user)]);
@@ -780,9 +789,11 @@ BEGIN
                         SET body = '', deleted = true, edited_at = NULL, reply_to = NULL,
                             mentions = NULL
                         WHERE id = msg.id;
-                        DELETE FROM pgchat.reactions WHERE message_id = msg.id;
-                        DELETE FROM pgchat.reaction_counts WHERE message_id = msg.id;
-                        DELETE FROM pgchat.reaction_changes WHERE message_id = msg.id;
+                        DELETE FROM pgchat.reactions WHERE conversation_id = cid AND message_id = msg.id;
+                        DELETE FROM pgchat.reaction_counts
+                        WHERE conversation_id = cid AND message_id = msg.id;
+                        DELETE FROM pgchat.reaction_changes
+                        WHERE conversation_id = cid AND message_id = msg.id;
                         IF cardinality(msg.mentions) > 0 THEN
                             DELETE FROM pgchat.mentions x
                             WHERE x.conversation_id = cid AND x.user_id = ANY (msg.mentions)
@@ -804,42 +815,49 @@ BEGIN
                     changed := false;
                     IF c_key[pos] = 'on' THEN
                         IF NOT EXISTS (SELECT 1 FROM pgchat.reactions x
-                                       WHERE x.message_id = msg.id AND x.user_id = actor
-                                         AND x.emoji = c_text[pos]) THEN
+                                       WHERE x.conversation_id = cid AND x.message_id = msg.id
+                                         AND x.user_id = actor AND x.emoji = c_text[pos]) THEN
                             IF NOT EXISTS (SELECT 1 FROM pgchat.reaction_counts x
-                                           WHERE x.message_id = msg.id AND x.emoji = c_text[pos])
+                                           WHERE x.conversation_id = cid AND x.message_id = msg.id
+                                             AND x.emoji = c_text[pos])
                                AND (SELECT count(*) FROM pgchat.reaction_counts x
-                                    WHERE x.message_id = msg.id) >= 20 THEN
+                                    WHERE x.conversation_id = cid AND x.message_id = msg.id) >= 20 THEN
                                 o_code[pos] := 'too_large';
                                 o_detail[pos] := format('react: message %s of %s has 20 different emoji, '
                                                       'the most a message may have: react with one of them',
                                                       c_num[pos], to_json(cid));
                             ELSE
-                                INSERT INTO pgchat.reactions (message_id, user_id, emoji)
-                                VALUES (msg.id, actor, c_text[pos]);
-                                INSERT INTO pgchat.reaction_counts AS r (message_id, emoji, count, first_at)
-                                VALUES (msg.id, c_text[pos], 1, clock_timestamp())
-                                ON CONFLICT (message_id, emoji) DO UPDATE SET count = r.count + 1;
+                                INSERT INTO pgchat.reactions (conversation_id, message_id, user_id, emoji)
+                                VALUES (cid, msg.id, actor, c_text[pos]);
+                                INSERT INTO pgchat.reaction_counts AS r
+                                    (conversation_id, message_id, emoji, count, first_at)
+                                VALUES (cid, msg.id, c_text[pos], 1, clock_timestamp())
+                                ON CONFLICT (conversation_id, message_id, emoji)
+                                DO UPDATE SET count = r.count + 1;
                                 changed := true;
                             END IF;
                         END IF;
                     ELSE
                         DELETE FROM pgchat.reactions x
-                        WHERE x.message_id = msg.id AND x.user_id = actor AND x.emoji = c_text[pos];
+                        WHERE x.conversation_id = cid AND x.message_id = msg.id
+                          AND x.user_id = actor AND x.emoji = c_text[pos];
                         IF FOUND THEN
                             DELETE FROM pgchat.reaction_counts x
-                            WHERE x.message_id = msg.id AND x.emoji = c_text[pos] AND x.count = 1;
+                            WHERE x.conversation_id = cid AND x.message_id = msg.id
+                              AND x.emoji = c_text[pos] AND x.count = 1;
                             IF NOT FOUND THEN
                                 UPDATE pgchat.reaction_counts x SET count = x.count - 1
-                                WHERE x.message_id = msg.id AND x.emoji = c_text[pos];
+                                WHERE x.conversation_id = cid AND x.message_id = msg.id
+                                  AND x.emoji = c_text[pos];
                             END IF;
                             changed := true;
                         END IF;
                     END IF;
                     IF changed THEN
                         change := nextval('pgchat.reaction_change_ids');
-                        INSERT INTO pgchat.reaction_changes (message_id, change_id, user_id, emoji, added)
-                        VALUES (msg.id, change, actor, c_text[pos], c_key[pos] = 'on');
+                        INSERT INTO pgchat.reaction_changes
+                            (conversation_id, message_id, change_id, user_id, emoji, added)
+                        VALUES (cid, msg.id, change, actor, c_text[pos], c_key[pos] = 'on');
                         UPDATE pgchat.conversations SET version = version + 1 WHERE id = cid;
                         payload := jsonb_build_object('conversation', cid, 'cseq', c_num[pos],
                                                       'user', actor, 'emoji', c_text[pos],
@@ -1120,6 +1138,55 @@ RETURNS void LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pgchat, pg_temp
 AS $$
     SELECT pgchat.change_one('pgchat.delete', 'delete', actor, conversation, cseq, NULL)
+$$;
+
+-- One send through the write path, with the socket's checks; the message as the wire
+-- shows it.
+CREATE OR REPLACE FUNCTION pgchat.send_one(p_fn text, p_sender text, p_conversation text,
+                                p_recipient text, p_body text, p_key text) RETURNS jsonb
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pgchat, pg_temp
+AS $$
+DECLARE
+    limits pgchat.settings;
+    r record;
+BEGIN
+    SELECT * INTO limits FROM pgchat.settings;
+    PERFORM pgchat.check_user(p_fn, 'sender', p_sender);
+    IF p_recipient IS NOT NULL OR p_conversation IS NULL THEN
+        PERFORM pgchat.check_user(p_fn, 'recipient', p_recipient);
+    END IF;
+    IF p_body IS NULL OR p_body = '' THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('%s: body must not be empty', p_fn);
+    END IF;
+    IF char_length(p_body) > limits.max_message_chars THEN
+        RAISE EXCEPTION USING ERRCODE = 'string_data_right_truncation',
+            MESSAGE = format('%s: body has at most %s characters, got %s', p_fn,
+                             limits.max_message_chars, char_length(p_body));
+    END IF;
+    IF p_key IS NULL OR char_length(p_key) NOT BETWEEN 1 AND 64 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('%s: client_msg_id has 1..64 characters, got %s', p_fn,
+                             coalesce(char_length(p_key), 0));
+    END IF;
+    r := pgchat.apply_batch('sql', limits.max_group_members, ARRAY['send'], ARRAY[p_sender],
+                            ARRAY[p_conversation], ARRAY[p_recipient], ARRAY[p_body],
+                            ARRAY[p_key], ARRAY[NULL::bigint], '{}', '{}');
+    IF r.o_code[1] = 'not_found' THEN
+        RAISE EXCEPTION USING ERRCODE = 'no_data_found',
+            MESSAGE = format('%s: conversation %s does not exist', p_fn, to_json(p_conversation));
+    ELSIF r.o_code[1] = 'forbidden' THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = format('%s: %s is not a member of conversation %s', p_fn,
+                             to_json(p_sender), to_json(p_conversation));
+    ELSIF r.o_code[1] IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = p_fn || ': ' || r.o_detail[1];
+    END IF;
+    -- The message as the wire shows it (a retried send's as it is now: edited, or deleted).
+    RETURN pgchat.message_json(r.o_msg_id[1], p_sender);
+END
 $$;
 
 REVOKE EXECUTE ON FUNCTION pgchat.edit(text, text, bigint, text),

@@ -71,15 +71,18 @@ SELECT pg_temp.u(i), s,
 FROM generate_series(1, 20000) i, generate_series(1, 50) s;
 -- Reactions on every fourth message (two users each), mentions of the second member in
 -- every tenth, and the changes that told of the reactions.
-INSERT INTO pgchat.reactions (message_id, user_id, emoji)
-SELECT m.id, x, '👍' FROM pgchat.messages m,
+INSERT INTO pgchat.reactions (conversation_id, message_id, user_id, emoji)
+SELECT m.conversation_id, m.id, x, '👍' FROM pgchat.messages m,
        unnest(string_to_array((SELECT c.direct_key FROM pgchat.conversations c
                                WHERE c.id = m.conversation_id), E'\n')) x
 WHERE m.id % 4 = 0;
-INSERT INTO pgchat.reaction_counts (message_id, emoji, count, first_at)
-SELECT message_id, emoji, count(*), min(created_at) FROM pgchat.reactions GROUP BY 1, 2;
-INSERT INTO pgchat.reaction_changes (message_id, change_id, user_id, emoji, added, created_at)
-SELECT message_id, row_number() OVER (), user_id, emoji, true, now() - interval '9 days'
+INSERT INTO pgchat.reaction_counts (conversation_id, message_id, emoji, count, first_at)
+SELECT conversation_id, message_id, emoji, count(*), min(created_at) FROM pgchat.reactions
+GROUP BY 1, 2, 3;
+INSERT INTO pgchat.reaction_changes (conversation_id, message_id, change_id, user_id, emoji,
+                                     added, created_at)
+SELECT conversation_id, message_id, row_number() OVER (), user_id, emoji, true,
+       now() - interval '9 days'
 FROM pgchat.reactions;
 SELECT setval('pgchat.reaction_change_ids', (SELECT count(*) FROM pgchat.reactions) + 1);
 UPDATE pgchat.messages m SET mentions = ARRAY[x.other], body = body || ' @' || x.other

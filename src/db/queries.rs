@@ -43,12 +43,15 @@ macro_rules! message_extras {
              (SELECT jsonb_agg(jsonb_build_object(
                          'emoji', r.emoji, 'count', r.count,
                          'me', EXISTS (SELECT 1 FROM pgchat.reactions x
-                                       WHERE x.message_id = r.message_id AND x.user_id = ",
+                                       WHERE x.conversation_id = r.conversation_id
+                                         AND x.message_id = r.message_id AND x.user_id = ",
             $viewer,
             "
                                          AND x.emoji = r.emoji))
                      ORDER BY r.first_at, r.emoji)
-              FROM pgchat.reaction_counts r WHERE r.message_id = ",
+              FROM pgchat.reaction_counts r WHERE r.conversation_id = ",
+            $m,
+            ".conversation_id AND r.message_id = ",
             $m,
             ".id) AS reactions"
         )
@@ -87,7 +90,8 @@ macro_rules! event_joins {
              FROM pgchat.messages m WHERE m.id = e.message_id LIMIT 1) m ON true
          LEFT JOIN LATERAL (
              SELECT rc.user_id, rc.emoji, rc.added FROM pgchat.reaction_changes rc
-             WHERE e.kind = 'reaction' AND rc.message_id = e.message_id
+             WHERE e.kind = 'reaction' AND rc.conversation_id = e.conversation_id
+               AND rc.message_id = e.message_id
                AND rc.change_id = e.change_id LIMIT 1) rc ON true
          LEFT JOIN LATERAL (
              SELECT coalesce(
