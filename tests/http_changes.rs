@@ -661,6 +661,28 @@ async fn a_send_over_http_answers_a_message_and_mentions_members() {
     }
     let (_, page) = bob.get(&messages).await;
     assert_eq!(page["total"], 3, "{page}");
+
+    // The reply's snippet follows the original: its edit, then its deletion.
+    let alice_api = Api::of(&app, "alice");
+    alice_api
+        .ok(
+            "PATCH",
+            &message_path(&g, 1),
+            Some(&json!({"body": "what's for dinner?"})),
+        )
+        .await;
+    let (_, page) = bob.get(&messages).await;
+    assert_eq!(
+        page["messages"][1]["reply_to"]["snippet"], "what's for dinner?",
+        "{page}"
+    );
+    alice_api.ok("DELETE", &message_path(&g, 1), None).await;
+    let (_, page) = bob.get(&messages).await;
+    assert_eq!(
+        page["messages"][1]["reply_to"],
+        json!({"cseq": 1, "sender": "alice", "snippet": ""}),
+        "{page}"
+    );
 }
 
 #[tokio::test]
@@ -731,6 +753,14 @@ async fn search_over_http_finds_what_the_user_may_see_newest_first_in_pages() {
     assert_eq!(bodies(&without), ["apple juice", "apple crumble"]);
     let (_, phrase) = api.get("/api/search?q=%22banana%20bread%22").await;
     assert_eq!(bodies(&phrase), ["banana bread"]);
+
+    // Only punctuation: no words to look for, so nothing is found (not an error).
+    let (status, none) = api.get("/api/search?q=%21%21%21").await;
+    assert_eq!(
+        (status, bodies(&none)),
+        (200, Vec::<String>::new()),
+        "{none}"
+    );
 
     // An edit re-indexes; a deletion removes.
     api.ok(
@@ -910,4 +940,26 @@ async fn a_socket_that_was_away_replays_http_changes_in_order() {
         kinds,
         ["message_edited", "message_deleted", "message_deleted"],
     );
+}
+
+#[tokio::test]
+async fn a_deleted_mention_stops_counting_as_unread() {
+    let app = server().await;
+    let mut alice = app.connect("alice").await;
+    let group = alice
+        .ok(json!({"type": "group_create", "name": "Team", "members": ["bob"]}))
+        .await;
+    let g = group["conversation"]["id"].as_str().unwrap().to_string();
+    let bob = Api::of(&app, "bob");
+    bob.ok(
+        "POST",
+        &format!("/api/conversations/{g}/messages"),
+        Some(&json!({"body": "@alice look", "client_msg_id": "b1", "mentions": ["alice"]})),
+    )
+    .await;
+    let alice_api = Api::of(&app, "alice");
+    let mentions = |list: &Value| list["conversations"][0]["mentions_unread"].clone();
+    assert_eq!(mentions(&alice_api.get("/api/conversations").await.1), 1);
+    bob.ok("DELETE", &message_path(&g, 1), None).await;
+    assert_eq!(mentions(&alice_api.get("/api/conversations").await.1), 0);
 }
