@@ -175,3 +175,47 @@ async fn a_replay_checks_every_row_so_a_hole_is_never_stepped_over_silently() {
     assert_eq!(reply["code"], "resync_required", "{reply}");
     assert!(bob.buffered().is_empty());
 }
+
+#[tokio::test]
+async fn reaction_changes_go_once_no_event_can_point_at_them() {
+    let app = TestApp::spawn().await;
+    let mut alice = app.connect("alice").await;
+    let m = alice.send_dm("bob", "react", "r1").await;
+    let c = m["conversation"].as_str().unwrap().to_string();
+    for on in [true, false, true] {
+        alice
+            .ok(json!({"type": "react", "conversation": c, "cseq": 1, "emoji": "👍", "on": on}))
+            .await;
+    }
+    let db = app.db.client().await;
+    // Everything but the last change (and its events) is eight days old.
+    db.batch_execute(
+        "UPDATE event_queue SET created_at = now() - interval '8 days'
+         WHERE NOT (kind = 'reaction'
+                    AND change_id = (SELECT max(change_id) FROM reaction_changes));
+         UPDATE reaction_changes SET created_at = now() - interval '8 days'
+         WHERE change_id < (SELECT max(change_id) FROM reaction_changes);",
+    )
+    .await
+    .unwrap();
+    db.execute("SELECT prune_events(interval '7 days', 1000)", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        app.db.count("SELECT count(*) FROM reaction_changes").await,
+        1
+    );
+    // The one left is what the remaining events show; the reaction itself stays.
+    let mut late = app.connect("bob").await;
+    let after = app
+        .db
+        .count("SELECT through FROM stream_pruned WHERE user_id = 'bob'")
+        .await;
+    late.ok(json!({"type": "resume", "after": after})).await;
+    let replay = late.buffered();
+    assert_eq!(replay.len(), 1, "{replay:?}");
+    assert_eq!(replay[0]["type"], "reaction");
+    assert_eq!(replay[0]["on"], true);
+    let page = late.ok(json!({"type": "history", "conversation": c})).await;
+    assert_eq!(page["messages"][0]["reactions"][0]["count"], 1);
+}
