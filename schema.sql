@@ -1475,12 +1475,15 @@ BEGIN
     r := pgchat.apply_batch('sql', limits.max_group_members, ARRAY[p_kind], ARRAY[p_actor],
                             ARRAY[p_conversation], ARRAY[NULL::text], ARRAY[p_body],
                             ARRAY[NULL::text], ARRAY[p_cseq], '{}', '{}');
+    -- The write path's message names the request kind first ("edit: …"); this one names
+    -- the function instead.
+    r.o_detail[1] := p_fn || ': ' || regexp_replace(r.o_detail[1], '^' || p_kind || ': ', '');
     IF r.o_code[1] = 'not_found' THEN
-        RAISE EXCEPTION USING ERRCODE = 'no_data_found', MESSAGE = p_fn || ': ' || r.o_detail[1];
+        RAISE EXCEPTION USING ERRCODE = 'no_data_found', MESSAGE = r.o_detail[1];
     ELSIF r.o_code[1] = 'forbidden' THEN
-        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege', MESSAGE = p_fn || ': ' || r.o_detail[1];
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege', MESSAGE = r.o_detail[1];
     ELSIF r.o_code[1] IS NOT NULL THEN
-        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value', MESSAGE = p_fn || ': ' || r.o_detail[1];
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value', MESSAGE = r.o_detail[1];
     END IF;
     RETURN r.o_conv[1];
 END

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub(crate) pool_waiting: Gauge,
     pub(crate) send_commit_seconds: Histogram,
     pub(crate) batch_size: Histogram,
+    pub(crate) message_changes: Counter,
+    pub(crate) search_seconds: Histogram,
     pub(crate) listener_reconnects: Counter,
     pub(crate) notification_lag_seconds: Histogram,
     /// `pg_notification_queue_usage()`, sampled by the cached health probe.
@@ -254,6 +256,16 @@ impl Metrics {
                 "write_batch_size",
                 "Sends committed per transaction",
                 Histogram::new(exponential_buckets(1.0, 2.0, 10))
+            ),
+            message_changes: reg!(
+                "message_changes",
+                "Edits, deletions and reactions committed (those that changed nothing included)",
+                Counter::default()
+            ),
+            search_seconds: reg!(
+                "search_seconds",
+                "Search requests, from the request to its results (refusals included)",
+                Histogram::new(exponential_buckets(0.000_5, 2.0, 14))
             ),
             listener_reconnects: {
                 registry.register(

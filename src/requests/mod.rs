@@ -536,17 +536,23 @@ async fn query(
             conversation,
             before_id,
             limit,
-        } => search::apply(
-            db,
-            metrics,
-            user,
-            &query,
-            conversation.as_ref(),
-            before_id,
-            limit,
-        )
-        .await
-        .map(Answer::from),
+        } => {
+            let started = std::time::Instant::now();
+            let found = search::apply(
+                db,
+                metrics,
+                user,
+                &query,
+                conversation.as_ref(),
+                before_id,
+                limit,
+            )
+            .await;
+            metrics
+                .search_seconds
+                .observe(started.elapsed().as_secs_f64());
+            found.map(Answer::from)
+        }
         Request::Conversations { limit, before } => {
             let listed = services.members_listed;
             conversations::apply(db, metrics, listed, user, limit, before.as_ref())

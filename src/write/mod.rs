@@ -283,6 +283,9 @@ impl Batcher {
                     .send_commit_seconds
                     .observe(job.queued_at.elapsed().as_secs_f64());
             }
+            if outcome.is_ok() && job.command.rewrites().is_some() {
+                self.metrics.message_changes.inc();
+            }
             let _ = job.reply.send(outcome);
         }
     }
