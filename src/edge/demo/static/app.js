@@ -19,6 +19,13 @@ const RECEIPTS_EVERY_MS = 4000; // a large group's receipts are asked at most th
 const RECEIPTS_DELAY_MS = 1000; // after a message: a moment for those reading to mark it
 const RECEIPTS_FOLLOW_UPS = 3; // after one's own message: asked again 8, 16 and 32 s later
 const SESSION_KEY = 'pgchat.demo.session';
+const QUICK_EMOJI = ['👍', '❤️', '😂', '😮', '🎉'];
+const SNIPPET_CHARS = 100; // a reply quotes the first 100 characters of the original, as the server does
+const MENTIONS_MAX = 50; // the server's max_mentions
+const MEMBERS_LOADED_MAX = 5000; // @ completion in a large group pages `members` this far at most
+const MENTION_TYPED = /(^|\s)@([A-Za-z0-9_.@:-]*)$/; // an @name being typed, up to the caret
+const MENTION_TOKEN = /@([A-Za-z0-9_.@:-]+)/g; // an @name in a body
+const FLASH_MS = 2500; // how long a message jumped to stays highlighted
 
 const $ = (id) => document.getElementById(id);
 
@@ -57,16 +64,24 @@ const S = {
   typingSent: null, // {conversation, at} while this user is typing
   typingIdle: null,
   everOpen: false,
+  replyTo: null, // {conversation, cseq, sender, snippet}: the message the composer answers
+  editing: null, // {conversation, cseq, draft}: the message the composer edits (draft: the text it replaced)
+  mention: null, // {start, end, items, active}: the @ completion list while it is open
+  reacting: new Map(), // "conversation cseq emoji" -> the state last asked for, until its event comes
+  search: null, // {query, messages, hasMore, loading, error} while search results are shown
+  flash: null, // {conversation, cseq, until}: the message a search result or quote jumped to
 };
 
 function blank(id) {
   return {
     id, kind: null, name: null, members: [], member_count: 0, admins: [],
-    last: null, unread: 0, msgs: new Map(), pending: new Map(), loaded: false,
+    last: null, unread: 0, mentionsUnread: 0, msgs: new Map(), pending: new Map(), loaded: false,
     hasMore: false, loading: false, reads: new Map(), typing: new Map(), myRead: 0,
     notes: [], // {after: cseq, text}: membership changes seen live, shown in the timeline
     touchedAt: 0, // when an event last told of it (a reload that started before keeps it)
     receipts: { at: 0, timer: null, due: 0, busy: false, again: false, followUps: 0 },
+    everyone: null, // every member id, paged in with `members` when the state's list is capped
+    everyoneLoading: false,
   };
 }
 
@@ -88,6 +103,7 @@ function merge(c, wire) {
     const m = wire.last_message;
     if (m && (!c.last || m.cseq >= c.last.cseq)) c.last = m;
   }
+  if (typeof wire.mentions_unread === 'number') c.mentionsUnread = S.openId === c.id && visible() ? 0 : wire.mentions_unread;
   if (typeof wire.unread === 'number') {
     c.unread = S.openId === c.id && visible() ? 0 : wire.unread;
     // Unread messages are those after this user's read marker.
@@ -134,6 +150,35 @@ function learnName(sender) {
   }
   return false;
 }
+
+/** A deleted message as the server shows it: its id, cseq, sender and time, nothing else. */
+function tombstone(m) {
+  return { ...m, body: '', deleted: true, edited_at: null, reply_to: null, mentions: [], reactions: [] };
+}
+
+const snippetOf = (body) => Array.from(body).slice(0, SNIPPET_CHARS).join('');
+
+/** Every member id the page knows of `c`: all of them once paged in, else the state's list. */
+const knownMembers = (c) => c.everyone ?? c.members;
+
+/** The longest start of `token` that is one of `ids`: "@bob." mentions bob. */
+function mentionIn(token, ids) {
+  for (let n = token.length; n > 0; n -= 1) if (ids.has(token.slice(0, n))) return token.slice(0, n);
+  return null;
+}
+
+/** The members an outgoing body mentions (`@id`), each once. */
+function mentionsIn(c, body) {
+  const members = new Set(knownMembers(c));
+  const found = new Set();
+  for (const match of body.matchAll(MENTION_TOKEN)) {
+    const id = mentionIn(match[1], members);
+    if (id) found.add(id);
+  }
+  return [...found].slice(0, MENTIONS_MAX);
+}
+
+const mayDelete = (c, m) => m.sender.id === S.me || (c?.kind === 'group' && c.admins.includes(S.me));
 
 // ---------------------------------------------------------------------------------------
 // Formatting
@@ -271,6 +316,9 @@ function start(user, name, minted) {
   client.on('message', onMessage);
   client.on('conversation', onConversation);
   client.on('read', onRead);
+  client.on('message_edited', onEdited);
+  client.on('message_deleted', onDeleted);
+  client.on('reaction', onReaction);
   client.on('typing', onTyping);
   client.on('presence', onPresence);
   client.on('resync', () => reload(true));
@@ -411,6 +459,7 @@ function onMessage(m) {
     markRead(c);
   } else if (!mine && m.cseq > c.myRead) {
     c.unread += 1;
+    if (m.mentions?.includes(S.me)) c.mentionsUnread += 1;
   }
   // Whoever sends has stopped typing.
   clearTyping(c, m.sender.id);
@@ -427,6 +476,7 @@ function onConversation(w) {
   const before = prev?.kind ? { members: new Set(prev.members), count: prev.member_count, all: listsAll(prev) } : null;
   const c = merge(conv(w.id), w);
   c.touchedAt = performance.now();
+  c.everyone = null; // the members may have changed: paged in again when needed
   if (before && c.kind === 'group' && Array.isArray(w.members)) {
     const at = c.last?.cseq ?? 0;
     // A capped list (100 of a larger group) cannot be compared with the last one: the
@@ -479,6 +529,95 @@ function onRead(e) {
   if (S.openId === c.id) renderMessages();
 }
 
+/** The message `cseq` of `c` (in the history shown and as the last one) after `update`. */
+function changed(c, cseq, update) {
+  const m = c.msgs.get(cseq);
+  if (m) c.msgs.set(cseq, update(m));
+  if (c.last?.cseq === cseq) c.last = update(c.last);
+  if (S.search) {
+    // A result that is deleted is no result any more.
+    S.search.messages = S.search.messages
+      .map((x) => (x.conversation === c.id && x.cseq === cseq ? update(x) : x))
+      .filter((x) => !x.deleted);
+  }
+}
+
+/** Replies quote what the message they answer says now (`""` once it is deleted). */
+function requote(c, cseq, snippet) {
+  for (const [k, x] of c.msgs) {
+    if (x.reply_to?.cseq === cseq && x.reply_to.snippet !== snippet) c.msgs.set(k, { ...x, reply_to: { ...x.reply_to, snippet } });
+  }
+  if (S.replyTo?.conversation === c.id && S.replyTo.cseq === cseq) S.replyTo.snippet = snippet;
+}
+
+function renderChanged(c) {
+  renderList();
+  if (S.search) renderSearch();
+  if (S.openId === c.id) {
+    renderMessages();
+    renderComposerContext();
+  }
+}
+
+/** A message's new body (a replay after its deletion shows the tombstone). */
+function onEdited(m) {
+  const c = S.convs.get(m.conversation);
+  if (!c) return;
+  learnName(m.sender);
+  changed(c, m.cseq, () => m);
+  requote(c, m.cseq, m.deleted ? '' : snippetOf(m.body));
+  if (m.deleted) stopEditingDeleted(c, m.cseq);
+  renderChanged(c);
+}
+
+function onDeleted(e) {
+  const c = S.convs.get(e.conversation);
+  if (!c) return;
+  changed(c, e.cseq, (m) => (m.deleted ? m : tombstone(m)));
+  requote(c, e.cseq, '');
+  stopEditingDeleted(c, e.cseq);
+  renderChanged(c);
+}
+
+function stopEditingDeleted(c, cseq) {
+  if (S.editing?.conversation === c.id && S.editing.cseq === cseq) {
+    cancelComposerMode();
+    toast('The message you were editing was deleted');
+  }
+}
+
+function onReaction(e) {
+  const c = S.convs.get(e.conversation);
+  if (!c) return;
+  const key = `${e.conversation} ${e.cseq} ${e.emoji}`;
+  if (e.user === S.me && S.reacting.get(key) === e.on) S.reacting.delete(key);
+  changed(c, e.cseq, (m) => reacted(m, e));
+  if (S.openId === c.id) renderMessages();
+}
+
+/**
+ * `m` after the reaction event `e`. The user's own reactions are known exactly (`me`), so
+ * one already shown is not counted again. Another member's is counted twice only if a
+ * history page read after it committed arrived before its event; the next edit, or the
+ * history after a reload, shows the count again as the server keeps it.
+ */
+function reacted(m, e) {
+  if (m.deleted) return m;
+  const mine = e.user === S.me;
+  const reactions = (m.reactions || []).map((r) => ({ ...r }));
+  let r = reactions.find((x) => x.emoji === e.emoji);
+  if (mine && (r?.me ?? false) === e.on) return m;
+  if (e.on) {
+    if (!r) reactions.push((r = { emoji: e.emoji, count: 0, me: false }));
+    r.count += 1;
+    if (mine) r.me = true;
+  } else if (r) {
+    r.count -= 1;
+    if (mine) r.me = false;
+  }
+  return { ...m, reactions: reactions.filter((x) => x.count > 0) };
+}
+
 function onTyping(e) {
   const c = S.convs.get(e.conversation);
   if (!c || e.user === S.me) return;
@@ -515,6 +654,7 @@ function reloadSoon() {
 function markRead(c) {
   if (!c?.last) return;
   c.unread = 0;
+  c.mentionsUnread = 0;
   const top = c.last.cseq;
   if (top <= c.myRead) return;
   c.myRead = top;
@@ -523,6 +663,10 @@ function markRead(c) {
 
 async function openConversation(id) {
   stopTyping();
+  if (S.openId !== id) {
+    cancelComposerMode();
+    delete $('message-list').dataset.jumped;
+  }
   S.openId = id;
   S.draftTo = null;
   const c = S.convs.get(id);
@@ -633,12 +777,27 @@ async function submitMessage(event) {
   const body = input.value;
   const target = composerTarget();
   if (!body.trim() || !target) return;
+  closeMentions();
+  if (S.editing) {
+    submitEdit(body);
+    return;
+  }
   input.value = '';
   autosize();
   stopTyping();
   const clientMsgId = `demo-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 10)}`;
-  const pending = { client_msg_id: clientMsgId, body, created_at: new Date().toISOString() };
   let c = S.openId ? S.convs.get(S.openId) : null;
+  const reply = c && S.replyTo?.conversation === c.id ? S.replyTo : null;
+  const mentions = c ? mentionsIn(c, body) : [];
+  const opts = { clientMsgId };
+  if (reply) opts.replyTo = reply.cseq;
+  if (mentions.length) opts.mentions = mentions;
+  S.replyTo = null;
+  renderComposerContext();
+  const pending = {
+    client_msg_id: clientMsgId, body, created_at: new Date().toISOString(),
+    reply_to: reply ? { cseq: reply.cseq, sender: reply.sender, snippet: reply.snippet } : null, mentions,
+  };
   if (c) {
     c.pending.set(clientMsgId, pending);
     renderMessages({ toBottom: true });
@@ -647,7 +806,7 @@ async function submitMessage(event) {
     renderDraft();
   }
   try {
-    const m = await S.client.send(target, body, { clientMsgId });
+    const m = await S.client.send(target, body, opts);
     c = conv(m.conversation);
     if (target.to) {
       S.draftTo = null;
@@ -674,9 +833,271 @@ async function submitMessage(event) {
   }
 }
 
+/**
+ * Saves the composer's text as the new body of the message being edited. What the page
+ * shows comes from the `message_edited` event, in order with every other change; the
+ * reply may come after a later change's event (a reaction), so it is not applied.
+ */
+async function submitEdit(body) {
+  const { conversation, cseq, draft } = S.editing;
+  const input = $('composer-input');
+  S.editing = null;
+  input.value = draft;
+  autosize();
+  renderComposerContext();
+  try {
+    await S.client.edit(conversation, cseq, body);
+  } catch (e) {
+    toast(`Not edited: ${e.message}`);
+  }
+}
+
+function startReply(c, m) {
+  if (S.editing) cancelComposerMode();
+  S.replyTo = { conversation: c.id, cseq: m.cseq, sender: m.sender.id, snippet: snippetOf(m.body) };
+  renderComposerContext();
+  $('composer-input').focus();
+}
+
+function startEdit(c, m) {
+  const input = $('composer-input');
+  stopTyping();
+  S.replyTo = null;
+  S.editing = { conversation: c.id, cseq: m.cseq, draft: S.editing ? S.editing.draft : input.value };
+  input.value = m.body;
+  autosize();
+  renderComposerContext();
+  input.focus();
+  input.setSelectionRange(input.value.length, input.value.length);
+}
+
+/** Leaves replying or editing; an edit gives the composer back the text it held before. */
+function cancelComposerMode() {
+  if (S.editing) {
+    $('composer-input').value = S.editing.draft;
+    autosize();
+  }
+  S.editing = null;
+  S.replyTo = null;
+  closeMentions();
+  renderComposerContext();
+}
+
+function renderComposerContext() {
+  const el = $('composer-context');
+  const editing = S.editing?.conversation === S.openId ? S.editing : null;
+  const reply = !editing && S.replyTo?.conversation === S.openId ? S.replyTo : null;
+  el.hidden = !editing && !reply;
+  el.dataset.mode = editing ? 'edit' : reply ? 'reply' : '';
+  $('context-title').textContent = editing ? 'Editing message' : reply ? `Replying to ${nameOf(reply.sender)}` : '';
+  const snippet = $('context-snippet');
+  snippet.textContent = editing ? 'Enter saves, Esc cancels' : reply ? reply.snippet || 'message deleted' : '';
+  snippet.className = reply && !reply.snippet ? 'gone' : '';
+}
+
+/** Puts on the user's reaction `emoji`, or takes it back if it is on (or asked for). */
+function react(c, m, emoji) {
+  const key = `${c.id} ${m.cseq} ${emoji}`;
+  const now = c.msgs.get(m.cseq) ?? m;
+  const on = !(S.reacting.get(key) ?? (now.reactions || []).find((r) => r.emoji === emoji)?.me ?? false);
+  S.reacting.set(key, on);
+  S.client.react(c.id, m.cseq, emoji, on).catch((e) => {
+    S.reacting.delete(key);
+    toast(`Reaction not saved: ${e.message}`);
+  });
+}
+
+function deleteMessage(c, m) {
+  ask({
+    title: 'Delete this message?',
+    text: m.sender.id === S.me ? 'It is deleted for everyone in the conversation.' : `${nameOf(m.sender.id)}'s message is deleted for everyone in the group.`,
+    fields: [],
+    ok: 'Delete',
+    danger: true,
+    // The tombstone comes with the `message_deleted` event, on every page of every member.
+    run: () => S.client.deleteMessage(c.id, m.cseq),
+  });
+}
+
+/** Who has read `m`, from every member's read position now (`receipts`). */
+async function showReaders(c, m) {
+  let all;
+  try {
+    all = await S.client.allReceipts(c.id);
+  } catch (e) {
+    toast(`Could not ask who read it: ${e.message}`);
+    return;
+  }
+  for (const r of all) c.reads.set(r.user, Math.max(r.cseq, c.reads.get(r.user) ?? 0));
+  const others = all.filter((r) => r.user !== S.me);
+  const read = others.filter((r) => r.cseq >= m.cseq).map((r) => r.user);
+  const unread = others.filter((r) => r.cseq < m.cseq).map((r) => r.user);
+  ask({
+    title: 'Seen by',
+    text: `“${snippetOf(m.body)}”`,
+    fields: [],
+    content: [
+      h('p', { class: 'readers' }, h('strong', { text: 'Read by: ' }), h('span', { class: 'readers-read', text: read.length ? someNames(read, read.length, 20) : 'nobody yet' })),
+      h('p', { class: 'readers' }, h('strong', { text: 'Not yet: ' }), h('span', { class: 'readers-unread', text: unread.length ? someNames(unread, unread.length, 20) : 'nobody' })),
+    ],
+    ok: 'Close',
+    cancel: false,
+    run: async () => {},
+  });
+  if (S.openId === c.id) renderMessages();
+}
+
+/** Shows message `cseq` of `c` (loading older history until it is there), highlighted. */
+async function jumpTo(c, cseq) {
+  for (let pages = 0; !c.msgs.has(cseq) && (!c.loaded || c.hasMore) && pages < 200; pages += 1) {
+    if (c.loading) await new Promise((r) => setTimeout(r, 50));
+    else await loadOlder(c);
+  }
+  if (S.openId !== c.id) return;
+  if (!c.msgs.has(cseq)) {
+    toast('That message is not in the history any more');
+    return;
+  }
+  S.flash = { conversation: c.id, cseq, until: Date.now() + FLASH_MS };
+  $('message-list').dataset.jumped = String(cseq); // the message last shown this way, until another
+  renderMessages();
+  document.querySelector(`#message-list .msg[data-cseq="${cseq}"]`)?.scrollIntoView({ block: 'center' });
+  setTimeout(() => { if (S.openId === c.id) renderMessages(); }, FLASH_MS + 50);
+}
+
+// --- @ completion: the conversation's members, as one types @name --------------------------
+
+function updateMentionList() {
+  const input = $('composer-input');
+  const c = S.openId ? S.convs.get(S.openId) : null;
+  const caret = input.selectionStart;
+  const match = c && caret === input.selectionEnd ? MENTION_TYPED.exec(input.value.slice(0, caret)) : null;
+  if (!match) {
+    closeMentions();
+    return;
+  }
+  if (!listsAll(c)) loadEveryone(c);
+  const query = match[2].toLowerCase();
+  const fits = (u) => u.toLowerCase().startsWith(query)
+    || (S.names.get(u) || '').toLowerCase().split(/\s+/).some((w) => w.startsWith(query));
+  const items = knownMembers(c).filter((u) => u !== S.me && fits(u)).slice(0, 8);
+  if (!items.length) {
+    closeMentions();
+    return;
+  }
+  const active = S.mention ? Math.min(S.mention.active, items.length - 1) : 0;
+  S.mention = { start: caret - match[2].length - 1, end: caret, items, active };
+  renderMentions();
+}
+
+function pickMention(user) {
+  const input = $('composer-input');
+  const { start, end } = S.mention;
+  const text = `@${user} `;
+  input.value = input.value.slice(0, start) + text + input.value.slice(end);
+  input.setSelectionRange(start + text.length, start + text.length);
+  closeMentions();
+  autosize();
+  input.focus();
+}
+
+function closeMentions() {
+  if (!S.mention) return;
+  S.mention = null;
+  renderMentions();
+}
+
+function renderMentions() {
+  const list = $('mention-list');
+  const m = S.mention;
+  list.hidden = !m;
+  list.replaceChildren(...(m ? m.items.map((u, i) => h('li', {},
+    h('button', {
+      type: 'button',
+      class: `mention-item${i === m.active ? ' active' : ''}`,
+      role: 'option',
+      'aria-selected': String(i === m.active),
+      dataset: { user: u },
+      // mousedown, not click: the composer keeps its focus and caret.
+      onmousedown: (e) => { e.preventDefault(); pickMention(u); },
+    }, avatar(nameOf(u), u, { size: 'sm' }), h('span', { class: 'mention-name', text: nameOf(u) }), h('span', { class: 'mention-id', text: `@${u}` })))) : []));
+}
+
+/** Every member of a group whose state lists only the first 100, for @ completion. */
+async function loadEveryone(c) {
+  if (c.everyone || c.everyoneLoading) return;
+  c.everyoneLoading = true;
+  try {
+    const all = [];
+    let after;
+    for (;;) {
+      const page = await S.client.members(c.id, after === undefined ? {} : { after });
+      all.push(...page.members);
+      if (!page.has_more || !page.members.length || all.length >= MEMBERS_LOADED_MAX) break;
+      after = page.members.at(-1);
+    }
+    c.everyone = all;
+  } catch (e) {
+    console.warn('members:', e);
+  } finally {
+    c.everyoneLoading = false;
+  }
+  if (S.mention && S.openId === c.id) updateMentionList();
+}
+
+// --- search ----------------------------------------------------------------------------------
+
+async function runSearch(event) {
+  event.preventDefault();
+  const query = $('search-input').value.trim();
+  if (!query) {
+    closeSearch();
+    return;
+  }
+  S.search = { query, messages: [], hasMore: false, loading: false, error: null };
+  await searchMore();
+}
+
+async function searchMore() {
+  const s = S.search;
+  if (!s || s.loading) return;
+  s.loading = true;
+  renderSearch();
+  try {
+    const beforeId = s.messages.at(-1)?.id;
+    const page = await S.client.search(s.query, beforeId === undefined ? {} : { beforeId });
+    for (const m of page.messages) learnName(m.sender);
+    s.messages.push(...page.messages);
+    s.hasMore = page.has_more;
+  } catch (e) {
+    s.error = e.message;
+  } finally {
+    s.loading = false;
+  }
+  if (S.search === s) renderSearch();
+}
+
+function closeSearch() {
+  S.search = null;
+  $('search-input').value = '';
+  renderSearch();
+}
+
+/** A search result: opens its conversation at the message. */
+async function showHit(m) {
+  const c = S.convs.get(m.conversation);
+  if (!c) {
+    toast('You are no longer in that conversation');
+    return;
+  }
+  await openConversation(c.id);
+  await jumpTo(c, m.cseq);
+}
+
 function onComposerInput() {
   autosize();
-  if (!S.openId) return;
+  updateMentionList();
+  if (!S.openId || S.editing) return; // an edit is not typing a message
   const now = Date.now();
   const typing = S.typingSent;
   if (!typing || typing.conversation !== S.openId || now - typing.at > TYPING_REFRESH_MS) {
@@ -702,6 +1123,30 @@ function autosize() {
 }
 
 function onComposerKey(e) {
+  if (S.mention && !e.isComposing) {
+    const n = S.mention.items.length;
+    if (e.key === 'ArrowDown' || e.key === 'ArrowUp') {
+      e.preventDefault();
+      S.mention.active = (S.mention.active + (e.key === 'ArrowDown' ? 1 : n - 1)) % n;
+      renderMentions();
+      return;
+    }
+    if (e.key === 'Enter' || e.key === 'Tab') {
+      e.preventDefault();
+      pickMention(S.mention.items[S.mention.active]);
+      return;
+    }
+    if (e.key === 'Escape') {
+      e.preventDefault();
+      closeMentions();
+      return;
+    }
+  }
+  if (e.key === 'Escape' && (S.editing || S.replyTo)) {
+    e.preventDefault();
+    cancelComposerMode();
+    return;
+  }
   if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
     e.preventDefault();
     $('composer').requestSubmit();
@@ -795,8 +1240,11 @@ function leave() {
   });
 }
 
-/** A small form in the dialog; `run` gets the fields' values; its error is shown. */
-function ask({ title: heading, text, fields, ok, run, danger = false }) {
+/**
+ * A small form in the dialog; `run` gets the fields' values; its error is shown. `content`:
+ * nodes shown after the fields; `cancel: false` for a dialog that only tells.
+ */
+function ask({ title: heading, text, fields, ok, run, danger = false, content = [], cancel = true }) {
   const dialog = $('dialog');
   $('dialog-title').textContent = heading;
   $('dialog-text').textContent = text;
@@ -804,7 +1252,7 @@ function ask({ title: heading, text, fields, ok, run, danger = false }) {
   const box = $('dialog-fields');
   box.replaceChildren(...fields.map((f, i) => h('label', { class: 'field' },
     h('span', {}, f.label),
-    h('input', { name: f.name, placeholder: f.placeholder, autocomplete: 'off', spellcheck: 'false', autofocus: i === 0 }))));
+    h('input', { name: f.name, placeholder: f.placeholder, autocomplete: 'off', spellcheck: 'false', autofocus: i === 0 }))), ...content);
   const okButton = $('dialog-ok');
   okButton.textContent = ok;
   okButton.className = danger ? 'primary danger' : 'primary';
@@ -823,6 +1271,7 @@ function ask({ title: heading, text, fields, ok, run, danger = false }) {
     }
   };
   $('dialog-cancel').onclick = () => dialog.close();
+  $('dialog-cancel').hidden = !cancel;
   dialog.showModal();
   box.querySelector('input')?.focus();
 }
@@ -865,6 +1314,7 @@ function preview(c) {
   const m = c.last;
   if (!m) return h('span', { class: 'preview muted', text: c.kind === 'group' ? `${c.member_count} members` : 'No messages yet' });
   const who = m.sender.id === S.me ? 'You: ' : c.kind === 'group' ? `${nameOf(m.sender.id)}: ` : '';
+  if (m.deleted) return h('span', { class: 'preview' }, h('span', { class: 'preview-who', text: who }), h('span', { class: 'gone', text: 'message deleted' }));
   return h('span', { class: 'preview' }, h('span', { class: 'preview-who', text: who }), m.body.replace(/\s+/g, ' '));
 }
 
@@ -887,10 +1337,11 @@ function renderList() {
           h('span', { class: 'conv-time', text: listTime(c.last?.created_at) })),
         h('span', { class: 'conv-line' },
           preview(c),
+          c.mentionsUnread ? h('span', { class: 'badge mention-badge', 'aria-label': `${c.mentionsUnread} unread mentions of you`, text: '@' }) : null,
           c.unread ? h('span', { class: 'badge', 'aria-label': `${c.unread} unread`, text: c.unread > 99 ? '99+' : String(c.unread) }) : null))));
   });
   list.replaceChildren(...items);
-  $('no-conversations').hidden = items.length > 0 || S.draftTo != null;
+  $('no-conversations').hidden = items.length > 0 || S.draftTo != null || S.search != null;
 }
 
 function renderPresence() {
@@ -908,6 +1359,7 @@ function renderPane(scrollToEnd = false) {
   if (c) renderMessages({ toBottom: scrollToEnd });
   else renderDraft();
   renderTyping();
+  renderComposerContext();
 }
 
 function renderHeader() {
@@ -970,8 +1422,9 @@ function receipt(c, m) {
 
 function bubble(m, { pending = false, first = true, last = true, c = null, seenBy = null, showSender = false } = {}) {
   const mine = m.sender.id === S.me;
+  const flash = !pending && S.flash && S.flash.conversation === c?.id && S.flash.cseq === m.cseq && Date.now() < S.flash.until;
   const li = h('li', {
-    class: `msg ${mine ? 'mine' : 'theirs'}${first ? ' first' : ''}${last ? ' last' : ''}${pending ? ' pending' : ''}`,
+    class: `msg ${mine ? 'mine' : 'theirs'}${first ? ' first' : ''}${last ? ' last' : ''}${pending ? ' pending' : ''}${m.deleted ? ' deleted' : ''}${(m.mentions || []).includes(S.me) && !mine ? ' mentions-me' : ''}${flash ? ' flash' : ''}`,
     dataset: pending ? { pending: m.client_msg_id || '' } : { cseq: String(m.cseq), sender: m.sender.id },
   });
   if (showSender && !mine) {
@@ -983,7 +1436,10 @@ function bubble(m, { pending = false, first = true, last = true, c = null, seenB
     row.append(last ? avatar(nameOf(m.sender.id), m.sender.id, { size: 'sm' }) : h('span', { class: 'avatar-space' }));
   }
   const meta = h('span', { class: 'meta' }, h('time', { datetime: m.created_at, text: timeFmt.format(new Date(m.created_at)) }));
-  if (mine) {
+  if (m.edited_at && !m.deleted) {
+    meta.prepend(h('span', { class: 'edited', title: `Edited ${timeFmt.format(new Date(m.edited_at))}`, text: 'edited' }));
+  }
+  if (mine && !m.deleted) {
     if (pending) {
       meta.append(h('span', { class: 'tick pending', title: 'Sending…', text: '◷' }));
     } else {
@@ -991,10 +1447,80 @@ function bubble(m, { pending = false, first = true, last = true, c = null, seenB
       meta.append(h('span', { class: `tick${r.all ? ' read' : ''}`, title: r.all ? 'Read' : 'Sent', text: r.all ? '✓✓' : '✓' }));
     }
   }
-  row.append(h('div', { class: 'bubble' }, h('span', { class: 'body', text: m.body }), meta));
+  // Focusable, so that a keyboard (or a tap) shows the message's actions too.
+  const box = h('div', { class: 'bubble', tabindex: pending || m.deleted || !c ? null : '0' });
+  if (m.reply_to && !m.deleted) box.append(quote(c, m.reply_to));
+  box.append(m.deleted ? h('span', { class: 'body tombstone', text: 'message deleted' }) : bodyOf(m), meta);
+  row.append(box);
+  if (!pending && !m.deleted && c) row.append(actions(c, m));
   li.append(row);
+  if (!m.deleted && m.reactions?.length) li.append(reactionChips(c, m, pending));
   if (seenBy) li.append(h('div', { class: 'seen', text: seenBy }));
   return li;
+}
+
+/** The body as text, with each `@id` of a member it mentions marked (text nodes only). */
+function bodyOf(m) {
+  const el = h('span', { class: 'body' });
+  const ids = new Set(m.mentions || []);
+  let at = 0;
+  if (ids.size) {
+    for (const match of m.body.matchAll(MENTION_TOKEN)) {
+      const id = mentionIn(match[1], ids);
+      if (!id) continue;
+      el.append(m.body.slice(at, match.index));
+      el.append(h('span', { class: `mention${id === S.me ? ' you' : ''}`, dataset: { user: id }, title: nameOf(id) }, `@${id}`));
+      at = match.index + 1 + id.length;
+    }
+  }
+  el.append(m.body.slice(at));
+  return el;
+}
+
+/** The quoted start of the message a reply answers; a click shows that message. */
+function quote(c, r) {
+  return h('button', {
+    type: 'button',
+    class: 'quote',
+    dataset: { replyTo: String(r.cseq) },
+    title: 'Show the message this answers',
+    onclick: () => { if (c) jumpTo(c, r.cseq); },
+  }, h('span', { class: 'quote-who', text: nameOf(r.sender) }), h('span', { class: `quote-text${r.snippet ? '' : ' gone'}`, text: r.snippet || 'message deleted' }));
+}
+
+/** What can be done to a message: quick reactions, reply, and for one's own edit, delete, seen by. */
+function actions(c, m) {
+  const mine = m.sender.id === S.me;
+  const act = (action, icon, title, run) => h('button', { type: 'button', class: 'act', dataset: { action }, title, 'aria-label': title, onclick: run }, icon);
+  // Beside the bubble, flush with it: the pointer goes from one to the other without
+  // leaving the message (the gap is the toolbar's own padding).
+  const box = h('div', { class: 'msg-actions-box' });
+  const bar = h('div', { class: 'msg-actions', role: 'toolbar', 'aria-label': 'Message actions' }, box);
+  for (const emoji of QUICK_EMOJI) {
+    const on = (m.reactions || []).some((r) => r.emoji === emoji && r.me);
+    box.append(h('button', {
+      type: 'button', class: `act emoji${on ? ' on' : ''}`, dataset: { emoji }, title: on ? `Take back ${emoji}` : `React ${emoji}`,
+      onclick: () => react(c, m, emoji),
+    }, emoji));
+  }
+  box.append(act('reply', '↩', 'Reply', () => startReply(c, m)));
+  if (mine) box.append(act('edit', '✎', 'Edit', () => startEdit(c, m)));
+  if (mayDelete(c, m)) box.append(act('delete', '🗑', 'Delete for everyone', () => deleteMessage(c, m)));
+  if (mine) box.append(act('readers', '👁', 'Seen by', () => showReaders(c, m)));
+  return bar;
+}
+
+/** The reactions under a message: each emoji with its count; one's own highlighted, a click takes it back. */
+function reactionChips(c, m, pending) {
+  return h('div', { class: 'reactions' }, ...m.reactions.map((r) => h('button', {
+    type: 'button',
+    class: `reaction${r.me ? ' own' : ''}`,
+    dataset: { emoji: r.emoji },
+    'aria-pressed': String(r.me),
+    title: r.me ? 'Take back your reaction' : `React ${r.emoji} too`,
+    disabled: pending || !c,
+    onclick: () => react(c, m, r.emoji),
+  }, h('span', { class: 'reaction-emoji', text: r.emoji }), h('span', { class: 'count', text: String(r.count) }))));
 }
 
 function renderMessages({ toBottom = false, keepFromBottom = false } = {}) {
@@ -1012,7 +1538,7 @@ function renderMessages({ toBottom = false, keepFromBottom = false } = {}) {
   let seenText = null;
   for (let i = msgs.length - 1; i >= 0; i -= 1) {
     const m = msgs[i];
-    if (m.sender.id !== S.me) continue;
+    if (m.sender.id !== S.me || m.deleted) continue;
     const r = receipt(c, m);
     if (r.readers.length) {
       seenAt = m.cseq;
@@ -1056,6 +1582,42 @@ function note(text) {
   return h('li', { class: 'note' }, h('span', { text }));
 }
 
+function renderSearch() {
+  const s = S.search;
+  $('search-results').hidden = !s;
+  $('conversations').hidden = !!s;
+  if (!s) {
+    renderList();
+    return;
+  }
+  $('no-conversations').hidden = true;
+  const n = s.messages.length;
+  $('search-summary').textContent = s.error ? `Search failed: ${s.error}`
+    : s.loading && !n ? 'Searching…'
+      : `${n}${s.hasMore ? '+' : ''} ${n === 1 && !s.hasMore ? 'message' : 'messages'} for “${s.query}”`;
+  $('search-list').replaceChildren(...s.messages.map((m) => {
+    const c = S.convs.get(m.conversation);
+    return h('li', {}, h('button', {
+      type: 'button', class: 'search-hit', dataset: { conversation: m.conversation, cseq: String(m.cseq) },
+      onclick: () => showHit(m),
+    },
+    h('span', { class: 'conv-line' },
+      h('span', { class: 'hit-where', text: c ? title(c) : 'A conversation you left' }),
+      h('span', { class: 'conv-time', text: listTime(m.created_at) })),
+    h('span', { class: 'hit-body' }, h('span', { class: 'preview-who', text: `${nameOf(m.sender.id)}: ` }), ...marked(m.body, s.query))));
+  }));
+  $('search-more').hidden = !s.hasMore || s.loading;
+}
+
+/** `text` with the query's words marked, as text nodes and <mark> elements. */
+function marked(text, query) {
+  const words = query.replace(/"/g, ' ').split(/\s+/)
+    .filter((w) => w && !w.startsWith('-') && w.toLowerCase() !== 'or')
+    .map((w) => w.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'));
+  if (!words.length) return [text];
+  return text.split(new RegExp(`(${words.join('|')})`, 'gi')).map((part, i) => (i % 2 ? h('mark', { text: part }) : part));
+}
+
 function renderTyping() {
   const c = S.openId ? S.convs.get(S.openId) : null;
   const el = $('typing');
@@ -1084,7 +1646,13 @@ function init() {
   $('composer').addEventListener('submit', submitMessage);
   $('composer-input').addEventListener('input', onComposerInput);
   $('composer-input').addEventListener('keydown', onComposerKey);
-  $('composer-input').addEventListener('blur', stopTyping);
+  $('composer-input').addEventListener('blur', () => { stopTyping(); closeMentions(); });
+  $('composer-input').addEventListener('click', updateMentionList);
+  $('context-cancel').addEventListener('click', () => { cancelComposerMode(); $('composer-input').focus(); });
+  $('search-form').addEventListener('submit', runSearch);
+  $('search-input').addEventListener('keydown', (e) => { if (e.key === 'Escape') closeSearch(); });
+  $('search-close').addEventListener('click', closeSearch);
+  $('search-more').addEventListener('click', searchMore);
   $('messages').addEventListener('scroll', () => {
     const c = S.openId ? S.convs.get(S.openId) : null;
     if (c && $('messages').scrollTop < 120) loadOlder(c);
