@@ -248,9 +248,13 @@ impl Drop for Charge {
 
 /// Worst-case bytes of one message while a reply that holds it is built and sent: its row
 /// as read (up to 4 bytes a character), the message as decoded (4), and encoded (6, for
-/// the characters JSON escapes), beside its other fields.
-pub(crate) fn message_bytes(max_message_chars: usize) -> usize {
-    max_message_chars * 14 + 1024
+/// the characters JSON escapes), beside its other fields: the users it mentions, the
+/// snippet of the message it answers (100 characters), and its reactions (20 emoji).
+pub(crate) fn message_bytes(max_message_chars: usize, max_mentions: usize) -> usize {
+    let text = |chars: usize| chars * 14;
+    let reactions = crate::foundation::protocol::MAX_REACTIONS
+        * (text(crate::foundation::protocol::MAX_EMOJI_CHARS) + 64);
+    text(max_message_chars) + 1024 + ids_bytes(max_mentions) + text(100) + reactions
 }
 
 /// Worst-case bytes of `n` user ids in a reply (an id is 64 characters that need no
@@ -275,7 +279,7 @@ pub(crate) struct Sizes {
 
 impl Sizes {
     pub(crate) fn of(config: &crate::foundation::config::Config) -> Sizes {
-        let message = message_bytes(config.max_message_chars);
+        let message = message_bytes(config.max_message_chars, config.max_mentions);
         // A conversation's state lists at most conversation_members_listed members, as
         // many admins, and as many added or removed (pgchat.conversation_json).
         let group = ids_bytes(config.conversation_members_listed * 4) + SMALL_REPLY;

@@ -760,7 +760,7 @@ impl Config {
     /// conversations with their last messages, or a conversation's state.
     pub fn largest_reply(&self) -> usize {
         use crate::foundation::budget::{ids_bytes, message_bytes};
-        let message = message_bytes(self.max_message_chars);
+        let message = message_bytes(self.max_message_chars, self.max_mentions);
         let history = crate::foundation::protocol::MAX_HISTORY_LIMIT as usize * message;
         let conversations = crate::foundation::protocol::MAX_CONVERSATIONS_PAGE as usize
             * (message + ids_bytes(self.conversation_members_listed * 2));

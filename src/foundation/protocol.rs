@@ -201,6 +201,9 @@ impl Body {
     }
 }
 
+/// The most distinct emoji one message may carry (a 21st is too_large: schema.sql's
+/// `react` branch holds the same number).
+pub const MAX_REACTIONS: usize = 20;
 /// The longest emoji (or reaction name) `react` takes, in characters.
 pub const MAX_EMOJI_CHARS: usize = 32;
 /// The most messages one `search` page holds, and how many by default.
