@@ -1,5 +1,8 @@
 // The end-to-end browser test of the demo (run by tests/browser.rs, which owns the pgchat
-// process): two headless Chromium pages sign in through the UI as alice and bob and chat.
+// process): two headless Chromium pages sign in through the UI as alice and bob and chat,
+// and change what they said: an edit, reactions, a reply with an @ mention, who has read,
+// a deletion, each checked on the OTHER page, and a search. The test waits for conditions
+// on the pages, not for fixed times, so that a busy machine only makes it slower.
 //
 // Environment: PGCHAT_URL (http://127.0.0.1:PORT), CHROMIUM (the browser's path),
 // SCREENSHOTS (paths to write the screenshot to, separated by ':'; the first one's folder
@@ -118,6 +121,34 @@ async function dialog(page, opener, values) {
   await page.waitForSelector('#dialog', { state: 'hidden' });
 }
 
+const msg = (cseq) => `#message-list .msg[data-cseq="${cseq}"]`;
+
+/** The cseq of the (last) message the page shows with this body. */
+async function cseqOf(page, body) {
+  const cseq = await page.$$eval('#message-list .msg[data-cseq]', (els, b) => els
+    .filter((e) => e.querySelector('.body')?.textContent === b)
+    .map((e) => Number(e.dataset.cseq)).at(-1), body);
+  assert.ok(cseq, `the page shows ${JSON.stringify(body)}`);
+  return cseq;
+}
+
+/**
+ * Clicks one of a message's actions, which show while the pointer is over the message. A
+ * page re-renders its messages on every event: if that happened between the hover and the
+ * click, the pointer is over the message again before the click is tried again.
+ */
+async function messageAction(page, cseq, action) {
+  for (let attempt = 1; ; attempt += 1) {
+    await page.hover(`${msg(cseq)} .bubble`);
+    try {
+      await page.click(`${msg(cseq)} .msg-actions ${action}`, { timeout: 3000 });
+      return;
+    } catch (e) {
+      if (attempt === 5) throw e;
+    }
+  }
+}
+
 function assertInOrderOnce(list, expected, who) {
   const bodies = list.map((m) => m.body);
   assert.deepEqual(bodies, expected, `${who} shows every message once, in order`);
@@ -227,7 +258,71 @@ try {
   await alice.waitForSelector('#banner', { state: 'hidden' });
   step('server back: the message was delivered once, in order, on both pages');
 
-  // --- 6. history loads on scroll ------------------------------------------------------
+  // --- 6. edit, react, reply with a mention, receipts, delete: each shows on the other page
+  await send(alice, 'Lunch at noon tomorrow?');
+  await waitForBody(bob, 'Lunch at noon tomorrow?');
+  const lunch = await cseqOf(alice, 'Lunch at noon tomorrow?');
+  await messageAction(alice, lunch, '[data-action=edit]');
+  await alice.waitForSelector('#composer-context[data-mode=edit]');
+  assert.equal(await alice.inputValue('#composer-input'), 'Lunch at noon tomorrow?', 'the composer holds the text to edit');
+  await alice.fill('#composer-input', 'Lunch at 1 pm tomorrow?');
+  await alice.press('#composer-input', 'Enter');
+  await bob.waitForSelector(`${msg(lunch)} .edited`);
+  assert.equal(await bob.textContent(`${msg(lunch)} .body`), 'Lunch at 1 pm tomorrow?');
+  await alice.waitForSelector(`${msg(lunch)} .edited`);
+  assert.equal(await alice.inputValue('#composer-input'), '', 'the composer is empty again');
+  await alice.waitForSelector('#composer-context', { state: 'hidden' });
+  step('alice edited her message: bob\'s page shows the new text, marked edited');
+
+  await messageAction(bob, lunch, '[data-emoji="👍"]');
+  await alice.waitForSelector(`${msg(lunch)} .reaction:not(.own)[data-emoji="👍"] .count:text-is("1")`);
+  await bob.waitForSelector(`${msg(lunch)} .reaction.own[data-emoji="👍"] .count:text-is("1")`);
+  await alice.click(`${msg(lunch)} .reaction[data-emoji="👍"]`);
+  await bob.waitForSelector(`${msg(lunch)} .reaction.own[data-emoji="👍"] .count:text-is("2")`);
+  await alice.waitForSelector(`${msg(lunch)} .reaction.own[data-emoji="👍"] .count:text-is("2")`);
+  await bob.click(`${msg(lunch)} .reaction.own[data-emoji="👍"]`);
+  await alice.waitForSelector(`${msg(lunch)} .reaction.own[data-emoji="👍"] .count:text-is("1")`);
+  await bob.waitForSelector(`${msg(lunch)} .reaction:not(.own)[data-emoji="👍"] .count:text-is("1")`);
+  step('bob reacted 👍: alice\'s page counts it; a click on the count adds or takes back one\'s own');
+
+  await messageAction(bob, lunch, '[data-action=reply]');
+  await bob.waitForSelector('#composer-context[data-mode=reply]:has-text("Lunch at 1 pm tomorrow?")');
+  await bob.keyboard.type('Perfect @al');
+  await bob.waitForSelector('#mention-list .mention-item.active[data-user="alice"]');
+  await bob.keyboard.press('Enter');
+  assert.equal(await bob.inputValue('#composer-input'), 'Perfect @alice ', '@ completion put in the user id');
+  await bob.keyboard.type('see you there');
+  await bob.keyboard.press('Enter');
+  const reply = 'Perfect @alice see you there';
+  await waitForBody(alice, reply);
+  const answer = await cseqOf(alice, reply);
+  await alice.waitForSelector(`${msg(answer)} .quote:has-text("Lunch at 1 pm tomorrow?")`);
+  // Marked only because the server stored alice among the message's `mentions`.
+  await alice.waitForSelector(`${msg(answer)}.mentions-me .mention.you:text-is("@alice")`);
+  await bob.waitForSelector('#composer-context', { state: 'hidden' });
+  step('bob replied with @ completion: alice sees the quote, and her mention marked');
+
+  const down = await cseqOf(alice, 'Sent while the server was down');
+  await messageAction(alice, down, '[data-action=readers]');
+  await alice.waitForSelector('#dialog[open] .readers-read:text-is("Bob")');
+  await alice.click('#dialog-ok');
+  await alice.waitForSelector('#dialog', { state: 'hidden' });
+  step('"Seen by" on alice\'s message asks the receipts: Bob');
+
+  await messageAction(alice, lunch, '[data-action=delete]');
+  await alice.waitForSelector('#dialog[open]:has-text("Delete this message?")');
+  await alice.click('#dialog-ok');
+  await alice.waitForSelector('#dialog', { state: 'hidden' });
+  await bob.waitForSelector(`${msg(lunch)}.deleted .body.tombstone:text-is("message deleted")`);
+  await bob.waitForSelector(`${msg(answer)} .quote-text.gone:text-is("message deleted")`);
+  await alice.waitForSelector(`${msg(lunch)}.deleted`);
+  for (const page of [alice, bob]) {
+    assert.equal(await page.$$eval(`${msg(lunch)} :is(.reaction, .edited, .msg-actions)`, (e) => e.length), 0, 'a tombstone has no reactions, edit mark or actions');
+    assert.ok(!(await page.textContent('#message-list')).includes('Lunch at'), 'the text is gone from the page');
+  }
+  step('alice deleted it: bob\'s page shows the tombstone, and the reply quotes nothing');
+
+  // --- 7. history loads on scroll ------------------------------------------------------
   const carol = await nodeUser('carol', 'Carol');
   const first = await carol.send({ to: 'bob' }, 'Old news 1');
   for (let i = 2; i <= 45; i += 1) await carol.send({ conversation: first.conversation }, `Old news ${i}`);
@@ -242,13 +337,34 @@ try {
   const firstPage = (await shown(bob)).length;
   assert.ok(firstPage < 45, `the first page holds part of the history (${firstPage})`);
   for (let i = 0; i < 10 && (await shown(bob)).length < 45; i += 1) {
+    const before = (await shown(bob)).length;
     await bob.$eval('#messages', (e) => { e.scrollTop = 0; e.dispatchEvent(new Event('scroll')); });
-    await bob.waitForTimeout(150);
+    // A page loading already (a first page that does not fill the pane asks for more by
+    // itself) ignores the scroll, and its page arrives all the same.
+    await bob.waitForFunction((n) => document.querySelectorAll('#message-list .msg[data-cseq]').length > n, before);
   }
   assertInOrderOnce(await shown(bob), Array.from({ length: 45 }, (_, i) => `Old news ${i + 1}`), 'bob\'s history with carol');
   step(`history: ${firstPage} shown first, the rest loaded on scrolling up`);
 
-  // --- 7. groups: create, add, leave; a realistic conversation for the screenshot ------
+  // --- 8. search: newest first; a click opens the conversation at the message ---------
+  await bob.fill('#search-input', 'away');
+  await bob.press('#search-input', 'Enter');
+  await bob.waitForFunction(() => document.querySelectorAll('#search-list .search-hit').length === 3);
+  assert.equal(await bob.textContent('#search-summary'), '3 messages for “away”');
+  const hits = await bob.$$eval('#search-list .search-hit', (els) => els.map((e) => ({
+    cseq: Number(e.dataset.cseq), text: e.querySelector('.hit-body').textContent, marked: e.querySelector('mark')?.textContent,
+  })));
+  assert.deepEqual(hits.map((x) => x.text), [3, 2, 1].map((n) => `Alice: While you were away ${n}`));
+  assert.ok(hits.every((x) => x.marked === 'away'), 'the word found is marked');
+  await bob.click('#search-list .search-hit >> nth=2');
+  await bob.waitForSelector('#conv-title:text-is("Alice")');
+  await bob.waitForSelector(`#message-list[data-jumped="${hits[2].cseq}"] .msg[data-cseq="${hits[2].cseq}"]`);
+  assert.equal(await bob.textContent(`${msg(hits[2].cseq)} .body`), 'While you were away 1');
+  await bob.click('#search-close');
+  await bob.waitForSelector(`${item('alice')}.active`);
+  step('bob searched "away": three results, newest first; a click opened the conversation at the oldest');
+
+  // --- 9. groups: create, add, leave; a realistic conversation for the screenshot ------
   const club = await carol.createGroup('Book club', ['alice', 'bob']);
   await carol.send({ conversation: club.id }, 'Next book: The Left Hand of Darkness?');
   await bob.waitForSelector(item('Book club'));
@@ -271,12 +387,15 @@ try {
   await openConv(bob, 'Weekend trip');
   await send(bob, 'I will drive. Leaving at 8 from the station, there is room for three.');
   await waitForBody(alice, 'I will drive. Leaving at 8 from the station, there is room for three.');
-  await carol.send({ conversation: trip.id }, 'Perfect, save me a seat.');
+  const drive = await cseqOf(alice, 'I will drive. Leaving at 8 from the station, there is room for three.');
+  await carol.send({ conversation: trip.id }, 'Perfect, save me a seat.', { replyTo: drive });
+  await carol.react(trip.id, drive, '🙌');
   await send(alice, 'Great - I will bring snacks and the map. Dave wants to come too, adding him now.');
   await dialog(alice, '#conv-add', { users: 'dave' });
   await alice.waitForSelector('#conv-subtitle:has-text("4 members")');
   await bob.waitForSelector(item('Weekend trip'));
   await waitForBody(alice, 'Perfect, save me a seat.');
+  await alice.waitForSelector(`${msg(drive)} .reaction[data-emoji="🙌"] .count:text-is("1")`);
   await waitForBody(bob, 'Great - I will bring snacks and the map. Dave wants to come too, adding him now.');
   await alice.waitForSelector('#message-list .seen:text-is("Seen by Bob")');
   // Bob writes to alice meanwhile: her list shows it unread.
@@ -294,7 +413,7 @@ try {
     step(`screenshot: ${path}`);
   }
 
-  // --- 8. a group too large for read events: its count, a capped list, receipts --------
+  // --- 10. a group too large for read events: its count, a capped list, receipts --------
   // 103 members: 102 besides any reader, more than read_receipts_fanout_max (100), so
   // no read event reaches the others and the pages ask `receipts`.
   const crowd = Array.from({ length: 100 }, (_, i) => `fan${String(i).padStart(3, '0')}`);
