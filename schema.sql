@@ -932,10 +932,12 @@ BEGIN
                 FROM counters
             ) v, (
                 -- Whose unread mentions changed: those mentioned, and senders whose marker
-                -- moved past mentions of theirs.
+                -- moved past mentions of theirs. (UNION ALL: recount_mentions removes
+                -- repeats itself, and a UNION would build a hash table sized by the
+                -- planner's guess, thousands of groups, on every batch.)
                 SELECT coalesce(array_agg(c), '{}'), coalesce(array_agg(u), '{}')
                 FROM (SELECT conversation_id AS c, user_id AS u FROM mentioned
-                      UNION
+                      UNION ALL
                       SELECT conversation_id, user_id FROM markers WHERE mentions_unread > 0) x
             ) t;
             IF cardinality(s_i) <> upto - pos + 1 OR s_i[1] <> pos
