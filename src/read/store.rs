@@ -540,35 +540,15 @@ pub(crate) async fn search(
             return Err(not_a_member(c));
         }
     }
-    let scope = client
-        .prepare_cached(queries::SEARCH_SCOPE)
+    let stmt = client
+        .prepare_cached(queries::SEARCH)
         .await
         .map_err(DbError::from)?;
-    let conv = conversation.map(ConversationId::as_str);
-    let mine = db
-        .timed_read(client.query(&scope, &[&user.as_str(), &conv]))
-        .await
-        .map_err(DbError::from)?;
-    if mine.is_empty() {
-        return Ok((Vec::new(), false));
-    }
-    let convs: Vec<&str> = mine.iter().map(|r| r.get(0)).collect();
-    // The conversations joined late, by the cseq after which their messages are the
-    // reader's: usually none.
-    let late: serde_json::Map<String, Value> = mine
-        .iter()
-        .filter(|r| r.get::<_, i64>(1) > 0)
-        .map(|r| (r.get::<_, String>(0), Value::from(r.get::<_, i64>(1))))
-        .collect();
-    let late = Value::Object(late);
     let before = before_id.unwrap_or(i64::MAX);
     let fetch = limit + 1;
-    // Not prepare_cached: see queries::SEARCH (a plan for these arguments).
+    let conv = conversation.map(ConversationId::as_str);
     let rows = db
-        .timed_read(client.query(
-            queries::SEARCH,
-            &[&convs, &query, &before, &late, &fetch, &user.as_str()],
-        ))
+        .timed_read(client.query(&stmt, &[&user.as_str(), &conv, &query, &before, &fetch]))
         .await
         .map_err(DbError::from)?;
     let more = rows.len() as i64 > limit;
