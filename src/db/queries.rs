@@ -200,27 +200,22 @@ pub const HISTORY_PAGE: &str = concat!(
 /// Search: messages of `$1`'s conversations (or only `$2`) whose words match the query
 /// `$3` (websearch syntax: words, "quoted phrases", or, -not), newest first, from id `$4`
 /// down, at most `$5`: `(user, conversation or null, query, before_id, limit)`. Only
-/// messages from while the user has been a member (cseq above joined_cseq, looked up in a
-/// map of the conversations joined late, built once: a lookup per match in the list of
-/// memberships cost 1.3 s for a common word), never deleted ones (a tombstone has no
-/// words). One scan of the search index, which holds the conversation beside the words
-/// (btree_gin), for the user's conversations at once; then a sort of the matches by id.
+/// messages from while the user has been a member (cseq above joined_cseq), never
+/// deleted ones (a tombstone has no words). One scan of the search index, which holds
+/// the conversation beside the words (btree_gin), for the user's conversations at once;
+/// then a sort of the matches by id.
 pub const SEARCH: &str = concat!(
     "WITH mine AS (
          SELECT me.conversation_id, me.joined_cseq FROM pgchat.members me
          WHERE me.user_id = $1 AND ($2::text IS NULL OR me.conversation_id = $2) OFFSET 0
-     ), late AS (
-         SELECT coalesce(jsonb_object_agg(conversation_id, joined_cseq)
-                         FILTER (WHERE joined_cseq > 0), '{}') AS joined
-         FROM mine
      ), hits AS (
          SELECT m.id, m.conversation_id, m.cseq, m.sender_id, m.body, m.client_msg_id,
                 m.created_at, m.edited_at, m.deleted, m.reply_to, m.mentions
-         FROM pgchat.messages m, late
+         FROM pgchat.messages m
          WHERE m.conversation_id = ANY (ARRAY(SELECT conversation_id FROM mine))
            AND to_tsvector('simple'::regconfig, m.body) @@ websearch_to_tsquery('simple'::regconfig, $3)
            AND m.id < $4 AND NOT m.deleted
-           AND m.cseq > coalesce((late.joined ->> m.conversation_id)::int8, 0)
+           AND m.cseq > (SELECT x.joined_cseq FROM mine x WHERE x.conversation_id = m.conversation_id)
          ORDER BY m.id DESC
          LIMIT $5
      )
